@@ -1,0 +1,285 @@
+"""The four data sets, read from their standard on-disk layouts; nothing is ever downloaded.
+
+Sets that fit in memory (digits, CIFAR-10, Tiny ImageNet) live on the training device as uint8
+and are shuffled, cropped, flipped and normalised there in whole batches. ImageNet streams from
+its class folders through a DataLoader. Both give the loop the same two iterators:
+
+    data.train_batches(epoch, seed, batch_size, augment) -> (x float [B,C,H,W], y int64 [B])
+    data.test_batches(batch_size)                         -> the whole test set, in order
+
+Data order and augmentation come from a generator seeded by (seed, epoch), so an epoch replays
+exactly after a resume and is the same on CPU and GPU.
+"""
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from trainer.errors import UserError
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class DataMissing(UserError):
+    """The data set is not where the spec says; the message names the path and what to put there."""
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    num_classes: int
+    in_channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    crop_pad: int  # random-crop padding of the standard augmentation (0: none)
+    flip: bool  # horizontal flips (not for digits: a mirrored 2 is no 2)
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The CPU generator behind one epoch's order and augmentation."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+# ---- in-memory data sets ------------------------------------------------------------------
+class TensorData:
+    """A data set held as uint8 tensors on the training device."""
+
+    def __init__(self, info: DataInfo, train: Batch, test: Batch, device: torch.device) -> None:
+        self.info = info
+        self.train_x, self.train_y = train[0].to(device), train[1].to(device)
+        self.test_x, self.test_y = test[0].to(device), test[1].to(device)
+        self.device = device
+        self._mean = torch.tensor(info.mean, device=device).view(1, -1, 1, 1) * 255
+        self._std = torch.tensor(info.std, device=device).view(1, -1, 1, 1) * 255
+
+    @property
+    def n_train(self) -> int:
+        return len(self.train_y)
+
+    @property
+    def n_test(self) -> int:
+        return len(self.test_y)
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() - self._mean) / self._std
+
+    def train_batches(self, epoch: int, seed: int, batch_size: int, augment: bool) -> Iterator[Batch]:
+        gen = epoch_generator(seed, epoch)
+        n = self.n_train
+        order = torch.randperm(n, generator=gen)
+        steps = n // batch_size  # drop the ragged last batch: class means need a full batch
+        pad = self.info.crop_pad if augment else 0
+        # All random numbers of the epoch are drawn up front on the CPU: same stream on any device.
+        shifts = torch.randint(0, 2 * pad + 1, (steps * batch_size, 2), generator=gen) if pad else None
+        flips = torch.rand(steps * batch_size, generator=gen) < 0.5 if (augment and self.info.flip) else None
+        for i in range(steps):
+            sl = slice(i * batch_size, (i + 1) * batch_size)
+            idx = order[sl].to(self.device)
+            x = self.train_x[idx]
+            if shifts is not None:
+                x = random_crop(x, pad, shifts[sl].to(self.device))
+            if flips is not None:
+                x = torch.where(flips[sl].to(self.device).view(-1, 1, 1, 1), x.flip(3), x)
+            yield self.normalise(x), self.train_y[idx]
+
+    def test_batches(self, batch_size: int) -> Iterator[Batch]:
+        for i in range(0, self.n_test, batch_size):
+            yield self.normalise(self.test_x[i : i + batch_size]), self.test_y[i : i + batch_size]
+
+
+def random_crop(x: torch.Tensor, pad: int, shifts: torch.Tensor) -> torch.Tensor:
+    """Batched random crop with zero padding: sample b is cut at (shifts[b,0], shifts[b,1])."""
+    b, c, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    rows = (torch.arange(h, device=x.device).view(1, h) + shifts[:, :1]).view(b, 1, h, 1)
+    cols = (torch.arange(w, device=x.device).view(1, w) + shifts[:, 1:]).view(b, 1, 1, w)
+    bi = torch.arange(b, device=x.device).view(b, 1, 1, 1)
+    ci = torch.arange(c, device=x.device).view(1, c, 1, 1)
+    return padded[bi, ci, rows, cols]
+
+
+# ---- readers of the on-disk layouts ---------------------------------------------------------
+def _missing(name: str, path: Path, how: str) -> DataMissing:
+    return DataMissing(f"dataset '{name}': {path} not found; {how} (data root: set the trial field data_root or SWEEP_DATA_ROOT)")
+
+
+def read_digits(root: Path) -> tuple[Batch, Batch]:
+    """scikit-learn's 1797 8x8 digits, split 80/20 stratified with a fixed permutation.
+
+    The split uses numpy's legacy RandomState, whose stream is frozen across numpy versions, so
+    every machine gets the same split.
+    """
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[:, None]  # values 0..16 -> 0..255
+    labels = d.target.astype(np.int64)
+    rng = np.random.RandomState(0)
+    test = np.zeros(len(labels), dtype=bool)
+    for c in range(10):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        test[idx[: int(round(0.2 * len(idx)))]] = True
+    as_t = torch.from_numpy
+    return (as_t(images[~test]), as_t(labels[~test])), (as_t(images[test]), as_t(labels[test]))
+
+
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+    """CIFAR-10's python format is pickle; allow only numpy arrays and builtins, never code."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+    }
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR batch file")
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    with open(path, "rb") as f:
+        d = _ArraysOnlyUnpickler(f, encoding="bytes").load()
+    x = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+    return x, np.asarray(d[b"labels"], dtype=np.int64)
+
+
+def read_cifar10(root: Path) -> tuple[Batch, Batch]:
+    folder = root / "cifar-10-batches-py"
+    files = [folder / f"data_batch_{i}" for i in range(1, 6)] + [folder / "test_batch"]
+    for f in files:
+        if not f.is_file():
+            raise _missing("cifar10", f, "extract the CIFAR-10 python version (cifar-10-python.tar.gz) under the data root")
+    parts = [_read_cifar_batch(f) for f in files]
+    train_x = np.concatenate([p[0] for p in parts[:5]])
+    train_y = np.concatenate([p[1] for p in parts[:5]])
+    t = torch.from_numpy
+    return (t(train_x), t(train_y)), (t(parts[5][0]), t(parts[5][1]))
+
+
+def _read_images(paths: list[Path]) -> np.ndarray:
+    from PIL import Image
+
+    out = np.empty((len(paths), 3, 64, 64), dtype=np.uint8)
+    for i, p in enumerate(paths):
+        with Image.open(p) as im:
+            out[i] = np.asarray(im.convert("RGB").resize((64, 64))).transpose(2, 0, 1)
+    return out
+
+
+def read_tinyimagenet(root: Path) -> tuple[Batch, Batch]:
+    folder = root / "tiny-imagenet-200"
+    how = "unzip tiny-imagenet-200.zip under the data root (train/<wnid>/images/*.JPEG, val/images, val/val_annotations.txt)"
+    for p in (folder / "train", folder / "val" / "val_annotations.txt"):
+        if not p.exists():
+            raise _missing("tinyimagenet", p, how)
+    wnids_file = folder / "wnids.txt"
+    wnids = wnids_file.read_text().split() if wnids_file.exists() else [p.name for p in (folder / "train").iterdir()]
+    index = {w: i for i, w in enumerate(sorted(wnids))}
+    train = [(p, index[w]) for w in sorted(index) for p in sorted((folder / "train" / w / "images").glob("*.JPEG"))]
+    val = []
+    for line in (folder / "val" / "val_annotations.txt").read_text().splitlines():
+        name, wnid = line.split("\t")[:2]
+        val.append((folder / "val" / "images" / name, index[wnid]))
+    if not train or not val:
+        raise _missing("tinyimagenet", folder / "train", how)
+
+    def load(items: list[tuple[Path, int]]) -> Batch:
+        x = _read_images([p for p, _ in items])
+        return torch.from_numpy(x), torch.tensor([c for _, c in items], dtype=torch.int64)
+
+    return load(train), load(val)
+
+
+# ---- streaming (ImageNet) ------------------------------------------------------------------
+class FolderData:
+    """ImageNet class folders streamed through a DataLoader (RandomResizedCrop 224 / centre crop)."""
+
+    def __init__(self, info: DataInfo, root: Path, device: torch.device, num_workers: int) -> None:
+        from torchvision import datasets, transforms
+
+        folder = root / "imagenet"
+        how = "put the ImageNet train/ and val/ class folders (ImageFolder layout) under <data root>/imagenet"
+        for split in ("train", "val"):
+            if not (folder / split).is_dir():
+                raise _missing("imagenet", folder / split, how)
+        norm = transforms.Normalize(info.mean, info.std)
+        train_tf = transforms.Compose(
+            [transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(), transforms.ToTensor(), norm]
+        )
+        plain_tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(), norm])
+        self.train_aug = datasets.ImageFolder(str(folder / "train"), transform=train_tf)
+        self.train_plain = datasets.ImageFolder(str(folder / "train"), transform=plain_tf)
+        self.test = datasets.ImageFolder(str(folder / "val"), transform=plain_tf)
+        if self.test.classes != self.train_aug.classes:
+            raise UserError(f"dataset 'imagenet': {folder / 'val'} has other class folders than {folder / 'train'}")
+        self.info, self.device, self.num_workers = info, device, num_workers
+
+    @property
+    def n_train(self) -> int:
+        return len(self.train_aug)
+
+    @property
+    def n_test(self) -> int:
+        return len(self.test)
+
+    def _loader(self, ds: object, batch_size: int, gen: torch.Generator | None, drop_last: bool) -> Iterator[Batch]:
+        from torch.utils.data import DataLoader
+
+        loader = DataLoader(
+            ds,  # type: ignore[arg-type]
+            batch_size=batch_size,
+            shuffle=gen is not None,
+            generator=gen,  # also seeds the workers' augmentation: an epoch replays exactly
+            num_workers=self.num_workers,
+            drop_last=drop_last,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
+        for x, y in loader:
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def train_batches(self, epoch: int, seed: int, batch_size: int, augment: bool) -> Iterator[Batch]:
+        ds = self.train_aug if augment else self.train_plain
+        return self._loader(ds, batch_size, epoch_generator(seed, epoch), drop_last=True)
+
+    def test_batches(self, batch_size: int) -> Iterator[Batch]:
+        return self._loader(self.test, batch_size, None, drop_last=False)
+
+
+Data = TensorData | FolderData
+
+_IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+DATASETS: dict[str, tuple[DataInfo, Callable[[Path], tuple[Batch, Batch]] | None]] = {
+    # (info, reader into memory); reader None: streamed from folders.
+    "digits": (DataInfo(10, 1, (0.3053,), (0.3761,), crop_pad=1, flip=False), read_digits),
+    "cifar10": (
+        DataInfo(10, 3, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), crop_pad=4, flip=True),
+        read_cifar10,
+    ),
+    "tinyimagenet": (DataInfo(200, 3, (0.4802, 0.4481, 0.3975), (0.2770, 0.2691, 0.2821), crop_pad=8, flip=True), read_tinyimagenet),
+    "imagenet": (DataInfo(1000, 3, *_IMAGENET_STATS, crop_pad=0, flip=True), None),
+}
+
+
+def data_info(name: str) -> DataInfo:
+    return DATASETS[name][0]
+
+
+def load_dataset(name: str, root: str | Path, device: torch.device, num_workers: int = 0) -> Data:
+    """Open data set `name` under `root` on `device`; DataMissing (one line) if it is not there."""
+    info, reader = DATASETS[name]
+    root = Path(root).expanduser()
+    if reader is None:
+        return FolderData(info, root, device, num_workers)
+    train, test = reader(root)
+    return TensorData(info, train, test, device)

@@ -1,0 +1,140 @@
+"""One training epoch and one evaluation pass; read top to bottom, no callbacks.
+
+    train_epoch: SGD over the epoch's batches with loss = CE - alpha * SI_batch (SPEC 1.4);
+                 at alpha = 0 the blocks' activations are not even captured.
+    evaluate:    test loss, top-1 (and top-5), and every unit's CSI from class means over the
+                 whole test set (SPEC 1.3).
+
+Metrics are summed on the device and read once per epoch: a per-step `.item()` would stall
+a GPU on every step.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+
+from trainer.data import Batch
+from trainer.models import TrackedNet
+from trainer.selectivity import ClassMeanAccumulator, UnitSelectivity, batch_selectivity
+from trainer.spec import TrialSpec
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or infinite: the trial has diverged (not retried)."""
+
+
+@dataclass(frozen=True)
+class TrainStats:
+    loss: float
+    ce: float
+    selectivity: float | None  # mean SI_batch; None when the regularizer was off
+    acc: float
+    images: int
+    steps: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class EvalStats:
+    loss: float
+    acc: float
+    top5: float | None
+    layers: list[UnitSelectivity]
+    seconds: float
+
+
+def lr_at(spec: TrialSpec, epoch: int) -> float:
+    """Learning rate of 0-based training epoch `epoch`: step decay at the milestones, or cosine."""
+    if spec.lr_schedule == "cosine":
+        return 0.5 * spec.lr * (1 + math.cos(math.pi * epoch / spec.epochs))
+    return spec.lr * spec.lr_gamma ** sum(epoch >= m for m in spec.milestones())
+
+
+def autocast(device: torch.device) -> torch.autocast:
+    # bf16 on GPU (no loss scaling needed); CPU stays float32 so results are exact and resumable.
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def train_epoch(
+    model: TrackedNet,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterable[Batch],
+    alpha: float,
+    num_classes: int,
+    device: torch.device,
+) -> TrainStats:
+    model.train()
+    regularize = alpha != 0.0
+    zero = torch.zeros((), device=device, dtype=torch.float64)
+    loss_sum, ce_sum, si_sum, correct = zero.clone(), zero.clone(), zero.clone(), zero.clone()
+    images = steps = 0
+    start = time.perf_counter()
+    for x, y in batches:
+        with autocast(device):
+            logits, feats = model(x, capture=regularize)
+            ce = F.cross_entropy(logits.float(), y)
+            if regularize:
+                si = batch_selectivity(feats, y, num_classes)
+                loss = ce - alpha * si
+                si_sum += si.detach()
+            else:
+                loss = ce
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        n = y.shape[0]
+        loss_sum += loss.detach() * n
+        ce_sum += ce.detach() * n
+        correct += (logits.argmax(1) == y).sum()
+        images += n
+        steps += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    loss_mean = loss_sum.item() / max(images, 1)
+    if not math.isfinite(loss_mean):
+        raise NonFiniteLoss(f"non-finite training loss ({loss_mean})")
+    return TrainStats(
+        loss=loss_mean,
+        ce=ce_sum.item() / max(images, 1),
+        selectivity=si_sum.item() / steps if regularize and steps else None,
+        acc=correct.item() / max(images, 1),
+        images=images,
+        steps=steps,
+        seconds=seconds,
+    )
+
+
+@torch.no_grad()
+def evaluate(model: TrackedNet, batches: Iterable[Batch], num_classes: int, device: torch.device) -> EvalStats:
+    model.eval()
+    start = time.perf_counter()
+    means = ClassMeanAccumulator(num_classes)
+    zero = torch.zeros((), device=device, dtype=torch.float64)
+    loss_sum, top1, top5 = zero.clone(), zero.clone(), zero.clone()
+    n = 0
+    for x, y in batches:
+        with autocast(device):
+            logits, feats = model(x, capture=True)
+        logits = logits.float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum")
+        top1 += (logits.argmax(1) == y).sum()
+        if num_classes >= 100:
+            top5 += (logits.topk(5, dim=1).indices == y.unsqueeze(1)).any(1).sum()
+        means.add(feats, y)
+        n += y.shape[0]
+    layers = means.result()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return EvalStats(
+        loss=loss_sum.item() / n,
+        acc=top1.item() / n,
+        top5=top5.item() / n if num_classes >= 100 else None,
+        layers=layers,
+        seconds=time.perf_counter() - start,
+    )

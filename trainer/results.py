@@ -1,0 +1,162 @@
+"""Result files of one trial (SPEC 4): Parquet schemas and atomic writes.
+
+Every file appears atomically: written beside its final name (a dot-file ending in .tmp-<pid>),
+flushed to disk, then renamed over it. A job killed at any moment leaves the previous complete
+file, never a half one. Every row carries the trial's fields (`TrialSpec.row_fields`), so the
+files of many trials concatenate without joins.
+"""
+from __future__ import annotations
+
+import json
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, Iterable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from trainer.spec import TrialSpec
+
+EPOCHS, LAYERS, UNITS = "epochs.parquet", "layers.parquet", "units.parquet"
+SPEC, STATUS, CHECKPOINT = "spec.json", "status.json", "checkpoint.pt"
+TMP_MARK = ".tmp-"
+
+# Metric columns per file, in order; the trial's fields come first in every file.
+EPOCH_COLUMNS = pa.schema(
+    [
+        ("epoch", pa.int64()),
+        ("step", pa.int64()),  # optimizer steps taken when this evaluation ran
+        ("alpha_active", pa.float64()),
+        ("lr", pa.float64()),
+        ("train_loss", pa.float64()),
+        ("train_ce", pa.float64()),
+        ("train_selectivity", pa.float64()),  # null where the regularizer was off (not computed)
+        ("train_acc", pa.float64()),
+        ("test_loss", pa.float64()),
+        ("test_acc", pa.float64()),
+        ("test_top5", pa.float64()),  # null for data sets with fewer than 100 classes
+        ("csi_mean", pa.float64()),
+        ("seconds", pa.float64()),  # wall time of the epoch's training
+        ("eval_seconds", pa.float64()),
+        ("images_per_s", pa.float64()),  # training images per second
+    ]
+)
+LAYER_COLUMNS = pa.schema(
+    [
+        ("epoch", pa.int64()),
+        ("step", pa.int64()),
+        ("layer", pa.string()),
+        ("n_units", pa.int64()),
+        ("csi_mean", pa.float64()),
+        ("csi_median", pa.float64()),
+        ("csi_std", pa.float64()),
+    ]
+)
+UNIT_COLUMNS = pa.schema(
+    [
+        ("epoch", pa.int64()),
+        ("step", pa.int64()),
+        ("layer", pa.string()),
+        ("unit", pa.int32()),
+        ("csi", pa.float32()),
+        ("top_class", pa.int32()),
+        ("mu_max", pa.float32()),
+        ("mu_rest", pa.float32()),
+    ]
+)
+COLUMNS = {EPOCHS: EPOCH_COLUMNS, LAYERS: LAYER_COLUMNS, UNITS: UNIT_COLUMNS}
+
+
+_ARROW = {bool: pa.bool_(), int: pa.int64(), float: pa.float64(), str: pa.string()}
+
+
+def _arrow_type(tp: Any) -> pa.DataType:
+    """Arrow type of a TrialSpec field type (Optional[X] -> nullable X, tuple[int, ...] -> list)."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return _arrow_type(args[0])
+    if typing.get_origin(tp) is tuple:
+        return pa.list_(_arrow_type(args[0]))
+    return _ARROW[tp]
+
+
+def trial_schema(spec: TrialSpec) -> pa.Schema:
+    """Arrow schema of `spec.row_fields()`, typed from the spec's declared field types."""
+    hints = typing.get_type_hints(TrialSpec)
+    names = {"base_lr": "lr"}
+    return pa.schema(
+        [(k, pa.string() if k == "trial_id" else _arrow_type(hints[names.get(k, k)])) for k in spec.row_fields()]
+    )
+
+
+def file_schema(name: str, trial_schema: pa.Schema) -> pa.Schema:
+    return pa.schema(list(trial_schema) + list(COLUMNS[name]))
+
+
+def make_table(name: str, rows: dict[str, list], row_fields: dict[str, Any], trial_schema: pa.Schema) -> pa.Table:
+    """A table of one file's metric columns `rows` (column -> values) plus the trial's constant fields."""
+    columns = COLUMNS[name]
+    n = len(rows[columns.names[0]])
+    arrays = [pa.array([row_fields[f.name]] * n, type=f.type) for f in trial_schema]
+    arrays += [pa.array(rows[f.name], type=f.type) for f in columns]
+    return pa.Table.from_arrays(arrays, schema=file_schema(name, trial_schema))
+
+
+# ---- atomic files ---------------------------------------------------------------------------
+def _tmp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replace_atomically(tmp: Path, path: Path) -> None:
+    """Flush `tmp` to disk and rename it over `path` (same folder, so the rename is atomic)."""
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def write_parquet(table: pa.Table, path: Path) -> None:
+    tmp = _tmp_path(path)
+    pq.write_table(table, tmp)
+    replace_atomically(tmp, path)
+
+
+def write_json(data: dict[str, Any], path: Path) -> None:
+    tmp = _tmp_path(path)
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    replace_atomically(tmp, path)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+def remove_temp_files(folder: Path) -> list[Path]:
+    """Delete what a killed writer left behind (its temp files); returns what was removed."""
+    removed = [p for p in folder.glob(f".*{TMP_MARK}*") if p.is_file()]
+    for p in removed:
+        p.unlink(missing_ok=True)
+    return removed
+
+
+def read_rows_before(path: Path, last_epoch: int) -> pa.Table | None:
+    """The rows of an existing result file with epoch <= last_epoch (those a checkpoint covers)."""
+    if not path.exists():
+        return None
+    table = pq.read_table(path)
+    return table.filter(pc.less_equal(table["epoch"], last_epoch))
+
+
+def concat(tables: Iterable[pa.Table]) -> pa.Table:
+    return pa.concat_tables(list(tables), promote_options="none")

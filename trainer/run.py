@@ -1,0 +1,245 @@
+"""Run one trial into its folder: the single entry point every backend calls.
+
+    python -m trainer.run --spec results/<sweep>/trials/<id>/spec.json
+
+Files (SPEC 4) land beside the spec. Epoch 0 is the initialised network; row `epoch` e >= 1 is
+the state after e training epochs, and its `alpha_active` and `lr` are those used while training
+that epoch (0-based training epoch e - 1), so `onset_epoch: 5` regularizes rows 6 onwards.
+
+Resume: after every epoch the rows are written first, then the checkpoint. A restarted trial
+loads the checkpoint (weights_only=True), keeps only the rows it covers and replays the next
+epoch exactly (data order and augmentation are seeded by (seed, epoch)), so a trial killed at
+any moment ends with one row per epoch and, on CPU, the numbers of an uninterrupted run.
+
+Exit codes of the command: 0 done, 2 user mistake, 3 trial failed (recorded in status.json),
+75 another live process is running this trial.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from trainer import results as R
+from trainer.data import Data, data_info, load_dataset
+from trainer.errors import UserError
+from trainer.lock import TrialBusy, TrialLock
+from trainer.loop import EvalStats, NonFiniteLoss, TrainStats, evaluate, lr_at, train_epoch
+from trainer.models import TrackedNet, build_model
+from trainer.provenance import device_name, now, provenance
+from trainer.spec import TrialSpec
+
+EXIT_DONE, EXIT_USER, EXIT_FAILED, EXIT_BUSY = 0, 2, 3, 75
+EVAL_BATCH = 1000  # in-memory test sets: big batches, the numbers do not depend on it (eval mode)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"field 'device' is '{name}' but no CUDA device is visible on this machine; allowed here: auto, cpu")
+    return torch.device(name)
+
+
+# ---- status.json ------------------------------------------------------------------------------
+def read_status(folder: Path) -> dict[str, Any]:
+    path = folder / R.STATUS
+    return R.read_json(path) if path.exists() else {"state": "pending", "attempts": 0}
+
+
+def write_status(folder: Path, status: dict[str, Any]) -> None:
+    R.write_json(status, folder / R.STATUS)
+
+
+# ---- result rows --------------------------------------------------------------------------------
+class ResultLog:
+    """The rows of a trial's three files, kept in memory and rewritten whole after each epoch."""
+
+    def __init__(self, folder: Path, spec: TrialSpec, layer_names: list[str]) -> None:
+        self.folder, self.layer_names = folder, layer_names
+        self.fields, self.schema = spec.row_fields(), R.trial_schema(spec)
+        self.tables: dict[str, list[pa.Table]] = {name: [] for name in R.COLUMNS}
+
+    def keep_until(self, epoch: int) -> None:
+        """After a resume: keep the rows on disk that the checkpoint covers, drop later ones."""
+        for name in R.COLUMNS:
+            old = R.read_rows_before(self.folder / name, epoch)
+            self.tables[name] = [old] if old is not None else []
+
+    def add(self, epoch: int, step: int, lr: float | None, alpha: float | None, train: TrainStats | None, ev: EvalStats) -> None:
+        layer_csi = [layer.csi.double().cpu().numpy() for layer in ev.layers]
+        csi_mean = float(np.mean([c.mean() for c in layer_csi]))  # layers weigh equally (SPEC 1.3)
+        t = train
+        epoch_row = {
+            "epoch": [epoch], "step": [step], "alpha_active": [alpha], "lr": [lr],
+            "train_loss": [t and t.loss], "train_ce": [t and t.ce], "train_selectivity": [t and t.selectivity],
+            "train_acc": [t and t.acc], "test_loss": [ev.loss], "test_acc": [ev.acc], "test_top5": [ev.top5],
+            "csi_mean": [csi_mean], "seconds": [t and t.seconds], "eval_seconds": [ev.seconds],
+            "images_per_s": [t.images / t.seconds if t and t.seconds > 0 else None],
+        }  # fmt: skip
+        n = len(layer_csi)
+        layer_rows = {
+            "epoch": [epoch] * n, "step": [step] * n, "layer": self.layer_names,
+            "n_units": [len(c) for c in layer_csi], "csi_mean": [float(c.mean()) for c in layer_csi],
+            "csi_median": [float(np.median(c)) for c in layer_csi], "csi_std": [float(c.std()) for c in layer_csi],
+        }  # fmt: skip
+        sizes = [len(c) for c in layer_csi]
+        cat = lambda xs: np.concatenate([x.float().cpu().numpy() for x in xs])  # noqa: E731
+        total = sum(sizes)
+        unit_rows = {
+            "epoch": np.full(total, epoch), "step": np.full(total, step),
+            "layer": np.repeat(self.layer_names, sizes), "unit": np.concatenate([np.arange(s) for s in sizes]),
+            "csi": cat([u.csi for u in ev.layers]), "top_class": cat([u.top_class for u in ev.layers]).astype(np.int32),
+            "mu_max": cat([u.mu_max for u in ev.layers]), "mu_rest": cat([u.mu_rest for u in ev.layers]),
+        }  # fmt: skip
+        for name, rows in ((R.EPOCHS, epoch_row), (R.LAYERS, layer_rows), (R.UNITS, unit_rows)):
+            self.tables[name].append(R.make_table(name, rows, self.fields, self.schema))
+
+    def write(self) -> None:
+        for name, tables in self.tables.items():
+            table = R.concat(tables)
+            self.tables[name] = [table]
+            R.write_parquet(table, self.folder / name)
+
+
+# ---- checkpoints ------------------------------------------------------------------------------
+def save_checkpoint(folder: Path, model: TrackedNet, optimizer: torch.optim.Optimizer, epoch: int, step: int) -> None:
+    tmp = folder / f".{R.CHECKPOINT}{R.TMP_MARK}{os.getpid()}"
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step}, tmp)
+    R.replace_atomically(tmp, folder / R.CHECKPOINT)
+
+
+def load_checkpoint(folder: Path, device: torch.device) -> dict[str, Any] | None:
+    """The last checkpoint, or None if the trial never finished an epoch.
+
+    Loaded with weights_only=True: only tensors and plain containers, never arbitrary objects.
+    An unreadable checkpoint is an error, not a reason to start over silently.
+    """
+    path = folder / R.CHECKPOINT
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:
+        raise RuntimeError(f"checkpoint {path} is unreadable ({err}); delete it to restart the trial from scratch") from err
+
+
+# ---- the trial ----------------------------------------------------------------------------------
+def train_trial(spec: TrialSpec, folder: Path, device: torch.device) -> None:
+    """Train `spec` into `folder`, resuming from its checkpoint if there is one."""
+    info = data_info(spec.dataset)
+    data: Data = load_dataset(spec.dataset, spec.resolved_data_root(), device, spec.num_workers)
+    torch.manual_seed(spec.seed)
+    model = build_model(spec.model, info.num_classes, info.in_channels).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+    log = ResultLog(folder, spec, model.block_names)
+    eval_batch = EVAL_BATCH if hasattr(data, "test_x") else spec.batch_size
+    steps_per_epoch = data.n_train // spec.batch_size
+
+    ckpt = load_checkpoint(folder, device)
+    if ckpt is None:
+        log.add(0, 0, None, None, None, evaluate(model, data.test_batches(eval_batch), info.num_classes, device))
+        log.write()
+        save_checkpoint(folder, model, optimizer, epoch=0, step=0)
+        done_epochs = 0
+    else:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        done_epochs = int(ckpt["epoch"])
+        log.keep_until(done_epochs)
+
+    for e in range(done_epochs, spec.epochs):  # e: 0-based training epoch; its row is epoch e + 1
+        alpha, lr = spec.alpha_at(e), lr_at(spec, e)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batches = data.train_batches(e, spec.seed, spec.batch_size, spec.augment)
+        try:
+            train = train_epoch(model, optimizer, batches, alpha, info.num_classes, device)
+        except NonFiniteLoss as err:
+            raise NonFiniteLoss(f"{err} in epoch {e + 1} (alpha {alpha})") from None
+        ev = evaluate(model, data.test_batches(eval_batch), info.num_classes, device)
+        step = (e + 1) * steps_per_epoch
+        log.add(e + 1, step, lr, alpha, train, ev)
+        log.write()  # rows first, then the checkpoint: a resume drops rows the checkpoint lacks
+        save_checkpoint(folder, model, optimizer, epoch=e + 1, step=step)
+
+
+def run_trial(spec: TrialSpec, folder: str | Path) -> str:
+    """Run (or resume, or skip if done) one trial in `folder`; returns its final state.
+
+    Raises TrialBusy if another live process holds the trial, UserError for user mistakes
+    (recorded as failed too). Any other exception is recorded as failed and re-raised.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with TrialLock(folder):
+        status = read_status(folder)
+        if status["state"] == "done" or (status["state"] == "failed" and not status.get("retryable", True)):
+            return status["state"]
+        R.remove_temp_files(folder)
+        spec_path = folder / R.SPEC
+        if not spec_path.exists():
+            R.write_json(spec.to_dict(), spec_path)
+        elif (other := TrialSpec.from_dict(R.read_json(spec_path), str(spec_path)).trial_id) != spec.trial_id:
+            raise UserError(f"{spec_path}: belongs to trial {other}, not {spec.trial_id}; one folder per trial")
+        device = pick_device(spec.device)
+        status.update(
+            state="running", attempts=int(status.get("attempts", 0)) + 1, trial_id=spec.trial_id, error=None,
+            started=now(), ended=None, device=device_name(device), **provenance(),
+        )  # fmt: skip
+        write_status(folder, status)
+        try:
+            train_trial(spec, folder, device)
+        except NonFiniteLoss as err:
+            status.update(state="failed", error=str(err), error_kind="diverged", retryable=False, ended=now())
+            write_status(folder, status)
+            return "failed"
+        except UserError as err:
+            status.update(state="failed", error=str(err), error_kind="user", retryable=True, ended=now())
+            write_status(folder, status)
+            raise
+        except BaseException as err:  # noqa: BLE001 - recorded, then re-raised
+            summary = "".join(traceback.format_exception_only(type(err), err)).strip()
+            status.update(state="failed", error=summary, error_kind="exception", retryable=True, ended=now())
+            write_status(folder, status)
+            raise
+        status.update(state="done", error=None, error_kind=None, ended=now())
+        write_status(folder, status)
+        return "done"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trainer.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--spec", required=True, type=Path, help="the trial's spec.json; results go beside it")
+    args = parser.parse_args(argv)
+    try:
+        if not args.spec.is_file():
+            raise UserError(f"{args.spec}: no such spec file")
+        try:
+            raw = R.read_json(args.spec)
+        except ValueError as err:
+            raise UserError(f"{args.spec}: not valid JSON ({err})") from None
+        spec = TrialSpec.from_dict(raw, where=str(args.spec))
+        state = run_trial(spec, args.spec.parent)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USER
+    except TrialBusy as err:
+        print(f"busy: {err}", file=sys.stderr)
+        return EXIT_BUSY
+    final = read_status(args.spec.parent)
+    print(f"{spec.trial_id}: {state}" + (f" ({final.get('error')})" if state == "failed" else ""))
+    return EXIT_DONE if state == "done" else EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""The trial spec: one frozen, typed record of everything a trial is.
+
+A grid may only name fields of `TrialSpec`; `TrialSpec.from_dict` is strict (unknown field, wrong
+type, bad value: one `SpecError` line that says what is allowed). `trial_id` hashes the science
+fields only, so the same trial gets the same folder on every machine and backend, whatever GPU,
+worker count or data root it ran with.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+
+from trainer.errors import UserError
+
+
+class SpecError(UserError):
+    """A user mistake in a trial spec; its message is one line, ready to print."""
+
+
+# Resource settings: where and how fast a trial runs, never what it computes.
+RESOURCE_FIELDS = frozenset({"device", "num_workers", "data_root"})
+# Labels: they name a trial but do not change its numbers.
+LABEL_FIELDS = frozenset({"sweep"})
+# Fields that identify a trial in every result row (SPEC 4), in this order.
+ROW_ID_FIELDS = ("trial_id", "sweep", "model", "dataset", "alpha", "seed", "onset_epoch", "offset_epoch")
+
+LR_SCHEDULES = ("step", "cosine")
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """One training run. Defaults give a digits trial that runs anywhere in seconds."""
+
+    sweep: str = "adhoc"
+    model: str = "resnet20"
+    dataset: str = "digits"
+    # Selectivity regularizer (SPEC 1.4): loss = CE - alpha(epoch) * SI_batch.
+    alpha: float = 0.0
+    onset_epoch: int = 0
+    offset_epoch: int | None = None
+    seed: int = 0
+    # Optimisation: SGD with momentum; step schedule divides lr by lr_gamma at each milestone.
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_schedule: str = "step"
+    lr_milestones: tuple[int, ...] | None = None  # None: at 50% and 75% of the epochs
+    lr_gamma: float = 0.1
+    augment: bool = True
+    # Resources (not part of trial_id).
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    num_workers: int = 0  # DataLoader workers, streaming data sets only
+    data_root: str | None = None  # None: $SWEEP_DATA_ROOT, else ./data
+
+    def __post_init__(self) -> None:
+        _check_values(self)
+
+    # ---- construction -------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "spec") -> "TrialSpec":
+        """Build a spec from plain data (JSON/YAML), rejecting unknown fields and wrong types.
+
+        `where` names the source (a file) in error messages.
+        """
+        if not isinstance(data, Mapping):
+            raise SpecError(f"{where}: a trial spec must be a mapping of field: value, got {type(data).__name__}")
+        allowed = field_names()
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            if key not in allowed:
+                raise SpecError(f"{where}: unknown field '{key}'; allowed: {', '.join(allowed)}")
+            kwargs[key] = coerce(key, value, where)
+        try:
+            return cls(**kwargs)
+        except SpecError as err:
+            raise SpecError(f"{where}: {err}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of every field (tuples become lists)."""
+        out = dataclasses.asdict(self)
+        if out["lr_milestones"] is not None:
+            out["lr_milestones"] = list(out["lr_milestones"])
+        return out
+
+    # ---- identity -----------------------------------------------------------------------
+    @property
+    def trial_id(self) -> str:
+        """Stable 12-hex-digit hash of the science fields (resources and labels excluded)."""
+        science = {k: v for k, v in self.to_dict().items() if k not in RESOURCE_FIELDS | LABEL_FIELDS}
+        blob = json.dumps(science, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    def row_fields(self) -> dict[str, Any]:
+        """The trial's fields as carried by every result row (SPEC 4).
+
+        The identifying fields first, then the other science fields; the spec's `lr` is the base
+        learning rate and is renamed `base_lr` because epochs.parquet has a per-epoch `lr` column.
+        """
+        d = self.to_dict()
+        out: dict[str, Any] = {"trial_id": self.trial_id}
+        out.update({k: d[k] for k in ROW_ID_FIELDS[1:]})
+        for k, v in d.items():
+            if k in out or k in RESOURCE_FIELDS:
+                continue
+            out["base_lr" if k == "lr" else k] = v
+        return out
+
+    # ---- derived schedule ---------------------------------------------------------------
+    def alpha_at(self, epoch: int) -> float:
+        """alpha(epoch) of SPEC 1.4: alpha inside [onset, offset), else 0."""
+        active = self.onset_epoch <= epoch and (self.offset_epoch is None or epoch < self.offset_epoch)
+        return self.alpha if active else 0.0
+
+    def milestones(self) -> tuple[int, ...]:
+        if self.lr_milestones is not None:
+            return self.lr_milestones
+        return (self.epochs // 2, (self.epochs * 3) // 4)
+
+    def resolved_data_root(self) -> str:
+        """The data root on this machine: the spec's, else $SWEEP_DATA_ROOT, else ./data."""
+        return self.data_root or os.environ.get("SWEEP_DATA_ROOT") or "./data"
+
+
+# ---- strict typing ------------------------------------------------------------------------
+def field_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(TrialSpec)]
+
+
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(TrialSpec)
+
+
+def _type_name(tp: Any) -> str:
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if typing.get_origin(tp) is tuple:
+        return f"list of {_type_name(args[0])}"
+    return "null" if tp is type(None) else tp.__name__
+
+
+def coerce(key: str, value: Any, where: str = "spec") -> Any:
+    """Check `value` against the field's type; ints are accepted for floats, lists for tuples.
+
+    Booleans are never numbers (YAML `yes` must not become alpha = 1).
+    """
+    tp = _field_types()[key]
+    try:
+        return _coerce(tp, value)
+    except TypeError:
+        shown = json.dumps(value) if isinstance(value, (str, int, float, bool, type(None))) else type(value).__name__
+        raise SpecError(f"{where}: field '{key}' must be {_type_name(tp)}, got {shown}") from None
+
+
+def _coerce(tp: Any, value: Any) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            try:
+                return _coerce(arg, value)
+            except TypeError:
+                continue
+        raise TypeError
+    if tp is type(None):
+        if value is None:
+            return None
+        raise TypeError
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise TypeError
+        return tuple(_coerce(args[0], v) for v in value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise TypeError
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise TypeError
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise TypeError
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise TypeError
+    raise TypeError
+
+
+def _check_values(s: TrialSpec) -> None:
+    """Value checks beyond types; messages say what is allowed."""
+    # Imported here: the registries import torch, and the spec must stay cheap to import for planning.
+    from trainer.registry import DATASET_NAMES, MODEL_NAMES
+
+    if s.model not in MODEL_NAMES:
+        raise SpecError(f"field 'model' is '{s.model}'; allowed: {', '.join(MODEL_NAMES)}")
+    if s.dataset not in DATASET_NAMES:
+        raise SpecError(f"field 'dataset' is '{s.dataset}'; allowed: {', '.join(DATASET_NAMES)}")
+    if s.lr_schedule not in LR_SCHEDULES:
+        raise SpecError(f"field 'lr_schedule' is '{s.lr_schedule}'; allowed: {', '.join(LR_SCHEDULES)}")
+    positive = {"epochs": s.epochs, "batch_size": s.batch_size, "lr": s.lr}
+    for name, value in positive.items():
+        if not value > 0:
+            raise SpecError(f"field '{name}' is {value}; allowed: a number > 0")
+    if s.batch_size < 2:
+        raise SpecError("field 'batch_size' is 1; allowed: >= 2 (class means need two samples)")
+    for name in ("momentum", "weight_decay", "num_workers", "onset_epoch", "seed"):
+        if getattr(s, name) < 0:
+            raise SpecError(f"field '{name}' is {getattr(s, name)}; allowed: >= 0")
+    if not s.alpha == s.alpha or abs(s.alpha) == float("inf"):
+        raise SpecError(f"field 'alpha' is {s.alpha}; allowed: a finite number")
+    if s.offset_epoch is not None and s.offset_epoch <= s.onset_epoch:
+        raise SpecError(f"field 'offset_epoch' is {s.offset_epoch}; allowed: null or > onset_epoch ({s.onset_epoch})")
+    if s.lr_milestones is not None and list(s.lr_milestones) != sorted(set(s.lr_milestones)):
+        raise SpecError(f"field 'lr_milestones' is {list(s.lr_milestones)}; allowed: strictly increasing epochs")
+    if not (s.device in ("auto", "cpu", "cuda") or s.device.startswith("cuda:")):
+        raise SpecError(f"field 'device' is '{s.device}'; allowed: auto, cpu, cuda, cuda:N")
+    if not s.sweep or any(c in s.sweep for c in "/\\\0") or s.sweep in (".", ".."):
+        raise SpecError(f"field 'sweep' is '{s.sweep}'; allowed: a plain name without path separators")
+
