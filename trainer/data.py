@@ -104,8 +104,37 @@ def random_crop(x: torch.Tensor, pad: int, shifts: torch.Tensor) -> torch.Tensor
 
 
 # ---- readers of the on-disk layouts ---------------------------------------------------------
-def _missing(name: str, path: Path, how: str) -> DataMissing:
-    return DataMissing(f"dataset '{name}': {path} not found; {how} (data root: set the trial field data_root or SWEEP_DATA_ROOT)")
+# What must exist under the data root for each data set, and how to get it there.
+REQUIRED: dict[str, tuple[tuple[str, ...], str]] = {
+    "digits": ((), "ships inside scikit-learn"),
+    "cifar10": (
+        tuple(f"cifar-10-batches-py/{f}" for f in [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"]),
+        "extract the CIFAR-10 python version (cifar-10-python.tar.gz) under the data root",
+    ),
+    "tinyimagenet": (
+        ("tiny-imagenet-200/train", "tiny-imagenet-200/val/val_annotations.txt"),
+        "unzip tiny-imagenet-200.zip under the data root (train/<wnid>/images/*.JPEG, val/images, val/val_annotations.txt)",
+    ),
+    "imagenet": (
+        ("imagenet/train", "imagenet/val"),
+        "put the ImageNet train/ and val/ class folders (ImageFolder layout) under <data root>/imagenet",
+    ),
+}
+
+
+def check_data(name: str, root: str | Path) -> None:
+    """Raise DataMissing (one line: the path looked at, how to get the data) unless `name` is there.
+
+    Cheap (a few stat calls): launchers call it before submitting anything.
+    """
+    root = Path(root).expanduser()
+    paths, how = REQUIRED[name]
+    for rel in paths:
+        if not (root / rel).exists():
+            raise DataMissing(
+                f"dataset '{name}': {root / rel} not found; {how} "
+                "(data root: the trial field data_root, a profile's data_root, or SWEEP_DATA_ROOT)"
+            )
 
 
 def read_digits(root: Path) -> tuple[Batch, Batch]:
@@ -156,9 +185,6 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 def read_cifar10(root: Path) -> tuple[Batch, Batch]:
     folder = root / "cifar-10-batches-py"
     files = [folder / f"data_batch_{i}" for i in range(1, 6)] + [folder / "test_batch"]
-    for f in files:
-        if not f.is_file():
-            raise _missing("cifar10", f, "extract the CIFAR-10 python version (cifar-10-python.tar.gz) under the data root")
     parts = [_read_cifar_batch(f) for f in files]
     train_x = np.concatenate([p[0] for p in parts[:5]])
     train_y = np.concatenate([p[1] for p in parts[:5]])
@@ -178,10 +204,6 @@ def _read_images(paths: list[Path]) -> np.ndarray:
 
 def read_tinyimagenet(root: Path) -> tuple[Batch, Batch]:
     folder = root / "tiny-imagenet-200"
-    how = "unzip tiny-imagenet-200.zip under the data root (train/<wnid>/images/*.JPEG, val/images, val/val_annotations.txt)"
-    for p in (folder / "train", folder / "val" / "val_annotations.txt"):
-        if not p.exists():
-            raise _missing("tinyimagenet", p, how)
     wnids_file = folder / "wnids.txt"
     wnids = wnids_file.read_text().split() if wnids_file.exists() else [p.name for p in (folder / "train").iterdir()]
     index = {w: i for i, w in enumerate(sorted(wnids))}
@@ -191,7 +213,7 @@ def read_tinyimagenet(root: Path) -> tuple[Batch, Batch]:
         name, wnid = line.split("\t")[:2]
         val.append((folder / "val" / "images" / name, index[wnid]))
     if not train or not val:
-        raise _missing("tinyimagenet", folder / "train", how)
+        raise DataMissing(f"dataset 'tinyimagenet': no JPEG images under {folder / 'train'} or in val_annotations.txt")
 
     def load(items: list[tuple[Path, int]]) -> Batch:
         x = _read_images([p for p, _ in items])
@@ -208,10 +230,6 @@ class FolderData:
         from torchvision import datasets, transforms
 
         folder = root / "imagenet"
-        how = "put the ImageNet train/ and val/ class folders (ImageFolder layout) under <data root>/imagenet"
-        for split in ("train", "val"):
-            if not (folder / split).is_dir():
-                raise _missing("imagenet", folder / split, how)
         norm = transforms.Normalize(info.mean, info.std)
         train_tf = transforms.Compose(
             [transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(), transforms.ToTensor(), norm]
@@ -279,6 +297,7 @@ def load_dataset(name: str, root: str | Path, device: torch.device, num_workers:
     """Open data set `name` under `root` on `device`; DataMissing (one line) if it is not there."""
     info, reader = DATASETS[name]
     root = Path(root).expanduser()
+    check_data(name, root)
     if reader is None:
         return FolderData(info, root, device, num_workers)
     train, test = reader(root)

@@ -132,8 +132,12 @@ def load_checkpoint(folder: Path, device: torch.device) -> dict[str, Any] | None
 
 
 # ---- the trial ----------------------------------------------------------------------------------
-def train_trial(spec: TrialSpec, folder: Path, device: torch.device) -> None:
-    """Train `spec` into `folder`, resuming from its checkpoint if there is one."""
+def train_trial(spec: TrialSpec, folder: Path, device: torch.device, status: dict[str, Any]) -> None:
+    """Train `spec` into `folder`, resuming from its checkpoint if there is one.
+
+    `status` (the trial's status.json) gets the last finished epoch after every checkpoint, so
+    `orchestrator.status` shows progress without reading Parquet.
+    """
     info = data_info(spec.dataset)
     data: Data = load_dataset(spec.dataset, spec.resolved_data_root(), device, spec.num_workers)
     torch.manual_seed(spec.seed)
@@ -156,6 +160,8 @@ def train_trial(spec: TrialSpec, folder: Path, device: torch.device) -> None:
         optimizer.load_state_dict(ckpt["optimizer"])
         done_epochs = int(ckpt["epoch"])
         log.keep_until(done_epochs)
+    status["epoch"] = done_epochs
+    write_status(folder, status)
 
     for e in range(done_epochs, spec.epochs):  # e: 0-based training epoch; its row is epoch e + 1
         alpha, lr = spec.alpha_at(e), lr_at(spec, e)
@@ -171,6 +177,8 @@ def train_trial(spec: TrialSpec, folder: Path, device: torch.device) -> None:
         log.add(e + 1, step, lr, alpha, train, ev)
         log.write()  # rows first, then the checkpoint: a resume drops rows the checkpoint lacks
         save_checkpoint(folder, model, optimizer, epoch=e + 1, step=step)
+        status["epoch"] = e + 1
+        write_status(folder, status)
 
 
 def run_trial(spec: TrialSpec, folder: str | Path) -> str:
@@ -198,7 +206,7 @@ def run_trial(spec: TrialSpec, folder: str | Path) -> str:
         )  # fmt: skip
         write_status(folder, status)
         try:
-            train_trial(spec, folder, device)
+            train_trial(spec, folder, device, status)
         except NonFiniteLoss as err:
             status.update(state="failed", error=str(err), error_kind="diverged", retryable=False, ended=now())
             write_status(folder, status)

@@ -63,6 +63,13 @@ class TrialSpec:
 
     def __post_init__(self) -> None:
         _check_values(self)
+        if self.alpha == 0.0 and (self.onset_epoch, self.offset_epoch) != (0, None):
+            # alpha = 0 trains the same whatever the onset: one canonical form, so the
+            # unregularized arm of an onset grid (alpha x onset) collapses into one trial_id.
+            object.__setattr__(self, "onset_epoch", 0)
+            object.__setattr__(self, "offset_epoch", None)
+        if self.alpha == 0.0:
+            object.__setattr__(self, "alpha", 0.0)  # -0.0 would hash differently
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -139,12 +146,12 @@ def _field_types() -> dict[str, Any]:
     return typing.get_type_hints(TrialSpec)
 
 
-def _type_name(tp: Any) -> str:
+def type_name(tp: Any) -> str:
     args = typing.get_args(tp)
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in args)
+        return " or ".join(type_name(a) for a in args)
     if typing.get_origin(tp) is tuple:
-        return f"list of {_type_name(args[0])}"
+        return f"list of {type_name(args[0])}"
     return "null" if tp is type(None) else tp.__name__
 
 
@@ -155,18 +162,18 @@ def coerce(key: str, value: Any, where: str = "spec") -> Any:
     """
     tp = _field_types()[key]
     try:
-        return _coerce(tp, value)
+        return coerce_type(tp, value)
     except TypeError:
         shown = json.dumps(value) if isinstance(value, (str, int, float, bool, type(None))) else type(value).__name__
-        raise SpecError(f"{where}: field '{key}' must be {_type_name(tp)}, got {shown}") from None
+        raise SpecError(f"{where}: field '{key}' must be {type_name(tp)}, got {shown}") from None
 
 
-def _coerce(tp: Any, value: Any) -> Any:
+def coerce_type(tp: Any, value: Any) -> Any:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
         for arg in args:
             try:
-                return _coerce(arg, value)
+                return coerce_type(arg, value)
             except TypeError:
                 continue
         raise TypeError
@@ -177,7 +184,7 @@ def _coerce(tp: Any, value: Any) -> Any:
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise TypeError
-        return tuple(_coerce(args[0], v) for v in value)
+        return tuple(coerce_type(args[0], v) for v in value)
     if tp is bool:
         if isinstance(value, bool):
             return value

@@ -1,0 +1,165 @@
+"""Figures of a collected sweep in the style of the papers (PNG, matplotlib Agg, no pyplot state).
+
+Used by `python -m orchestrator.collect`; each function takes the collector's condition tables
+and writes one PNG:
+
+    test_acc_vs_alpha.png    final test accuracy vs alpha, mean and 95% CI over seeds
+    csi_vs_alpha.png         final csi_mean vs alpha, mean and 95% CI
+    csi_over_epochs.png      csi_mean (and test accuracy) over epochs per condition (onset design)
+    layer_csi_vs_alpha.png   final per-layer CSI vs alpha, one line per layer
+
+One line per *series*: the conditions that differ only in alpha (e.g. one per onset epoch).
+alpha is drawn on a symmetric log axis (linear inside the smallest non-zero |alpha|) when its
+non-zero magnitudes span more than a decade.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib import colormaps
+
+from orchestrator.collect_stats import fmt, varying_fields
+from trainer import results as R
+
+DPI = 130
+STYLES = ("-", "--", ":", "-.")
+
+
+def alpha_axis(ax: Axes, alphas: np.ndarray | list[float]) -> None:
+    """Label the x axis alpha; symlog (linthresh = smallest non-zero |alpha|) if it spans > 1 decade."""
+    mags = np.abs(np.asarray(alphas, dtype=float))
+    mags = mags[mags > 0]
+    if len(mags) and mags.max() / mags.min() > 10:
+        ax.set_xscale("symlog", linthresh=float(mags.min()), linscale=0.6)
+    ax.set_xlabel("alpha (regularizer strength; < 0 against selectivity)")
+    ax.axvline(0, color="0.8", lw=0.8, zorder=0)
+
+
+def _series(conds: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """[(label, its conditions sorted by alpha)], one per combination of the non-alpha varying fields."""
+    others = [f for f in varying_fields(conds) if f != "alpha"]
+    if not others:
+        return [("", conds.sort_values("alpha"))]
+    text = conds[others].map(fmt)
+    labels = [", ".join(f"{k}={row[k]}" for k in others) for row in text.to_dict("records")]
+    conds = conds.assign(_series=labels)
+    return [(s, g.sort_values("alpha")) for s, g in conds.groupby("_series", sort=False)]
+
+
+def _errorbar(ax: Axes, x: pd.Series, df: pd.DataFrame, prefix: str, scale: float = 1.0, **kw: object) -> None:
+    mean = df[f"{prefix}_mean"].to_numpy(float) * scale
+    low = np.nan_to_num(mean - df[f"{prefix}_ci95_low"].to_numpy(float) * scale)
+    high = np.nan_to_num(df[f"{prefix}_ci95_high"].to_numpy(float) * scale - mean)
+    style = {"marker": "o", "ms": 4, "capsize": 3, "lw": 1.4} | kw
+    ax.errorbar(x.to_numpy(float), mean, yerr=[low, high], **style)
+
+
+def _title(conds: pd.DataFrame, what: str) -> str:
+    fixed = [f"{conds[k].iloc[0]}" for k in ("model", "dataset") if conds[k].nunique() == 1]
+    n = conds["n"]
+    seeds = f"n = {n.min()}" if n.min() == n.max() else f"n = {n.min()}-{n.max()}"
+    return f"{' / '.join(fixed)}: {what}\nmean and 95% CI over seeds ({seeds})"
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    """Write the PNG beside its name, then rename it over (a reader never sees half a file)."""
+    FigureCanvasAgg(fig)
+    tmp = path.with_name(f".{path.name}{R.TMP_MARK}{os.getpid()}")
+    fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
+    R.replace_atomically(tmp, path)
+    return path
+
+
+def metric_vs_alpha(conds: pd.DataFrame, metric: str, ylabel: str, what: str, path: Path, scale: float = 1.0) -> Path:
+    """`metric` (final epoch) vs alpha with 95% CI error bars, one line per series."""
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.add_subplot()
+    series = _series(conds)
+    for i, (label, g) in enumerate(series):
+        _errorbar(ax, g["alpha"], g, metric, scale, label=label or None, ls=STYLES[i % len(STYLES)])
+    alpha_axis(ax, conds["alpha"])
+    ax.set_ylabel(ylabel)
+    ax.set_title(_title(conds, what), fontsize=10)
+    ax.grid(alpha=0.3)
+    if len(series) > 1:
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _alpha_colors(alphas: pd.Series) -> dict[float, tuple]:
+    """Diverging colours: blue for alpha < 0, red for > 0, black for 0; darker for stronger."""
+    mags = np.abs(alphas.to_numpy(float))
+    lin = mags[mags > 0].min() if (mags > 0).any() else 1.0
+    s = np.sign(alphas.to_numpy(float)) * np.log10(1 + mags / lin)
+    top = np.abs(s).max() or 1.0
+    cmap = colormaps["coolwarm"]
+    return {a: ((0, 0, 0, 1) if a == 0 else cmap(0.5 + 0.5 * v / top)) for a, v in zip(alphas, s)}
+
+
+def over_epochs(cond_epochs: pd.DataFrame, conds: pd.DataFrame, path: Path) -> Path:
+    """csi_mean and test accuracy over epochs, one line (mean, 95% CI band) per condition."""
+    fig = Figure(figsize=(11, 4.2))
+    axes = fig.subplots(1, 2)
+    colors = _alpha_colors(conds["alpha"])
+    styles = {label: STYLES[i % len(STYLES)] for i, (label, _) in enumerate(_series(conds))}
+    for label, g in _series(conds):
+        for cid, alpha, name in g[["condition_id", "alpha", "condition"]].itertuples(index=False):
+            e = cond_epochs[cond_epochs["condition_id"] == cid].sort_values("epoch")
+            for ax, metric, scale in ((axes[0], "csi_mean", 1.0), (axes[1], "test_acc", 100.0)):
+                x = e["epoch"].to_numpy(float)
+                ax.plot(x, e[f"{metric}_mean"] * scale, color=colors[alpha], ls=styles[label], lw=1.3, label=name)
+                ax.fill_between(x, e[f"{metric}_ci95_low"] * scale, e[f"{metric}_ci95_high"] * scale, color=colors[alpha], alpha=0.15, lw=0)
+    for edge in sorted(set(conds["onset_epoch"]) - {0}):
+        for ax in axes:
+            ax.axvline(edge, color="0.5", ls=":", lw=1)
+    for ax, ylabel in zip(axes, ("csi_mean (test set, mean over layers)", "test accuracy (%)")):
+        ax.set_xlabel("epoch (0 = initialised network)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[0].set_title(_title(conds, "class selectivity over training"), fontsize=10)
+    axes[1].set_title("test accuracy over training" + ("\ndotted: regularizer onset" if (conds["onset_epoch"] > 0).any() else ""), fontsize=10)
+    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), title="condition", title_fontsize=8)
+    return _save(fig, path)
+
+
+def layers_vs_alpha(cond_layers: pd.DataFrame, conds: pd.DataFrame, path: Path) -> Path:
+    """Final per-layer CSI vs alpha, one line per layer (colour = depth), one panel per series."""
+    series = _series(conds)
+    n = len(series)
+    cols = min(n, 3)
+    rows = -(-n // cols)
+    fig = Figure(figsize=(5.6 * cols + 1.6, 4.2 * rows))
+    axes = np.atleast_1d(fig.subplots(rows, cols, sharey=True, squeeze=False)).ravel()
+    layers = list(dict.fromkeys(cond_layers["layer"]))
+    cmap = colormaps["viridis"]
+    for ax, (label, g) in zip(axes, series):
+        sub = cond_layers[cond_layers["condition_id"].isin(g["condition_id"])]
+        for j, layer in enumerate(layers):
+            lg = sub[sub["layer"] == layer].sort_values("alpha")
+            color = cmap(j / max(len(layers) - 1, 1))
+            _errorbar(ax, lg["alpha"], lg, "csi_mean", color=color, label=layer, capsize=2, ms=3, lw=1.1)
+        alpha_axis(ax, g["alpha"])
+        ax.set_title(label or _title(conds, "per-layer class selectivity"), fontsize=10)
+        ax.set_ylabel("layer csi_mean (final epoch)")
+        ax.grid(alpha=0.3)
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    axes[cols - 1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), title="layer", title_fontsize=8)
+    return _save(fig, path)
+
+
+def write_figures(conds: pd.DataFrame, cond_epochs: pd.DataFrame, cond_layers: pd.DataFrame, folder: Path) -> list[Path]:
+    """All four figures into `folder` (created); returns their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return [
+        metric_vs_alpha(conds, "test_acc", "final test accuracy (%)", "test accuracy vs alpha", folder / "test_acc_vs_alpha.png", 100.0),
+        metric_vs_alpha(conds, "csi_mean", "final csi_mean (test set)", "class selectivity vs alpha", folder / "csi_vs_alpha.png"),
+        over_epochs(cond_epochs, conds, folder / "csi_over_epochs.png"),
+        layers_vs_alpha(cond_layers, conds, folder / "layer_csi_vs_alpha.png"),
+    ]

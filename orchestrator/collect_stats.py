@@ -1,0 +1,191 @@
+"""The collector's statistics: per-trial final rows, conditions, mean / std / sem / 95% CI over seeds.
+
+Used by `python -m orchestrator.collect`. A *condition* is every trial field but the seed (and
+the trial_id); its trials are its seeds. The 95% CI is mean +- t(0.975, n-1) * sem (Student t),
+sem = std / sqrt(n) with the sample std (ddof=1); with one seed, std, sem and the CI are NaN.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from orchestrator.collect_scan import Trial, trial_fields
+
+METRICS = ("test_acc", "csi_mean")  # final-epoch metrics summarised per condition
+EPOCH_METRICS = ("test_acc", "csi_mean", "train_loss")  # summarised per condition and epoch
+STATS = ("mean", "std", "sem", "ci95_low", "ci95_high")
+SORT_FIRST = ("alpha", "onset_epoch", "offset_epoch", "model", "dataset")
+PROVENANCE = ("attempts", "git_sha", "git_dirty", "host", "device", "started", "ended")
+
+
+def condition_fields() -> list[str]:
+    """The fields that make a condition: every trial field except trial_id and seed."""
+    return [f for f in trial_fields() if f not in ("trial_id", "seed")]
+
+
+def t975(n: np.ndarray | Sequence[int] | int) -> np.ndarray:
+    """Student t quantile t(0.975, n - 1) for sample sizes `n`; NaN where n < 2."""
+    from scipy.stats import t
+
+    n = np.asarray(n, dtype=float)
+    with np.errstate(invalid="ignore"):
+        return np.where(n >= 2, t.ppf(0.975, np.maximum(n - 1, 1)), np.nan)
+
+
+def summarize(df: pd.DataFrame, by: str | list[str], metrics: Sequence[str]) -> pd.DataFrame:
+    """Per group of `by`: n (rows) and, per metric, mean, std, sem, ci95_low, ci95_high.
+
+    Groups keep their order of first appearance. NaN values of a metric are left out of its
+    statistics (n still counts the rows).
+    """
+    g = df.groupby(by, sort=False, dropna=False)
+    out = pd.DataFrame({"n": g.size()})
+    for m in metrics:
+        count, mean, std = g[m].count(), g[m].mean(), g[m].std(ddof=1)
+        sem = std / np.sqrt(count)
+        half = t975(count.to_numpy()) * sem
+        out[f"{m}_mean"], out[f"{m}_std"], out[f"{m}_sem"] = mean, std, sem
+        out[f"{m}_ci95_low"], out[f"{m}_ci95_high"] = mean - half, mean + half
+    return out
+
+
+# ---- conditions --------------------------------------------------------------------------------
+def to_pandas(table: pa.Table) -> pd.DataFrame:
+    """`table` as pandas, int64 columns as nullable Int64 (offset_epoch null stays an integer)."""
+    return table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
+
+
+def _is_missing(v: Any) -> bool:
+    return v is None or v is pd.NA
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if _is_missing(v):
+        return None
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def condition_id(key: dict[str, Any]) -> str:
+    """Stable 12-hex-digit id of a condition (its fields, JSON, sorted keys)."""
+    blob = json.dumps({k: _jsonable(v) for k, v in key.items()}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, (list, tuple, np.ndarray)):
+        return "[" + ",".join(str(x) for x in v) + "]"
+    return "none" if _is_missing(v) else str(v)
+
+
+def varying_fields(conditions: pd.DataFrame) -> list[str]:
+    """Condition fields whose value differs between conditions (alpha first)."""
+    keys = condition_fields()
+    as_text = conditions[keys].map(fmt)
+    vary = [k for k in keys if as_text[k].nunique() > 1]
+    return sorted(vary, key=lambda k: (k != "alpha", keys.index(k)))
+
+
+def sort_trials(df: pd.DataFrame) -> pd.DataFrame:
+    """Trials ordered by alpha, onset, offset, model, dataset, the other scalar fields, then seed."""
+    listy = lambda v: isinstance(v, (list, tuple, np.ndarray))  # noqa: E731 - lists do not sort
+    others = [c for c in condition_fields() if c not in SORT_FIRST and not df[c].map(listy).any()]
+    by = [c for c in SORT_FIRST if c in df] + others + ["seed", "trial_id"]
+    return df.sort_values(by, na_position="first", kind="stable").reset_index(drop=True)
+
+
+def trials_table(epochs: pa.Table, layers: pa.Table, trials: dict[str, Trial]) -> pd.DataFrame:
+    """One row per done trial: its final epoch row, condition, totals, per-layer CSI, provenance."""
+    final = to_pandas(epochs.filter(pc.equal(epochs["epoch"], epochs["epochs"])))
+    keys = condition_fields()
+    records = final[keys].to_dict("records")
+    final.insert(len(trial_fields()), "condition_id", [condition_id(k) for k in records])
+    totals = to_pandas(epochs.group_by("trial_id").aggregate([("seconds", "sum"), ("eval_seconds", "sum")]))
+    totals = totals.rename(columns={"seconds_sum": "train_seconds_total", "eval_seconds_sum": "eval_seconds_total"})
+    per_layer = layer_columns(layers)
+    prov = pd.DataFrame([_provenance(trials[t].status) | {"trial_id": t} for t in final["trial_id"]])
+    df = final.merge(totals, on="trial_id").merge(per_layer, on="trial_id", how="left").merge(prov, on="trial_id")
+    df = sort_trials(df)
+    labels = condition_labels(df.drop_duplicates("condition_id"))
+    df.insert(len(trial_fields()) + 1, "condition", df["condition_id"].map(labels))
+    return df
+
+
+def layer_columns(layers: pa.Table) -> pd.DataFrame:
+    """Final-epoch layer CSI means as columns `csi_mean.<layer>` (layer order as written), by trial."""
+    final = layers.filter(pc.equal(layers["epoch"], layers["epochs"])).select(["trial_id", "layer", "csi_mean"])
+    df = to_pandas(final)
+    order = list(dict.fromkeys(df["layer"]))
+    wide = df.pivot(index="trial_id", columns="layer", values="csi_mean")[order]
+    wide.columns = [f"csi_mean.{name}" for name in order]
+    return wide.reset_index()
+
+
+def _provenance(status: dict[str, Any]) -> dict[str, Any]:
+    out = {k: status.get(k) for k in PROVENANCE}
+    out["versions"] = json.dumps(status.get("versions"), sort_keys=True) if status.get("versions") else None
+    return out
+
+
+def condition_labels(conds: pd.DataFrame) -> dict[str, str]:
+    """{condition_id: 'alpha=-10, onset_epoch=5'} from the fields that vary between conditions."""
+    vary = varying_fields(conds)
+    return {
+        row["condition_id"]: ", ".join(f"{k}={fmt(row[k])}" for k in vary) or "all trials"
+        for row in conds[["condition_id", *vary]].to_dict("records")
+    }
+
+
+def conditions_table(trials: pd.DataFrame) -> pd.DataFrame:
+    """One row per condition (order of `trials`): its fields, n, seeds, stats of METRICS, layer means."""
+    head = trials.drop_duplicates("condition_id").set_index("condition_id")[["condition", *condition_fields()]]
+    stats = summarize(trials, "condition_id", METRICS)
+    seeds = trials.groupby("condition_id", sort=False)["seed"].agg(lambda s: sorted(s.tolist())).rename("seeds")
+    layer_cols = [c for c in trials.columns if c.startswith("csi_mean.")]
+    layer_means = trials.groupby("condition_id", sort=False)[layer_cols].mean()
+    out = head.join(stats).join(seeds).join(layer_means)
+    cols = ["condition", *condition_fields(), "n", "seeds"]
+    return out[cols + [c for c in out.columns if c not in cols]].reset_index()
+
+
+def condition_epochs_table(epochs: pa.Table, trials: pd.DataFrame) -> pd.DataFrame:
+    """One row per (condition, epoch): n and stats of EPOCH_METRICS over the seeds."""
+    df = to_pandas(epochs.select(["trial_id", "epoch", "alpha_active", *EPOCH_METRICS]))
+    df["condition_id"] = df["trial_id"].map(trials.set_index("trial_id")["condition_id"])
+    stats = summarize(df, ["condition_id", "epoch"], EPOCH_METRICS)
+    stats["alpha_active"] = df.groupby(["condition_id", "epoch"], sort=False)["alpha_active"].first()
+    return _with_condition(stats.reset_index(), trials)
+
+
+def condition_layers_table(layers: pa.Table, trials: pd.DataFrame) -> pd.DataFrame:
+    """One row per (condition, layer) at the final epoch: n and stats of the layer's csi_mean."""
+    final = layers.filter(pc.equal(layers["epoch"], layers["epochs"]))
+    df = to_pandas(final.select(["trial_id", "layer", "n_units", "csi_mean"]))
+    df["condition_id"] = df["trial_id"].map(trials.set_index("trial_id")["condition_id"])
+    stats = summarize(df, ["condition_id", "layer"], ["csi_mean"])
+    stats.insert(1, "n_units", df.groupby(["condition_id", "layer"], sort=False)["n_units"].first())
+    return _with_condition(stats.reset_index(), trials)
+
+
+def _with_condition(stats: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
+    """`stats` (keyed by condition_id) with the condition's label and fields in front, in trial order."""
+    head = trials.drop_duplicates("condition_id")[["condition_id", "condition", *condition_fields()]]
+    order = {c: i for i, c in enumerate(head["condition_id"])}
+    stats = stats.sort_values("condition_id", key=lambda s: s.map(order), kind="stable")
+    return head.merge(stats, on="condition_id", how="right").reset_index(drop=True)
+
+
+def order_rows(table: pa.Table, trial_ids: Sequence[str]) -> pa.Table:
+    """Rows of `table` grouped by trial in the order `trial_ids`, then by epoch (stable otherwise)."""
+    rank = pc.index_in(table["trial_id"], value_set=pa.array(list(trial_ids), type=pa.string()))
+    idx = pc.sort_indices(pa.table({"r": rank, "e": table["epoch"]}), sort_keys=[("r", "ascending"), ("e", "ascending")])
+    return table.take(idx)

@@ -1,0 +1,100 @@
+"""Grid files (SPEC 3): strict YAML -> validated trial specs. Pure: reads one file, writes nothing.
+
+    name: cifar10-resnet20-alpha          # the sweep's folder name under the results root
+    description: free text                # optional
+    fixed: {model: resnet20, epochs: 160} # any TrialSpec field but `sweep`
+    sweep:                                # axes; trials = their cartesian product, in file order
+      alpha: [-10, 0, 10]
+      seed: [0, 1, 2]
+
+Every error is one line naming the file, the key and what is allowed; the whole grid is
+validated before anything is written or submitted.
+"""
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestrator.strict import load_yaml
+from trainer.errors import UserError
+from trainer.spec import SpecError, TrialSpec, coerce, field_names
+
+GRID_KEYS = ("name", "description", "fixed", "sweep")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+MAX_TRIALS = 100_000
+
+
+@dataclass(frozen=True)
+class Grid:
+    name: str
+    description: str
+    path: Path
+    specs: tuple[TrialSpec, ...]  # unique by trial_id, in expansion order
+    axes: tuple[str, ...]  # swept fields, in file order
+    n_expanded: int  # before duplicates collapsed
+
+
+def load_grid(path: str | Path, overrides: dict[str, Any] | None = None) -> Grid:
+    """Load and validate a grid file; `overrides` are resource fields (e.g. from a cluster profile)."""
+    path = Path(path)
+    raw = load_yaml(path, "grid")
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: a grid must be a mapping with keys {', '.join(GRID_KEYS)}")
+    for key in raw:
+        if key not in GRID_KEYS:
+            raise UserError(f"{path}: unknown top-level key '{key}'; allowed: {', '.join(GRID_KEYS)}")
+    name = raw.get("name")
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise UserError(
+            f"{path}: key 'name' is {name!r}; allowed: 1-100 letters, digits, '.', '_', '-', starting with a letter or digit"
+        )
+    description = raw.get("description", "")
+    if not isinstance(description, str):
+        raise UserError(f"{path}: key 'description' must be text")
+    fixed = _section(raw, "fixed", path)
+    axes = _section(raw, "sweep", path)
+    fields = [f for f in field_names() if f != "sweep"]
+
+    for section, values in (("fixed", fixed), ("sweep", axes)):
+        for key in values:
+            if key not in fields:
+                raise UserError(f"{path}: unknown field '{section}.{key}'; allowed: {', '.join(fields)}")
+    for key in fixed.keys() & axes.keys():
+        raise UserError(f"{path}: field '{key}' is both in 'fixed' and in 'sweep'; give it in one place")
+
+    fixed = {k: coerce(k, v, f"{path}: fixed") for k, v in fixed.items()}
+    checked_axes: dict[str, list[Any]] = {}
+    for key, values in axes.items():
+        if not isinstance(values, list) or not values:
+            raise UserError(f"{path}: sweep axis '{key}' must be a non-empty list of values, got {values!r}")
+        checked_axes[key] = [coerce(key, v, f"{path}: sweep.{key}[{i}]") for i, v in enumerate(values)]
+
+    n_expanded = 1
+    for values in checked_axes.values():
+        n_expanded *= len(values)
+    if n_expanded > MAX_TRIALS:
+        raise UserError(f"{path}: the sweep expands to {n_expanded} trials; allowed: at most {MAX_TRIALS}")
+
+    specs: dict[str, TrialSpec] = {}
+    for combo in itertools.product(*checked_axes.values()):
+        point = dict(zip(checked_axes, combo))
+        data = {**fixed, **point, **(overrides or {}), "sweep": name}
+        try:
+            spec = TrialSpec(**data)
+        except SpecError as err:
+            at = ", ".join(f"{k}={v}" for k, v in point.items())
+            raise UserError(f"{path}: trial ({at or 'fixed only'}): {err}") from None
+        specs.setdefault(spec.trial_id, spec)
+    return Grid(name, description, path, tuple(specs.values()), tuple(checked_axes), n_expanded)
+
+
+def _section(raw: dict[str, Any], key: str, path: Path) -> dict[str, Any]:
+    value = raw.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise UserError(f"{path}: key '{key}' must be a mapping of field: value, got {type(value).__name__}")
+    return value

@@ -1,0 +1,150 @@
+"""Trial folders and their states: what is done, what runs, what is left to run.
+
+Everything rests on the trial folders (`<root>/<sweep>/trials/<trial_id>/`), never on Ray's or
+submitit's bookkeeping, so a sweep can move between backends and a launcher can exit at any
+time: the next `sweep` or `status` reads the same truth.
+
+States as `status` shows them:
+    pending      no status yet (never started)
+    running      a live process holds the trial's lock
+    interrupted  status says running but nobody holds the lock (killed, preempted): resumes
+    done         finished
+    failed       failed; `retryable` says whether running it again can help (a diverged
+                 trial cannot), and trials stop being retried after `max_attempts`
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from trainer.errors import UserError
+from trainer.lock import is_locked
+from trainer.results import SPEC, STATUS, read_json, replace_atomically, write_json
+from trainer.spec import TrialSpec
+
+DEFAULT_MAX_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class TrialState:
+    trial_id: str
+    folder: Path
+    state: str  # pending | running | interrupted | done | failed
+    attempts: int = 0
+    epoch: int | None = None  # last finished epoch (0 = only the initial evaluation)
+    error: str | None = None
+    retryable: bool = True
+    host: str | None = None
+
+    def runnable(self, max_attempts: int) -> bool:
+        """Should a launcher start (or resume) this trial now?"""
+        if self.state in ("pending", "interrupted"):
+            return True
+        if self.state == "failed":
+            return self.retryable and self.attempts < max_attempts
+        return False
+
+
+def sweep_dir(results_root: str | Path, name: str) -> Path:
+    return Path(results_root) / name
+
+
+def trial_folder(sweep: Path, trial_id: str) -> Path:
+    return sweep / "trials" / trial_id
+
+
+def read_state(folder: Path) -> TrialState:
+    """The state of one trial folder from its status.json and lock (no Parquet read)."""
+    trial_id = folder.name
+    path = folder / STATUS
+    if not path.exists():
+        return TrialState(trial_id, folder, "running" if is_locked(folder) else "pending")
+    try:
+        st: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError) as err:  # written atomically, so this is outside damage
+        return TrialState(trial_id, folder, "failed", error=f"unreadable status.json: {err}")
+    state = st.get("state", "pending")
+    if state == "running" and not is_locked(folder):
+        state = "interrupted"
+    elif state != "running" and is_locked(folder):
+        state = "running"  # a new attempt holds the lock and has not written its status yet
+    return TrialState(
+        trial_id=trial_id,
+        folder=folder,
+        state=state,
+        attempts=int(st.get("attempts", 0)),
+        epoch=st.get("epoch"),
+        error=st.get("error"),
+        retryable=bool(st.get("retryable", True)),
+        host=st.get("host"),
+    )
+
+
+def scan(sweep: Path) -> dict[str, TrialState]:
+    """States of every trial folder of a sweep, by trial_id."""
+    trials = sweep / "trials"
+    if not trials.is_dir():
+        return {}
+    with os.scandir(trials) as it:
+        folders = sorted(Path(e.path) for e in it if e.is_dir())
+    return {f.name: read_state(f) for f in folders}
+
+
+@dataclass(frozen=True)
+class Plan:
+    sweep: Path
+    specs: tuple[TrialSpec, ...]
+    states: dict[str, TrialState]  # of the grid's trials
+    to_run: tuple[TrialSpec, ...]
+
+    def count(self, state: str) -> int:
+        return sum(1 for s in self.states.values() if s.state == state)
+
+
+def make_plan(specs: Iterable[TrialSpec], sweep: Path, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> Plan:
+    """Which of `specs` still need running, given the trial folders on disk."""
+    specs = tuple(specs)
+    states = {}
+    for spec in specs:
+        folder = trial_folder(sweep, spec.trial_id)
+        states[spec.trial_id] = read_state(folder) if folder.exists() else TrialState(spec.trial_id, folder, "pending")
+    to_run = tuple(s for s in specs if states[s.trial_id].runnable(max_attempts))
+    return Plan(sweep, specs, states, to_run)
+
+
+def prepare(plan: Plan) -> list[Path]:
+    """Create the folders and spec.json of the trials to run; returns their spec paths.
+
+    spec.json is rewritten each time so its resource fields (device, data root) are those of
+    this launch; its science fields are the trial_id's, so a resumed trial trains the same.
+    """
+    _check_writable(plan.sweep)
+    paths = []
+    for spec in plan.to_run:
+        folder = trial_folder(plan.sweep, spec.trial_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(spec.to_dict(), folder / SPEC)
+        paths.append(folder / SPEC)
+    return paths
+
+
+def record_grid(grid_path: Path, sweep: Path) -> None:
+    """Keep the grid file that launched the sweep beside its trials (provenance)."""
+    tmp = sweep / f".grid.yaml.tmp-{os.getpid()}"
+    tmp.write_bytes(Path(grid_path).read_bytes())
+    replace_atomically(tmp, sweep / "grid.yaml")
+
+
+def _check_writable(sweep: Path) -> None:
+    probe = sweep
+    while not probe.exists():
+        probe = probe.parent
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"results folder {probe} is not writable; choose another with --results")
+
+
+def load_spec(folder: Path) -> TrialSpec:
+    return TrialSpec.from_dict(read_json(folder / SPEC), where=str(folder / SPEC))

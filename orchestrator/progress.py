@@ -1,0 +1,30 @@
+"""A one-line progress display for launchers: redrawn in place on a terminal, a line per event otherwise."""
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+
+class Progress:
+    def __init__(self, total: int, label: str, stream: TextIO = sys.stderr) -> None:
+        self.total, self.label, self.stream = total, label, stream
+        self.done = self.failed = self.running = 0
+        self.start = time.monotonic()
+        self.tty = stream.isatty()
+
+    def update(self, done: int, failed: int, running: int, event: str = "") -> None:
+        self.done, self.failed, self.running = done, failed, running
+        elapsed = int(time.monotonic() - self.start)
+        width = 24
+        filled = int(width * (done + failed) / max(self.total, 1))
+        bar = "#" * filled + "-" * (width - filled)
+        line = (
+            f"{self.label} [{bar}] {done}/{self.total} done, {failed} failed, {running} running, "
+            f"{elapsed // 60:02d}:{elapsed % 60:02d}"
+        )
+        if self.tty:
+            self.stream.write("\r" + line + ("\n" if done + failed == self.total else ""))
+        else:
+            self.stream.write(line + (f"  ({event})" if event else "") + "\n")
+        self.stream.flush()

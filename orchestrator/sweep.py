@@ -1,0 +1,108 @@
+"""Run a grid: `python -m orchestrator.sweep --grid grids/digits.yaml [--backend local|ray|slurm]`.
+
+    --cluster cluster_configs/<profile>.yaml   resources of the backend (its `backend` key picks it)
+    --results DIR                              results root (default ./results); the sweep is DIR/<grid name>
+    --dry-run                                  print the trials and a GPU-hour estimate; write nothing
+    --max-parallel N                           local backend: N worker processes
+    --retry-failed                             give failed trials (not diverged ones) another round of attempts
+
+Only what is not done runs; a finished trial never runs twice (each trial folder is locked
+while it runs, so two launchers on one sweep share the work). Everything is validated (grid,
+profile, data) before the first file is written.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from orchestrator.errors import UserError, cli
+from orchestrator.estimate import estimate
+from orchestrator.grid import Grid, load_grid
+from orchestrator.plan import Plan, make_plan, prepare, record_grid, scan, sweep_dir
+from orchestrator.profiles import BACKENDS, Profile, default_profile, load_profile
+from trainer.data import check_data
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m orchestrator.sweep", description="Run a YAML grid of trials.")
+    p.add_argument("--grid", required=True, type=Path)
+    p.add_argument("--backend", choices=BACKENDS, help="default: the profile's backend, else local")
+    p.add_argument("--cluster", type=Path, help="cluster profile (cluster_configs/...yaml)")
+    p.add_argument("--results", type=Path, default=Path("results"))
+    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--max-parallel", type=int, help="local backend: worker processes (overrides the profile)")
+    p.add_argument("--retry-failed", action="store_true")
+    return p.parse_args(argv)
+
+
+def resolve_profile(args: argparse.Namespace) -> Profile:
+    profile = load_profile(args.cluster) if args.cluster else default_profile(args.backend or "local")
+    if args.backend and args.backend != profile.backend:
+        raise UserError(f"{args.cluster}: key 'backend' is '{profile.backend}' but --backend is '{args.backend}'; make them agree")
+    if args.max_parallel is not None:
+        if profile.backend != "local" or args.max_parallel < 1:
+            raise UserError("--max-parallel: allowed only with the local backend, and >= 1")
+        profile = replace(profile, max_parallel=args.max_parallel)  # type: ignore[call-arg]
+    return profile
+
+
+def print_plan(grid: Grid, plan: Plan, profile: Profile) -> None:
+    est = estimate(plan.to_run)
+    cols = ("trial_id", "state", *grid.axes)
+    rows = [(s.trial_id, plan.states[s.trial_id].state, *(str(getattr(s, a)) for a in grid.axes)) for s in plan.specs]
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
+    for r in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)))
+    dup = grid.n_expanded - len(grid.specs)
+    print(
+        f"\n{grid.name}: {len(plan.specs)} trials ({dup} duplicates collapsed), {plan.count('done')} done, "
+        f"{len(plan.to_run)} to run on backend '{profile.backend}'"
+    )
+    print(f"GPU-hours to run: {est.gpu_hours:.2f} ({est.explain()})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    profile = resolve_profile(args)
+    grid = load_grid(args.grid, overrides=profile.trial_overrides())
+    folder = sweep_dir(args.results, grid.name)
+    max_attempts = profile.max_attempts
+    if args.retry_failed:
+        # One more round for every failed trial that can be retried (diverged ones stay failed).
+        max_attempts += max((s.attempts for s in scan(folder).values()), default=0)
+    plan = make_plan(grid.specs, folder, max_attempts)
+    if not args.dry_run:
+        for dataset in sorted({s.dataset for s in plan.to_run}):
+            check_data(dataset, next(s for s in plan.to_run if s.dataset == dataset).resolved_data_root())
+    if args.dry_run or not plan.to_run:
+        print_plan(grid, plan, profile)
+        if not args.dry_run:
+            print("nothing to run: every trial is done (or failed beyond its attempts; see orchestrator.status)")
+        return 0
+    paths = prepare(plan)
+    record_grid(args.grid, folder)
+    print(f"{grid.name}: running {len(paths)} of {len(plan.specs)} trials on '{profile.backend}' into {folder}", file=sys.stderr)
+    if profile.backend == "local":
+        from orchestrator.backends.local import run_local
+
+        run_local(paths, profile)  # type: ignore[arg-type]
+    elif profile.backend == "ray":
+        from orchestrator.backends.ray import run_ray
+
+        run_ray(paths, profile, folder)  # type: ignore[arg-type]
+    else:
+        from orchestrator.backends.slurm import run_slurm
+
+        if not run_slurm(paths, profile, folder):  # type: ignore[arg-type]
+            print(f"submitted; follow with: python -m orchestrator.status {folder}")
+            return 0
+    final = make_plan(grid.specs, folder, max_attempts)
+    print(f"{grid.name}: {final.count('done')} done, {final.count('failed')} failed of {len(final.specs)} -> {folder}")
+    return 0 if final.count("done") == len(final.specs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(cli(main))
