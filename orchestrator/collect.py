@@ -29,7 +29,7 @@ from orchestrator.collect_scan import (
     KINDS, Trial, check_sweep, drop_trials, expected_schema, incomplete_trials, read_trials, scan,
 )  # fmt: skip
 from orchestrator.collect_stats import (
-    condition_epochs_table, condition_layers_table, conditions_table, order_rows, trials_table,
+    condition_epochs_table, condition_layers_table, conditions_table, order_rows, to_pandas, trials_table,
 )  # fmt: skip
 from orchestrator.errors import UserError, cli
 from trainer import results as R
@@ -146,8 +146,12 @@ def excluded_table(trials: list[Trial]) -> pa.Table:
 
 # ---- writing ------------------------------------------------------------------------------------
 def _write(table: pa.Table | pd.DataFrame, path: Path) -> Path:
+    """Write atomically; Arrow tables get the pandas metadata the DataFrames carry (ints stay Int64)."""
     if isinstance(table, pd.DataFrame):
         table = pa.Table.from_pandas(table, preserve_index=False)
+    else:
+        empty = to_pandas(table.slice(0, 0))
+        table = table.replace_schema_metadata(pa.Schema.from_pandas(empty, preserve_index=False).metadata)
     R.write_parquet(table, path)
     return path
 

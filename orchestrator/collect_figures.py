@@ -23,6 +23,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib import colormaps
+from matplotlib.ticker import MaxNLocator
 
 from orchestrator.collect_stats import fmt, varying_fields
 from trainer import results as R
@@ -99,7 +100,8 @@ def _alpha_colors(alphas: pd.Series) -> dict[float, tuple]:
     s = np.sign(alphas.to_numpy(float)) * np.log10(1 + mags / lin)
     top = np.abs(s).max() or 1.0
     cmap = colormaps["coolwarm"]
-    return {a: ((0, 0, 0, 1) if a == 0 else cmap(0.5 + 0.5 * v / top)) for a, v in zip(alphas, s)}
+    shade = lambda v: 0.5 + np.sign(v) * (0.2 + 0.3 * abs(v) / top)  # noqa: E731 - never the pale middle
+    return {a: ((0, 0, 0, 1) if a == 0 else cmap(shade(v))) for a, v in zip(alphas, s)}
 
 
 def over_epochs(cond_epochs: pd.DataFrame, conds: pd.DataFrame, path: Path) -> Path:
@@ -120,6 +122,7 @@ def over_epochs(cond_epochs: pd.DataFrame, conds: pd.DataFrame, path: Path) -> P
             ax.axvline(edge, color="0.5", ls=":", lw=1)
     for ax, ylabel in zip(axes, ("csi_mean (test set, mean over layers)", "test accuracy (%)")):
         ax.set_xlabel("epoch (0 = initialised network)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     axes[0].set_title(_title(conds, "class selectivity over training"), fontsize=10)

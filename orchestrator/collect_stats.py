@@ -6,8 +6,10 @@ sem = std / sqrt(n) with the sample std (ddof=1); with one seed, std, sem and th
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import math
 from typing import Any, Sequence
 
 import numpy as np
@@ -29,13 +31,39 @@ def condition_fields() -> list[str]:
     return [f for f in trial_fields() if f not in ("trial_id", "seed")]
 
 
-def t975(n: np.ndarray | Sequence[int] | int) -> np.ndarray:
-    """Student t quantile t(0.975, n - 1) for sample sizes `n`; NaN where n < 2."""
-    from scipy.stats import t
+def _abs_t_cdf(t: float, df: int) -> float:
+    """P(|T| <= t) for Student's T with integer `df` (Abramowitz & Stegun 26.7.3-4, exact finite sums)."""
+    theta = math.atan(t / math.sqrt(df))
+    s, c2 = math.sin(theta), math.cos(theta) ** 2
+    if df % 2 == 0:  # s * (1 + 1/2 c^2 + 1*3/(2*4) c^4 + ... up to c^(df-2))
+        term = total = 1.0
+        for k in range(1, df // 2):
+            term *= c2 * (2 * k - 1) / (2 * k)
+            total += term
+        return s * total
+    total = 0.0  # 2/pi * (theta + s * (c + 2/3 c^3 + 2*4/(3*5) c^5 + ... up to c^(df-2)))
+    if df > 1:
+        term = total = math.cos(theta)
+        for k in range(1, (df - 1) // 2):
+            term *= c2 * (2 * k) / (2 * k + 1)
+            total += term
+    return 2 / math.pi * (theta + s * total)
 
-    n = np.asarray(n, dtype=float)
-    with np.errstate(invalid="ignore"):
-        return np.where(n >= 2, t.ppf(0.975, np.maximum(n - 1, 1)), np.nan)
+
+@functools.lru_cache(maxsize=None)
+def t_quantile_975(df: int) -> float:
+    """t(0.975, df): the two-sided 95% Student t critical value (bisection on the exact CDF)."""
+    lo, hi = 0.0, 1000.0  # t(0.975, 1) = 12.71 is the largest
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if _abs_t_cdf(mid, df) < 0.95 else (lo, mid)
+    return (lo + hi) / 2
+
+
+def t975(n: np.ndarray | Sequence[int] | int) -> np.ndarray:
+    """t(0.975, n - 1) for sample sizes `n`, elementwise; NaN where n < 2."""
+    n = np.asarray(n)
+    return np.array([t_quantile_975(int(k) - 1) if k >= 2 else np.nan for k in n.ravel()], dtype=float).reshape(n.shape)
 
 
 def summarize(df: pd.DataFrame, by: str | list[str], metrics: Sequence[str]) -> pd.DataFrame:

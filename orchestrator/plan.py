@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -121,7 +122,7 @@ def prepare(plan: Plan) -> list[Path]:
     spec.json is rewritten each time so its resource fields (device, data root) are those of
     this launch; its science fields are the trial_id's, so a resumed trial trains the same.
     """
-    _check_writable(plan.sweep)
+    check_writable(plan.sweep)
     paths = []
     for spec in plan.to_run:
         folder = trial_folder(plan.sweep, spec.trial_id)
@@ -138,12 +139,22 @@ def record_grid(grid_path: Path, sweep: Path) -> None:
     replace_atomically(tmp, sweep / "grid.yaml")
 
 
-def _check_writable(sweep: Path) -> None:
+def check_writable(sweep: Path) -> None:
+    """Fail with one line, before anything is written, if the results folder cannot take files.
+
+    A real probe (a temp file, removed at once) rather than os.access, which says yes to root
+    even on a read-only mount.
+    """
     probe = sweep
-    while not probe.exists():
+    while not probe.exists() and probe != probe.parent:
         probe = probe.parent
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise UserError(f"results folder {probe} is not writable; choose another with --results")
+    try:
+        if not probe.is_dir():
+            raise NotADirectoryError(f"{probe} is not a folder")
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as err:
+        raise UserError(f"results folder {sweep} is not writable ({err.strerror or err}); choose another with --results") from None
 
 
 def load_spec(folder: Path) -> TrialSpec:

@@ -7,11 +7,12 @@ from typing import TextIO
 
 
 class Progress:
-    def __init__(self, total: int, label: str, stream: TextIO = sys.stderr) -> None:
-        self.total, self.label, self.stream = total, label, stream
+    def __init__(self, total: int, label: str, stream: TextIO | None = None) -> None:
+        self.total, self.label = total, label
+        self.stream = stream or sys.stderr  # looked up now, not at import: tests and tools swap it
         self.done = self.failed = self.running = 0
         self.start = time.monotonic()
-        self.tty = stream.isatty()
+        self.tty = self.stream.isatty()
 
     def update(self, done: int, failed: int, running: int, event: str = "") -> None:
         self.done, self.failed, self.running = done, failed, running

@@ -20,7 +20,7 @@ from pathlib import Path
 from orchestrator.errors import UserError, cli
 from orchestrator.estimate import estimate
 from orchestrator.grid import Grid, load_grid
-from orchestrator.plan import Plan, make_plan, prepare, record_grid, scan, sweep_dir
+from orchestrator.plan import Plan, check_writable, make_plan, prepare, record_grid, scan, sweep_dir
 from orchestrator.profiles import BACKENDS, Profile, default_profile, load_profile
 from trainer.data import check_data
 
@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         max_attempts += max((s.attempts for s in scan(folder).values()), default=0)
     plan = make_plan(grid.specs, folder, max_attempts)
     if not args.dry_run:
+        check_writable(folder)
         for dataset in sorted({s.dataset for s in plan.to_run}):
             check_data(dataset, next(s for s in plan.to_run if s.dataset == dataset).resolved_data_root())
     if args.dry_run or not plan.to_run:
@@ -100,8 +101,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"submitted; follow with: python -m orchestrator.status {folder}")
             return 0
     final = make_plan(grid.specs, folder, max_attempts)
-    print(f"{grid.name}: {final.count('done')} done, {final.count('failed')} failed of {len(final.specs)} -> {folder}")
-    return 0 if final.count("done") == len(final.specs) else 1
+    others = final.count("running")
+    print(
+        f"{grid.name}: {final.count('done')} done, {final.count('failed')} failed"
+        + (f", {others} running in another launcher" if others else "")
+        + f" of {len(final.specs)} -> {folder}"
+    )
+    return 1 if final.count("failed") else 0
 
 
 if __name__ == "__main__":

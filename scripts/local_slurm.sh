@@ -20,7 +20,8 @@
 # is started by hand and the config avoids cgroup plugins.
 set -euo pipefail
 
-STATE_DIR=${LOCAL_SLURM_DIR:-/tmp/sweep-slurm}
+# Slurm wants absolute paths in its config.
+STATE_DIR=$(realpath -m "${LOCAL_SLURM_DIR:-/tmp/sweep-slurm}")
 MAX_ARRAY_SIZE=${LOCAL_SLURM_MAX_ARRAY_SIZE:-11}
 START_TIMEOUT=${LOCAL_SLURM_START_TIMEOUT:-30}
 CTLD_PORT=${LOCAL_SLURM_CTLD_PORT:-6817}
@@ -50,20 +51,19 @@ die() {
     exit 1
 }
 
-# On failure show what the daemons said: slurmctld in particular exits 0 even when it dies on a bad
-# config (it forks before reading it), so its log is often the only clue.
-dump_logs() {
-    local f
-    for f in "$LOG_DIR"/slurmctld.log "$LOG_DIR"/slurmd.log "$MUNGE_DIR"/munged.log; do
+# A failed start shows what the daemon said (slurmctld in particular exits 0 even when it dies on a bad
+# config, as it forks first, so its log is often the only clue), then stops the half-started cluster.
+fail_start() {
+    local msg=$1 f
+    shift
+    log "ERROR: $msg"
+    for f in "$@"; do
         [[ -s $f ]] || continue
         echo "----- tail of $f -----" >&2
         tail -n 25 "$f" >&2
     done
-}
-
-fail() {
-    log "ERROR: $*"
-    dump_logs
+    log "stopping what was started"
+    stop_daemons "slurmd:$SLURMD_PID" "slurmctld:$CTLD_PID" "munged:$MUNGE_PID"
     exit 1
 }
 
@@ -74,19 +74,26 @@ require_root() {
 # Pid from a pid file, printed only if that process is alive and is the program we expect: guards
 # against stale files and recycled pids, so stop never signals a stranger.
 live_pid() {
-    local pidfile=$1 name=$2 pid
-    [[ -r $pidfile ]] || return 1
-    pid=$(<"$pidfile")
+    local pidfile=$1 name=$2 pid comm
+    pid=$(cat "$pidfile" 2>/dev/null) || return 1
     [[ $pid =~ ^[0-9]+$ ]] || return 1
-    [[ -r /proc/$pid/comm && $(<"/proc/$pid/comm") == "$name"* ]] || return 1
+    comm=$(cat "/proc/$pid/comm" 2>/dev/null) || return 1
+    [[ $comm == "$name"* ]] || return 1
     echo "$pid"
 }
 
-# Poll (cheaply, every 0.2 s) until a command succeeds or the start timeout passes.
-wait_for() {
-    local deadline=$((SECONDS + START_TIMEOUT))
+# Polls (every 0.2 s) until a check passes or the start timeout runs out, giving up early once the
+# daemon's process is gone: it died while starting. Daemons write their pid file within a second.
+wait_for_daemon() {
+    local pidfile=$1 name=$2
+    shift 2
+    local deadline=$((SECONDS + START_TIMEOUT)) grace=$((SECONDS + 3))
     until "$@"; do
         ((SECONDS < deadline)) || return 1
+        if ((SECONDS >= grace)) && ! live_pid "$pidfile" "$name" >/dev/null; then
+            log "$name is not running"
+            return 1
+        fi
         sleep 0.2
     done
 }
@@ -246,8 +253,9 @@ start_munged() {
         --socket="$MUNGE_SOCKET" --key-file="$MUNGE_KEY" --pid-file="$MUNGE_PID" \
         --log-file="$MUNGE_DIR/munged.log" --seed-file="$MUNGE_DIR/munged.seed" \
         </dev/null >>"$LOG_DIR/munged.out" 2>&1 ||
-        fail "munged did not start (see $LOG_DIR/munged.out: $(tail -n 3 "$LOG_DIR/munged.out"))"
-    wait_for munge_works || fail "munged is not answering on $MUNGE_SOCKET"
+        fail_start "munged did not start" "$LOG_DIR/munged.out" "$MUNGE_DIR/munged.log"
+    wait_for_daemon "$MUNGE_PID" munged munge_works ||
+        fail_start "munged is not answering on $MUNGE_SOCKET" "$LOG_DIR/munged.out" "$MUNGE_DIR/munged.log"
 }
 
 munge_works() { munge -n -S "$MUNGE_SOCKET" 2>/dev/null | unmunge -S "$MUNGE_SOCKET" >/dev/null 2>&1; }
@@ -258,9 +266,10 @@ start_slurmctld() {
     fi
     # Keeps saved state (job ids, queue) across restarts; add -c here to start from scratch instead.
     slurmctld -f "$CONF" </dev/null >>"$LOG_DIR/slurmctld.out" 2>&1 ||
-        fail "slurmctld did not start"
+        fail_start "slurmctld did not start" "$LOG_DIR/slurmctld.out" "$LOG_DIR/slurmctld.log"
     # Its exit code says nothing about config errors; only a ping proves it is alive.
-    wait_for ctld_up || fail "slurmctld is not answering 'scontrol ping'"
+    wait_for_daemon "$CTLD_PID" slurmctld ctld_up ||
+        fail_start "slurmctld is not answering 'scontrol ping'" "$LOG_DIR/slurmctld.out" "$LOG_DIR/slurmctld.log"
 }
 
 slurmd_ready() { (($(slurmd_registered_at) >= $1)) && node_usable; }
@@ -272,12 +281,13 @@ start_slurmd() {
     local launched
     launched=$(date +%s)
     slurmd -f "$CONF" -N "$NODE" </dev/null >>"$LOG_DIR/slurmd.out" 2>&1 ||
-        fail "slurmd did not start"
+        fail_start "slurmd did not start" "$LOG_DIR/slurmd.out" "$LOG_DIR/slurmd.log"
     # After a restart the controller reports the node state it saved (often "idle") before slurmd has
     # registered, so also wait for the registration of this slurmd.
-    if ! wait_for slurmd_ready "$launched"; then
+    if ! wait_for_daemon "$SLURMD_PID" slurmd slurmd_ready "$launched"; then
         timeout 5 sinfo -R >&2 || true
-        fail "node $NODE did not become idle (state: $(node_state || true))"
+        fail_start "node $NODE did not become idle (state: $(node_state || true))" \
+            "$LOG_DIR/slurmd.out" "$LOG_DIR/slurmd.log" "$LOG_DIR/slurmctld.log"
     fi
 }
 
@@ -300,84 +310,141 @@ cmd_start() {
     log "up in $((SECONDS - t0)) s: node $NODE $(node_state), partition debug (SLURM_CONF=$CONF)"
 }
 
-# SIGTERM, then SIGKILL after a grace period; waits until the process is really gone.
-stop_daemon() {
-    local pidfile=$1 name=$2 pid i
-    if ! pid=$(live_pid "$pidfile" "$name"); then
+# Stops daemons given as name:pidfile together: SIGTERM, then SIGKILL after 10 s. Each takes about
+# 2 s to exit, so signalling them at once saves time. Waits until they are really gone.
+stop_daemons() {
+    local entry name pidfile pid i j
+    local -a pids=() names=()
+    for entry in "$@"; do
+        name=${entry%%:*} pidfile=${entry#*:}
+        if pid=$(live_pid "$pidfile" "$name"); then
+            kill -TERM "$pid" 2>/dev/null || true
+            pids+=("$pid") names+=("$name")
+        fi
         rm -f "$pidfile"
-        return 0
-    fi
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 100; i++)); do
-        [[ -d /proc/$pid ]] || break
-        sleep 0.1
     done
-    if [[ -d /proc/$pid ]]; then
-        log "$name ($pid) ignored SIGTERM for 10 s; killing it"
-        kill -KILL "$pid" 2>/dev/null || true
-        sleep 0.2
-    fi
-    rm -f "$pidfile"
-    log "stopped $name ($pid)"
+    for i in "${!pids[@]}"; do
+        for ((j = 0; j < 100; j++)); do
+            [[ -d /proc/${pids[i]} ]] || break
+            sleep 0.1
+        done
+        if [[ -d /proc/${pids[i]} ]]; then
+            log "${names[i]} (${pids[i]}) ignored SIGTERM for 10 s; killing it"
+            kill -KILL "${pids[i]}" 2>/dev/null || true
+        fi
+        log "stopped ${names[i]} (${pids[i]})"
+    done
 }
 
-# Job steps (slurmstepd) outlive slurmd. Ours are the ones whose environment carries our SLURM_CONF,
-# since they descend from the slurmd we started with it; nothing else is touched.
-kill_stray_stepds() {
-    local p pid
-    for p in /proc/[0-9]*; do
-        pid=${p#/proc/}
-        [[ -r $p/comm && $(<"$p/comm") == slurmstepd* ]] || continue
-        if tr '\0' '\n' <"$p/environ" 2>/dev/null | grep -qx "SLURM_CONF=$CONF"; then
-            log "killing leftover slurmstepd $pid"
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
+# A process and all its descendants, parents first.
+process_tree() {
+    local pid=$1 child
+    echo "$pid"
+    for child in $(ps -o pid= --ppid "$pid" 2>/dev/null); do
+        process_tree "$child"
     done
+}
+
+# Our slurmstepds: those writing to our slurmd log. (Their environment would say SLURM_CONF too, but
+# slurmstepd overwrites that memory when it sets its process title.) Nothing else is ever signalled.
+our_stepds() {
+    local p fd comm
+    for p in /proc/[0-9]*; do
+        # Not $(<file 2>/dev/null): with a redirection added, bash no longer reads the file.
+        comm=$(cat "$p/comm" 2>/dev/null) || continue
+        [[ $comm == slurmstepd* ]] || continue
+        for fd in "$p"/fd/*; do
+            if [[ $(readlink "$fd" 2>/dev/null) == "$LOG_DIR/slurmd.log" ]]; then
+                echo "${p#/proc/}"
+                break
+            fi
+        done
+    done
+}
+
+# Job steps outlive slurmd; their job processes go with them, or they would linger as orphans.
+kill_stray_stepds() {
+    local stepd tree
+    for stepd in $(our_stepds); do
+        tree=$(process_tree "$stepd" | tr '\n' ' ')
+        log "killing leftover slurmstepd $stepd and its processes: $tree"
+        # shellcheck disable=SC2086 # one pid per word
+        kill -KILL $tree 2>/dev/null || true
+    done
+}
+
+# Job ids (array tasks as 12_3 or 12_[4-10]) in the given squeue states.
+jobs_in() { timeout 5 squeue -h -t "$1" -o '%i' 2>/dev/null | tr '\n' ' ' || true; }
+
+# Polls for at most $1 seconds until no job is running or completing.
+jobs_gone_within() {
+    local i
+    for ((i = 0; i < $1 * 5; i++)); do
+        [[ -z $(jobs_in RUNNING,COMPLETING,CONFIGURING) ]] && return 0
+        sleep 0.2
+    done
+    return 1
+}
+
+# End every job while slurmd can still clean up: job steps outlive slurmd.
+cancel_all_jobs() {
+    local pending running
+    pending=$(jobs_in PENDING,REQUEUED,SUSPENDED)
+    running=$(jobs_in RUNNING,CONFIGURING,COMPLETING)
+    [[ -n $pending$running ]] || return 0
+    log "cancelling jobs: $pending$running"
+    # Pending first, so nothing new starts when a running job frees its CPUs.
+    # shellcheck disable=SC2086 # one job id per word
+    [[ -z $pending ]] || scancel $pending 2>/dev/null || true
+    # shellcheck disable=SC2086
+    [[ -z $running ]] || scancel $running 2>/dev/null || true
+    jobs_gone_within 5 && return 0
+    # A job that ignores SIGTERM gets SIGKILL only after KillWait (30 s), and scancel --signal=KILL
+    # counts as a cancel, so it waits just as long: kill its processes ourselves.
+    log "jobs ignored SIGTERM, killing their processes: $(jobs_in RUNNING,COMPLETING,CONFIGURING)"
+    local stepd
+    for stepd in $(our_stepds); do
+        # shellcheck disable=SC2046 # one pid per word
+        kill -KILL $(process_tree "$stepd" | tail -n +2) 2>/dev/null || true
+    done
+    jobs_gone_within 10 || log "WARNING: jobs still active: $(jobs_in RUNNING,COMPLETING,CONFIGURING)"
 }
 
 cmd_stop() {
     require_root stop
     if live_pid "$CTLD_PID" slurmctld >/dev/null && [[ -r $CONF ]] && ctld_up; then
-        local jobs i
-        jobs=$(timeout 5 squeue -h -o '%A' 2>/dev/null || true)
-        if [[ -n $jobs ]]; then
-            # shellcheck disable=SC2086 # one job id per word
-            scancel $jobs 2>/dev/null || true
-            # Give the steps time to die while slurmd can still clean them up.
-            for ((i = 0; i < 150; i++)); do
-                [[ -z $(timeout 5 squeue -h -t RUNNING,COMPLETING,CONFIGURING -o '%A' 2>/dev/null) ]] && break
-                sleep 0.2
-            done
-            log "cancelled jobs: $(echo "$jobs" | tr '\n' ' ')"
-        fi
+        cancel_all_jobs
     fi
-    stop_daemon "$SLURMD_PID" slurmd
+    # slurmd first: it cleans up job steps. The controller saves its state without needing munge.
+    stop_daemons "slurmd:$SLURMD_PID"
     kill_stray_stepds
-    stop_daemon "$CTLD_PID" slurmctld
-    stop_daemon "$MUNGE_PID" munged
+    stop_daemons "slurmctld:$CTLD_PID" "munged:$MUNGE_PID"
 }
 
 cmd_status() {
-    if [[ -r $CONF ]] && is_up; then
+    if is_up; then
         echo "up: node $NODE $(node_state) (SLURM_CONF=$CONF)"
         return 0
     fi
-    local name pidfile state=""
-    for name in munged slurmctld slurmd; do
-        case $name in
-        munged) pidfile=$MUNGE_PID ;;
-        slurmctld) pidfile=$CTLD_PID ;;
-        slurmd) pidfile=$SLURMD_PID ;;
-        esac
-        if live_pid "$pidfile" "$name" >/dev/null; then state+=" $name=running"; else state+=" $name=stopped"; fi
+    local states="" entry
+    for entry in "munged:$MUNGE_PID" "slurmctld:$CTLD_PID" "slurmd:$SLURMD_PID"; do
+        if live_pid "${entry#*:}" "${entry%%:*}" >/dev/null; then
+            states+=" ${entry%%:*}=running"
+        else
+            states+=" ${entry%%:*}=stopped"
+        fi
     done
-    echo "down:$state"
+    echo "down:$states"
     return 1
 }
 
 cmd_env() {
     printf 'export SLURM_CONF=%q\n' "$CONF"
 }
+
+for value in "$MAX_ARRAY_SIZE" "$START_TIMEOUT" "$CTLD_PORT" "$SLURMD_PORT"; do
+    [[ $value =~ ^[0-9]+$ ]] || die "LOCAL_SLURM_* settings must be whole numbers, got '$value'"
+done
 
 case ${1:-} in
 install) cmd_install ;;

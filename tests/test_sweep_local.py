@@ -1,0 +1,140 @@
+"""The sweep command end to end on the local backend: plan, run, skip what is done, status."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from orchestrator.errors import cli
+from orchestrator.grid import load_grid
+from orchestrator.plan import make_plan, scan
+from orchestrator.status import main as status_main
+from orchestrator.sweep import main as sweep_main
+
+GRID = """name: tiny
+fixed: {model: resnet20, dataset: digits, epochs: 1, batch_size: 256}
+sweep:
+  alpha: [-5, 0]
+  seed: [0, 1]
+"""
+
+
+def write_grid(tmp_path: Path, text: str = GRID) -> Path:
+    path = tmp_path / "grid.yaml"
+    path.write_text(text)
+    return path
+
+
+def attempts(sweep: Path) -> dict[str, int]:
+    return {tid: json.loads((sweep / "trials" / tid / "status.json").read_text())["attempts"] for tid in scan(sweep)}
+
+
+@pytest.mark.slow
+def test_sweep_runs_everything_once_and_again_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    grid = write_grid(tmp_path)
+    results = tmp_path / "results"
+    assert cli(sweep_main, ["--grid", str(grid), "--results", str(results)]) == 0
+    sweep = results / "tiny"
+    states = scan(sweep)
+    assert len(states) == 4 and {s.state for s in states.values()} == {"done"}
+    ids = {s.trial_id for s in load_grid(grid).specs}
+    assert set(states) == ids  # folders are named by trial_id
+    assert (sweep / "grid.yaml").read_text() == GRID
+    before = attempts(sweep)
+    capsys.readouterr()
+
+    assert cli(sweep_main, ["--grid", str(grid), "--results", str(results)]) == 0
+    assert "nothing to run" in capsys.readouterr().out
+    assert attempts(sweep) == before == {tid: 1 for tid in ids}
+
+    # Rows carry the trial's fields: concatenation needs no join.
+    frames = pd.concat(pd.read_parquet(sweep / "trials" / tid / "epochs.parquet") for tid in ids)
+    assert set(frames.trial_id) == ids and sorted(frames.alpha.unique()) == [-5.0, 0.0]
+
+    assert cli(status_main, [str(sweep)]) == 0
+    out = capsys.readouterr().out
+    assert "4 trials: 4 done" in out and out.count("1/1") == 4
+
+
+def test_dry_run_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    results = tmp_path / "results"
+    assert cli(sweep_main, ["--grid", str(write_grid(tmp_path)), "--results", str(results), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "4 trials" in out and "4 to run" in out and "GPU-hours" in out and "estimate:" in out
+    assert not results.exists()
+
+
+def test_imagenet_grid_dry_run_shows_the_papers_design(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    grid = Path(__file__).resolve().parent.parent / "grids" / "imagenet.yaml"
+    assert cli(sweep_main, ["--grid", str(grid), "--dry-run", "--results", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "15 trials (5 duplicates collapsed)" in out
+    hours = float(out.split("GPU-hours to run: ")[1].split()[0])
+    assert 50 < hours < 1000  # 15 ResNet50 x 90 epochs of ImageNet on H100s
+
+
+def test_missing_dataset_is_one_line_and_nothing_written(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    grid = write_grid(tmp_path, f"name: c\nfixed: {{dataset: cifar10, data_root: {tmp_path / 'empty'}}}\n")
+    results = tmp_path / "results"
+    assert cli(sweep_main, ["--grid", str(grid), "--results", str(results)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "cifar-10-batches-py" in lines[0] and str(tmp_path / "empty") in lines[0]
+    assert not results.exists()
+
+
+def test_unwritable_results_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    code = cli(sweep_main, ["--grid", str(write_grid(tmp_path)), "--results", str(blocker / "results")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "is not writable" in err[0]
+
+
+def test_status_of_a_folder_that_is_not_a_sweep(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli(status_main, [str(tmp_path)]) == 2
+    assert "not a sweep folder" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_worker_processes_backend(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    assert cli(sweep_main, ["--grid", str(write_grid(tmp_path)), "--results", str(results), "--max-parallel", "2"]) == 0
+    states = scan(results / "tiny")
+    assert {s.state for s in states.values()} == {"done"} and len(states) == 4
+    assert all((s.folder / "trainer.log").exists() for s in states.values())
+
+
+@pytest.mark.slow
+def test_two_launchers_at_once_share_the_work(tmp_path: Path) -> None:
+    """Two real launcher processes on one sweep: every trial done, none run twice."""
+    grid = write_grid(tmp_path, GRID.replace("seed: [0, 1]", "seed: [0, 1, 2]").replace("epochs: 1", "epochs: 2"))
+    results = tmp_path / "results"
+    cmd = [sys.executable, "-m", "orchestrator.sweep", "--grid", str(grid), "--results", str(results)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    sweep = results / "tiny"
+    assert set(attempts(sweep).values()) == {1}  # no trial started twice
+    assert {s.state for s in scan(sweep).values()} == {"done"}
+    for tid in scan(sweep):
+        epochs = pd.read_parquet(sweep / "trials" / tid / "epochs.parquet")
+        assert list(epochs.epoch) == [0, 1, 2]
+
+
+def test_interrupted_trial_is_planned_again(tmp_path: Path) -> None:
+    """A status left at 'running' with nobody holding the lock is an interrupted trial: it resumes."""
+    grid = load_grid(write_grid(tmp_path))
+    sweep = tmp_path / "results" / "tiny"
+    spec = grid.specs[0]
+    folder = sweep / "trials" / spec.trial_id
+    folder.mkdir(parents=True)
+    (folder / "status.json").write_text(json.dumps({"state": "running", "attempts": 1}))
+    plan = make_plan(grid.specs, sweep)
+    assert plan.states[spec.trial_id].state == "interrupted"
+    assert spec in plan.to_run and len(plan.to_run) == 4
