@@ -8,6 +8,7 @@ worker count or data root it ran with.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -93,13 +94,13 @@ class TrialSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of every field (tuples become lists)."""
-        out = dataclasses.asdict(self)
+        out = {name: getattr(self, name) for name in _FIELD_NAMES}  # not asdict: it deep-copies (slow)
         if out["lr_milestones"] is not None:
             out["lr_milestones"] = list(out["lr_milestones"])
         return out
 
     # ---- identity -----------------------------------------------------------------------
-    @property
+    @functools.cached_property
     def trial_id(self) -> str:
         """Stable 12-hex-digit hash of the science fields (resources and labels excluded)."""
         science = {k: v for k, v in self.to_dict().items() if k not in RESOURCE_FIELDS | LABEL_FIELDS}
@@ -138,10 +139,14 @@ class TrialSpec:
 
 
 # ---- strict typing ------------------------------------------------------------------------
+_FIELD_NAMES = tuple(f.name for f in dataclasses.fields(TrialSpec))
+
+
 def field_names() -> list[str]:
-    return [f.name for f in dataclasses.fields(TrialSpec)]
+    return list(_FIELD_NAMES)
 
 
+@functools.lru_cache(maxsize=1)
 def _field_types() -> dict[str, Any]:
     return typing.get_type_hints(TrialSpec)
 

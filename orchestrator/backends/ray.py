@@ -211,7 +211,7 @@ class _ProgressCallback(tune.Callback):
     def __init__(self, total: int) -> None:
         self.total = total
         self.finished: dict[str, TrialState] = {}
-        self.progress: Progress | None = None  # made lazily: Tune pickles callbacks, streams do not pickle
+        self.progress: Progress | None = Progress(total, "ray")
 
     def _update(self, trials: list[Any], trial: Any, event: str) -> None:
         self.progress = self.progress or Progress(self.total, "ray")
@@ -232,7 +232,7 @@ class _ProgressCallback(tune.Callback):
         print(f"ray: {_trial_id(trial)} failed (failure {trial.num_failures}); restarting from its checkpoint", file=sys.stderr)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "progress": None}
+        return {**self.__dict__, "progress": None}  # Tune pickles its callbacks; a stream does not pickle
 
 
 def _print_summary(folders: list[str], reports: list[dict[str, Any]]) -> None:

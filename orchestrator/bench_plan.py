@@ -1,0 +1,57 @@
+"""Benchmark of the orchestration itself: `python -m orchestrator.bench_plan [--trials 10000 --done 1000]`.
+
+Prints, in one run: the time to load and plan a grid of N trials against a sweep folder, and the
+time to scan M finished trial folders (what `sweep` and `status` do before any training).
+Targets: each <= 2 s.
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from orchestrator.grid import load_grid
+from orchestrator.plan import make_plan, scan, trial_folder
+from trainer.results import write_json
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--trials", type=int, default=10_000)
+    p.add_argument("--done", type=int, default=1_000)
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        n_alpha = max(1, args.trials // 100)
+        grid_path = root / "grid.yaml"
+        alphas = ", ".join(str(-50 + 0.01 * i) for i in range(n_alpha))
+        grid_path.write_text(f"name: bench\nsweep:\n  alpha: [{alphas}]\n  seed: [{', '.join(map(str, range(100)))}]\n")
+        sweep = root / "bench"
+
+        t0 = time.perf_counter()
+        grid = load_grid(grid_path)
+        t_load = time.perf_counter() - t0
+        for spec in grid.specs[: args.done]:  # finished trials, as the trainer leaves them
+            folder = trial_folder(sweep, spec.trial_id)
+            folder.mkdir(parents=True)
+            write_json(spec.to_dict(), folder / "spec.json")
+            write_json({"state": "done", "attempts": 1, "epoch": spec.epochs}, folder / "status.json")
+
+        t0 = time.perf_counter()
+        plan = make_plan(grid.specs, sweep)
+        t_plan = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        states = scan(sweep)
+        t_scan = time.perf_counter() - t0
+    assert plan.count("done") == args.done and len(states) == args.done
+    print(f"{'what':44} {'seconds':>8}  target")
+    print(f"{f'load + validate a grid of {len(grid.specs)} trials':44} {t_load:8.3f}")
+    print(f"{f'plan {len(grid.specs)} trials ({args.done} done on disk)':44} {t_plan:8.3f}")
+    print(f"{f'load + plan together':44} {t_load + t_plan:8.3f}  <= 2 s")
+    print(f"{f'scan {args.done} finished trial folders':44} {t_scan:8.3f}  <= 2 s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
