@@ -18,6 +18,7 @@ from typing import Iterable
 import torch
 import torch.nn.functional as F
 
+from trainer import faults
 from trainer.data import Batch
 from trainer.models import TrackedNet
 from trainer.selectivity import ClassMeanAccumulator, UnitSelectivity, batch_selectivity
@@ -87,6 +88,7 @@ def train_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        faults.point("train-step")
         n = y.shape[0]
         loss_sum += loss.detach() * n
         ce_sum += ce.detach() * n

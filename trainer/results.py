@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from trainer import faults
 from trainer.spec import TrialSpec
 
 EPOCHS, LAYERS, UNITS = "epochs.parquet", "layers.parquet", "units.parquet"
@@ -129,12 +130,14 @@ def replace_atomically(tmp: Path, path: Path) -> None:
 def write_parquet(table: pa.Table, path: Path) -> None:
     tmp = _tmp_path(path)
     pq.write_table(table, tmp)
+    faults.point("parquet-tmp")
     replace_atomically(tmp, path)
 
 
 def write_json(data: dict[str, Any], path: Path) -> None:
     tmp = _tmp_path(path)
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    faults.point("json-tmp")
     replace_atomically(tmp, path)
 
 

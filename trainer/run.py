@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from trainer import faults
 from trainer import results as R
 from trainer.data import Data, data_info, load_dataset
 from trainer.errors import UserError
@@ -113,6 +114,7 @@ class ResultLog:
 def save_checkpoint(folder: Path, model: TrackedNet, optimizer: torch.optim.Optimizer, epoch: int, step: int) -> None:
     tmp = folder / f".{R.CHECKPOINT}{R.TMP_MARK}{os.getpid()}"
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step}, tmp)
+    faults.point("checkpoint-tmp")
     R.replace_atomically(tmp, folder / R.CHECKPOINT)
 
 
@@ -176,6 +178,7 @@ def train_trial(spec: TrialSpec, folder: Path, device: torch.device, status: dic
         step = (e + 1) * steps_per_epoch
         log.add(e + 1, step, lr, alpha, train, ev)
         log.write()  # rows first, then the checkpoint: a resume drops rows the checkpoint lacks
+        faults.point("rows-written")
         save_checkpoint(folder, model, optimizer, epoch=e + 1, step=step)
         status["epoch"] = e + 1
         write_status(folder, status)
@@ -191,6 +194,8 @@ def run_trial(spec: TrialSpec, folder: str | Path) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     with TrialLock(folder):
         status = read_status(folder)
+        if status.get("trial_id") not in (None, spec.trial_id):  # e.g. spec.json edited after the run
+            raise UserError(f"{folder}: holds trial {status['trial_id']}, not {spec.trial_id}; one folder per trial")
         if status["state"] == "done" or (status["state"] == "failed" and not status.get("retryable", True)):
             return status["state"]
         R.remove_temp_files(folder)
