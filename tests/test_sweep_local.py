@@ -138,3 +138,31 @@ def test_interrupted_trial_is_planned_again(tmp_path: Path) -> None:
     plan = make_plan(grid.specs, sweep)
     assert plan.states[spec.trial_id].state == "interrupted"
     assert spec in plan.to_run and len(plan.to_run) == 4
+
+
+@pytest.mark.slow
+def test_diverged_trial_fails_with_reason_and_the_sweep_goes_on(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    grid = write_grid(tmp_path, "name: div\nfixed: {epochs: 1, batch_size: 256}\nsweep: {lr: [1e6, 0.1]}\n")
+    results = tmp_path / "results"
+    assert cli(sweep_main, ["--grid", str(grid), "--results", str(results)]) == 1  # a trial failed
+    states = {s.lr: scan(results / "div")[s.trial_id] for s in load_grid(grid).specs}
+    bad, good = states[1e6], states[0.1]
+    assert good.state == "done"
+    assert bad.state == "failed" and not bad.retryable and bad.attempts == 1
+    assert "non-finite" in (bad.error or "") and "epoch 1" in (bad.error or "")
+    capsys.readouterr()
+    # Not retried: a second launch has nothing to run, even with --retry-failed.
+    assert cli(sweep_main, ["--grid", str(grid), "--results", str(results), "--retry-failed"]) == 0
+    assert "nothing to run" in capsys.readouterr().out
+    assert cli(status_main, [str(results / "div")]) == 0
+    assert "non-finite training loss" in capsys.readouterr().out
+
+
+def test_grid_values_never_reach_a_shell(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Shell metacharacters in a grid value are taken literally (a path), never executed."""
+    marker = tmp_path / "pwned"
+    root = f"{tmp_path}/x; touch {marker}; $(touch {marker})"
+    grid = write_grid(tmp_path, f"name: inj\nfixed: {{dataset: cifar10, data_root: '{root}'}}\n")
+    assert cli(sweep_main, ["--grid", str(grid), "--results", str(tmp_path / "results")]) == 2
+    assert f"{root}/cifar-10-batches-py" in capsys.readouterr().err
+    assert not marker.exists()

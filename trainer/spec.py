@@ -131,7 +131,8 @@ class TrialSpec:
     def milestones(self) -> tuple[int, ...]:
         if self.lr_milestones is not None:
             return self.lr_milestones
-        return (self.epochs // 2, (self.epochs * 3) // 4)
+        # At 50% and 75% of training; short runs drop a milestone at epoch 0 or a repeated one.
+        return tuple(sorted({m for m in (self.epochs // 2, (self.epochs * 3) // 4) if m > 0}))
 
     def resolved_data_root(self) -> str:
         """The data root on this machine: the spec's, else $SWEEP_DATA_ROOT, else ./data."""
