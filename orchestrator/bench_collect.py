@@ -122,8 +122,8 @@ def build_tree(sweep: Path, n: int, epochs: int, units: bool, start: int = 0) ->
     return folders
 
 
-def run_collect(sweep: Path) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS in MB, stderr timings line) of one `python -m orchestrator.collect`."""
+def run_collect(sweep: Path) -> tuple[float, float, float, str]:
+    """(wall s, CPU s, peak RSS MB, stderr timings line) of one `python -m orchestrator.collect`."""
     cmd = [sys.executable, "-m", "orchestrator.collect", str(sweep), "--timings"]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -133,8 +133,8 @@ def run_collect(sweep: Path) -> tuple[float, float, str]:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"collect failed ({proc.returncode}): {err}")
-    timings = next((line for line in err.splitlines() if line.startswith("timings:")), "")
-    return wall, usage.ru_maxrss / 1024, timings
+    timings = next((line.split(": ", 1)[1] for line in err.splitlines() if line.startswith("timings")), "")
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, timings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     build_tree(sweep, args.trials, args.epochs, args.units)
     print(f"tree: {sweep} ({args.trials} trials x {args.epochs} epochs), built/checked in {time.perf_counter() - start:.1f}s")
-    results: dict[str, list[tuple[float, float, str]]] = {"cold": [], "unchanged": [], "+10 trials": []}
+    results: dict[str, list[tuple[float, float, float, str]]] = {"cold": [], "unchanged": [], "+10 trials": []}
+    load = os.getloadavg()[0]
     for _ in range(args.repeat):
         shutil.rmtree(sweep / "summary", ignore_errors=True)
         results["cold"].append(run_collect(sweep))
@@ -158,11 +159,12 @@ def main(argv: list[str] | None = None) -> int:
         results["+10 trials"].append(run_collect(sweep))
         for folder in extra:
             shutil.rmtree(folder)
-    print("\n| situation | wall s (median) | peak RSS MB (max) | phases (last run) |\n|---|---|---|---|")
+    print(f"\nload average before the runs: {load:.1f} ({os.cpu_count()} CPUs)")
+    print("\n| situation | wall s (median) | CPU s (median) | peak RSS MB (max) | phases, wall/CPU s (last run, in-process) |\n|---|---|---|---|---|")
     for name, runs in results.items():
-        wall = statistics.median(r[0] for r in runs)
-        rss = max(r[1] for r in runs)
-        print(f"| {name} | {wall:.2f} | {rss:.0f} | {runs[-1][2].removeprefix('timings: ')} |")
+        wall, cpu = statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+        rss = max(r[2] for r in runs)
+        print(f"| {name} | {wall:.2f} | {cpu:.2f} | {rss:.0f} | {runs[-1][3]} |")
     return 0
 
 

@@ -5,16 +5,22 @@
 Writes <sweep>/summary/: trials, epochs, layers, conditions, condition_epochs, condition_layers
 and excluded (.parquet, each loads with pandas.read_parquet), report.md and figures/*.png.
 Only trials whose status.json says `done` are aggregated; failed, unfinished and unreadable ones
-are listed in excluded.parquet with their reason. A corrupt Parquet file is named on stderr and
-its trial skipped. Collecting is incremental: the trial files read last time are taken from the
-summary (summary/.cache/manifest.json), so only new or changed trials are read; --full reads all.
+are listed in excluded.parquet (and on stdout) with their reason. A corrupt Parquet file is named
+on stderr and its trial skipped. Collecting is incremental: rows read last time are taken from
+the summary (summary/.cache/manifest.json), so only new or changed trials are read; --full reads
+every trial again. Exit status: 0 collected, 2 user mistake (not a sweep, nothing finished).
+
+The summary is derived data: files are replaced atomically (written beside, then renamed) but
+not fsynced; after a crash, collect again.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,22 +28,24 @@ from typing import Callable
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from orchestrator import collect_cache as cache
 from orchestrator.collect_report import render
-from orchestrator.collect_scan import (
-    KINDS, Trial, check_sweep, drop_trials, expected_schema, incomplete_trials, read_trials, scan,
-)  # fmt: skip
+from orchestrator.collect_rows import Warn, read_rows, with_fields
+from orchestrator.collect_scan import KINDS, Trial, check_sweep, fields_schema, read_spec, read_trials
 from orchestrator.collect_stats import (
-    condition_epochs_table, condition_layers_table, conditions_table, order_rows, to_pandas, trials_table,
+    EPOCH_METRICS, condition_epochs_table, condition_layers_table, conditions_table, to_pandas, trial_sort_key,
+    trials_table,
 )  # fmt: skip
 from orchestrator.errors import UserError, cli
 from trainer import results as R
-from trainer.spec import TrialSpec
 
-STATES = ("done", "failed", "running", "pending", "unreadable", "incomplete")
+STATES = ("done", "failed", "running", "pending", "interrupted", "unreadable", "incomplete")
+FIGURES = ("test_acc_vs_alpha.png", "csi_vs_alpha.png", "csi_over_epochs.png", "layer_csi_vs_alpha.png")
 SHOWN_EXCLUDED = 10  # trials listed on stdout; all of them are in excluded.parquet and report.md
-Warn = Callable[[str], None]
+FEW_VALUED = {"epoch", "step", "layer", "n_units", "alpha_active", "lr"}  # besides the trial fields
+STALE_TEMP_S = 3600  # temp files of a killed collect older than this are removed
 
 
 def _warn(message: str) -> None:
@@ -55,17 +63,20 @@ class CollectResult:
     read: list[str]  # trial_ids whose Parquet files were read this time
     cached: int  # done trials taken from the previous summary
     written: list[Path] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, tuple[float, float]] = field(default_factory=dict)  # phase: (wall s, CPU s)
 
 
 class _Clock:
+    """Wall and CPU seconds (all threads) per phase."""
+
     def __init__(self) -> None:
-        self.times: dict[str, float] = {}
-        self._last = time.perf_counter()
+        self.times: dict[str, tuple[float, float]] = {}
+        self._last = (time.perf_counter(), time.process_time())
 
     def __call__(self, phase: str) -> None:
-        now = time.perf_counter()
-        self.times[phase], self._last = now - self._last, now
+        now = (time.perf_counter(), time.process_time())
+        self.times[phase] = (now[0] - self._last[0], now[1] - self._last[1])
+        self._last = now
 
 
 # ---- reading ------------------------------------------------------------------------------------
@@ -84,130 +95,139 @@ def _require_done(sweep: Path, trials: list[Trial]) -> None:
         raise UserError(f"{sweep}: no finished trial to collect yet ({counted}); see python -m orchestrator.status {sweep}")
 
 
-def _mark(trial: Trial, state: str, reason: str, warn: Warn) -> None:
-    trial.state, trial.reason = state, reason
-    warn(f"{trial.folder}: {reason}; trial {trial.trial_id} skipped")
-
-
-def _fresh_rows(new: list[Trial], warn: Warn) -> dict[str, pa.Table]:
-    """The epochs and layers rows of `new` (one scan per kind); bad files and trials are marked."""
-    by_folder = {t.folder: t for t in new}
-    fresh = {}
-    for kind in KINDS:
-        fresh[kind], bad = scan([t.folder / kind for t in new], expected_schema(kind))
-        for path, reason in bad.items():
-            _mark(by_folder[path.parent], "unreadable", f"{kind} unreadable: {reason}", warn)
-    bad_ids = {t.trial_id for t in new if t.state != "done"}
-    fresh = {k: drop_trials(v, bad_ids) if bad_ids else v for k, v in fresh.items()}
-    ids = {t.trial_id: t for t in new}
-    for tid, reason in incomplete_trials(fresh[R.EPOCHS], fresh[R.LAYERS]).items():
-        if tid in ids:
-            _mark(ids[tid], "incomplete", reason, warn)
-    gone = {t.trial_id for t in new if t.state != "done"}
-    return {k: drop_trials(v, gone) if gone - bad_ids else v for k, v in fresh.items()}
-
-
-def _rows(summary: Path, done: list[Trial], full: bool, warn: Warn) -> tuple[dict[str, pa.Table], list[str], int]:
-    """All rows of the done trials: unchanged ones from the cache, the rest read now."""
-    reuse = set() if full else cache.reusable(done, cache.load(summary))
-    cached: dict[str, pa.Table] = {}
-    if reuse:
-        try:
-            cached = {kind: cache.read(summary, kind, reuse) for kind in KINDS}
-        except (pa.ArrowException, OSError) as err:
-            warn(f"{summary}: cached summary unreadable ({str(err).splitlines()[0]}); reading every trial again")
-            reuse, cached = set(), {}
-    new = [t for t in done if t.trial_id not in reuse]
-    fresh = _fresh_rows(new, warn)
-    rows = {k: pa.concat_tables([cached[k], fresh[k]]) if cached else fresh[k] for k in KINDS}
-    return rows, [t.trial_id for t in new], len(reuse)
-
-
-# ---- excluded trials ----------------------------------------------------------------------------
-def _spec_fields(folder: Path) -> dict:
-    try:
-        return TrialSpec.from_dict(R.read_json(folder / R.SPEC), str(folder / R.SPEC)).row_fields()
-    except (OSError, ValueError):
-        return {}
+# ---- tables -------------------------------------------------------------------------------------
+def _tables(rows: dict[str, pa.Table], fields: pa.Table, done: list[Trial]) -> dict[str, pd.DataFrame]:
+    """The trials and condition tables (pandas), from the rows and the trials' fields."""
+    epochs, layers = rows[R.EPOCHS], rows[R.LAYERS]
+    last = fields["epochs"].to_numpy()
+    final = epochs.filter(pa.array(epochs["epoch"].to_numpy() == last[epochs["_rank"].to_numpy()]))
+    final_df = to_pandas(with_fields(final, fields)).assign(_rank=final["_rank"].to_numpy())
+    totals = to_pandas(epochs.group_by("_rank").aggregate([("seconds", "sum"), ("eval_seconds", "sum")]))
+    totals = totals.rename(columns={"seconds_sum": "train_seconds_total", "eval_seconds_sum": "eval_seconds_total"})
+    final_layers = layers.filter(pa.array(layers["epoch"].to_numpy() == last[layers["_rank"].to_numpy()]))
+    final_layers_df = to_pandas(final_layers.select(["_rank", "layer", "n_units", "csi_mean"]))
+    trials = trials_table(final_df, totals, final_layers_df, {t.trial_id: t.status for t in done})
+    epochs_df = to_pandas(epochs.select(["_rank", "epoch", "alpha_active", *EPOCH_METRICS]))
+    return {
+        "trials.parquet": trials,
+        "conditions.parquet": conditions_table(trials),
+        "condition_epochs.parquet": condition_epochs_table(epochs_df, trials),
+        "condition_layers.parquet": condition_layers_table(final_layers_df, trials),
+    }
 
 
 def excluded_table(trials: list[Trial]) -> pa.Table:
     """One row per trial that is not aggregated: its fields (from spec.json), state and reason."""
     extra = [("state", pa.string()), ("reason", pa.string()), ("error_kind", pa.string()), ("attempts", pa.int64()),
              ("host", pa.string()), ("started", pa.string()), ("ended", pa.string())]  # fmt: skip
-    schema = pa.schema(list(R.trial_schema(TrialSpec())) + extra)
-    order = {s: i for i, s in enumerate(STATES)}
+    schema = pa.schema(list(fields_schema()) + extra)
+    order = {s: i for i, s in enumerate(("failed", "unreadable", "incomplete", "interrupted", "running", "pending"))}
     rows = []
     for t in sorted(trials, key=lambda t: order.get(t.state, len(order))):
         status = {k: t.status.get(k) for k in ("error_kind", "attempts", "host", "started", "ended")}
-        rows.append(_spec_fields(t.folder) | {"trial_id": t.trial_id, "state": t.state, "reason": t.reason} | status)
+        rows.append(t.fields | {"trial_id": t.trial_id, "state": t.state, "reason": t.reason} | status)
     return pa.Table.from_pylist(rows, schema=schema)
 
 
 # ---- writing ------------------------------------------------------------------------------------
-def _write(table: pa.Table | pd.DataFrame, path: Path) -> Path:
-    """Write atomically; Arrow tables get the pandas metadata the DataFrames carry (ints stay Int64)."""
-    if isinstance(table, pd.DataFrame):
-        table = pa.Table.from_pandas(table, preserve_index=False)
-    else:
-        empty = to_pandas(table.slice(0, 0))
-        table = table.replace_schema_metadata(pa.Schema.from_pandas(empty, preserve_index=False).metadata)
-    R.write_parquet(table, path)
+def _replace(path: Path, write: Callable[[Path], None]) -> Path:
+    tmp = path.with_name(f".{path.name}{R.TMP_MARK}{os.getpid()}")
+    write(tmp)
+    os.replace(tmp, path)
     return path
 
 
-def collect(path: str | Path, *, full: bool = False, figures: bool = True, warn: Warn = _warn) -> CollectResult:
-    """Collect the sweep folder `path` into <path>/summary/ (see the module docstring)."""
-    clock = _Clock()
-    sweep = check_sweep(Path(path))
-    summary = sweep / "summary"
-    trials = read_trials(sweep)
-    _require_done(sweep, trials)
-    clock("status")
-    rows, read, n_cached = _rows(summary, [t for t in trials if t.state == "done"], full, warn)
-    usable = {t.trial_id: t for t in trials if t.state == "done"}
-    if not usable:
-        raise UserError(f"{sweep}: no readable finished trial (see the warnings above)")
-    clock("scan")
-    table = trials_table(rows[R.EPOCHS], rows[R.LAYERS], usable)
-    order = table["trial_id"].tolist()
-    epochs, layers = order_rows(rows[R.EPOCHS], order), order_rows(rows[R.LAYERS], order)
-    conds = conditions_table(table)
-    tables = {
-        "trials.parquet": table, "conditions.parquet": conds,
-        "condition_epochs.parquet": condition_epochs_table(epochs, table),
-        "condition_layers.parquet": condition_layers_table(layers, table),
-        "excluded.parquet": excluded_table([t for t in trials if t.state != "done"]),
-    }  # fmt: skip
-    clock("tables")
-    summary.mkdir(exist_ok=True)
-    written = [_write(epochs, summary / R.EPOCHS), _write(layers, summary / R.LAYERS)]
-    cache.save(summary, list(usable.values()))
-    written += [_write(t, summary / name) for name, t in tables.items()]
-    clock("write")
-    pngs = _figures(tables, summary) if figures else []
-    clock("figures")
-    excluded = tables["excluded.parquet"].to_pandas()
-    counts = _counts(trials)
-    when = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    report = summary / "report.md"
-    _write_text(render(sweep, table, conds, excluded, counts, pngs, when), report)
-    clock("report")
-    return CollectResult(sweep, summary, counts, excluded, read, n_cached, written + pngs + [report], clock.times)
+def write_table(table: pa.Table | pd.DataFrame, path: Path) -> Path:
+    """Write atomically; Arrow tables get the pandas metadata the DataFrames carry (ints stay Int64).
+
+    Dictionary encoding only for the few-valued columns: trying it on millions of distinct
+    metric values costs a third of the write time for nothing.
+    """
+    if isinstance(table, pd.DataFrame):
+        table = pa.Table.from_pandas(table.drop(columns=["_rank"], errors="ignore"), preserve_index=False)
+        return _replace(path, lambda tmp: pq.write_table(table, tmp))
+    empty = to_pandas(table.slice(0, 0))
+    table = table.replace_schema_metadata(pa.Schema.from_pandas(empty, preserve_index=False).metadata)
+    few = [c for c in table.column_names if c in FEW_VALUED or c in fields_schema().names]
+    return _replace(path, lambda tmp: pq.write_table(table, tmp, use_dictionary=few))
 
 
-def _figures(tables: dict, summary: Path) -> list[Path]:
+def _remove_stale_temp(summary: Path) -> None:
+    """Temp files a killed collect left behind (an hour old: no live writer still owns them)."""
+    for folder in (summary, summary / "figures", summary / cache.MANIFEST.parent):
+        for p in folder.glob(f".*{R.TMP_MARK}*"):
+            if time.time() - p.stat().st_mtime > STALE_TEMP_S:
+                p.unlink(missing_ok=True)
+
+
+def _figures(tables: dict[str, pd.DataFrame], folder: Path) -> list[Path]:
     from orchestrator.collect_figures import write_figures  # matplotlib: imported only when drawing
 
     return write_figures(
-        tables["conditions.parquet"], tables["condition_epochs.parquet"], tables["condition_layers.parquet"], summary / "figures"
+        tables["conditions.parquet"], tables["condition_epochs.parquet"], tables["condition_layers.parquet"], folder
     )
 
 
-def _write_text(text: str, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}{R.TMP_MARK}{os.getpid()}")
-    tmp.write_text(text)
-    R.replace_atomically(tmp, path)
+def _write_rows(rows: dict[str, pa.Table], fields: pa.Table, summary: Path, usable: list[Trial]) -> None:
+    """The summary's epochs and layers files, then the cache manifest that describes them."""
+    for kind in KINDS:
+        write_table(with_fields(rows[kind], fields), summary / kind)
+    cache.save(summary, usable)
+
+
+# ---- the collector ------------------------------------------------------------------------------
+def collect(path: str | Path, *, full: bool = False, figures: bool = True, warn: Warn = _warn) -> CollectResult:
+    """Collect the sweep folder `path` into <path>/summary/ (see the module docstring).
+
+    Arrow releases the GIL while it scans and writes, so two threads overlap the work: matplotlib
+    is imported during the scan, and figures are drawn while the big tables are written.
+    """
+    clock = _Clock()
+    sweep = check_sweep(Path(path))
+    summary = sweep / "summary"
+    if not os.access(summary if summary.exists() else sweep, os.W_OK):
+        raise UserError(f"{summary}: not writable; collect where you may write, or copy the sweep folder")
+    trials = read_trials(sweep)
+    _require_done(sweep, trials)
+    for t in trials:
+        read_spec(t)
+    done = sorted((t for t in trials if t.state == "done"), key=lambda t: trial_sort_key(t.fields))
+    manifest = {} if full else cache.load(summary)
+    reuse = cache.reusable(done, manifest)
+    pngs = [summary / "figures" / f for f in FIGURES] if figures else []
+    draw = figures and not (reuse == set(manifest) == {t.trial_id for t in done} and all(p.exists() for p in pngs))
+    clock("status")
+    with ThreadPoolExecutor(max_workers=1) as background:
+        if draw:
+            background.submit(importlib.import_module, "orchestrator.collect_figures")
+        rows, read, n_cached = read_rows(summary, done, reuse, warn)
+        usable = [t for t in done if t.state == "done"]
+        if not usable:
+            raise UserError(f"{sweep}: no readable finished trial (see the warnings above)")
+        fields = pa.Table.from_pylist([t.fields for t in done], schema=fields_schema())
+        clock("scan")
+        tables = _tables(rows, fields, usable)
+        excluded = excluded_table([t for t in trials if t.state != "done"])
+        clock("tables")
+        summary.mkdir(exist_ok=True)
+        _remove_stale_temp(summary)
+        unchanged = not read and set(manifest) == {t.trial_id for t in usable}
+        if not unchanged:  # else the summary's epochs and layers files already hold these rows
+            writing = background.submit(_write_rows, rows, fields, summary, usable)
+        written = [write_table(t, summary / name) for name, t in tables.items()]
+        written.append(write_table(excluded, summary / "excluded.parquet"))
+        if draw:
+            pngs = _figures(tables, summary / "figures")
+        if not unchanged:
+            writing.result()
+        clock("write+figures")
+    counts, excluded_df = _counts(trials), excluded.to_pandas()
+    when = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    text = render(sweep, tables["trials.parquet"], tables["conditions.parquet"], excluded_df, counts, pngs, when)
+    report = _replace(summary / "report.md", lambda tmp: tmp.write_text(text))
+    clock("report")
+    written = [summary / kind for kind in KINDS] + written + pngs + [report]
+    return CollectResult(sweep, summary, counts, excluded_df, read, n_cached, written, clock.times)
 
 
 # ---- the command --------------------------------------------------------------------------------
@@ -215,15 +235,15 @@ def summary_text(result: CollectResult) -> str:
     """The short human summary printed to stdout."""
     counted = ", ".join(f"{n} {s}" for s, n in result.counts.items() if n or s in STATES[:4])
     lines = [f"{result.sweep}: {counted} (read {len(result.read)} trials, {result.cached} from the cache)"]
-    ex = result.excluded
+    ex = result.excluded[result.excluded["state"] != "pending"]  # pending: counted above, nothing to say
     for r in ex.head(SHOWN_EXCLUDED).itertuples(index=False):
         where = "" if pd.isna(r.alpha) else f" alpha={r.alpha:g} seed={r.seed}"
-        lines.append(f"  {r.state:<10} {r.trial_id}{where}: {r.reason}")
+        lines.append(f"  {r.state:<11} {r.trial_id}{where}: {r.reason}")
     if len(ex) > SHOWN_EXCLUDED:
         lines.append(f"  ... and {len(ex) - SHOWN_EXCLUDED} more in {result.summary / 'excluded.parquet'}")
     pngs = sum(p.suffix == ".png" for p in result.written)
-    lines.append(f"wrote {result.summary}/: {len(result.written) - pngs - 1} tables (.parquet), report.md"
-                 + (f", figures/ ({pngs} PNG)" if pngs else ""))  # fmt: skip
+    tables = sum(p.suffix == ".parquet" for p in result.written)
+    lines.append(f"wrote {result.summary}/: {tables} tables (.parquet), report.md" + (f", figures/ ({pngs} PNG)" if pngs else ""))
     return "\n".join(lines)
 
 
@@ -237,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     result = collect(args.sweep, full=args.full, figures=not args.no_figures)
     print(summary_text(result))
     if args.timings:
-        print("timings: " + ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items()), file=sys.stderr)
+        phases = ", ".join(f"{k} {wall:.2f}/{cpu:.2f}" for k, (wall, cpu) in result.timings.items())
+        print(f"timings (wall/CPU s): {phases}", file=sys.stderr)
     return 0
 
 

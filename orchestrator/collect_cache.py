@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
 
-from orchestrator.collect_scan import KINDS, Trial, drop_trials, expected_schema
+from orchestrator.collect_scan import KINDS, Trial, expected_schema
 from trainer import results as R
 
 VERSION = 1
@@ -58,9 +59,10 @@ def reusable(done: list[Trial], cached: dict[str, dict[str, list[int]]]) -> set[
 
 
 def read(summary: Path, kind: str, trial_ids: set[str]) -> pa.Table:
-    """The cached rows of `trial_ids` from the summary's `kind` file (raises if it is unreadable)."""
-    table = pq.read_table(summary / kind, schema=expected_schema(kind))
-    return drop_trials(table, trial_ids, keep=True)
+    """trial_id and the metric columns of the cached rows of `trial_ids` (raises if unreadable)."""
+    dataset = ds.dataset(summary / kind, format="parquet", schema=expected_schema(kind))
+    table = dataset.to_table(columns=["trial_id", *R.COLUMNS[kind].names])
+    return table.filter(pc.is_in(table["trial_id"], value_set=pa.array(sorted(trial_ids), type=pa.string())))
 
 
 def save(summary: Path, trials: list[Trial]) -> None:

@@ -10,10 +10,12 @@ and writes one PNG:
 
 One line per *series*: the conditions that differ only in alpha (e.g. one per onset epoch).
 alpha is drawn on a symmetric log axis (linear inside the smallest non-zero |alpha|) when its
-non-zero magnitudes span more than a decade.
+non-zero magnitudes span a decade or more (max / min >= 10). The y axes stop at the metric's
+range (accuracy 0-100%, CSI 0-1) where a small-n confidence interval would run past it.
 """
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib import colormaps
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
 from orchestrator.collect_stats import fmt, varying_fields
 from trainer import results as R
@@ -33,13 +35,27 @@ STYLES = ("-", "--", ":", "-.")
 
 
 def alpha_axis(ax: Axes, alphas: np.ndarray | list[float]) -> None:
-    """Label the x axis alpha; symlog (linthresh = smallest non-zero |alpha|) if it spans > 1 decade."""
+    """Label the x axis alpha; symlog (linthresh = smallest non-zero |alpha|) if it spans a decade."""
     mags = np.abs(np.asarray(alphas, dtype=float))
     mags = mags[mags > 0]
-    if len(mags) and mags.max() / mags.min() > 10:
+    if len(mags) and mags.max() / mags.min() >= 10:
         ax.set_xscale("symlog", linthresh=float(mags.min()), linscale=0.6)
+        ax.set_xticks(_symlog_ticks(np.asarray(alphas, dtype=float), float(mags.min())))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # -100, -1, 0, 0.1: no mathtext
     ax.set_xlabel("alpha (regularizer strength; < 0 against selectivity)")
     ax.axvline(0, color="0.8", lw=0.8, zorder=0)
+
+
+def _symlog_ticks(alphas: np.ndarray, linthresh: float, most: int = 9) -> list[float]:
+    """The alphas themselves when there are few, else 0, +-linthresh and the powers of ten beyond."""
+    values = sorted(set(alphas.tolist()))
+    if len(values) <= most:
+        return values
+    top = np.abs(alphas).max()
+    powers = [10.0**k for k in range(math.ceil(math.log10(linthresh)), math.floor(math.log10(top)) + 1)]
+    mags = sorted({linthresh, *powers})
+    return sorted({0.0, *(m for m in mags if m <= alphas.max()), *(-m for m in mags if -m >= alphas.min())})
 
 
 def _series(conds: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
@@ -61,6 +77,12 @@ def _errorbar(ax: Axes, x: pd.Series, df: pd.DataFrame, prefix: str, scale: floa
     ax.errorbar(x.to_numpy(float), mean, yerr=[low, high], **style)
 
 
+def _clip(ax: Axes, scale: float) -> None:
+    """Keep the view inside the metric's range [0, scale] (plus a margin); CIs may run past it."""
+    low, high = ax.get_ylim()
+    ax.set_ylim(max(low, -0.02 * scale), min(high, 1.02 * scale))
+
+
 def _title(conds: pd.DataFrame, what: str) -> str:
     fixed = [f"{conds[k].iloc[0]}" for k in ("model", "dataset") if conds[k].nunique() == 1]
     n = conds["n"]
@@ -73,7 +95,7 @@ def _save(fig: Figure, path: Path) -> Path:
     FigureCanvasAgg(fig)
     tmp = path.with_name(f".{path.name}{R.TMP_MARK}{os.getpid()}")
     fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
-    R.replace_atomically(tmp, path)
+    os.replace(tmp, path)  # derived data: atomic, not fsynced
     return path
 
 
@@ -86,6 +108,7 @@ def metric_vs_alpha(conds: pd.DataFrame, metric: str, ylabel: str, what: str, pa
         _errorbar(ax, g["alpha"], g, metric, scale, label=label or None, ls=STYLES[i % len(STYLES)])
     alpha_axis(ax, conds["alpha"])
     ax.set_ylabel(ylabel)
+    _clip(ax, scale)
     ax.set_title(_title(conds, what), fontsize=10)
     ax.grid(alpha=0.3)
     if len(series) > 1:
@@ -120,7 +143,8 @@ def over_epochs(cond_epochs: pd.DataFrame, conds: pd.DataFrame, path: Path) -> P
     for edge in sorted(set(conds["onset_epoch"]) - {0}):
         for ax in axes:
             ax.axvline(edge, color="0.5", ls=":", lw=1)
-    for ax, ylabel in zip(axes, ("csi_mean (test set, mean over layers)", "test accuracy (%)")):
+    for ax, ylabel, scale in zip(axes, ("csi_mean (test set, mean over layers)", "test accuracy (%)"), (1.0, 100.0)):
+        _clip(ax, scale)
         ax.set_xlabel("epoch (0 = initialised network)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(ylabel)
@@ -138,7 +162,7 @@ def layers_vs_alpha(cond_layers: pd.DataFrame, conds: pd.DataFrame, path: Path) 
     cols = min(n, 3)
     rows = -(-n // cols)
     fig = Figure(figsize=(5.6 * cols + 1.6, 4.2 * rows))
-    axes = np.atleast_1d(fig.subplots(rows, cols, sharey=True, squeeze=False)).ravel()
+    axes = fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False).ravel()
     layers = list(dict.fromkeys(cond_layers["layer"]))
     cmap = colormaps["viridis"]
     for ax, (label, g) in zip(axes, series):
@@ -147,12 +171,19 @@ def layers_vs_alpha(cond_layers: pd.DataFrame, conds: pd.DataFrame, path: Path) 
             lg = sub[sub["layer"] == layer].sort_values("alpha")
             color = cmap(j / max(len(layers) - 1, 1))
             _errorbar(ax, lg["alpha"], lg, "csi_mean", color=color, label=layer, capsize=2, ms=3, lw=1.1)
-        alpha_axis(ax, g["alpha"])
-        ax.set_title(label or _title(conds, "per-layer class selectivity"), fontsize=10)
+        alpha_axis(ax, conds["alpha"])
+        ax.set_title(label, fontsize=10)
         ax.set_ylabel("layer csi_mean (final epoch)")
+        _clip(ax, 1.0)
         ax.grid(alpha=0.3)
     for ax in axes[n:]:
         ax.set_visible(False)
+    title = _title(conds, "per-layer class selectivity vs alpha")
+    if n == 1:
+        axes[0].set_title(title, fontsize=10)
+    else:
+        fig.subplots_adjust(top=1 - 0.75 / fig.get_figheight())  # room for the two-line title above the panels
+        fig.suptitle(title, fontsize=10)
     axes[cols - 1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), title="layer", title_fontsize=8)
     return _save(fig, path)
 

@@ -8,18 +8,20 @@ rest of the scan stands.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from orchestrator.errors import UserError
 from trainer import results as R
+from trainer.lock import is_locked
 from trainer.spec import TrialSpec
 
 KINDS = (R.EPOCHS, R.LAYERS)  # units.parquet is never aggregated (too big at scale)
@@ -32,25 +34,31 @@ class Trial:
 
     trial_id: str
     folder: Path
-    state: str  # done | failed | running | pending | unreadable | incomplete
+    state: str  # done | failed | running | interrupted | pending | unreadable | incomplete
     status: dict[str, Any] = field(default_factory=dict)
     reason: str | None = None  # why it is not aggregated (None for usable done trials)
     files: dict[str, Fingerprint] = field(default_factory=dict)
+    fields: dict[str, Any] = field(default_factory=dict)  # TrialSpec.row_fields() from spec.json
 
 
 def expected_schema(kind: str) -> pa.Schema:
-    """The schema the current trainer writes for `kind`; every scan is read into it.
+    """The schema the current trainer writes for `kind` (trial fields, then metric columns).
 
-    Columns missing from an older trial's file come back null, unknown extra columns are dropped,
-    so the summary's schema is always the code's.
+    Every scan reads into it: columns missing from an older trial's file come back null, unknown
+    extra columns are dropped, so the summary's schema is always the code's.
     """
-    spec = TrialSpec()
-    return R.file_schema(kind, R.trial_schema(spec))
+    return R.file_schema(kind, fields_schema())
+
+
+@functools.lru_cache(maxsize=1)
+def fields_schema() -> pa.Schema:
+    """Arrow schema of the trial's fields as carried by every result row."""
+    return R.trial_schema(TrialSpec())
 
 
 def trial_fields() -> list[str]:
     """The trial's fields as carried by every result row (trial_id, sweep, model, ..., augment)."""
-    return list(TrialSpec().row_fields())
+    return fields_schema().names
 
 
 # ---- the sweep folder --------------------------------------------------------------------------
@@ -108,8 +116,10 @@ def _read_trial(folder: Path) -> Trial:
         trial.state, trial.reason = "unreadable", "status.json is not a JSON object"
         return trial
     trial.state = str(trial.status.get("state", "pending"))
+    if trial.state == "running" and not is_locked(folder):
+        trial.state = "interrupted"  # its process died (the kernel dropped the lock): resumable
     if trial.state != "done":
-        trial.reason = _not_done_reason(trial.status)
+        trial.reason = _not_done_reason(trial.state, trial.status)
         return trial
     for kind in KINDS:
         fp = _fingerprint(folder / kind)
@@ -120,83 +130,100 @@ def _read_trial(folder: Path) -> Trial:
     return trial
 
 
-def _not_done_reason(status: dict[str, Any]) -> str:
-    state = status.get("state")
-    if state == "failed":
-        kind = status.get("error_kind")
-        return f"{kind}: {status.get('error')}" if kind else str(status.get("error"))
-    if state == "running":
-        return f"running since {status.get('started')} on {status.get('host')} (attempt {status.get('attempts')})"
-    return f"{state} (attempts: {status.get('attempts', 0)})"
+def read_spec(trial: Trial) -> None:
+    """Set `trial.fields` from its spec.json; a done trial whose spec is unusable becomes unreadable.
+
+    The fields every result row carries are the spec's (`TrialSpec.row_fields`), so the collector
+    takes them from here once per trial instead of decoding 17 constant columns of every file.
+    """
+    path = trial.folder / R.SPEC
+    try:
+        spec = TrialSpec.from_dict(R.read_json(path), str(path))
+        if spec.trial_id != trial.trial_id:
+            raise ValueError(f"{path} is the spec of trial {spec.trial_id}, not of its folder's")
+        trial.fields = spec.row_fields()
+    except (OSError, ValueError) as err:
+        if trial.state == "done":
+            trial.state, trial.reason = "unreadable", f"spec.json unusable ({_one_line(err)})"
 
 
-# ---- one robust dataset scan ---------------------------------------------------------------------
 def _one_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return text[0] if text else type(err).__name__
 
 
-def _read_all(paths: list[str], schema: pa.Schema) -> pa.Table:
-    return ds.dataset(paths, format="parquet", schema=schema).to_table()
+def _not_done_reason(state: str, status: dict[str, Any]) -> str:
+    since = f"since {status.get('started')} on {status.get('host')} (attempt {status.get('attempts')})"
+    if state == "failed":
+        kind = status.get("error_kind")
+        return f"{kind}: {status.get('error')}" if kind else str(status.get("error"))
+    if state == "running":
+        return f"running {since}"
+    if state == "interrupted":
+        return f"interrupted: no live process holds it, was running {since}; run the sweep again to resume"
+    return f"{state} (attempts: {status.get('attempts', 0)})"
+
+
+# ---- one robust dataset scan ---------------------------------------------------------------------
+def _read_metrics(paths: list[str], kind: str) -> pa.Table:
+    """The metric columns of `paths` and `__fragment_index` (the file's position in `paths`)."""
+    dataset = ds.dataset(paths, format="parquet", schema=expected_schema(kind))
+    return dataset.to_table(columns=[*R.COLUMNS[kind].names, "__fragment_index"])
 
 
 def scan(
-    paths: list[Path], schema: pa.Schema, read: Callable[[list[str], pa.Schema], pa.Table] = _read_all
+    paths: list[Path], kind: str, read: Callable[[list[str], str], pa.Table] = _read_metrics
 ) -> tuple[pa.Table, dict[Path, str]]:
-    """Read `paths` into one table (in the order given) with one dataset scan.
+    """Read the metric columns of the `kind` files `paths` with one dataset scan.
 
-    A file pyarrow cannot read fails the whole scan; it is then isolated, and the others read
-    again: first by the path pyarrow names in its error (a broken footer), else by bisecting the
-    list (corrupt pages). Returns the table and {bad file: one-line reason}.
+    Returns the rows in the order of `paths`, with `_file` (int32): the row's file, as an index
+    into `paths`; and {unreadable file: one-line reason}. A file pyarrow cannot read fails the
+    whole scan; it is isolated and the others read again: by the path pyarrow names in its error
+    (a broken footer), else by bisecting the list (corrupt pages).
     """
     bad: dict[Path, str] = {}
     tables: list[pa.Table] = []
-    work: list[list[str]] = [[str(p) for p in paths]] if paths else []
+    work: list[list[int]] = [list(range(len(paths)))] if paths else []
     while work:
         group = work.pop(0)
+        names = [str(paths[i]) for i in group]
         try:
-            tables.append(read(group, schema))
-            continue
+            table = read(names, kind)
         except (pa.ArrowException, OSError) as err:
             reason = _one_line(err)
-        named = [p for p in group if f"'{p}'" in reason]
+        else:
+            where = np.asarray(group, dtype=np.int32)[table["__fragment_index"].to_numpy()]
+            tables.append(table.drop_columns(["__fragment_index"]).append_column("_file", pa.array(where)))
+            continue
+        named = [i for i in group if f"'{paths[i]}'" in reason]
         if len(group) == 1 or len(named) == 1:
             culprit = group[0] if len(group) == 1 else named[0]
-            bad[Path(culprit)] = reason.replace(f"Could not open Parquet input source '{culprit}': ", "")
-            rest = [p for p in group if p != culprit]
+            bad[paths[culprit]] = reason.replace(f"Could not open Parquet input source '{paths[culprit]}': ", "")
+            rest = [i for i in group if i != culprit]
             work[:0] = [rest] if rest else []
         else:
             mid = len(group) // 2
             work[:0] = [group[:mid], group[mid:]]  # keep the order of the rows
-    table = pa.concat_tables(tables) if tables else schema.empty_table()
-    return table, bad
+    empty = pa.schema([*R.COLUMNS[kind], ("_file", pa.int32())]).empty_table()
+    return (pa.concat_tables(tables) if tables else empty), bad
 
 
 # ---- checks on what was read -------------------------------------------------------------------
-def incomplete_trials(epochs: pa.Table, layers: pa.Table) -> dict[str, str]:
-    """{trial_id: reason} for trials whose rows are not exactly epochs 0..E (E = the spec's epochs),
-    or whose layers rows are not one per (epoch, layer)."""
-    bad: dict[str, str] = {}
-    if epochs.num_rows:
-        agg = epochs.group_by("trial_id").aggregate(
-            [("epoch", "count"), ("epoch", "count_distinct"), ("epoch", "min"), ("epoch", "max"), ("epochs", "max")]
-        )
-        for row in agg.to_pylist():
-            e = row["epochs_max"]
-            if not (row["epoch_count"] == row["epoch_count_distinct"] == e + 1 and row["epoch_min"] == 0 and row["epoch_max"] == e):
-                bad[row["trial_id"]] = f"incomplete: {row['epoch_count']} epoch rows, expected epochs 0..{e}"
-    if layers.num_rows:
-        agg = layers.group_by("trial_id").aggregate(
-            [("epoch", "count"), ("epoch", "count_distinct"), ("layer", "count_distinct"), ("epochs", "max")]
-        )
-        for row in agg.to_pylist():
-            want = (row["epochs_max"] + 1) * row["layer_count_distinct"]
-            if row["epoch_count_distinct"] != row["epochs_max"] + 1 or row["epoch_count"] != want:
-                bad.setdefault(row["trial_id"], f"incomplete: {row['epoch_count']} layer rows, expected {want}")
+def incomplete(rows: pa.Table, kind: str, epochs: np.ndarray) -> dict[int, str]:
+    """{file index: reason} for files whose rows are not epochs 0..E in order (E = epochs[index]);
+    for layers, L rows per epoch (L = the file's layers at epoch 0), epoch by epoch.
+
+    `rows` come from `scan`: grouped by `_file` in increasing order, each file's rows as written.
+    """
+    n = len(epochs)
+    file = rows["_file"].to_numpy()
+    epoch = rows["epoch"].to_numpy(zero_copy_only=False)
+    counts = np.bincount(file, minlength=n)
+    width = np.bincount(file[epoch == 0], minlength=n) if kind == R.LAYERS else np.ones(n, dtype=np.int64)
+    pos = np.arange(len(file)) - np.repeat(np.cumsum(counts) - counts, counts)  # row number within its file
+    wrong = np.bincount(file[epoch != pos // np.maximum(width, 1)[file]], minlength=n)
+    bad: dict[int, str] = {}
+    for i in np.flatnonzero((counts != (epochs + 1) * width) | (wrong > 0) | (width == 0)):
+        layers = f" x {width[i]} layers" if kind == R.LAYERS else ""
+        bad[int(i)] = f"{kind} incomplete: {counts[i]} rows, expected epochs 0..{epochs[i]}{layers} in order"
     return bad
-
-
-def drop_trials(table: pa.Table, trial_ids: set[str] | list[str], keep: bool = False) -> pa.Table:
-    """`table` without (or, keep=True, with only) the rows of `trial_ids`."""
-    mask = pc.is_in(table["trial_id"], value_set=pa.array(sorted(trial_ids), type=pa.string()))
-    return table.filter(mask if keep else pc.invert(mask))

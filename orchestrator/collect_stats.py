@@ -15,9 +15,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from orchestrator.collect_scan import Trial, trial_fields
+from orchestrator.collect_scan import trial_fields
 
 METRICS = ("test_acc", "csi_mean")  # final-epoch metrics summarised per condition
 EPOCH_METRICS = ("test_acc", "csi_mean", "train_loss")  # summarised per condition and epoch
@@ -28,7 +27,7 @@ PROVENANCE = ("attempts", "git_sha", "git_dirty", "host", "device", "started", "
 
 def condition_fields() -> list[str]:
     """The fields that make a condition: every trial field except trial_id and seed."""
-    return [f for f in trial_fields() if f not in ("trial_id", "seed")]
+    return [f for f in trial_fields() if f not in ("trial_id", "seed")]  # trial_fields() is cached
 
 
 def _abs_t_cdf(t: float, df: int) -> float:
@@ -123,37 +122,37 @@ def varying_fields(conditions: pd.DataFrame) -> list[str]:
     return sorted(vary, key=lambda k: (k != "alpha", keys.index(k)))
 
 
-def sort_trials(df: pd.DataFrame) -> pd.DataFrame:
-    """Trials ordered by alpha, onset, offset, model, dataset, the other scalar fields, then seed."""
-    listy = lambda v: isinstance(v, (list, tuple, np.ndarray))  # noqa: E731 - lists do not sort
-    others = [c for c in condition_fields() if c not in SORT_FIRST and not df[c].map(listy).any()]
-    by = [c for c in SORT_FIRST if c in df] + others + ["seed", "trial_id"]
-    return df.sort_values(by, na_position="first", kind="stable").reset_index(drop=True)
+def trial_sort_key(fields: dict[str, Any]) -> tuple:
+    """Order of trials: alpha, onset, offset (none first), model, dataset, the other fields, seed."""
+    def key(v: Any) -> tuple:
+        return (0,) if _is_missing(v) else (1, tuple(v) if isinstance(v, (list, tuple)) else v)
+
+    rest = [k for k in condition_fields() if k not in SORT_FIRST]
+    return tuple(key(fields.get(k)) for k in (*SORT_FIRST, *rest, "seed", "trial_id"))
 
 
-def trials_table(epochs: pa.Table, layers: pa.Table, trials: dict[str, Trial]) -> pd.DataFrame:
-    """One row per done trial: its final epoch row, condition, totals, per-layer CSI, provenance."""
-    final = to_pandas(epochs.filter(pc.equal(epochs["epoch"], epochs["epochs"])))
-    keys = condition_fields()
-    records = final[keys].to_dict("records")
-    final.insert(len(trial_fields()), "condition_id", [condition_id(k) for k in records])
-    totals = to_pandas(epochs.group_by("trial_id").aggregate([("seconds", "sum"), ("eval_seconds", "sum")]))
-    totals = totals.rename(columns={"seconds_sum": "train_seconds_total", "eval_seconds_sum": "eval_seconds_total"})
-    per_layer = layer_columns(layers)
-    prov = pd.DataFrame([_provenance(trials[t].status) | {"trial_id": t} for t in final["trial_id"]])
-    df = final.merge(totals, on="trial_id").merge(per_layer, on="trial_id", how="left").merge(prov, on="trial_id")
-    df = sort_trials(df)
+def trials_table(final: pd.DataFrame, totals: pd.DataFrame, final_layers: pd.DataFrame, status: dict[str, dict]) -> pd.DataFrame:
+    """One row per done trial: its final epoch row, condition, totals, per-layer CSI, provenance.
+
+    `final`: the final-epoch rows (trial fields, metrics, `_rank` = the trial's position, in
+    order); `totals`: _rank, train_seconds_total, eval_seconds_total; `final_layers`: _rank,
+    layer, csi_mean at the final epoch; `status`: status.json by trial_id. Keeps `_rank`.
+    """
+    ids = [condition_id(k) for k in final[condition_fields()].to_dict("records")]
+    df = final.copy()
+    df.insert(len(trial_fields()), "condition_id", ids)
+    df = df.merge(totals, on="_rank", how="left").merge(layer_columns(final_layers), on="_rank", how="left")
+    prov = pd.DataFrame([_provenance(status[t]) for t in df["trial_id"]], index=df.index)
+    df = pd.concat([df, prov], axis=1)
     labels = condition_labels(df.drop_duplicates("condition_id"))
     df.insert(len(trial_fields()) + 1, "condition", df["condition_id"].map(labels))
     return df
 
 
-def layer_columns(layers: pa.Table) -> pd.DataFrame:
-    """Final-epoch layer CSI means as columns `csi_mean.<layer>` (layer order as written), by trial."""
-    final = layers.filter(pc.equal(layers["epoch"], layers["epochs"])).select(["trial_id", "layer", "csi_mean"])
-    df = to_pandas(final)
-    order = list(dict.fromkeys(df["layer"]))
-    wide = df.pivot(index="trial_id", columns="layer", values="csi_mean")[order]
+def layer_columns(final_layers: pd.DataFrame) -> pd.DataFrame:
+    """Final-epoch layer CSI means as columns `csi_mean.<layer>` (layer order as written), by _rank."""
+    order = list(dict.fromkeys(final_layers["layer"]))
+    wide = final_layers.pivot(index="_rank", columns="layer", values="csi_mean")[order]
     wide.columns = [f"csi_mean.{name}" for name in order]
     return wide.reset_index()
 
@@ -185,22 +184,25 @@ def conditions_table(trials: pd.DataFrame) -> pd.DataFrame:
     return out[cols + [c for c in out.columns if c not in cols]].reset_index()
 
 
-def condition_epochs_table(epochs: pa.Table, trials: pd.DataFrame) -> pd.DataFrame:
-    """One row per (condition, epoch): n and stats of EPOCH_METRICS over the seeds."""
-    df = to_pandas(epochs.select(["trial_id", "epoch", "alpha_active", *EPOCH_METRICS]))
-    df["condition_id"] = df["trial_id"].map(trials.set_index("trial_id")["condition_id"])
+def condition_epochs_table(epochs: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
+    """One row per (condition, epoch): n and stats of EPOCH_METRICS over the seeds.
+
+    `epochs`: _rank, epoch, alpha_active and the metrics of every done trial's epochs.
+    """
+    df = epochs.assign(condition_id=epochs["_rank"].map(trials.set_index("_rank")["condition_id"]))
     stats = summarize(df, ["condition_id", "epoch"], EPOCH_METRICS)
-    stats["alpha_active"] = df.groupby(["condition_id", "epoch"], sort=False)["alpha_active"].first()
+    stats.insert(0, "alpha_active", df.groupby(["condition_id", "epoch"], sort=False)["alpha_active"].first())
     return _with_condition(stats.reset_index(), trials)
 
 
-def condition_layers_table(layers: pa.Table, trials: pd.DataFrame) -> pd.DataFrame:
-    """One row per (condition, layer) at the final epoch: n and stats of the layer's csi_mean."""
-    final = layers.filter(pc.equal(layers["epoch"], layers["epochs"]))
-    df = to_pandas(final.select(["trial_id", "layer", "n_units", "csi_mean"]))
-    df["condition_id"] = df["trial_id"].map(trials.set_index("trial_id")["condition_id"])
+def condition_layers_table(final_layers: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
+    """One row per (condition, layer) at the final epoch: n and stats of the layer's csi_mean.
+
+    `final_layers`: _rank, layer, n_units, csi_mean of every done trial's final epoch.
+    """
+    df = final_layers.assign(condition_id=final_layers["_rank"].map(trials.set_index("_rank")["condition_id"]))
     stats = summarize(df, ["condition_id", "layer"], ["csi_mean"])
-    stats.insert(1, "n_units", df.groupby(["condition_id", "layer"], sort=False)["n_units"].first())
+    stats.insert(0, "n_units", df.groupby(["condition_id", "layer"], sort=False)["n_units"].first())
     return _with_condition(stats.reset_index(), trials)
 
 
@@ -210,10 +212,3 @@ def _with_condition(stats: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
     order = {c: i for i, c in enumerate(head["condition_id"])}
     stats = stats.sort_values("condition_id", key=lambda s: s.map(order), kind="stable")
     return head.merge(stats, on="condition_id", how="right").reset_index(drop=True)
-
-
-def order_rows(table: pa.Table, trial_ids: Sequence[str]) -> pa.Table:
-    """Rows of `table` grouped by trial in the order `trial_ids`, then by epoch (stable otherwise)."""
-    rank = pc.index_in(table["trial_id"], value_set=pa.array(list(trial_ids), type=pa.string()))
-    idx = pc.sort_indices(pa.table({"r": rank, "e": table["epoch"]}), sort_keys=[("r", "ascending"), ("e", "ascending")])
-    return table.take(idx)

@@ -1,0 +1,90 @@
+"""The rows of a sweep's done trials for the collector: cache + one scan per kind, checked, ordered.
+
+Used by `python -m orchestrator.collect`. Rows are kept as the files' metric columns plus `_rank`,
+the trial's position in the sorted list of done trials; `with_fields` puts the trial's fields
+(from its spec) in front when a table is written, so the 17 constant columns are never decoded
+from thousands of files.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from orchestrator import collect_cache as cache
+from orchestrator.collect_scan import KINDS, Trial, incomplete, scan
+
+Warn = Callable[[str], None]
+
+
+def mark(trial: Trial, state: str, reason: str, warn: Warn) -> None:
+    """Take a done trial out of the tables, saying why in one line."""
+    trial.state, trial.reason = state, reason
+    warn(f"{trial.folder}: {reason}; trial {trial.trial_id} skipped")
+
+
+def cached_rows(summary: Path, done: list[Trial], reuse: set[str]) -> dict[str, pa.Table]:
+    """Metric columns and `_rank` (position in `done`) of the cached rows of `reuse`."""
+    ids = pa.array([t.trial_id for t in done], type=pa.string())
+    out = {}
+    for kind in KINDS:
+        table = cache.read(summary, kind, reuse)
+        rank = pc.index_in(table["trial_id"], value_set=ids).cast(pa.int32())
+        out[kind] = table.drop_columns(["trial_id"]).append_column("_rank", rank)
+    return out
+
+
+def fresh_rows(new: list[tuple[int, Trial]], warn: Warn) -> dict[str, pa.Table]:
+    """Metric columns and `_rank` of the `new` trials' files (one scan per kind); bad ones marked."""
+    ranks = np.array([i for i, _ in new], dtype=np.int32)
+    by_folder = {t.folder: t for _, t in new}
+    epochs = np.array([t.fields["epochs"] for _, t in new], dtype=np.int64)
+    out = {}
+    for kind in KINDS:
+        table, bad = scan([t.folder / kind for _, t in new], kind)
+        for path, reason in bad.items():
+            mark(by_folder[path.parent], "unreadable", f"{kind} unreadable: {reason}", warn)
+        for i, reason in incomplete(table, kind, epochs).items():
+            if new[i][1].state == "done":
+                mark(new[i][1], "incomplete", reason, warn)
+        rank = ranks[table["_file"].to_numpy()]
+        out[kind] = table.drop_columns(["_file"]).append_column("_rank", pa.array(rank, type=pa.int32()))
+    return out
+
+
+def read_rows(summary: Path, done: list[Trial], reuse: set[str], warn: Warn) -> tuple[dict[str, pa.Table], list[str], int]:
+    """Rows (metrics, `_rank`) of the usable done trials in `done` order; the ids read; n cached."""
+    parts: dict[str, list[pa.Table]] = {kind: [] for kind in KINDS}
+    if reuse:
+        try:
+            for kind, table in cached_rows(summary, done, reuse).items():
+                parts[kind].append(table)
+        except (pa.ArrowException, OSError) as err:
+            warn(f"{summary}: cached summary unreadable ({str(err).splitlines()[0]}); reading every trial again")
+            reuse, parts = set(), {kind: [] for kind in KINDS}
+    new = [(i, t) for i, t in enumerate(done) if t.trial_id not in reuse]
+    for kind, table in fresh_rows(new, warn).items():
+        parts[kind].append(table)
+    usable = np.array([t.state == "done" for t in done])
+    return {kind: keep_sorted(pa.concat_tables(p), usable) for kind, p in parts.items()}, [t.trial_id for _, t in new], len(reuse)
+
+
+def keep_sorted(table: pa.Table, usable: np.ndarray) -> pa.Table:
+    """Rows of usable trials only, ordered by `_rank` (stable: epochs and layers keep their order)."""
+    rank = table["_rank"].to_numpy()
+    if not usable[rank].all():
+        table, rank = table.filter(pa.array(usable[rank])), rank[usable[rank]]
+    if rank.size > 1 and (np.diff(rank) < 0).any():
+        table = table.take(pa.array(np.argsort(rank, kind="stable")))
+    return table.combine_chunks()  # one chunk, not one per file: later kernels pay per chunk
+
+
+def with_fields(rows: pa.Table, fields: pa.Table) -> pa.Table:
+    """`rows` (metrics, `_rank`) with the trial's fields in front: the trainer's file schema."""
+    rank = rows["_rank"]
+    columns = [fields[name].take(rank) for name in fields.column_names]
+    metrics = rows.drop_columns(["_rank"])
+    return pa.Table.from_arrays(columns + metrics.columns, names=fields.column_names + metrics.column_names)
