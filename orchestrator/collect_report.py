@@ -72,7 +72,7 @@ def _excluded(excluded: pd.DataFrame) -> list[str]:
         for _, r in excluded.head(MAX_EXCLUDED_ROWS).iterrows()
     ]
     more = len(excluded) - MAX_EXCLUDED_ROWS
-    tail = [f"", f"... and {more} more in `excluded.parquet`."] if more > 0 else []
+    tail = ["", f"... and {more} more in `excluded.parquet`."] if more > 0 else []
     return _table(["trial_id", "state", "alpha", "seed", "reason"], rows) + tail
 
 

@@ -167,6 +167,9 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
         ("numpy", "dtype"),
         ("numpy.core.multiarray", "scalar"),
         ("numpy._core.multiarray", "scalar"),
+        # Python 3 writes bytes in protocol 2 as _codecs.encode(str, "latin1") (a batch file re-saved
+        # by Python 3); it only turns text into bytes, as in torch's weights_only allow-list.
+        ("_codecs", "encode"),
     }
 
     def find_class(self, module: str, name: str) -> object:
@@ -263,6 +266,10 @@ class FolderData:
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
         )
+        if gen is not None and self.num_workers == 0:
+            # Without workers the transforms draw from torch's global RNG: seed it from the epoch
+            # too, or a resumed epoch (num_workers 0, the default) gets other crops and flips.
+            torch.manual_seed(gen.initial_seed())
         for x, y in loader:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 

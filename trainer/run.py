@@ -38,7 +38,15 @@ from trainer.provenance import device_name, now, provenance
 from trainer.spec import TrialSpec
 
 EXIT_DONE, EXIT_USER, EXIT_FAILED, EXIT_BUSY = 0, 2, 3, 75
-EVAL_BATCH = 1000  # in-memory test sets: big batches, the numbers do not depend on it (eval mode)
+def eval_batch_size(data: Data, train_batch: int, device: torch.device) -> int:
+    """Evaluation batch: the numbers do not depend on it (eval mode), only the speed does.
+
+    In-memory test sets: 1000 on a GPU; 256 on a CPU, where bigger batches overflow the cache
+    (ResNet20/CIFAR: 2.9 s per 1000 images at 1000 vs 1.3 s at 128). Streamed: the train batch.
+    """
+    if not hasattr(data, "test_x"):
+        return train_batch
+    return 1000 if device.type == "cuda" else 256
 
 
 def pick_device(name: str) -> torch.device:
@@ -148,7 +156,7 @@ def train_trial(spec: TrialSpec, folder: Path, device: torch.device, status: dic
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
     log = ResultLog(folder, spec, model.block_names)
-    eval_batch = EVAL_BATCH if hasattr(data, "test_x") else spec.batch_size
+    eval_batch = eval_batch_size(data, spec.batch_size, device)
     steps_per_epoch = data.n_train // spec.batch_size
 
     ckpt = load_checkpoint(folder, device)

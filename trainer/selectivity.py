@@ -27,24 +27,41 @@ class UnitSelectivity:
     mu_rest: torch.Tensor  # [U] mean of the other present classes' means
 
 
+def class_counts(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Samples per class [C] (int64). A scatter-add, not torch.bincount: on CUDA bincount reads
+    labels.max() back to the host, a sync the training step should not pay."""
+    return labels.new_zeros(num_classes, dtype=torch.int64).index_add_(0, labels, torch.ones_like(labels, dtype=torch.int64))
+
+
 def class_sums(activations: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-class sums [C, U] and counts [C] with one scatter-add (differentiable in the sums)."""
     sums = activations.new_zeros(num_classes, activations.shape[1]).index_add(0, labels, activations)
-    counts = torch.bincount(labels, minlength=num_classes)
-    return sums, counts
+    return sums, class_counts(labels, num_classes)
 
 
-def csi_from_means(sums: torch.Tensor, counts: torch.Tensor, eps: float = EPS) -> UnitSelectivity:
+def present_classes(counts: torch.Tensor) -> torch.Tensor:
+    """The ids of the classes with samples; ValueError when fewer than two (CSI is undefined then).
+
+    One host sync (nonzero); the regularizer calls it once per batch, not once per layer.
+    """
+    class_ids = counts.nonzero().squeeze(1)
+    if class_ids.numel() < 2:
+        raise ValueError(f"class selectivity needs at least two classes present, got {class_ids.numel()}")
+    return class_ids
+
+
+def csi_from_means(
+    sums: torch.Tensor, counts: torch.Tensor, eps: float = EPS, class_ids: torch.Tensor | None = None
+) -> UnitSelectivity:
     """CSI per unit from class sums [C, U] and counts [C]; absent classes are left out.
 
-    Raises ValueError when fewer than two classes are present: CSI is undefined then.
+    `class_ids`: `present_classes(counts)` if the caller has it already. Raises ValueError when
+    fewer than two classes are present: CSI is undefined then.
     """
-    present = counts > 0
-    n_present = int(present.sum())
-    if n_present < 2:
-        raise ValueError(f"class selectivity needs at least two classes present, got {n_present}")
-    class_ids = present.nonzero().squeeze(1)
-    means = sums[present] / counts[present].unsqueeze(1).to(sums.dtype)  # [P, U]
+    if class_ids is None:
+        class_ids = present_classes(counts)
+    n_present = class_ids.numel()
+    means = sums.index_select(0, class_ids) / counts.index_select(0, class_ids).unsqueeze(1).to(sums.dtype)  # [P, U]
     mu_max, arg = means.max(dim=0)
     mu_rest = (means.sum(dim=0) - mu_max) / (n_present - 1)
     csi = (mu_max - mu_rest) / (mu_max + mu_rest + eps)
@@ -74,7 +91,12 @@ def batch_selectivity(
     if not layer_activations:
         raise ValueError("batch_selectivity needs at least one layer")
     labels = labels.long()
-    layer_means = [csi_from_means(*class_sums(a, labels, num_classes), eps).csi.mean() for a in layer_activations]
+    counts = class_counts(labels, num_classes)
+    class_ids = present_classes(counts)  # the batch's one host sync, shared by all layers
+    layer_means = []
+    for a in layer_activations:
+        sums = a.new_zeros(num_classes, a.shape[1]).index_add(0, labels, a)
+        layer_means.append(csi_from_means(sums, counts, eps, class_ids).csi.mean())
     return torch.stack(layer_means).mean()
 
 
@@ -90,7 +112,7 @@ class ClassMeanAccumulator:
         # float64 sums: a test set of 50k images summed in float32 loses digits in the class means.
         labels = labels.long()
         batch = [class_sums(a.detach().double(), labels, self.num_classes)[0] for a in layer_activations]
-        counts = torch.bincount(labels, minlength=self.num_classes)
+        counts = class_counts(labels, self.num_classes)
         if self.sums is None:
             self.sums, self.counts = batch, counts
         else:

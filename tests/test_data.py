@@ -1,0 +1,359 @@
+"""Data sets read from tiny fixtures in their exact standard on-disk layouts; batching and augmentation."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import socket
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from trainer.data import DataInfo, DataMissing, TensorData, load_dataset, random_crop, read_digits
+
+CPU = torch.device("cpu")
+
+
+# ---- CIFAR-10 fixture ---------------------------------------------------------------------------
+class Py2Pickler(pickle._Pickler):  # type: ignore[name-defined]
+    """Writes what Python 2's cPickle wrote for the original CIFAR files: `str` opcodes for bytes,
+    numpy globals under `numpy.core.multiarray`. (Python 3's protocol 2 writes bytes through
+    `_codecs.encode` instead; both must load.)"""
+
+    dispatch = dict(pickle._Pickler.dispatch)  # type: ignore[attr-defined]
+
+    def save_bytes(self, obj: bytes) -> None:
+        n = len(obj)
+        head = pickle.SHORT_BINSTRING + bytes([n]) if n < 256 else pickle.BINSTRING + struct.pack("<i", n)
+        self.write(head + obj)
+        self.memoize(obj)
+
+    def save_global(self, obj: object, name: str | None = None) -> None:
+        module = getattr(obj, "__module__", None)
+        module = "numpy.core.multiarray" if module == "numpy._core.multiarray" else module
+        self.write(pickle.GLOBAL + f"{module}\n{name or obj.__qualname__}\n".encode())  # type: ignore[attr-defined]
+        self.memoize(obj)
+
+    dispatch[bytes] = save_bytes
+    dispatch[type] = save_global
+    dispatch[type(len)] = save_global
+
+
+def dump_cifar_batch(path: Path, data: np.ndarray, labels: list[int], style: str) -> None:
+    d = {
+        b"batch_label": f"batch {path.name}".encode(),
+        b"labels": labels,
+        b"data": data,
+        b"filenames": [f"img_{i}.png".encode() for i in range(len(labels))],
+    }
+    with open(path, "wb") as f:
+        if style == "py2":
+            Py2Pickler(f, protocol=2).dump(d)
+        else:
+            pickle.dump(d, f, protocol=2)
+
+
+def make_cifar(root: Path, style: str = "py3", n_train: int = 4, n_test: int = 6) -> tuple[np.ndarray, ...]:
+    """cifar-10-batches-py with data_batch_1..5 and test_batch: b'data' uint8 [N, 3072], b'labels' list."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    xs, ys = [], []
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        n = n_test if name == "test_batch" else n_train
+        x = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        y = [int(v) for v in rng.integers(0, 10, n)]
+        dump_cifar_batch(folder / name, x, y, style)
+        xs.append(x)
+        ys.append(y)
+    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"airplane"]}, protocol=2))
+    train_x, train_y = np.concatenate(xs[:5]), np.concatenate(ys[:5])
+    return train_x, train_y, xs[5], np.array(ys[5])
+
+
+@pytest.mark.parametrize("style", ["py3", "py2"])
+def test_cifar10_layout(tmp_path: Path, style: str) -> None:
+    train_x, train_y, test_x, test_y = make_cifar(tmp_path, style)
+    data = load_dataset("cifar10", tmp_path, CPU)
+    assert isinstance(data, TensorData)
+    assert data.train_x.shape == (20, 3, 32, 32) and data.train_x.dtype == torch.uint8
+    assert data.test_x.shape == (6, 3, 32, 32)
+    assert data.train_y.dtype == torch.int64
+    # Batches 1..5 in order; each row is 1024 red, then green, then blue values, row-major 32x32.
+    assert data.train_y.tolist() == train_y.tolist() and data.test_y.tolist() == test_y.tolist()
+    n, c, h, w = 13, 2, 5, 30
+    assert data.train_x[n, c, h, w].item() == train_x[n, c * 1024 + h * 32 + w]
+    assert data.test_x[3, 1, 31, 0].item() == test_x[3, 1024 + 31 * 32 + 0]
+    assert data.info.num_classes == 10 and data.info.in_channels == 3
+    x, y = next(iter(data.train_batches(0, 0, 8, augment=True)))
+    assert x.shape == (8, 3, 32, 32) and x.dtype == torch.float32 and y.shape == (8,)
+
+
+def test_cifar10_refuses_code_in_pickle(tmp_path: Path) -> None:
+    """The batch files are pickles: loading one must never run what it names (here os.system)."""
+    make_cifar(tmp_path)
+    sentinel = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {sentinel}",))
+
+    with open(tmp_path / "cifar-10-batches-py" / "data_batch_3", "wb") as f:
+        pickle.dump({b"data": np.zeros((1, 3072), np.uint8), b"labels": [0], b"x": Evil()}, f, protocol=2)
+    with pytest.raises(pickle.UnpicklingError, match="os.system|posix.system"):
+        load_dataset("cifar10", tmp_path, CPU)
+    assert not sentinel.exists()
+
+
+# ---- Tiny ImageNet fixture ----------------------------------------------------------------------
+WNIDS = ["n09999999", "n01443537", "n02085620"]  # wnids.txt order is not the class order
+COLOURS = {"n01443537": (250, 10, 10), "n02085620": (10, 250, 10), "n09999999": (10, 10, 250)}
+
+
+def _jpeg(path: Path, colour: tuple[int, int, int], size: int = 64) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (size, size), colour).save(path, "JPEG", quality=95)
+
+
+def make_tinyimagenet(root: Path) -> None:
+    folder = root / "tiny-imagenet-200"
+    (folder).mkdir(parents=True)
+    (folder / "wnids.txt").write_text("\n".join(WNIDS) + "\n")
+    lines = []
+    for w in WNIDS:
+        for i in range(2):
+            _jpeg(folder / "train" / w / "images" / f"{w}_{i}.JPEG", COLOURS[w])
+        (folder / "train" / w / f"{w}_boxes.txt").write_text(f"{w}_0.JPEG\t0\t0\t63\t63\n")
+    for i, w in enumerate(["n02085620", "n09999999", "n01443537", "n02085620"]):
+        name = f"val_{i}.JPEG"
+        _jpeg(folder / "val" / "images" / name, COLOURS[w], size=32 if i == 0 else 64)  # one off-size image
+        lines.append(f"{name}\t{w}\t0\t0\t63\t63")
+    (folder / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
+    _jpeg(folder / "test" / "images" / "test_0.JPEG", (0, 0, 0))  # unlabelled; must be ignored
+
+
+def test_tinyimagenet_layout(tmp_path: Path) -> None:
+    make_tinyimagenet(tmp_path)
+    data = load_dataset("tinyimagenet", tmp_path, CPU)
+    assert data.info.num_classes == 200
+    assert data.train_x.shape == (6, 3, 64, 64) and data.test_x.shape == (4, 3, 64, 64)
+    # Classes are the sorted wnids: n01443537 -> 0, n02085620 -> 1, n09999999 -> 2.
+    assert data.train_y.tolist() == [0, 0, 1, 1, 2, 2]
+    assert data.test_y.tolist() == [1, 2, 0, 1]  # in val_annotations.txt order
+    for x, y in ((data.train_x, data.train_y), (data.test_x, data.test_y)):
+        for img, label in zip(x, y):
+            colour = COLOURS[sorted(WNIDS)[label]]
+            mean = img.float().mean(dim=(1, 2))
+            assert torch.allclose(mean, torch.tensor(colour, dtype=torch.float32), atol=4), (label, mean)
+
+
+# ---- ImageNet fixture (class folders, streamed) -------------------------------------------------
+def make_imagenet(root: Path, val_classes: tuple[str, ...] = ("n01440764", "n01443537")) -> None:
+    for split, classes in (("train", ("n01440764", "n01443537")), ("val", val_classes)):
+        for k, c in enumerate(classes):
+            for i in range(3 if split == "train" else 1):
+                _jpeg(root / "imagenet" / split / c / f"{c}_{i}.JPEG", (k * 200, 50, 50), size=40 + 8 * i)
+
+
+def test_imagenet_layout(tmp_path: Path) -> None:
+    make_imagenet(tmp_path)
+    data = load_dataset("imagenet", tmp_path, CPU, num_workers=0)
+    assert data.n_train == 6 and data.n_test == 2
+    assert data.train_aug.classes == ["n01440764", "n01443537"]
+    xs, ys = zip(*data.test_batches(2))
+    assert xs[0].shape == (2, 3, 224, 224) and ys[0].tolist() == [0, 1]
+    batches = list(data.train_batches(0, 0, 4, augment=True))
+    assert len(batches) == 1 and batches[0][0].shape == (4, 3, 224, 224)  # ragged last batch dropped
+    # Shuffled from (seed, epoch): the same labels in the same order again.
+    again = list(data.train_batches(0, 0, 4, augment=True))
+    assert torch.equal(batches[0][1], again[0][1])
+
+
+def test_imagenet_augmentation_replays_without_workers(tmp_path: Path) -> None:
+    """An epoch's crops and flips come from (seed, epoch), not from whatever used torch's RNG before."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            (tmp_path / "imagenet" / split / c).mkdir(parents=True)
+            for i in range(2):  # noise images: every crop differs
+                Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(tmp_path / "imagenet" / split / c / f"{i}.JPEG")
+    data = load_dataset("imagenet", tmp_path, CPU, num_workers=0)
+    first = next(iter(data.train_batches(2, 5, 4, augment=True)))[0]
+    torch.rand(10)  # the global RNG moves on (model init, another epoch, ...)
+    again = next(iter(data.train_batches(2, 5, 4, augment=True)))[0]
+    other = next(iter(data.train_batches(3, 5, 4, augment=True)))[0]
+    assert torch.equal(first, again) and not torch.equal(first, other)
+
+
+def test_imagenet_val_classes_must_match(tmp_path: Path) -> None:
+    make_imagenet(tmp_path, val_classes=("n01440764", "n09999999"))
+    from trainer.errors import UserError
+
+    with pytest.raises(UserError, match="class folders"):
+        load_dataset("imagenet", tmp_path, CPU)
+
+
+# ---- missing data, never a download -------------------------------------------------------------
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("cifar10", "cifar-10-batches-py/data_batch_1"),
+        ("tinyimagenet", "tiny-imagenet-200/train"),
+        ("imagenet", "imagenet/train"),
+    ],
+)
+def test_missing_data_one_line(tmp_path: Path, name: str, expected: str) -> None:
+    root = tmp_path / "empty-root"
+    root.mkdir()
+    with pytest.raises(DataMissing) as info:
+        load_dataset(name, root, CPU)
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert str(root / expected) in msg
+    assert list(root.iterdir()) == []  # nothing fetched or created
+
+
+def test_partly_missing_cifar_names_the_file(tmp_path: Path) -> None:
+    make_cifar(tmp_path)
+    (tmp_path / "cifar-10-batches-py" / "test_batch").unlink()
+    with pytest.raises(DataMissing, match=str(tmp_path / "cifar-10-batches-py" / "test_batch")):
+        load_dataset("cifar10", tmp_path, CPU)
+
+
+def test_loading_never_touches_the_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_network(*args, **kwargs):
+        raise AssertionError("a data loader tried to open a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    make_cifar(tmp_path)
+    make_tinyimagenet(tmp_path)
+    make_imagenet(tmp_path)
+    before = sorted(p for p in tmp_path.rglob("*"))
+    for name in ("digits", "cifar10", "tinyimagenet", "imagenet"):
+        load_dataset(name, tmp_path, CPU)
+    assert sorted(p for p in tmp_path.rglob("*")) == before  # nothing was added under the data root
+
+
+def test_cli_missing_data_exits_2_with_one_line(tmp_path: Path, trainer_cli, write_spec) -> None:
+    root = tmp_path / "no-data-here"
+    spec_path = write_spec(tmp_path / "trial", dataset="cifar10", epochs=1, data_root=str(root))
+    out = trainer_cli(spec_path)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in out.stderr
+    assert str(root / "cifar-10-batches-py") in lines[0]
+    status = json.loads((tmp_path / "trial" / "status.json").read_text())
+    assert status["state"] == "failed" and status["error_kind"] == "user"
+    assert not root.exists()
+
+
+# ---- digits -------------------------------------------------------------------------------------
+def test_digits_split_golden() -> None:
+    (train_x, train_y), (test_x, test_y) = read_digits(Path("/unused"))
+    assert train_x.shape == (1438, 1, 8, 8) and test_x.shape == (359, 1, 8, 8)
+    assert train_x.dtype == torch.uint8 and int(train_x.max()) == 255
+    # Stratified ~80/20: each class puts round(20%) of its samples into the test set.
+    counts = torch.bincount(torch.cat([train_y, test_y]), minlength=10)
+    assert torch.bincount(test_y, minlength=10).tolist() == [round(0.2 * int(c)) for c in counts]
+    # The same split on every machine (numpy's frozen legacy RandomState stream).
+    digest = hashlib.sha256(",".join(map(str, test_y.tolist())).encode()).hexdigest()[:16]
+    assert digest == "474d7eceb6ae445b"
+    assert int(test_x.long().sum()) == 1776711 and int(train_x.long().sum()) == 7177090
+
+
+def test_digits_same_across_loads() -> None:
+    a, b = read_digits(Path("/unused")), read_digits(Path("/unused"))
+    for (ax, ay), (bx, by) in zip(a, b):
+        assert torch.equal(ax, bx) and torch.equal(ay, by)
+
+
+# ---- batching and augmentation --------------------------------------------------------------------
+def naive_crop(x: np.ndarray, pad: int, shifts: np.ndarray) -> np.ndarray:
+    out = np.empty_like(x)
+    for b in range(x.shape[0]):
+        padded = np.pad(x[b], ((0, 0), (pad, pad), (pad, pad)))
+        r, c = shifts[b]
+        out[b] = padded[:, r : r + x.shape[2], c : c + x.shape[3]]
+    return out
+
+
+@pytest.mark.parametrize("pad", [1, 4])
+def test_random_crop_matches_naive(pad: int) -> None:
+    g = torch.Generator().manual_seed(pad)
+    x = torch.randint(0, 256, (16, 3, 10, 12), generator=g, dtype=torch.uint8)
+    shifts = torch.randint(0, 2 * pad + 1, (16, 2), generator=g)
+    shifts[0] = torch.tensor([0, 2 * pad])  # the extreme corners
+    shifts[1] = torch.tensor([2 * pad, 0])
+    got = random_crop(x, pad, shifts)
+    np.testing.assert_array_equal(got.numpy(), naive_crop(x.numpy(), pad, shifts.numpy()))
+
+
+def indexed_data(n: int = 200, flip: bool = False, pad: int = 0) -> TensorData:
+    """Sample i is an 1x4x4 image whose first pixel holds i: batches reveal which samples they hold.
+    mean 0, std 1/255 make the normalisation the identity."""
+    x = torch.zeros(n, 1, 4, 4, dtype=torch.uint8)
+    x[:, 0, 0, 0] = torch.arange(n, dtype=torch.uint8)
+    x[:, 0, 1, 3] = 255  # an asymmetric mark: flips show
+    info = DataInfo(num_classes=10, in_channels=1, mean=(0.0,), std=(1 / 255,), crop_pad=pad, flip=flip)
+    y = torch.arange(n) % 10
+    return TensorData(info, (x, y), (x[:30], y[:30]), CPU)
+
+
+def sample_ids(data: TensorData, epoch: int, seed: int, augment: bool = False, batch: int = 32) -> list[int]:
+    return [int(v) for x, _ in data.train_batches(epoch, seed, batch, augment) for v in x[:, 0, 0, 0].round()]
+
+
+def test_train_batches_are_a_permutation_and_reproducible() -> None:
+    data = indexed_data()
+    ids = sample_ids(data, epoch=0, seed=0)
+    assert len(ids) == 192 and len(set(ids)) == 192  # 200 // 32 full batches, no repeats
+    assert ids == sample_ids(data, epoch=0, seed=0)
+    assert ids != sample_ids(data, epoch=1, seed=0)
+    assert ids != sample_ids(data, epoch=0, seed=1)
+    assert ids != sorted(ids)
+    for x, y in data.train_batches(0, 0, 32, False):
+        assert torch.equal(y, x[:, 0, 0, 0].round().long() % 10)  # labels travel with their images
+
+
+def test_augmentation_reproducible_and_varies() -> None:
+    data = indexed_data(flip=True, pad=1)
+    a = torch.cat([x for x, _ in data.train_batches(3, 7, 32, augment=True)])
+    b = torch.cat([x for x, _ in data.train_batches(3, 7, 32, augment=True)])
+    c = torch.cat([x for x, _ in data.train_batches(4, 7, 32, augment=True)])
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    plain = torch.cat([x for x, _ in data.train_batches(3, 7, 32, augment=False)])
+    assert (plain[:, 0, 1, 3] == 255).all() and (plain[:, 0, 1, 0] == 0).all()
+    assert not torch.equal(a, plain)
+
+
+def test_flips_about_half() -> None:
+    data = indexed_data(flip=True, pad=0)
+    x = torch.cat([x for x, _ in data.train_batches(0, 0, 32, augment=True)])
+    flipped = x[:, 0, 1, 0] == 255  # the mark moved to the other side
+    assert 0.3 < flipped.float().mean().item() < 0.7
+    assert torch.equal(x[flipped].flip(3)[:, 0, 1, 3], torch.full((int(flipped.sum()),), 255.0))
+
+
+def test_digits_never_flipped() -> None:
+    data = load_dataset("digits", "/unused", CPU)
+    assert data.info.flip is False and data.info.in_channels == 1
+    x, y = next(iter(data.train_batches(0, 0, 64, augment=True)))
+    assert x.shape == (64, 1, 8, 8)
+
+
+def test_test_batches_cover_the_set_in_order() -> None:
+    data = indexed_data()
+    batches = list(data.test_batches(7))
+    assert [len(y) for _, y in batches] == [7, 7, 7, 7, 2]
+    ids = [int(v) for x, _ in batches for v in x[:, 0, 0, 0].round()]
+    assert ids == list(range(30))
