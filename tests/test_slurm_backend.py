@@ -1,0 +1,364 @@
+"""The SLURM backend on a real single-node SLURM (scripts/local_slurm.sh), no mocks.
+
+CI starts the cluster and exports SLURM_CONF before pytest; without it the `slurm` tests skip.
+Locally:  bash scripts/local_slurm.sh start && eval "$(bash scripts/local_slurm.sh env)"
+
+Faults are injected for real: `scontrol requeue` (what a preemption does: SIGTERM, then SLURM
+requeues the job), a time limit cut short at run time with `scontrol update TimeLimit=1` (SLURM
+itself sends the USR2 warning and submitit requeues), and a stale job held back while another
+launcher finishes its trial. The golden sbatch script and the chunking tests need no SLURM.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pandas as pd
+import pytest
+
+from orchestrator.backends.slurm import REQUEUES, SUBMITTED, TrialJob, render_sbatch, squeue, submit
+from orchestrator.errors import cli
+from orchestrator.grid import load_grid
+from orchestrator.plan import read_state, scan
+from orchestrator.profiles import load_profile
+from orchestrator.slurm_script import chunked, job_name, parse_max_array_size, sbatch_parameters, signal_delay_s
+from orchestrator.status import main as status_main
+from orchestrator.sweep import main as sweep_main
+from trainer.errors import UserError
+from trainer.lock import TrialLock
+from trainer.run import run_trial
+from trainer.spec import TrialSpec
+
+ROOT = Path(__file__).resolve().parent.parent
+GOLDEN = Path(__file__).resolve().parent / "golden" / "slurm_example_site.sbatch"
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+def slurm_down_reason() -> str | None:
+    if not os.environ.get("SLURM_CONF"):
+        return "SLURM_CONF is not set"
+    if shutil.which("scontrol") is None or shutil.which("sbatch") is None:
+        return "scontrol/sbatch not on PATH"
+    try:
+        out = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=15)
+    except subprocess.TimeoutExpired:
+        return "scontrol ping timed out"
+    if "UP" not in out.stdout:
+        said = (out.stdout + out.stderr).strip().splitlines()
+        return f"scontrol ping: {said[0] if said else 'no answer'}"
+    return None
+
+
+@pytest.fixture(scope="module")
+def slurm() -> None:
+    reason = slurm_down_reason()
+    if reason:
+        pytest.skip(f'SLURM not up ({reason}): run scripts/local_slurm.sh start; eval "$(scripts/local_slurm.sh env)"')
+
+
+@pytest.fixture
+def sweep_name(slurm: None) -> Iterator[str]:
+    """A unique sweep name; its jobs (job name sweep-<name>) are cancelled after the test."""
+    name = f"t{uuid.uuid4().hex[:8]}"
+    yield name
+    subprocess.run(["scancel", f"--name={job_name(name)}"], capture_output=True, timeout=60)
+
+
+def write_grid(tmp_path: Path, name: str, fixed: str, sweep: str) -> Path:
+    path = tmp_path / "grid.yaml"
+    path.write_text(f"name: {name}\nfixed: {{model: resnet20, dataset: digits, batch_size: 256, {fixed}}}\nsweep:\n{sweep}")
+    return path
+
+
+def write_profile(tmp_path: Path, **extra: object) -> Path:
+    keys = {"partition": "debug", "cpus_per_trial": 1, "mem_gb": 1, "time_min": 10, "array_parallelism": 2,
+            "max_requeues": 3, "device": "cpu", "wait": False, **extra}  # fmt: skip
+    path = tmp_path / "profile.yaml"
+    path.write_text("backend: slurm\n" + "".join(f"{k}: {json.dumps(v)}\n" for k, v in keys.items()))
+    return path
+
+
+def wait_until(cond: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for: {what}\n{_queue()}")
+        time.sleep(0.3)
+
+
+def _queue() -> str:
+    return subprocess.run(["squeue"], capture_output=True, text=True, timeout=30).stdout
+
+
+def status(folder: Path) -> dict:
+    path = folder / "status.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def job_of(folder: Path) -> str:
+    return json.loads((folder / SUBMITTED).read_text())["job_id"]
+
+
+def requeues(folder: Path) -> int | None:
+    path = folder / REQUEUES
+    return json.loads(path.read_text())["requeues"] if path.exists() else None
+
+
+def job_state(job_id: str) -> str:
+    out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=30)
+    return out.stdout.strip()
+
+
+def scontrol(*args: str) -> None:
+    subprocess.run(["scontrol", *args], check=True, capture_output=True, timeout=60)
+
+
+def job_log(sweep: Path, job_id: str) -> str:
+    return "".join(p.read_text() for p in sorted((sweep / "slurm" / job_id).glob("*_log.*")))
+
+
+def trial_by_epochs(sweep: Path) -> dict[int, Path]:
+    return {json.loads((f / "spec.json").read_text())["epochs"]: f for f in (sweep / "trials").iterdir()}
+
+
+def epochs_table(folder: Path) -> pd.DataFrame:
+    return pd.read_parquet(folder / "epochs.parquet").sort_values("epoch").reset_index(drop=True)
+
+
+def snapshot_checkpointed_rows(folder: Path) -> pd.DataFrame:
+    """Rows the trial's checkpoint covers now (status epoch is written after the checkpoint)."""
+    covered = status(folder)["epoch"]
+    rows = epochs_table(folder)
+    return rows[rows.epoch <= covered]
+
+
+def assert_resumed(folder: Path, before: pd.DataFrame, epochs: int) -> None:
+    """One row per epoch, and the rows the checkpoint covered were kept, not recomputed."""
+    final = epochs_table(folder)
+    assert final.epoch.tolist() == list(range(epochs + 1))
+    assert len(before) >= 2  # epoch 0 and at least one trained epoch came before the interruption
+    kept = final[final.epoch <= before.epoch.max()]
+    cols = ["epoch", "train_loss", "test_acc", "seconds"]  # `seconds` differs if an epoch ran twice
+    pd.testing.assert_frame_equal(kept[cols].reset_index(drop=True), before[cols].reset_index(drop=True))
+
+
+# ---- no SLURM needed ----------------------------------------------------------------------------------
+def test_golden_sbatch_script_of_example_site() -> None:
+    profile = load_profile(ROOT / "cluster_configs" / "slurm" / "example-site.yaml")
+    text = render_sbatch(profile, "imagenet", Path("/results/imagenet/slurm/%j"), n_tasks=15)
+    text = text.replace(sys.executable, "<PYTHON>")
+    if os.environ.get("UPDATE_GOLDEN"):
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(text)
+    assert text == GOLDEN.read_text(), "sbatch script changed; review, then rerun with UPDATE_GOLDEN=1"
+
+
+def test_sbatch_parameters_only_what_the_profile_sets(tmp_path: Path) -> None:
+    profile = load_profile(write_profile(tmp_path, gpus_per_trial=2, time_min=1, setup=["module load x"]))
+    params = sbatch_parameters(profile, "digits")
+    assert {"account", "qos", "constraint"}.isdisjoint(params) and params["gpus_per_node"] == 2
+    text = render_sbatch(profile, "digits", tmp_path / "%j", n_tasks=1)
+    assert "--array" not in text and "#SBATCH --signal=USR2@7\n" in text and "\nmodule load x\n" in text
+    assert "#SBATCH --job-name=sweep-digits\n" in text and "wckey" not in text
+    assert [signal_delay_s(m) for m in (1, 2, 10, 60, 600)] == [7, 15, 75, 90, 90]
+    with pytest.raises(UserError, match="line break"):
+        render_sbatch(profile, "digits", tmp_path / "a\nrm -rf x", n_tasks=2)
+    with pytest.raises(UserError, match="cannot name a SLURM job"):
+        job_name("x; rm -rf ~")
+
+
+def test_chunks_stay_within_max_array_size() -> None:
+    assert [len(c) for c in chunked(list(range(23)), 11)] == [11, 11, 1]
+    assert chunked(list(range(11)), 11) == [list(range(11))]
+    assert chunked([], 11) == [] and chunked([1, 2], 1) == [[1], [2]]
+    with pytest.raises(UserError):
+        chunked([1], 0)
+    config = "Configuration data as of 2026-11-21T20:00:00\nMaxArraySize            = 11\nMaxJobCount = 10000\n"
+    assert parse_max_array_size(config) == 11 and parse_max_array_size("nothing") == 1001
+
+
+def test_job_callable_pickles_without_run_state() -> None:
+    import pickle
+
+    job = TrialJob(max_requeues=2, max_attempts=3)
+    job._why = "requeued"
+    clone = pickle.loads(pickle.dumps(job))
+    assert (clone.max_requeues, clone.max_attempts, clone._why) == (2, 3, None)
+
+
+# ---- real SLURM -----------------------------------------------------------------------------------------
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_sweep_in_two_arrays_lands_in_trial_folders_and_runs_once(tmp_path: Path, sweep_name: str) -> None:
+    # 12 trials > MaxArraySize 11: two submissions. data_root (a resource field, not in the trial id)
+    # holds shell syntax: it must reach spec.json only, never the sbatch script.
+    hostile = f"x$(touch {tmp_path}/pwned)`touch {tmp_path}/pwned2`;touch {tmp_path}/pwned3"
+    grid = write_grid(tmp_path, sweep_name, f"epochs: 1, data_root: {json.dumps(hostile)}", "  seed: [0,1,2,3,4,5,6,7,8,9,10,11]\n")
+    profile = write_profile(tmp_path, wait=True)
+    results = tmp_path / "results"
+    cmd = [sys.executable, "-m", "orchestrator.sweep", "--grid", str(grid), "--cluster", str(profile), "--results", str(results)]
+    first = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert first.returncode == 0, first.stderr
+    assert "12 trials as 2 job array(s)" in first.stderr and "12 done, 0 failed of 12" in first.stdout
+
+    sweep = tmp_path / "results" / sweep_name
+    states = scan(sweep)
+    assert set(states) == {s.trial_id for s in load_grid(grid).specs}  # the local backend's folders
+    assert {s.state for s in states.values()} == {"done"} and {s.attempts for s in states.values()} == {1}
+    scripts = sorted(sweep.glob("slurm/*/*_submission.sh"))
+    assert len(scripts) == 2
+    texts = [s.read_text() for s in scripts]
+    assert all(f"#SBATCH --job-name=sweep-{sweep_name}\n" in t for t in texts)
+    assert sum("#SBATCH --array=0-10%2\n" in t for t in texts) == 1  # 11 tasks, 2 at a time
+    assert all("pwned" not in t and "seed" not in t for t in texts)
+    assert not list(tmp_path.glob("pwned*"))
+    assert json.loads(next(iter(states.values())).folder.joinpath("spec.json").read_text())["data_root"] == hostile
+
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert again.returncode == 0 and "nothing to run" in again.stdout and "submitted" not in again.stderr
+    assert len(list(sweep.glob("slurm/*/*_submission.sh"))) == 2
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_preempted_trial_resumes_and_requeue_cap_fails_the_other(
+    tmp_path: Path, sweep_name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # max_requeues 1: trial A is requeued once (resumes, finishes), trial B twice (failed).
+    grid = write_grid(tmp_path, sweep_name, "seed: 0", "  epochs: [4, 40]\n")
+    args = ["--grid", str(grid), "--cluster", str(write_profile(tmp_path, max_requeues=1)), "--results", str(tmp_path / "r")]
+    assert cli(sweep_main, args) == 0  # submits and exits: the launcher is gone from here on
+    sweep = tmp_path / "r" / sweep_name
+    trials = trial_by_epochs(sweep)
+    a, b = trials[4], trials[40]
+    job_a, job_b = job_of(a), job_of(b)
+
+    wait_until(lambda: status(a).get("epoch", 0) >= 1 and read_state(a).state == "running", 120, "A trains an epoch")
+    before = snapshot_checkpointed_rows(a)
+    scontrol("requeue", job_a)
+    wait_until(lambda: read_state(b).state == "running", 60, "B running")
+    scontrol("requeue", job_b)
+    wait_until(lambda: requeues(b) == 1 and read_state(b).state == "running", 120, "B running again after a requeue")
+    scontrol("requeue", job_b)
+    wait_until(lambda: not squeue([job_a, job_b]), 180, "both jobs leave the queue")
+
+    st_a = status(a)
+    assert st_a["state"] == "done" and st_a["attempts"] == 2 and requeues(a) == 1
+    assert st_a["last_interruption"].startswith("SIGTERM (preempted, requeued or cancelled)")
+    assert_resumed(a, before, epochs=4)
+    assert re.search(r"requeues so far 1 \(max 1\), resuming after epoch [1-9]", job_log(sweep, job_a))
+    st_b = status(b)
+    assert st_b["state"] == "failed" and st_b["error_kind"] == "requeues"
+    assert st_b["error"].startswith("requeued 2 times (time limit / preemption)")
+
+    capsys.readouterr()
+    assert cli(status_main, [str(sweep)]) == 0
+    out = capsys.readouterr().out
+    assert "2 trials: 1 done" in out and "1 failed" in out and "requeued 2 times" in out
+
+
+def epochs_lasting(tmp_path: Path, seconds: float) -> int:
+    """How many digits epochs (batch 256, 1 thread like a 1-CPU task) take about `seconds` here."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        folder = tmp_path / "calibration"
+        run_trial(TrialSpec.from_dict({"epochs": 2, "batch_size": 256, "device": "cpu"}), folder)
+    finally:
+        torch.set_num_threads(threads)
+    rows = pd.read_parquet(folder / "epochs.parquet")
+    per_epoch = float((rows.seconds + rows.eval_seconds).iloc[1:].mean())
+    return max(15, min(400, math.ceil(seconds / per_epoch)))
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_time_limit_requeues_and_resumes(tmp_path: Path, sweep_name: str) -> None:
+    # The job starts with a 10-minute limit. Once the trial has a checkpoint the test cuts the limit
+    # to 1 minute, so slurmctld's next time-limit check (every 30 s) finds the job inside its warning
+    # window (USR2 75 s before the end) and signals it; submitit requeues it through
+    # TrialJob.checkpoint. The trial is sized to outlast that check by a margin on this machine.
+    epochs = epochs_lasting(tmp_path, 45)
+    grid = write_grid(tmp_path, sweep_name, "seed: 0", f"  epochs: [{epochs}]\n")
+    args = ["--grid", str(grid), "--cluster", str(write_profile(tmp_path, time_min=10)), "--results", str(tmp_path / "r")]
+    assert cli(sweep_main, args) == 0
+    sweep = tmp_path / "r" / sweep_name
+    (trial,) = (sweep / "trials").iterdir()
+    job = job_of(trial)
+
+    wait_until(lambda: status(trial).get("epoch", 0) >= 1 and read_state(trial).state == "running", 120, "an epoch")
+    before = snapshot_checkpointed_rows(trial)
+    scontrol("update", f"JobId={job}", "TimeLimit=1")
+    wait_until(lambda: job_state(job) == "PENDING" or status(trial)["state"] == "done", 120, "the time-limit signal")
+    assert status(trial)["state"] != "done", f"{epochs} epochs ended before the time-limit signal: make the trial longer"
+    scontrol("update", f"JobId={job}", "TimeLimit=10")  # so the next run is not cut short as well
+    interrupted = status(trial)
+    assert interrupted["state"] == "interrupted" and interrupted["last_interruption"].startswith("time limit: requeued")
+    wait_until(lambda: not squeue([job]), 240, "the job leaves the queue")
+
+    st = status(trial)
+    assert st["state"] == "done" and st["attempts"] == 2 and requeues(trial) == 1
+    assert_resumed(trial, before, epochs=epochs)
+    log = job_log(sweep, job)
+    assert "Caught signal SIGUSR2" in log and "timed-out" in log and "time limit ahead; requeueing" in log
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_stale_jobs_never_rerun_a_trial(tmp_path: Path, sweep_name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    grid = write_grid(tmp_path, sweep_name, "seed: 0", "  epochs: [1]\n")
+    results = tmp_path / "r"
+    args = ["--grid", str(grid), "--cluster", str(write_profile(tmp_path)), "--results", str(results)]
+    # A job holding both CPUs keeps ours pending until the test lets it go.
+    blocker = subprocess.run(
+        ["sbatch", "--parsable", "-c", "2", f"--job-name={job_name(sweep_name)}", "-o", "/dev/null", "--wrap", "sleep 300"],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout.strip()  # fmt: skip
+    assert cli(sweep_main, args) == 0
+    sweep = results / sweep_name
+    (trial,) = (sweep / "trials").iterdir()
+    first = job_of(trial)
+    capsys.readouterr()
+    assert cli(sweep_main, args) == 0  # its job is still queued: not submitted twice
+    assert "already queued or running" in capsys.readouterr().err and job_of(trial) == first
+    # A stale duplicate (e.g. from a launcher that lost track), held back for now.
+    (stale,) = submit([trial], load_profile(tmp_path / "profile.yaml"), sweep)
+    scontrol("hold", stale)
+
+    # 1. While another live process holds the trial, the job leaves it alone.
+    with TrialLock(trial):
+        subprocess.run(["scancel", blocker], check=True, timeout=60)
+        wait_until(lambda: not squeue([first]), 120, "the first job runs and leaves")
+    assert "leaving it to that process" in job_log(sweep, first)
+    assert read_state(trial).state == "pending" and not (trial / REQUEUES).exists()
+
+    # 2. Another launcher (local) runs the trial to the end.
+    assert cli(sweep_main, ["--grid", str(grid), "--results", str(results)]) == 0
+    assert status(trial)["state"] == "done" and status(trial)["attempts"] == 1
+    rows = (trial / "epochs.parquet").read_bytes()
+
+    # 3. The stale job finally runs: it finds the trial done and does not train it again.
+    scontrol("release", stale)
+    wait_until(lambda: not squeue([stale]), 120, "the stale job runs and leaves")
+    assert "already done; nothing to do" in job_log(sweep, stale)
+    assert status(trial)["attempts"] == 1 and (trial / "epochs.parquet").read_bytes() == rows
+
+
+@pytest.mark.slurm
+def test_preflight_names_a_missing_partition(slurm: None, tmp_path: Path) -> None:
+    from orchestrator.backends.slurm import preflight
+
+    preflight(load_profile(write_profile(tmp_path)))
+    with pytest.raises(UserError, match="partition 'nope': Partition nope not found"):
+        preflight(load_profile(write_profile(tmp_path, partition="nope")))
