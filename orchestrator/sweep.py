@@ -76,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     plan = make_plan(grid.specs, folder, max_attempts)
     if not args.dry_run:
         check_writable(folder)
+        if profile.backend == "slurm":  # SLURM's commands and the partition, before anything is written
+            from orchestrator.backends.slurm import preflight
+
+            preflight(profile)  # type: ignore[arg-type]
         for dataset in sorted({s.dataset for s in plan.to_run}):
             check_data(dataset, next(s for s in plan.to_run if s.dataset == dataset).resolved_data_root())
     if args.dry_run or not plan.to_run:

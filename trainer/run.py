@@ -228,6 +228,10 @@ def run_trial(spec: TrialSpec, folder: str | Path) -> str:
             status.update(state="failed", error=str(err), error_kind="user", retryable=True, ended=now())
             write_status(folder, status)
             raise
+        except (KeyboardInterrupt, SystemExit) as err:  # stopped from outside (Ctrl-C, a launcher's signal)
+            status.update(state="interrupted", error=f"interrupted ({type(err).__name__})", error_kind=None, ended=now())
+            write_status(folder, status)
+            raise
         except BaseException as err:  # noqa: BLE001 - recorded, then re-raised
             summary = "".join(traceback.format_exception_only(type(err), err)).strip()
             status.update(state="failed", error=summary, error_kind="exception", retryable=True, ended=now())
