@@ -53,7 +53,7 @@ def _epoch_rows(spec: TrialSpec, csi: np.ndarray, acc: np.ndarray, rng: np.rando
     train = lambda v: [None] + list(v[1:])  # noqa: E731 - epoch 0 is the initialised network: no training
     loss = 2.3 * np.exp(-np.arange(n) / 20) + 0.05
     return {
-        "epoch": list(range(n)), "step": [e * 390 for e in range(n)],
+        "epoch": list(range(n)), "step": [e * 390 for e in range(n)], "epoch_end": [True] * n,
         "alpha_active": train(np.full(n, spec.alpha)), "lr": train(np.full(n, spec.lr)),
         "train_loss": train(loss), "train_ce": train(loss), "train_selectivity": train(csi * 0.8),
         "train_acc": train(acc + 0.05), "test_loss": list(loss * 1.1), "test_acc": list(acc), "test_top5": [None] * n,
@@ -68,6 +68,7 @@ def _layer_rows(spec: TrialSpec, csi: np.ndarray, rng: np.random.Generator) -> d
     layer_csi = np.clip(csi[:, None] * weights[None, :] + rng.normal(0, 0.005, (n, len(LAYERS))), 0, 1).ravel()
     return {
         "epoch": list(np.repeat(np.arange(n), len(LAYERS))), "step": list(np.repeat(np.arange(n) * 390, len(LAYERS))),
+        "epoch_end": [True] * (n * len(LAYERS)),
         "layer": [name for name, _ in LAYERS] * n, "n_units": [w for _, w in LAYERS] * n,
         "csi_mean": list(layer_csi), "csi_median": list(layer_csi * 0.95), "csi_std": list(layer_csi * 0.3),
     }  # fmt: skip
@@ -78,6 +79,7 @@ def _unit_rows(spec: TrialSpec, rng: np.random.Generator) -> dict[str, list]:
     total = (spec.epochs + 1) * len(per_epoch)
     return {
         "epoch": np.repeat(np.arange(spec.epochs + 1), len(per_epoch)), "step": np.repeat(np.arange(spec.epochs + 1) * 390, len(per_epoch)),
+        "epoch_end": np.ones(total, dtype=bool),
         "layer": [name for name, _ in per_epoch] * (spec.epochs + 1), "unit": [u for _, u in per_epoch] * (spec.epochs + 1),
         "csi": rng.uniform(0, 0.6, total), "top_class": rng.integers(0, 10, total), "mu_max": rng.uniform(0, 2, total),
         "mu_rest": rng.uniform(0, 1, total),

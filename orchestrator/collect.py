@@ -28,9 +28,11 @@ from typing import Callable
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from orchestrator import collect_cache as cache
+from orchestrator.collect_ablations import ablation_figures, ablation_tables
 from orchestrator.collect_report import render
 from orchestrator.collect_rows import Warn, read_rows, with_fields
 from orchestrator.collect_scan import KINDS, Trial, check_sweep, fields_schema, read_spec, read_trials
@@ -98,7 +100,10 @@ def _require_done(sweep: Path, trials: list[Trial]) -> None:
 # ---- tables -------------------------------------------------------------------------------------
 def _tables(rows: dict[str, pa.Table], fields: pa.Table, done: list[Trial]) -> dict[str, pd.DataFrame]:
     """The trials and condition tables (pandas), from the rows and the trials' fields."""
-    epochs, layers = rows[R.EPOCHS], rows[R.LAYERS]
+    # Epoch-end rows for the per-epoch tables; mid-epoch evaluations (eval_every_steps) go, with
+    # them, into the per-step table of the early dynamics.
+    evals, layers = rows[R.EPOCHS], rows[R.LAYERS]
+    epochs, layers = evals.filter(evals["epoch_end"]), layers.filter(layers["epoch_end"])
     last = fields["epochs"].to_numpy()
     final = epochs.filter(pa.array(epochs["epoch"].to_numpy() == last[epochs["_rank"].to_numpy()]))
     final_df = to_pandas(with_fields(final, fields)).assign(_rank=final["_rank"].to_numpy())
@@ -108,12 +113,16 @@ def _tables(rows: dict[str, pa.Table], fields: pa.Table, done: list[Trial]) -> d
     final_layers_df = to_pandas(final_layers.select(["_rank", "layer", "n_units", "csi_mean"]))
     trials = trials_table(final_df, totals, final_layers_df, {t.trial_id: t.status for t in done})
     epochs_df = to_pandas(epochs.select(["_rank", "epoch", "alpha_active", *EPOCH_METRICS]))
-    return {
+    tables = {
         "trials.parquet": trials,
         "conditions.parquet": conditions_table(trials),
         "condition_epochs.parquet": condition_epochs_table(epochs_df, trials),
         "condition_layers.parquet": condition_layers_table(final_layers_df, trials),
     }
+    if not pc.all(evals["epoch_end"]).as_py():
+        steps_df = to_pandas(evals.select(["_rank", "step", "epoch", "alpha_active", *EPOCH_METRICS]))
+        tables["condition_steps.parquet"] = condition_epochs_table(steps_df, trials, key="step")
+    return tables
 
 
 def excluded_table(trials: list[Trial]) -> pa.Table:
@@ -207,6 +216,7 @@ def collect(path: str | Path, *, full: bool = False, figures: bool = True, warn:
         fields = pa.Table.from_pylist([t.fields for t in done], schema=fields_schema())
         clock("scan")
         tables = _tables(rows, fields, usable)
+        tables.update(ablation_tables([t.folder for t in usable], tables["trials.parquet"]))
         excluded = excluded_table([t for t in trials if t.state != "done"])
         clock("tables")
         summary.mkdir(exist_ok=True)
@@ -218,6 +228,8 @@ def collect(path: str | Path, *, full: bool = False, figures: bool = True, warn:
         written.append(write_table(excluded, summary / "excluded.parquet"))
         if draw:
             pngs = _figures(tables, summary / "figures")
+        # Ablations are added to done trials after the fact (orchestrator.ablate): always redrawn.
+        pngs = pngs + ablation_figures(tables, summary / "figures")
         if not unchanged:
             writing.result()
         clock("write+figures")

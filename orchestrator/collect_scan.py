@@ -210,14 +210,15 @@ def scan(
 
 # ---- checks on what was read -------------------------------------------------------------------
 def incomplete(rows: pa.Table, kind: str, epochs: np.ndarray) -> dict[int, str]:
-    """{file index: reason} for files whose rows are not epochs 0..E in order (E = epochs[index]);
+    """{file index: reason} for files whose epoch-end rows are not epochs 0..E in order (E = epochs[index]);
     for layers, L rows per epoch (L = the file's layers at epoch 0), epoch by epoch.
 
     `rows` come from `scan`: grouped by `_file` in increasing order, each file's rows as written.
     """
     n = len(epochs)
-    file = rows["_file"].to_numpy()
-    epoch = rows["epoch"].to_numpy(zero_copy_only=False)
+    end = rows["epoch_end"].to_numpy(zero_copy_only=False)  # mid-epoch evaluations are extra rows
+    file = rows["_file"].to_numpy()[end]
+    epoch = rows["epoch"].to_numpy(zero_copy_only=False)[end]
     counts = np.bincount(file, minlength=n)
     width = np.bincount(file[epoch == 0], minlength=n) if kind == R.LAYERS else np.ones(n, dtype=np.int64)
     pos = np.arange(len(file)) - np.repeat(np.cumsum(counts) - counts, counts)  # row number within its file

@@ -184,14 +184,16 @@ def conditions_table(trials: pd.DataFrame) -> pd.DataFrame:
     return out[cols + [c for c in out.columns if c not in cols]].reset_index()
 
 
-def condition_epochs_table(epochs: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
-    """One row per (condition, epoch): n and stats of EPOCH_METRICS over the seeds.
+def condition_epochs_table(epochs: pd.DataFrame, trials: pd.DataFrame, key: str = "epoch") -> pd.DataFrame:
+    """One row per (condition, epoch) (or per `key`, e.g. step): n and stats of EPOCH_METRICS over the seeds.
 
-    `epochs`: _rank, epoch, alpha_active and the metrics of every done trial's epochs.
+    `epochs`: _rank, epoch, alpha_active (step) and the metrics of every done trial's evaluations.
     """
     df = epochs.assign(condition_id=epochs["_rank"].map(trials.set_index("_rank")["condition_id"]))
-    stats = summarize(df, ["condition_id", "epoch"], EPOCH_METRICS)
-    stats.insert(0, "alpha_active", df.groupby(["condition_id", "epoch"], sort=False)["alpha_active"].first())
+    stats = summarize(df, ["condition_id", key], EPOCH_METRICS)
+    firsts = ["alpha_active"] if key == "epoch" else ["epoch", "alpha_active"]
+    for col in reversed(firsts):
+        stats.insert(0, col, df.groupby(["condition_id", key], sort=False)[col].first())
     return _with_condition(stats.reset_index(), trials)
 
 

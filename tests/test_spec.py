@@ -148,6 +148,7 @@ SCIENCE_CHANGES = [
     {"lr_milestones": (5, 7)},  # equal to the default milestones, but spelled out
     {"lr_gamma": 0.2},
     {"augment": False},
+    {"eval_every_steps": 5, "eval_until_epoch": 2},  # fields added later: in the id once set
 ]
 WINDOW_CHANGES = [{"onset_epoch": 5}, {"offset_epoch": 3}, {"onset_epoch": 5, "offset_epoch": 9}]
 
@@ -238,3 +239,25 @@ def test_spec_does_not_import_torch() -> None:
     code = "import sys; from trainer.spec import TrialSpec; TrialSpec.from_dict({'alpha': -1}).trial_id; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_later_fields_at_their_default_keep_old_trial_ids() -> None:
+    # eval_every_steps / eval_until_epoch came after the first release: trials that do not set
+    # them keep the ids they had (DEFAULT_TRIAL_ID is the golden id of the default spec).
+    assert TrialSpec(eval_every_steps=0, eval_until_epoch=0).trial_id == DEFAULT_TRIAL_ID
+    assert TrialSpec(keep_checkpoints=(1, 2)).trial_id == DEFAULT_TRIAL_ID  # analysis setting
+
+
+def test_kept_epochs_default_follows_the_paper() -> None:
+    kept = TrialSpec(epochs=90).kept_epochs()
+    assert kept == frozenset(range(16)) | {20, 30, 40, 50, 60, 70, 80, 90}
+    assert TrialSpec(epochs=3).kept_epochs() == {0, 1, 2, 3}
+    assert TrialSpec(keep_checkpoints=()).kept_epochs() == frozenset()
+
+
+def test_mid_epoch_evaluation_steps() -> None:
+    spec = TrialSpec(eval_every_steps=4, eval_until_epoch=2)
+    assert spec.eval_steps_in(0, 11) == [4, 8]
+    assert spec.eval_steps_in(1, 8) == [4]  # never at the epoch's end: that row exists anyway
+    assert spec.eval_steps_in(2, 11) == []
+    assert TrialSpec().eval_steps_in(0, 11) == []

@@ -251,10 +251,10 @@ KILL_BEFORE_CHECKPOINT = """
 import os, sys
 import trainer.run as run
 save = run.save_checkpoint
-def save_or_die(folder, model, optimizer, epoch, step):
+def save_or_die(folder, model, optimizer, epoch, step, **kw):
     if epoch == 3:
         os._exit(9)  # killed after epoch 3's rows were written, before its checkpoint
-    save(folder, model, optimizer, epoch, step)
+    save(folder, model, optimizer, epoch, step, **kw)
 run.save_checkpoint = save_or_die
 sys.exit(run.main(["--spec", sys.argv[1]]))
 """

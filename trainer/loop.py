@@ -112,6 +112,19 @@ def train_epoch(
     )
 
 
+def combine(parts: list[TrainStats]) -> TrainStats:
+    """Statistics of consecutive stretches of one epoch, as if trained in one go."""
+    images = sum(p.images for p in parts)
+    steps = sum(p.steps for p in parts)
+    mean = lambda field: sum(getattr(p, field) * p.images for p in parts) / max(images, 1)  # noqa: E731
+    sel = [p.selectivity for p in parts]
+    return TrainStats(
+        loss=mean("loss"), ce=mean("ce"), acc=mean("acc"), images=images, steps=steps,
+        selectivity=None if None in sel else sum(s * p.steps for s, p in zip(sel, parts)) / max(steps, 1),  # type: ignore[operator]
+        seconds=sum(p.seconds for p in parts),
+    )  # fmt: skip
+
+
 @torch.no_grad()
 def evaluate(model: TrackedNet, batches: Iterable[Batch], num_classes: int, device: torch.device) -> EvalStats:
     model.eval()

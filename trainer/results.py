@@ -30,6 +30,7 @@ EPOCH_COLUMNS = pa.schema(
     [
         ("epoch", pa.int64()),
         ("step", pa.int64()),  # optimizer steps taken when this evaluation ran
+        ("epoch_end", pa.bool_()),  # False: a mid-epoch evaluation (eval_every_steps) during `epoch`
         ("alpha_active", pa.float64()),
         ("lr", pa.float64()),
         ("train_loss", pa.float64()),
@@ -49,6 +50,7 @@ LAYER_COLUMNS = pa.schema(
     [
         ("epoch", pa.int64()),
         ("step", pa.int64()),
+        ("epoch_end", pa.bool_()),
         ("layer", pa.string()),
         ("n_units", pa.int64()),
         ("csi_mean", pa.float64()),
@@ -60,6 +62,7 @@ UNIT_COLUMNS = pa.schema(
     [
         ("epoch", pa.int64()),
         ("step", pa.int64()),
+        ("epoch_end", pa.bool_()),
         ("layer", pa.string()),
         ("unit", pa.int32()),
         ("csi", pa.float32()),

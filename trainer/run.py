@@ -20,6 +20,7 @@ import argparse
 import os
 import sys
 import traceback
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from trainer import results as R
 from trainer.data import Data, data_info, load_dataset
 from trainer.errors import UserError
 from trainer.lock import TrialBusy, TrialLock
-from trainer.loop import EvalStats, NonFiniteLoss, TrainStats, evaluate, lr_at, train_epoch
+from trainer.loop import EvalStats, NonFiniteLoss, TrainStats, combine, evaluate, lr_at, train_epoch
 from trainer.models import TrackedNet, build_model
 from trainer.provenance import device_name, now, provenance
 from trainer.spec import TrialSpec
@@ -82,12 +83,15 @@ class ResultLog:
             old = R.read_rows_before(self.folder / name, epoch)
             self.tables[name] = [old] if old is not None else []
 
-    def add(self, epoch: int, step: int, lr: float | None, alpha: float | None, train: TrainStats | None, ev: EvalStats) -> None:
+    def add(
+        self, epoch: int, step: int, lr: float | None, alpha: float | None, train: TrainStats | None, ev: EvalStats,
+        epoch_end: bool = True,
+    ) -> None:  # fmt: skip
         layer_csi = [layer.csi.double().cpu().numpy() for layer in ev.layers]
         csi_mean = float(np.mean([c.mean() for c in layer_csi]))  # layers weigh equally (SPEC 1.3)
         t = train
         epoch_row = {
-            "epoch": [epoch], "step": [step], "alpha_active": [alpha], "lr": [lr],
+            "epoch": [epoch], "step": [step], "epoch_end": [epoch_end], "alpha_active": [alpha], "lr": [lr],
             "train_loss": [t and t.loss], "train_ce": [t and t.ce], "train_selectivity": [t and t.selectivity],
             "train_acc": [t and t.acc], "test_loss": [ev.loss], "test_acc": [ev.acc], "test_top5": [ev.top5],
             "csi_mean": [csi_mean], "seconds": [t and t.seconds], "eval_seconds": [ev.seconds],
@@ -95,7 +99,7 @@ class ResultLog:
         }  # fmt: skip
         n = len(layer_csi)
         layer_rows = {
-            "epoch": [epoch] * n, "step": [step] * n, "layer": self.layer_names,
+            "epoch": [epoch] * n, "step": [step] * n, "epoch_end": [epoch_end] * n, "layer": self.layer_names,
             "n_units": [len(c) for c in layer_csi], "csi_mean": [float(c.mean()) for c in layer_csi],
             "csi_median": [float(np.median(c)) for c in layer_csi], "csi_std": [float(c.std()) for c in layer_csi],
         }  # fmt: skip
@@ -103,7 +107,7 @@ class ResultLog:
         cat = lambda xs: np.concatenate([x.float().cpu().numpy() for x in xs])  # noqa: E731
         total = sum(sizes)
         unit_rows = {
-            "epoch": np.full(total, epoch), "step": np.full(total, step),
+            "epoch": np.full(total, epoch), "step": np.full(total, step), "epoch_end": np.full(total, epoch_end),
             "layer": np.repeat(self.layer_names, sizes), "unit": np.concatenate([np.arange(s) for s in sizes]),
             "csi": cat([u.csi for u in ev.layers]), "top_class": cat([u.top_class for u in ev.layers]).astype(np.int32),
             "mu_max": cat([u.mu_max for u in ev.layers]), "mu_rest": cat([u.mu_rest for u in ev.layers]),
@@ -119,10 +123,24 @@ class ResultLog:
 
 
 # ---- checkpoints ------------------------------------------------------------------------------
-def save_checkpoint(folder: Path, model: TrackedNet, optimizer: torch.optim.Optimizer, epoch: int, step: int) -> None:
+KEPT = "checkpoints"  # <trial>/checkpoints/epoch_NNN.pt: kept for analysis (trainer.ablate)
+
+
+def save_checkpoint(
+    folder: Path, model: TrackedNet, optimizer: torch.optim.Optimizer, epoch: int, step: int, keep: bool = False
+) -> None:
+    """Replace the rolling resume checkpoint; with `keep`, also keep this epoch's for analysis."""
     tmp = folder / f".{R.CHECKPOINT}{R.TMP_MARK}{os.getpid()}"
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step}, tmp)
     faults.point("checkpoint-tmp")
+    if keep:
+        # A hard link to the same bytes: no copy; the next rolling checkpoint is a new file.
+        kept = folder / KEPT
+        kept.mkdir(exist_ok=True)
+        link = kept / f".epoch_{epoch:03d}.pt{R.TMP_MARK}{os.getpid()}"
+        link.unlink(missing_ok=True)
+        os.link(tmp, link)
+        R.replace_atomically(link, kept / f"epoch_{epoch:03d}.pt")
     R.replace_atomically(tmp, folder / R.CHECKPOINT)
 
 
@@ -158,12 +176,13 @@ def train_trial(spec: TrialSpec, folder: Path, device: torch.device, status: dic
     log = ResultLog(folder, spec, model.block_names)
     eval_batch = eval_batch_size(data, spec.batch_size, device)
     steps_per_epoch = data.n_train // spec.batch_size
+    kept = spec.kept_epochs()
 
     ckpt = load_checkpoint(folder, device)
     if ckpt is None:
         log.add(0, 0, None, None, None, evaluate(model, data.test_batches(eval_batch), info.num_classes, device))
         log.write()
-        save_checkpoint(folder, model, optimizer, epoch=0, step=0)
+        save_checkpoint(folder, model, optimizer, epoch=0, step=0, keep=0 in kept)
         done_epochs = 0
     else:
         model.load_state_dict(ckpt["model"])
@@ -177,17 +196,25 @@ def train_trial(spec: TrialSpec, folder: Path, device: torch.device, status: dic
         alpha, lr = spec.alpha_at(e), lr_at(spec, e)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        batches = data.train_batches(e, spec.seed, spec.batch_size, spec.augment)
-        try:
-            train = train_epoch(model, optimizer, batches, alpha, info.num_classes, device)
-        except NonFiniteLoss as err:
-            raise NonFiniteLoss(f"{err} in epoch {e + 1} (alpha {alpha})") from None
+        batches = iter(data.train_batches(e, spec.seed, spec.batch_size, spec.augment))
+        # The epoch in segments, with a mid-epoch evaluation after each but the last (early dynamics).
+        cuts = spec.eval_steps_in(e, steps_per_epoch)
+        segments = []
+        for start, stop in zip([0, *cuts], [*cuts, steps_per_epoch]):
+            try:
+                segments.append(train_epoch(model, optimizer, islice(batches, stop - start), alpha, info.num_classes, device))
+            except NonFiniteLoss as err:
+                raise NonFiniteLoss(f"{err} in epoch {e + 1} (alpha {alpha})") from None
+            if stop < steps_per_epoch:
+                ev = evaluate(model, data.test_batches(eval_batch), info.num_classes, device)
+                log.add(e + 1, e * steps_per_epoch + stop, lr, alpha, combine(segments), ev, epoch_end=False)
+        train = combine(segments)
         ev = evaluate(model, data.test_batches(eval_batch), info.num_classes, device)
         step = (e + 1) * steps_per_epoch
         log.add(e + 1, step, lr, alpha, train, ev)
         log.write()  # rows first, then the checkpoint: a resume drops rows the checkpoint lacks
         faults.point("rows-written")
-        save_checkpoint(folder, model, optimizer, epoch=e + 1, step=step)
+        save_checkpoint(folder, model, optimizer, epoch=e + 1, step=step, keep=e + 1 in kept)
         status["epoch"] = e + 1
         write_status(folder, status)
 

@@ -27,8 +27,11 @@ class SpecError(UserError):
 
 # Resource settings: where and how fast a trial runs, never what it computes.
 RESOURCE_FIELDS = frozenset({"device", "num_workers", "data_root"})
-# Labels: they name a trial but do not change its numbers.
-LABEL_FIELDS = frozenset({"sweep"})
+# Labels and analysis settings: they name a trial or keep extra files, never change its numbers.
+LABEL_FIELDS = frozenset({"sweep", "keep_checkpoints"})
+# Fields added after the first release: they enter trial_id only when set away from their
+# default, so every trial_id from before stays valid.
+LATER_FIELDS = {"eval_every_steps": 0, "eval_until_epoch": 0}
 # Fields that identify a trial in every result row (SPEC 4), in this order.
 ROW_ID_FIELDS = ("trial_id", "sweep", "model", "dataset", "alpha", "seed", "onset_epoch", "offset_epoch")
 
@@ -57,6 +60,13 @@ class TrialSpec:
     lr_milestones: tuple[int, ...] | None = None  # None: at 50% and 75% of the epochs
     lr_gamma: float = 0.1
     augment: bool = True
+    # Early dynamics (Ranadive et al.): also evaluate every N optimizer steps during training
+    # epochs 1..eval_until_epoch (0: only at the end of each epoch).
+    eval_every_steps: int = 0
+    eval_until_epoch: int = 0
+    # Epochs whose checkpoints are kept for analysis (ablations) beside the rolling resume
+    # checkpoint; None: 0 to 15, then every 10 (as Ranadive et al.); []: none.
+    keep_checkpoints: tuple[int, ...] | None = None
     # Resources (not part of trial_id).
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_workers: int = 0  # DataLoader workers, streaming data sets only
@@ -95,15 +105,20 @@ class TrialSpec:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of every field (tuples become lists)."""
         out = {name: getattr(self, name) for name in _FIELD_NAMES}  # not asdict: it deep-copies (slow)
-        if out["lr_milestones"] is not None:
-            out["lr_milestones"] = list(out["lr_milestones"])
+        for key in ("lr_milestones", "keep_checkpoints"):
+            if out[key] is not None:
+                out[key] = list(out[key])
         return out
 
     # ---- identity -----------------------------------------------------------------------
     @functools.cached_property
     def trial_id(self) -> str:
         """Stable 12-hex-digit hash of the science fields (resources and labels excluded)."""
-        science = {k: v for k, v in self.to_dict().items() if k not in RESOURCE_FIELDS | LABEL_FIELDS}
+        science = {
+            k: v
+            for k, v in self.to_dict().items()
+            if k not in RESOURCE_FIELDS | LABEL_FIELDS and not (k in LATER_FIELDS and v == LATER_FIELDS[k])
+        }
         blob = json.dumps(science, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -117,7 +132,7 @@ class TrialSpec:
         out: dict[str, Any] = {"trial_id": self.trial_id}
         out.update({k: d[k] for k in ROW_ID_FIELDS[1:]})
         for k, v in d.items():
-            if k in out or k in RESOURCE_FIELDS:
+            if k in out or k in RESOURCE_FIELDS or k == "keep_checkpoints":
                 continue
             out["base_lr" if k == "lr" else k] = v
         return out
@@ -133,6 +148,18 @@ class TrialSpec:
             return self.lr_milestones
         # At 50% and 75% of training; short runs drop a milestone at epoch 0 or a repeated one.
         return tuple(sorted({m for m in (self.epochs // 2, (self.epochs * 3) // 4) if m > 0}))
+
+    def kept_epochs(self) -> frozenset[int]:
+        """Epochs (0 = the initialised network) whose checkpoints are kept for analysis."""
+        if self.keep_checkpoints is not None:
+            return frozenset(self.keep_checkpoints)
+        return frozenset(range(min(self.epochs, 15) + 1)) | frozenset(range(20, self.epochs + 1, 10)) | {self.epochs}
+
+    def eval_steps_in(self, epoch: int, steps_per_epoch: int) -> list[int]:
+        """Steps (1-based, within 0-based training epoch `epoch`) after which to evaluate mid-epoch."""
+        if self.eval_every_steps <= 0 or epoch >= self.eval_until_epoch:
+            return []
+        return list(range(self.eval_every_steps, steps_per_epoch, self.eval_every_steps))
 
     def resolved_data_root(self) -> str:
         """The data root on this machine: the spec's, else $SWEEP_DATA_ROOT, else ./data."""
@@ -227,7 +254,7 @@ def _check_values(s: TrialSpec) -> None:
             raise SpecError(f"field '{name}' is {value}; allowed: a number > 0")
     if s.batch_size < 2:
         raise SpecError("field 'batch_size' is 1; allowed: >= 2 (class means need two samples)")
-    for name in ("momentum", "weight_decay", "num_workers", "onset_epoch", "seed"):
+    for name in ("momentum", "weight_decay", "num_workers", "onset_epoch", "seed", "eval_every_steps", "eval_until_epoch"):
         if getattr(s, name) < 0:
             raise SpecError(f"field '{name}' is {getattr(s, name)}; allowed: >= 0")
     if not s.alpha == s.alpha or abs(s.alpha) == float("inf"):

@@ -1,0 +1,63 @@
+"""Channel-ablation job over a finished sweep: `python -m orchestrator.ablate results/<sweep>`.
+
+    --fractions 0 0.125 0.25 0.5 0.75 1   fractions of each block's channels to zero
+    --draws 3                              random draws per (epoch, stage, k)
+    --max-parallel N                       N worker processes (default: in this process)
+
+Runs `trainer.ablate` (see trainer/ablation.py) on every done trial that kept checkpoints and
+lacks some of their ablations; each trial's ablations.parquet grows epoch by epoch, so a killed
+job resumes where it stopped. Then `python -m orchestrator.collect` adds the ablation curves.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from orchestrator.errors import UserError, cli
+from orchestrator.plan import scan
+from orchestrator.progress import Progress
+from trainer.ablate import DEFAULT_FRACTIONS, KEPT
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m orchestrator.ablate", description=__doc__.split("\n\n")[0])
+    p.add_argument("sweep", type=Path)
+    p.add_argument("--fractions", type=float, nargs="+", default=list(DEFAULT_FRACTIONS))
+    p.add_argument("--draws", type=int, default=3)
+    p.add_argument("--max-parallel", type=int, default=1)
+    args = p.parse_args(argv)
+    if not (args.sweep / "trials").is_dir():
+        raise UserError(f"{args.sweep}: not a sweep folder (no trials/ inside); give <results>/<grid name>")
+    if any(not 0 <= f <= 1 for f in args.fractions) or args.draws < 1 or args.max_parallel < 1:
+        raise UserError("--fractions must lie in [0, 1], --draws and --max-parallel be >= 1")
+    folders = [s.folder for s in scan(args.sweep).values() if s.state == "done" and (s.folder / KEPT).is_dir()]
+    if not folders:
+        raise UserError(f"{args.sweep}: no done trial with kept checkpoints ({KEPT}/) to ablate")
+    extra = ["--fractions", *map(str, args.fractions), "--draws", str(args.draws)]
+    threads = max(1, (os.cpu_count() or 1) // args.max_parallel)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    progress = Progress(len(folders), "ablate")
+    failed: list[str] = []
+    queue, running = list(folders), {}
+    while queue or running:
+        while queue and len(running) < args.max_parallel:
+            folder = queue.pop(0)
+            cmd = [sys.executable, "-m", "trainer.ablate", "--trial", str(folder), *extra]
+            running[folder] = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        folder, proc = next(iter(running.items()))
+        _, err = proc.communicate()
+        del running[folder]
+        if proc.returncode not in (0, 75):  # 75: another process ablates it right now
+            failed.append(f"{folder.name}: {err.decode(errors='replace').strip().splitlines()[-1:] or ['exit ' + str(proc.returncode)]}")
+        progress.update(len(folders) - len(queue) - len(running) - len(failed), len(failed), len(running), folder.name)
+    for line in failed:
+        print(f"failed: {line}", file=sys.stderr)
+    print(f"{args.sweep}: ablated {len(folders) - len(failed)} trials; next: python -m orchestrator.collect {args.sweep}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli(main))

@@ -1,0 +1,150 @@
+"""Ablation curves and early dynamics for the collector (Ranadive et al. 2023).
+
+From the trials' ablations.parquet (written by `python -m orchestrator.ablate`):
+    ablation_curves.parquet  condition x epoch x stage x selection x k: accuracy over seeds
+                             (each seed's random draws averaged first), mean/std/sem/95% CI
+    ablation_auc.parquet     condition x epoch x stage x selection: the area under the
+                             accuracy-vs-fraction curve normalised to its maximum (1 = ablation
+                             costs nothing; lower = the ablated channels mattered), over seeds
+and the figures ablation_curves.png (top-k solid, random dashed, first/middle/last kept epoch)
+and ablation_auc.png (its trend over epochs), plus early_dynamics.png when mid-epoch
+evaluations exist (condition_steps.parquet).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.dataset as ds
+
+from orchestrator.collect_stats import summarize
+
+ABLATIONS = "ablations.parquet"
+KEYS = ["condition_id", "epoch", "stage", "selection"]
+
+
+def read_ablations(folders: list[Path]) -> pd.DataFrame | None:
+    """All done trials' ablation rows in one dataset scan (None if no trial has any)."""
+    paths = [str(f / ABLATIONS) for f in folders if (f / ABLATIONS).exists()]
+    if not paths:
+        return None
+    table = ds.dataset(paths, format="parquet").to_table(
+        columns=["trial_id", "epoch", "stage", "k", "fraction", "selection", "draw", "accuracy"]
+    )
+    return table.to_pandas()
+
+
+def normalised_auc(fraction: np.ndarray, accuracy: np.ndarray) -> float:
+    """Area under accuracy vs fraction ablated, divided by the area of a flat curve at its maximum."""
+    order = np.argsort(fraction)
+    x, y = fraction[order], accuracy[order]
+    span, top = x[-1] - x[0], y.max()
+    if span <= 0 or top <= 0:
+        return float("nan")
+    return float(np.sum((y[1:] + y[:-1]) / 2 * np.diff(x)) / (top * span))
+
+
+def ablation_tables(folders: list[Path], trials: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    rows = read_ablations(folders)
+    if rows is None:
+        return {}
+    condition = trials.set_index("trial_id")[["condition_id", "condition", "alpha", "onset_epoch"]]
+    rows = rows[rows["trial_id"].isin(condition.index)]
+    # One curve per trial: random draws averaged first, so seeds are the samples.
+    per_trial = rows.groupby(["trial_id", "epoch", "stage", "selection", "k", "fraction"], as_index=False)["accuracy"].mean()
+    per_trial = per_trial.join(condition, on="trial_id")
+    curves = summarize(per_trial, [*KEYS, "k", "fraction"], ["accuracy"]).reset_index()
+    aucs = (
+        per_trial.groupby(["trial_id", *KEYS], sort=False)
+        .apply(lambda g: normalised_auc(g["fraction"].to_numpy(), g["accuracy"].to_numpy()), include_groups=False)
+        .rename("auc")
+        .reset_index()
+    )
+    auc = summarize(aucs, KEYS, ["auc"]).reset_index()
+    labels = condition.drop_duplicates("condition_id").set_index("condition_id")
+    return {
+        "ablation_curves.parquet": curves.join(labels, on="condition_id"),
+        "ablation_auc.parquet": auc.join(labels, on="condition_id"),
+    }
+
+
+def ablation_figures(tables: dict[str, pd.DataFrame], folder: Path) -> list[Path]:
+    if not {"ablation_curves.parquet", "condition_steps.parquet"} & tables.keys():
+        return []  # nothing to draw: do not even import matplotlib
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = []
+    folder.mkdir(parents=True, exist_ok=True)
+    curves = tables.get("ablation_curves.parquet")
+    if curves is not None and len(curves):
+        stages = sorted(curves["stage"].unique())
+        conds = list(dict.fromkeys(curves["condition"]))
+        epochs = sorted(curves["epoch"].unique())
+        shown = sorted({epochs[0], epochs[len(epochs) // 2], epochs[-1]})
+        fig, axes = plt.subplots(len(conds), len(stages), figsize=(4 * len(stages), 3.2 * len(conds)), squeeze=False)
+        colors = dict(zip(shown, plt.cm.viridis(np.linspace(0, 0.85, len(shown)))))
+        for i, cond in enumerate(conds):
+            for j, stage in enumerate(stages):
+                ax = axes[i][j]
+                for epoch in shown:
+                    for sel, style in (("topk", "-"), ("random", "--")):
+                        c = curves[(curves.condition == cond) & (curves.stage == stage) & (curves.epoch == epoch) & (curves.selection == sel)]
+                        c = c.sort_values("fraction")
+                        ax.plot(c["fraction"], 100 * c["accuracy_mean"], style, color=colors[epoch], label=f"epoch {epoch} {sel}")
+                ax.set_title(f"{cond}\nstage {stage}", fontsize=9)
+                ax.set_xlabel("fraction of channels ablated per block")
+                ax.set_ylabel("test accuracy (%)")
+                ax.grid(alpha=0.3)
+        axes[0][-1].legend(fontsize=7)
+        fig.suptitle("Ablating the most class-selective channels (solid) vs random channels (dashed)")
+        fig.tight_layout()
+        out.append(_save(fig, folder / "ablation_curves.png"))
+    auc = tables.get("ablation_auc.parquet")
+    if auc is not None and len(auc):
+        stages = sorted(auc["stage"].unique())
+        fig, axes = plt.subplots(1, len(stages), figsize=(4 * len(stages), 3.4), squeeze=False)
+        for j, stage in enumerate(stages):
+            ax = axes[0][j]
+            for (cond, sel), g in auc[auc.stage == stage].groupby(["condition", "selection"], sort=False):
+                g = g.sort_values("epoch")
+                ax.errorbar(g["epoch"], g["auc_mean"], yerr=(g["auc_ci95_high"] - g["auc_mean"]).fillna(0),
+                            linestyle="-" if sel == "topk" else "--", marker="o", ms=3, label=f"{cond} {sel}")  # fmt: skip
+            ax.set_title(f"stage {stage}")
+            ax.set_xlabel("epoch of the checkpoint")
+            ax.set_ylabel("normalised area under the ablation curve")
+            ax.grid(alpha=0.3)
+        axes[0][-1].legend(fontsize=7)
+        fig.suptitle("How much ablation costs over training (lower: the ablated channels matter more)")
+        fig.tight_layout()
+        out.append(_save(fig, folder / "ablation_auc.png"))
+    steps = tables.get("condition_steps.parquet")
+    if steps is not None and len(steps):
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+        for cond, g in steps.groupby("condition", sort=False):
+            g = g.sort_values("step")
+            axes[0].plot(g["step"], g["csi_mean_mean"], label=cond)
+            axes[1].plot(g["step"], 100 * g["test_acc_mean"], label=cond)
+        axes[0].set_ylabel("csi_mean (test set)")
+        axes[1].set_ylabel("test accuracy (%)")
+        for ax in axes:
+            ax.set_xlabel("optimizer step")
+            ax.grid(alpha=0.3)
+        axes[1].legend(fontsize=7)
+        fig.suptitle("Early training at finer than epoch resolution (mean over seeds)")
+        fig.tight_layout()
+        out.append(_save(fig, folder / "early_dynamics.png"))
+    return out
+
+
+def _save(fig: object, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, dpi=110, format="png")  # type: ignore[attr-defined]
+    plt.close(fig)  # type: ignore[arg-type]
+    tmp.replace(path)
+    return path

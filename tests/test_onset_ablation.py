@@ -1,0 +1,148 @@
+"""The second paper's analyses: mid-epoch evaluations, kept checkpoints, channel ablation."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from orchestrator.ablate import main as ablate_main
+from orchestrator.collect import collect
+from orchestrator.errors import cli
+from orchestrator.sweep import main as sweep_main
+from trainer.ablation import ablated, ablation_rows, choose_channels, draw_seed, heldout_accuracy, stage_blocks
+from trainer.data import load_dataset
+from trainer.models import build_model
+from trainer.run import run_trial
+from trainer.spec import TrialSpec
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", "./data", CPU)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished digits trial with mid-epoch evaluations and every checkpoint kept."""
+    folder = tmp_path_factory.mktemp("trial")
+    spec = TrialSpec(sweep="t", epochs=2, batch_size=128, eval_every_steps=4, eval_until_epoch=1)
+    assert run_trial(spec, folder) == "done"
+    return folder
+
+
+def test_mid_epoch_rows_and_kept_checkpoints(trained: Path) -> None:
+    epochs = pd.read_parquet(trained / "epochs.parquet")
+    steps_per_epoch = 1437 // 128  # 11
+    mid = epochs[~epochs.epoch_end]
+    assert list(mid.step) == [4, 8] and set(mid.epoch) == {1}  # during training epoch 1 only
+    ends = epochs[epochs.epoch_end]
+    assert list(ends.epoch) == [0, 1, 2] and list(ends.step) == [0, steps_per_epoch, 2 * steps_per_epoch]
+    assert epochs.step.is_monotonic_increasing
+    units = pd.read_parquet(trained / "units.parquet")
+    assert len(units) == 5 * (3 * 16 + 3 * 32 + 3 * 64)  # 5 evaluations x units
+    kept = sorted(p.name for p in (trained / "checkpoints").iterdir())
+    assert kept == ["epoch_000.pt", "epoch_001.pt", "epoch_002.pt"]
+    last = torch.load(trained / "checkpoints" / "epoch_002.pt", weights_only=True)
+    rolling = torch.load(trained / "checkpoint.pt", weights_only=True)
+    assert all(torch.equal(last["model"][k], rolling["model"][k]) for k in rolling["model"])
+
+
+def test_resume_with_mid_epoch_rows_keeps_one_row_each(tmp_path: Path, trained: Path) -> None:
+    """Killed in the middle of epoch 2 (after its mid-epoch rows): no row is duplicated."""
+    spec = TrialSpec(sweep="t", epochs=2, batch_size=128, eval_every_steps=4, eval_until_epoch=2)
+    (tmp_path / "spec.json").write_text(json.dumps(spec.to_dict()))
+    cmd = [sys.executable, "-m", "trainer.run", "--spec", str(tmp_path / "spec.json")]
+    env = {**os.environ, "SWEEP_FAULT": "train-step:17", "OMP_NUM_THREADS": "1"}  # step 6 of epoch 2
+    assert subprocess.run(cmd, env=env, capture_output=True).returncode == -signal.SIGKILL
+    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    rows = pd.read_parquet(tmp_path / "epochs.parquet")
+    assert list(zip(rows.epoch, rows.step)) == [(0, 0), (1, 4), (1, 8), (1, 11), (2, 15), (2, 19), (2, 22)]
+
+
+def test_stage_blocks_of_resnet20() -> None:
+    model = build_model("resnet20", 10, 1)
+    assert stage_blocks(model) == {1: [0, 1, 2], 2: [3, 4, 5], 3: [6, 7, 8]}
+
+
+def test_topk_picks_the_highest_csi_channels() -> None:
+    csi = np.array([0.1, 0.9, 0.3, 0.8, 0.0, 0.5])
+    rng = np.random.default_rng(0)
+    assert list(choose_channels(csi, 3, "topk", rng)) == [1, 3, 5]
+    assert list(choose_channels(csi, 0, "topk", rng)) == []
+    assert sorted(choose_channels(csi, 6, "topk", rng)) == list(range(6))
+
+
+def test_random_draws_are_seeded_and_reproducible() -> None:
+    csi = np.zeros(64)
+    a = choose_channels(csi, 10, "random", draw_seed(0, 5, 2, 10, 1))
+    b = choose_channels(csi, 10, "random", draw_seed(0, 5, 2, 10, 1))
+    c = choose_channels(csi, 10, "random", draw_seed(0, 5, 2, 10, 2))
+    assert list(a) == list(b) and list(a) != list(c)
+    assert len(set(a)) == 10
+
+
+def test_ablating_nothing_or_everything(trained: Path, digits) -> None:
+    model = build_model("resnet20", 10, 1)
+    model.load_state_dict(torch.load(trained / "checkpoints" / "epoch_002.pt", weights_only=True)["model"])
+    base, _ = heldout_accuracy(model, digits, 256, CPU)
+    with ablated(model, {6: [], 7: [], 8: []}):
+        assert heldout_accuracy(model, digits, 256, CPU)[0] == base  # k = 0: the unablated network
+    everything = {b: list(range(64)) for b in (6, 7, 8)}
+    model.eval()
+    with ablated(model, everything), torch.no_grad():
+        logits, _ = model(digits.normalise(digits.test_x[:50]))
+    # Every channel of the last stage zeroed: the head sees zeros, so every output is its bias.
+    assert torch.allclose(logits, model.head.bias.expand_as(logits))
+    with torch.no_grad():
+        assert not torch.allclose(model(digits.normalise(digits.test_x[:50]))[0], logits)  # hooks removed
+
+
+def test_ablation_rows_cover_the_sweep(trained: Path, digits) -> None:
+    model = build_model("resnet20", 10, 1)
+    model.load_state_dict(torch.load(trained / "checkpoints" / "epoch_002.pt", weights_only=True)["model"])
+    units = pd.read_parquet(trained / "units.parquet")
+    units = units[(units.epoch == 2) & units.epoch_end]
+    csi = {layer: g.sort_values("unit").csi.to_numpy() for layer, g in units.groupby("layer")}
+    rows = pd.DataFrame(ablation_rows(model, digits, csi, 2, 0, (0.0, 0.5, 1.0), 2, 512, CPU))
+    assert len(rows) == 3 * 3 * (1 + 2)  # stages x fractions x (topk + 2 random draws)
+    base = rows[rows.k == 0].accuracy
+    assert base.nunique() == 1
+    stage3 = rows[(rows.stage == 3) & (rows.fraction == 1.0)]
+    assert set(stage3.k) == {64} and stage3.accuracy.nunique() == 1  # all channels: one constant answer
+
+
+@pytest.mark.slow
+def test_onset_grid_sweep_ablate_collect(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(
+        "name: onset\nfixed: {epochs: 3, batch_size: 256, eval_every_steps: 2, eval_until_epoch: 2, "
+        "keep_checkpoints: [0, 1, 3]}\nsweep: {alpha: [-30, 0], onset_epoch: [0, 1], seed: [0, 1]}\n"
+    )
+    results = tmp_path / "results"
+    assert cli(sweep_main, ["--grid", str(grid), "--results", str(results)]) == 0
+    sweep = results / "onset"
+    assert cli(ablate_main, [str(sweep), "--fractions", "0", "0.5", "1", "--draws", "2"]) == 0
+    result = collect(sweep)
+    summary = result.summary
+    conds = pd.read_parquet(summary / "conditions.parquet")
+    assert sorted(zip(conds.alpha, conds.onset_epoch, conds.n)) == [(-30.0, 0, 2), (-30.0, 1, 2), (0.0, 0, 2)]
+    assert {"test_acc_ci95_low", "test_acc_ci95_high"} <= set(conds.columns)
+    steps = pd.read_parquet(summary / "condition_steps.parquet")
+    assert steps.step.nunique() > 4  # finer than epochs
+    auc = pd.read_parquet(summary / "ablation_auc.parquet")
+    assert set(auc.epoch) == {0, 1, 3} and set(auc.selection) == {"topk", "random"} and set(auc.stage) == {1, 2, 3}
+    assert auc.auc_mean.between(0, 1.0001).all()
+    curves = pd.read_parquet(summary / "ablation_curves.parquet")
+    assert set(curves.fraction) == {0.0, 0.5, 1.0} and (curves.n == 2).all()
+    for png in ("ablation_curves.png", "ablation_auc.png", "early_dynamics.png", "csi_over_epochs.png"):
+        assert (summary / "figures" / png).stat().st_size > 10_000

@@ -1,0 +1,113 @@
+"""Ablation job of one finished trial: `python -m trainer.ablate --trial results/<sweep>/trials/<id>`.
+
+Runs trainer.ablation over every kept checkpoint (`<trial>/checkpoints/epoch_NNN.pt`) and writes
+`<trial>/ablations.parquet` after each epoch (atomically), so a killed job resumes at the first
+epoch not yet in the file. Exit codes as trainer.run: 0 done, 2 user mistake, 75 busy.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+
+from trainer import results as R
+from trainer.ablation import ablation_rows
+from trainer.data import data_info, load_dataset
+from trainer.errors import UserError
+from trainer.lock import TrialBusy, TrialLock
+from trainer.models import build_model
+from trainer.run import EXIT_BUSY, EXIT_DONE, EXIT_USER, eval_batch_size, pick_device, read_status
+from trainer.spec import TrialSpec
+
+ABLATIONS = "ablations.parquet"
+KEPT = "checkpoints"
+DEFAULT_FRACTIONS = (0.0, 0.125, 0.25, 0.5, 0.75, 1.0)
+ABLATION_COLUMNS = pa.schema(
+    [
+        ("epoch", pa.int64()), ("stage", pa.int64()), ("k", pa.int64()), ("fraction", pa.float64()),
+        ("selection", pa.string()), ("draw", pa.int64()), ("accuracy", pa.float64()), ("loss", pa.float64()),
+    ]
+)  # fmt: skip
+
+
+def kept_epochs(folder: Path) -> list[int]:
+    """Epochs whose checkpoints the trial kept, ascending."""
+    found = (re.fullmatch(r"epoch_(\d+)\.pt", p.name) for p in (folder / KEPT).glob("epoch_*.pt"))
+    return sorted(int(m.group(1)) for m in found if m)
+
+
+def unit_csi_at(folder: Path, epoch: int) -> dict[str, np.ndarray]:
+    """Test-set CSI per unit of every layer at the end of `epoch`, from units.parquet."""
+    table = pq.read_table(folder / R.UNITS, columns=["epoch", "epoch_end", "layer", "unit", "csi"])
+    table = table.filter(pc.and_(pc.equal(table["epoch"], epoch), table["epoch_end"]))
+    df = table.to_pandas().sort_values(["layer", "unit"])
+    return {layer: g["csi"].to_numpy(dtype=np.float64) for layer, g in df.groupby("layer")}
+
+
+def ablate_trial(folder: Path, fractions: tuple[float, ...], draws: int, device_name: str | None = None) -> int:
+    """Ablate every kept checkpoint of a done trial not yet in ablations.parquet; returns epochs added."""
+    spec = TrialSpec.from_dict(R.read_json(folder / R.SPEC), where=str(folder / R.SPEC))
+    if read_status(folder)["state"] != "done":
+        raise UserError(f"{folder}: the trial is not done; ablate finished trials only")
+    epochs = kept_epochs(folder)
+    if not epochs:
+        raise UserError(f"{folder}: no kept checkpoints under {KEPT}/ (see the trial field keep_checkpoints)")
+    device = pick_device(device_name or spec.device)
+    info = data_info(spec.dataset)
+    data = load_dataset(spec.dataset, spec.resolved_data_root(), device, spec.num_workers)
+    model = build_model(spec.model, info.num_classes, info.in_channels).to(device)
+    path = folder / ABLATIONS
+    schema = R.trial_schema(spec)
+    tables = [pq.read_table(path)] if path.exists() else []
+    done = set(tables[0]["epoch"].to_pylist()) if tables else set()
+    batch = eval_batch_size(data, spec.batch_size, device)
+    added = 0
+    for epoch in epochs:
+        if epoch in done:
+            continue
+        state = torch.load(folder / KEPT / f"epoch_{epoch:03d}.pt", map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        rows = ablation_rows(model, data, unit_csi_at(folder, epoch), epoch, spec.seed, fractions, draws, batch, device)
+        n = len(rows["epoch"])
+        fields = spec.row_fields()
+        arrays = [pa.array([fields[f.name]] * n, type=f.type) for f in schema]
+        arrays += [pa.array(rows[f.name], type=f.type) for f in ABLATION_COLUMNS]
+        tables.append(pa.Table.from_arrays(arrays, schema=pa.schema(list(schema) + list(ABLATION_COLUMNS))))
+        R.write_parquet(R.concat(tables), path)
+        added += 1
+    return added
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m trainer.ablate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--trial", required=True, type=Path, help="a finished trial's folder")
+    p.add_argument("--fractions", type=float, nargs="+", default=list(DEFAULT_FRACTIONS))
+    p.add_argument("--draws", type=int, default=3, help="random draws per (epoch, stage, k)")
+    p.add_argument("--device", default=None)
+    args = p.parse_args(argv)
+    try:
+        if any(not 0 <= f <= 1 for f in args.fractions) or args.draws < 1:
+            raise UserError("--fractions must lie in [0, 1] and --draws be >= 1")
+        if not (args.trial / R.SPEC).is_file():
+            raise UserError(f"{args.trial}: not a trial folder (no spec.json)")
+        with TrialLock(args.trial):
+            added = ablate_trial(args.trial, tuple(args.fractions), args.draws, args.device)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USER
+    except TrialBusy as err:
+        print(f"busy: {err}", file=sys.stderr)
+        return EXIT_BUSY
+    print(f"{args.trial.name}: ablated {added} more epochs -> {args.trial / ABLATIONS}")
+    return EXIT_DONE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""Channel ablation curves (Ranadive et al. 2023): how much do the most selective channels matter?
+
+For a trial's kept checkpoint at epoch e and one stage of the network, zero k channels at the
+output of every block of that stage, chosen either as the k with the highest test-set CSI at
+epoch e (read from the trial's units.parquet) or at random (several seeded draws), and measure
+test accuracy. Repeated for a sweep of k, every stage and every kept epoch:
+
+    python -m trainer.ablate --trial results/<sweep>/trials/<id> [--fractions 0 0.25 0.5 0.75 1] [--draws 3]
+
+writes `<trial>/ablations.parquet`: the trial's fields, then epoch, stage, k, fraction,
+selection (topk | random), draw, accuracy, loss. Outputs are zeroed with forward hooks added
+only for the measurement, so the training path carries no ablation code.
+"""
+from __future__ import annotations
+
+import contextlib
+import re
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from trainer.data import Data
+from trainer.loop import autocast
+from trainer.models import TrackedNet
+
+SELECTIONS = ("topk", "random")
+
+
+def stage_blocks(model: TrackedNet) -> dict[int, list[int]]:
+    """Stage number -> indices of its blocks (names are `stage<i>.block<j>`)."""
+    out: dict[int, list[int]] = {}
+    for index, name in enumerate(model.block_names):
+        match = re.fullmatch(r"stage(\d+)\.block\d+", name)
+        if match is None:
+            raise ValueError(f"block name {name!r} is not stage<i>.block<j>")
+        out.setdefault(int(match.group(1)), []).append(index)
+    return out
+
+
+def choose_channels(csi: np.ndarray, k: int, selection: str, rng: np.random.Generator) -> np.ndarray:
+    """The k channels of one block to zero: the k highest-CSI ones, or k drawn at random."""
+    if not 0 <= k <= len(csi):
+        raise ValueError(f"k must be in [0, {len(csi)}], got {k}")
+    if selection == "topk":
+        return np.argsort(-csi, kind="stable")[:k]  # ties: lower channel index first
+    if selection == "random":
+        return np.sort(rng.choice(len(csi), size=k, replace=False))
+    raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+
+
+@contextlib.contextmanager
+def ablated(model: TrackedNet, channels: dict[int, Sequence[int]]) -> Iterator[None]:
+    """Inside the `with`, the output of block i is zeroed at `channels[i]` (what the next block sees)."""
+    handles = []
+    for index, chans in channels.items():
+        if len(chans) == 0:
+            continue
+        idx = torch.as_tensor(np.asarray(chans), dtype=torch.long)
+
+        def zero(_module: torch.nn.Module, _inputs: object, output: torch.Tensor, idx: torch.Tensor = idx) -> torch.Tensor:
+            output = output.clone()
+            output[:, idx.to(output.device)] = 0
+            return output
+
+        handles.append(model.blocks[index].register_forward_hook(zero))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@torch.no_grad()
+def heldout_accuracy(model: TrackedNet, data: Data, batch_size: int, device: torch.device) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) on the whole test set, eval mode, no activation capture."""
+    model.eval()
+    correct, loss, n = 0.0, 0.0, 0
+    for x, y in data.test_batches(batch_size):
+        with autocast(device):
+            logits, _ = model(x)
+        logits = logits.float()
+        correct += (logits.argmax(1) == y).sum().item()
+        loss += F.cross_entropy(logits, y, reduction="sum").item()
+        n += y.shape[0]
+    return correct / n, loss / n
+
+
+def draw_seed(seed: int, epoch: int, stage: int, k: int, draw: int) -> np.random.Generator:
+    """Random draws are seeded by (trial seed, epoch, stage, k, draw): reproducible, independent."""
+    return np.random.default_rng([seed, epoch, stage, k, draw])
+
+
+def ablation_rows(
+    model: TrackedNet,
+    data: Data,
+    unit_csi: dict[str, np.ndarray],
+    epoch: int,
+    seed: int,
+    fractions: Sequence[float],
+    draws: int,
+    batch_size: int,
+    device: torch.device,
+) -> dict[str, list]:
+    """Every (stage, k, selection, draw) accuracy of one checkpoint; `unit_csi`: layer -> CSI per unit."""
+    rows: dict[str, list] = {c: [] for c in ("epoch", "stage", "k", "fraction", "selection", "draw", "accuracy", "loss")}
+    base = heldout_accuracy(model, data, batch_size, device)
+    for stage, blocks in stage_blocks(model).items():
+        width = len(unit_csi[model.block_names[blocks[0]]])
+        for fraction in fractions:
+            k = int(round(fraction * width))
+            for selection in SELECTIONS:
+                for draw in range(draws if selection == "random" else 1):
+                    if k == 0:
+                        acc, loss = base  # nothing zeroed: the unablated network
+                    else:
+                        rng = draw_seed(seed, epoch, stage, k, draw)
+                        chosen = {b: choose_channels(unit_csi[model.block_names[b]], k, selection, rng) for b in blocks}
+                        with ablated(model, chosen):
+                            acc, loss = heldout_accuracy(model, data, batch_size, device)
+                    for col, v in zip(rows, (epoch, stage, k, fraction, selection, draw, acc, loss)):
+                        rows[col].append(v)
+    return rows
