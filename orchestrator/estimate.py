@@ -1,6 +1,6 @@
 """GPU-hour estimate of a plan, printed by `--dry-run`; a rough guide, with its assumptions shown.
 
-cost(trial) = epochs x (n_train + n_test / 3) / throughput x (1.10 if alpha != 0)
+cost(trial) = (epochs x n_train + evaluations x n_test / 3) / throughput x (1.10 if alpha != 0)
     throughput: training images/s of one trial on one H100, from the published anchors in
                 ../shared/NOTES.md (eager PyTorch, bf16); evaluation costs a third of a
                 training image (forward only); the regularizer costs at most 10% more.
@@ -30,7 +30,7 @@ class Estimate:
 
     def explain(self) -> str:
         return (
-            "estimate: epochs x (train + test/3 images) / H100 images/s per (model, dataset) "
+            "estimate: (epochs x train images + evaluations x test images / 3) / H100 images/s per (model, dataset) "
             f"{ {f'{m}/{d}': int(v) for (m, d), v in H100_IMAGES_PER_S.items()} }, x1.10 when alpha != 0"
         )
 
@@ -38,7 +38,11 @@ class Estimate:
 def trial_hours(spec: TrialSpec) -> float:
     n_train, n_test = DATASET_SIZES[spec.dataset]
     speed = H100_IMAGES_PER_S.get((spec.model, spec.dataset), DEFAULT_IMAGES_PER_S)
-    seconds = spec.epochs * (n_train + n_test / 3) / speed
+    evals = spec.epochs + 1  # epoch 0 and after every epoch
+    if spec.eval_every_steps > 0:  # mid-epoch evaluations of the early dynamics
+        steps = n_train // spec.batch_size
+        evals += min(spec.eval_until_epoch, spec.epochs) * len(range(spec.eval_every_steps, steps, spec.eval_every_steps))
+    seconds = (spec.epochs * n_train + evals * n_test / 3) / speed
     if spec.alpha != 0:
         seconds *= REGULARIZER_OVERHEAD
     return seconds / 3600
