@@ -95,10 +95,7 @@ def ablation_figures(tables: dict[str, pd.DataFrame], folder: Path) -> list[Path
                         c = curves[(curves.condition == cond) & (curves.stage == stage) & (curves.epoch == epoch) & (curves.selection == sel)]
                         c = c.sort_values("fraction")
                         ax.plot(c["fraction"], 100 * c["accuracy_mean"], style, color=colors[epoch], label=f"epoch {epoch} {sel}")
-                ax.set_title(f"{cond}\nstage {stage}", fontsize=9)
-                ax.set_xlabel("fraction of channels ablated per block")
-                ax.set_ylabel("test accuracy (%)")
-                ax.grid(alpha=0.3)
+                _labels(ax, f"{cond}\nstage {stage}", "fraction of channels ablated per block", "test accuracy (%)")
         axes[0][-1].legend(fontsize=7)
         fig.suptitle("Ablating the most class-selective channels (solid) vs random channels (dashed)")
         fig.tight_layout()
@@ -113,10 +110,7 @@ def ablation_figures(tables: dict[str, pd.DataFrame], folder: Path) -> list[Path
                 g = g.sort_values("epoch")
                 ax.errorbar(g["epoch"], g["auc_mean"], yerr=(g["auc_ci95_high"] - g["auc_mean"]).fillna(0),
                             linestyle="-" if sel == "topk" else "--", marker="o", ms=3, label=f"{cond} {sel}")  # fmt: skip
-            ax.set_title(f"stage {stage}")
-            ax.set_xlabel("epoch of the checkpoint")
-            ax.set_ylabel("normalised area under the ablation curve")
-            ax.grid(alpha=0.3)
+            _labels(ax, f"stage {stage}", "epoch of the checkpoint", "normalised area under the ablation curve")
         axes[0][-1].legend(fontsize=7)
         fig.suptitle("How much ablation costs over training (lower: the ablated channels matter more)")
         fig.tight_layout()
@@ -138,6 +132,13 @@ def ablation_figures(tables: dict[str, pd.DataFrame], folder: Path) -> list[Path
         fig.tight_layout()
         out.append(_save(fig, folder / "early_dynamics.png"))
     return out
+
+
+def _labels(ax: object, title: str, xlabel: str, ylabel: str) -> None:
+    ax.set_title(title, fontsize=9)  # type: ignore[attr-defined]
+    ax.set_xlabel(xlabel)  # type: ignore[attr-defined]
+    ax.set_ylabel(ylabel)  # type: ignore[attr-defined]
+    ax.grid(alpha=0.3)  # type: ignore[attr-defined]
 
 
 def _save(fig: object, path: Path) -> Path:

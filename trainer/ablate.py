@@ -21,9 +21,9 @@ from trainer import results as R
 from trainer.ablation import ablation_rows
 from trainer.data import data_info, load_dataset
 from trainer.errors import UserError
-from trainer.lock import TrialBusy, TrialLock
+from trainer.lock import TrialLock
 from trainer.models import build_model
-from trainer.run import EXIT_BUSY, EXIT_DONE, EXIT_USER, eval_batch_size, pick_device, read_status
+from trainer.run import EXIT_DONE, command, eval_batch_size, pick_device, read_status
 from trainer.spec import TrialSpec
 
 ABLATIONS = "ablations.parquet"
@@ -92,21 +92,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--draws", type=int, default=3, help="random draws per (epoch, stage, k)")
     p.add_argument("--device", default=None)
     args = p.parse_args(argv)
-    try:
+
+    def body() -> int:
         if any(not 0 <= f <= 1 for f in args.fractions) or args.draws < 1:
             raise UserError("--fractions must lie in [0, 1] and --draws be >= 1")
         if not (args.trial / R.SPEC).is_file():
             raise UserError(f"{args.trial}: not a trial folder (no spec.json)")
         with TrialLock(args.trial):
             added = ablate_trial(args.trial, tuple(args.fractions), args.draws, args.device)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_USER
-    except TrialBusy as err:
-        print(f"busy: {err}", file=sys.stderr)
-        return EXIT_BUSY
-    print(f"{args.trial.name}: ablated {added} more epochs -> {args.trial / ABLATIONS}")
-    return EXIT_DONE
+        print(f"{args.trial.name}: ablated {added} more epochs -> {args.trial / ABLATIONS}")
+        return EXIT_DONE
+
+    return command(body)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import sys
 import traceback
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
@@ -269,11 +269,24 @@ def run_trial(spec: TrialSpec, folder: str | Path) -> str:
         return "done"
 
 
+def command(body: Callable[[], int]) -> int:
+    """Run a trainer command: a user mistake is one line and exit 2, a busy trial exit 75."""
+    try:
+        return body()
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USER
+    except TrialBusy as err:
+        print(f"busy: {err}", file=sys.stderr)
+        return EXIT_BUSY
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--spec", required=True, type=Path, help="the trial's spec.json; results go beside it")
     args = parser.parse_args(argv)
-    try:
+
+    def body() -> int:
         if not args.spec.is_file():
             raise UserError(f"{args.spec}: no such spec file")
         try:
@@ -282,15 +295,11 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"{args.spec}: not valid JSON ({err})") from None
         spec = TrialSpec.from_dict(raw, where=str(args.spec))
         state = run_trial(spec, args.spec.parent)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_USER
-    except TrialBusy as err:
-        print(f"busy: {err}", file=sys.stderr)
-        return EXIT_BUSY
-    final = read_status(args.spec.parent)
-    print(f"{spec.trial_id}: {state}" + (f" ({final.get('error')})" if state == "failed" else ""))
-    return EXIT_DONE if state == "done" else EXIT_FAILED
+        final = read_status(args.spec.parent)
+        print(f"{spec.trial_id}: {state}" + (f" ({final.get('error')})" if state == "failed" else ""))
+        return EXIT_DONE if state == "done" else EXIT_FAILED
+
+    return command(body)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,364 @@
+"""K ResNet20 trials trained together as one fused network (grouped convolutions, HFTA style).
+
+Trials that share model, dataset, epochs, batch size and optimizer settings but differ in alpha,
+seed and onset can train in one process as one network: every conv holds the K models' channels
+as a grouped convolution (groups=K), every BatchNorm runs over K*C channels (per-model statistics
+for free: the channels are disjoint), the option-A shortcut pads channels per model, and the head
+is a batched matmul over K per-model linear layers. Channels are model-major: channel k*C + c of
+a fused tensor is channel c of model k.
+
+Because the parameters are disjoint, the gradient of loss = sum_k (CE_k - alpha_k * SI_batch_k)
+with respect to model k's slice is exactly model k's gradient in its own run, and SGD's momentum
+and weight decay are elementwise, so one optimizer over the fused parameters equals K optimizers.
+The fused network registers its parameters in TrackedNet's order with TrackedNet's names, so a
+model's weights, BatchNorm buffers and SGD momentum buffers move between the two layouts by
+slicing (`state_for`, `load_state_for`, `optimizer_state_for`, `load_optimizer_state_for`).
+
+Numbers: on CPU in float32 a fused trial matches its separate run to about 1e-5 after a few
+epochs (a grouped conv and a dense conv sum in different orders; see tests/test_fused.py).
+
+    model = FusedResNet20.from_models([build_model(...) for each trial, seeded as run.py does])
+    opt = torch.optim.SGD(model.parameters(), lr, momentum=..., weight_decay=...)
+    stats = fused_train_epoch(model, opt, [data.train_batches(e, seed_k, B, aug) for k], alphas, C, dev)
+    evals = fused_evaluate(model, data, C, dev, eval_batch)
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Iterable, Iterator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from trainer import faults
+from trainer.data import Batch
+from trainer.loop import EvalStats, TrainStats, autocast
+from trainer.models import TrackedNet, resnet20
+from trainer.selectivity import EPS, UnitSelectivity, class_counts, class_sums, csi_from_means
+
+STAGES = (16, 32, 64)
+
+
+# ---- the fused network ------------------------------------------------------------------------
+class FusedBlockA(nn.Module):
+    """K BasicBlockA side by side (same attribute names, so state-dict keys match)."""
+
+    def __init__(self, k: int, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(k * c_in, k * c_out, 3, stride, 1, bias=False, groups=k)
+        self.bn1 = nn.BatchNorm2d(k * c_out)
+        self.conv2 = nn.Conv2d(k * c_out, k * c_out, 3, 1, 1, bias=False, groups=k)
+        self.bn2 = nn.BatchNorm2d(k * c_out)
+        self.k, self.c_in, self.c_out, self.stride, self.pad = k, c_in, c_out, stride, c_out - c_in
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        short = x
+        if self.stride != 1 or self.pad:
+            short = x[:, :, :: self.stride, :: self.stride]
+            b, _, h, w = short.shape
+            # Option A per model: zero channels go around each model's own channels.
+            short = short.reshape(b, self.k, self.c_in, h, w)
+            short = F.pad(short, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
+            short = short.reshape(b, self.k * self.c_out, h, w)
+        return F.relu(out + short)
+
+
+class FusedLinear(nn.Module):
+    """K linear layers: weight [K, out, in], bias [K, out]; [B, K*in] -> [K, B, out]."""
+
+    def __init__(self, k: int, d_in: int, d_out: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(k, d_out, d_in))
+        self.bias = nn.Parameter(torch.empty(k, d_out))
+        bound = d_in**-0.5
+        for i in range(k):
+            nn.init.kaiming_normal_(self.weight.data[i])
+        nn.init.uniform_(self.bias, -bound, bound)
+        self.k, self.d_in = k, d_in
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xk = x.view(x.shape[0], self.k, self.d_in).transpose(0, 1)  # [K, B, in], a view
+        return torch.baddbmm(self.bias.unsqueeze(1), xk, self.weight.transpose(1, 2))
+
+
+class FusedResNet20(nn.Module):
+    """K resnet20 (option-A) networks as one; parameters in TrackedNet's order and names."""
+
+    def __init__(self, k: int, num_classes: int, in_channels: int) -> None:
+        super().__init__()
+        if k < 1:
+            raise ValueError(f"K must be >= 1, got {k}")
+        self.k, self.num_classes, self.in_channels = k, num_classes, in_channels
+        self.stem = nn.Sequential(
+            nn.Conv2d(k * in_channels, k * STAGES[0], 3, 1, 1, bias=False, groups=k),
+            nn.BatchNorm2d(k * STAGES[0]),
+            nn.ReLU(inplace=True),
+        )
+        blocks, names, c_in = [], [], STAGES[0]
+        for i, c_out in enumerate(STAGES, start=1):
+            for j in range(1, 4):
+                blocks.append(FusedBlockA(k, c_in, c_out, 2 if (i > 1 and j == 1) else 1))
+                names.append(f"stage{i}.block{j}")
+                c_in = c_out
+        self.blocks = nn.ModuleList(blocks)
+        self.block_names = names
+        self.head = FusedLinear(k, STAGES[-1], num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight)  # fan_in of a grouped weight is one model's
+
+    def units_per_layer(self) -> list[int]:
+        return [b.c_out for b in self.blocks]  # type: ignore[attr-defined]
+
+    def forward_flat(self, x: torch.Tensor, capture: bool = False) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """x [B, K*C_in, H, W] -> logits [K, B, classes], feats per block [B, K*U] (model-major)."""
+        x = self.stem(x)
+        feats: list[torch.Tensor] | None = [] if capture else None
+        for block in self.blocks:
+            x = block(x)
+            if feats is not None:
+                feats.append(x.mean(dim=(2, 3), dtype=torch.float32))
+        pooled = feats[-1] if feats is not None else x.mean(dim=(2, 3))
+        return self.head(pooled), feats
+
+    def forward(self, x: torch.Tensor, capture: bool = False) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """x [B, K*C_in, H, W] -> logits [K, B, classes], feats per block [K, B, U] (views) or None."""
+        logits, flat = self.forward_flat(x, capture)
+        if flat is None:
+            return logits, None
+        return logits, [f.view(f.shape[0], self.k, -1).transpose(0, 1) for f in flat]
+
+    # ---- moving between the fused layout and K TrackedNets -----------------------------------
+    def _slice(self, name: str, t: torch.Tensor, k: int) -> torch.Tensor:
+        if t.dim() == 0:  # num_batches_tracked: the same count for every model
+            return t
+        if name.startswith("head."):
+            return t[k]
+        return t.view(self.k, -1, *t.shape[1:])[k]
+
+    def state_for(self, k: int) -> dict[str, torch.Tensor]:
+        """Model k's state_dict in TrackedNet's key layout (copies, safe to save or load)."""
+        return {name: self._slice(name, t, k).detach().clone() for name, t in self.state_dict().items()}
+
+    @torch.no_grad()
+    def load_state_for(self, k: int, state: dict[str, Any]) -> None:
+        """Write a TrackedNet state_dict (resnet20 of the same shape) into model k's slice."""
+        own = self.state_dict()
+        if set(state) != set(own):
+            missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+            raise ValueError(f"state_dict does not fit FusedResNet20: missing {missing[:3]}, unexpected {extra[:3]}")
+        for name, t in own.items():
+            src = torch.as_tensor(state[name])
+            if t.dim() == 0:
+                t.copy_(src)
+                continue
+            dst = self._slice(name, t, k)
+            if dst.shape != src.shape:
+                raise ValueError(f"{name}: shape {tuple(src.shape)} does not fit {tuple(dst.shape)}")
+            dst.copy_(src)
+
+    @classmethod
+    def from_models(cls, models: list[TrackedNet]) -> "FusedResNet20":
+        """Fuse separately built (and seeded) resnet20s; the fused network starts where they are."""
+        first = models[0]
+        num_classes, in_channels = first.head.out_features, first.stem[0].in_channels  # type: ignore[index]
+        with torch.random.fork_rng(devices=[]):  # building must not move the caller's RNG
+            fused = cls(len(models), num_classes, in_channels).to(first.head.weight.device)
+        for k, m in enumerate(models):
+            fused.load_state_for(k, m.state_dict())
+        return fused
+
+    def to_models(self) -> list[TrackedNet]:
+        """K separate TrackedNets (resnet20) holding the fused weights; the global RNG is untouched."""
+        out = []
+        for k in range(self.k):
+            with torch.random.fork_rng(devices=[]):
+                m = resnet20(self.num_classes, self.in_channels)
+            m.load_state_dict(self.state_for(k))
+            out.append(m.to(self.head.weight.device))
+        return out
+
+    # ---- SGD momentum buffers -------------------------------------------------------------------
+    def optimizer_state_for(self, optimizer: torch.optim.Optimizer, k: int) -> dict[str, Any]:
+        """Model k's share of an SGD state_dict, laid out as TrackedNet.parameters() (same order)."""
+        full = optimizer.state_dict()
+        names = [n for n, _ in self.named_parameters()]
+        state = {
+            idx: {key: (self._slice(names[idx], v, k).clone() if torch.is_tensor(v) and v.dim() else v) for key, v in s.items()}
+            for idx, s in full["state"].items()
+        }
+        return {"state": state, "param_groups": [dict(g) for g in full["param_groups"]]}
+
+    @torch.no_grad()
+    def load_optimizer_state_for(self, optimizer: torch.optim.Optimizer, k: int, state: dict[str, Any]) -> None:
+        """Write a separate trial's SGD state (momentum buffers) into model k's slice."""
+        params = list(self.parameters())
+        names = [n for n, _ in self.named_parameters()]
+        for idx, s in state["state"].items():
+            p = params[int(idx)]
+            for key, v in s.items():
+                if not torch.is_tensor(v) or v.dim() == 0:
+                    continue
+                buf = optimizer.state[p].get(key)
+                if buf is None:
+                    buf = optimizer.state[p][key] = torch.zeros_like(p)
+                self._slice(names[int(idx)], buf, k).copy_(v)
+
+
+# ---- the regularizer, vectorised over K ---------------------------------------------------------
+def fused_batch_selectivity(
+    layer_feats: list[torch.Tensor], labels: torch.Tensor, num_classes: int, eps: float = EPS
+) -> torch.Tensor:
+    """SI_batch of each of K models [K] (SPEC 1.4), differentiable; no loop over K, classes or units.
+
+    layer_feats: per tracked layer [K, B, U_l]; labels [K, B] (each model its own batch).
+    The same arithmetic as trainer.selectivity.batch_selectivity, with absent classes masked
+    instead of left out (one scatter-add over [K, C, sum U_l] for all layers at once).
+    """
+    if not layer_feats:
+        raise ValueError("fused_batch_selectivity needs at least one layer")
+    labels = labels.long()
+    k, b = labels.shape
+    counts = labels.new_zeros(k, num_classes).scatter_add_(1, labels, torch.ones_like(labels))  # [K, C]
+    present = counts > 0
+    n_present = present.sum(1)
+    if int(n_present.min()) < 2:  # the step's one host sync, as in batch_selectivity
+        raise ValueError(f"class selectivity needs at least two classes present, got {int(n_present.min())}")
+    sizes = [f.shape[2] for f in layer_feats]
+    a = torch.cat(layer_feats, dim=2)  # [K, B, U]
+    u = a.shape[2]
+    sums = a.new_zeros(k, num_classes, u).scatter_add(1, labels.unsqueeze(2).expand(k, b, u), a)
+    means = sums / counts.clamp_min(1).unsqueeze(2).to(a.dtype)  # absent classes: 0 / 1 = 0
+    mu_max = means.masked_fill(~present.unsqueeze(2), float("-inf")).amax(1)  # [K, U]
+    mu_rest = (means.sum(1) - mu_max) / (n_present - 1).unsqueeze(1).to(a.dtype)
+    csi = (mu_max - mu_rest) / (mu_max + mu_rest + eps)
+    return torch.stack([c.mean(1) for c in csi.split(sizes, dim=1)]).mean(0)
+
+
+def _per_model_ce(logits: torch.Tensor, labels: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Cross-entropy of each model [K]: logits [K, B, C], labels [K, B]; 'mean' or 'sum' over B."""
+    k, b, c = logits.shape
+    ce = F.cross_entropy(logits.reshape(k * b, c), labels.reshape(k * b), reduction="none").view(k, b)
+    return ce.mean(1) if reduction == "mean" else ce.sum(1)
+
+
+# ---- training and evaluation ------------------------------------------------------------------
+def fused_train_epoch(
+    model: FusedResNet20,
+    optimizer: torch.optim.Optimizer,
+    batches_per_model: list[Iterable[Batch]],
+    alphas: list[float],
+    num_classes: int,
+    device: torch.device,
+) -> list[TrainStats]:
+    """One epoch (or a stretch of one) of all K models; model k sees batches_per_model[k].
+
+    Returns per-model TrainStats as trainer.loop.train_epoch would. A non-finite loss is NOT
+    raised here: the caller checks each model's `loss` (math.isfinite) and fails that trial only.
+    """
+    if len(batches_per_model) != model.k or len(alphas) != model.k:
+        raise ValueError(f"need K={model.k} batch iterators and alphas, got {len(batches_per_model)} and {len(alphas)}")
+    model.train()
+    k = model.k
+    regularize = [a != 0.0 for a in alphas]
+    any_reg = any(regularize)
+    alpha_t = torch.tensor(alphas, device=device, dtype=torch.float32)
+    zero = torch.zeros(k, device=device, dtype=torch.float64)
+    loss_sum, ce_sum, si_sum, correct = zero.clone(), zero.clone(), zero.clone(), zero.clone()
+    images = steps = 0
+    iterators: list[Iterator[Batch]] = [iter(b) for b in batches_per_model]
+    start = time.perf_counter()
+    for parts in zip(*iterators):
+        x = torch.cat([p[0] for p in parts], dim=1)  # [B, K*C_in, H, W]
+        y = torch.stack([p[1] for p in parts])  # [K, B]
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device):
+            logits, feats = model(x, capture=any_reg)
+            ce = _per_model_ce(logits.float(), y, "mean")
+            if any_reg:
+                si = fused_batch_selectivity(feats, y, num_classes)  # type: ignore[arg-type]
+                loss = ce - alpha_t * si  # alpha_k = 0: exactly CE_k's gradient for model k
+                si_sum += si.detach()
+            else:
+                loss = ce
+        optimizer.zero_grad(set_to_none=True)
+        loss.sum().backward()
+        optimizer.step()
+        faults.point("train-step")
+        n = y.shape[1]
+        loss_sum += loss.detach() * n
+        ce_sum += ce.detach() * n
+        correct += (logits.argmax(2) == y).sum(1)
+        images += n
+        steps += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    d = max(images, 1)
+    ls, cs, ss, cr = loss_sum.tolist(), ce_sum.tolist(), si_sum.tolist(), correct.tolist()
+    return [
+        TrainStats(
+            loss=ls[i] / d, ce=cs[i] / d, selectivity=ss[i] / steps if regularize[i] and steps else None,
+            acc=cr[i] / d, images=images, steps=steps, seconds=seconds,
+        )  # fmt: skip
+        for i in range(k)
+    ]
+
+
+@torch.no_grad()
+def fused_evaluate(model: FusedResNet20, data: Any, num_classes: int, device: torch.device, batch: int) -> list[EvalStats]:
+    """Evaluate all K models on the same test batches; per-model EvalStats as trainer.loop.evaluate.
+
+    The class sums of all K models are one [C, K*U] float64 scatter-add per layer with the shared
+    labels, so each model's column arithmetic is the separate evaluation's; `seconds` is the
+    whole fused pass (shared by the K models).
+    """
+    model.eval()
+    k = model.k
+    start = time.perf_counter()
+    sums: list[torch.Tensor] | None = None
+    counts: torch.Tensor | None = None
+    zero = torch.zeros(k, device=device, dtype=torch.float64)
+    loss_sum, top1, top5 = zero.clone(), zero.clone(), zero.clone()
+    n = 0
+    for x, y in data.test_batches(batch):
+        xk = x.repeat(1, k, 1, 1)
+        if device.type == "cuda":
+            xk = xk.contiguous(memory_format=torch.channels_last)
+        with autocast(device):
+            logits, feats = model.forward_flat(xk, capture=True)
+        logits = logits.float()
+        yk = y.unsqueeze(0).expand(k, -1)
+        loss_sum += _per_model_ce(logits, yk, "sum")
+        top1 += (logits.argmax(2) == yk).sum(1)
+        if num_classes >= 100:
+            top5 += (logits.topk(5, dim=2).indices == yk.unsqueeze(2)).any(2).sum(1)
+        labels = y.long()
+        batch_sums = [class_sums(f.double(), labels, num_classes)[0] for f in feats]  # type: ignore[union-attr]
+        c = class_counts(labels, num_classes)
+        sums = batch_sums if sums is None else [s + t for s, t in zip(sums, batch_sums)]
+        counts = c if counts is None else counts + c
+        n += y.shape[0]
+    if sums is None or counts is None:
+        raise ValueError("the test set is empty")
+    layers = [csi_from_means(s, counts) for s in sums]  # [K*U] per layer: columns are independent
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    ls, t1, t5 = loss_sum.tolist(), top1.tolist(), top5.tolist()
+
+    def split(u: UnitSelectivity, i: int) -> UnitSelectivity:
+        pick = lambda t: t.view(k, -1)[i]  # noqa: E731
+        return UnitSelectivity(csi=pick(u.csi), top_class=pick(u.top_class), mu_max=pick(u.mu_max), mu_rest=pick(u.mu_rest))
+
+    return [
+        EvalStats(
+            loss=ls[i] / n, acc=t1[i] / n, top5=t5[i] / n if num_classes >= 100 else None,
+            layers=[split(u, i) for u in layers], seconds=seconds,
+        )  # fmt: skip
+        for i in range(k)
+    ]
