@@ -1,6 +1,8 @@
 """GPU-hour estimate of a plan, printed by `--dry-run`; a rough guide, with its assumptions shown.
 
 cost(trial) = (epochs x n_train + evaluations x n_test / 3) / throughput x (1.10 if alpha != 0)
+    evaluations: epoch 0, every epoch, the mid-epoch ones, and the ablation passes (per kept
+                 checkpoint: stages x nonzero fractions x (top-k + random draws), plus one)
     throughput: training images/s of one trial on one H100, from the published anchors in
                 ../shared/NOTES.md (eager PyTorch, bf16); evaluation costs a third of a
                 training image (forward only); the regularizer costs at most 10% more.
@@ -21,6 +23,7 @@ H100_IMAGES_PER_S = {
 DEFAULT_IMAGES_PER_S = 3_000.0  # any other pairing: assume ResNet50-class cost
 DATASET_SIZES = {"digits": (1437, 360), "cifar10": (50_000, 10_000), "tinyimagenet": (100_000, 10_000), "imagenet": (1_281_167, 50_000)}
 REGULARIZER_OVERHEAD = 1.10
+STAGES = {"resnet20": 3, "resnet18": 4, "resnet50": 4}
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,9 @@ def trial_hours(spec: TrialSpec) -> float:
     if spec.eval_every_steps > 0:  # mid-epoch evaluations of the early dynamics
         steps = n_train // spec.batch_size
         evals += min(spec.eval_until_epoch, spec.epochs) * len(range(spec.eval_every_steps, steps, spec.eval_every_steps))
+    if spec.ablation_fractions is not None:  # per kept checkpoint: stages x k x (top-k + draws) test passes
+        ks = sum(1 for f in spec.ablation_fractions if f > 0)
+        evals += len(spec.kept_epochs()) * (1 + STAGES.get(spec.model, 4) * ks * (1 + spec.ablation_draws))
     seconds = (spec.epochs * n_train + evals * n_test / 3) / speed
     if spec.alpha != 0:
         seconds *= REGULARIZER_OVERHEAD

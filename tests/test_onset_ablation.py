@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -126,13 +127,13 @@ def test_onset_grid_sweep_ablate_collect(tmp_path: Path, capsys: pytest.CaptureF
     grid = tmp_path / "grid.yaml"
     grid.write_text(
         "name: onset\nfixed: {epochs: 3, batch_size: 256, eval_every_steps: 2, eval_until_epoch: 2, "
-        "keep_checkpoints: [0, 1, 3]}\nsweep: {alpha: [-30, 0], onset_epoch: [0, 1], seed: [0, 1]}\n"
+        "keep_checkpoints: [0, 1, 3], ablation_fractions: [0, 0.5, 1], ablation_draws: 2}\n"
+        "sweep: {alpha: [-30, 0], onset_epoch: [0, 1], seed: [0, 1]}\n"
     )
     results = tmp_path / "results"
-    assert cli(sweep_main, ["--grid", str(grid), "--results", str(results)]) == 0
+    assert cli(sweep_main, ["--grid", str(grid), "--results", str(results)]) == 0  # trials ablate themselves
     sweep = results / "onset"
-    assert cli(ablate_main, [str(sweep), "--fractions", "0", "0.5", "1", "--draws", "2"]) == 0
-    result = collect(sweep)
+    result = collect(sweep)  # one grid, one collect: the four analyses
     summary = result.summary
     conds = pd.read_parquet(summary / "conditions.parquet")
     assert sorted(zip(conds.alpha, conds.onset_epoch, conds.n)) == [(-30.0, 0, 2), (-30.0, 1, 2), (0.0, 0, 2)]
@@ -146,3 +147,20 @@ def test_onset_grid_sweep_ablate_collect(tmp_path: Path, capsys: pytest.CaptureF
     assert set(curves.fraction) == {0.0, 0.5, 1.0} and (curves.n == 2).all()
     for png in ("ablation_curves.png", "ablation_auc.png", "early_dynamics.png", "csi_over_epochs.png"):
         assert (summary / "figures" / png).stat().st_size > 10_000
+
+
+def test_ablate_commands_on_a_finished_trial(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """After the fact: orchestrator.ablate over a sweep folder runs trainer.ablate per done trial."""
+    sweep = tmp_path / "s"
+    (sweep / "trials").mkdir(parents=True)
+    folder = sweep / "trials" / trained.name
+    shutil.copytree(trained, folder)
+    assert cli(ablate_main, [str(sweep), "--fractions", "0", "1", "--draws", "1"]) == 0
+    rows = pd.read_parquet(folder / "ablations.parquet")
+    assert sorted(rows.epoch.unique()) == [0, 1, 2] and set(rows.fraction) == {0.0, 1.0}
+    assert rows.trial_id.nunique() == 1  # rows carry the trial's fields
+    # Again: nothing left to do, the file is unchanged.
+    before = (folder / "ablations.parquet").read_bytes()
+    assert cli(ablate_main, [str(sweep), "--fractions", "0", "1", "--draws", "1"]) == 0
+    assert (folder / "ablations.parquet").read_bytes() == before
+    assert cli(ablate_main, [str(tmp_path / "nope")]) == 2

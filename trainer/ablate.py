@@ -51,10 +51,15 @@ def unit_csi_at(folder: Path, epoch: int) -> dict[str, np.ndarray]:
     return {layer: g["csi"].to_numpy(dtype=np.float64) for layer, g in df.groupby("layer")}
 
 
-def ablate_trial(folder: Path, fractions: tuple[float, ...], draws: int, device_name: str | None = None) -> int:
-    """Ablate every kept checkpoint of a done trial not yet in ablations.parquet; returns epochs added."""
+def ablate_trial(
+    folder: Path, fractions: tuple[float, ...], draws: int, device_name: str | None = None, require_done: bool = True
+) -> int:
+    """Ablate every kept checkpoint of a trial not yet in ablations.parquet; returns epochs added.
+
+    `require_done=False`: called by trainer.run at the end of training, before the trial is done.
+    """
     spec = TrialSpec.from_dict(R.read_json(folder / R.SPEC), where=str(folder / R.SPEC))
-    if read_status(folder)["state"] != "done":
+    if require_done and read_status(folder)["state"] != "done":
         raise UserError(f"{folder}: the trial is not done; ablate finished trials only")
     epochs = kept_epochs(folder)
     if not epochs:

@@ -247,6 +247,10 @@ def run_trial(spec: TrialSpec, folder: str | Path) -> str:
         write_status(folder, status)
         try:
             train_trial(spec, folder, device, status)
+            if spec.ablation_fractions is not None:
+                from trainer.ablate import ablate_trial  # imports this module: load it only when asked
+
+                ablate_trial(folder, spec.ablation_fractions, spec.ablation_draws, spec.device, require_done=False)
         except NonFiniteLoss as err:
             status.update(state="failed", error=str(err), error_kind="diverged", retryable=False, ended=now())
             write_status(folder, status)

@@ -28,7 +28,7 @@ class SpecError(UserError):
 # Resource settings: where and how fast a trial runs, never what it computes.
 RESOURCE_FIELDS = frozenset({"device", "num_workers", "data_root"})
 # Labels and analysis settings: they name a trial or keep extra files, never change its numbers.
-LABEL_FIELDS = frozenset({"sweep", "keep_checkpoints"})
+LABEL_FIELDS = frozenset({"sweep", "keep_checkpoints", "ablation_fractions", "ablation_draws"})
 # Fields added after the first release: they enter trial_id only when set away from their
 # default, so every trial_id from before stays valid.
 LATER_FIELDS = {"eval_every_steps": 0, "eval_until_epoch": 0}
@@ -67,6 +67,10 @@ class TrialSpec:
     # Epochs whose checkpoints are kept for analysis (ablations) beside the rolling resume
     # checkpoint; None: 0 to 15, then every 10 (as Ranadive et al.); []: none.
     keep_checkpoints: tuple[int, ...] | None = None
+    # Channel ablation of the kept checkpoints at the end of the trial, in the same job (so it
+    # runs on every backend): fractions of each block's channels to zero; None: no ablation.
+    ablation_fractions: tuple[float, ...] | None = None
+    ablation_draws: int = 3  # random draws per (epoch, stage, k)
     # Resources (not part of trial_id).
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_workers: int = 0  # DataLoader workers, streaming data sets only
@@ -105,7 +109,7 @@ class TrialSpec:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of every field (tuples become lists)."""
         out = {name: getattr(self, name) for name in _FIELD_NAMES}  # not asdict: it deep-copies (slow)
-        for key in ("lr_milestones", "keep_checkpoints"):
+        for key in ("lr_milestones", "keep_checkpoints", "ablation_fractions"):
             if out[key] is not None:
                 out[key] = list(out[key])
         return out
@@ -132,7 +136,7 @@ class TrialSpec:
         out: dict[str, Any] = {"trial_id": self.trial_id}
         out.update({k: d[k] for k in ROW_ID_FIELDS[1:]})
         for k, v in d.items():
-            if k in out or k in RESOURCE_FIELDS or k == "keep_checkpoints":
+            if k in out or k in RESOURCE_FIELDS or k in LABEL_FIELDS:
                 continue
             out["base_lr" if k == "lr" else k] = v
         return out
@@ -261,6 +265,10 @@ def _check_values(s: TrialSpec) -> None:
         raise SpecError(f"field 'alpha' is {s.alpha}; allowed: a finite number")
     if s.offset_epoch is not None and s.offset_epoch <= s.onset_epoch:
         raise SpecError(f"field 'offset_epoch' is {s.offset_epoch}; allowed: null or > onset_epoch ({s.onset_epoch})")
+    if s.ablation_fractions is not None and not all(0 <= f <= 1 for f in s.ablation_fractions):
+        raise SpecError(f"field 'ablation_fractions' is {list(s.ablation_fractions)}; allowed: fractions in [0, 1]")
+    if s.ablation_draws < 1:
+        raise SpecError(f"field 'ablation_draws' is {s.ablation_draws}; allowed: >= 1")
     if s.lr_milestones is not None and list(s.lr_milestones) != sorted(set(s.lr_milestones)):
         raise SpecError(f"field 'lr_milestones' is {list(s.lr_milestones)}; allowed: strictly increasing epochs")
     if not (s.device in ("auto", "cpu", "cuda") or s.device.startswith("cuda:")):
