@@ -1,6 +1,6 @@
 """What a backend costs per trial over the bare trainer: `python -m orchestrator.bench_backends`.
 
-    python -m orchestrator.bench_backends [--trials 4 8] [--epochs 1] [--backends local ray] [--cpus N]
+    python -m orchestrator.bench_backends [--trials 4 8] [--epochs 1] [--backends local ray] [--cpus N] [--repeat R]
 
 Runs N fresh one-epoch digits trials (seeds 0..N-1, on CPU) three ways and prints wall times side
 by side:
@@ -10,14 +10,16 @@ by side:
              time with all N cores, so the difference to bare is the backend's overhead alone:
              start-up and shut-down, per-trial process start and imports, scheduling
 overhead per trial = (backend - bare) / N. Given two or more N, a line fit splits it into a
-fixed cost (start/stop) and a marginal cost per trial. To add a backend, add a function
-`(spec_paths, sweep, cpus) -> None` to BACKENDS.
+fixed cost (start/stop) and a marginal cost per trial. With --repeat R every measurement is taken
+R times, interleaved, and the fastest kept (as timeit does: other load on the machine only ever
+adds time). To add a backend, add a function `(spec_paths, sweep, cpus) -> None` to BACKENDS.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -68,7 +70,7 @@ BACKENDS: dict[str, Callable[[list[Path], Path, int], None]] = {"local": run_loc
 
 
 def timed(fn: Callable[[list[Path], Path, int], None], root: Path, name: str, n: int, epochs: int, cpus: int) -> float:
-    sweep = root / f"{name}-{n}"
+    sweep = root / name
     paths = _make_trials(sweep, n, epochs)
     start = time.perf_counter()
     fn(paths, sweep, cpus)
@@ -81,19 +83,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--backends", nargs="+", choices=sorted(BACKENDS), default=sorted(BACKENDS))
     p.add_argument("--cpus", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--repeat", type=int, default=1)
     args = p.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="bench-backends-"))
     try:
         run_bare(_make_trials(root / "warmup", 1, 1), root, args.cpus)  # imports and data loading, untimed
-        rows: dict[str, dict[int, float]] = {"bare": {}}
-        for n in args.trials:
-            rows["bare"][n] = timed(run_bare, root, "bare", n, args.epochs, args.cpus)
-            for name in args.backends:
-                rows.setdefault(name, {})[n] = timed(BACKENDS[name], root, name, n, args.epochs, args.cpus)
+        rows: dict[str, dict[int, float]] = {}
+        for r in range(args.repeat):
+            for n in args.trials:
+                for name in ("bare", *args.backends):
+                    fn = run_bare if name == "bare" else BACKENDS[name]
+                    wall = timed(fn, root, f"{name}-{n}-{r}", n, args.epochs, args.cpus)
+                    print(f"bench: {name} N={n} run {r + 1}: {wall:.1f} s", file=sys.stderr, flush=True)
+                    rows.setdefault(name, {})[n] = min(wall, rows.get(name, {}).get(n, wall))
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    print(f"\n{args.epochs}-epoch digits trials on CPU, one at a time with {args.cpus} threads; wall seconds")
-    print(f"{'backend':<8}" + "".join(f"{f'N={n}':>10}{'over/trial':>12}" for n in args.trials) + (f"{'fixed':>9}{'per trial':>11}" if len(args.trials) > 1 else ""))
+    best = f", best of {args.repeat}" if args.repeat > 1 else ""
+    print(f"\n{args.epochs}-epoch digits trials on CPU, one at a time with {args.cpus} threads; wall seconds{best}")
+    fit_header = f"{'fixed':>9}{'per trial':>11}" if len(args.trials) > 1 else ""
+    print(f"{'backend':<8}" + "".join(f"{f'N={n}':>10}{'over/trial':>12}" for n in args.trials) + fit_header)
     for name, walls in rows.items():
         over = {n: (walls[n] - rows["bare"][n]) for n in args.trials}
         line = f"{name:<8}" + "".join(f"{walls[n]:>10.1f}{over[n] / n:>12.2f}" for n in args.trials)

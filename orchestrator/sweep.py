@@ -76,10 +76,15 @@ def main(argv: list[str] | None = None) -> int:
     plan = make_plan(grid.specs, folder, max_attempts)
     if not args.dry_run:
         check_writable(folder)
-        if profile.backend == "slurm":  # SLURM's commands and the partition, before anything is written
-            from orchestrator.backends.slurm import preflight
+        # The engine's own checks (commands, partition, cluster address), before anything is written.
+        if profile.backend == "slurm":
+            from orchestrator.backends.slurm import preflight as slurm_preflight
 
-            preflight(profile)  # type: ignore[arg-type]
+            slurm_preflight(profile)  # type: ignore[arg-type]
+        elif profile.backend == "ray":
+            from orchestrator.backends.ray import preflight as ray_preflight
+
+            ray_preflight(profile)  # type: ignore[arg-type]
         for dataset in sorted({s.dataset for s in plan.to_run}):
             check_data(dataset, next(s for s in plan.to_run if s.dataset == dataset).resolved_data_root())
     if args.dry_run or not plan.to_run:

@@ -8,7 +8,7 @@ on it and reports once, at the end. Tune only schedules (resources per trial, fr
 concurrency) and retries: a trial that raised is restarted up to `max_failures` times and
 resumes from the checkpoint in its own folder, not from a Tune checkpoint. A diverged trial, a
 user mistake, or a trial another launcher holds is reported and not retried. Tune's own files
-(logs, error.txt) go to `<sweep>/.ray/<launch time>/<trial_id>/`; nothing reads them back:
+(logs, error.txt) go to `<sweep>/.ray/<launch time-pid>/<trial_id>/`; nothing reads them back:
 skip-if-done and resume rest on the trial folders, so a sweep can move between backends.
 
 On a cluster, the sweep folder (and the data) must be on a filesystem every node mounts at the
@@ -22,14 +22,32 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import ray
-from ray import tune
+
+def _token_auth_if_token() -> None:
+    """Send the user's Ray token when there is one (Ray reads RAY_AUTH_MODE once, when imported).
+
+    Ray >= 2.59 turns token auth on for every cluster it starts where a token exists
+    (~/.ray/auth_token), but a driver joining one sends the token only with RAY_AUTH_MODE=token,
+    else it fails after ~20 s (InvalidAuthToken). A token-mode driver joins a cluster without
+    auth too, and a local ray.init() enables token mode anyway, so this is safe either way.
+    """
+    token_file = Path.home() / ".ray" / "auth_token"
+    has_token = "RAY_AUTH_TOKEN" in os.environ or "RAY_AUTH_TOKEN_PATH" in os.environ or token_file.exists()
+    if "RAY_AUTH_MODE" not in os.environ and has_token:
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
+_token_auth_if_token()
+import ray  # noqa: E402
+from ray import tune  # noqa: E402
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: E402
 
 import trainer
 from orchestrator.plan import TrialState, load_spec, read_state
@@ -41,7 +59,7 @@ from trainer.results import EPOCHS, STATUS, read_json
 
 # The packages a worker imports to run a trial (the trainable is pickled by reference to this module).
 _PACKAGES = (Path(trainer.__file__).parent, Path(__file__).resolve().parents[1])
-_PROBE_TIMEOUT_S = 120  # a cluster may have to start a node first
+_PROBE_TIMEOUT_S = 60
 
 
 def run_ray(spec_paths: list[Path], profile: RayProfile, sweep: Path) -> None:
@@ -49,9 +67,11 @@ def run_ray(spec_paths: list[Path], profile: RayProfile, sweep: Path) -> None:
 
     Failed trials do not raise: the caller rescans the trial folders for the outcome.
     """
+    if not spec_paths:
+        return
     folders = [str(p.parent.resolve()) for p in spec_paths]
     sweep = sweep.resolve()
-    _check_profile(profile)
+    _check_profile(profile, {load_spec(Path(f)).device for f in folders})
     started, private_temp = _connect(profile, sweep)
     try:
         if profile.address is None:
@@ -67,13 +87,16 @@ def run_ray(spec_paths: list[Path], profile: RayProfile, sweep: Path) -> None:
                 max_concurrent_trials=profile.max_concurrent or None,
                 trial_name_creator=_trial_id,
                 trial_dirname_creator=_trial_id,
+                # The next trial reuses a finished trial's worker process: torch and the project are
+                # imported once per worker, not once per trial (seconds each on a small machine).
+                reuse_actors=True,
             ),
             run_config=tune.RunConfig(
-                name=time.strftime("%Y%m%d-%H%M%S"),
+                name=f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",  # one per launch; launchers may share a sweep
                 storage_path=str(sweep / ".ray"),
                 failure_config=tune.FailureConfig(max_failures=profile.max_failures),
                 callbacks=[_ProgressCallback(len(folders))],
-                verbose=0,  # our one-line progress instead of Tune's tables
+                verbose=0,  # our one-line progress, not Tune's status tables (it still prints a header)
             ),
         )
         grid = tuner.fit()
@@ -122,7 +145,14 @@ def _final_metrics(folder: Path) -> dict[str, Any]:
 
 
 # ---- starting or joining Ray ------------------------------------------------------------------------
-def _check_profile(profile: RayProfile) -> None:
+def preflight(profile: RayProfile) -> None:
+    """The profile's mistakes, and an unreachable cluster address, before anything is written."""
+    _check_profile(profile, {profile.device} if profile.device else set())
+    if profile.address is not None:
+        _check_reachable(profile.address)
+
+
+def _check_profile(profile: RayProfile, devices: set[str]) -> None:
     if profile.address is not None:
         local_only = [k for k in ("num_cpus", "num_gpus", "temp_dir") if getattr(profile, k) is not None]
         if local_only:
@@ -130,9 +160,11 @@ def _check_profile(profile: RayProfile) -> None:
     if profile.cpus_per_trial <= 0:
         raise UserError(f"ray profile: key 'cpus_per_trial' is {profile.cpus_per_trial}; allowed: > 0")
     if profile.gpus_per_trial > 1 and profile.gpus_per_trial != int(profile.gpus_per_trial):
-        raise UserError(f"ray profile: key 'gpus_per_trial' is {profile.gpus_per_trial}; allowed: a fraction <= 1 or a whole number")
-    if profile.gpus_per_trial == 0 and (profile.device or "").startswith("cuda"):
-        raise UserError("ray profile: device is cuda but gpus_per_trial is 0 (Ray hides the GPUs from such trials)")
+        raise UserError(f"ray profile: key 'gpus_per_trial' is {profile.gpus_per_trial}; allowed: a fraction <= 1, or whole GPUs")
+    if profile.gpus_per_trial == 0 and any(d.startswith("cuda") for d in devices):
+        raise UserError("ray profile: the trials' device is cuda but gpus_per_trial is 0 (Ray hides GPUs from such trials)")
+    if any(d.startswith("cuda:") for d in devices):
+        raise UserError("ray: a trial's device names a GPU (cuda:N) but Ray picks each trial's GPU; use device auto or cuda")
 
 
 def _connect(profile: RayProfile, sweep: Path) -> tuple[bool, str | None]:
@@ -144,30 +176,48 @@ def _connect(profile: RayProfile, sweep: Path) -> tuple[bool, str | None]:
         # Ray's sockets live under the temp dir and AF_UNIX paths stop at 107 bytes: keep it short.
         private = None if profile.temp_dir else tempfile.mkdtemp(prefix="ray-", dir="/tmp")
         ray.init(
+            address="local",  # a new Ray even where RAY_ADDRESS names a cluster
             num_cpus=profile.num_cpus, num_gpus=profile.num_gpus, include_dashboard=False,
             _temp_dir=profile.temp_dir or private, logging_level="WARNING",
         )  # fmt: skip
         return True, private
-    ray.init(address=profile.address, logging_level="WARNING")
+    _check_reachable(profile.address)
     try:
-        probe = _probe_workers(str(sweep))
-        if probe is None or probe[0] != _code_fingerprint():
-            # Workers lack this code or run another version of it: ship the two packages with the job.
+        ray.init(address=profile.address, logging_level="WARNING")
+    except ConnectionError as err:
+        reason = str(err).splitlines()[0]
+        raise UserError(f"ray cluster {profile.address}: cannot connect ({reason}); is it up (`ray status` on its head)?") from None
+    try:
+        probes = _probe_nodes(str(sweep))
+        if probes is None or any(fingerprint != _code_fingerprint() for _, fingerprint, _ in probes):
+            # A node lacks this code or runs another version of it: ship the two packages with the job.
             print("ray: shipping trainer/ and orchestrator/ to the workers (runtime_env py_modules)", file=sys.stderr)
             ray.shutdown()
-            ray.init(address=profile.address, logging_level="WARNING", runtime_env={"py_modules": [str(p) for p in _PACKAGES]})
-            probe = _probe_workers(str(sweep))
-        if probe is None:
-            raise UserError(f"ray cluster {profile.address}: a worker cannot import the project even with its code shipped; see the driver log above")
-        if not probe[1]:
+            code = {"py_modules": [str(p) for p in _PACKAGES]}
+            ray.init(address=profile.address, logging_level="WARNING", runtime_env=code)
+            probes = _probe_nodes(str(sweep))
+        if probes is None:
+            raise UserError(f"ray cluster {profile.address}: a node cannot run the project's code even shipped (see above)")
+        blind = [ip for ip, _, sees in probes if not sees]
+        if blind:
             raise UserError(
-                f"ray cluster {profile.address}: a worker node does not see {sweep}; put --results on a filesystem "
-                "every node mounts at the same path"
+                f"ray cluster {profile.address}: node(s) {', '.join(blind)} do not see {sweep}; put --results on a "
+                "filesystem every node mounts at the same path"
             )
     except BaseException:
         ray.shutdown()
         raise
     return True, None
+
+
+def _check_reachable(address: str) -> None:
+    """ray.init waits for minutes on a host:port where nothing listens; a TCP connect answers at once."""
+    host, _, port = address.rpartition(":")
+    if host and port.isdigit() and "://" not in address:
+        try:
+            socket.create_connection((host, int(port)), timeout=10).close()
+        except OSError as err:
+            raise UserError(f"ray cluster {address}: nothing answers there ({err}); is it up (`ray status` on its head)?") from None
 
 
 def _code_fingerprint() -> str:
@@ -179,16 +229,24 @@ def _code_fingerprint() -> str:
     return h.hexdigest()
 
 
-def _probe(sweep: str) -> tuple[str, bool]:
-    return _code_fingerprint(), os.path.isdir(sweep)
+def _probe(sweep: str) -> tuple[str, str, bool]:
+    return ray.util.get_node_ip_address(), _code_fingerprint(), os.path.isdir(sweep)
 
 
-def _probe_workers(sweep: str) -> tuple[str, bool] | None:
-    """(code fingerprint, sweep folder visible) on a worker; None if it cannot import this module."""
+def _probe_nodes(sweep: str) -> list[tuple[str, str, bool]] | None:
+    """(node ip, code fingerprint, sweep folder visible) of every live node; None if one cannot run this module.
+
+    Nodes the autoscaler adds later are not probed; they come from the same setup as these.
+    """
+    probe = ray.remote(num_cpus=0)(_probe)
     try:
-        return ray.get(ray.remote(num_cpus=0)(_probe).remote(sweep), timeout=_PROBE_TIMEOUT_S)
+        refs = [
+            probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(sweep)
+            for node in ray.nodes() if node["Alive"]
+        ]  # fmt: skip
+        return ray.get(refs, timeout=_PROBE_TIMEOUT_S)
     except (ray.exceptions.RayError, ImportError) as err:
-        print(f"ray: probing a worker failed: {type(err).__name__}: {str(err).splitlines()[0]}", file=sys.stderr)
+        print(f"ray: probing the nodes failed: {type(err).__name__}: {str(err).splitlines()[0]}", file=sys.stderr)
         return None
 
 
@@ -197,7 +255,9 @@ def _check_fits(profile: RayProfile) -> None:
     have = ray.cluster_resources()
     for key, need in (("CPU", profile.cpus_per_trial), ("GPU", profile.gpus_per_trial)):
         if need > have.get(key, 0):
-            raise UserError(f"ray profile: a trial asks for {need} {key} but the local Ray has {have.get(key, 0):g}; lower {key.lower()}s_per_trial")
+            raise UserError(
+                f"ray profile: a trial asks for {need} {key} but the local Ray has {have.get(key, 0):g}; lower {key.lower()}s_per_trial"
+            )
 
 
 # ---- naming, progress, summary ----------------------------------------------------------------------
@@ -229,7 +289,8 @@ class _ProgressCallback(tune.Callback):
         self._update(trials, trial, f"errored after {trial.num_failures} failures")
 
     def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        print(f"ray: {_trial_id(trial)} failed (failure {trial.num_failures}); restarting from its checkpoint", file=sys.stderr)
+        tid, n = _trial_id(trial), trial.num_failures
+        print(f"ray: {tid} failed (failure {n}); restarting from its checkpoint", file=sys.stderr)
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "progress": None}  # Tune pickles its callbacks; a stream does not pickle
@@ -239,7 +300,8 @@ def _print_summary(folders: list[str], reports: list[dict[str, Any]]) -> None:
     states = [read_state(Path(f)) for f in folders]
     busy = sum(r.get("state") == "busy" for r in reports)
     counts = {s: sum(st.state == s for st in states) for s in ("done", "failed", "running", "interrupted", "pending")}
-    print("ray: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n) + (f" ({busy} run by another launcher)" if busy else ""))
+    elsewhere = f" ({busy} run by another launcher)" if busy else ""
+    print("ray: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n) + elsewhere)
     for st in states:
         if st.state == "failed":
             print(f"  {st.trial_id} failed after {st.attempts} attempt(s): {st.error}")

@@ -1,0 +1,177 @@
+"""The Ray Tune backend against a real local Ray (no mocks): `python -m pytest -m ray`.
+
+Each sweep runs `python -m orchestrator.sweep --backend ray` in a subprocess (its own session),
+which starts a private Ray in a short temp dir of its own and stops it on exit; a subprocess that
+overruns is killed with its whole process group. Nothing here runs `ray stop`.
+
+Faults are real: a trial's worker process is SIGKILLed mid-training (as an OOM kill or a lost
+node would), and a trial with lr 1e6 really produces a non-finite loss in its first epoch.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pyarrow.parquet as pq
+import pytest
+
+pytest.importorskip("ray", reason="ray is not installed (pip install 'ray[tune]'); the Ray backend tests need it")
+
+from orchestrator.grid import load_grid  # noqa: E402
+
+pytestmark = pytest.mark.ray
+CLI_TIMEOUT_S = 150
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def ray_profile(tmp_path: Path) -> Iterator[Path]:
+    """A ray profile for this test: 2 CPUs, 1 per trial, its own short temp dir (AF_UNIX paths <= 107 bytes)."""
+    temp = tempfile.mkdtemp(prefix="rt-", dir="/tmp")
+    yield _write(
+        tmp_path / "ray.yaml",
+        f"backend: ray\nnum_cpus: 2\ncpus_per_trial: 1\nmax_failures: 2\ndevice: cpu\ntemp_dir: {temp}\n",
+    )
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+def _start_sweep(grid: Path, profile: Path, results: Path) -> subprocess.Popen[str]:
+    cmd = [sys.executable, "-m", "orchestrator.sweep", "--grid", str(grid), "--backend", "ray",
+           "--cluster", str(profile), "--results", str(results)]  # fmt: skip
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONWARNINGS": "ignore"}
+    return subprocess.Popen(
+        cmd, cwd=results.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,  # so an overrun can be killed with everything it started
+    )  # fmt: skip
+
+
+def _finish(proc: subprocess.Popen[str], timeout: float = CLI_TIMEOUT_S) -> tuple[int, str, str]:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"sweep overran {timeout} s\nstdout:\n{out}\nstderr:\n{err}")
+    return proc.returncode, out, err
+
+
+def _status(folder: Path) -> dict[str, Any]:
+    return json.loads((folder / "status.json").read_text())
+
+
+def _epochs(folder: Path) -> list[int]:
+    return pq.read_table(folder / "epochs.parquet", columns=["epoch"]).column("epoch").to_pylist()
+
+
+def test_ray_sweep_lands_in_the_trial_folders_and_never_runs_a_done_trial_twice(tmp_path: Path, ray_profile: Path) -> None:
+    grid = _write(
+        tmp_path / "grid.yaml",
+        "name: ray-digits\n"
+        "fixed: {model: resnet20, dataset: digits, epochs: 2, batch_size: 128, lr: 0.1}\n"
+        "sweep: {alpha: [-3, 0], seed: [0]}\n",
+    )
+    results = tmp_path / "results"
+    code, out, err = _finish(_start_sweep(grid, ray_profile, results))
+    assert code == 0, f"stdout:\n{out}\nstderr:\n{err}"
+
+    # The same trial ids (hence folders) as the local backend: both come from the grid's specs.
+    expected = {spec.trial_id for spec in load_grid(grid).specs}
+    trials = results / "ray-digits" / "trials"
+    assert {p.name for p in trials.iterdir()} == expected
+    for tid in expected:
+        status = _status(trials / tid)
+        assert (status["state"], status["attempts"], status["epoch"]) == ("done", 1, 2), status
+        assert _epochs(trials / tid) == [0, 1, 2]
+    # Tune's own files sit apart, one folder per trial named by its trial_id.
+    launches = list((results / "ray-digits" / ".ray").iterdir())
+    assert len(launches) == 1 and {p.name for p in launches[0].iterdir() if p.is_dir()} == expected
+    assert "ray: 2 done" in out
+
+    before = {tid: (trials / tid / "status.json").read_bytes() for tid in expected}
+    code, out, err = _finish(_start_sweep(grid, ray_profile, results))
+    assert code == 0, err
+    assert "nothing to run" in out
+    assert {tid: (trials / tid / "status.json").read_bytes() for tid in expected} == before
+    assert len(list((results / "ray-digits" / ".ray").iterdir())) == 1  # no second launch happened
+
+
+def _descends_from(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        if pid == ancestor:
+            return True
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return False
+    return False
+
+
+@pytest.fixture(scope="module")
+def fault_sweep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """One sweep of two trials: lr 0.1 (its worker is SIGKILLed after epoch 1) and lr 1e6 (diverges)."""
+    tmp = tmp_path_factory.mktemp("faults")
+    temp = tempfile.mkdtemp(prefix="rt-", dir="/tmp")
+    profile = _write(tmp / "ray.yaml", f"backend: ray\nnum_cpus: 2\ncpus_per_trial: 1\nmax_failures: 2\ndevice: cpu\ntemp_dir: {temp}\n")
+    grid = _write(
+        tmp / "grid.yaml",
+        "name: ray-faults\n"
+        "fixed: {model: resnet20, dataset: digits, epochs: 6, batch_size: 128}\n"
+        "sweep: {lr: [0.1, 1e6]}\n",
+    )
+    healthy, diverging = (s.trial_id for s in sorted(load_grid(grid).specs, key=lambda s: s.lr))
+    trials = tmp / "results" / "ray-faults" / "trials"
+    proc = _start_sweep(grid, profile, tmp / "results")
+    killed_after: int | None = None
+    deadline = time.monotonic() + CLI_TIMEOUT_S
+    try:
+        while killed_after is None and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+            try:
+                status = _status(trials / healthy)
+                holder = json.loads((trials / healthy / ".lock").read_text())
+            except (OSError, ValueError):
+                continue  # not started yet
+            if status.get("state") == "running" and (status.get("epoch") or 0) >= 1:
+                # Only a Ray worker under our sweep process: never anything we did not start.
+                if holder["pid"] != proc.pid and _descends_from(holder["pid"], proc.pid):
+                    os.kill(holder["pid"], signal.SIGKILL)
+                    killed_after = status["epoch"]
+        code, out, err = _finish(proc, max(1.0, deadline - time.monotonic()))
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        shutil.rmtree(temp, ignore_errors=True)
+    yield {"trials": trials, "healthy": healthy, "diverging": diverging, "killed_after": killed_after,
+           "code": code, "out": out, "err": err}  # fmt: skip
+
+
+def test_a_killed_trial_is_retried_by_tune_and_resumes_from_its_checkpoint(fault_sweep: dict[str, Any]) -> None:
+    f = fault_sweep
+    log = f"stdout:\n{f['out']}\nstderr:\n{f['err']}"
+    assert f["killed_after"] is not None and f["killed_after"] < 6, "the trial ended before it could be killed\n" + log
+    folder = f["trials"] / f["healthy"]
+    status = _status(folder)
+    assert (status["state"], status["attempts"], status["epoch"]) == ("done", 2, 6), status
+    assert _epochs(folder) == list(range(7))  # resumed: one row per epoch, none twice
+    assert "restarting from its checkpoint" in f["err"], log
+
+
+def test_a_diverged_trial_fails_once_and_is_not_retried(fault_sweep: dict[str, Any]) -> None:
+    f = fault_sweep
+    status = _status(f["trials"] / f["diverging"])
+    assert (status["state"], status["error_kind"], status["attempts"], status["retryable"]) == ("failed", "diverged", 1, False), status
+    assert "non-finite" in status["error"]
+    assert f["code"] == 1, f["err"]  # not every trial is done; the launcher itself did not crash
+    assert f"{f['diverging']} failed after 1 attempt(s)" in f["out"]
