@@ -129,7 +129,7 @@ def test_random_kills_of_launcher_and_workers(tmp_path: Path) -> None:
         proc = subprocess.Popen(launcher, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(rng.uniform(1.0, 5.0))
         if proc.poll() is not None:
-            break  # finished before the kill
+            continue  # finished before the kill: the next rounds find less (or nothing) to do
         workers = children(proc.pid)
         victim = rng.choice([proc.pid, *workers]) if workers else proc.pid
         os.kill(victim, signal.SIGKILL)

@@ -398,8 +398,9 @@ class TrialJob(submitit.helpers.Checkpointable):
                 status = read_status(trial)
                 if self._why == "cap":
                     self._fail(trial, status, self._message)
-                elif self._in_trial and status["state"] in ("running", "failed"):
-                    # run_trial recorded the interruption as a failure; it is not one.
+                elif self._in_trial and status["state"] in ("running", "failed", "interrupted"):
+                    # run_trial recorded the stop as interrupted (or, for our SIGTERM exception, as a
+                    # failure, which it is not): say why and by which job.
                     note = f"{self._message} (job {self._job_id}, {now()})"
                     status.update(state="interrupted", error=None, error_kind=None, ended=now(), last_interruption=note)
                     write_status(trial, status)
