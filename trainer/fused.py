@@ -84,28 +84,28 @@ class FusedLinear(nn.Module):
         return torch.baddbmm(self.bias.unsqueeze(1), xk, self.weight.transpose(1, 2))
 
 
-class FusedResNet20(nn.Module):
-    """K resnet20 (option-A) networks as one; parameters in TrackedNet's order and names."""
+class FusedResNet20(TrackedNet):
+    """K resnet20 (option-A) networks as one; parameters in TrackedNet's order and names.
+
+    TrackedNet's forward runs the fused layers as they are (`forward_flat`): stem, blocks, and
+    the spatial means of the block outputs, [B, K*U] model-major; `forward` splits them per model.
+    """
 
     def __init__(self, k: int, num_classes: int, in_channels: int) -> None:
-        super().__init__()
         if k < 1:
             raise ValueError(f"K must be >= 1, got {k}")
-        self.k, self.num_classes, self.in_channels = k, num_classes, in_channels
-        self.stem = nn.Sequential(
+        stem = nn.Sequential(
             nn.Conv2d(k * in_channels, k * STAGES[0], 3, 1, 1, bias=False, groups=k),
             nn.BatchNorm2d(k * STAGES[0]),
             nn.ReLU(inplace=True),
         )
-        blocks, names, c_in = [], [], STAGES[0]
+        blocks, c_in = [], STAGES[0]
         for i, c_out in enumerate(STAGES, start=1):
             for j in range(1, 4):
-                blocks.append(FusedBlockA(k, c_in, c_out, 2 if (i > 1 and j == 1) else 1))
-                names.append(f"stage{i}.block{j}")
+                blocks.append((f"stage{i}.block{j}", FusedBlockA(k, c_in, c_out, 2 if (i > 1 and j == 1) else 1)))
                 c_in = c_out
-        self.blocks = nn.ModuleList(blocks)
-        self.block_names = names
-        self.head = FusedLinear(k, STAGES[-1], num_classes)
+        super().__init__(stem, blocks, FusedLinear(k, STAGES[-1], num_classes))  # type: ignore[arg-type]
+        self.k, self.num_classes, self.in_channels = k, num_classes, in_channels
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight)  # fan_in of a grouped weight is one model's
@@ -115,14 +115,7 @@ class FusedResNet20(nn.Module):
 
     def forward_flat(self, x: torch.Tensor, capture: bool = False) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
         """x [B, K*C_in, H, W] -> logits [K, B, classes], feats per block [B, K*U] (model-major)."""
-        x = self.stem(x)
-        feats: list[torch.Tensor] | None = [] if capture else None
-        for block in self.blocks:
-            x = block(x)
-            if feats is not None:
-                feats.append(x.mean(dim=(2, 3), dtype=torch.float32))
-        pooled = feats[-1] if feats is not None else x.mean(dim=(2, 3))
-        return self.head(pooled), feats
+        return super().forward(x, capture)
 
     def forward(self, x: torch.Tensor, capture: bool = False) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
         """x [B, K*C_in, H, W] -> logits [K, B, classes], feats per block [K, B, U] (views) or None."""
