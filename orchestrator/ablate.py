@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         _, err = proc.communicate()
         del running[folder]
         if proc.returncode not in (0, 75):  # 75: another process ablates it right now
-            failed.append(f"{folder.name}: {err.decode(errors='replace').strip().splitlines()[-1:] or ['exit ' + str(proc.returncode)]}")
+            last = err.decode(errors="replace").strip().splitlines()
+            failed.append(f"{folder.name}: {last[-1] if last else f'exit code {proc.returncode}'}")
         progress.update(len(folders) - len(queue) - len(running) - len(failed), len(failed), len(running), folder.name)
     for line in failed:
         print(f"failed: {line}", file=sys.stderr)

@@ -43,12 +43,18 @@ def kept_epochs(folder: Path) -> list[int]:
     return sorted(int(m.group(1)) for m in found if m)
 
 
-def unit_csi_at(folder: Path, epoch: int) -> dict[str, np.ndarray]:
-    """Test-set CSI per unit of every layer at the end of `epoch`, from units.parquet."""
+def unit_csi(folder: Path, epochs: list[int]) -> dict[int, dict[str, np.ndarray]]:
+    """Test-set CSI per unit of every layer at the end of each of `epochs`: epoch -> layer -> [U].
+
+    One read of units.parquet (it holds every evaluation of the trial) for all the epochs.
+    """
     table = pq.read_table(folder / R.UNITS, columns=["epoch", "epoch_end", "layer", "unit", "csi"])
-    table = table.filter(pc.and_(pc.equal(table["epoch"], epoch), table["epoch_end"]))
-    df = table.to_pandas().sort_values(["layer", "unit"])
-    return {layer: g["csi"].to_numpy(dtype=np.float64) for layer, g in df.groupby("layer")}
+    table = table.filter(pc.and_(pc.is_in(table["epoch"], pa.array(epochs, pa.int64())), table["epoch_end"]))
+    df = table.to_pandas().sort_values(["epoch", "layer", "unit"])
+    return {
+        int(epoch): {layer: g["csi"].to_numpy(dtype=np.float64) for layer, g in per_epoch.groupby("layer")}
+        for epoch, per_epoch in df.groupby("epoch")
+    }
 
 
 def ablate_trial(
@@ -74,17 +80,13 @@ def ablate_trial(
     done = set(tables[0]["epoch"].to_pylist()) if tables else set()
     batch = eval_batch_size(data, spec.batch_size, device)
     added = 0
-    for epoch in epochs:
-        if epoch in done:
-            continue
+    todo = [e for e in epochs if e not in done]
+    csi = unit_csi(folder, todo) if todo else {}
+    for epoch in todo:
         state = torch.load(folder / KEPT / f"epoch_{epoch:03d}.pt", map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
-        rows = ablation_rows(model, data, unit_csi_at(folder, epoch), epoch, spec.seed, fractions, draws, batch, device)
-        n = len(rows["epoch"])
-        fields = spec.row_fields()
-        arrays = [pa.array([fields[f.name]] * n, type=f.type) for f in schema]
-        arrays += [pa.array(rows[f.name], type=f.type) for f in ABLATION_COLUMNS]
-        tables.append(pa.Table.from_arrays(arrays, schema=pa.schema(list(schema) + list(ABLATION_COLUMNS))))
+        rows = ablation_rows(model, data, csi[epoch], epoch, spec.seed, fractions, draws, batch, device)
+        tables.append(R.make_table(ABLATION_COLUMNS, rows, spec.row_fields(), schema))
         R.write_parquet(R.concat(tables), path)
         added += 1
     return added

@@ -34,38 +34,13 @@ import torch.nn.functional as F
 from trainer import faults
 from trainer.data import Batch
 from trainer.loop import EvalStats, TrainStats, autocast
-from trainer.models import TrackedNet, resnet20
+from trainer.models import BasicBlockA, TrackedNet, resnet20
 from trainer.selectivity import EPS, UnitSelectivity, class_counts, class_sums, csi_from_means
 
 STAGES = (16, 32, 64)
 
 
 # ---- the fused network ------------------------------------------------------------------------
-class FusedBlockA(nn.Module):
-    """K BasicBlockA side by side (same attribute names, so state-dict keys match)."""
-
-    def __init__(self, k: int, c_in: int, c_out: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(k * c_in, k * c_out, 3, stride, 1, bias=False, groups=k)
-        self.bn1 = nn.BatchNorm2d(k * c_out)
-        self.conv2 = nn.Conv2d(k * c_out, k * c_out, 3, 1, 1, bias=False, groups=k)
-        self.bn2 = nn.BatchNorm2d(k * c_out)
-        self.k, self.c_in, self.c_out, self.stride, self.pad = k, c_in, c_out, stride, c_out - c_in
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        short = x
-        if self.stride != 1 or self.pad:
-            short = x[:, :, :: self.stride, :: self.stride]
-            b, _, h, w = short.shape
-            # Option A per model: zero channels go around each model's own channels.
-            short = short.reshape(b, self.k, self.c_in, h, w)
-            short = F.pad(short, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
-            short = short.reshape(b, self.k * self.c_out, h, w)
-        return F.relu(out + short)
-
-
 class FusedLinear(nn.Module):
     """K linear layers: weight [K, out, in], bias [K, out]; [B, K*in] -> [K, B, out]."""
 
@@ -102,7 +77,7 @@ class FusedResNet20(TrackedNet):
         blocks, c_in = [], STAGES[0]
         for i, c_out in enumerate(STAGES, start=1):
             for j in range(1, 4):
-                blocks.append((f"stage{i}.block{j}", FusedBlockA(k, c_in, c_out, 2 if (i > 1 and j == 1) else 1)))
+                blocks.append((f"stage{i}.block{j}", BasicBlockA(c_in, c_out, 2 if (i > 1 and j == 1) else 1, groups=k)))
                 c_in = c_out
         super().__init__(stem, blocks, FusedLinear(k, STAGES[-1], num_classes))  # type: ignore[arg-type]
         self.k, self.num_classes, self.in_channels = k, num_classes, in_channels

@@ -50,15 +50,20 @@ def _out_channels(block: nn.Module) -> int:
 
 # ---- ResNet20 (CIFAR) ---------------------------------------------------------------------
 class BasicBlockA(nn.Module):
-    """He et al. CIFAR BasicBlock with option-A shortcut: subsample and zero-pad channels."""
+    """He et al. CIFAR BasicBlock with option-A shortcut: subsample and zero-pad channels.
 
-    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+    `groups` = K puts K independent blocks side by side (grouped convolutions, model-major
+    channels; trainer.fused) and pads each model's channels on its own.
+    """
+
+    def __init__(self, c_in: int, c_out: int, stride: int, groups: int = 1) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c_out)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out)
-        self.stride, self.pad = stride, c_out - c_in
+        k = groups
+        self.conv1 = nn.Conv2d(k * c_in, k * c_out, 3, stride, 1, bias=False, groups=k)
+        self.bn1 = nn.BatchNorm2d(k * c_out)
+        self.conv2 = nn.Conv2d(k * c_out, k * c_out, 3, 1, 1, bias=False, groups=k)
+        self.bn2 = nn.BatchNorm2d(k * c_out)
+        self.k, self.c_in, self.c_out, self.stride, self.pad = k, c_in, c_out, stride, c_out - c_in
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -66,7 +71,10 @@ class BasicBlockA(nn.Module):
         short = x
         if self.stride != 1 or self.pad:
             short = x[:, :, :: self.stride, :: self.stride]
+            b, _, h, w = short.shape
+            short = short.reshape(b, self.k, self.c_in, h, w)  # pad each model's own channels
             short = F.pad(short, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
+            short = short.reshape(b, self.k * self.c_out, h, w)
         return F.relu(out + short)
 
 

@@ -100,13 +100,18 @@ def file_schema(name: str, trial_schema: pa.Schema) -> pa.Schema:
     return pa.schema(list(trial_schema) + list(COLUMNS[name]))
 
 
-def make_table(name: str, rows: dict[str, list], row_fields: dict[str, Any], trial_schema: pa.Schema) -> pa.Table:
-    """A table of one file's metric columns `rows` (column -> values) plus the trial's constant fields."""
-    columns = COLUMNS[name]
+def make_table(
+    name: str | pa.Schema, rows: dict[str, list], row_fields: dict[str, Any], trial_schema: pa.Schema
+) -> pa.Table:
+    """A table of metric columns `rows` (column -> values) plus the trial's constant fields.
+
+    `name`: one of the trial's files (its columns in COLUMNS), or the metric columns themselves.
+    """
+    columns = COLUMNS[name] if isinstance(name, str) else name
     n = len(rows[columns.names[0]])
     arrays = [pa.array([row_fields[f.name]] * n, type=f.type) for f in trial_schema]
     arrays += [pa.array(rows[f.name], type=f.type) for f in columns]
-    return pa.Table.from_arrays(arrays, schema=file_schema(name, trial_schema))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(list(trial_schema) + list(columns)))
 
 
 # ---- atomic files ---------------------------------------------------------------------------

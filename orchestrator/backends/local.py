@@ -72,8 +72,9 @@ def _run_in_workers(folders: list[Path], profile: LocalProfile, progress: Progre
         while queue or running:
             while queue and len(running) < profile.max_parallel:
                 folder = queue.pop(0)
-                if not read_state(folder).runnable(profile.max_attempts):
-                    finished.append(read_state(folder))
+                state = read_state(folder)
+                if not state.runnable(profile.max_attempts):
+                    finished.append(state)
                     continue
                 with open(folder / LOG, "ab") as log:
                     running[folder] = subprocess.Popen(
