@@ -19,15 +19,16 @@ import torch
 
 from trainer import results as R
 from trainer.ablation import ablation_rows
-from trainer.data import data_info, load_dataset
+from trainer.attempt import pick_device, read_status
+from trainer.checkpoint import KEPT
+from trainer.cli import EXIT_DONE, command
+from trainer.data import data_info, eval_batch_size, load_dataset
 from trainer.errors import UserError
 from trainer.lock import TrialLock
 from trainer.models import build_model
-from trainer.run import EXIT_DONE, command, eval_batch_size, pick_device, read_status
 from trainer.spec import TrialSpec
 
 ABLATIONS = "ablations.parquet"
-KEPT = "checkpoints"
 DEFAULT_FRACTIONS = (0.0, 0.125, 0.25, 0.5, 0.75, 1.0)
 ABLATION_COLUMNS = pa.schema(
     [

@@ -35,7 +35,8 @@ from trainer.loop import evaluate, train_epoch
 from trainer.models import build_model
 from trainer.provenance import device_name
 from trainer.registry import DATASET_NAMES, MODEL_NAMES
-from trainer.run import eval_batch_size, pick_device
+from trainer.attempt import pick_device
+from trainer.data import eval_batch_size
 from trainer.spec import TrialSpec
 
 SYNTHETIC = "synthetic-cifar"

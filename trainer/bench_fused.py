@@ -24,7 +24,7 @@ from trainer.data import Data, data_info, load_dataset
 from trainer.fused import FusedResNet20, fused_train_epoch
 from trainer.loop import train_epoch
 from trainer.models import build_model
-from trainer.run import pick_device
+from trainer.attempt import pick_device
 
 
 def _batches(data: Data, seed: int, batch: int, steps: int, round_: int):

@@ -309,3 +309,14 @@ def load_dataset(name: str, root: str | Path, device: torch.device, num_workers:
         return FolderData(info, root, device, num_workers)
     train, test = reader(root)
     return TensorData(info, train, test, device)
+
+
+def eval_batch_size(data: Data, train_batch: int, device: torch.device) -> int:
+    """Evaluation batch: the numbers do not depend on it (eval mode), only the speed does.
+
+    In-memory test sets: 1000 on a GPU; 256 on a CPU, where bigger batches overflow the cache
+    (ResNet20/CIFAR: 2.9 s per 1000 images at 1000 vs 1.3 s at 128). Streamed: the train batch.
+    """
+    if not hasattr(data, "test_x"):
+        return train_batch
+    return 1000 if device.type == "cuda" else 256

@@ -17,12 +17,10 @@ Exit codes of the command: 0 done, 2 user mistake, 3 trial failed (recorded in s
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import traceback
 from itertools import islice
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -30,43 +28,15 @@ import torch
 
 from trainer import faults
 from trainer import results as R
-from trainer.data import Data, data_info, load_dataset
+from trainer.ablate import ablate_trial
+from trainer.attempt import attempt, read_status, write_status
+from trainer.checkpoint import load_checkpoint, save_checkpoint
+from trainer.cli import EXIT_DONE, EXIT_FAILED, command
+from trainer.data import Data, data_info, eval_batch_size, load_dataset
 from trainer.errors import UserError
-from trainer.lock import TrialBusy, TrialLock
 from trainer.loop import EvalStats, NonFiniteLoss, TrainStats, combine, evaluate, lr_at, train_epoch
-from trainer.models import TrackedNet, build_model
-from trainer.provenance import device_name, now, provenance
+from trainer.models import build_model
 from trainer.spec import TrialSpec
-
-EXIT_DONE, EXIT_USER, EXIT_FAILED, EXIT_BUSY = 0, 2, 3, 75
-def eval_batch_size(data: Data, train_batch: int, device: torch.device) -> int:
-    """Evaluation batch: the numbers do not depend on it (eval mode), only the speed does.
-
-    In-memory test sets: 1000 on a GPU; 256 on a CPU, where bigger batches overflow the cache
-    (ResNet20/CIFAR: 2.9 s per 1000 images at 1000 vs 1.3 s at 128). Streamed: the train batch.
-    """
-    if not hasattr(data, "test_x"):
-        return train_batch
-    return 1000 if device.type == "cuda" else 256
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"field 'device' is '{name}' but no CUDA device is visible on this machine; allowed here: auto, cpu")
-    return torch.device(name)
-
-
-# ---- status.json ------------------------------------------------------------------------------
-def read_status(folder: Path) -> dict[str, Any]:
-    path = folder / R.STATUS
-    return R.read_json(path) if path.exists() else {"state": "pending", "attempts": 0}
-
-
-def write_status(folder: Path, status: dict[str, Any]) -> None:
-    R.write_json(status, folder / R.STATUS)
-
 
 # ---- result rows --------------------------------------------------------------------------------
 class ResultLog:
@@ -122,43 +92,6 @@ class ResultLog:
             R.write_parquet(table, self.folder / name)
 
 
-# ---- checkpoints ------------------------------------------------------------------------------
-KEPT = "checkpoints"  # <trial>/checkpoints/epoch_NNN.pt: kept for analysis (trainer.ablate)
-
-
-def save_checkpoint(
-    folder: Path, model: TrackedNet, optimizer: torch.optim.Optimizer, epoch: int, step: int, keep: bool = False
-) -> None:
-    """Replace the rolling resume checkpoint; with `keep`, also keep this epoch's for analysis."""
-    tmp = folder / f".{R.CHECKPOINT}{R.TMP_MARK}{os.getpid()}"
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step}, tmp)
-    faults.point("checkpoint-tmp")
-    if keep:
-        # A hard link to the same bytes: no copy; the next rolling checkpoint is a new file.
-        kept = folder / KEPT
-        kept.mkdir(exist_ok=True)
-        link = kept / f".epoch_{epoch:03d}.pt{R.TMP_MARK}{os.getpid()}"
-        link.unlink(missing_ok=True)
-        os.link(tmp, link)
-        R.replace_atomically(link, kept / f"epoch_{epoch:03d}.pt")
-    R.replace_atomically(tmp, folder / R.CHECKPOINT)
-
-
-def load_checkpoint(folder: Path, device: torch.device) -> dict[str, Any] | None:
-    """The last checkpoint, or None if the trial never finished an epoch.
-
-    Loaded with weights_only=True: only tensors and plain containers, never arbitrary objects.
-    An unreadable checkpoint is an error, not a reason to start over silently.
-    """
-    path = folder / R.CHECKPOINT
-    if not path.exists():
-        return None
-    try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except Exception as err:
-        raise RuntimeError(f"checkpoint {path} is unreadable ({err}); delete it to restart the trial from scratch") from err
-
-
 # ---- the trial ----------------------------------------------------------------------------------
 def train_trial(spec: TrialSpec, folder: Path, device: torch.device, status: dict[str, Any]) -> None:
     """Train `spec` into `folder`, resuming from its checkpoint if there is one.
@@ -182,7 +115,7 @@ def train_trial(spec: TrialSpec, folder: Path, device: torch.device, status: dic
     if ckpt is None:
         log.add(0, 0, None, None, None, evaluate(model, data.test_batches(eval_batch), info.num_classes, device))
         log.write()
-        save_checkpoint(folder, model, optimizer, epoch=0, step=0, keep=0 in kept)
+        save_checkpoint(folder, model.state_dict(), optimizer.state_dict(), epoch=0, step=0, keep=0 in kept)
         done_epochs = 0
     else:
         model.load_state_dict(ckpt["model"])
@@ -214,7 +147,7 @@ def train_trial(spec: TrialSpec, folder: Path, device: torch.device, status: dic
         log.add(e + 1, step, lr, alpha, train, ev)
         log.write()  # rows first, then the checkpoint: a resume drops rows the checkpoint lacks
         faults.point("rows-written")
-        save_checkpoint(folder, model, optimizer, epoch=e + 1, step=step, keep=e + 1 in kept)
+        save_checkpoint(folder, model.state_dict(), optimizer.state_dict(), epoch=e + 1, step=step, keep=e + 1 in kept)
         status["epoch"] = e + 1
         write_status(folder, status)
 
@@ -225,64 +158,34 @@ def run_trial(spec: TrialSpec, folder: str | Path) -> str:
     Raises TrialBusy if another live process holds the trial, UserError for user mistakes
     (recorded as failed too). Any other exception is recorded as failed and re-raised.
     """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    with TrialLock(folder):
-        status = read_status(folder)
-        if status.get("trial_id") not in (None, spec.trial_id):  # e.g. spec.json edited after the run
-            raise UserError(f"{folder}: holds trial {status['trial_id']}, not {spec.trial_id}; one folder per trial")
-        if status["state"] == "done" or (status["state"] == "failed" and not status.get("retryable", True)):
-            return status["state"]
-        R.remove_temp_files(folder)
-        spec_path = folder / R.SPEC
-        if not spec_path.exists():
-            R.write_json(spec.to_dict(), spec_path)
-        elif (other := TrialSpec.from_dict(R.read_json(spec_path), str(spec_path)).trial_id) != spec.trial_id:
-            raise UserError(f"{spec_path}: belongs to trial {other}, not {spec.trial_id}; one folder per trial")
-        device = pick_device(spec.device)
-        status.update(
-            state="running", attempts=int(status.get("attempts", 0)) + 1, trial_id=spec.trial_id, error=None,
-            started=now(), ended=None, device=device_name(device), **provenance(),
-        )  # fmt: skip
-        write_status(folder, status)
-        try:
-            train_trial(spec, folder, device, status)
-            if spec.ablation_fractions is not None:
-                from trainer.ablate import ablate_trial  # imports this module: load it only when asked
-
-                ablate_trial(folder, spec.ablation_fractions, spec.ablation_draws, spec.device, require_done=False)
-        except NonFiniteLoss as err:
-            status.update(state="failed", error=str(err), error_kind="diverged", retryable=False, ended=now())
-            write_status(folder, status)
-            return "failed"
-        except UserError as err:
-            status.update(state="failed", error=str(err), error_kind="user", retryable=True, ended=now())
-            write_status(folder, status)
-            raise
-        except (KeyboardInterrupt, SystemExit) as err:  # stopped from outside (Ctrl-C, a launcher's signal)
-            status.update(state="interrupted", error=f"interrupted ({type(err).__name__})", error_kind=None, ended=now())
-            write_status(folder, status)
-            raise
-        except BaseException as err:  # noqa: BLE001 - recorded, then re-raised
-            summary = "".join(traceback.format_exception_only(type(err), err)).strip()
-            status.update(state="failed", error=summary, error_kind="exception", retryable=True, ended=now())
-            write_status(folder, status)
-            raise
-        status.update(state="done", error=None, error_kind=None, ended=now())
-        write_status(folder, status)
-        return "done"
+    with attempt(spec, Path(folder)) as a:
+        if a.final is None:
+            a.status["fused"] = False
+            train_trial(spec, a.folder, a.device, a.status)
+            ablate_if_asked(spec, a.folder)
+    assert a.final is not None
+    return a.final
 
 
-def command(body: Callable[[], int]) -> int:
-    """Run a trainer command: a user mistake is one line and exit 2, a busy trial exit 75."""
+def ablate_if_asked(spec: TrialSpec, folder: Path) -> None:
+    """The trial's own ablation job (field ablation_fractions), in the same attempt as its training."""
+    if spec.ablation_fractions is not None:
+        ablate_trial(folder, spec.ablation_fractions, spec.ablation_draws, spec.device, require_done=False)
+
+
+def read_spec(path: Path) -> TrialSpec:
+    """A spec.json given on a command line; a missing or malformed one is a user mistake."""
+    if not path.is_file():
+        raise UserError(f"{path}: no such spec file")
     try:
-        return body()
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_USER
-    except TrialBusy as err:
-        print(f"busy: {err}", file=sys.stderr)
-        return EXIT_BUSY
+        raw = R.read_json(path)
+    except ValueError as err:
+        raise UserError(f"{path}: not valid JSON ({err})") from None
+    return TrialSpec.from_dict(raw, where=str(path))
+
+
+def outcome_line(spec: TrialSpec, folder: Path, state: str) -> str:
+    return f"{spec.trial_id}: {state}" + (f" ({read_status(folder).get('error')})" if state == "failed" else "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -291,16 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def body() -> int:
-        if not args.spec.is_file():
-            raise UserError(f"{args.spec}: no such spec file")
-        try:
-            raw = R.read_json(args.spec)
-        except ValueError as err:
-            raise UserError(f"{args.spec}: not valid JSON ({err})") from None
-        spec = TrialSpec.from_dict(raw, where=str(args.spec))
+        spec = read_spec(args.spec)
         state = run_trial(spec, args.spec.parent)
-        final = read_status(args.spec.parent)
-        print(f"{spec.trial_id}: {state}" + (f" ({final.get('error')})" if state == "failed" else ""))
+        print(outcome_line(spec, args.spec.parent, state))
         return EXIT_DONE if state == "done" else EXIT_FAILED
 
     return command(body)

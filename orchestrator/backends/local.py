@@ -22,7 +22,8 @@ from orchestrator.profiles import LocalProfile
 from orchestrator.progress import Progress
 from trainer.errors import UserError
 from trainer.lock import TrialBusy
-from trainer.run import EXIT_BUSY, EXIT_USER, run_trial
+from trainer.cli import EXIT_BUSY, EXIT_USER
+from trainer.run import run_trial
 
 LOG = "trainer.log"
 

@@ -1,0 +1,54 @@
+"""A trial's checkpoints: the rolling resume checkpoint and the epochs kept for analysis.
+
+    <trial>/checkpoint.pt              {"model", "optimizer", "epoch", "step"}: replaced after every epoch
+    <trial>/checkpoints/epoch_NNN.pt   the same file, kept (a hard link, no copy) for trainer.ablate
+
+The layout is a plain single-model `state_dict` and SGD `state_dict` whether the trial trained
+alone or fused with others (trainer.group slices its member's share out), so a trial resumes
+alone or in any group.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainer import faults
+from trainer import results as R
+
+KEPT = "checkpoints"
+
+
+def save_checkpoint(
+    folder: Path, model_state: dict[str, Any], optimizer_state: dict[str, Any], epoch: int, step: int, keep: bool = False
+) -> None:
+    """Replace the rolling resume checkpoint; with `keep`, also keep this epoch's for analysis."""
+    tmp = folder / f".{R.CHECKPOINT}{R.TMP_MARK}{os.getpid()}"
+    torch.save({"model": model_state, "optimizer": optimizer_state, "epoch": epoch, "step": step}, tmp)
+    faults.point("checkpoint-tmp")
+    if keep:
+        # A hard link to the same bytes: no copy; the next rolling checkpoint is a new file.
+        kept = folder / KEPT
+        kept.mkdir(exist_ok=True)
+        link = kept / f".epoch_{epoch:03d}.pt{R.TMP_MARK}{os.getpid()}"
+        link.unlink(missing_ok=True)
+        os.link(tmp, link)
+        R.replace_atomically(link, kept / f"epoch_{epoch:03d}.pt")
+    R.replace_atomically(tmp, folder / R.CHECKPOINT)
+
+
+def load_checkpoint(folder: Path, device: torch.device) -> dict[str, Any] | None:
+    """The last checkpoint, or None if the trial never finished an epoch.
+
+    Loaded with weights_only=True: only tensors and plain containers, never arbitrary objects.
+    An unreadable checkpoint is an error, not a reason to start over silently.
+    """
+    path = folder / R.CHECKPOINT
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:
+        raise RuntimeError(f"checkpoint {path} is unreadable ({err}); delete it to restart the trial from scratch") from err
