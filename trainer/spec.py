@@ -36,6 +36,11 @@ LATER_FIELDS = {"eval_every_steps": 0, "eval_until_epoch": 0}
 ROW_ID_FIELDS = ("trial_id", "sweep", "model", "dataset", "alpha", "seed", "onset_epoch", "offset_epoch")
 
 LR_SCHEDULES = ("step", "cosine")
+# Fused training (trainer.group): trials may train together as one network when they differ
+# only in these (each member's own alpha schedule, seed: init, data order, augmentation; and
+# labels), and their model has a fused form.
+PER_MEMBER_FIELDS = frozenset({"alpha", "onset_epoch", "offset_epoch", "seed"}) | LABEL_FIELDS
+FUSABLE_MODELS = frozenset({"resnet20"})
 
 
 @dataclass(frozen=True)
@@ -140,6 +145,13 @@ class TrialSpec:
                 continue
             out["base_lr" if k == "lr" else k] = v
         return out
+
+    def fuse_key(self) -> tuple[tuple[str, str], ...] | None:
+        """Trials with equal keys can train fused (trainer.group); None: this one trains alone."""
+        if self.model not in FUSABLE_MODELS:
+            return None
+        d = self.to_dict()
+        return tuple((k, repr(d[k])) for k in sorted(d) if k not in PER_MEMBER_FIELDS)
 
     # ---- derived schedule ---------------------------------------------------------------
     def alpha_at(self, epoch: int) -> float:
