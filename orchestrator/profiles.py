@@ -29,14 +29,18 @@ class BaseProfile:
     data_root: str | None = None  # where the data sets are on this site; None: the grid's / $SWEEP_DATA_ROOT
     num_workers: int | None = None  # DataLoader workers (streamed data sets)
     max_attempts: int = 3  # a trial that failed (not diverged) this often is left failed
+    # Trials per fused group (trainer.group): trials differing only in alpha, onset and seed
+    # train as one network, K at a time, in one worker / Tune trial / array task; 1: each alone.
+    fuse: int = 16
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
                 raise UserError(f"key '{f.name}' is {value}; allowed: >= 0")
-        if self.max_attempts < 1:
-            raise UserError(f"key 'max_attempts' is {self.max_attempts}; allowed: >= 1")
+        for key in ("max_attempts", "fuse"):
+            if getattr(self, key) < 1:
+                raise UserError(f"key '{key}' is {getattr(self, key)}; allowed: >= 1")
 
     def trial_overrides(self) -> dict[str, Any]:
         """The resource fields this profile sets on every trial."""

@@ -5,6 +5,10 @@
     --dry-run                                  print the trials and a GPU-hour estimate; write nothing
     --max-parallel N                           local backend: N worker processes
     --retry-failed                             give failed trials (not diverged ones) another round of attempts
+    --fuse K                                   trials per fused group (default: the profile's, 16); 1: each alone
+
+Trials that differ only in alpha, onset and seed train K at a time as one fused network
+(trainer.group), on every backend: one worker, Tune trial or array task per group.
 
 Only what is not done runs; a finished trial never runs twice (each trial folder is locked
 while it runs, so two launchers on one sweep share the work). Everything is validated (grid,
@@ -20,9 +24,11 @@ from pathlib import Path
 from orchestrator.errors import UserError, cli
 from orchestrator.estimate import estimate
 from orchestrator.grid import Grid, load_grid
-from orchestrator.plan import Plan, check_writable, make_plan, prepare, record_grid, scan, sweep_dir
-from orchestrator.profiles import BACKENDS, Profile, default_profile, load_profile
+from orchestrator.pack import pack
+from orchestrator.plan import Plan, check_writable, make_plan, prepare, record_grid, scan, sweep_dir, trial_folder
+from orchestrator.profiles import BACKENDS, LocalProfile, Profile, default_profile, load_profile
 from trainer.data import check_data
+from trainer.results import SPEC
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -34,6 +40,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--max-parallel", type=int, help="local backend: worker processes (overrides the profile)")
     p.add_argument("--retry-failed", action="store_true")
+    p.add_argument("--fuse", type=int, metavar="K", help="trials per fused group (overrides the profile's 'fuse'); 1: each alone")
     return p.parse_args(argv)
 
 
@@ -45,7 +52,18 @@ def resolve_profile(args: argparse.Namespace) -> Profile:
         if profile.backend != "local" or args.max_parallel < 1:
             raise UserError("--max-parallel: allowed only with the local backend, and >= 1")
         profile = replace(profile, max_parallel=args.max_parallel)  # type: ignore[call-arg]
+    if args.fuse is not None:
+        if args.fuse < 1:
+            raise UserError(f"--fuse is {args.fuse}; allowed: >= 1 (1: every trial alone)")
+        profile = replace(profile, fuse=args.fuse)
     return profile
+
+
+def groups_of(plan: Plan, profile: Profile) -> list[list[Path]]:
+    """The trials to run as fused groups of spec.json paths (one per worker / Tune trial / array task)."""
+    workers = profile.max_parallel if isinstance(profile, LocalProfile) else 1
+    groups = pack(plan.to_run, profile.fuse, min_groups=workers)
+    return [[trial_folder(plan.sweep, s.trial_id) / SPEC for s in g] for g in groups]
 
 
 def print_plan(grid: Grid, plan: Plan, profile: Profile) -> None:
@@ -61,6 +79,9 @@ def print_plan(grid: Grid, plan: Plan, profile: Profile) -> None:
         f"\n{grid.name}: {len(plan.specs)} trials ({dup} duplicates collapsed), {plan.count('done')} done, "
         f"{len(plan.to_run)} to run on backend '{profile.backend}'"
     )
+    groups = pack(plan.to_run, profile.fuse)
+    fused = sum(len(g) for g in groups if len(g) > 1)
+    print(f"packing: {fused} of {len(plan.to_run)} trials train fused, in {sum(len(g) > 1 for g in groups)} groups of at most {profile.fuse} (--fuse)")
     print(f"GPU-hours to run: {est.gpu_hours:.2f} ({est.explain()})")
 
 
@@ -94,19 +115,24 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     paths = prepare(plan)
     record_grid(args.grid, folder)
-    print(f"{grid.name}: running {len(paths)} of {len(plan.specs)} trials on '{profile.backend}' into {folder}", file=sys.stderr)
+    groups = groups_of(plan, profile)
+    print(
+        f"{grid.name}: running {len(paths)} of {len(plan.specs)} trials as {len(groups)} groups (fuse {profile.fuse}) "
+        f"on '{profile.backend}' into {folder}",
+        file=sys.stderr,
+    )
     if profile.backend == "local":
         from orchestrator.backends.local import run_local
 
-        run_local(paths, profile)  # type: ignore[arg-type]
+        run_local(groups, profile)  # type: ignore[arg-type]
     elif profile.backend == "ray":
         from orchestrator.backends.ray import run_ray
 
-        run_ray(paths, profile, folder)  # type: ignore[arg-type]
+        run_ray(groups, profile, folder)  # type: ignore[arg-type]
     else:
         from orchestrator.backends.slurm import run_slurm
 
-        if not run_slurm(paths, profile, folder):  # type: ignore[arg-type]
+        if not run_slurm(groups, profile, folder):  # type: ignore[arg-type]
             print(f"submitted; follow with: python -m orchestrator.status {folder}")
             return 0
     final = make_plan(grid.specs, folder, max_attempts)

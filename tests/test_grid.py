@@ -122,6 +122,7 @@ BAD_PROFILES = {
     "multi-line setup": ("backend: slurm\nsetup: [\"echo a\\necho b\"]\n", "key 'setup'"),
     "injection": ("backend: slurm\npartition: 'gpu --wrap=evil'\n", "key 'partition'"),
     "ray key in slurm": ("backend: slurm\naddress: auto\n", "unknown key 'address'"),
+    "fuse zero": ("backend: local\nfuse: 0\n", "key 'fuse' is 0; allowed: >= 1"),
 }
 
 

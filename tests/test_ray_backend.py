@@ -93,10 +93,12 @@ def test_ray_sweep_lands_in_the_trial_folders_and_never_runs_a_done_trial_twice(
     for tid in expected:
         status = _status(trials / tid)
         assert (status["state"], status["attempts"], status["epoch"]) == ("done", 1, 2), status
+        assert status["fused"] == 2  # the two alphas trained as one fused network, in one Tune trial
         assert _epochs(trials / tid) == [0, 1, 2]
-    # Tune's own files sit apart, one folder per trial named by its trial_id.
+    # Tune's own files sit apart, one folder per Tune trial (group) named by its first trial_id.
     launches = list((results / "ray-digits" / ".ray").iterdir())
-    assert len(launches) == 1 and {p.name for p in launches[0].iterdir() if p.is_dir()} == expected
+    first = next(s.trial_id for s in load_grid(grid).specs)
+    assert len(launches) == 1 and {p.name for p in launches[0].iterdir() if p.is_dir()} == {f"{first}+1"}
     assert "ray: 2 done" in out
 
     before = {tid: (trials / tid / "status.json").read_bytes() for tid in expected}

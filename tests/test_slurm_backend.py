@@ -203,7 +203,7 @@ def test_sweep_in_two_arrays_lands_in_trial_folders_and_runs_once(tmp_path: Path
     # holds shell syntax: it must reach spec.json only, never the sbatch script.
     hostile = f"x$(touch {tmp_path}/pwned)`touch {tmp_path}/pwned2`;touch {tmp_path}/pwned3"
     grid = write_grid(tmp_path, sweep_name, f"epochs: 1, data_root: {json.dumps(hostile)}", "  seed: [0,1,2,3,4,5,6,7,8,9,10,11]\n")
-    profile = write_profile(tmp_path, wait=True)
+    profile = write_profile(tmp_path, wait=True, fuse=1)  # one trial per task (fused groups: the test below)
     results = tmp_path / "results"
     cmd = [sys.executable, "-m", "orchestrator.sweep", "--grid", str(grid), "--cluster", str(profile), "--results", str(results)]
     first = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
@@ -264,6 +264,37 @@ def test_preempted_trial_resumes_and_requeue_cap_fails_the_other(
     assert cli(status_main, [str(sweep)]) == 0
     out = capsys.readouterr().out
     assert "2 trials: 1 done" in out and "1 failed" in out and "requeued 2 times" in out
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_fused_groups_are_array_tasks_and_a_preempted_group_resumes(tmp_path: Path, sweep_name: str) -> None:
+    # 4 trials that differ in seed only, fuse 2: two array tasks of two fused trials each.
+    grid = write_grid(tmp_path, sweep_name, "epochs: 8", "  seed: [0, 1, 2, 3]\n")
+    args = ["--grid", str(grid), "--cluster", str(write_profile(tmp_path, fuse=2)), "--results", str(tmp_path / "r")]
+    assert cli(sweep_main, args) == 0
+    sweep = tmp_path / "r" / sweep_name
+    specs = load_grid(grid).specs
+    folders = [sweep / "trials" / s.trial_id for s in specs]
+    jobs = [job_of(f) for f in folders]
+    assert jobs[0] == jobs[1] and jobs[2] == jobs[3] and jobs[0] != jobs[2]  # the groups keep plan order
+    first = folders[:2]
+
+    wait_until(lambda: all(status(f).get("epoch", 0) >= 1 and read_state(f).state == "running" for f in first), 120, "group 1 trains")
+    before = [snapshot_checkpointed_rows(f) for f in first]
+    scontrol("requeue", jobs[0])
+    wait_until(lambda: not squeue(jobs), 240, "both tasks leave the queue")
+
+    for f, rows in zip(first, before):
+        st = status(f)
+        assert (st["state"], st["attempts"], st["fused"]) == ("done", 2, 2), st
+        assert st["last_interruption"].startswith("SIGTERM (preempted, requeued or cancelled)")
+        assert_resumed(f, rows, epochs=8)
+    for f in folders[2:]:
+        st = status(f)
+        assert (st["state"], st["attempts"], st["fused"]) == ("done", 1, 2), st
+    log = job_log(sweep, jobs[0])
+    assert all(f"{f.name}: job {jobs[0]}" in log for f in first) and "requeues so far 1" in log
 
 
 def epochs_lasting(tmp_path: Path, seconds: float) -> int:
@@ -333,7 +364,7 @@ def test_stale_jobs_never_rerun_a_trial(tmp_path: Path, sweep_name: str, capsys:
     assert cli(sweep_main, args) == 0  # its job is still queued: not submitted twice
     assert "already queued or running" in capsys.readouterr().err and job_of(trial) == first
     # A stale duplicate (e.g. from a launcher that lost track), held back for now.
-    (stale,) = submit([trial], load_profile(tmp_path / "profile.yaml"), sweep)
+    (stale,) = submit([[trial]], load_profile(tmp_path / "profile.yaml"), sweep)
     scontrol("hold", stale)
 
     # 1. While another live process holds the trial, the job leaves it alone.

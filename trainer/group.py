@@ -82,11 +82,19 @@ def check_fusable(specs: list[TrialSpec]) -> None:
 def run_group(specs: list[TrialSpec], folders: list[Path]) -> list[str]:
     """Run (or resume, or skip) each trial in its folder, fused; returns each one's state.
 
+    The one entry point of every backend: a group of one trains exactly as trainer.run would.
+
     A state is done, failed or busy (another live process holds that trial). Raises UserError
     for user mistakes; any other exception is recorded in every member's status and re-raised.
     """
     if len(specs) != len(folders) or not specs:
         raise ValueError("run_group needs one folder per spec, and at least one")
+    if len(specs) == 1 and specs[0].fuse_key() is None:  # a model without a fused form, alone
+        try:
+            return [run_trial(specs[0], Path(folders[0]))]
+        except TrialBusy as err:
+            print(f"busy: {err}", file=sys.stderr)
+            return ["busy"]
     check_fusable(specs)
     states: list[str | None] = [None] * len(specs)
     with ExitStack() as stack:
@@ -274,10 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         specs = [read_spec(p) for p in args.spec]
         folders = [p.parent for p in args.spec]
-        if len(specs) == 1 and specs[0].fuse_key() is None:
-            states = [run_trial(specs[0], folders[0])]
-        else:
-            states = run_group(specs, folders)
+        states = run_group(specs, folders)
         for spec, folder, state in zip(specs, folders, states):
             print(outcome_line(spec, folder, state))
         if "failed" in states:

@@ -3,8 +3,9 @@
     cluster_configs/ray/local.yaml            a Ray started (and stopped) by the launcher on this machine
     cluster_configs/ray/cluster-profile.yaml  join a running cluster (`address: auto` on its head node)
 
-Each Tune trial is one of OUR trial folders: the function trainable calls `trainer.run.run_trial`
-on it and reports once, at the end. Tune only schedules (resources per trial, fractional GPUs,
+Each Tune trial is one group of OUR trial folders (orchestrator.pack: one trial, or several
+trained fused): the function trainable calls `trainer.group.run_group` on it and reports once,
+at the end. Tune only schedules (resources per trial, fractional GPUs,
 concurrency) and retries: a trial that raised is restarted up to `max_failures` times and
 resumes from the checkpoint in its own folder, not from a Tune checkpoint. A diverged trial, a
 user mistake, or a trial another launcher holds is reported and not retried. Tune's own files
@@ -54,7 +55,6 @@ from orchestrator.plan import TrialState, load_spec, read_state
 from orchestrator.profiles import RayProfile
 from orchestrator.progress import Progress
 from trainer.errors import UserError
-from trainer.lock import TrialBusy
 from trainer.results import EPOCHS, STATUS, read_json
 
 # The packages a worker imports to run a trial (the trainable is pickled by reference to this module).
@@ -62,14 +62,15 @@ _PACKAGES = (Path(trainer.__file__).parent, Path(__file__).resolve().parents[1])
 _PROBE_TIMEOUT_S = 60
 
 
-def run_ray(spec_paths: list[Path], profile: RayProfile, sweep: Path) -> None:
-    """Run the trials whose spec.json are `spec_paths` as one Tune grid; returns when each ended.
+def run_ray(groups: list[list[Path]], profile: RayProfile, sweep: Path) -> None:
+    """Run the groups of trials (their spec.json paths) as one Tune grid; returns when each ended.
 
     Failed trials do not raise: the caller rescans the trial folders for the outcome.
     """
-    if not spec_paths:
+    if not groups:
         return
-    folders = [str(p.parent.resolve()) for p in spec_paths]
+    folder_groups = [[str(p.parent.resolve()) for p in g] for g in groups]
+    folders = [f for g in folder_groups for f in g]
     sweep = sweep.resolve()
     _check_profile(profile, {load_spec(Path(f)).device for f in folders})
     started, private_temp = _connect(profile, sweep)
@@ -79,7 +80,7 @@ def run_ray(spec_paths: list[Path], profile: RayProfile, sweep: Path) -> None:
         tuner = tune.Tuner(
             tune.with_resources(_trainable, {"cpu": profile.cpus_per_trial, "gpu": profile.gpus_per_trial}),
             param_space={
-                "folder": tune.grid_search(folders),
+                "folders": tune.grid_search(folder_groups),
                 "threads": max(1, round(profile.cpus_per_trial)),
                 "cwd": os.getcwd(),  # relative paths in a spec (data_root) mean what they mean to the launcher
             },
@@ -110,10 +111,10 @@ def run_ray(spec_paths: list[Path], profile: RayProfile, sweep: Path) -> None:
 
 # ---- the trainable (runs in a Ray worker) --------------------------------------------------------
 def _trainable(config: dict[str, Any]) -> None:
-    """Run one trial folder; raising makes Tune restart it (it resumes from its own checkpoint)."""
+    """Run one group of trial folders; raising makes Tune restart it (each resumes from its own checkpoint)."""
     import torch
 
-    from trainer.run import run_trial  # here, not at the top: the launcher never trains
+    from trainer.group import run_group  # here, not at the top: the launcher never trains
 
     # Tune made the cwd its own trial dir; go back so relative paths resolve as for the local backend.
     if os.path.isdir(config["cwd"]):
@@ -121,26 +122,30 @@ def _trainable(config: dict[str, Any]) -> None:
     # A trial gets the cores it asked for, not one thread per core of the node (oversubscription).
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(config["threads"])
     torch.set_num_threads(config["threads"])
-    folder = Path(config["folder"])
+    folders = [Path(f) for f in config["folders"]]
     try:
-        run_trial(load_spec(folder), folder)
-    except TrialBusy:
-        tune.report({"state": "busy"})  # another launcher runs it; its result lands in the same folder
-        return
+        # Busy members (another launcher runs them) come back 'busy'; their results land in the same folders.
+        states = run_group([load_spec(f) for f in folders], folders)
     except UserError as err:
         tune.report({"state": "failed", "error": str(err)})  # a user mistake fails the same way again
         return
-    tune.report(_final_metrics(folder))  # done, or diverged (failed, not retryable): no retry either way
+    tune.report(_final_metrics(folders, states))  # done, or diverged (failed, not retryable): no retry either way
 
 
-def _final_metrics(folder: Path) -> dict[str, Any]:
-    status = read_json(folder / STATUS)
-    metrics = {k: status.get(k) for k in ("state", "epoch", "attempts", "error_kind", "error")}
-    if (folder / EPOCHS).exists():
-        import pyarrow.parquet as pq
+def _final_metrics(folders: list[Path], states: list[str]) -> dict[str, Any]:
+    """One report per group: the states, and each member's last test accuracy and csi_mean."""
+    summary = sorted(set(states))
+    metrics: dict[str, Any] = {"state": summary[0] if len(summary) == 1 else ", ".join(f"{states.count(s)} {s}" for s in summary)}
+    metrics["busy"] = states.count("busy")
+    import pyarrow.parquet as pq
 
-        last = pq.read_table(folder / EPOCHS, columns=["test_acc", "csi_mean"]).to_pylist()[-1:]
-        metrics.update(last[0] if last else {})
+    for folder in folders:
+        status = read_json(folder / STATUS) if (folder / STATUS).exists() else {}
+        metrics[f"{folder.name}/state"] = status.get("state")
+        metrics[f"{folder.name}/error"] = status.get("error")
+        if (folder / EPOCHS).exists():
+            last = pq.read_table(folder / EPOCHS, columns=["test_acc", "csi_mean"]).to_pylist()[-1:]
+            metrics.update({f"{folder.name}/{k}": v for k, v in (last[0] if last else {}).items()})
     return metrics
 
 
@@ -262,7 +267,9 @@ def _check_fits(profile: RayProfile) -> None:
 
 # ---- naming, progress, summary ----------------------------------------------------------------------
 def _trial_id(trial: Any) -> str:
-    return Path(trial.config["folder"]).name
+    """Tune's name of a group: its first trial's id, and how many more train with it."""
+    folders = trial.config["folders"]
+    return Path(folders[0]).name + (f"+{len(folders) - 1}" if len(folders) > 1 else "")
 
 
 class _ProgressCallback(tune.Callback):
@@ -275,12 +282,13 @@ class _ProgressCallback(tune.Callback):
 
     def _update(self, trials: list[Any], trial: Any, event: str) -> None:
         self.progress = self.progress or Progress(self.total, "ray")
-        state = read_state(Path(trial.config["folder"]))
-        self.finished[state.trial_id] = state
+        for folder in trial.config["folders"]:
+            state = read_state(Path(folder))
+            self.finished[state.trial_id] = state
         done = sum(s.state == "done" for s in self.finished.values())
         failed = sum(s.state == "failed" for s in self.finished.values())
         running = sum(t.status == "RUNNING" for t in trials if t is not trial)
-        self.progress.update(done, failed, running, f"{state.trial_id} {event}")
+        self.progress.update(done, failed, running, f"{_trial_id(trial)} {event}")
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self._update(trials, trial, (trial.last_result or {}).get("state", "ended"))
@@ -298,7 +306,7 @@ class _ProgressCallback(tune.Callback):
 
 def _print_summary(folders: list[str], reports: list[dict[str, Any]]) -> None:
     states = [read_state(Path(f)) for f in folders]
-    busy = sum(r.get("state") == "busy" for r in reports)
+    busy = sum(int(r.get("busy") or 0) for r in reports)
     counts = {s: sum(st.state == s for st in states) for s in ("done", "failed", "running", "interrupted", "pending")}
     elsewhere = f" ({busy} run by another launcher)" if busy else ""
     print("ray: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n) + elsewhere)

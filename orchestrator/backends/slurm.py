@@ -1,4 +1,4 @@
-"""SLURM backend: one array task per trial folder, submitted with submitit (the only file importing it).
+"""SLURM backend: one array task per group of trials, submitted with submitit (the only file importing it).
 
     python -m orchestrator.sweep --grid grids/digits.yaml --cluster cluster_configs/slurm/<site>.yaml
 
@@ -6,16 +6,17 @@ Launcher side (`run_slurm`):
 - The trials go out as job arrays of at most the cluster's MaxArraySize tasks (read from
   `scontrol show config` unless the profile sets `max_array_size`), at most `array_parallelism`
   running at once. The sbatch script carries the profile's resources and the job name
-  `sweep-<sweep name>` only; each task gets its trial folder through submitit's pickle, and
-  the trial's settings are read from its spec.json: no grid value ever reaches a shell.
-- Each trial folder gets `slurm_job.json` (its job id); running the sweep again does not submit
-  a trial whose job is still queued or running.
+  `sweep-<sweep name>` only; each task gets its group's trial folders (orchestrator.pack: one
+  trial, or several trained fused) through submitit's pickle, and the trials' settings are read
+  from their spec.json: no grid value ever reaches a shell.
+- Each trial folder gets `slurm_job.json` (its group's job id); running the sweep again does
+  not submit a trial whose job is still queued or running.
 - `wait: true` polls `squeue` until every job has left the queue, then the trial folders say how
   it went (no `sacct` needed: without accounting submitit reads every job state as UNKNOWN).
   `wait: false` prints the job ids and returns; `orchestrator.status` reads the same folders.
 
-Job side (`TrialJob`, run by every array task):
-- runs `trainer.run.run_trial` on its folder, which resumes from the folder's checkpoint. Resume
+Job side (`TrialJob`, run by every array task; each step below is per member of its group):
+- runs `trainer.group.run_group` on its folders, each resuming from its own checkpoint. Resume
   state lives only in the trial folder, never in submitit's pickles, so a requeued, duplicate or
   stale job sees the newest state: a trial that is done is not run again, and a trial another
   live process holds (its flock) is left to that process.
@@ -53,7 +54,8 @@ from trainer.errors import UserError
 from trainer.lock import TrialBusy, TrialLock
 from trainer.provenance import now
 from trainer.results import read_json, write_json
-from trainer.run import read_status, run_trial, write_status
+from trainer.attempt import is_final, read_status, write_status
+from trainer.group import run_group
 
 REQUEUES = "requeues.json"  # written only by the jobs
 SUBMITTED = "slurm_job.json"  # written only by launchers
@@ -117,15 +119,16 @@ def preflight(profile: SlurmProfile) -> None:
         raise UserError(f"partition '{profile.partition}': {_last_line(out.stderr or out.stdout)} (see `sinfo -s`)")
 
 
-def run_slurm(spec_paths: list[Path], profile: SlurmProfile, sweep: Path) -> bool:
-    """Submit the trials whose spec.json are `spec_paths`; True if it also waited for every job to end."""
-    folders = [Path(p).parent.absolute() for p in spec_paths]
+def run_slurm(groups: list[list[Path]], profile: SlurmProfile, sweep: Path) -> bool:
+    """Submit the groups of trials (their spec.json paths); True if it also waited for every job to end."""
+    folder_groups = [[Path(p).parent.absolute() for p in g] for g in groups]
+    folders = [f for g in folder_groups for f in g]
     name = job_name(Path(sweep).name)
     queued = jobs_in_queue(folders, name)
     if queued:
         jobs = _array_ids(queued.values())
         print(f"slurm: {len(queued)} trials already queued or running (jobs {jobs}): not submitted again", file=sys.stderr)
-    todo = [f for f in folders if f not in queued]
+    todo = [g for g in ([f for f in group if f not in queued] for group in folder_groups) if g]
     job_ids = submit(todo, profile, Path(sweep)) if todo else []
     if not profile.wait:
         return False
@@ -133,8 +136,8 @@ def run_slurm(spec_paths: list[Path], profile: SlurmProfile, sweep: Path) -> boo
     return True
 
 
-def submit(folders: list[Path], profile: SlurmProfile, sweep: Path) -> list[str]:
-    """Submit one array task per trial folder of `sweep`; returns the job ids ("<array>_<task>")."""
+def submit(groups: list[list[Path]], profile: SlurmProfile, sweep: Path) -> list[str]:
+    """Submit one array task per group of trial folders of `sweep`; returns the job ids ("<array>_<task>")."""
     name = job_name(sweep.name)
     folder = log_folder(profile, sweep)
     _check_one_line(str(folder), "log folder")
@@ -147,18 +150,22 @@ def submit(folders: list[Path], profile: SlurmProfile, sweep: Path) -> list[str]
     job = TrialJob(profile.max_requeues, profile.max_attempts)
     ids: list[str] = []
     arrays: list[str] = []
-    for chunk in chunked(folders, size):
+    trials = 0
+    for chunk in chunked(groups, size):
         try:
-            jobs = executor.map_array(job, [str(f) for f in chunk])
+            jobs = executor.map_array(job, [[str(f) for f in group] for group in chunk])
         except FailedJobError as err:
             done = f"; already submitted: {', '.join(arrays)} (cancel with scancel)" if arrays else ""
             raise UserError(f"sbatch refused the jobs: {_last_line(str(err))}{done}") from None
-        for trial, j in zip(chunk, jobs):
-            write_json({"job_id": j.job_id, "job_name": name, "submitted": now(), "log_folder": str(j.paths.folder)}, trial / SUBMITTED)
+        for group, j in zip(chunk, jobs):
+            for trial in group:
+                write_json({"job_id": j.job_id, "job_name": name, "submitted": now(), "log_folder": str(j.paths.folder)}, trial / SUBMITTED)
             ids.append(j.job_id)
-        arrays.append(f"{jobs[0].job_id.split('_')[0]} ({len(jobs)} trial{'s' if len(jobs) > 1 else ''})")
+        n = sum(len(g) for g in chunk)
+        trials += n
+        arrays.append(f"{jobs[0].job_id.split('_')[0]} ({n} trial{'s' if n > 1 else ''} in {len(jobs)} task{'s' if len(jobs) > 1 else ''})")
     print(
-        f"slurm: submitted {len(ids)} trials as {len(arrays)} job array(s): {', '.join(arrays)}; "
+        f"slurm: submitted {trials} trials as {len(arrays)} job array(s): {', '.join(arrays)}; "
         f"logs in {folder}; cancel with: scancel {' '.join(a.split()[0] for a in arrays)}",
         file=sys.stderr,
     )
@@ -272,7 +279,7 @@ def _limit_threads() -> None:
 
 
 class TrialJob(submitit.helpers.Checkpointable):
-    """What an array task runs: `TrialJob(...)(trial_folder)`; requeued by submitit via `checkpoint`."""
+    """What an array task runs: `TrialJob(...)(group of trial folders)`; requeued by submitit via `checkpoint`."""
 
     def __init__(self, max_requeues: int, max_attempts: int) -> None:
         self.max_requeues = max_requeues
@@ -282,7 +289,7 @@ class TrialJob(submitit.helpers.Checkpointable):
     def _reset(self) -> None:
         self._why: str | None = None  # why this run is stopping: requeued | cap | finished | sigterm
         self._message = ""
-        self._in_trial = False  # run_trial raised out of the middle of the trial
+        self._in_trial = False  # run_group raised out of the middle of training
         self._job_id = _slurm_job_id()
 
     def __getstate__(self) -> dict[str, Any]:  # pickled in a signal handler: keep only the settings
@@ -292,53 +299,52 @@ class TrialJob(submitit.helpers.Checkpointable):
         self.__dict__.update(state)
         self._reset()
 
-    def __call__(self, folder: str) -> str:
-        trial = Path(folder)
+    def __call__(self, folders: list[str] | str) -> str:
+        group = _group(folders)
         self._reset()
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)  # replaces submitit's "bypass"
         _limit_threads()
         try:
-            return self._run(trial)
+            return self._run(group)
         except BaseException:
             if self._why is None:
                 raise
-            return self._stop(trial)
+            return self._stop(group)
         finally:
             signal.signal(signal.SIGTERM, previous)
 
-    def _run(self, trial: Path) -> str:
-        early = self._count_start(trial)
-        if early is not None:
-            return early
+    def _run(self, group: list[Path]) -> str:
+        todo = [t for t in group if self._count_start(t) is None]
         tries = 0
-        while True:
+        while todo:
             self._in_trial = True
             try:
-                state = run_trial(load_spec(trial), trial)
-            except TrialBusy as err:
-                print(f"{trial.name}: {err}; leaving it to that process", flush=True)
-                return "busy"
-            except Exception as err:  # noqa: BLE001 - recorded in status.json by run_trial
+                states = run_group([load_spec(t) for t in todo], todo)
+            except Exception as err:  # noqa: BLE001 - recorded in every member's status.json by run_group
                 if self._why is not None:
                     raise
                 traceback.print_exc()
                 tries += 1
                 self._in_trial = False
-                if not isinstance(err, UserError) and tries < self.max_attempts and read_state(trial).runnable(self.max_attempts):
-                    continue  # resumes from the checkpoint, like the local backend
-                raise TrialFailed(f"trial {trial.name} failed: {read_status(trial).get('error')}") from err
+                todo = [t for t in todo if read_state(t).runnable(self.max_attempts)]
+                if not isinstance(err, UserError) and tries < self.max_attempts and todo:
+                    continue  # resumes from the checkpoints, like the local backend
+                raise TrialFailed(_failures(group) or f"{err}") from err
             self._in_trial = False
-            if state != "done":
-                raise TrialFailed(f"trial {trial.name} failed: {read_status(trial).get('error')}")
-            print(f"{trial.name}: done", flush=True)
-            return state
+            for t, state in zip(todo, states):
+                print(f"{t.name}: {'leaving it to the process that holds it' if state == 'busy' else state}", flush=True)
+            break
+        failed = _failures(group)
+        if failed:
+            raise TrialFailed(failed)
+        return "done"
 
     def _count_start(self, trial: Path) -> str | None:
-        """Record this start in requeues.json; a final state if the trial must not run."""
+        """Record this start in the trial's requeues.json; a final state if the trial must not run."""
         try:
             with TrialLock(trial):
                 status = read_status(trial)
-                if status["state"] == "done" or (status["state"] == "failed" and not status.get("retryable", True)):
+                if is_final(status):
                     print(f"{trial.name}: already {status['state']}; nothing to do", flush=True)
                     return str(status["state"])
                 previous = _read_requeues(trial)
@@ -360,19 +366,18 @@ class TrialJob(submitit.helpers.Checkpointable):
             return "busy"
         return None
 
-    def checkpoint(self, folder: str) -> Any:
+    def checkpoint(self, folders: list[str] | str) -> Any:
         """Called by submitit on USR2 (time limit ahead), in the middle of training.
 
-        Returns the resubmission (the job is requeued and resumes from the trial folder), or
-        None so that submitit does not requeue: the trial is over, or its requeues are used up.
+        Returns the resubmission (the job is requeued and its group resumes from the trial
+        folders), or None so that submitit does not requeue: every member is over, or the
+        requeues are used up.
         """
-        trial = Path(folder)
-        status = read_status(trial)
-        record = _read_requeues(trial)
-        requeues = int(record.get("requeues", 0)) if record.get("job_id") == self._job_id else 0
-        if status["state"] == "done" or (status["state"] == "failed" and not status.get("retryable", True)):
+        open_ = [t for t in _group(folders) if not is_final(read_status(t))]
+        if not open_:
             self._why = "finished"
             return None
+        requeues = max(int(r.get("requeues", 0)) if (r := _read_requeues(t)).get("job_id") == self._job_id else 0 for t in open_)
         if requeues >= self.max_requeues:
             self._why = "cap"
             self._message = (
@@ -380,8 +385,8 @@ class TrialJob(submitit.helpers.Checkpointable):
             )
             return None
         self._why, self._message = "requeued", "time limit: requeued"
-        print(f"{trial.name}: time limit ahead; requeueing job {self._job_id}", flush=True)
-        return submitit.helpers.DelayedSubmission(self, folder)
+        print(f"{', '.join(t.name for t in open_)}: time limit ahead; requeueing job {self._job_id}", flush=True)
+        return submitit.helpers.DelayedSubmission(self, folders)
 
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
         if self._why is not None:  # already stopping (our own requeue is followed by SIGTERM)
@@ -389,35 +394,46 @@ class TrialJob(submitit.helpers.Checkpointable):
         self._why, self._message = "sigterm", "SIGTERM (preempted, requeued or cancelled)"
         raise _Stopped(self._message)
 
-    def _stop(self, trial: Path) -> str:
-        """After a requeue, SIGTERM or refused requeue: leave status.json true, then exit."""
+    def _stop(self, group: list[Path]) -> str:
+        """After a requeue, SIGTERM or refused requeue: leave every member's status.json true, then exit."""
         if self._why == "finished":
-            return read_state(trial).state
-        try:
-            with TrialLock(trial):
-                status = read_status(trial)
-                if self._why == "cap":
-                    self._fail(trial, status, self._message)
-                elif self._in_trial and status["state"] in ("running", "failed", "interrupted"):
-                    # run_trial recorded the stop as interrupted (or, for our SIGTERM exception, as a
-                    # failure, which it is not): say why and by which job.
-                    note = f"{self._message} (job {self._job_id}, {now()})"
-                    status.update(state="interrupted", error=None, error_kind=None, ended=now(), last_interruption=note)
-                    write_status(trial, status)
-        except TrialBusy:
-            pass
-        print(f"{trial.name}: stopped: {self._message}", flush=True)
+            return "done"
+        for trial in group:
+            try:
+                with TrialLock(trial):
+                    status = read_status(trial)
+                    if self._why == "cap":
+                        self._fail(trial, status, self._message)
+                    elif self._in_trial and status["state"] in ("running", "failed", "interrupted") and status.get("retryable", True):
+                        # run_group recorded the stop as interrupted (or, for our SIGTERM exception, as a
+                        # failure, which it is not): say why and by which job.
+                        note = f"{self._message} (job {self._job_id}, {now()})"
+                        status.update(state="interrupted", error=None, error_kind=None, ended=now(), last_interruption=note)
+                        write_status(trial, status)
+            except TrialBusy:
+                pass
+            print(f"{trial.name}: stopped: {self._message}", flush=True)
         if self._why == "cap":
-            raise TrialFailed(f"trial {trial.name} failed: {self._message}") from None
+            raise TrialFailed(f"{', '.join(t.name for t in group)}: {self._message}") from None
         # No result pickle: SLURM runs the job again (requeue) or it was cancelled.
         raise SystemExit(EXIT_SIGTERM if self._why == "sigterm" else 1)
 
     @staticmethod
     def _fail(trial: Path, status: dict[str, Any], message: str) -> None:
-        if status["state"] == "done":
+        if is_final(status):
             return
         status.update(state="failed", error=message, error_kind="requeues", retryable=True, ended=now())
         write_status(trial, status)
+
+
+def _group(folders: list[str] | str) -> list[Path]:
+    """The task's trial folders (a plain string: one trial, as jobs submitted before groups)."""
+    return [Path(folders)] if isinstance(folders, str) else [Path(f) for f in folders]
+
+
+def _failures(group: list[Path]) -> str:
+    """'trial X failed: why; ...' for the members that ended failed; '' if none did."""
+    return "; ".join(f"trial {t.name} failed: {st.get('error')}" for t in group if (st := read_status(t))["state"] == "failed")
 
 
 def _read_requeues(trial: Path) -> dict[str, Any]:
