@@ -6,7 +6,7 @@ even as can be (17 trials at K = 16 make 9 + 8, not 16 + 1: a lone trial gains n
 trial whose model has no fused form is a group of one. K = 1 turns fusing off.
 
 `min_groups` keeps parallel workers busy: the local backend with N worker processes asks for at
-least N groups, since one fused group uses one process.
+least N groups (one fused group uses one process), as long as every group keeps two trials.
 """
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ def pack(specs: Sequence[TrialSpec], k: int, min_groups: int = 1) -> list[list[T
             by_key.setdefault(key, []).append(spec)
     for members in by_key.values():
         n = len(members)
-        count = min(n, max(math.ceil(n / k), min_groups))
+        # Never split off a lone trial to fill a worker: alone it trains beside a throwaway twin.
+        count = max(math.ceil(n / k), min(min_groups, max(1, n // 2)))
         size, extra = divmod(n, count)
         start = 0
         for i in range(count):  # the first `extra` groups take one more

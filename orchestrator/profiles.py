@@ -28,6 +28,7 @@ class BaseProfile:
     device: str | None = None  # auto | cpu | cuda | cuda:N; None: the grid's
     data_root: str | None = None  # where the data sets are on this site; None: the grid's / $SWEEP_DATA_ROOT
     num_workers: int | None = None  # DataLoader workers (streamed data sets)
+    compile: bool | None = None  # torch.compile the networks (worth it on GPUs); None: the grid's
     max_attempts: int = 3  # a trial that failed (not diverged) this often is left failed
     # Trials per fused group (trainer.group): trials differing only in alpha, onset and seed
     # train as one network, K at a time, in one worker / Tune trial / array task; 1: each alone.
@@ -44,7 +45,7 @@ class BaseProfile:
 
     def trial_overrides(self) -> dict[str, Any]:
         """The resource fields this profile sets on every trial."""
-        keys = ("device", "data_root", "num_workers")
+        keys = ("device", "data_root", "num_workers", "compile")
         return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
 

@@ -40,6 +40,7 @@ def test_only_trials_differing_in_alpha_onset_seed_share_a_group() -> None:
 def test_min_groups_spreads_over_workers() -> None:
     assert [len(g) for g in pack(specs(15), 16, min_groups=2)] == [8, 7]
     assert [len(g) for g in pack(specs(1), 16, min_groups=4)] == [1]
+    assert [len(g) for g in pack(specs(3), 16, min_groups=2)] == [3]  # not 2 + a lone trial
     with pytest.raises(ValueError):
         pack(specs(2), 0)
 

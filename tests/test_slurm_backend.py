@@ -80,8 +80,10 @@ def write_grid(tmp_path: Path, name: str, fixed: str, sweep: str) -> Path:
 
 
 def write_profile(tmp_path: Path, **extra: object) -> Path:
+    # fuse 1: one trial per task, trained as trainer.run (a lone fusable trial would train beside a
+    # twin, doubling the CPU time of these single-trial tests); fused tasks have their own test.
     keys = {"partition": "debug", "cpus_per_trial": 1, "mem_gb": 1, "time_min": 10, "array_parallelism": 2,
-            "max_requeues": 3, "device": "cpu", "wait": False, **extra}  # fmt: skip
+            "max_requeues": 3, "device": "cpu", "wait": False, "fuse": 1, **extra}  # fmt: skip
     path = tmp_path / "profile.yaml"
     path.write_text("backend: slurm\n" + "".join(f"{k}: {json.dumps(v)}\n" for k, v in keys.items()))
     return path
@@ -203,7 +205,7 @@ def test_sweep_in_two_arrays_lands_in_trial_folders_and_runs_once(tmp_path: Path
     # holds shell syntax: it must reach spec.json only, never the sbatch script.
     hostile = f"x$(touch {tmp_path}/pwned)`touch {tmp_path}/pwned2`;touch {tmp_path}/pwned3"
     grid = write_grid(tmp_path, sweep_name, f"epochs: 1, data_root: {json.dumps(hostile)}", "  seed: [0,1,2,3,4,5,6,7,8,9,10,11]\n")
-    profile = write_profile(tmp_path, wait=True, fuse=1)  # one trial per task (fused groups: the test below)
+    profile = write_profile(tmp_path, wait=True)  # fuse 1: one trial per task (fused groups: the test below)
     results = tmp_path / "results"
     cmd = [sys.executable, "-m", "orchestrator.sweep", "--grid", str(grid), "--cluster", str(profile), "--results", str(results)]
     first = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)

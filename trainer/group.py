@@ -18,8 +18,9 @@ What happens to each member is its own:
 
 Numbers: on CPU a member's numbers do not depend on which or how many (>= 2) trials it is fused
 with (the grouped convolution treats groups alike), but a grouped and a dense convolution round
-differently. So a member that has trained fused and must resume on its own trains beside a
-throwaway twin of itself: resume stays bitwise exact on CPU however a relaunch regrouped it.
+differently. So with fusing on, a fusable trial always trains fused, beside a throwaway twin of
+itself when it is alone: its numbers (bitwise on CPU) do not depend on how a launch or a relaunch
+after a kill grouped it. `fuse=False` (orchestrator --fuse 1) trains every trial as trainer.run.
 """
 from __future__ import annotations
 
@@ -35,7 +36,6 @@ from typing import Any, Iterator
 import torch
 
 from trainer import faults
-from trainer import results as R
 from trainer.attempt import Attempt, attempt
 from trainer.checkpoint import load_checkpoint, save_checkpoint
 from trainer.cli import EXIT_BUSY, EXIT_DONE, EXIT_FAILED, command
@@ -45,10 +45,10 @@ from trainer.fused import FusedResNet20, fused_evaluate, fused_train_epoch
 from trainer.lock import TrialBusy
 from trainer.loop import NonFiniteLoss, combine, lr_at
 from trainer.models import build_model
-from trainer.run import ResultLog, ablate_if_asked, outcome_line, read_spec, run_trial, train_trial
+from trainer.run import ResultLog, ablate_if_asked, outcome_line, read_spec, run_trial
 from trainer.spec import PER_MEMBER_FIELDS, TrialSpec
 
-FUSED = "fused"  # status.json: how many models the trial's last attempt trained beside (False: alone)
+FUSED = "fused"  # status.json: the number of trials its last attempt trained with (False: alone, trainer.run)
 
 
 @dataclass
@@ -79,22 +79,19 @@ def check_fusable(specs: list[TrialSpec]) -> None:
             raise UserError(f"trials {first.trial_id} and {s.trial_id} differ in {', '.join(differ)}; only alpha, onset, offset and seed may")
 
 
-def run_group(specs: list[TrialSpec], folders: list[Path]) -> list[str]:
+def run_group(specs: list[TrialSpec], folders: list[Path], fuse: bool = True) -> list[str]:
     """Run (or resume, or skip) each trial in its folder, fused; returns each one's state.
 
-    The one entry point of every backend: a group of one trains exactly as trainer.run would.
+    The one entry point of every backend. With `fuse` off, or a model without a fused form, the
+    trials train one after another exactly as trainer.run trains them.
 
     A state is done, failed or busy (another live process holds that trial). Raises UserError
     for user mistakes; any other exception is recorded in every member's status and re-raised.
     """
     if len(specs) != len(folders) or not specs:
         raise ValueError("run_group needs one folder per spec, and at least one")
-    if len(specs) == 1 and specs[0].fuse_key() is None:  # a model without a fused form, alone
-        try:
-            return [run_trial(specs[0], Path(folders[0]))]
-        except TrialBusy as err:
-            print(f"busy: {err}", file=sys.stderr)
-            return ["busy"]
+    if not fuse or (len(specs) == 1 and specs[0].fuse_key() is None):
+        return [_run_alone(spec, Path(folder)) for spec, folder in zip(specs, folders)]
     check_fusable(specs)
     states: list[str | None] = [None] * len(specs)
     with ExitStack() as stack:
@@ -116,14 +113,17 @@ def run_group(specs: list[TrialSpec], folders: list[Path]) -> list[str]:
     return [s or "failed" for s in states]
 
 
+def _run_alone(spec: TrialSpec, folder: Path) -> str:
+    try:
+        return run_trial(spec, folder)
+    except TrialBusy as err:
+        print(f"busy: {err}", file=sys.stderr)
+        return "busy"
+
+
 def train_group(attempts: list[Attempt]) -> None:
-    """Train the attempts' trials to their last epoch; a diverged member ends its own attempt."""
+    """Train the attempts' trials fused to their last epoch; a diverged member ends its own attempt."""
     spec, device = attempts[0].spec, attempts[0].device
-    alone = len(attempts) == 1 and not (attempts[0].status.get(FUSED) and (attempts[0].folder / R.CHECKPOINT).exists())
-    if alone:  # nothing to fuse with, and never fused: exactly trainer.run's trial
-        attempts[0].status[FUSED] = False
-        train_trial(spec, attempts[0].folder, device, attempts[0].status)
-        return
     info = data_info(spec.dataset)
     data: Data = load_dataset(spec.dataset, spec.resolved_data_root(), device, spec.num_workers)
     members = [_member(a, info, device) for a in attempts]
@@ -168,9 +168,11 @@ class _GroupRun:
             net = FusedResNet20(len(self.slots), self.info.num_classes, self.info.in_channels).to(self.device)
         for k, (model_state, _) in enumerate(states):
             net.load_state_for(k, model_state)
+        s = self.spec
         if self.device.type == "cuda":
             net = net.to(memory_format=torch.channels_last)
-        s = self.spec
+        if s.compile:  # compiled once per K and shape in this process; re-fusing to the same K reuses it
+            net.compile()
         opt = torch.optim.SGD(net.parameters(), lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
         for k, (_, optimizer_state) in enumerate(states):
             net.load_optimizer_state_for(opt, k, optimizer_state)
@@ -277,12 +279,13 @@ class _GroupRun:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer.group", description=__doc__.split("\n\n")[0])
     parser.add_argument("--spec", required=True, type=Path, action="append", help="a member's spec.json (repeat); results go beside it")
+    parser.add_argument("--no-fuse", action="store_true", help="train the trials one after another, each as trainer.run")
     args = parser.parse_args(argv)
 
     def body() -> int:
         specs = [read_spec(p) for p in args.spec]
         folders = [p.parent for p in args.spec]
-        states = run_group(specs, folders)
+        states = run_group(specs, folders, fuse=not args.no_fuse)
         for spec, folder, state in zip(specs, folders, states):
             print(outcome_line(spec, folder, state))
         if "failed" in states:

@@ -105,6 +105,8 @@ def train_trial(spec: TrialSpec, folder: Path, device: torch.device, status: dic
     model = build_model(spec.model, info.num_classes, info.in_channels).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
+    if spec.compile:
+        model.compile()  # in place: state_dict keys stay those of the plain model
     optimizer = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
     log = ResultLog(folder, spec, model.block_names)
     eval_batch = eval_batch_size(data, spec.batch_size, device)

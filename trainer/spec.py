@@ -26,7 +26,7 @@ class SpecError(UserError):
 
 
 # Resource settings: where and how fast a trial runs, never what it computes.
-RESOURCE_FIELDS = frozenset({"device", "num_workers", "data_root"})
+RESOURCE_FIELDS = frozenset({"device", "num_workers", "data_root", "compile"})
 # Labels and analysis settings: they name a trial or keep extra files, never change its numbers.
 LABEL_FIELDS = frozenset({"sweep", "keep_checkpoints", "ablation_fractions", "ablation_draws"})
 # Fields added after the first release: they enter trial_id only when set away from their
@@ -80,6 +80,9 @@ class TrialSpec:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_workers: int = 0  # DataLoader workers, streaming data sets only
     data_root: str | None = None  # None: $SWEEP_DATA_ROOT, else ./data
+    # torch.compile the network (GPU runs of many epochs): one compilation per process and input
+    # shape, reused by every later trial and group of the same shapes in that process.
+    compile: bool = False
 
     def __post_init__(self) -> None:
         _check_values(self)

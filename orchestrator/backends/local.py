@@ -69,7 +69,8 @@ def _run_in_process(groups: list[list[Path]], profile: LocalProfile, progress: P
         todo = _runnable(group, profile)[0]
         while todo:
             try:
-                busy = [f for f, state in zip(todo, run_group([load_spec(f) for f in todo], todo)) if state == "busy"]
+                states = run_group([load_spec(f) for f in todo], todo, fuse=profile.fuse > 1)
+                busy = [f for f, state in zip(todo, states) if state == "busy"]
             except UserError as err:
                 print(f"error: {', '.join(f.name for f in todo)}: {err}", file=sys.stderr)
                 break  # a user mistake fails the same way again
@@ -99,7 +100,7 @@ def _run_in_workers(groups: list[list[Path]], profile: LocalProfile, progress: P
                     with open(f / LOG, "a") as note:
                         note.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} trains fused with {todo[0].name}: output in {todo[0] / LOG}\n")
                 with open(todo[0] / LOG, "ab") as log:
-                    args = [a for f in todo for a in ("--spec", str(f / SPEC))]
+                    args = [a for f in todo for a in ("--spec", str(f / SPEC))] + (["--no-fuse"] if profile.fuse == 1 else [])
                     running[subprocess.Popen([sys.executable, "-m", "trainer.group", *args], stdout=log, stderr=subprocess.STDOUT, env=env)] = todo
             time.sleep(0.2)
             for proc, group in list(running.items()):

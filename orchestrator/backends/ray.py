@@ -82,6 +82,7 @@ def run_ray(groups: list[list[Path]], profile: RayProfile, sweep: Path) -> None:
             param_space={
                 "folders": tune.grid_search(folder_groups),
                 "threads": max(1, round(profile.cpus_per_trial)),
+                "fuse": profile.fuse > 1,
                 "cwd": os.getcwd(),  # relative paths in a spec (data_root) mean what they mean to the launcher
             },
             tune_config=tune.TuneConfig(
@@ -125,7 +126,7 @@ def _trainable(config: dict[str, Any]) -> None:
     folders = [Path(f) for f in config["folders"]]
     try:
         # Busy members (another launcher runs them) come back 'busy'; their results land in the same folders.
-        states = run_group([load_spec(f) for f in folders], folders)
+        states = run_group([load_spec(f) for f in folders], folders, fuse=config.get("fuse", True))
     except UserError as err:
         tune.report({"state": "failed", "error": str(err)})  # a user mistake fails the same way again
         return

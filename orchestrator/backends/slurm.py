@@ -147,7 +147,7 @@ def submit(groups: list[list[Path]], profile: SlurmProfile, sweep: Path) -> list
         raise UserError(f"the slurm backend needs SLURM's commands (sbatch, srun, squeue, scontrol) on PATH ({err})") from None
     executor.update_parameters(**sbatch_parameters(profile, sweep.name))
     size = profile.max_array_size or cluster_max_array_size()
-    job = TrialJob(profile.max_requeues, profile.max_attempts)
+    job = TrialJob(profile.max_requeues, profile.max_attempts, fuse=profile.fuse > 1)
     ids: list[str] = []
     arrays: list[str] = []
     trials = 0
@@ -281,9 +281,10 @@ def _limit_threads() -> None:
 class TrialJob(submitit.helpers.Checkpointable):
     """What an array task runs: `TrialJob(...)(group of trial folders)`; requeued by submitit via `checkpoint`."""
 
-    def __init__(self, max_requeues: int, max_attempts: int) -> None:
+    def __init__(self, max_requeues: int, max_attempts: int, fuse: bool = True) -> None:
         self.max_requeues = max_requeues
         self.max_attempts = max_attempts
+        self.fuse = fuse
         self._reset()
 
     def _reset(self) -> None:
@@ -293,7 +294,7 @@ class TrialJob(submitit.helpers.Checkpointable):
         self._job_id = _slurm_job_id()
 
     def __getstate__(self) -> dict[str, Any]:  # pickled in a signal handler: keep only the settings
-        return {"max_requeues": self.max_requeues, "max_attempts": self.max_attempts}
+        return {"max_requeues": self.max_requeues, "max_attempts": self.max_attempts, "fuse": self.fuse}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -319,7 +320,7 @@ class TrialJob(submitit.helpers.Checkpointable):
         while todo:
             self._in_trial = True
             try:
-                states = run_group([load_spec(t) for t in todo], todo)
+                states = run_group([load_spec(t) for t in todo], todo, fuse=self.fuse)
             except Exception as err:  # noqa: BLE001 - recorded in every member's status.json by run_group
                 if self._why is not None:
                     raise
