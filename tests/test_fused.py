@@ -146,3 +146,16 @@ def test_free_running_fused_run_is_separate_trials_untethered(data) -> None:
             assert torch.equal(t, f2.state_for(k)[name]), (k, name)
         assert [s[k].loss for s in s1] == [s[k].loss for s in s2]
     assert not torch.equal(f1.state_for(1)["head.weight"], f2.state_for(1)["head.weight"])
+
+
+def test_speed_benchmark_runs_ci_sized(capsys: pytest.CaptureFixture[str]) -> None:
+    """`python -m orchestrator.bench_speed --small` in its smallest form: every figure it promises is printed."""
+    from orchestrator import bench_speed
+
+    assert bench_speed.main(["--small", "--k", "2", "--steps", "1", "--rounds", "1", "--n-train", "256"]) == 0
+    out = capsys.readouterr().out
+    for needle in ("loader (plain DataLoader)", "single, alpha 0", "single, alpha -10", "fused K=2", "img/s aggregate",
+                   "regularizer overhead", "evaluation share of an epoch", "targets:", "projected hours on this cpu for grids/cifar10.yaml (75 trials"):  # fmt: skip
+        assert needle in out, needle
+    with pytest.raises(SystemExit):
+        bench_speed.main(["--alpha", "0"])
