@@ -72,10 +72,8 @@ def ablation_tables(folders: list[Path], trials: pd.DataFrame) -> dict[str, pd.D
 def ablation_figures(tables: dict[str, pd.DataFrame], folder: Path) -> list[Path]:
     if not {"ablation_curves.parquet", "condition_steps.parquet"} & tables.keys():
         return []  # nothing to draw: do not even import matplotlib
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
 
     out = []
     folder.mkdir(parents=True, exist_ok=True)
@@ -85,8 +83,9 @@ def ablation_figures(tables: dict[str, pd.DataFrame], folder: Path) -> list[Path
         conds = list(dict.fromkeys(curves["condition"]))
         epochs = sorted(curves["epoch"].unique())
         shown = sorted({epochs[0], epochs[len(epochs) // 2], epochs[-1]})
-        fig, axes = plt.subplots(len(conds), len(stages), figsize=(4 * len(stages), 3.2 * len(conds)), squeeze=False)
-        colors = dict(zip(shown, plt.cm.viridis(np.linspace(0, 0.85, len(shown)))))
+        fig = Figure(figsize=(4 * len(stages), 3.2 * len(conds)))
+        axes = fig.subplots(len(conds), len(stages), squeeze=False)
+        colors = dict(zip(shown, colormaps["viridis"](np.linspace(0, 0.85, len(shown)))))
         for i, cond in enumerate(conds):
             for j, stage in enumerate(stages):
                 ax = axes[i][j]
@@ -96,14 +95,13 @@ def ablation_figures(tables: dict[str, pd.DataFrame], folder: Path) -> list[Path
                         c = c.sort_values("fraction")
                         ax.plot(c["fraction"], 100 * c["accuracy_mean"], style, color=colors[epoch], label=f"epoch {epoch} {sel}")
                 _labels(ax, f"{cond}\nstage {stage}", "fraction of channels ablated per block", "test accuracy (%)")
-        axes[0][-1].legend(fontsize=7)
-        fig.suptitle("Ablating the most class-selective channels (solid) vs random channels (dashed)")
-        fig.tight_layout()
-        out.append(_save(fig, folder / "ablation_curves.png"))
+        title = "Ablating the most class-selective channels (solid) vs random channels (dashed)"
+        out.append(_finish(fig, axes[0][-1], title, folder / "ablation_curves.png"))
     auc = tables.get("ablation_auc.parquet")
     if auc is not None and len(auc):
         stages = sorted(auc["stage"].unique())
-        fig, axes = plt.subplots(1, len(stages), figsize=(4 * len(stages), 3.4), squeeze=False)
+        fig = Figure(figsize=(4 * len(stages), 3.4))
+        axes = fig.subplots(1, len(stages), squeeze=False)
         for j, stage in enumerate(stages):
             ax = axes[0][j]
             for (cond, sel), g in auc[auc.stage == stage].groupby(["condition", "selection"], sort=False):
@@ -111,13 +109,12 @@ def ablation_figures(tables: dict[str, pd.DataFrame], folder: Path) -> list[Path
                 ax.errorbar(g["epoch"], g["auc_mean"], yerr=(g["auc_ci95_high"] - g["auc_mean"]).fillna(0),
                             linestyle="-" if sel == "topk" else "--", marker="o", ms=3, label=f"{cond} {sel}")  # fmt: skip
             _labels(ax, f"stage {stage}", "epoch of the checkpoint", "normalised area under the ablation curve")
-        axes[0][-1].legend(fontsize=7)
-        fig.suptitle("How much ablation costs over training (lower: the ablated channels matter more)")
-        fig.tight_layout()
-        out.append(_save(fig, folder / "ablation_auc.png"))
+        title = "How much ablation costs over training (lower: the ablated channels matter more)"
+        out.append(_finish(fig, axes[0][-1], title, folder / "ablation_auc.png"))
     steps = tables.get("condition_steps.parquet")
     if steps is not None and len(steps):
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+        fig = Figure(figsize=(10, 3.6))
+        axes = fig.subplots(1, 2)
         for cond, g in steps.groupby("condition", sort=False):
             g = g.sort_values("step")
             axes[0].plot(g["step"], g["csi_mean_mean"], label=cond)
@@ -127,10 +124,7 @@ def ablation_figures(tables: dict[str, pd.DataFrame], folder: Path) -> list[Path
         for ax in axes:
             ax.set_xlabel("optimizer step")
             ax.grid(alpha=0.3)
-        axes[1].legend(fontsize=7)
-        fig.suptitle("Early training at finer than epoch resolution (mean over seeds)")
-        fig.tight_layout()
-        out.append(_save(fig, folder / "early_dynamics.png"))
+        out.append(_finish(fig, axes[1], "Early training at finer than epoch resolution (mean over seeds)", folder / "early_dynamics.png"))
     return out
 
 
@@ -141,11 +135,11 @@ def _labels(ax: object, title: str, xlabel: str, ylabel: str) -> None:
     ax.grid(alpha=0.3)  # type: ignore[attr-defined]
 
 
-def _save(fig: object, path: Path) -> Path:
-    import matplotlib.pyplot as plt
+def _finish(fig: object, legend_ax: object, title: str, path: Path) -> Path:
+    """Legend, title, layout, then the collector's atomic PNG write."""
+    from orchestrator.collect_figures import save_figure  # imports matplotlib: only when drawing
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=110, format="png")  # type: ignore[attr-defined]
-    plt.close(fig)  # type: ignore[arg-type]
-    tmp.replace(path)
-    return path
+    legend_ax.legend(fontsize=7)  # type: ignore[attr-defined]
+    fig.suptitle(title)  # type: ignore[attr-defined]
+    fig.tight_layout()  # type: ignore[attr-defined]
+    return save_figure(fig, path)  # type: ignore[arg-type]

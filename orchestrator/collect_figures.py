@@ -90,7 +90,7 @@ def _title(conds: pd.DataFrame, what: str) -> str:
     return f"{' / '.join(fixed)}: {what}\nmean and 95% CI over seeds ({seeds})"
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save_figure(fig: Figure, path: Path) -> Path:
     """Write the PNG beside its name, then rename it over (a reader never sees half a file)."""
     FigureCanvasAgg(fig)
     tmp = path.with_name(f".{path.name}{R.TMP_MARK}{os.getpid()}")
@@ -113,7 +113,7 @@ def metric_vs_alpha(conds: pd.DataFrame, metric: str, ylabel: str, what: str, pa
     ax.grid(alpha=0.3)
     if len(series) > 1:
         ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _alpha_colors(alphas: pd.Series) -> dict[float, tuple]:
@@ -152,7 +152,7 @@ def over_epochs(cond_epochs: pd.DataFrame, conds: pd.DataFrame, path: Path) -> P
     axes[0].set_title(_title(conds, "class selectivity over training"), fontsize=10)
     axes[1].set_title("test accuracy over training" + ("\ndotted: regularizer onset" if (conds["onset_epoch"] > 0).any() else ""), fontsize=10)
     axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), title="condition", title_fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def layers_vs_alpha(cond_layers: pd.DataFrame, conds: pd.DataFrame, path: Path) -> Path:
@@ -185,7 +185,7 @@ def layers_vs_alpha(cond_layers: pd.DataFrame, conds: pd.DataFrame, path: Path) 
         fig.subplots_adjust(top=1 - 0.75 / fig.get_figheight())  # room for the two-line title above the panels
         fig.suptitle(title, fontsize=10)
     axes[cols - 1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), title="layer", title_fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def write_figures(conds: pd.DataFrame, cond_epochs: pd.DataFrame, cond_layers: pd.DataFrame, folder: Path) -> list[Path]:
