@@ -9,7 +9,8 @@ by side:
     <name>   the backend's launcher on the same kind of trials in fresh folders, one trial at a
              time with all N cores, so the difference to bare is the backend's overhead alone:
              start-up and shut-down, per-trial process start and imports, scheduling
-overhead per trial = (backend - bare) / N. Given two or more N, a line fit splits it into a
+overhead per trial = (backend - bare) / N. Each trial is its own group (`fuse: 1`): this measures
+what a backend adds per job; fused groups (orchestrator.bench_speed) are a different question. Given two or more N, a line fit splits it into a
 fixed cost (start/stop) and a marginal cost per trial. With --repeat R every measurement is taken
 R times, interleaved, and the fastest kept (as timeit does: other load on the machine only ever
 adds time). To add a backend, add a function `(spec_paths, sweep, cpus) -> None` to BACKENDS.
@@ -55,14 +56,14 @@ def run_local(paths: list[Path], sweep: Path, cpus: int) -> None:
     from orchestrator.backends.local import run_local as launch
     from orchestrator.profiles import LocalProfile
 
-    launch(paths, LocalProfile(max_parallel=1))
+    launch([[p] for p in paths], LocalProfile(max_parallel=1, fuse=1))
 
 
 def run_ray(paths: list[Path], sweep: Path, cpus: int) -> None:
     from orchestrator.backends.ray import run_ray as launch
     from orchestrator.profiles import RayProfile
 
-    launch(paths, RayProfile(num_cpus=cpus, cpus_per_trial=cpus, max_concurrent=1), sweep)
+    launch([[p] for p in paths], RayProfile(num_cpus=cpus, cpus_per_trial=cpus, max_concurrent=1, fuse=1), sweep)
 
 
 # Each runs the trials of `paths` (spec.json files in `sweep`) to done, one at a time on `cpus` cores.

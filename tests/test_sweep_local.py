@@ -166,3 +166,12 @@ def test_grid_values_never_reach_a_shell(tmp_path: Path, capsys: pytest.CaptureF
     assert cli(sweep_main, ["--grid", str(grid), "--results", str(tmp_path / "results")]) == 2
     assert f"{root}/cifar-10-batches-py" in capsys.readouterr().err
     assert not marker.exists()
+
+
+def test_backend_overhead_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    """`python -m orchestrator.bench_backends` (local only, one trial): the launcher API it drives still fits."""
+    from orchestrator import bench_backends
+
+    assert bench_backends.main(["--trials", "1", "--backends", "local", "--cpus", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "bare" in out and "local" in out and "over/trial" in out

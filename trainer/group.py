@@ -43,7 +43,7 @@ from trainer.data import Data, DataInfo, data_info, eval_batch_size, load_datase
 from trainer.errors import UserError
 from trainer.fused import FusedResNet20, fused_evaluate, fused_train_epoch
 from trainer.lock import TrialBusy
-from trainer.loop import NonFiniteLoss, combine, lr_at
+from trainer.loop import NonFiniteLoss, combine, lr_at, optimizer_for
 from trainer.models import build_model
 from trainer.run import ResultLog, ablate_if_asked, outcome_line, read_spec, run_trial
 from trainer.spec import PER_MEMBER_FIELDS, TrialSpec
@@ -60,11 +60,15 @@ class Member:
     model_state: dict[str, Any]
     optimizer_state: dict[str, Any]
     done: int | None  # epochs in its checkpoint; None: not even the initial evaluation
-    alive: bool = True
 
     @property
     def spec(self) -> TrialSpec:
         return self.attempt.spec
+
+    @property
+    def alive(self) -> bool:
+        """Not ended by divergence (Attempt.diverged sets its final state)."""
+        return self.attempt.final is None
 
 
 def check_fusable(specs: list[TrialSpec]) -> None:
@@ -109,8 +113,9 @@ def run_group(specs: list[TrialSpec], folders: list[Path], fuse: bool = True) ->
             if a.final is None:  # not diverged
                 ablate_if_asked(a.spec, a.folder)
     for i, a in held:
-        states[i] = a.final
-    return [s or "failed" for s in states]
+        states[i] = a.final  # every attempt that trained ended done or failed on the way out of the stack
+    assert all(s is not None for s in states)
+    return states  # type: ignore[return-value]
 
 
 def _run_alone(spec: TrialSpec, folder: Path) -> str:
@@ -136,7 +141,7 @@ def _member(a: Attempt, info: DataInfo, device: torch.device) -> Member:
     spec = a.spec
     torch.manual_seed(spec.seed)  # the initial weights of the same trial run alone
     model = build_model(spec.model, info.num_classes, info.in_channels).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+    optimizer = optimizer_for(model.parameters(), spec)
     log = ResultLog(a.folder, spec, model.block_names)
     ckpt = load_checkpoint(a.folder, device)
     if ckpt is None:
@@ -151,7 +156,6 @@ class _GroupRun:
     def __init__(self, members: list[Member], data: Data, info: DataInfo, device: torch.device) -> None:
         self.members, self.data, self.device = members, data, device
         self.spec = members[0].spec  # the shared settings (equal fuse keys)
-        self.classes = info.num_classes
         self.info = info
         self.eval_batch = eval_batch_size(data, self.spec.batch_size, device)
         self.steps = data.n_train // self.spec.batch_size
@@ -168,12 +172,11 @@ class _GroupRun:
             net = FusedResNet20(len(self.slots), self.info.num_classes, self.info.in_channels).to(self.device)
         for k, (model_state, _) in enumerate(states):
             net.load_state_for(k, model_state)
-        s = self.spec
         if self.device.type == "cuda":
             net = net.to(memory_format=torch.channels_last)
-        if s.compile:  # compiled once per K and shape in this process; re-fusing to the same K reuses it
+        if self.spec.compile:  # compiled once per K and shape in this process; re-fusing to the same K reuses it
             net.compile()
-        opt = torch.optim.SGD(net.parameters(), lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+        opt = optimizer_for(net.parameters(), self.spec)  # elementwise SGD: one optimizer equals K
         for k, (_, optimizer_state) in enumerate(states):
             net.load_optimizer_state_for(opt, k, optimizer_state)
         self.net, self.opt = net, opt
@@ -235,14 +238,16 @@ class _GroupRun:
         cuts = self.spec.eval_steps_in(e, self.steps)
         segments: list[list[Any]] = [[] for _ in self.slots]
         for begin, stop in zip([0, *cuts], [*cuts, self.steps]):
-            stats = fused_train_epoch(self.net, self.opt, [islice(b, stop - begin) for b in batches], alphas, self.classes, self.device)
+            stats = fused_train_epoch(
+                self.net, self.opt, [islice(b, stop - begin) for b in batches], alphas, self.info.num_classes, self.device
+            )
             for k, m in enumerate(self.slots):
                 if not active[k] or m is None:
                     continue
                 segments[k].append(stats[k])
                 if not math.isfinite(stats[k].loss):
                     m.attempt.diverged(NonFiniteLoss(f"non-finite training loss ({stats[k].loss}) in epoch {e + 1} (alpha {alphas[k]})"))
-                    m.alive = active[k] = False
+                    active[k] = False
             if stop < self.steps and any(active):
                 evals = self.evaluate()
                 for k, m in enumerate(self.slots):
@@ -260,7 +265,7 @@ class _GroupRun:
 
     def evaluate(self) -> list[Any]:
         assert self.net is not None
-        return fused_evaluate(self.net, self.data, self.classes, self.device, self.eval_batch)
+        return fused_evaluate(self.net, self.data, self.info.num_classes, self.device, self.eval_batch)
 
     def checkpoint(self, m: Member, epoch: int, step: int) -> None:
         """Save member m's share as a single trial's checkpoint; its status says which epoch."""

@@ -56,6 +56,11 @@ def lr_at(spec: TrialSpec, epoch: int) -> float:
     return spec.lr * spec.lr_gamma ** sum(epoch >= m for m in spec.milestones())
 
 
+def optimizer_for(params: Iterable[torch.nn.Parameter], spec: TrialSpec) -> torch.optim.SGD:
+    """The trial's optimizer: SGD with the spec's lr, momentum and weight decay (lr set per epoch by lr_at)."""
+    return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+
+
 def autocast(device: torch.device) -> torch.autocast:
     # bf16 on GPU (no loss scaling needed); CPU stays float32 so results are exact and resumable.
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")

@@ -34,7 +34,7 @@ from trainer.checkpoint import load_checkpoint, save_checkpoint
 from trainer.cli import EXIT_DONE, EXIT_FAILED, command
 from trainer.data import Data, data_info, eval_batch_size, load_dataset
 from trainer.errors import UserError
-from trainer.loop import EvalStats, NonFiniteLoss, TrainStats, combine, evaluate, lr_at, train_epoch
+from trainer.loop import EvalStats, NonFiniteLoss, TrainStats, combine, evaluate, lr_at, optimizer_for, train_epoch
 from trainer.models import build_model
 from trainer.spec import TrialSpec
 
@@ -107,7 +107,7 @@ def train_trial(spec: TrialSpec, folder: Path, device: torch.device, status: dic
         model = model.to(memory_format=torch.channels_last)
     if spec.compile:
         model.compile()  # in place: state_dict keys stay those of the plain model
-    optimizer = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+    optimizer = optimizer_for(model.parameters(), spec)
     log = ResultLog(folder, spec, model.block_names)
     eval_batch = eval_batch_size(data, spec.batch_size, device)
     steps_per_epoch = data.n_train // spec.batch_size
