@@ -35,7 +35,7 @@ from orchestrator.estimate import DATASET_SIZES
 from orchestrator.grid import load_grid
 from orchestrator.pack import pack
 from trainer.attempt import pick_device
-from trainer.bench import SYNTHETIC, synthetic_cifar, sync
+from trainer.bench import SYNTHETIC, step_batches, synthetic_cifar, sync
 from trainer.data import Batch, TensorData, eval_batch_size
 from trainer.fused import FusedResNet20, fused_evaluate, fused_train_epoch
 from trainer.loop import evaluate, train_epoch
@@ -83,11 +83,6 @@ def plain_loop(model: TrackedNet, opt: torch.optim.Optimizer, batches: Iterator[
 
 
 # ---- measuring --------------------------------------------------------------------------------------
-def _steps(data: TensorData, seed: int, batch: int, steps: int, round_: int) -> Iterator[Batch]:
-    epochs = (data.train_batches(round_ * 1000 + e, seed, batch, augment=True) for e in itertools.count())
-    return itertools.islice(itertools.chain.from_iterable(epochs), steps)
-
-
 def _timed(fn: Callable[[], Any], device: torch.device) -> float:
     sync(device)
     start = time.perf_counter()
@@ -124,10 +119,10 @@ def measure(a: argparse.Namespace) -> dict[str, Any]:
     single_a, fused_net = fast[1], fast[2]
     runs: dict[str, Callable[[int], Any]] = {
         "loader": lambda r: plain_loop(plain, opts[id(plain)], itertools.islice(loader_batches, a.steps), a.alpha, device),
-        "single0": lambda r: train_epoch(fast[0], opts[id(fast[0])], _steps(data, 0, a.batch_size, a.steps, r), 0.0, 10, device),
-        "single": lambda r: train_epoch(single_a, opts[id(single_a)], _steps(data, 0, a.batch_size, a.steps, r), a.alpha, 10, device),
+        "single0": lambda r: train_epoch(fast[0], opts[id(fast[0])], step_batches(data, a.batch_size, a.steps, r), 0.0, 10, device),
+        "single": lambda r: train_epoch(single_a, opts[id(single_a)], step_batches(data, a.batch_size, a.steps, r), a.alpha, 10, device),
         "fused": lambda r: fused_train_epoch(
-            fused_net, opts[id(fused_net)], [_steps(data, s, a.batch_size, a.steps, r) for s in range(a.k)], [a.alpha] * a.k, 10, device
+            fused_net, opts[id(fused_net)], [step_batches(data, a.batch_size, a.steps, r, seed=s) for s in range(a.k)], [a.alpha] * a.k, 10, device
         ),
         "eval": lambda r: evaluate(single_a, data.test_batches(eval_batch), 10, device),
         "eval_fused": lambda r: fused_evaluate(fused_net, data, 10, device, eval_batch),

@@ -53,9 +53,9 @@ def synthetic_cifar(n_train: int, n_test: int, device: torch.device, seed: int =
     return TensorData(data_info("cifar10"), part(n_train), part(n_test), device)
 
 
-def step_batches(data: Data, batch_size: int, steps: int, round_: int) -> Iterator[Batch]:
-    """`steps` training batches, running on into the following epochs if one is too short."""
-    epochs = (data.train_batches(round_ * 1000 + e, 0, batch_size, augment=True) for e in itertools.count())
+def step_batches(data: Data, batch_size: int, steps: int, round_: int, seed: int = 0) -> Iterator[Batch]:
+    """`steps` training batches of trial `seed`, running on into the following epochs if one is too short."""
+    epochs = (data.train_batches(round_ * 1000 + e, seed, batch_size, augment=True) for e in itertools.count())
     return itertools.islice(itertools.chain.from_iterable(epochs), steps)
 
 

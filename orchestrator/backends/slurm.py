@@ -397,7 +397,10 @@ class TrialJob(submitit.helpers.Checkpointable):
 
     def _stop(self, group: list[Path]) -> str:
         """After a requeue, SIGTERM or refused requeue: leave every member's status.json true, then exit."""
-        if self._why == "finished":
+        if self._why == "finished":  # every member ended before the time limit: report them as _run would
+            failed = _failures(group)
+            if failed:
+                raise TrialFailed(failed)
             return "done"
         for trial in group:
             try:
