@@ -28,6 +28,9 @@ from trainer.provenance import device_name, now, provenance
 from trainer.spec import TrialSpec
 
 
+FUSED = "fused"  # status.json: how many trials the last attempt trained with as one network (False: alone)
+
+
 def read_status(folder: Path) -> dict[str, Any]:
     path = folder / R.STATUS
     return R.read_json(path) if path.exists() else {"state": "pending", "attempts": 0}

@@ -36,7 +36,7 @@ from typing import Any, Iterator
 import torch
 
 from trainer import faults
-from trainer.attempt import Attempt, attempt
+from trainer.attempt import FUSED, Attempt, attempt
 from trainer.checkpoint import load_checkpoint, save_checkpoint
 from trainer.cli import EXIT_BUSY, EXIT_DONE, EXIT_FAILED, command
 from trainer.data import Data, DataInfo, data_info, eval_batch_size, load_dataset
@@ -48,7 +48,6 @@ from trainer.models import build_model
 from trainer.run import ResultLog, ablate_if_asked, outcome_line, read_spec, run_trial
 from trainer.spec import PER_MEMBER_FIELDS, TrialSpec
 
-FUSED = "fused"  # status.json: the number of trials its last attempt trained with (False: alone, trainer.run)
 
 
 @dataclass

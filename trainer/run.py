@@ -29,7 +29,7 @@ import torch
 from trainer import faults
 from trainer import results as R
 from trainer.ablate import ablate_trial
-from trainer.attempt import attempt, read_status, write_status
+from trainer.attempt import FUSED, attempt, read_status, write_status
 from trainer.checkpoint import load_checkpoint, save_checkpoint
 from trainer.cli import EXIT_DONE, EXIT_FAILED, command
 from trainer.data import Data, data_info, eval_batch_size, load_dataset
@@ -162,7 +162,7 @@ def run_trial(spec: TrialSpec, folder: str | Path) -> str:
     """
     with attempt(spec, Path(folder)) as a:
         if a.final is None:
-            a.status["fused"] = False
+            a.status[FUSED] = False
             train_trial(spec, a.folder, a.device, a.status)
             ablate_if_asked(spec, a.folder)
     assert a.final is not None
