@@ -20,10 +20,10 @@ import pytest
 import torch
 
 from trainer.data import load_dataset
-from trainer.fused import FusedResNet20, fused_batch_selectivity, fused_evaluate, fused_train_epoch
+from trainer.fused import FusedResNet20, fused_evaluate, fused_train_epoch
 from trainer.loop import evaluate, train_epoch
 from trainer.models import build_model
-from trainer.selectivity import batch_selectivity
+from trainer.selectivity import batch_selectivity, batched_selectivity
 
 CPU = torch.device("cpu")
 SEEDS, ALPHAS, ONSETS = (0, 1, 2), (0.0, -10.0, 5.0), (0, 0, 1)
@@ -71,7 +71,7 @@ def test_forward_and_selectivity_match_separate(data) -> None:
     x = torch.cat([b[0] for b in batches], dim=1)
     y = torch.stack([b[1] for b in batches])
     logits, feats = fused(x, capture=True)
-    si = fused_batch_selectivity(feats, y, 10)
+    si = batched_selectivity(feats, y, 10)
     for k, m in enumerate(models):
         ref_logits, ref_feats = m(batches[k][0], capture=True)
         torch.testing.assert_close(logits[k], ref_logits, atol=1e-5, rtol=1e-5)

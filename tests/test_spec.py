@@ -149,6 +149,9 @@ SCIENCE_CHANGES = [
     {"lr_gamma": 0.2},
     {"augment": False},
     {"eval_every_steps": 5, "eval_until_epoch": 2},  # fields added later: in the id once set
+    {"si_pooling": "stages"},
+    {"si_skip_last_stage": True},
+    {"si_class_stat": "sum"},
 ]
 WINDOW_CHANGES = [{"onset_epoch": 5}, {"offset_epoch": 3}, {"onset_epoch": 5, "offset_epoch": 9}]
 
@@ -245,6 +248,7 @@ def test_later_fields_at_their_default_keep_old_trial_ids() -> None:
     # eval_every_steps / eval_until_epoch came after the first release: trials that do not set
     # them keep the ids they had (DEFAULT_TRIAL_ID is the golden id of the default spec).
     assert TrialSpec(eval_every_steps=0, eval_until_epoch=0).trial_id == DEFAULT_TRIAL_ID
+    assert TrialSpec(si_pooling="layers", si_skip_last_stage=False, si_class_stat="mean").trial_id == DEFAULT_TRIAL_ID
     assert TrialSpec(keep_checkpoints=(1, 2)).trial_id == DEFAULT_TRIAL_ID  # analysis setting
 
 

@@ -181,7 +181,7 @@ def test_done_trial_is_not_run_again(done_trial, monkeypatch: pytest.MonkeyPatch
     def must_not_train(*args, **kwargs):
         raise AssertionError("a done trial was trained again")
 
-    monkeypatch.setattr(trainer.run, "train_trial", must_not_train)
+    monkeypatch.setattr(trainer.run, "train_members", must_not_train)
     before = (folder / R.STATUS).read_text(), (folder / R.EPOCHS).stat().st_mtime_ns
     assert run_trial(spec, folder) == "done"
     assert ((folder / R.STATUS).read_text(), (folder / R.EPOCHS).stat().st_mtime_ns) == before
@@ -249,13 +249,13 @@ def test_resume_after_sigkill(tmp_path: Path, uninterrupted: Path, trainer_cli) 
 
 KILL_BEFORE_CHECKPOINT = """
 import os, sys
-import trainer.run as run
-save = run.save_checkpoint
+import trainer.epochs as epochs, trainer.run as run
+save = epochs.save_checkpoint
 def save_or_die(folder, model, optimizer, epoch, step, **kw):
     if epoch == 3:
         os._exit(9)  # killed after epoch 3's rows were written, before its checkpoint
     save(folder, model, optimizer, epoch, step, **kw)
-run.save_checkpoint = save_or_die
+epochs.save_checkpoint = save_or_die
 sys.exit(run.main(["--spec", sys.argv[1]]))
 """
 

@@ -26,37 +26,26 @@ from trainer.lock import TrialLock
 from trainer.loop import NonFiniteLoss
 from trainer.provenance import device_name, now, provenance
 from trainer.spec import TrialSpec
-
-
-FUSED = "fused"  # status.json: how many trials the last attempt trained with as one network (False: alone)
-
-
-def read_status(folder: Path) -> dict[str, Any]:
-    path = folder / R.STATUS
-    return R.read_json(path) if path.exists() else {"state": "pending", "attempts": 0}
-
-
-def write_status(folder: Path, status: dict[str, Any]) -> None:
-    R.write_json(status, folder / R.STATUS)
+from trainer.status import Status, StatusUnreadable, read_status, write_status
 
 
 def pick_device(name: str) -> torch.device:
+    """The torch device of a spec's `device` field on this machine; one line if it is not here."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"field 'device' is '{name}' but no CUDA device is visible on this machine; allowed here: auto, cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"field 'device' is '{name}' but no CUDA device is visible on this machine; allowed here: auto, cpu")
+        index = name.partition(":")[2]
+        if index and int(index) >= torch.cuda.device_count():
+            raise UserError(f"field 'device' is '{name}' but this machine shows {torch.cuda.device_count()} CUDA device(s)")
     return torch.device(name)
-
-
-def is_final(status: dict[str, Any]) -> bool:
-    """Done, or failed in a way that running again cannot mend (diverged)."""
-    return status["state"] == "done" or (status["state"] == "failed" and not status.get("retryable", True))
 
 
 class Attempt:
     """A trial being run by this process (lock held); `final` is its state once it has one."""
 
-    def __init__(self, spec: TrialSpec, folder: Path, status: dict[str, Any], final: str | None) -> None:
+    def __init__(self, spec: TrialSpec, folder: Path, status: Status, final: str | None) -> None:
         self.spec, self.folder, self.status, self.final = spec, folder, status, final
         self.device = torch.device("cpu")
 
@@ -74,6 +63,14 @@ class Attempt:
         self.save_status()
 
 
+def _read_or_rebuild(folder: Path, spec: TrialSpec) -> Status:
+    """The recorded status; a damaged one is rebuilt (its epoch comes back from the checkpoint)."""
+    try:
+        return read_status(folder)
+    except StatusUnreadable as err:
+        return Status(trial_id=spec.trial_id, extra={"repaired": f"{now()}: {err}; rebuilt from the trial folder"})
+
+
 @contextmanager
 def attempt(spec: TrialSpec, folder: Path) -> Iterator[Attempt]:
     """Lock `folder`, check it holds `spec`'s trial, record a new attempt; record how it ended.
@@ -82,11 +79,11 @@ def attempt(spec: TrialSpec, folder: Path) -> Iterator[Attempt]:
     """
     folder.mkdir(parents=True, exist_ok=True)
     with TrialLock(folder):
-        status = read_status(folder)
-        if status.get("trial_id") not in (None, spec.trial_id):  # e.g. spec.json edited after the run
-            raise UserError(f"{folder}: holds trial {status['trial_id']}, not {spec.trial_id}; one folder per trial")
-        if is_final(status):
-            yield Attempt(spec, folder, status, final=status["state"])
+        status = _read_or_rebuild(folder, spec)
+        if status.trial_id not in (None, spec.trial_id):  # e.g. spec.json edited after the run
+            raise UserError(f"{folder}: holds trial {status.trial_id}, not {spec.trial_id}; one folder per trial")
+        if status.final:
+            yield Attempt(spec, folder, status, final=status.state)
             return
         R.remove_temp_files(folder)
         spec_path = folder / R.SPEC
@@ -97,7 +94,7 @@ def attempt(spec: TrialSpec, folder: Path) -> Iterator[Attempt]:
         a = Attempt(spec, folder, status, final=None)
         a.device = pick_device(spec.device)
         status.update(
-            state="running", attempts=int(status.get("attempts", 0)) + 1, trial_id=spec.trial_id, error=None,
+            state="running", attempts=status.attempts + 1, trial_id=spec.trial_id, error=None, error_kind=None,
             started=now(), ended=None, device=device_name(a.device), **provenance(),
         )  # fmt: skip
         a.save_status()

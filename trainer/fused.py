@@ -35,9 +35,11 @@ from trainer import faults
 from trainer.data import Batch
 from trainer.loop import EvalStats, TrainStats, autocast
 from trainer.models import BasicBlockA, TrackedNet, resnet20
-from trainer.selectivity import EPS, UnitSelectivity, class_counts, class_sums, csi_from_means
+from trainer.registry import MODELS
+from trainer.selectivity import SIForm, UnitSelectivity, batched_selectivity, class_counts, class_sums, csi_from_means
 
-STAGES = (16, 32, 64)
+STAGES = MODELS["resnet20"].stage_widths
+DEPTHS = MODELS["resnet20"].blocks_per_stage
 
 
 # ---- the fused network ------------------------------------------------------------------------
@@ -75,8 +77,8 @@ class FusedResNet20(TrackedNet):
             nn.ReLU(inplace=True),
         )
         blocks, c_in = [], STAGES[0]
-        for i, c_out in enumerate(STAGES, start=1):
-            for j in range(1, 4):
+        for i, (c_out, n) in enumerate(zip(STAGES, DEPTHS), start=1):
+            for j in range(1, n + 1):
                 blocks.append((f"stage{i}.block{j}", BasicBlockA(c_in, c_out, 2 if (i > 1 and j == 1) else 1, groups=k)))
                 c_in = c_out
         super().__init__(stem, blocks, FusedLinear(k, STAGES[-1], num_classes))  # type: ignore[arg-type]
@@ -176,36 +178,6 @@ class FusedResNet20(TrackedNet):
                 self._slice(names[int(idx)], buf, k).copy_(v)
 
 
-# ---- the regularizer, vectorised over K ---------------------------------------------------------
-def fused_batch_selectivity(
-    layer_feats: list[torch.Tensor], labels: torch.Tensor, num_classes: int, eps: float = EPS
-) -> torch.Tensor:
-    """SI_batch of each of K models [K] (SPEC 1.4), differentiable; no loop over K, classes or units.
-
-    layer_feats: per tracked layer [K, B, U_l]; labels [K, B] (each model its own batch).
-    The same arithmetic as trainer.selectivity.batch_selectivity, with absent classes masked
-    instead of left out (one scatter-add over [K, C, sum U_l] for all layers at once).
-    """
-    if not layer_feats:
-        raise ValueError("fused_batch_selectivity needs at least one layer")
-    labels = labels.long()
-    k, b = labels.shape
-    counts = labels.new_zeros(k, num_classes).scatter_add_(1, labels, torch.ones_like(labels))  # [K, C]
-    present = counts > 0
-    n_present = present.sum(1)
-    if int(n_present.min()) < 2:  # the step's one host sync, as in batch_selectivity
-        raise ValueError(f"class selectivity needs at least two classes present, got {int(n_present.min())}")
-    sizes = [f.shape[2] for f in layer_feats]
-    a = torch.cat(layer_feats, dim=2)  # [K, B, U]
-    u = a.shape[2]
-    sums = a.new_zeros(k, num_classes, u).scatter_add(1, labels.unsqueeze(2).expand(k, b, u), a)
-    means = sums / counts.clamp_min(1).unsqueeze(2).to(a.dtype)  # absent classes: 0 / 1 = 0
-    mu_max = means.masked_fill(~present.unsqueeze(2), float("-inf")).amax(1)  # [K, U]
-    mu_rest = (means.sum(1) - mu_max) / (n_present - 1).unsqueeze(1).to(a.dtype)
-    csi = (mu_max - mu_rest) / (mu_max + mu_rest + eps)
-    return torch.stack([c.mean(1) for c in csi.split(sizes, dim=1)]).mean(0)
-
-
 def _per_model_ce(logits: torch.Tensor, labels: torch.Tensor, reduction: str) -> torch.Tensor:
     """Cross-entropy of each model [K]: logits [K, B, C], labels [K, B]; 'mean' or 'sum' over B."""
     k, b, c = logits.shape
@@ -221,6 +193,7 @@ def fused_train_epoch(
     alphas: list[float],
     num_classes: int,
     device: torch.device,
+    form: SIForm | None = None,
 ) -> list[TrainStats]:
     """One epoch (or a stretch of one) of all K models; model k sees batches_per_model[k].
 
@@ -248,7 +221,7 @@ def fused_train_epoch(
             logits, feats = model(x, capture=any_reg)
             ce = _per_model_ce(logits.float(), y, "mean")
             if any_reg:
-                si = fused_batch_selectivity(feats, y, num_classes)  # type: ignore[arg-type]
+                si = batched_selectivity(feats, y, num_classes, form=form, layer_names=model.block_names)  # type: ignore[arg-type]
                 loss = ce - alpha_t * si  # alpha_k = 0: exactly CE_k's gradient for model k
                 si_sum += si.detach()
             else:

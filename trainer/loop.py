@@ -1,9 +1,12 @@
-"""One training epoch and one evaluation pass; read top to bottom, no callbacks.
+"""One training epoch and one evaluation pass of a single network; read top to bottom, no callbacks.
 
-    train_epoch: SGD over the epoch's batches with loss = CE - alpha * SI_batch (SPEC 1.4);
+    train_epoch: SGD over the epoch's batches with loss = CE - alpha * SI_batch (docs/science.md);
                  at alpha = 0 the blocks' activations are not even captured.
     evaluate:    test loss, top-1 (and top-5), and every unit's CSI from class means over the
-                 whole test set (SPEC 1.3).
+                 whole test set.
+
+trainer.fused has the same two for K networks trained as one; trainer.engine puts both behind
+one interface.
 
 Metrics are summed on the device and read once per epoch: a per-step `.item()` would stall
 a GPU on every step.
@@ -21,12 +24,12 @@ import torch.nn.functional as F
 from trainer import faults
 from trainer.data import Batch
 from trainer.models import TrackedNet
-from trainer.selectivity import ClassMeanAccumulator, UnitSelectivity, batch_selectivity
+from trainer.selectivity import EPS, ClassMeanAccumulator, SIForm, UnitSelectivity, batch_selectivity
 from trainer.spec import TrialSpec
 
 
 class NonFiniteLoss(RuntimeError):
-    """The training loss became NaN or infinite: the trial has diverged (not retried)."""
+    """The training loss became NaN or infinite: the trial has diverged (recorded, never retried)."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,14 @@ def autocast(device: torch.device) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
+def si_form(spec: TrialSpec) -> SIForm | None:
+    """The spec's form of SI_batch; None for the default (Leavitt & Morcos), which runs today's exact path."""
+    if (spec.si_pooling, spec.si_skip_last_stage, spec.si_class_stat) == ("layers", False, "mean"):
+        return None
+    # Class sums are Ranadive et al.'s form, with their eps; class means keep Leavitt & Morcos's.
+    return SIForm(spec.si_pooling, spec.si_skip_last_stage, spec.si_class_stat, eps=1e-6 if spec.si_class_stat == "sum" else EPS)
+
+
 def train_epoch(
     model: TrackedNet,
     optimizer: torch.optim.Optimizer,
@@ -73,6 +84,7 @@ def train_epoch(
     alpha: float,
     num_classes: int,
     device: torch.device,
+    form: SIForm | None = None,
 ) -> TrainStats:
     model.train()
     regularize = alpha != 0.0
@@ -85,7 +97,7 @@ def train_epoch(
             logits, feats = model(x, capture=regularize)
             ce = F.cross_entropy(logits.float(), y)
             if regularize:
-                si = batch_selectivity(feats, y, num_classes)
+                si = batch_selectivity(feats, y, num_classes, form=form, layer_names=model.block_names)
                 loss = ce - alpha * si
                 si_sum += si.detach()
             else:
@@ -103,11 +115,9 @@ def train_epoch(
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
-    loss_mean = loss_sum.item() / max(images, 1)
-    if not math.isfinite(loss_mean):
-        raise NonFiniteLoss(f"non-finite training loss ({loss_mean})")
+    # A non-finite loss is returned, not raised: the caller fails that trial (and only it, in a group).
     return TrainStats(
-        loss=loss_mean,
+        loss=loss_sum.item() / max(images, 1),
         ce=ce_sum.item() / max(images, 1),
         selectivity=si_sum.item() / steps if regularize and steps else None,
         acc=correct.item() / max(images, 1),

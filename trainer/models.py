@@ -1,7 +1,7 @@
 """The three networks of the papers, each as stem -> named residual blocks -> head.
 
 `TrackedNet.forward(x, capture=True)` also returns the spatial mean of every residual block's
-output (after the ReLU that follows the skip addition; SPEC 1.1), named `stage<i>.block<j>`.
+output (after the ReLU that follows the skip addition), named `stage<i>.block<j>`.
 With `capture=False` (plain training at alpha = 0) nothing extra is computed or kept.
 
     resnet20  He et al. 2016 CIFAR ResNet, 3 stages x 3 BasicBlocks, 16/32/64 channels,
@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
+from trainer.registry import MODELS as CATALOG
 
 class TrackedNet(nn.Module):
     """A network whose residual-block outputs can be read without hooks."""
@@ -79,14 +80,15 @@ class BasicBlockA(nn.Module):
 
 
 def resnet20(num_classes: int, in_channels: int) -> TrackedNet:
-    stem = nn.Sequential(nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(inplace=True))
-    blocks, c_in = [], 16
-    for i, c_out in enumerate((16, 32, 64), start=1):
-        for j in range(1, 4):
+    widths, depths = CATALOG["resnet20"].stage_widths, CATALOG["resnet20"].blocks_per_stage
+    stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
+    blocks, c_in = [], widths[0]
+    for i, (c_out, n) in enumerate(zip(widths, depths), start=1):
+        for j in range(1, n + 1):
             stride = 2 if (i > 1 and j == 1) else 1
             blocks.append((f"stage{i}.block{j}", BasicBlockA(c_in, c_out, stride)))
             c_in = c_out
-    net = TrackedNet(stem, blocks, nn.Linear(64, num_classes))
+    net = TrackedNet(stem, blocks, nn.Linear(widths[-1], num_classes))
     for m in net.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             nn.init.kaiming_normal_(m.weight)
@@ -127,3 +129,8 @@ MODELS: dict[str, Callable[[int, int], TrackedNet]] = {
 
 def build_model(name: str, num_classes: int, in_channels: int) -> TrackedNet:
     return MODELS[name](num_classes, in_channels)
+
+
+def layer_names(name: str) -> list[str]:
+    """The tracked layers of model `name`, without building it."""
+    return CATALOG[name].layer_names()

@@ -12,6 +12,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -19,70 +20,81 @@ from typing import Any, Mapping
 
 
 from trainer.errors import UserError
+from trainer.registry import DATASET_NAMES, MODEL_NAMES, MODELS
 
 
 class SpecError(UserError):
     """A user mistake in a trial spec; its message is one line, ready to print."""
 
 
-# Resource settings: where and how fast a trial runs, never what it computes.
-RESOURCE_FIELDS = frozenset({"device", "num_workers", "data_root", "compile"})
-# Labels and analysis settings: they name a trial or keep extra files, never change its numbers.
-LABEL_FIELDS = frozenset({"sweep", "keep_checkpoints", "ablation_fractions", "ablation_draws"})
-# Fields added after the first release: they enter trial_id only when set away from their
-# default, so every trial_id from before stays valid.
-LATER_FIELDS = {"eval_every_steps": 0, "eval_until_epoch": 0}
-# Fields that identify a trial in every result row (SPEC 4), in this order.
-ROW_ID_FIELDS = ("trial_id", "sweep", "model", "dataset", "alpha", "seed", "onset_epoch", "offset_epoch")
+# Each field's role sits beside it (metadata "role"); the sets below are derived from them.
+#   science   in the trial id; trials that train fused must agree on it
+#   member    in the trial id; may differ between the members of a fused group (trainer.group)
+#   later     science added after the first release: in the trial id only when set away from its
+#             default, so every trial id from before stays valid
+#   label     names a trial or keeps extra files; never changes its numbers, not in the trial id
+#   resource  where and how fast a trial runs, never what it computes; not in the trial id
+ROLES = ("science", "member", "later", "label", "resource")
 
+
+def _field(default: Any, role: str) -> Any:
+    return dataclasses.field(default=default, metadata={"role": role})
+
+
+# Fields that identify a trial in every result row, in this order (the rest of the science follows).
+ROW_ID_FIELDS = ("trial_id", "sweep", "model", "dataset", "alpha", "seed", "onset_epoch", "offset_epoch")
 LR_SCHEDULES = ("step", "cosine")
-# Fused training (trainer.group): trials may train together as one network when they differ
-# only in these (each member's own alpha schedule, seed: init, data order, augmentation; and
-# labels), and their model has a fused form.
-PER_MEMBER_FIELDS = frozenset({"alpha", "onset_epoch", "offset_epoch", "seed"}) | LABEL_FIELDS
-FUSABLE_MODELS = frozenset({"resnet20"})
+SI_POOLINGS = ("layers", "stages")
+SI_CLASS_STATS = ("mean", "sum")
 
 
 @dataclass(frozen=True)
 class TrialSpec:
     """One training run. Defaults give a digits trial that runs anywhere in seconds."""
 
-    sweep: str = "adhoc"
-    model: str = "resnet20"
-    dataset: str = "digits"
-    # Selectivity regularizer (SPEC 1.4): loss = CE - alpha(epoch) * SI_batch.
-    alpha: float = 0.0
-    onset_epoch: int = 0
-    offset_epoch: int | None = None
-    seed: int = 0
-    # Optimisation: SGD with momentum; step schedule divides lr by lr_gamma at each milestone.
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    lr_schedule: str = "step"
-    lr_milestones: tuple[int, ...] | None = None  # None: at 50% and 75% of the epochs
-    lr_gamma: float = 0.1
-    augment: bool = True
+    sweep: str = _field("adhoc", "label")
+    model: str = _field("resnet20", "science")
+    dataset: str = _field("digits", "science")
+    # Selectivity regularizer (docs/science.md): loss = CE - alpha(epoch) * SI_batch, alpha active
+    # for onset_epoch <= epoch < offset_epoch (None: to the end).
+    alpha: float = _field(0.0, "member")
+    onset_epoch: int = _field(0, "member")
+    offset_epoch: int | None = _field(None, "member")
+    seed: int = _field(0, "member")
+    # Optimisation: SGD with momentum; step schedule multiplies lr by lr_gamma at each milestone.
+    epochs: int = _field(10, "science")
+    batch_size: int = _field(128, "science")
+    lr: float = _field(0.1, "science")
+    momentum: float = _field(0.9, "science")
+    weight_decay: float = _field(5e-4, "science")
+    lr_schedule: str = _field("step", "science")
+    lr_milestones: tuple[int, ...] | None = _field(None, "science")  # None: at 50% and 75% of the epochs
+    lr_gamma: float = _field(0.1, "science")
+    augment: bool = _field(True, "science")
     # Early dynamics (Ranadive et al.): also evaluate every N optimizer steps during training
     # epochs 1..eval_until_epoch (0: only at the end of each epoch).
-    eval_every_steps: int = 0
-    eval_until_epoch: int = 0
+    eval_every_steps: int = _field(0, "later")
+    eval_until_epoch: int = _field(0, "later")
+    # Form of the regularizer's SI_batch (docs/science.md): the defaults are Leavitt & Morcos's
+    # (layers weigh equally, class means, eps 1e-7); Ranadive et al.'s ResNet-50 runs used stage
+    # pooling, the last stage left out, and class sums (with eps 1e-6). The reported CSI is the
+    # class-mean definition whatever the form.
+    si_pooling: str = _field("layers", "later")  # layers | stages
+    si_skip_last_stage: bool = _field(False, "later")
+    si_class_stat: str = _field("mean", "later")  # mean | sum
     # Epochs whose checkpoints are kept for analysis (ablations) beside the rolling resume
     # checkpoint; None: 0 to 15, then every 10 (as Ranadive et al.); []: none.
-    keep_checkpoints: tuple[int, ...] | None = None
+    keep_checkpoints: tuple[int, ...] | None = _field(None, "label")
     # Channel ablation of the kept checkpoints at the end of the trial, in the same job (so it
     # runs on every backend): fractions of each block's channels to zero; None: no ablation.
-    ablation_fractions: tuple[float, ...] | None = None
-    ablation_draws: int = 3  # random draws per (epoch, stage, k)
-    # Resources (not part of trial_id).
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    num_workers: int = 0  # DataLoader workers, streaming data sets only
-    data_root: str | None = None  # None: $SWEEP_DATA_ROOT, else ./data
+    ablation_fractions: tuple[float, ...] | None = _field(None, "label")
+    ablation_draws: int = _field(3, "label")  # random draws per (epoch, stage, k)
+    device: str = _field("auto", "resource")  # auto | cpu | cuda | cuda:N
+    num_workers: int = _field(0, "resource")  # DataLoader workers, streaming data sets only
+    data_root: str | None = _field(None, "resource")  # None: $SWEEP_DATA_ROOT, else ./data
     # torch.compile the network (GPU runs of many epochs): one compilation per process and input
     # shape, reused by every later trial and group of the same shapes in that process.
-    compile: bool = False
+    compile: bool = _field(False, "resource")
 
     def __post_init__(self) -> None:
         _check_values(self)
@@ -127,15 +139,13 @@ class TrialSpec:
     def trial_id(self) -> str:
         """Stable 12-hex-digit hash of the science fields (resources and labels excluded)."""
         science = {
-            k: v
-            for k, v in self.to_dict().items()
-            if k not in RESOURCE_FIELDS | LABEL_FIELDS and not (k in LATER_FIELDS and v == LATER_FIELDS[k])
+            k: v for k, v in self.to_dict().items() if k in IN_TRIAL_ID and not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])
         }
         blob = json.dumps(science, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     def row_fields(self) -> dict[str, Any]:
-        """The trial's fields as carried by every result row (SPEC 4).
+        """The trial's fields as carried by every result row.
 
         The identifying fields first, then the other science fields; the spec's `lr` is the base
         learning rate and is renamed `base_lr` because epochs.parquet has a per-epoch `lr` column.
@@ -144,21 +154,20 @@ class TrialSpec:
         out: dict[str, Any] = {"trial_id": self.trial_id}
         out.update({k: d[k] for k in ROW_ID_FIELDS[1:]})
         for k, v in d.items():
-            if k in out or k in RESOURCE_FIELDS or k in LABEL_FIELDS:
-                continue
-            out["base_lr" if k == "lr" else k] = v
+            if k not in out and k in IN_TRIAL_ID:
+                out["base_lr" if k == "lr" else k] = v
         return out
 
     def fuse_key(self) -> tuple[tuple[str, str], ...] | None:
         """Trials with equal keys can train fused (trainer.group); None: this one trains alone."""
-        if self.model not in FUSABLE_MODELS:
+        if not MODELS[self.model].fusable:
             return None
         d = self.to_dict()
         return tuple((k, repr(d[k])) for k in sorted(d) if k not in PER_MEMBER_FIELDS)
 
     # ---- derived schedule ---------------------------------------------------------------
     def alpha_at(self, epoch: int) -> float:
-        """alpha(epoch) of SPEC 1.4: alpha inside [onset, offset), else 0."""
+        """alpha(epoch): alpha inside [onset, offset), else 0."""
         active = self.onset_epoch <= epoch and (self.offset_epoch is None or epoch < self.offset_epoch)
         return self.alpha if active else 0.0
 
@@ -185,8 +194,24 @@ class TrialSpec:
         return self.data_root or os.environ.get("SWEEP_DATA_ROOT") or "./data"
 
 
-# ---- strict typing ------------------------------------------------------------------------
+# ---- the roles, derived from the fields ----------------------------------------------------
 _FIELD_NAMES = tuple(f.name for f in dataclasses.fields(TrialSpec))
+ROLE_OF: dict[str, str] = {f.name: f.metadata["role"] for f in dataclasses.fields(TrialSpec)}
+
+
+def fields_with_role(*roles: str) -> frozenset[str]:
+    return frozenset(name for name, role in ROLE_OF.items() if role in roles)
+
+
+RESOURCE_FIELDS = fields_with_role("resource")
+LABEL_FIELDS = fields_with_role("label")
+IN_TRIAL_ID = fields_with_role("science", "member", "later")
+LATER_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(TrialSpec) if f.metadata["role"] == "later"}
+# Fused training: trials may train together as one network when they differ only in these.
+PER_MEMBER_FIELDS = fields_with_role("member", "label")
+
+
+# ---- strict typing ------------------------------------------------------------------------
 
 
 def field_names() -> list[str]:
@@ -258,13 +283,13 @@ def coerce_type(tp: Any, value: Any) -> Any:
 
 def _check_values(s: TrialSpec) -> None:
     """Value checks beyond types; messages say what is allowed."""
-    # Imported here: the registries import torch, and the spec must stay cheap to import for planning.
-    from trainer.registry import DATASET_NAMES, MODEL_NAMES
-
     if s.model not in MODEL_NAMES:
         raise SpecError(f"field 'model' is '{s.model}'; allowed: {', '.join(MODEL_NAMES)}")
     if s.dataset not in DATASET_NAMES:
         raise SpecError(f"field 'dataset' is '{s.dataset}'; allowed: {', '.join(DATASET_NAMES)}")
+    for name, allowed in (("si_pooling", SI_POOLINGS), ("si_class_stat", SI_CLASS_STATS)):
+        if getattr(s, name) not in allowed:
+            raise SpecError(f"field '{name}' is '{getattr(s, name)}'; allowed: {', '.join(allowed)}")
     if s.lr_schedule not in LR_SCHEDULES:
         raise SpecError(f"field 'lr_schedule' is '{s.lr_schedule}'; allowed: {', '.join(LR_SCHEDULES)}")
     positive = {"epochs": s.epochs, "batch_size": s.batch_size, "lr": s.lr}
@@ -286,7 +311,7 @@ def _check_values(s: TrialSpec) -> None:
         raise SpecError(f"field 'ablation_draws' is {s.ablation_draws}; allowed: >= 1")
     if s.lr_milestones is not None and list(s.lr_milestones) != sorted(set(s.lr_milestones)):
         raise SpecError(f"field 'lr_milestones' is {list(s.lr_milestones)}; allowed: strictly increasing epochs")
-    if not (s.device in ("auto", "cpu", "cuda") or s.device.startswith("cuda:")):
+    if not (s.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d{1,3}", s.device)):
         raise SpecError(f"field 'device' is '{s.device}'; allowed: auto, cpu, cuda, cuda:N")
     if not s.sweep or any(c in s.sweep for c in "/\\\0") or s.sweep in (".", ".."):
         raise SpecError(f"field 'sweep' is '{s.sweep}'; allowed: a plain name without path separators")

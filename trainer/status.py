@@ -1,0 +1,179 @@
+"""A trial's status: the one typed record of `<trial>/status.json`, and the one reader of it.
+
+    status = read_status(folder)        # Status: what the last attempt recorded (pending if none)
+    view = observe(folder)              # TrialState: that, seen together with the trial's lock
+
+status.json is written only while holding the trial's lock (trainer.attempt, and launchers that
+record a failure they saw from outside), always atomically. Its state is one of
+
+    pending      never started
+    running      an attempt is training it (or was, when its process died: see observe)
+    interrupted  stopped from outside (Ctrl-C, SIGTERM, preemption, a killed process); resumes
+    done         finished
+    failed       failed; `retryable` says whether running it again can help (a diverged trial
+                 cannot), and launchers stop retrying it after `max_attempts`
+
+`observe` adds what the lock proves: a `running` status whose lock nobody holds is `interrupted`
+(its process died; the kernel released the flock), and a trial that is not done but whose lock is
+held is `running` (a new attempt starting). A status.json that cannot be read or is not a status
+is `unreadable`, never guessed at: the next attempt rebuilds it from what the folder proves.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from trainer import results as R
+from trainer.lock import is_locked
+
+State = Literal["pending", "running", "interrupted", "done", "failed"]
+STATES: tuple[State, ...] = ("pending", "running", "interrupted", "done", "failed")
+# What a launcher or `orchestrator.status` may see: the recorded states, and a status.json that
+# cannot be read.
+SEEN_STATES = ("done", "running", "interrupted", "pending", "failed", "unreadable")
+
+
+class StatusUnreadable(ValueError):
+    """status.json exists but is not a readable status record (the message says why)."""
+
+
+@dataclass
+class Status:
+    """The contents of status.json. Keys written by newer code are kept in `extra`, untouched."""
+
+    state: State = "pending"
+    attempts: int = 0  # attempts started (each training start counts one; so does a launcher-seen failure)
+    trial_id: str | None = None
+    epoch: int | None = None  # last finished epoch (0 = only the initial evaluation)
+    error: str | None = None
+    error_kind: str | None = None  # diverged | user | exception | killed | requeues | setup
+    retryable: bool = True
+    started: str | None = None
+    ended: str | None = None
+    host: str | None = None
+    platform: str | None = None
+    device: str | None = None
+    versions: dict[str, Any] | None = None
+    git_sha: str | None = None
+    git_dirty: bool | None = None
+    fused: int | bool | None = None  # trials trained together as one network in the last attempt (False: alone)
+    last_interruption: str | None = None
+    log: str | None = None  # the log file of the process or job that ran the last attempt
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def final(self) -> bool:
+        """Done, or failed in a way that running again cannot mend (diverged)."""
+        return self.state == "done" or (self.state == "failed" and not self.retryable)
+
+    def update(self, **fields: Any) -> None:
+        for key, value in fields.items():
+            if key in _FIELDS:
+                setattr(self, key, value)
+            else:
+                self.extra[key] = value
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f: getattr(self, f) for f in _FIELDS}
+        out.update(self.extra)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "Status":
+        if not isinstance(data, dict):
+            raise StatusUnreadable(f"not a JSON object but {type(data).__name__}")
+        state = data.get("state", "pending")
+        if state not in STATES:
+            raise StatusUnreadable(f"state {str(state)[:40]!r} is none of {', '.join(STATES)}")
+        known = {k: v for k, v in data.items() if k in _FIELDS}
+        attempts = known.get("attempts", 0)
+        if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 0:
+            raise StatusUnreadable(f"attempts {str(attempts)[:40]!r} is not a count")
+        return cls(**known, extra={k: v for k, v in data.items() if k not in _FIELDS})
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(Status) if f.name != "extra")
+
+
+def read_status(folder: Path) -> Status:
+    """The recorded status (pending when there is none); StatusUnreadable if status.json is damaged."""
+    path = Path(folder) / R.STATUS
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        return Status()
+    except OSError as err:
+        raise StatusUnreadable(f"{path}: {err.strerror or err}") from None
+    try:
+        return Status.from_dict(json.loads(text))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise StatusUnreadable(f"{path}: {str(err)[:120]}") from None
+
+
+def write_status(folder: Path, status: Status) -> None:
+    """Replace status.json atomically (the caller holds the trial's lock)."""
+    R.write_json(status.to_dict(), Path(folder) / R.STATUS)
+
+
+@dataclass(frozen=True)
+class TrialState:
+    """A trial folder as launchers and `orchestrator.status` see it: its status and its lock."""
+
+    trial_id: str
+    folder: Path
+    state: str  # one of SEEN_STATES
+    status: Status = field(default_factory=Status)
+    reason: str | None = None  # why it is unreadable
+
+    @property
+    def attempts(self) -> int:
+        return self.status.attempts
+
+    @property
+    def epoch(self) -> int | None:
+        return self.status.epoch
+
+    @property
+    def error(self) -> str | None:
+        return self.reason if self.state == "unreadable" else self.status.error
+
+    @property
+    def retryable(self) -> bool:
+        return self.status.retryable
+
+    @property
+    def host(self) -> str | None:
+        return self.status.host
+
+    def runnable(self, max_attempts: int) -> bool:
+        """Should a launcher start (or resume) this trial now?
+
+        Pending and interrupted trials resume (an interruption is a stop from outside, not the
+        trial's fault); failed ones are retried while they have attempts left. An unreadable
+        status gets an attempt, which rebuilds it from the folder; launchers bound how often they
+        start a trial that makes no progress, so that never loops.
+        """
+        if self.state in ("pending", "interrupted", "unreadable"):
+            return True
+        if self.state == "failed":
+            return self.retryable and self.attempts < max_attempts
+        return False
+
+
+def observe(folder: Path) -> TrialState:
+    """The state of one trial folder from its status.json and its lock (no Parquet read)."""
+    folder = Path(folder)
+    locked = is_locked(folder)
+    try:
+        status = read_status(folder)
+    except StatusUnreadable as err:
+        return TrialState(folder.name, folder, "running" if locked else "unreadable", reason=f"status.json unreadable ({err})")
+    state: str = status.state
+    if status.state == "running" and not locked:
+        state = "interrupted"  # its process died: the kernel released the lock
+    elif status.state != "done" and locked:
+        state = "running"  # an attempt holds the lock (and may not have written its status yet)
+    return TrialState(folder.name, folder, state, status)
