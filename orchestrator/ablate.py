@@ -11,15 +11,17 @@ job resumes where it stopped. Then `python -m orchestrator.collect` adds the abl
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 from orchestrator.errors import UserError, cli
 from orchestrator.plan import scan
 from orchestrator.progress import Progress
+from orchestrator.runner import WorkerPool, last_line, make_slots
 from trainer.ablate import DEFAULT_FRACTIONS, KEPT
+from trainer.cli import EXIT_BUSY, EXIT_DONE
+
+ABLATE_LOG = "ablate.log"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,23 +39,21 @@ def main(argv: list[str] | None = None) -> int:
     if not folders:
         raise UserError(f"{args.sweep}: no done trial with kept checkpoints ({KEPT}/) to ablate")
     extra = ["--fractions", *map(str, args.fractions), "--draws", str(args.draws)]
-    threads = max(1, (os.cpu_count() or 1) // args.max_parallel)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    pool = WorkerPool(make_slots(args.max_parallel))
     progress = Progress(len(folders), "ablate")
     failed: list[str] = []
-    queue, running = list(folders), {}
-    while queue or running:
-        while queue and len(running) < args.max_parallel:
+    queue, done = list(folders), 0
+    while queue or pool.running:
+        while queue and pool.free:
             folder = queue.pop(0)
-            cmd = [sys.executable, "-m", "trainer.ablate", "--trial", str(folder), *extra]
-            running[folder] = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        folder, proc = next(iter(running.items()))
-        _, err = proc.communicate()
-        del running[folder]
-        if proc.returncode not in (0, 75):  # 75: another process ablates it right now
-            last = err.decode(errors="replace").strip().splitlines()
-            failed.append(f"{folder.name}: {last[-1] if last else f'exit code {proc.returncode}'}")
-        progress.update(len(folders) - len(queue) - len(running) - len(failed), len(failed), len(running), folder.name)
+            pool.start([sys.executable, "-m", "trainer.ablate", "--trial", str(folder), *extra], folder, folder / ABLATE_LOG)
+        key, code = pool.wait()  # whichever ends first
+        folder = Path(str(key))
+        if code in (EXIT_DONE, EXIT_BUSY):  # busy: another process ablates it right now
+            done += 1
+        else:
+            failed.append(f"{folder.name}: {last_line(folder / ABLATE_LOG)}")
+        progress.update(done, len(failed), len(pool.running), folder.name)
     for line in failed:
         print(f"failed: {line}", file=sys.stderr)
     print(f"{args.sweep}: ablated {len(folders) - len(failed)} trials; next: python -m orchestrator.collect {args.sweep}")

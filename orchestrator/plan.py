@@ -2,51 +2,24 @@
 
 Everything rests on the trial folders (`<root>/<sweep>/trials/<trial_id>/`), never on Ray's or
 submitit's bookkeeping, so a sweep can move between backends and a launcher can exit at any
-time: the next `sweep` or `status` reads the same truth.
-
-States as `status` shows them:
-    pending      no status yet (never started)
-    running      a live process holds the trial's lock
-    interrupted  status says running but nobody holds the lock (killed, preempted): resumes
-    done         finished
-    failed       failed; `retryable` says whether running it again can help (a diverged
-                 trial cannot), and trials stop being retried after `max_attempts`
+time: the next `sweep` or `status` reads the same truth. A trial's state is what
+`trainer.status.observe` makes of its status.json and its lock (pending, running, interrupted,
+done, failed, or unreadable).
 """
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 from trainer.errors import UserError
-from trainer.lock import is_locked
-from trainer.results import SPEC, STATUS, read_json, replace_atomically, write_json
+from trainer.results import SPEC, read_json, replace_atomically, write_json
 from trainer.spec import TrialSpec
+from trainer.status import TrialState, observe
 
 DEFAULT_MAX_ATTEMPTS = 3
-
-
-@dataclass(frozen=True)
-class TrialState:
-    trial_id: str
-    folder: Path
-    state: str  # pending | running | interrupted | done | failed
-    attempts: int = 0
-    epoch: int | None = None  # last finished epoch (0 = only the initial evaluation)
-    error: str | None = None
-    retryable: bool = True
-    host: str | None = None
-
-    def runnable(self, max_attempts: int) -> bool:
-        """Should a launcher start (or resume) this trial now?"""
-        if self.state in ("pending", "interrupted"):
-            return True
-        if self.state == "failed":
-            return self.retryable and self.attempts < max_attempts
-        return False
 
 
 def sweep_dir(results_root: str | Path, name: str) -> Path:
@@ -57,33 +30,6 @@ def trial_folder(sweep: Path, trial_id: str) -> Path:
     return sweep / "trials" / trial_id
 
 
-def read_state(folder: Path) -> TrialState:
-    """The state of one trial folder from its status.json and lock (no Parquet read)."""
-    trial_id = folder.name
-    path = folder / STATUS
-    if not path.exists():
-        return TrialState(trial_id, folder, "running" if is_locked(folder) else "pending")
-    try:
-        st: dict[str, Any] = json.loads(path.read_text())
-    except (OSError, ValueError) as err:  # written atomically, so this is outside damage
-        return TrialState(trial_id, folder, "failed", error=f"unreadable status.json: {err}")
-    state = st.get("state", "pending")
-    if state == "running" and not is_locked(folder):
-        state = "interrupted"
-    elif state != "running" and is_locked(folder):
-        state = "running"  # a new attempt holds the lock and has not written its status yet
-    return TrialState(
-        trial_id=trial_id,
-        folder=folder,
-        state=state,
-        attempts=int(st.get("attempts", 0)),
-        epoch=st.get("epoch"),
-        error=st.get("error"),
-        retryable=bool(st.get("retryable", True)),
-        host=st.get("host"),
-    )
-
-
 def scan(sweep: Path) -> dict[str, TrialState]:
     """States of every trial folder of a sweep, by trial_id."""
     trials = sweep / "trials"
@@ -91,7 +37,7 @@ def scan(sweep: Path) -> dict[str, TrialState]:
         return {}
     with os.scandir(trials) as it:
         folders = sorted(Path(e.path) for e in it if e.is_dir())
-    return {f.name: read_state(f) for f in folders}
+    return {f.name: observe(f) for f in folders}
 
 
 @dataclass(frozen=True)
@@ -111,25 +57,25 @@ def make_plan(specs: Iterable[TrialSpec], sweep: Path, max_attempts: int = DEFAU
     states = {}
     for spec in specs:
         folder = trial_folder(sweep, spec.trial_id)
-        states[spec.trial_id] = read_state(folder) if folder.exists() else TrialState(spec.trial_id, folder, "pending")
+        states[spec.trial_id] = observe(folder) if folder.exists() else TrialState(spec.trial_id, folder, "pending")
     to_run = tuple(s for s in specs if states[s.trial_id].runnable(max_attempts))
     return Plan(sweep, specs, states, to_run)
 
 
 def prepare(plan: Plan) -> list[Path]:
-    """Create the folders and spec.json of the trials to run; returns their spec paths.
+    """Create the folders and spec.json of the trials to run; returns their folders.
 
     spec.json is rewritten each time so its resource fields (device, data root) are those of
     this launch; its science fields are the trial_id's, so a resumed trial trains the same.
     """
     check_writable(plan.sweep)
-    paths = []
+    folders = []
     for spec in plan.to_run:
         folder = trial_folder(plan.sweep, spec.trial_id)
         folder.mkdir(parents=True, exist_ok=True)
         write_json(spec.to_dict(), folder / SPEC)
-        paths.append(folder / SPEC)
-    return paths
+        folders.append(folder)
+    return folders
 
 
 def record_grid(grid_path: Path, sweep: Path) -> None:

@@ -29,6 +29,8 @@ class BaseProfile:
     data_root: str | None = None  # where the data sets are on this site; None: the grid's / $SWEEP_DATA_ROOT
     num_workers: int | None = None  # DataLoader workers (streamed data sets)
     compile: bool | None = None  # torch.compile the networks (worth it on GPUs); None: the grid's
+    loader: str | None = None  # auto | dali | torchvision (image decoding); None: the grid's
+    cache_dir: str | None = None  # data set manifests (a folder every node sees); None: the grid's
     max_attempts: int = 3  # a trial that failed (not diverged) this often is left failed
     # Trials per fused group (trainer.group): trials differing only in alpha, onset and seed
     # train as one network, K at a time, in one worker / Tune trial / array task; 1: each alone.
@@ -43,16 +45,23 @@ class BaseProfile:
             if getattr(self, key) < 1:
                 raise UserError(f"key '{key}' is {getattr(self, key)}; allowed: >= 1")
 
+    def workers(self) -> int:
+        """Groups this engine runs at once on one launch's machine; packing keeps that many busy."""
+        return 1
+
     def trial_overrides(self) -> dict[str, Any]:
         """The resource fields this profile sets on every trial."""
-        keys = ("device", "data_root", "num_workers", "compile")
+        keys = ("device", "data_root", "num_workers", "compile", "loader", "cache_dir")
         return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
 
 @dataclass(frozen=True)
 class LocalProfile(BaseProfile):
     backend: str = "local"
-    max_parallel: int = 1  # 1: trials run in this process, one after another; N: N worker processes
+    max_parallel: int = 1  # worker processes at a time, each running one group of trials
+
+    def workers(self) -> int:
+        return self.max_parallel
 
 
 @dataclass(frozen=True)
@@ -64,7 +73,6 @@ class RayProfile(BaseProfile):
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0  # fractions pack several trials on one GPU (e.g. 0.25)
     max_concurrent: int = 0  # 0: as many as resources allow
-    max_failures: int = 2  # Tune retries of a failed trial, each resuming from the trial's checkpoint
     temp_dir: str | None = None  # local Ray only: its session files (keep the path short)
 
 

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from typing import TYPE_CHECKING, Iterable, TextIO
+
+if TYPE_CHECKING:
+    from trainer.status import TrialState
 
 
 class Progress:
@@ -29,3 +32,8 @@ class Progress:
         else:
             self.stream.write(line + (f"  ({event})" if event else "") + "\n")
         self.stream.flush()
+
+    def show(self, states: Iterable[TrialState], running: int, event: str = "") -> None:
+        """Redraw from trial states (the one place that counts them for a progress line)."""
+        states = list(states)
+        self.update(sum(s.state == "done" for s in states), sum(s.state == "failed" for s in states), running, event)

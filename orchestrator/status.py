@@ -11,10 +11,10 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from orchestrator.errors import UserError, cli
 from orchestrator.plan import load_spec, scan
-
-STATES = ("done", "running", "interrupted", "pending", "failed")
+from trainer.cli import cli
+from trainer.errors import UserError
+from trainer.status import SEEN_STATES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(r))
         return 0
     counts = Counter(st.state for st in states.values())
-    print(f"{args.sweep}: {len(states)} trials: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in STATES))
+    print(f"{args.sweep}: {len(states)} trials: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in SEEN_STATES if counts.get(s) or s != "unreadable"))
     print(f"{'trial_id':12}  {'state':11}  {'epoch':>9}  {'tries':>5}  {'host':12}  error")
     for r in rows:
         progress = f"{'-' if r['epoch'] is None else r['epoch']}/{r['epochs']}"

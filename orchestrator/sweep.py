@@ -2,17 +2,20 @@
 
     --cluster cluster_configs/<profile>.yaml   resources of the backend (its `backend` key picks it)
     --results DIR                              results root (default ./results); the sweep is DIR/<grid name>
-    --dry-run                                  print the trials and a GPU-hour estimate; write nothing
+    --dry-run                                  print the trials, the groups and a GPU-hour estimate; write nothing
     --max-parallel N                           local backend: N worker processes
     --retry-failed                             give failed trials (not diverged ones) another round of attempts
     --fuse K                                   trials per fused group (default: the profile's, 16); 1: each alone
 
-Trials that differ only in alpha, onset and seed train K at a time as one fused network
-(trainer.group), on every backend: one worker, Tune trial or array task per group.
+The steps, each in its own module: load the grid (orchestrator.grid) -> plan what is not done
+(orchestrator.plan) -> pack trials into fused groups (orchestrator.pack) -> the backend runs the
+groups (orchestrator.backends: local, ray, slurm) -> the trial folders say how it went.
 
 Only what is not done runs; a finished trial never runs twice (each trial folder is locked
 while it runs, so two launchers on one sweep share the work). Everything is validated (grid,
-profile, data) before the first file is written.
+profile, data, the engine's own checks) before the first file is written. Exit code 0 when
+every trial of the grid is done (or submitted, for engines that do not wait), 1 when some
+failed or are still running elsewhere, 2 for a user mistake.
 """
 from __future__ import annotations
 
@@ -21,14 +24,15 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from orchestrator.errors import UserError, cli
+from orchestrator.backends import backend_for
 from orchestrator.estimate import estimate
 from orchestrator.grid import Grid, load_grid
 from orchestrator.pack import pack
 from orchestrator.plan import Plan, check_writable, make_plan, prepare, record_grid, scan, sweep_dir, trial_folder
-from orchestrator.profiles import BACKENDS, LocalProfile, Profile, default_profile, load_profile
-from trainer.data import check_data
-from trainer.results import SPEC
+from orchestrator.profiles import BACKENDS, Profile, default_profile, load_profile
+from trainer.cli import EXIT_DONE, EXIT_UNFINISHED, cli
+from trainer.data import preflight_data
+from trainer.errors import UserError
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -51,7 +55,7 @@ def resolve_profile(args: argparse.Namespace) -> Profile:
     if args.max_parallel is not None:
         if profile.backend != "local" or args.max_parallel < 1:
             raise UserError("--max-parallel: allowed only with the local backend, and >= 1")
-        profile = replace(profile, max_parallel=args.max_parallel)  # type: ignore[call-arg]
+        profile = replace(profile, max_parallel=args.max_parallel)
     if args.fuse is not None:
         if args.fuse < 1:
             raise UserError(f"--fuse is {args.fuse}; allowed: >= 1 (1: every trial alone)")
@@ -60,13 +64,12 @@ def resolve_profile(args: argparse.Namespace) -> Profile:
 
 
 def groups_of(plan: Plan, profile: Profile) -> list[list[Path]]:
-    """The trials to run as fused groups of spec.json paths (one per worker / Tune trial / array task)."""
-    workers = profile.max_parallel if isinstance(profile, LocalProfile) else 1
-    groups = pack(plan.to_run, profile.fuse, min_groups=workers)
-    return [[trial_folder(plan.sweep, s.trial_id) / SPEC for s in g] for g in groups]
+    """The trials to run as fused groups of trial folders: exactly what the backend gets (and --dry-run shows)."""
+    groups = pack(plan.to_run, profile.fuse, min_groups=profile.workers())
+    return [[trial_folder(plan.sweep, s.trial_id) for s in g] for g in groups]
 
 
-def print_plan(grid: Grid, plan: Plan, profile: Profile) -> None:
+def print_plan(grid: Grid, plan: Plan, profile: Profile, groups: list[list[Path]]) -> None:
     est = estimate(plan.to_run)
     cols = ("trial_id", "state", *grid.axes)
     rows = [(s.trial_id, plan.states[s.trial_id].state, *(str(getattr(s, a)) for a in grid.axes)) for s in plan.specs]
@@ -79,15 +82,20 @@ def print_plan(grid: Grid, plan: Plan, profile: Profile) -> None:
         f"\n{grid.name}: {len(plan.specs)} trials ({dup} duplicates collapsed), {plan.count('done')} done, "
         f"{len(plan.to_run)} to run on backend '{profile.backend}'"
     )
-    groups = pack(plan.to_run, profile.fuse)
     fused = sum(len(g) for g in groups if len(g) > 1)
-    print(f"packing: {fused} of {len(plan.to_run)} trials train fused, in {sum(len(g) > 1 for g in groups)} groups of at most {profile.fuse} (--fuse)")
+    print(
+        f"packing: {len(groups)} groups ({profile.workers()} at a time); {fused} of {len(plan.to_run)} trials train fused, "
+        f"in groups of at most {profile.fuse} (--fuse)"
+    )
+    for i, g in enumerate(groups):
+        print(f"  group {i + 1}: {' '.join(f.name for f in g)}")
     print(f"GPU-hours to run: {est.gpu_hours:.2f} ({est.explain()})")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     profile = resolve_profile(args)
+    backend = backend_for(profile)
     grid = load_grid(args.grid, overrides=profile.trial_overrides())
     folder = sweep_dir(args.results, grid.name)
     max_attempts = profile.max_attempts
@@ -95,54 +103,38 @@ def main(argv: list[str] | None = None) -> int:
         # One more round for every failed trial that can be retried (diverged ones stay failed).
         max_attempts += max((s.attempts for s in scan(folder).values()), default=0)
     plan = make_plan(grid.specs, folder, max_attempts)
-    if not args.dry_run:
-        check_writable(folder)
-        # The engine's own checks (commands, partition, cluster address), before anything is written.
-        if profile.backend == "slurm":
-            from orchestrator.backends.slurm import preflight as slurm_preflight
-
-            slurm_preflight(profile)  # type: ignore[arg-type]
-        elif profile.backend == "ray":
-            from orchestrator.backends.ray import preflight as ray_preflight
-
-            ray_preflight(profile)  # type: ignore[arg-type]
-        for dataset in sorted({s.dataset for s in plan.to_run}):
-            check_data(dataset, next(s for s in plan.to_run if s.dataset == dataset).resolved_data_root())
-    if args.dry_run or not plan.to_run:
-        print_plan(grid, plan, profile)
-        if not args.dry_run:
-            print("nothing to run: every trial is done (or failed beyond its attempts; see orchestrator.status)")
-        return 0
-    paths = prepare(plan)
-    record_grid(args.grid, folder)
     groups = groups_of(plan, profile)
+    if args.dry_run:
+        print_plan(grid, plan, profile, groups)
+        return EXIT_DONE
+    check_writable(folder)
+    backend.preflight(plan)  # the engine's own checks (commands, partition, cluster address)
+    for dataset, root, cache in sorted({(s.dataset, s.resolved_data_root(), s.cache_dir or "") for s in plan.to_run}):
+        preflight_data(dataset, root, cache or None)
+    if not plan.to_run:
+        print_plan(grid, plan, profile, groups)
+        print("nothing to run: every trial is done (or failed beyond its attempts; see orchestrator.status)")
+        return EXIT_DONE if plan.count("done") == len(plan.specs) else EXIT_UNFINISHED
+    prepare(plan)
+    record_grid(args.grid, folder)
     print(
-        f"{grid.name}: running {len(paths)} of {len(plan.specs)} trials as {len(groups)} groups (fuse {profile.fuse}) "
+        f"{grid.name}: running {len(plan.to_run)} of {len(plan.specs)} trials as {len(groups)} groups (fuse {profile.fuse}) "
         f"on '{profile.backend}' into {folder}",
         file=sys.stderr,
     )
-    if profile.backend == "local":
-        from orchestrator.backends.local import run_local
-
-        run_local(groups, profile)  # type: ignore[arg-type]
-    elif profile.backend == "ray":
-        from orchestrator.backends.ray import run_ray
-
-        run_ray(groups, profile, folder)  # type: ignore[arg-type]
-    else:
-        from orchestrator.backends.slurm import run_slurm
-
-        if not run_slurm(groups, profile, folder):  # type: ignore[arg-type]
-            print(f"submitted; follow with: python -m orchestrator.status {folder}")
-            return 0
+    launch = backend.run(groups, folder)
+    if launch.note:
+        print(launch.note)
+    if not launch.waited:
+        return EXIT_DONE
     final = make_plan(grid.specs, folder, max_attempts)
     others = final.count("running")
     print(
         f"{grid.name}: {final.count('done')} done, {final.count('failed')} failed"
-        + (f", {others} running in another launcher" if others else "")
+        + (f", {others} running in another process" if others else "")
         + f" of {len(final.specs)} -> {folder}"
     )
-    return 1 if final.count("failed") else 0
+    return EXIT_DONE if final.count("done") == len(final.specs) else EXIT_UNFINISHED
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -13,6 +14,8 @@ import pytest
 # threads per process made a 3-epoch digits trial 8x slower (54 s vs 7 s) under load. Set before
 # torch is imported; subprocesses inherit it.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Data set manifests (ImageNet) go to a folder of this test session, never the user's ~/.cache.
+os.environ["SWEEP_CACHE_DIR"] = tempfile.mkdtemp(prefix="sweep-cache-")
 if "torch" in sys.modules:  # imported already (by a plugin): set it directly
     sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 

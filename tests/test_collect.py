@@ -1,6 +1,6 @@
 """Tests of the collector (`python -m orchestrator.collect`): statistics, tables, incremental
 re-collection, figures and every bad input. Real digits trials (trainer.run) for end-to-end checks,
-synthetic trial folders (orchestrator.bench_collect.write_trial, the trainer's schemas) for the rest.
+synthetic trial folders (benchmarks.synthetic.write_trial, the trainer's schemas) for the rest.
 """
 from __future__ import annotations
 
@@ -17,10 +17,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from orchestrator import collect as C
-from orchestrator.bench_collect import write_trial
-from orchestrator.collect_scan import expected_schema, scan
-from orchestrator.collect_stats import summarize, t975, t_quantile_975
+from benchmarks.synthetic import write_trial
+from orchestrator.collect import core as C
+from orchestrator.collect.scan import expected_schema, scan_files
+from orchestrator.collect.stats import summarize, t975, t_quantile_975
+from orchestrator.errors import cli
 from trainer import results as R
 from trainer.lock import TrialLock
 from trainer.spec import TrialSpec
@@ -54,7 +55,7 @@ def table(sweep: Path, name: str) -> pd.DataFrame:
 
 
 def run_main(capsys, *argv: str) -> tuple[int, str, str]:
-    code = C.cli(C.main, list(argv))
+    code = cli(C.main, list(argv))
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -317,7 +318,7 @@ def test_scan_isolates_every_bad_file_in_one_pass(tmp_path):
     paths = [sweep / "trials" / s.trial_id / R.LAYERS for s in specs]
     for i in (0, 5, 6, 15):
         _flip_middle(paths[i]) if i % 2 else _truncate(paths[i])
-    rows, bad = scan(paths, R.LAYERS)
+    rows, bad = scan_files(paths, R.LAYERS)
     assert sorted(bad) == sorted(paths[i] for i in (0, 5, 6, 15))
     assert sorted(set(rows["_file"].to_pylist())) == [i for i in range(16) if i not in (0, 5, 6, 15)]
     assert rows.num_rows == 12 * 5 * 9  # 12 readable trials x epochs 0..4 x 9 layers
@@ -397,7 +398,7 @@ def test_replaced_summary_file_invalidates_the_cache(tmp_path):
 def test_alpha_axis_symlog_only_across_decades():
     from matplotlib.figure import Figure
 
-    from orchestrator.collect_figures import alpha_axis
+    from orchestrator.collect.figures import alpha_axis
 
     for alphas, scale, linthresh in (([-100, -1, -0.1, 0, 1], "symlog", 0.1), ([-20, 0, -5], "linear", None)):
         ax = Figure().add_subplot()

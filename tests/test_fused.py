@@ -149,8 +149,8 @@ def test_free_running_fused_run_is_separate_trials_untethered(data) -> None:
 
 
 def test_speed_benchmark_runs_ci_sized(capsys: pytest.CaptureFixture[str]) -> None:
-    """`python -m orchestrator.bench_speed --small` in its smallest form: every figure it promises is printed."""
-    from orchestrator import bench_speed
+    """`python -m benchmarks.speed --small` in its smallest form: every figure it promises is printed."""
+    from benchmarks import speed as bench_speed
 
     assert bench_speed.main(["--small", "--k", "2", "--steps", "1", "--rounds", "1", "--n-train", "256"]) == 0
     out = capsys.readouterr().out

@@ -28,9 +28,10 @@ import pytest
 from orchestrator.backends.slurm import REQUEUES, SUBMITTED, TrialJob, render_sbatch, squeue, submit
 from orchestrator.errors import cli
 from orchestrator.grid import load_grid
-from orchestrator.plan import read_state, scan
+from orchestrator.plan import scan
+from trainer.status import observe
 from orchestrator.profiles import load_profile
-from orchestrator.slurm_script import chunked, job_name, parse_max_array_size, sbatch_parameters, signal_delay_s
+from orchestrator.backends.slurm.sbatch import chunked, job_name, parse_max_array_size, sbatch_parameters, signal_delay_s
 from orchestrator.status import main as status_main
 from orchestrator.sweep import main as sweep_main
 from trainer.errors import UserError
@@ -244,12 +245,12 @@ def test_preempted_trial_resumes_and_requeue_cap_fails_the_other(
     a, b = trials[4], trials[40]
     job_a, job_b = job_of(a), job_of(b)
 
-    wait_until(lambda: status(a).get("epoch", 0) >= 1 and read_state(a).state == "running", 120, "A trains an epoch")
+    wait_until(lambda: status(a).get("epoch", 0) >= 1 and observe(a).state == "running", 120, "A trains an epoch")
     before = snapshot_checkpointed_rows(a)
     scontrol("requeue", job_a)
-    wait_until(lambda: read_state(b).state == "running", 60, "B running")
+    wait_until(lambda: observe(b).state == "running", 60, "B running")
     scontrol("requeue", job_b)
-    wait_until(lambda: requeues(b) == 1 and read_state(b).state == "running", 120, "B running again after a requeue")
+    wait_until(lambda: requeues(b) == 1 and observe(b).state == "running", 120, "B running again after a requeue")
     scontrol("requeue", job_b)
     wait_until(lambda: not squeue([job_a, job_b]), 180, "both jobs leave the queue")
 
@@ -282,7 +283,7 @@ def test_fused_groups_are_array_tasks_and_a_preempted_group_resumes(tmp_path: Pa
     assert jobs[0] == jobs[1] and jobs[2] == jobs[3] and jobs[0] != jobs[2]  # the groups keep plan order
     first = folders[:2]
 
-    wait_until(lambda: all(status(f).get("epoch", 0) >= 1 and read_state(f).state == "running" for f in first), 120, "group 1 trains")
+    wait_until(lambda: all(status(f).get("epoch", 0) >= 1 and observe(f).state == "running" for f in first), 120, "group 1 trains")
     before = [snapshot_checkpointed_rows(f) for f in first]
     scontrol("requeue", jobs[0])
     wait_until(lambda: not squeue(jobs), 240, "both tasks leave the queue")
@@ -330,7 +331,7 @@ def test_time_limit_requeues_and_resumes(tmp_path: Path, sweep_name: str) -> Non
     (trial,) = (sweep / "trials").iterdir()
     job = job_of(trial)
 
-    wait_until(lambda: status(trial).get("epoch", 0) >= 1 and read_state(trial).state == "running", 120, "an epoch")
+    wait_until(lambda: status(trial).get("epoch", 0) >= 1 and observe(trial).state == "running", 120, "an epoch")
     before = snapshot_checkpointed_rows(trial)
     scontrol("update", f"JobId={job}", "TimeLimit=1")
     wait_until(lambda: job_state(job) == "PENDING" or status(trial)["state"] == "done", 120, "the time-limit signal")
@@ -374,7 +375,7 @@ def test_stale_jobs_never_rerun_a_trial(tmp_path: Path, sweep_name: str, capsys:
         subprocess.run(["scancel", blocker], check=True, timeout=60)
         wait_until(lambda: not squeue([first]), 120, "the first job runs and leaves")
     assert "leaving it to that process" in job_log(sweep, first)
-    assert read_state(trial).state == "pending" and not (trial / REQUEUES).exists()
+    assert observe(trial).state == "pending" and not (trial / REQUEUES).exists()
 
     # 2. Another launcher (local) runs the trial to the end.
     assert cli(sweep_main, ["--grid", str(grid), "--results", str(results)]) == 0
@@ -390,7 +391,7 @@ def test_stale_jobs_never_rerun_a_trial(tmp_path: Path, sweep_name: str, capsys:
 
 @pytest.mark.slurm
 def test_preflight_names_a_missing_partition(slurm: None, tmp_path: Path) -> None:
-    from orchestrator.backends.slurm import preflight
+    from orchestrator.backends.slurm.launcher import preflight
 
     preflight(load_profile(write_profile(tmp_path)))
     with pytest.raises(UserError, match="partition 'nope': Partition nope not found"):

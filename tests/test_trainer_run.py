@@ -344,7 +344,7 @@ def test_digits_accuracy_and_selectivity_respond_to_alpha(tmp_path: Path) -> Non
 
 # ---- the benchmark command runs ------------------------------------------------------------------
 def test_bench_smoke(capsys: pytest.CaptureFixture[str]) -> None:
-    from trainer import bench
+    from benchmarks import step as bench
 
     args = ["--dataset", "synthetic-cifar", "--n-train", "128", "--batch-size", "32", "--steps", "1", "--rounds", "2"]
     assert bench.main(args) == 0

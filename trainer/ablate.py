@@ -19,7 +19,8 @@ import torch
 
 from trainer import results as R
 from trainer.ablation import ablation_rows
-from trainer.attempt import pick_device, read_status
+from trainer.attempt import pick_device
+from trainer.status import read_status
 from trainer.checkpoint import KEPT
 from trainer.cli import EXIT_DONE, command
 from trainer.data import data_info, eval_batch_size, load_dataset
@@ -28,7 +29,7 @@ from trainer.lock import TrialLock
 from trainer.models import build_model
 from trainer.spec import TrialSpec
 
-ABLATIONS = "ablations.parquet"
+ABLATIONS = R.ABLATIONS  # defined with the other trial files in trainer.results (torch-free, so the collector can import it)
 DEFAULT_FRACTIONS = (0.0, 0.125, 0.25, 0.5, 0.75, 1.0)
 ABLATION_COLUMNS = pa.schema(
     [
@@ -66,14 +67,14 @@ def ablate_trial(
     `require_done=False`: called by trainer.run at the end of training, before the trial is done.
     """
     spec = TrialSpec.from_dict(R.read_json(folder / R.SPEC), where=str(folder / R.SPEC))
-    if require_done and read_status(folder)["state"] != "done":
+    if require_done and read_status(folder).state != "done":
         raise UserError(f"{folder}: the trial is not done; ablate finished trials only")
     epochs = kept_epochs(folder)
     if not epochs:
         raise UserError(f"{folder}: no kept checkpoints under {KEPT}/ (see the trial field keep_checkpoints)")
     device = pick_device(device_name or spec.device)
     info = data_info(spec.dataset)
-    data = load_dataset(spec.dataset, spec.resolved_data_root(), device, spec.num_workers)
+    data = load_dataset(spec.dataset, spec.resolved_data_root(), device, **spec.data_options())
     model = build_model(spec.model, info.num_classes, info.in_channels).to(device)
     path = folder / ABLATIONS
     schema = R.trial_schema(spec)

@@ -2,26 +2,34 @@
 
 Sets that fit in memory (digits, CIFAR-10, Tiny ImageNet) live on the training device as uint8
 and are shuffled, cropped, flipped and normalised there in whole batches. ImageNet streams from
-its class folders through a DataLoader. Both give the loop the same two iterators:
+its files through a cached manifest and a DALI or torchvision loader (trainer.imagenet). Both give
+the loop the same two iterators:
 
-    data.train_batches(epoch, seed, batch_size, augment) -> (x float [B,C,H,W], y int64 [B])
-    data.test_batches(batch_size)                         -> the whole test set, in order
+    data.train_batches(epoch, seed, batch_size, augment, start_step=0) -> (x float [B,C,H,W], y int64 [B])
+    data.test_batches(batch_size)                                       -> the whole test set, in order
 
 Data order and augmentation come from a generator seeded by (seed, epoch), so an epoch replays
-exactly after a resume and is the same on CPU and GPU.
+exactly after a resume and is the same on CPU and GPU; `start_step` skips the batches a
+mid-epoch resume has consumed already. `data.skipped` counts unreadable images (ImageNet only).
 """
+
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from trainer.errors import UserError
+
+if TYPE_CHECKING:
+    from trainer.imagenet.dataset import ImageNetData
+    from trainer.imagenet.skipped import Skipped
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -68,7 +76,15 @@ class TensorData:
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         return (x.float() - self._mean) / self._std
 
-    def train_batches(self, epoch: int, seed: int, batch_size: int, augment: bool) -> Iterator[Batch]:
+    @property
+    def skipped(self) -> Skipped:
+        """Nothing is ever skipped in memory; here so the trainer reads every data set alike."""
+        from trainer.imagenet.skipped import Skipped
+
+        return Skipped(0, ())
+
+    def train_batches(self, epoch: int, seed: int, batch_size: int, augment: bool, start_step: int = 0) -> Iterator[Batch]:
+        """The epoch's batches from `start_step` on: those of the whole epoch minus the first `start_step`."""
         gen = epoch_generator(seed, epoch)
         n = self.n_train
         order = torch.randperm(n, generator=gen)
@@ -77,7 +93,7 @@ class TensorData:
         # All random numbers of the epoch are drawn up front on the CPU: same stream on any device.
         shifts = torch.randint(0, 2 * pad + 1, (steps * batch_size, 2), generator=gen) if pad else None
         flips = torch.rand(steps * batch_size, generator=gen) < 0.5 if (augment and self.info.flip) else None
-        for i in range(steps):
+        for i in range(start_step, steps):  # the draws above cover the whole epoch: the tail is unchanged
             sl = slice(i * batch_size, (i + 1) * batch_size)
             idx = order[sl].to(self.device)
             x = self.train_x[idx]
@@ -117,7 +133,10 @@ REQUIRED: dict[str, tuple[tuple[str, ...], str]] = {
     ),
     "imagenet": (
         ("imagenet/train", "imagenet/val"),
-        "put the ImageNet train/ and val/ class folders (ImageFolder layout) under <data root>/imagenet",
+        (
+            "put ImageNet's train/<wnid>/*.JPEG and val/ (class folders, or the flat ILSVRC2012_val_*.JPEG with the devkit "
+            "or LOC_val_solution.csv) under <data root>/imagenet"
+        ),
     ),
 }
 
@@ -137,6 +156,19 @@ def check_data(name: str, root: str | Path) -> None:
             )
 
 
+def preflight_data(name: str, root: str | Path, cache_dir: str | Path | None = None) -> None:
+    """A launcher's check of data set `name` before anything is written: one DataMissing line if unusable.
+
+    The files are there; for ImageNet also its train/val classes agree (which builds or loads its
+    cached manifest, so the trials never list the tree).
+    """
+    check_data(name, root)
+    if name == "imagenet":
+        from trainer.imagenet import preflight
+
+        preflight(Path(root).expanduser(), cache_dir)
+
+
 def read_digits(root: Path) -> tuple[Batch, Batch]:
     """scikit-learn's 1797 8x8 digits, split 80/20 stratified with a fixed permutation.
 
@@ -152,7 +184,7 @@ def read_digits(root: Path) -> tuple[Batch, Batch]:
     test = np.zeros(len(labels), dtype=bool)
     for c in range(10):
         idx = rng.permutation(np.flatnonzero(labels == c))
-        test[idx[: int(round(0.2 * len(idx)))]] = True
+        test[idx[: round(0.2 * len(idx))]] = True
     as_t = torch.from_numpy
     return (as_t(images[~test]), as_t(labels[~test])), (as_t(images[test]), as_t(labels[test]))
 
@@ -160,17 +192,19 @@ def read_digits(root: Path) -> tuple[Batch, Batch]:
 class _ArraysOnlyUnpickler(pickle.Unpickler):
     """CIFAR-10's python format is pickle; allow only numpy arrays and builtins, never code."""
 
-    ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-        # Python 3 writes bytes in protocol 2 as _codecs.encode(str, "latin1") (a batch file re-saved
-        # by Python 3); it only turns text into bytes, as in torch's weights_only allow-list.
-        ("_codecs", "encode"),
-    }
+    ALLOWED = frozenset(
+        {
+            ("numpy.core.multiarray", "_reconstruct"),
+            ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy", "ndarray"),
+            ("numpy", "dtype"),
+            ("numpy.core.multiarray", "scalar"),
+            ("numpy._core.multiarray", "scalar"),
+            # Python 3 writes bytes in protocol 2 as _codecs.encode(str, "latin1") (a batch file re-saved
+            # by Python 3); it only turns text into bytes, as in torch's weights_only allow-list.
+            ("_codecs", "encode"),
+        }
+    )
 
     def find_class(self, module: str, name: str) -> object:
         if (module, name) in self.ALLOWED:
@@ -225,63 +259,8 @@ def read_tinyimagenet(root: Path) -> tuple[Batch, Batch]:
     return load(train), load(val)
 
 
-# ---- streaming (ImageNet) ------------------------------------------------------------------
-class FolderData:
-    """ImageNet class folders streamed through a DataLoader (RandomResizedCrop 224 / centre crop)."""
-
-    def __init__(self, info: DataInfo, root: Path, device: torch.device, num_workers: int) -> None:
-        from torchvision import datasets, transforms
-
-        folder = root / "imagenet"
-        norm = transforms.Normalize(info.mean, info.std)
-        train_tf = transforms.Compose(
-            [transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(), transforms.ToTensor(), norm]
-        )
-        plain_tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(), norm])
-        self.train_aug = datasets.ImageFolder(str(folder / "train"), transform=train_tf)
-        self.train_plain = datasets.ImageFolder(str(folder / "train"), transform=plain_tf)
-        self.test = datasets.ImageFolder(str(folder / "val"), transform=plain_tf)
-        if self.test.classes != self.train_aug.classes:
-            raise UserError(f"dataset 'imagenet': {folder / 'val'} has other class folders than {folder / 'train'}")
-        self.info, self.device, self.num_workers = info, device, num_workers
-
-    @property
-    def n_train(self) -> int:
-        return len(self.train_aug)
-
-    @property
-    def n_test(self) -> int:
-        return len(self.test)
-
-    def _loader(self, ds: object, batch_size: int, gen: torch.Generator | None, drop_last: bool) -> Iterator[Batch]:
-        from torch.utils.data import DataLoader
-
-        loader = DataLoader(
-            ds,  # type: ignore[arg-type]
-            batch_size=batch_size,
-            shuffle=gen is not None,
-            generator=gen,  # also seeds the workers' augmentation: an epoch replays exactly
-            num_workers=self.num_workers,
-            drop_last=drop_last,
-            pin_memory=self.device.type == "cuda",
-            persistent_workers=False,
-        )
-        if gen is not None and self.num_workers == 0:
-            # Without workers the transforms draw from torch's global RNG: seed it from the epoch
-            # too, or a resumed epoch (num_workers 0, the default) gets other crops and flips.
-            torch.manual_seed(gen.initial_seed())
-        for x, y in loader:
-            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-
-    def train_batches(self, epoch: int, seed: int, batch_size: int, augment: bool) -> Iterator[Batch]:
-        ds = self.train_aug if augment else self.train_plain
-        return self._loader(ds, batch_size, epoch_generator(seed, epoch), drop_last=True)
-
-    def test_batches(self, batch_size: int) -> Iterator[Batch]:
-        return self._loader(self.test, batch_size, None, drop_last=False)
-
-
-Data = TensorData | FolderData
+# ImageNet lives in trainer.imagenet (imported when opened): Union with a forward reference.
+Data = Union[TensorData, "ImageNetData"]
 
 _IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 DATASETS: dict[str, tuple[DataInfo, Callable[[Path], tuple[Batch, Batch]] | None]] = {
@@ -300,13 +279,28 @@ def data_info(name: str) -> DataInfo:
     return DATASETS[name][0]
 
 
-def load_dataset(name: str, root: str | Path, device: torch.device, num_workers: int = 0) -> Data:
-    """Open data set `name` under `root` on `device`; DataMissing (one line) if it is not there."""
+def load_dataset(
+    name: str,
+    root: str | Path,
+    device: torch.device,
+    num_workers: int = 0,
+    *,
+    loader: str = "auto",
+    cache_dir: str | Path | None = None,
+) -> Data:
+    """Open data set `name` under `root` on `device`; DataMissing (one line) if it is not there.
+
+    ImageNet only: `loader` "auto" | "dali" | "torchvision" (trainer.imagenet.dataset), `cache_dir`
+    where its manifest is cached (default $SWEEP_CACHE_DIR, else ~/.cache/selectivity-sweep),
+    `num_workers` decoding processes (torchvision) or DALI CPU threads.
+    """
     info, reader = DATASETS[name]
     root = Path(root).expanduser()
     check_data(name, root)
     if reader is None:
-        return FolderData(info, root, device, num_workers)
+        from trainer.imagenet.dataset import ImageNetData
+
+        return ImageNetData(info, root, device, num_workers, loader=loader, cache_dir=cache_dir)
     train, test = reader(root)
     return TensorData(info, train, test, device)
 

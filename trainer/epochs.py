@@ -24,6 +24,7 @@ it. Per member:
 from __future__ import annotations
 
 import math
+from contextlib import ExitStack, closing
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any, Iterator
@@ -33,7 +34,7 @@ import torch
 from trainer import faults
 from trainer.attempt import Attempt
 from trainer.checkpoint import load_checkpoint, save_checkpoint
-from trainer.data import Data, DataInfo, data_info, eval_batch_size, load_dataset
+from trainer.data import Batch, Data, DataInfo, data_info, eval_batch_size, load_dataset
 from trainer.engine import Engine, ModelState, OptimizerState, initial_state, make_engine
 from trainer.loop import NonFiniteLoss, combine, lr_at
 from trainer.models import layer_names
@@ -60,10 +61,14 @@ class Member:
         """Not ended by divergence (Attempt.diverged sets its final state)."""
         return self.attempt.final is None
 
-    def record(self, epoch: int) -> None:
-        """The member's status says which epoch its checkpoint holds (orchestrator.status shows it)."""
+    def record(self, epoch: int, data: Data) -> None:
+        """The member's status says which epoch its checkpoint holds (orchestrator.status shows it),
+        and which images could not be read so far (they are skipped, never fatal)."""
         self.done = epoch
         self.attempt.status.epoch = epoch
+        skipped = data.skipped
+        if skipped.count:
+            self.attempt.status.skipped_images = skipped.as_dict()
         self.attempt.save_status()
 
 
@@ -86,7 +91,7 @@ def train_members(attempts: list[Attempt], fused: bool) -> None:
     """
     spec, device = attempts[0].spec, attempts[0].device
     info = data_info(spec.dataset)
-    data: Data = load_dataset(spec.dataset, spec.resolved_data_root(), device, spec.num_workers)
+    data: Data = load_dataset(spec.dataset, spec.resolved_data_root(), device, **spec.data_options())
     members = [start_member(a, info, device) for a in attempts]
     for m in members:
         m.attempt.status.fused = len(members) if fused else False
@@ -159,7 +164,13 @@ class EpochRun:
         active = [m is not None and m.alive and m.done is not None and m.done <= e for m in self.slots]
         alphas = [m.spec.alpha_at(e) if act and m is not None else 0.0 for m, act in zip(self.slots, active)]
         seeds = [(m or self.live()[0]).spec.seed for m in self.slots]
-        batches: list[Iterator[Any]] = [iter(self.data.train_batches(e, s, self.spec.batch_size, self.spec.augment)) for s in seeds]
+        with ExitStack() as stack:  # an exception stops the loaders' workers at once, not when garbage-collected
+            batches = [stack.enter_context(closing(self.data.train_batches(e, s, self.spec.batch_size, self.spec.augment))) for s in seeds]
+            self.train_segments(e, lr, active, alphas, batches)
+
+    def train_segments(self, e: int, lr: float, active: list[bool], alphas: list[float], batches: list[Iterator[Batch]]) -> None:
+        """Epoch e's segments: train, evaluate mid-epoch after each but the last, then the epoch's rows and checkpoints."""
+        assert self.engine is not None
         cuts = self.spec.eval_steps_in(e, self.steps)
         segments: list[list[Any]] = [[] for _ in self.slots]
         for begin, stop in zip([0, *cuts], [*cuts, self.steps]):
@@ -197,4 +208,4 @@ class EpochRun:
         assert self.engine is not None
         model_state, optimizer_state = self.engine.state_of(self.slots.index(m), step)
         save_checkpoint(m.attempt.folder, model_state, optimizer_state, epoch, step, keep=epoch in m.spec.kept_epochs())
-        m.record(epoch)
+        m.record(epoch, self.data)

@@ -46,6 +46,7 @@ ROW_ID_FIELDS = ("trial_id", "sweep", "model", "dataset", "alpha", "seed", "onse
 LR_SCHEDULES = ("step", "cosine")
 SI_POOLINGS = ("layers", "stages")
 SI_CLASS_STATS = ("mean", "sum")
+LOADERS = ("auto", "dali", "torchvision")
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,10 @@ class TrialSpec:
     # torch.compile the network (GPU runs of many epochs): one compilation per process and input
     # shape, reused by every later trial and group of the same shapes in that process.
     compile: bool = _field(False, "resource")
+    # How image files are decoded (ImageNet): dali (JPEG decode on the GPU), torchvision (CPU
+    # worker processes), auto (dali when it is installed and the device is a GPU).
+    loader: str = _field("auto", "resource")
+    cache_dir: str | None = _field(None, "resource")  # data set manifests; None: $SWEEP_CACHE_DIR, else ~/.cache/selectivity-sweep
 
     def __post_init__(self) -> None:
         _check_values(self)
@@ -193,6 +198,10 @@ class TrialSpec:
         """The data root on this machine: the spec's, else $SWEEP_DATA_ROOT, else ./data."""
         return self.data_root or os.environ.get("SWEEP_DATA_ROOT") or "./data"
 
+    def data_options(self) -> dict[str, Any]:
+        """The keyword arguments of trainer.data.load_dataset this trial asks for."""
+        return {"num_workers": self.num_workers, "loader": self.loader, "cache_dir": self.cache_dir}
+
 
 # ---- the roles, derived from the fields ----------------------------------------------------
 _FIELD_NAMES = tuple(f.name for f in dataclasses.fields(TrialSpec))
@@ -287,7 +296,7 @@ def _check_values(s: TrialSpec) -> None:
         raise SpecError(f"field 'model' is '{s.model}'; allowed: {', '.join(MODEL_NAMES)}")
     if s.dataset not in DATASET_NAMES:
         raise SpecError(f"field 'dataset' is '{s.dataset}'; allowed: {', '.join(DATASET_NAMES)}")
-    for name, allowed in (("si_pooling", SI_POOLINGS), ("si_class_stat", SI_CLASS_STATS)):
+    for name, allowed in (("si_pooling", SI_POOLINGS), ("si_class_stat", SI_CLASS_STATS), ("loader", LOADERS)):
         if getattr(s, name) not in allowed:
             raise SpecError(f"field '{name}' is '{getattr(s, name)}'; allowed: {', '.join(allowed)}")
     if s.lr_schedule not in LR_SCHEDULES:

@@ -62,6 +62,7 @@ class Status:
     fused: int | bool | None = None  # trials trained together as one network in the last attempt (False: alone)
     last_interruption: str | None = None
     log: str | None = None  # the log file of the process or job that ran the last attempt
+    skipped_images: dict[str, Any] | None = None  # images that could not be read (skipped): count, first names
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -2,21 +2,23 @@
 
     cluster_configs/ray/local.yaml            a Ray started (and stopped) by the launcher on this machine
     cluster_configs/ray/cluster-profile.yaml  join a running cluster (`address: auto` on its head node)
+    scripts/ray_in_slurm.sbatch               a Ray cluster inside one SLURM allocation (docs/backends.md)
 
 Each Tune trial is one group of OUR trial folders (orchestrator.pack: one trial, or several
-trained fused): the function trainable calls `trainer.group.run_group` on it and reports once,
-at the end. Tune only schedules (resources per trial, fractional GPUs,
-concurrency) and retries: a trial that raised is restarted up to `max_failures` times and
-resumes from the checkpoint in its own folder, not from a Tune checkpoint. A diverged trial, a
-user mistake, or a trial another launcher holds is reported and not retried. Tune's own files
-(logs, error.txt) go to `<sweep>/.ray/<launch time-pid>/<trial_id>/`; nothing reads them back:
-skip-if-done and resume rest on the trial folders, so a sweep can move between backends.
+trained fused): the function trainable runs it with orchestrator.runner (a `trainer.group`
+worker process with the trial's cores and the GPU Ray gave it) and reports once, at the end.
+Tune only schedules (resources per trial, fractional GPUs, concurrency); the runner retries a
+crashed worker (each restart resumes from the trial's checkpoint) and records every outcome in
+the trial folders. Tune restarts a trial whose Ray worker itself was lost (a node gone), up to
+`max_attempts` times: the one retry setting of every backend. Tune's own files go to
+`<sweep>/.ray/<launch time-pid>/<trial_id>/`; nothing reads them back: skip-if-done and resume
+rest on the trial folders, so a sweep can move between backends.
 
 On a cluster, the sweep folder (and the data) must be on a filesystem every node mounts at the
 same path. The code is shipped to the workers (runtime_env py_modules) only when a worker does
 not already import the launcher's exact code (an installed image or a shared checkout).
 
-This is the only file of the project that imports ray (Ray's APIs move; see NOTES "Ray 2.60").
+This is the only file of the project that imports ray (Ray's APIs move; Ray 2.60's are used).
 """
 from __future__ import annotations
 
@@ -51,28 +53,44 @@ from ray import tune  # noqa: E402
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: E402
 
 import trainer
-from orchestrator.plan import TrialState, load_spec, read_state
+from orchestrator.backends import Launch
+from orchestrator.plan import Plan
 from orchestrator.profiles import RayProfile
 from orchestrator.progress import Progress
 from trainer.errors import UserError
-from trainer.results import EPOCHS, STATUS, read_json
+from trainer.results import EPOCHS
+from trainer.status import TrialState, observe
 
 # The packages a worker imports to run a trial (the trainable is pickled by reference to this module).
 _PACKAGES = (Path(trainer.__file__).parent, Path(__file__).resolve().parents[1])
 _PROBE_TIMEOUT_S = 60
 
 
+class RayBackend:
+    def __init__(self, profile: RayProfile) -> None:
+        self.profile = profile
+
+    def preflight(self, plan: Plan) -> None:
+        """The profile's mistakes, and an unreachable cluster address, before anything is written."""
+        _check_profile(self.profile, {s.device for s in plan.to_run})
+        if self.profile.address is not None:
+            _check_reachable(self.profile.address)
+
+    def run(self, groups: list[list[Path]], sweep: Path) -> Launch:
+        run_ray(groups, self.profile, sweep)
+        return Launch(waited=True)
+
+
 def run_ray(groups: list[list[Path]], profile: RayProfile, sweep: Path) -> None:
-    """Run the groups of trials (their spec.json paths) as one Tune grid; returns when each ended.
+    """Run the groups of trial folders as one Tune grid; returns when each ended.
 
     Failed trials do not raise: the caller rescans the trial folders for the outcome.
     """
     if not groups:
         return
-    folder_groups = [[str(p.parent.resolve()) for p in g] for g in groups]
+    folder_groups = [[str(f.resolve()) for f in g] for g in groups]
     folders = [f for g in folder_groups for f in g]
     sweep = sweep.resolve()
-    _check_profile(profile, {load_spec(Path(f)).device for f in folders})
     started, private_temp = _connect(profile, sweep)
     try:
         if profile.address is None:
@@ -83,67 +101,58 @@ def run_ray(groups: list[list[Path]], profile: RayProfile, sweep: Path) -> None:
                 "folders": tune.grid_search(folder_groups),
                 "threads": max(1, round(profile.cpus_per_trial)),
                 "fuse": profile.fuse > 1,
+                "max_attempts": profile.max_attempts,
                 "cwd": os.getcwd(),  # relative paths in a spec (data_root) mean what they mean to the launcher
             },
             tune_config=tune.TuneConfig(
                 max_concurrent_trials=profile.max_concurrent or None,
                 trial_name_creator=_trial_id,
                 trial_dirname_creator=_trial_id,
-                # The next trial reuses a finished trial's worker process: torch and the project are
-                # imported once per worker, not once per trial (seconds each on a small machine).
-                reuse_actors=True,
+                reuse_actors=True,  # the trainable only starts worker processes: nothing to set up per trial
             ),
             run_config=tune.RunConfig(
                 name=f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",  # one per launch; launchers may share a sweep
                 storage_path=str(sweep / ".ray"),
-                failure_config=tune.FailureConfig(max_failures=profile.max_failures),
+                failure_config=tune.FailureConfig(max_failures=profile.max_attempts),
                 callbacks=[_ProgressCallback(len(folders))],
                 verbose=0,  # our one-line progress, not Tune's status tables (it still prints a header)
             ),
         )
-        grid = tuner.fit()
+        tuner.fit()
     finally:
         if started:
             ray.shutdown()  # a local Ray stops; a cluster only loses this driver
         if private_temp:
             shutil.rmtree(private_temp, ignore_errors=True)
-    _print_summary(folders, [r.metrics or {} for r in grid])
+    _print_summary(folders)
 
 
 # ---- the trainable (runs in a Ray worker) --------------------------------------------------------
 def _trainable(config: dict[str, Any]) -> None:
-    """Run one group of trial folders; raising makes Tune restart it (each resumes from its own checkpoint)."""
-    import torch
-
-    from trainer.group import run_group  # here, not at the top: the launcher never trains
+    """Run one group of trial folders in a worker process (orchestrator.runner); report once, at the end."""
+    from orchestrator.runner import Runner, make_slots  # here, not at the top: the driver never trains
 
     # Tune made the cwd its own trial dir; go back so relative paths resolve as for the local backend.
     if os.path.isdir(config["cwd"]):
         os.chdir(config["cwd"])
-    # A trial gets the cores it asked for, not one thread per core of the node (oversubscription).
-    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(config["threads"])
-    torch.set_num_threads(config["threads"])
     folders = [Path(f) for f in config["folders"]]
-    try:
-        # Busy members (another launcher runs them) come back 'busy'; their results land in the same folders.
-        states = run_group([load_spec(f) for f in folders], folders, fuse=config.get("fuse", True))
-    except UserError as err:
-        tune.report({"state": "failed", "error": str(err)})  # a user mistake fails the same way again
-        return
-    tune.report(_final_metrics(folders, states))  # done, or diverged (failed, not retryable): no retry either way
+    # One slot with the cores this Tune trial asked for (not a thread per core of the node); the
+    # worker inherits the GPU Ray assigned to this trial (CUDA_VISIBLE_DEVICES).
+    runner = Runner(make_slots(1, cpus=config["threads"]), config["max_attempts"], fuse=config.get("fuse", True))
+    report = runner.run([folders])
+    tune.report(_final_metrics(folders, report.user_errors))
 
 
-def _final_metrics(folders: list[Path], states: list[str]) -> dict[str, Any]:
-    """One report per group: the states, and each member's last test accuracy and csi_mean."""
-    summary = sorted(set(states))
-    metrics: dict[str, Any] = {"state": summary[0] if len(summary) == 1 else ", ".join(f"{states.count(s)} {s}" for s in summary)}
-    metrics["busy"] = states.count("busy")
+def _final_metrics(folders: list[Path], user_errors: list[str]) -> dict[str, Any]:
+    """One report per group: each member's state, error, last test accuracy and csi_mean."""
     import pyarrow.parquet as pq
 
-    for folder in folders:
-        status = read_json(folder / STATUS) if (folder / STATUS).exists() else {}
-        metrics[f"{folder.name}/state"] = status.get("state")
-        metrics[f"{folder.name}/error"] = status.get("error")
+    states = [observe(f) for f in folders]
+    summary = sorted({s.state for s in states})
+    metrics: dict[str, Any] = {"state": ", ".join(f"{sum(s.state == x for s in states)} {x}" for x in summary), "user_errors": user_errors}
+    for folder, st in zip(folders, states):
+        metrics[f"{folder.name}/state"] = st.state
+        metrics[f"{folder.name}/error"] = st.error
         if (folder / EPOCHS).exists():
             last = pq.read_table(folder / EPOCHS, columns=["test_acc", "csi_mean"]).to_pylist()[-1:]
             metrics.update({f"{folder.name}/{k}": v for k, v in (last[0] if last else {}).items()})
@@ -151,13 +160,6 @@ def _final_metrics(folders: list[Path], states: list[str]) -> dict[str, Any]:
 
 
 # ---- starting or joining Ray ------------------------------------------------------------------------
-def preflight(profile: RayProfile) -> None:
-    """The profile's mistakes, and an unreachable cluster address, before anything is written."""
-    _check_profile(profile, {profile.device} if profile.device else set())
-    if profile.address is not None:
-        _check_reachable(profile.address)
-
-
 def _check_profile(profile: RayProfile, devices: set[str]) -> None:
     if profile.address is not None:
         local_only = [k for k in ("num_cpus", "num_gpus", "temp_dir") if getattr(profile, k) is not None]
@@ -284,12 +286,10 @@ class _ProgressCallback(tune.Callback):
     def _update(self, trials: list[Any], trial: Any, event: str) -> None:
         self.progress = self.progress or Progress(self.total, "ray")
         for folder in trial.config["folders"]:
-            state = read_state(Path(folder))
+            state = observe(Path(folder))
             self.finished[state.trial_id] = state
-        done = sum(s.state == "done" for s in self.finished.values())
-        failed = sum(s.state == "failed" for s in self.finished.values())
         running = sum(t.status == "RUNNING" for t in trials if t is not trial)
-        self.progress.update(done, failed, running, f"{_trial_id(trial)} {event}")
+        self.progress.show(self.finished.values(), running, f"{_trial_id(trial)} {event}")
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self._update(trials, trial, (trial.last_result or {}).get("state", "ended"))
@@ -299,18 +299,19 @@ class _ProgressCallback(tune.Callback):
 
     def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         tid, n = _trial_id(trial), trial.num_failures
-        print(f"ray: {tid} failed (failure {n}); restarting from its checkpoint", file=sys.stderr)
+        print(f"ray: {tid}: its Ray worker was lost (failure {n}); restarting from its checkpoint", file=sys.stderr)
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "progress": None}  # Tune pickles its callbacks; a stream does not pickle
 
 
-def _print_summary(folders: list[str], reports: list[dict[str, Any]]) -> None:
-    states = [read_state(Path(f)) for f in folders]
-    busy = sum(int(r.get("busy") or 0) for r in reports)
+def _print_summary(folders: list[str]) -> None:
+    """Counts, every failure with its reason, and every restart the trial folders recorded."""
+    states = [observe(Path(f)) for f in folders]
     counts = {s: sum(st.state == s for st in states) for s in ("done", "failed", "running", "interrupted", "pending")}
-    elsewhere = f" ({busy} run by another launcher)" if busy else ""
-    print("ray: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n) + elsewhere)
+    print("ray: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
     for st in states:
+        if st.status.last_interruption:
+            print(f"  {st.trial_id}: {st.status.last_interruption}; restarted from its checkpoint", file=sys.stderr)
         if st.state == "failed":
             print(f"  {st.trial_id} failed after {st.attempts} attempt(s): {st.error}")

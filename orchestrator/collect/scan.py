@@ -1,19 +1,20 @@
 """Reading a sweep for the collector: trial states, file fingerprints, one dataset scan per kind.
 
-Used by `python -m orchestrator.collect`; nothing here writes. State comes from each trial's
-status.json only (the trainer writes it atomically). The Parquet files of the done trials are read
-with one `pyarrow.dataset` scan per file kind (epochs, layers); a file that cannot be read is
-isolated (named by pyarrow, else found by bisecting the file list), reported and skipped, and the
-rest of the scan stands.
+Used by `python -m orchestrator.collect`; nothing here writes. A trial's state is the project's
+one view of it, `trainer.status.observe` (its status.json seen together with its lock), as
+launchers and `python -m orchestrator.status` see it. The Parquet files of the done trials are read
+with one `pyarrow.dataset` scan per file kind (`scan_files`: epochs, layers); a file that cannot be
+read is isolated (named by pyarrow, else found by bisecting the file list), reported and skipped,
+and the rest of the scan stands.
 """
 from __future__ import annotations
 
 import functools
-import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -21,8 +22,8 @@ import pyarrow.dataset as ds
 
 from orchestrator.errors import UserError
 from trainer import results as R
-from trainer.lock import is_locked
 from trainer.spec import TrialSpec
+from trainer.status import Status, TrialState, observe
 
 KINDS = (R.EPOCHS, R.LAYERS)  # units.parquet is never aggregated (too big at scale)
 Fingerprint = tuple[int, int, int]  # (size, mtime_ns, inode): changes whenever a file is replaced
@@ -35,7 +36,7 @@ class Trial:
     trial_id: str
     folder: Path
     state: str  # done | failed | running | interrupted | pending | unreadable | incomplete
-    status: dict[str, Any] = field(default_factory=dict)
+    status: Status | None = None  # the recorded status; None if there is none (no status.json, or unreadable)
     reason: str | None = None  # why it is not aggregated (None for usable done trials)
     files: dict[str, Fingerprint] = field(default_factory=dict)
     fields: dict[str, Any] = field(default_factory=dict)  # TrialSpec.row_fields() from spec.json
@@ -89,7 +90,7 @@ def _fingerprint(path: Path) -> Fingerprint | None:
 
 
 def read_trials(sweep: Path) -> list[Trial]:
-    """Every folder under trials/, with its state (status.json; none yet means pending).
+    """Every folder under trials/, with its state (`trainer.status.observe`; no status.json: pending).
 
     Done trials get the fingerprints of their epochs and layers files; a done trial missing one
     of them is `unreadable`.
@@ -103,23 +104,11 @@ def read_trials(sweep: Path) -> list[Trial]:
 
 
 def _read_trial(folder: Path) -> Trial:
-    trial = Trial(trial_id=folder.name, folder=folder, state="pending")
-    try:
-        trial.status = json.loads((folder / R.STATUS).read_bytes())
-    except FileNotFoundError:
-        trial.reason = "not started (no status.json)"
-        return trial
-    except (OSError, ValueError) as err:
-        trial.state, trial.reason = "unreadable", f"status.json unreadable ({err})"
-        return trial
-    if not isinstance(trial.status, dict):
-        trial.state, trial.reason = "unreadable", "status.json is not a JSON object"
-        return trial
-    trial.state = str(trial.status.get("state", "pending"))
-    if trial.state == "running" and not is_locked(folder):
-        trial.state = "interrupted"  # its process died (the kernel dropped the lock): resumable
+    view = observe(folder)
+    recorded = view.reason is None and (view.status.state != "pending" or (folder / R.STATUS).exists())
+    trial = Trial(trial_id=folder.name, folder=folder, state=view.state, status=view.status if recorded else None)
     if trial.state != "done":
-        trial.reason = _not_done_reason(trial.state, trial.status)
+        trial.reason = _not_done_reason(view, recorded)
         return trial
     for kind in KINDS:
         fp = _fingerprint(folder / kind)
@@ -152,16 +141,25 @@ def _one_line(err: BaseException) -> str:
     return text[0] if text else type(err).__name__
 
 
-def _not_done_reason(state: str, status: dict[str, Any]) -> str:
-    since = f"since {status.get('started')} on {status.get('host')} (attempt {status.get('attempts')})"
+def _not_done_reason(view: TrialState, recorded: bool) -> str:
+    """One line: why a trial that `observe` does not call done is not aggregated."""
+    status, state = view.status, view.state
+    unreadable = (view.reason or "").replace(f"{view.folder / R.STATUS}: ", "")  # the trial is named beside it
+    if state == "unreadable":
+        return unreadable
+    if state == "running" and status.state != "running":  # an attempt holds the lock, its status not written yet
+        recorded_as = f"status.json says {status.state}" if recorded else "no status.json yet"
+        return f"running: an attempt holds its lock ({unreadable or recorded_as})"
+    since = f"since {status.started} on {status.host} (attempt {status.attempts})"
     if state == "failed":
-        kind = status.get("error_kind")
-        return f"{kind}: {status.get('error')}" if kind else str(status.get("error"))
+        return f"{status.error_kind}: {status.error}" if status.error_kind else str(status.error)
     if state == "running":
         return f"running {since}"
     if state == "interrupted":
         return f"interrupted: no live process holds it, was running {since}; run the sweep again to resume"
-    return f"{state} (attempts: {status.get('attempts', 0)})"
+    if not recorded:
+        return "not started (no status.json)"
+    return f"{state} (attempts: {status.attempts})"
 
 
 # ---- one robust dataset scan ---------------------------------------------------------------------
@@ -171,7 +169,7 @@ def _read_metrics(paths: list[str], kind: str) -> pa.Table:
     return dataset.to_table(columns=[*R.COLUMNS[kind].names, "__fragment_index"])
 
 
-def scan(
+def scan_files(
     paths: list[Path], kind: str, read: Callable[[list[str], str], pa.Table] = _read_metrics
 ) -> tuple[pa.Table, dict[Path, str]]:
     """Read the metric columns of the `kind` files `paths` with one dataset scan.
@@ -213,7 +211,7 @@ def incomplete(rows: pa.Table, kind: str, epochs: np.ndarray) -> dict[int, str]:
     """{file index: reason} for files whose epoch-end rows are not epochs 0..E in order (E = epochs[index]);
     for layers, L rows per epoch (L = the file's layers at epoch 0), epoch by epoch.
 
-    `rows` come from `scan`: grouped by `_file` in increasing order, each file's rows as written.
+    `rows` come from `scan_files`: grouped by `_file` in increasing order, each file's rows as written.
     """
     n = len(epochs)
     end = rows["epoch_end"].to_numpy(zero_copy_only=False)  # mid-epoch evaluations are extra rows

@@ -20,27 +20,32 @@ import importlib
 import os
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from orchestrator import collect_cache as cache
-from orchestrator.collect_ablations import ablation_figures, ablation_tables
-from orchestrator.collect_report import render
-from orchestrator.collect_rows import Warn, read_rows, with_fields
-from orchestrator.collect_scan import KINDS, Trial, check_sweep, fields_schema, read_spec, read_trials
-from orchestrator.collect_stats import (
-    EPOCH_METRICS, condition_epochs_table, condition_layers_table, conditions_table, to_pandas, trial_sort_key,
+from orchestrator.collect import cache
+from orchestrator.collect.ablations import ablation_figures, ablation_tables
+from orchestrator.collect.report import render
+from orchestrator.collect.rows import Warn, read_rows, with_fields
+from orchestrator.collect.scan import KINDS, Trial, check_sweep, fields_schema, read_spec, read_trials
+from orchestrator.collect.stats import (
+    EPOCH_METRICS,
+    condition_epochs_table,
+    condition_layers_table,
+    conditions_table,
+    to_pandas,
+    trial_sort_key,
     trials_table,
 )  # fmt: skip
-from orchestrator.errors import UserError, cli
+from orchestrator.errors import UserError
 from trainer import results as R
 
 STATES = ("done", "failed", "running", "pending", "interrupted", "unreadable", "incomplete")
@@ -111,7 +116,7 @@ def _tables(rows: dict[str, pa.Table], fields: pa.Table, done: list[Trial]) -> d
     totals = totals.rename(columns={"seconds_sum": "train_seconds_total", "eval_seconds_sum": "eval_seconds_total"})
     final_layers = layers.filter(pa.array(layers["epoch"].to_numpy() == last[layers["_rank"].to_numpy()]))
     final_layers_df = to_pandas(final_layers.select(["_rank", "layer", "n_units", "csi_mean"]))
-    trials = trials_table(final_df, totals, final_layers_df, {t.trial_id: t.status for t in done})
+    trials = trials_table(final_df, totals, final_layers_df, {t.trial_id: t.status.to_dict() for t in done if t.status is not None})
     epochs_df = to_pandas(epochs.select(["_rank", "epoch", "alpha_active", *EPOCH_METRICS]))
     tables = {
         "trials.parquet": trials,
@@ -133,7 +138,8 @@ def excluded_table(trials: list[Trial]) -> pa.Table:
     order = {s: i for i, s in enumerate(("failed", "unreadable", "incomplete", "interrupted", "running", "pending"))}
     rows = []
     for t in sorted(trials, key=lambda t: order.get(t.state, len(order))):
-        status = {k: t.status.get(k) for k in ("error_kind", "attempts", "host", "started", "ended")}
+        recorded = t.status.to_dict() if t.status is not None else {}  # none: every column null
+        status = {k: recorded.get(k) for k in ("error_kind", "attempts", "host", "started", "ended")}
         rows.append(t.fields | {"trial_id": t.trial_id, "state": t.state, "reason": t.reason} | status)
     return pa.Table.from_pylist(rows, schema=schema)
 
@@ -170,7 +176,7 @@ def _remove_stale_temp(summary: Path) -> None:
 
 
 def _figures(tables: dict[str, pd.DataFrame], folder: Path) -> list[Path]:
-    from orchestrator.collect_figures import write_figures  # matplotlib: imported only when drawing
+    from orchestrator.collect.figures import write_figures  # matplotlib: imported only when drawing
 
     return write_figures(
         tables["conditions.parquet"], tables["condition_epochs.parquet"], tables["condition_layers.parquet"], folder
@@ -208,7 +214,7 @@ def collect(path: str | Path, *, full: bool = False, figures: bool = True, warn:
     clock("status")
     with ThreadPoolExecutor(max_workers=1) as background:
         if draw:
-            background.submit(importlib.import_module, "orchestrator.collect_figures")
+            background.submit(importlib.import_module, "orchestrator.collect.figures")
         rows, read, n_cached = read_rows(summary, done, reuse, warn)
         usable = [t for t in done if t.state == "done"]
         if not usable:
@@ -273,6 +279,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"timings (wall/CPU s): {phases}", file=sys.stderr)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(cli(main))

@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 import pyarrow.dataset as ds
 
-from orchestrator.collect_stats import summarize
+from orchestrator.collect.stats import summarize
+from trainer.results import ABLATIONS
 
-ABLATIONS = "ablations.parquet"
 KEYS = ["condition_id", "epoch", "stage", "selection"]
 
 
@@ -137,7 +137,7 @@ def _labels(ax: object, title: str, xlabel: str, ylabel: str) -> None:
 
 def _finish(fig: object, legend_ax: object, title: str, path: Path) -> Path:
     """Legend, title, layout, then the collector's atomic PNG write."""
-    from orchestrator.collect_figures import save_figure  # imports matplotlib: only when drawing
+    from orchestrator.collect.figures import save_figure  # imports matplotlib: only when drawing
 
     legend_ax.legend(fontsize=7)  # type: ignore[attr-defined]
     fig.suptitle(title)  # type: ignore[attr-defined]

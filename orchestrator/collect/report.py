@@ -5,12 +5,13 @@ Used by `python -m orchestrator.collect`, which writes it to <sweep>/summary/rep
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pandas as pd
 
-from orchestrator.collect_stats import condition_fields, fmt, varying_fields
+from orchestrator.collect.stats import condition_fields, fmt, varying_fields
 
 MAX_EXCLUDED_ROWS = 50
 TABLES = {

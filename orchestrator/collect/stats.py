@@ -10,13 +10,14 @@ import functools
 import hashlib
 import json
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from orchestrator.collect_scan import trial_fields
+from orchestrator.collect.scan import trial_fields
 
 METRICS = ("test_acc", "csi_mean")  # final-epoch metrics summarised per condition
 EPOCH_METRICS = ("test_acc", "csi_mean", "train_loss")  # summarised per condition and epoch
@@ -49,7 +50,7 @@ def _abs_t_cdf(t: float, df: int) -> float:
     return 2 / math.pi * (theta + s * total)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def t_quantile_975(df: int) -> float:
     """t(0.975, df): the two-sided 95% Student t critical value (bisection on the exact CDF)."""
     lo, hi = 0.0, 1000.0  # t(0.975, 1) = 12.71 is the largest

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from orchestrator.collect_scan import KINDS, Trial, expected_schema
+from orchestrator.collect.scan import KINDS, Trial, expected_schema
 from trainer import results as R
 
 VERSION = 1

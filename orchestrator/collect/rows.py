@@ -7,15 +7,15 @@ from thousands of files.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from orchestrator import collect_cache as cache
-from orchestrator.collect_scan import KINDS, Trial, incomplete, scan
+from orchestrator.collect import cache
+from orchestrator.collect.scan import KINDS, Trial, incomplete, scan_files
 
 Warn = Callable[[str], None]
 
@@ -44,7 +44,7 @@ def fresh_rows(new: list[tuple[int, Trial]], warn: Warn) -> dict[str, pa.Table]:
     epochs = np.array([t.fields["epochs"] for _, t in new], dtype=np.int64)
     out = {}
     for kind in KINDS:
-        table, bad = scan([t.folder / kind for _, t in new], kind)
+        table, bad = scan_files([t.folder / kind for _, t in new], kind)
         for path, reason in bad.items():
             mark(by_folder[path.parent], "unreadable", f"{kind} unreadable: {reason}", warn)
         for i, reason in incomplete(table, kind, epochs).items():

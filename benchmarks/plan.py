@@ -1,9 +1,10 @@
-"""Benchmark of the orchestration itself: `python -m orchestrator.bench_plan [--trials 10000 --done 1000]`.
+"""Benchmark of the orchestration itself: `python -m benchmarks.plan [--trials 10000 --done 1000]`.
 
 Prints, in one run: the time to load and plan a grid of N trials against a sweep folder, and the
 time to scan M finished trial folders (what `sweep` and `status` do before any training).
 Targets: each <= 2 s.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,7 +18,7 @@ from trainer.results import write_json
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.plan", description=__doc__.split("\n\n")[0])
     p.add_argument("--trials", type=int, default=10_000)
     p.add_argument("--done", type=int, default=1_000)
     args = p.parse_args(argv)
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'what':44} {'seconds':>8}  target")
     print(f"{f'load + validate a grid of {len(grid.specs)} trials':44} {t_load:8.3f}")
     print(f"{f'plan {len(grid.specs)} trials ({args.done} done on disk)':44} {t_plan:8.3f}")
-    print(f"{f'load + plan together':44} {t_load + t_plan:8.3f}  <= 2 s")
+    print(f"{'load + plan together':44} {t_load + t_plan:8.3f}  <= 2 s")
     print(f"{f'scan {args.done} finished trial folders':44} {t_scan:8.3f}  <= 2 s")
     return 0
 

@@ -1,6 +1,6 @@
-"""What a backend costs per trial over the bare trainer: `python -m orchestrator.bench_backends`.
+"""What a backend costs per trial over the bare trainer: `python -m benchmarks.backends`.
 
-    python -m orchestrator.bench_backends [--trials 4 8] [--epochs 1] [--backends local ray] [--cpus N] [--repeat R]
+    python -m benchmarks.backends [--trials 4 8] [--epochs 1] [--backends local ray] [--cpus N] [--repeat R]
 
 Runs N fresh one-epoch digits trials (seeds 0..N-1, on CPU) three ways and prints wall times side
 by side:
@@ -10,11 +10,13 @@ by side:
              time with all N cores, so the difference to bare is the backend's overhead alone:
              start-up and shut-down, per-trial process start and imports, scheduling
 overhead per trial = (backend - bare) / N. Each trial is its own group (`fuse: 1`): this measures
-what a backend adds per job; fused groups (orchestrator.bench_speed) are a different question. Given two or more N, a line fit splits it into a
-fixed cost (start/stop) and a marginal cost per trial. With --repeat R every measurement is taken
-R times, interleaved, and the fastest kept (as timeit does: other load on the machine only ever
-adds time). To add a backend, add a function `(spec_paths, sweep, cpus) -> None` to BACKENDS.
+what a backend adds per job; fused groups (benchmarks.speed) are a different question. Given two
+or more N, a line fit splits it into a fixed cost (start/stop) and a marginal cost per trial.
+With --repeat R every measurement is taken R times, interleaved, and the fastest kept (as timeit
+does: other load on the machine only ever adds time). To add a backend, add a function
+`(spec_paths, sweep, cpus) -> None` to BACKENDS.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +25,8 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from trainer.results import SPEC, write_json
 from trainer.spec import TrialSpec
@@ -52,22 +54,24 @@ def run_bare(paths: list[Path], sweep: Path, cpus: int) -> None:
         assert run_trial(load_spec(p.parent), p.parent) == "done"
 
 
-def run_local(paths: list[Path], sweep: Path, cpus: int) -> None:
-    from orchestrator.backends.local import run_local as launch
-    from orchestrator.profiles import LocalProfile
+def _launch(name: str) -> Callable[[list[Path], Path, int], None]:
+    """Run the trials through backend `name` exactly as orchestrator.sweep does (its Backend interface)."""
 
-    launch([[p] for p in paths], LocalProfile(max_parallel=1, fuse=1))
+    def run(paths: list[Path], sweep: Path, cpus: int) -> None:
+        from orchestrator.backends import backend_for
+        from orchestrator.profiles import LocalProfile, Profile, RayProfile
 
+        profiles: dict[str, Profile] = {
+            "local": LocalProfile(max_parallel=1, fuse=1),
+            "ray": RayProfile(num_cpus=cpus, cpus_per_trial=cpus, max_concurrent=1, fuse=1),
+        }
+        backend_for(profiles[name]).run([[p.parent] for p in paths], sweep)
 
-def run_ray(paths: list[Path], sweep: Path, cpus: int) -> None:
-    from orchestrator.backends.ray import run_ray as launch
-    from orchestrator.profiles import RayProfile
-
-    launch([[p] for p in paths], RayProfile(num_cpus=cpus, cpus_per_trial=cpus, max_concurrent=1, fuse=1), sweep)
+    return run
 
 
 # Each runs the trials of `paths` (spec.json files in `sweep`) to done, one at a time on `cpus` cores.
-BACKENDS: dict[str, Callable[[list[Path], Path, int], None]] = {"local": run_local, "ray": run_ray}
+BACKENDS: dict[str, Callable[[list[Path], Path, int], None]] = {name: _launch(name) for name in ("local", "ray")}
 
 
 def timed(fn: Callable[[list[Path], Path, int], None], root: Path, name: str, n: int, epochs: int, cpus: int) -> float:
@@ -79,7 +83,7 @@ def timed(fn: Callable[[list[Path], Path, int], None], root: Path, name: str, n:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m orchestrator.bench_backends", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.backends", description=__doc__.split("\n\n")[0])
     p.add_argument("--trials", type=int, nargs="+", default=[4])
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--backends", nargs="+", choices=sorted(BACKENDS), default=sorted(BACKENDS))

@@ -1,13 +1,13 @@
 """Trainer speed, measured side by side in one run: the regularizer's cost and the evaluation's.
 
-    python -m trainer.bench [--model resnet20] [--dataset digits] [--batch-size 128] [--steps 20]
-                            [--rounds 7] [--alpha -10] [--device auto] [--threads N]
-    python -m trainer.bench --dataset synthetic-cifar --n-train 5000     # CIFAR-shaped, no data needed
+    python -m benchmarks.step [--model resnet20] [--dataset digits] [--batch-size 128] [--steps 20]
+                              [--rounds 7] [--alpha -10] [--device auto] [--threads N]
+    python -m benchmarks.step --dataset synthetic-cifar --n-train 5000     # CIFAR-shaped, no data needed
 
 Prints one table:
   - the time of one training step at alpha = 0 and at `--alpha` (the real `train_epoch`, real
-    batches with augmentation), and their ratio (target <= 1.10x: SPEC 1.4 wants the regularizer
-    cheap and alpha = 0 free of it);
+    batches with augmentation), and their ratio (target <= 1.10x: the regularizer is to be cheap
+    and alpha = 0 free of it; see docs/benchmarks.md);
   - the evaluation of the whole test set (loss, accuracy, every unit's CSI) as a fraction of an
     epoch, train + eval (target <= 10%);
   - training images per second.
@@ -18,6 +18,7 @@ ratios, so slow drifts of the machine cancel.
 `synthetic-cifar` is random uint8 3x32x32 images with 10 random labels (CIFAR-10's normalisation
 and augmentation), 50k/10k by default or `--n-train` (test set: a fifth of it, as CIFAR).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,17 +27,16 @@ import itertools
 import statistics
 import sys
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
-from trainer.data import Batch, Data, TensorData, data_info, load_dataset
+from trainer.attempt import pick_device
+from trainer.data import Batch, Data, TensorData, data_info, eval_batch_size, load_dataset
 from trainer.loop import evaluate, train_epoch
 from trainer.models import build_model
 from trainer.provenance import device_name
 from trainer.registry import DATASET_NAMES, MODEL_NAMES
-from trainer.attempt import pick_device
-from trainer.data import eval_batch_size
 from trainer.spec import TrialSpec
 
 SYNTHETIC = "synthetic-cifar"
@@ -137,7 +137,7 @@ def measure(args: argparse.Namespace) -> dict[str, float | int | str]:
 
 
 def table(args: argparse.Namespace, m: dict[str, float | int | str]) -> str:
-    ok = lambda good: "ok" if good else "ABOVE TARGET"  # noqa: E731
+    ok = lambda good: "ok" if good else "ABOVE TARGET"
     a = f"{args.alpha:g}"
     rows = [
         ("", "alpha=0", f"alpha={a}", "target"),
@@ -154,8 +154,10 @@ def table(args: argparse.Namespace, m: dict[str, float | int | str]) -> str:
     ]  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = [
-        f"trainer.bench: {args.model} on {args.dataset} ({m['n_train']} train / {m['n_test']} test), "
-        f"batch {args.batch_size}, {m['device']}, {m['threads']} threads, torch {torch.__version__}",
+        (
+            f"benchmarks.step: {args.model} on {args.dataset} ({m['n_train']} train / {m['n_test']} test), "
+            f"batch {args.batch_size}, {m['device']}, {m['threads']} threads, torch {torch.__version__}"
+        ),
         f"median of {args.rounds} alternating rounds of {args.steps} steps each (after 1 warm-up round)",
         "",
     ]
@@ -164,7 +166,7 @@ def table(args: argparse.Namespace, m: dict[str, float | int | str]) -> str:
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m trainer.bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.step", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="resnet20", choices=MODEL_NAMES)
     p.add_argument("--dataset", default="digits", choices=[*DATASET_NAMES, SYNTHETIC])
     p.add_argument("--batch-size", type=int, default=128)

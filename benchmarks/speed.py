@@ -1,7 +1,7 @@
 """Training speed side by side in one run: a plain DataLoader loop, the fast single trial, K fused trials.
 
-    python -m orchestrator.bench_speed                 # a GPU at full size: CIFAR-10-shaped 50k/10k, K = 16
-    python -m orchestrator.bench_speed --small         # CPU / CI size (ratios only): 1024 images, K = 4, few steps
+    python -m benchmarks.speed                 # a GPU at full size: CIFAR-10-shaped 50k/10k, K = 16
+    python -m benchmarks.speed --small         # CPU / CI size (ratios only): 1024 images, K = 4, few steps
     options: --k 16 --steps 30 --rounds 3 --alpha -10 --batch-size 128 --n-train 50000 --loader-workers 8
              --compile --device auto --threads N --grid grids/cifar10.yaml
 
@@ -19,23 +19,26 @@ Rounds alternate the runs after one warm-up round (allocator, kernels, compilati
 shows medians. Targets (an H100 at full size): single >= 100k images/s and >= 5x loader; fused
 aggregate >= 3x single at K >= 16. On a CPU the ratios are what the run shows, nothing more.
 """
+
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import statistics
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from benchmarks.step import SYNTHETIC, step_batches, sync, synthetic_cifar
 from orchestrator.estimate import DATASET_SIZES
 from orchestrator.grid import load_grid
 from orchestrator.pack import pack
 from trainer.attempt import pick_device
-from trainer.bench import SYNTHETIC, step_batches, synthetic_cifar, sync
 from trainer.data import Batch, TensorData, eval_batch_size
 from trainer.fused import FusedResNet20, fused_evaluate, fused_train_epoch
 from trainer.loop import evaluate, train_epoch
@@ -94,7 +97,7 @@ def _timed(fn: Callable[[], Any], device: torch.device) -> float:
 def measure(a: argparse.Namespace) -> dict[str, Any]:
     device = pick_device(a.device)
     data = synthetic_cifar(a.n_train, max(a.n_train // 5, a.batch_size), device)
-    sgd = lambda params: torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=5e-4)  # noqa: E731
+    sgd = lambda params: torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=5e-4)
 
     def model(seed: int) -> TrackedNet:
         torch.manual_seed(seed)
@@ -122,7 +125,12 @@ def measure(a: argparse.Namespace) -> dict[str, Any]:
         "single0": lambda r: train_epoch(fast[0], opts[id(fast[0])], step_batches(data, a.batch_size, a.steps, r), 0.0, 10, device),
         "single": lambda r: train_epoch(single_a, opts[id(single_a)], step_batches(data, a.batch_size, a.steps, r), a.alpha, 10, device),
         "fused": lambda r: fused_train_epoch(
-            fused_net, opts[id(fused_net)], [step_batches(data, a.batch_size, a.steps, r, seed=s) for s in range(a.k)], [a.alpha] * a.k, 10, device
+            fused_net,
+            opts[id(fused_net)],
+            [step_batches(data, a.batch_size, a.steps, r, seed=s) for s in range(a.k)],
+            [a.alpha] * a.k,
+            10,
+            device,
         ),
         "eval": lambda r: evaluate(single_a, data.test_batches(eval_batch), 10, device),
         "eval_fused": lambda r: fused_evaluate(fused_net, data, 10, device, eval_batch),
@@ -132,7 +140,7 @@ def measure(a: argparse.Namespace) -> dict[str, Any]:
     for r in range(a.rounds + 1):
         order = names if r % 2 == 0 else names[::-1]  # alternate: slow drifts of a shared machine cancel
         for name in order:
-            sec = _timed(lambda: runs[name](r), device)
+            sec = _timed(functools.partial(runs[name], r), device)
             if r > 0:  # round 0 warms up
                 times[name].append(sec)
     med = {name: statistics.median(ts) for name, ts in times.items()}
@@ -144,9 +152,11 @@ def report(a: argparse.Namespace, m: dict[str, Any]) -> str:
     med, steps, b, k = m["med"], a.steps, a.batch_size, a.k
     img_s = {name: (k if name == "fused" else 1) * b * steps / med[name] for name in ("loader", "single0", "single", "fused")}
     lines = [
-        f"orchestrator.bench_speed: resnet20, CIFAR-10-shaped data ({m['n_train']} train / {m['n_test']} test), batch {b}, "
-        f"alpha {a.alpha:g}, K = {k}, {m['device'].type} ({m['name']}), {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}, compile {'on' if a.compile else 'off'}",
+        (
+            f"benchmarks.speed: resnet20, CIFAR-10-shaped data ({m['n_train']} train / {m['n_test']} test), batch {b}, "
+            f"alpha {a.alpha:g}, K = {k}, {m['device'].type} ({m['name']}), {torch.get_num_threads()} threads, "
+            f"torch {torch.__version__}, compile {'on' if a.compile else 'off'}"
+        ),
         f"median of {a.rounds} alternating rounds of {steps} steps (after 1 warm-up round); loader workers {a.loader_workers}",
         "",
         f"{'run':<24} {'models':>6} {'ms/step':>9} {'img/s per model':>16} {'img/s aggregate':>16} {'vs loader':>10} {'vs single':>10}",
@@ -164,16 +174,20 @@ def report(a: argparse.Namespace, m: dict[str, Any]) -> str:
     share = med["eval"] / (epoch_single + med["eval"])
     share_fused = med["eval_fused"] / (epoch_fused + med["eval_fused"])
     on_h100 = "H100" in m["name"]
-    verdict = lambda ok: ("ok" if ok else "BELOW TARGET") if on_h100 else "(target is for an H100)"  # noqa: E731
+    verdict = lambda ok: ("ok" if ok else "BELOW TARGET") if on_h100 else "(target is for an H100)"
     lines += [
         "",
         f"regularizer overhead (single, alpha {a.alpha:g} vs 0): {med['single'] / med['single0']:.2f}x step time",
-        f"evaluation share of an epoch: single {share:.1%}, fused {share_fused:.1%} "
-        f"({m['n_test']} test images, {med['eval']:.3f} s single / {med['eval_fused']:.3f} s for K fused)",
-        f"targets: single >= {SINGLE_TARGET:,.0f} img/s: {img_s['single']:,.0f} {verdict(img_s['single'] >= SINGLE_TARGET)}; "
-        f"single >= {LOADER_TARGET:.0f}x loader: {img_s['single'] / img_s['loader']:.2f}x {verdict(img_s['single'] >= LOADER_TARGET * img_s['loader'])}; "
-        f"fused >= {FUSED_TARGET:.0f}x single at K >= 16: {img_s['fused'] / img_s['single']:.2f}x "
-        f"{verdict(k >= 16 and img_s['fused'] >= FUSED_TARGET * img_s['single'])}",
+        (
+            f"evaluation share of an epoch: single {share:.1%}, fused {share_fused:.1%} "
+            f"({m['n_test']} test images, {med['eval']:.3f} s single / {med['eval_fused']:.3f} s for K fused)"
+        ),
+        (
+            f"targets: single >= {SINGLE_TARGET:,.0f} img/s: {img_s['single']:,.0f} {verdict(img_s['single'] >= SINGLE_TARGET)}; "
+            f"single >= {LOADER_TARGET:.0f}x loader: {img_s['single'] / img_s['loader']:.2f}x {verdict(img_s['single'] >= LOADER_TARGET * img_s['loader'])}; "
+            f"fused >= {FUSED_TARGET:.0f}x single at K >= 16: {img_s['fused'] / img_s['single']:.2f}x "
+            f"{verdict(k >= 16 and img_s['fused'] >= FUSED_TARGET * img_s['single'])}"
+        ),
         "",
         projection(a, m, img_s, k),
     ]
@@ -198,13 +212,12 @@ def projection(a: argparse.Namespace, m: dict[str, Any], img_s: dict[str, float]
     return (
         f"projected {where} for {a.grid} ({len(specs)} trials, {len(groups)} fused groups of <= {k}): "
         f"loader {hours(img_s['loader'], eval_img_s):.2f}, single {hours(img_s['single'], eval_img_s):.2f}, "
-        f"fused {hours(img_s['fused'], eval_fused_img_s):.2f}"
-        + ("" if m["n_train"] >= 50_000 else "  (from a small run: ratios only)")
+        f"fused {hours(img_s['fused'], eval_fused_img_s):.2f}" + ("" if m["n_train"] >= 50_000 else "  (from a small run: ratios only)")
     )
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m orchestrator.bench_speed", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.speed", description=__doc__.split("\n\n")[0])
     p.add_argument("--small", action="store_true", help="CPU / CI size: --n-train 1024 --k 4 --steps 4 --rounds 2 --loader-workers 0")
     p.add_argument("--k", type=int, default=None, help="fused trials (default 16; --small: 4)")
     p.add_argument("--steps", type=int, default=None, help="steps per run per round (default 30; --small: 4)")

@@ -21,13 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib import colormaps
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
-from orchestrator.collect_stats import fmt, varying_fields
+from orchestrator.collect.stats import fmt, varying_fields
 from trainer import results as R
 
 DPI = 130
@@ -123,7 +123,10 @@ def _alpha_colors(alphas: pd.Series) -> dict[float, tuple]:
     s = np.sign(alphas.to_numpy(float)) * np.log10(1 + mags / lin)
     top = np.abs(s).max() or 1.0
     cmap = colormaps["coolwarm"]
-    shade = lambda v: 0.5 + np.sign(v) * (0.2 + 0.3 * abs(v) / top)  # noqa: E731 - never the pale middle
+
+    def shade(v: float) -> float:  # never the pale middle
+        return 0.5 + np.sign(v) * (0.2 + 0.3 * abs(v) / top)
+
     return {a: ((0, 0, 0, 1) if a == 0 else cmap(shade(v))) for a, v in zip(alphas, s)}
 
 

@@ -1,0 +1,19 @@
+"""Collect a sweep's finished trials into tables, a report and figures: `python -m orchestrator.collect`.
+
+    from orchestrator.collect import collect
+    result = collect("results/<sweep>")            # CollectResult: counts, excluded trials, files written
+
+Modules, in the order a collect uses them:
+    core       collect() and the command (main): read, build the tables, write <sweep>/summary/
+    scan       the sweep folder, each trial's state (trainer.status.observe), spec fields and file
+               fingerprints, and scan_files: one robust pyarrow dataset scan of many Parquet files
+    cache      the incremental cache (summary/.cache/manifest.json): which rows need no new read
+    rows       the done trials' rows: cached + freshly scanned, checked for completeness, ordered
+    stats      the trials and condition tables: mean / std / sem / 95% CI over seeds
+    ablations  ablation curves and areas from the trials' ablations.parquet, and their figures
+    figures    the PNG figures (matplotlib, imported only when drawing)
+    report     summary/report.md
+"""
+from orchestrator.collect.core import CollectResult, collect, main
+
+__all__ = ["CollectResult", "collect", "main"]

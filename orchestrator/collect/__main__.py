@@ -1,0 +1,8 @@
+"""`python -m orchestrator.collect results/<sweep> [--full] [--no-figures] [--timings]`: see orchestrator.collect.core."""
+import sys
+
+from orchestrator.collect.core import main
+from orchestrator.errors import cli
+
+if __name__ == "__main__":
+    sys.exit(cli(main))

@@ -1,0 +1,275 @@
+"""Run groups of trial folders in worker processes until each trial has an outcome: the one retry loop.
+
+Every backend ends here: the local backend runs it in the launcher (a slot per --max-parallel
+worker), a SLURM array task runs it on its node, a Ray Tune trial runs it for its group.
+
+    runner = Runner(slots(n=2, cpus=8), max_attempts=3, fuse=True)
+    report = runner.run([[folder_a, folder_b], [folder_c]])     # groups of trial folders
+
+A worker is `python -m trainer.group --spec A/spec.json --spec B/spec.json ...` on one slot (its
+threads, its GPU), for the members of a group that are runnable now; its output goes to the first
+member's `trainer.log`. When a worker ends, each member's status.json says what happened; what the
+worker could not record, the runner records (holding the trial's lock):
+- the worker died while training (a signal: the OOM killer, kill -9, a node in trouble): the trial
+  is `interrupted`, with the signal and the log's path in `last_interruption`;
+- the worker ended before the trial's attempt began (python or a package missing, an unreadable
+  spec, a bad device): the trial is `failed` (retryable, error_kind `setup`) with the log's last
+  line, and that counts as an attempt, so a relaunch stops after `max_attempts`.
+A group goes again with its members that can still run: failed ones while they have attempts
+left (each start counts one), interrupted ones only if they made progress (a new epoch) since
+their previous start here. A user mistake never goes again. So the loop always ends, even when
+nothing can be recorded (a full disk): a trial that makes no progress is given up, and said so.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from trainer.cli import EXIT_BUSY, EXIT_USER
+from trainer.lock import TrialBusy, TrialLock
+from trainer.provenance import now
+from trainer.results import SPEC
+from trainer.status import TrialState, observe, read_status, write_status
+
+LOG = "trainer.log"
+POLL_S = 0.2
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where one worker runs: its name (for messages) and the environment it gets."""
+
+    name: str
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def make_slots(n: int, cpus: int | None = None, gpus: list[str] | None = None) -> list[Slot]:
+    """`n` worker slots sharing `cpus` cores (default: this machine's); slot i gets GPU gpus[i] if given.
+
+    Each worker gets cpus // n threads: n workers with a thread per core each would oversubscribe
+    the machine (busy-waiting OpenMP threads made a small CPU trial 8x slower).
+    """
+    if n < 1:
+        raise ValueError(f"need at least one slot, got {n}")
+    threads = str(max(1, (cpus or os.cpu_count() or 1) // n))
+    out = []
+    for i in range(n):
+        env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+        if gpus is not None:
+            env["CUDA_VISIBLE_DEVICES"] = gpus[i]
+        out.append(Slot(f"gpu{gpus[i]}" if gpus is not None else f"worker{i}", env))
+    return out
+
+
+@dataclass
+class Report:
+    """How a run ended, trial by trial (their states as the folders say afterwards)."""
+
+    states: dict[Path, TrialState] = field(default_factory=dict)
+    given_up: dict[Path, str] = field(default_factory=dict)  # not run again here, and why
+    user_errors: list[str] = field(default_factory=list)
+
+    def count(self, state: str) -> int:
+        return sum(s.state == state for s in self.states.values())
+
+
+class WorkerPool:
+    """Commands on slots: start one on a free slot, wait for whichever ends first (no head-of-line wait)."""
+
+    def __init__(self, slots: list[Slot]) -> None:
+        self.free = list(slots)
+        self.running: dict[subprocess.Popen[bytes], tuple[Slot, object]] = {}
+
+    def start(self, cmd: list[str], key: object, log: Path | None = None) -> Slot:
+        """Run `cmd` on a free slot (output appended to `log`, else discarded); `key` comes back from wait."""
+        slot = self.free.pop(0)
+        out = open(log, "ab") if log is not None else subprocess.DEVNULL
+        try:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **slot.env})
+        finally:
+            if log is not None:
+                out.close()  # type: ignore[union-attr]
+        self.running[proc] = (slot, key)
+        return slot
+
+    def wait(self) -> tuple[object, int]:
+        """The key and exit code of the next command to end; its slot is free again."""
+        while True:
+            for proc, (slot, key) in list(self.running.items()):
+                code = proc.poll()
+                if code is not None:
+                    del self.running[proc]
+                    self.free.append(slot)
+                    return key, code
+            time.sleep(POLL_S)
+
+    def signal(self, sig: int) -> None:
+        for proc in self.running:
+            if proc.poll() is None:
+                proc.send_signal(sig)
+
+    def wait_all(self, timeout: float | None = None) -> None:
+        for proc in list(self.running):
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.running.clear()
+
+
+class Runner:
+    """Trial groups on a worker pool, with the retry policy of the module docstring."""
+
+    def __init__(
+        self, slots: list[Slot], max_attempts: int, fuse: bool = True, python: str | None = None,
+        on_change: Callable[[Report, int], None] | None = None, log_hint: str = "",
+    ) -> None:  # fmt: skip
+        self.pool = WorkerPool(slots)
+        self.max_attempts, self.fuse = max_attempts, fuse
+        self.python = python or sys.executable
+        self.on_change = on_change  # (report so far, workers running): progress lines
+        self.log_hint = log_hint  # e.g. "job 123_4": said in recorded reasons
+        self.report = Report()
+        self._stopping = False
+
+    # ---- the loop ---------------------------------------------------------------------------
+    def run(self, groups: list[list[Path]]) -> Report:
+        queue = [list(g) for g in groups]
+        try:
+            while queue or self.pool.running:
+                while queue and self.pool.free and not self._stopping:
+                    group = queue.pop(0)
+                    todo = self._startable(group)
+                    if todo:
+                        self._start(todo)
+                    self._changed()
+                if self._stopping and not self.pool.running:
+                    break
+                if not self.pool.running:
+                    continue
+                key, code = self.pool.wait()
+                members, before = key  # type: ignore[misc]
+                again = self._ended(code, members, before)
+                if again and not self._stopping:
+                    queue.append(again)
+                self._changed()
+        finally:
+            self.stop(signal.SIGTERM)
+            self.pool.wait_all()
+        for group in groups:
+            for f in group:
+                self.report.states[f] = observe(f)
+        return self.report
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Start no more workers and pass `sig` on to the running ones (they record themselves)."""
+        self._stopping = True
+        self.pool.signal(sig)
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change(self.report, len(self.pool.running))
+
+    # ---- one worker -------------------------------------------------------------------------
+    def _startable(self, group: list[Path]) -> list[Path]:
+        todo = []
+        for f in group:
+            st = observe(f)
+            self.report.states[f] = st
+            if f in self.report.given_up:
+                continue
+            if st.runnable(self.max_attempts):
+                todo.append(f)
+        return todo
+
+    def _start(self, members: list[Path]) -> None:
+        log = members[0] / LOG
+        for f in members[1:]:  # one process, one log: the first member's
+            with open(f / LOG, "a") as note:
+                note.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} trains with {members[0].name}: output in {log}\n")
+        args = [a for f in members for a in ("--spec", str(f / SPEC))] + ([] if self.fuse else ["--no-fuse"])
+        before = {f: observe(f) for f in members}
+        with open(log, "a") as out:
+            out.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {self.pool.free[0].name}: trainer.group {' '.join(f.name for f in members)}\n")
+        self.pool.start([self.python, "-m", "trainer.group", *args], (members, before), log)
+
+    def _ended(self, code: int, members: list[Path], before: dict[Path, TrialState]) -> list[Path]:
+        """Record what the worker could not, and return the members to run again."""
+        log = members[0] / LOG
+        why = _exit_reason(code)
+        again = []
+        for f in members:
+            now_ = observe(f)
+            started = now_.attempts > before[f].attempts  # the worker's attempt began (it counts one)
+            if code == EXIT_BUSY or now_.state == "running":  # another live process holds it
+                continue
+            if code == EXIT_USER and not started:
+                self._record(f, "failed", f"{last_line(log)} (log: {log})", "user", count=True)
+                self.report.user_errors.append(f"{f.name}: {last_line(log)}")
+                continue
+            if code == EXIT_USER:
+                self.report.user_errors.append(f"{f.name}: {now_.error}")
+                continue
+            if not started and code != 0:
+                self._record(f, "failed", f"{why} before the trial started: {last_line(log)} (log: {log})", "setup", count=True)
+            elif now_.state == "interrupted" and code != 0 and now_.status.state == "running":
+                # Its process died without a word: say how, so the trial's folder tells the story.
+                self._record(f, "interrupted", f"{why} in epoch {(now_.epoch or 0) + 1} (log: {log})", None, count=False)
+            after = observe(f)
+            if after.runnable(self.max_attempts):
+                progressed = (after.epoch or -1) > (before[f].epoch or -1)
+                if after.state == "failed" or progressed:
+                    again.append(f)
+                    print(f"{f.name}: {after.state} ({after.error or why}); restarting from its checkpoint", file=sys.stderr, flush=True)
+                else:
+                    self.report.given_up[f] = f"{why}, no progress since its last start here; not restarted (log: {log})"
+            self.report.states[f] = after
+        return again
+
+    def _record(self, folder: Path, state: str, error: str, kind: str | None, count: bool) -> None:
+        """Write an outcome the worker could not write (its process is gone, so the lock is free)."""
+        where = f" ({self.log_hint})" if self.log_hint else ""
+        try:
+            with TrialLock(folder):
+                status = read_status(folder)
+                if status.final:
+                    return
+                if state == "interrupted":
+                    status.update(state="interrupted", last_interruption=f"{now()}: {error}{where}", ended=now())
+                else:
+                    status.update(state=state, error=error + where, error_kind=kind, retryable=True, ended=now())
+                if count:
+                    status.attempts += 1
+                status.log = str(folder / LOG)
+                write_status(folder, status)
+        except TrialBusy:
+            return
+        except (OSError, ValueError) as err:  # a full disk, a damaged status.json: say it here instead
+            self.report.given_up[folder] = f"{error}; and its status.json could not be written ({err})"
+            print(f"{folder.name}: {error}; status.json not written ({err})", file=sys.stderr, flush=True)
+
+
+def _exit_reason(code: int) -> str:
+    if code < 0:
+        name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
+        hint = " (out of memory? the kernel's OOM killer sends SIGKILL)" if -code == signal.SIGKILL else ""
+        return f"worker killed by {name}{hint}"
+    return f"worker exited with code {code}"
+
+
+def last_line(path: Path) -> str:
+    """The last non-empty line of a log (its error), at most 300 characters."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.path.getsize(path) - 8192))
+            lines = [line.strip() for line in f.read().decode(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "no log"
+    return lines[-1][:300] if lines else "no output"
