@@ -15,6 +15,7 @@ included), in three situations:
 and prints a markdown table: median wall time and the largest peak RSS (os.wait4) of the runs.
 Targets (docs/benchmarks.md): 1,000 x 160 collected in <= 5 s and <= 2 GB peak memory.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -89,9 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         for folder in extra:
             shutil.rmtree(folder)
     print(f"\nload average before the runs: {load:.1f} ({os.cpu_count()} CPUs)")
-    print(
-        "\n| situation | wall s (median) | CPU s (median) | peak RSS MB (max) | phases, wall/CPU s (last run, in-process) |\n|---|---|---|---|---|"
-    )
+    print("\n| situation | wall s (median) | CPU s (median) | peak RSS MB (max) | phases, wall/CPU s (last run, in-process) |")
+    print("|---|---|---|---|---|")
     for name, runs in results.items():
         wall, cpu = statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
         rss = max(r[2] for r in runs)

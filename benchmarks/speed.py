@@ -78,7 +78,8 @@ def plain_loop(model: TrackedNet, opt: torch.optim.Optimizer, batches: Iterator[
         logits, feats = model(x, capture=alpha != 0)
         loss = F.cross_entropy(logits, y)
         if alpha != 0:
-            loss = loss - alpha * batch_selectivity(feats, y, 10)  # type: ignore[arg-type]
+            assert feats is not None
+            loss = loss - alpha * batch_selectivity(feats, y, 10)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -120,6 +121,7 @@ def measure(a: argparse.Namespace) -> dict[str, Any]:
     loader_batches = iter(itertools.chain.from_iterable(itertools.repeat(loader)))
     eval_batch = eval_batch_size(data, a.batch_size, device)
     single_a, fused_net = fast[1], fast[2]
+    assert isinstance(fused_net, FusedResNet20)
     runs: dict[str, Callable[[int], Any]] = {
         "loader": lambda r: plain_loop(plain, opts[id(plain)], itertools.islice(loader_batches, a.steps), a.alpha, device),
         "single0": lambda r: train_epoch(fast[0], opts[id(fast[0])], step_batches(data, a.batch_size, a.steps, r), 0.0, 10, device),
@@ -184,7 +186,8 @@ def report(a: argparse.Namespace, m: dict[str, Any]) -> str:
         ),
         (
             f"targets: single >= {SINGLE_TARGET:,.0f} img/s: {img_s['single']:,.0f} {verdict(img_s['single'] >= SINGLE_TARGET)}; "
-            f"single >= {LOADER_TARGET:.0f}x loader: {img_s['single'] / img_s['loader']:.2f}x {verdict(img_s['single'] >= LOADER_TARGET * img_s['loader'])}; "
+            f"single >= {LOADER_TARGET:.0f}x loader: {img_s['single'] / img_s['loader']:.2f}x "
+            f"{verdict(img_s['single'] >= LOADER_TARGET * img_s['loader'])}; "
             f"fused >= {FUSED_TARGET:.0f}x single at K >= 16: {img_s['fused'] / img_s['single']:.2f}x "
             f"{verdict(k >= 16 and img_s['fused'] >= FUSED_TARGET * img_s['single'])}"
         ),

@@ -28,6 +28,7 @@ import statistics
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -64,7 +65,7 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(args: argparse.Namespace) -> dict[str, float | int | str]:
+def measure(args: argparse.Namespace) -> dict[str, Any]:
     device = pick_device(args.device)
     if args.dataset == SYNTHETIC:
         n_test = args.n_test or max(args.n_train // 5, args.batch_size)
@@ -136,7 +137,7 @@ def measure(args: argparse.Namespace) -> dict[str, float | int | str]:
     }
 
 
-def table(args: argparse.Namespace, m: dict[str, float | int | str]) -> str:
+def table(args: argparse.Namespace, m: dict[str, Any]) -> str:
     ok = lambda good: "ok" if good else "ABOVE TARGET"
     a = f"{args.alpha:g}"
     rows = [

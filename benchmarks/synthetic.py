@@ -7,11 +7,13 @@ negative, accuracy peaks near alpha = 0), deterministic in (alpha, seed). Used b
 benchmark (`python -m benchmarks.collect`, thousands of trials) and by tests/test_collect.py, which
 imports it from here; it depends only on numpy, pyarrow and the trainer's schemas (trainer.results).
 """
+
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -62,7 +64,7 @@ def _layer_rows(spec: TrialSpec, csi: np.ndarray, rng: np.random.Generator) -> d
     }  # fmt: skip
 
 
-def _unit_rows(spec: TrialSpec, rng: np.random.Generator) -> dict[str, list]:
+def _unit_rows(spec: TrialSpec, rng: np.random.Generator) -> dict[str, Any]:
     per_epoch = [(name, u) for name, width in LAYERS for u in range(width)]
     total = (spec.epochs + 1) * len(per_epoch)
     return {

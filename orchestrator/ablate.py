@@ -8,6 +8,7 @@ Runs `trainer.ablate` (see trainer/ablation.py) on every done trial that kept ch
 lacks some of their ablations; each trial's ablations.parquet grows epoch by epoch, so a killed
 job resumes where it stopped. Then `python -m orchestrator.collect` adds the ablation curves.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -7,6 +7,7 @@ cost(trial) = (epochs x n_train + evaluations x n_test / 3) / throughput x (1.10
                 ../shared/NOTES.md (eager PyTorch, bf16); evaluation costs a third of a
                 training image (forward only); the regularizer costs at most 10% more.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -10,6 +10,7 @@
 Every error is one line naming the file, the key and what is allowed; the whole grid is
 validated before anything is written or submitted.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -48,9 +49,7 @@ def load_grid(path: str | Path, overrides: dict[str, Any] | None = None) -> Grid
             raise UserError(f"{path}: unknown top-level key '{key}'; allowed: {', '.join(GRID_KEYS)}")
     name = raw.get("name")
     if not isinstance(name, str) or not NAME_RE.match(name):
-        raise UserError(
-            f"{path}: key 'name' is {name!r}; allowed: 1-100 letters, digits, '.', '_', '-', starting with a letter or digit"
-        )
+        raise UserError(f"{path}: key 'name' is {name!r}; allowed: 1-100 letters, digits, '.', '_', '-', starting with a letter or digit")
     description = raw.get("description", "")
     if not isinstance(description, str):
         raise UserError(f"{path}: key 'description' must be text")
@@ -73,8 +72,8 @@ def load_grid(path: str | Path, overrides: dict[str, Any] | None = None) -> Grid
         checked_axes[key] = [coerce(key, v, f"{path}: sweep.{key}[{i}]") for i, v in enumerate(values)]
 
     n_expanded = 1
-    for values in checked_axes.values():
-        n_expanded *= len(values)
+    for axis in checked_axes.values():
+        n_expanded *= len(axis)
     if n_expanded > MAX_TRIALS:
         raise UserError(f"{path}: the sweep expands to {n_expanded} trials; allowed: at most {MAX_TRIALS}")
 

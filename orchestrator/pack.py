@@ -8,10 +8,11 @@ trial whose model has no fused form is a group of one. K = 1 turns fusing off.
 `min_groups` keeps parallel workers busy: the local backend with N worker processes asks for at
 least N groups (one fused group uses one process), as long as every group keeps two trials.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 from trainer.spec import TrialSpec
 

@@ -6,13 +6,14 @@ time: the next `sweep` or `status` reads the same truth. A trial's state is what
 `trainer.status.observe` makes of its status.json and its lock (pending, running, interrupted,
 done, failed, or unreadable).
 """
+
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from trainer.errors import UserError
 from trainer.results import SPEC, read_json, replace_atomically, write_json

@@ -9,12 +9,13 @@ Keys are checked strictly (unknown key: one line listing the valid keys of that 
 The resource fields `device`, `data_root` and `num_workers` override the grid's: they are not
 part of a trial's identity, so the same grid lands in the same trial folders on every site.
 """
+
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from orchestrator.strict import from_mapping, load_yaml
 from trainer.errors import UserError
@@ -108,7 +109,7 @@ class SlurmProfile(BaseProfile):
             raise UserError("keys 'time_min', 'cpus_per_trial', 'array_parallelism' must be >= 1")
 
 
-Profile = Union[LocalProfile, RayProfile, SlurmProfile]
+Profile = LocalProfile | RayProfile | SlurmProfile
 PROFILES: dict[str, type] = {"local": LocalProfile, "ray": RayProfile, "slurm": SlurmProfile}
 
 

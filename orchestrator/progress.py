@@ -1,9 +1,11 @@
 """A one-line progress display for launchers: redrawn in place on a terminal, a line per event otherwise."""
+
 from __future__ import annotations
 
 import sys
 import time
-from typing import TYPE_CHECKING, Iterable, TextIO
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
     from trainer.status import TrialState
@@ -23,10 +25,7 @@ class Progress:
         width = 24
         filled = int(width * (done + failed) / max(self.total, 1))
         bar = "#" * filled + "-" * (width - filled)
-        line = (
-            f"{self.label} [{bar}] {done}/{self.total} done, {failed} failed, {running} running, "
-            f"{elapsed // 60:02d}:{elapsed % 60:02d}"
-        )
+        line = f"{self.label} [{bar}] {done}/{self.total} done, {failed} failed, {running} running, {elapsed // 60:02d}:{elapsed % 60:02d}"
         if self.tty:
             self.stream.write("\r" + line + ("\n" if done + failed == self.total else ""))
         else:

@@ -20,6 +20,7 @@ left (each start counts one), interrupted ones only if they made progress (a new
 their previous start here. A user mistake never goes again. So the loop always ends, even when
 nothing can be recorded (a full disk): a trial that makes no progress is given up, and said so.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,9 +28,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import cast
 
 from trainer.cli import EXIT_BUSY, EXIT_USER
 from trainer.lock import TrialBusy, TrialLock
@@ -89,12 +91,8 @@ class WorkerPool:
     def start(self, cmd: list[str], key: object, log: Path | None = None) -> Slot:
         """Run `cmd` on a free slot (output appended to `log`, else discarded); `key` comes back from wait."""
         slot = self.free.pop(0)
-        out = open(log, "ab") if log is not None else subprocess.DEVNULL
-        try:
+        with open(log if log is not None else os.devnull, "ab") as out:  # the child keeps its own copy
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **slot.env})
-        finally:
-            if log is not None:
-                out.close()  # type: ignore[union-attr]
         self.running[proc] = (slot, key)
         return slot
 
@@ -155,7 +153,7 @@ class Runner:
                 if not self.pool.running:
                     continue
                 key, code = self.pool.wait()
-                members, before = key  # type: ignore[misc]
+                members, before = cast("tuple[list[Path], dict[Path, TrialState]]", key)
                 again = self._ended(code, members, before)
                 if again and not self._stopping:
                     queue.append(again)

@@ -3,6 +3,7 @@
 Reads the trial folders alone (status.json and the per-trial lock), so it is right whichever
 backend ran the trials and whether or not the launcher is still alive.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -10,6 +11,7 @@ import json
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from orchestrator.plan import load_spec, scan
 from trainer.cli import cli
@@ -25,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.sweep / "trials").is_dir():
         raise UserError(f"{args.sweep}: not a sweep folder (no trials/ inside); give <results>/<grid name>")
     states = scan(args.sweep)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for tid, st in states.items():
         try:
             epochs: int | str = load_spec(st.folder).epochs
@@ -40,7 +42,10 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(r))
         return 0
     counts = Counter(st.state for st in states.values())
-    print(f"{args.sweep}: {len(states)} trials: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in SEEN_STATES if counts.get(s) or s != "unreadable"))
+    print(
+        f"{args.sweep}: {len(states)} trials: "
+        + ", ".join(f"{counts.get(s, 0)} {s}" for s in SEEN_STATES if counts.get(s) or s != "unreadable")
+    )
     print(f"{'trial_id':12}  {'state':11}  {'epoch':>9}  {'tries':>5}  {'host':12}  error")
     for r in rows:
         progress = f"{'-' if r['epoch'] is None else r['epoch']}/{r['epochs']}"

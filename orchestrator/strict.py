@@ -4,13 +4,15 @@
 duplicate keys are errors (PyYAML silently keeps the last), and `1e-5` is a number (YAML 1.1
 reads it as a string; YAML 1.2 and every user read it as 1e-05).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import re
 import typing
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 

@@ -17,6 +17,7 @@ profile, data, the engine's own checks) before the first file is written. Exit c
 every trial of the grid is done (or submitted, for engines that do not wait), 1 when some
 failed or are still running elsewhere, 2 for a user mistake.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -106,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     groups = groups_of(plan, profile)
     if args.dry_run:
         print_plan(grid, plan, profile, groups)
+        if groups and (text := backend.describe(groups, folder)):
+            print(text)
         return EXIT_DONE
     check_writable(folder)
     backend.preflight(plan)  # the engine's own checks (commands, partition, cluster address)

@@ -1,12 +1,14 @@
 """Shared fixtures. Trainer section: small digits specs and a helper that runs `python -m trainer.run`."""
+
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 

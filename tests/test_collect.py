@@ -2,6 +2,7 @@
 re-collection, figures and every bad input. Real digits trials (trainer.run) for end-to-end checks,
 synthetic trial folders (benchmarks.synthetic.write_trial, the trainer's schemas) for the rest.
 """
+
 from __future__ import annotations
 
 import json

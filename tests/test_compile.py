@@ -1,6 +1,7 @@
 """The optional torch.compile path (resource field `compile`): same training, compiled once per
 process and shape, reused by the next trial. Slow on CPU (the first compilation takes about a
 minute on 2 cores), hence marked slow; the GPU is where it pays."""
+
 from __future__ import annotations
 
 import json

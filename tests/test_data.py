@@ -1,4 +1,5 @@
 """Data sets read from tiny fixtures in their exact standard on-disk layouts; batching and augmentation."""
+
 from __future__ import annotations
 
 import hashlib

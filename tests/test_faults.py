@@ -7,6 +7,7 @@ Two kinds of kill, both real:
 Afterwards every trial is done exactly once (one row per epoch, no temp or half files) and,
 on CPU, its numbers equal those of an uninterrupted run.
 """
+
 from __future__ import annotations
 
 import json
@@ -117,9 +118,7 @@ def alive(pid: int) -> bool:
 @pytest.mark.slow
 def test_random_kills_of_launcher_and_workers(tmp_path: Path) -> None:
     grid_path = tmp_path / "grid.yaml"
-    grid_path.write_text(
-        "name: chaos\nfixed: {epochs: 3, batch_size: 256}\nsweep: {alpha: [-5, 0, 5], seed: [0, 1]}\n"
-    )
+    grid_path.write_text("name: chaos\nfixed: {epochs: 3, batch_size: 256}\nsweep: {alpha: [-5, 0, 5], seed: [0, 1]}\n")
     results = tmp_path / "results"
     launcher = [sys.executable, "-m", "orchestrator.sweep", "--grid", str(grid_path), "--results", str(results),
                 "--max-parallel", "2"]  # fmt: skip

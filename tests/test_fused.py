@@ -12,6 +12,7 @@ to rounding, plus that one trial's alpha never reaches another trial's numbers (
 
 CPU, float32, OMP_NUM_THREADS=1 (set in conftest).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -49,7 +50,7 @@ def assert_state_close(fused: FusedResNet20, k: int, model: torch.nn.Module, ato
     got, want = fused.state_for(k), model.state_dict()
     assert set(got) == set(want)
     for name, w in want.items():
-        torch.testing.assert_close(got[name].to(w.dtype), w, atol=atol, rtol=rtol, msg=lambda m: f"model {k} {name}: {m}")
+        torch.testing.assert_close(got[name].to(w.dtype), w, atol=atol, rtol=rtol, msg=lambda m, name=name: f"model {k} {name}: {m}")
 
 
 def test_init_and_state_roundtrip() -> None:
@@ -154,8 +155,9 @@ def test_speed_benchmark_runs_ci_sized(capsys: pytest.CaptureFixture[str]) -> No
 
     assert bench_speed.main(["--small", "--k", "2", "--steps", "1", "--rounds", "1", "--n-train", "256"]) == 0
     out = capsys.readouterr().out
-    for needle in ("loader (plain DataLoader)", "single, alpha 0", "single, alpha -10", "fused K=2", "img/s aggregate",
-                   "regularizer overhead", "evaluation share of an epoch", "targets:", "projected hours on this cpu for grids/cifar10.yaml (75 trials"):  # fmt: skip
+    needles = ("loader (plain DataLoader)", "single, alpha 0", "single, alpha -10", "fused K=2", "img/s aggregate", "regularizer overhead",
+               "evaluation share of an epoch", "targets:", "projected hours on this cpu for grids/cifar10.yaml (75 trials")  # fmt: skip
+    for needle in needles:
         assert needle in out, needle
     with pytest.raises(SystemExit):
         bench_speed.main(["--alpha", "0"])

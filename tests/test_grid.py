@@ -1,4 +1,5 @@
 """Strict grids and cluster profiles: every user mistake is one line, exit 2, nothing written."""
+
 from __future__ import annotations
 
 import textwrap
@@ -6,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.errors import cli
 from orchestrator.grid import load_grid
 from orchestrator.profiles import RayProfile, SlurmProfile, load_profile
 from orchestrator.sweep import main as sweep_main
-from orchestrator.errors import cli
 from trainer.errors import UserError
 
 GOOD = """
@@ -119,7 +120,7 @@ BAD_PROFILES = {
     "bad backend": ("backend: kubernetes\n", "key 'backend' is 'kubernetes'; allowed: local, ray, slurm"),
     "wrong type": ("backend: slurm\ngpus_per_trial: one\n", "key 'gpus_per_trial' must be int"),
     "negative": ("backend: ray\ncpus_per_trial: -1\n", "key 'cpus_per_trial' is -1.0; allowed: >= 0"),
-    "multi-line setup": ("backend: slurm\nsetup: [\"echo a\\necho b\"]\n", "key 'setup'"),
+    "multi-line setup": ('backend: slurm\nsetup: ["echo a\\necho b"]\n', "key 'setup'"),
     "injection": ("backend: slurm\npartition: 'gpu --wrap=evil'\n", "key 'partition'"),
     "ray key in slurm": ("backend: slurm\naddress: auto\n", "unknown key 'address'"),
     "fuse zero": ("backend: local\nfuse: 0\n", "key 'fuse' is 0; allowed: >= 1"),

@@ -6,6 +6,7 @@ so the reference for every kill and regrouping below is an uninterrupted group, 
 bitwise (timing columns aside). Against a separate run the numbers agree to rounding drift
 (tests/test_fused.py is the step-by-step gate).
 """
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-
 from test_trainer_run import FILES, assert_one_row_per_epoch, assert_same_results, temp_files
+
 from trainer import results as R
 from trainer.errors import UserError
 from trainer.group import run_group
@@ -99,7 +100,7 @@ def test_kill_between_members_checkpoints_then_resume_level(fused_ab: Path, tmp_
     # killed before B's checkpoint, so A is at epoch 2 and B at epoch 1.
     out = group_cli(tmp_path, [A, B], fault="rows-written:4")
     assert out.returncode == -9, out.stderr
-    ckpt_epoch = lambda s: torch.load(tmp_path / s.trial_id / R.CHECKPOINT, weights_only=True)["epoch"]  # noqa: E731
+    ckpt_epoch = lambda s: torch.load(tmp_path / s.trial_id / R.CHECKPOINT, weights_only=True)["epoch"]
     assert (ckpt_epoch(A), ckpt_epoch(B)) == (2, 1)
     out = group_cli(tmp_path, [A, B])  # B catches up while A rides along, then both go on
     assert out.returncode == 0, out.stderr

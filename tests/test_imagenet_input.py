@@ -166,7 +166,7 @@ def test_geometry_is_torchvisions() -> None:
         u = A.draws(1, 2, 0, 50)
         for k in range(50):
             gm = A.train_geometry(h, w, u[k])
-            assert 0 <= gm.top and gm.top + gm.height <= h and 0 <= gm.left and gm.left + gm.width <= w
+            assert gm.top >= 0 and gm.top + gm.height <= h and gm.left >= 0 and gm.left + gm.width <= w
             if k < 3:
                 want = v2.functional.resized_crop(x.contiguous(), gm.top, gm.left, gm.height, gm.width, [224, 224], antialias=True)
                 assert torch.equal(A.apply(x, gm), want.flip(-1) if gm.flip else want)
@@ -191,7 +191,7 @@ def test_train_batches_shape_device_and_determinism(tmp_path: Path) -> None:
     assert len(a) == data.n_train // 4 == 3
     for x, y in a:
         assert x.shape == (4, 3, 224, 224) and x.dtype == torch.float32 and x.device == CPU and y.dtype == torch.int64
-    assert -2.2 < float(a[0][0].min()) and float(a[0][0].max()) < 2.7  # normalised with ImageNet's mean/std
+    assert float(a[0][0].min()) > -2.2 and float(a[0][0].max()) < 2.7  # normalised with ImageNet's mean/std
     assert same(a, epoch(data))
     other = epoch(data, epoch=1)
     assert not torch.equal(a[0][0], other[0][0])

@@ -1,4 +1,5 @@
 """The three networks: tracked blocks (SPEC 1.1), their names and sizes, and activation capture."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """The second paper's analyses: mid-epoch evaluations, kept checkpoints, channel ablation."""
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """Packing trials into fused groups (orchestrator.pack) and the sweep's --fuse / profile 'fuse'."""
+
 from __future__ import annotations
 
 import json

@@ -7,6 +7,7 @@ overruns is killed with its whole process group. Nothing here runs `ray stop`.
 Faults are real: a trial's worker process is SIGKILLed mid-training (as an OOM kill or a lost
 node would), and a trial with lr 1e6 really produces a non-finite loss in its first epoch.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,15 +18,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
 
 pytest.importorskip("ray", reason="ray is not installed (pip install 'ray[tune]'); the Ray backend tests need it")
 
-from orchestrator.grid import load_grid  # noqa: E402
+from orchestrator.grid import load_grid
 
 pytestmark = pytest.mark.ray
 CLI_TIMEOUT_S = 150
@@ -42,7 +44,7 @@ def ray_profile(tmp_path: Path) -> Iterator[Path]:
     temp = tempfile.mkdtemp(prefix="rt-", dir="/tmp")
     yield _write(
         tmp_path / "ray.yaml",
-        f"backend: ray\nnum_cpus: 2\ncpus_per_trial: 1\nmax_failures: 2\ndevice: cpu\ntemp_dir: {temp}\n",
+        f"backend: ray\nnum_cpus: 2\ncpus_per_trial: 1\nmax_attempts: 3\ndevice: cpu\ntemp_dir: {temp}\n",
     )
     shutil.rmtree(temp, ignore_errors=True)
 
@@ -125,12 +127,10 @@ def fault_sweep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
     """One sweep of two trials: lr 0.1 (its worker is SIGKILLed after epoch 1) and lr 1e6 (diverges)."""
     tmp = tmp_path_factory.mktemp("faults")
     temp = tempfile.mkdtemp(prefix="rt-", dir="/tmp")
-    profile = _write(tmp / "ray.yaml", f"backend: ray\nnum_cpus: 2\ncpus_per_trial: 1\nmax_failures: 2\ndevice: cpu\ntemp_dir: {temp}\n")
+    profile = _write(tmp / "ray.yaml", f"backend: ray\nnum_cpus: 2\ncpus_per_trial: 1\nmax_attempts: 3\ndevice: cpu\ntemp_dir: {temp}\n")
     grid = _write(
         tmp / "grid.yaml",
-        "name: ray-faults\n"
-        "fixed: {model: resnet20, dataset: digits, epochs: 6, batch_size: 128}\n"
-        "sweep: {lr: [0.1, 1e6]}\n",
+        "name: ray-faults\nfixed: {model: resnet20, dataset: digits, epochs: 6, batch_size: 128}\nsweep: {lr: [0.1, 1e6]}\n",
     )
     healthy, diverging = (s.trial_id for s in sorted(load_grid(grid).specs, key=lambda s: s.lr))
     trials = tmp / "results" / "ray-faults" / "trials"
@@ -145,11 +145,11 @@ def fault_sweep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
                 holder = json.loads((trials / healthy / ".lock").read_text())
             except (OSError, ValueError):
                 continue  # not started yet
-            if status.get("state") == "running" and (status.get("epoch") or 0) >= 1:
-                # Only a Ray worker under our sweep process: never anything we did not start.
-                if holder["pid"] != proc.pid and _descends_from(holder["pid"], proc.pid):
-                    os.kill(holder["pid"], signal.SIGKILL)
-                    killed_after = status["epoch"]
+            # Only a Ray worker under our sweep process: never anything we did not start.
+            trained = status.get("state") == "running" and (status.get("epoch") or 0) >= 1
+            if trained and holder["pid"] != proc.pid and _descends_from(holder["pid"], proc.pid):
+                os.kill(holder["pid"], signal.SIGKILL)
+                killed_after = status["epoch"]
         code, out, err = _finish(proc, max(1.0, deadline - time.monotonic()))
     finally:
         if proc.poll() is None:

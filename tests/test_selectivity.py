@@ -1,4 +1,5 @@
 """Class selectivity index (SPEC 1.2-1.5) and the sign of the regularizer (SPEC 1.4)."""
+
 from __future__ import annotations
 
 import copy

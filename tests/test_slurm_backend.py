@@ -8,6 +8,7 @@ requeues the job), a time limit cut short at run time with `scontrol update Time
 itself sends the USR2 warning and submitit requeues), and a stale job held back while another
 launcher finishes its trial. The golden sbatch script and the chunking tests need no SLURM.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,25 +20,25 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pandas as pd
 import pytest
 
 from orchestrator.backends.slurm import REQUEUES, SUBMITTED, TrialJob, render_sbatch, squeue, submit
+from orchestrator.backends.slurm.sbatch import chunked, job_name, parse_max_array_size, sbatch_parameters, signal_delay_s
 from orchestrator.errors import cli
 from orchestrator.grid import load_grid
 from orchestrator.plan import scan
-from trainer.status import observe
 from orchestrator.profiles import load_profile
-from orchestrator.backends.slurm.sbatch import chunked, job_name, parse_max_array_size, sbatch_parameters, signal_delay_s
 from orchestrator.status import main as status_main
 from orchestrator.sweep import main as sweep_main
 from trainer.errors import UserError
 from trainer.lock import TrialLock
 from trainer.run import run_trial
 from trainer.spec import TrialSpec
+from trainer.status import observe
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden" / "slurm_example_site.sbatch"

@@ -1,4 +1,5 @@
 """TrialSpec: strict construction, the trial id, the alpha and lr schedules, the registries."""
+
 from __future__ import annotations
 
 import math

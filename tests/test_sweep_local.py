@@ -1,4 +1,5 @@
 """The sweep command end to end on the local backend: plan, run, skip what is done, status."""
+
 from __future__ import annotations
 
 import json
@@ -50,7 +51,7 @@ def test_sweep_runs_everything_once_and_again_nothing(tmp_path: Path, capsys: py
 
     assert cli(sweep_main, ["--grid", str(grid), "--results", str(results)]) == 0
     assert "nothing to run" in capsys.readouterr().out
-    assert attempts(sweep) == before == {tid: 1 for tid in ids}
+    assert attempts(sweep) == before == dict.fromkeys(ids, 1)
 
     # Rows carry the trial's fields: concatenation needs no join.
     frames = pd.concat(pd.read_parquet(sweep / "trials" / tid / "epochs.parquet") for tid in ids)

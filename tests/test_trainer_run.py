@@ -1,5 +1,6 @@
 """One trial end to end: result files and their schemas, resume after a real kill, divergence,
 the trial lock, skip-if-done, and the done-when check of the science (SPEC 1.4, 4)."""
+
 from __future__ import annotations
 
 import json
@@ -90,7 +91,7 @@ def test_every_row_carries_the_trial(done_trial) -> None:
         df = pd.read_parquet(folder / name)
         for key, value in expected.items():
             col = df[key]
-            assert (col.isna().all() if value is None else (col == value).all()), (name, key)
+            assert col.isna().all() if value is None else (col == value).all(), (name, key)
 
 
 def test_epoch_rows(done_trial) -> None:

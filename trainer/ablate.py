@@ -4,6 +4,7 @@ Runs trainer.ablation over every kept checkpoint (`<trial>/checkpoints/epoch_NNN
 `<trial>/ablations.parquet` after each epoch (atomically), so a killed job resumes at the first
 epoch not yet in the file. Exit codes as trainer.run: 0 done, 2 user mistake, 75 busy.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,7 +21,6 @@ import torch
 from trainer import results as R
 from trainer.ablation import ablation_rows
 from trainer.attempt import pick_device
-from trainer.status import read_status
 from trainer.checkpoint import KEPT
 from trainer.cli import EXIT_DONE, command
 from trainer.data import data_info, eval_batch_size, load_dataset
@@ -28,6 +28,7 @@ from trainer.errors import UserError
 from trainer.lock import TrialLock
 from trainer.models import build_model
 from trainer.spec import TrialSpec
+from trainer.status import read_status
 
 ABLATIONS = R.ABLATIONS  # defined with the other trial files in trainer.results (torch-free, so the collector can import it)
 DEFAULT_FRACTIONS = (0.0, 0.125, 0.25, 0.5, 0.75, 1.0)
@@ -59,9 +60,7 @@ def unit_csi(folder: Path, epochs: list[int]) -> dict[int, dict[str, np.ndarray]
     }
 
 
-def ablate_trial(
-    folder: Path, fractions: tuple[float, ...], draws: int, device_name: str | None = None, require_done: bool = True
-) -> int:
+def ablate_trial(folder: Path, fractions: tuple[float, ...], draws: int, device_name: str | None = None, require_done: bool = True) -> int:
     """Ablate every kept checkpoint of a trial not yet in ablations.parquet; returns epochs added.
 
     `require_done=False`: called by trainer.run at the end of training, before the trial is done.

@@ -11,11 +11,12 @@ writes `<trial>/ablations.parquet`: the trial's fields, then epoch, stage, k, fr
 selection (topk | random), draw, accuracy, loss. Outputs are zeroed with forward hooks added
 only for the measurement, so the training path carries no ablation code.
 """
+
 from __future__ import annotations
 
 import contextlib
 import re
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -51,7 +52,7 @@ def choose_channels(csi: np.ndarray, k: int, selection: str, rng: np.random.Gene
 
 
 @contextlib.contextmanager
-def ablated(model: TrackedNet, channels: dict[int, Sequence[int]]) -> Iterator[None]:
+def ablated(model: TrackedNet, channels: Mapping[int, Sequence[int] | np.ndarray]) -> Iterator[None]:
     """Inside the `with`, the output of block i is zeroed at `channels[i]` (what the next block sees)."""
     handles = []
     for index, chans in channels.items():
@@ -109,7 +110,7 @@ def ablation_rows(
     for stage, blocks in stage_blocks(model).items():
         width = len(unit_csi[model.block_names[blocks[0]]])
         for fraction in fractions:
-            k = int(round(fraction * width))
+            k = round(fraction * width)
             for selection in SELECTIONS:
                 for draw in range(draws if selection == "random" else 1):
                     if k == 0:

@@ -11,12 +11,14 @@ mistake or a crash is failed and retryable; Ctrl-C or a launcher's signal leaves
 interrupted. A trial that trains in a group (trainer.group) holds one attempt per member, so an
 exception out of the group records every member.
 """
+
 from __future__ import annotations
 
 import traceback
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -108,7 +110,7 @@ def attempt(spec: TrialSpec, folder: Path) -> Iterator[Attempt]:
         except (KeyboardInterrupt, SystemExit) as err:  # stopped from outside (Ctrl-C, a launcher's signal)
             a._end(state="interrupted", error=f"interrupted ({type(err).__name__})", error_kind=None)
             raise
-        except BaseException as err:  # noqa: BLE001 - recorded, then re-raised
+        except BaseException as err:
             summary = "".join(traceback.format_exception_only(type(err), err)).strip()
             a._end(state="failed", error=summary, error_kind="exception", retryable=True)
             raise

@@ -7,6 +7,7 @@ The layout is a plain single-model `state_dict` and SGD `state_dict` whether the
 alone or fused with others (trainer.group slices its member's share out), so a trial resumes
 alone or in any group.
 """
+
 from __future__ import annotations
 
 import os

@@ -11,12 +11,13 @@ A `UserError` is a mistake the user can fix and prints as one line; anything els
 keeps its traceback. SIGTERM (a launcher stopping its workers, SLURM preempting a job) is turned
 into SystemExit, so the trial's attempt records itself as interrupted before the process ends.
 """
+
 from __future__ import annotations
 
 import signal
 import sys
+from collections.abc import Callable
 from types import FrameType
-from typing import Callable
 
 from trainer.errors import UserError
 from trainer.lock import TrialBusy

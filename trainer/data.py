@@ -16,7 +16,7 @@ mid-epoch resume has consumed already. `data.skipped` counts unreadable images (
 from __future__ import annotations
 
 import pickle
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
@@ -83,7 +83,7 @@ class TensorData:
 
         return Skipped(0, ())
 
-    def train_batches(self, epoch: int, seed: int, batch_size: int, augment: bool, start_step: int = 0) -> Iterator[Batch]:
+    def train_batches(self, epoch: int, seed: int, batch_size: int, augment: bool, start_step: int = 0) -> Generator[Batch, None, None]:
         """The epoch's batches from `start_step` on: those of the whole epoch minus the first `start_step`."""
         gen = epoch_generator(seed, epoch)
         n = self.n_train

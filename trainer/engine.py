@@ -12,9 +12,11 @@ optimizer, so a trial's checkpoint is the same whichever engine trained it, and 
 drives both with one protocol. A non-finite training loss is returned in the stats, never
 raised: the protocol fails that trial alone.
 """
+
 from __future__ import annotations
 
-from typing import Any, Iterable, Protocol
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 import torch
 
@@ -104,9 +106,9 @@ class FusedEngine:
             net = FusedResNet20(self.k, info.num_classes, info.in_channels).to(device)
         for k, (model_state, _) in enumerate(states):
             net.load_state_for(k, model_state)
-        net = _prepare(net, spec, device)
-        assert isinstance(net, FusedResNet20)
-        self.net = net
+        prepared = _prepare(net, spec, device)
+        assert isinstance(prepared, FusedResNet20)
+        self.net = net = prepared
         self.optimizer = optimizer_for(net.parameters(), spec)
         for k, (_, optimizer_state) in enumerate(states):
             net.load_optimizer_state_for(self.optimizer, k, optimizer_state)

@@ -21,13 +21,15 @@ it. Per member:
   level: those behind train while those ahead ride along, unrecorded, and are reset to their
   own checkpoint when the others catch up.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, closing
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -168,7 +170,7 @@ class EpochRun:
             batches = [stack.enter_context(closing(self.data.train_batches(e, s, self.spec.batch_size, self.spec.augment))) for s in seeds]
             self.train_segments(e, lr, active, alphas, batches)
 
-    def train_segments(self, e: int, lr: float, active: list[bool], alphas: list[float], batches: list[Iterator[Batch]]) -> None:
+    def train_segments(self, e: int, lr: float, active: list[bool], alphas: list[float], batches: Sequence[Iterator[Batch]]) -> None:
         """Epoch e's segments: train, evaluate mid-epoch after each but the last, then the epoch's rows and checkpoints."""
         assert self.engine is not None
         cuts = self.spec.eval_steps_in(e, self.steps)

@@ -7,6 +7,7 @@ Sites (where a crash is most dangerous): `parquet-tmp` and `json-tmp` and `check
 not yet), `train-step` (inside an epoch). Unset (always, outside tests) it costs one global
 lookup per call.
 """
+
 from __future__ import annotations
 
 import os

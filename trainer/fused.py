@@ -22,10 +22,12 @@ epochs (a grouped conv and a dense conv sum in different orders; see tests/test_
     stats = fused_train_epoch(model, opt, [data.train_batches(e, seed_k, B, aug) for k], alphas, C, dev)
     evals = fused_evaluate(model, data, C, dev, eval_batch)
 """
+
 from __future__ import annotations
 
 import time
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -88,7 +90,7 @@ class FusedResNet20(TrackedNet):
                 nn.init.kaiming_normal_(m.weight)  # fan_in of a grouped weight is one model's
 
     def units_per_layer(self) -> list[int]:
-        return [b.c_out for b in self.blocks]  # type: ignore[attr-defined]
+        return [int(b.c_out) for b in self.blocks if isinstance(b, BasicBlockA)]
 
     def forward_flat(self, x: torch.Tensor, capture: bool = False) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
         """x [B, K*C_in, H, W] -> logits [K, B, classes], feats per block [B, K*U] (model-major)."""
@@ -131,7 +133,7 @@ class FusedResNet20(TrackedNet):
             dst.copy_(src)
 
     @classmethod
-    def from_models(cls, models: list[TrackedNet]) -> "FusedResNet20":
+    def from_models(cls, models: list[TrackedNet]) -> FusedResNet20:
         """Fuse separately built (and seeded) resnet20s; the fused network starts where they are."""
         first = models[0]
         num_classes, in_channels = first.head.out_features, first.stem[0].in_channels  # type: ignore[index]
@@ -221,7 +223,8 @@ def fused_train_epoch(
             logits, feats = model(x, capture=any_reg)
             ce = _per_model_ce(logits.float(), y, "mean")
             if any_reg:
-                si = batched_selectivity(feats, y, num_classes, form=form, layer_names=model.block_names)  # type: ignore[arg-type]
+                assert feats is not None
+                si = batched_selectivity(feats, y, num_classes, form=form, layer_names=model.block_names)
                 loss = ce - alpha_t * si  # alpha_k = 0: exactly CE_k's gradient for model k
                 si_sum += si.detach()
             else:
@@ -243,9 +246,14 @@ def fused_train_epoch(
     ls, cs, ss, cr = loss_sum.tolist(), ce_sum.tolist(), si_sum.tolist(), correct.tolist()
     return [
         TrainStats(
-            loss=ls[i] / d, ce=cs[i] / d, selectivity=ss[i] / steps if regularize[i] and steps else None,
-            acc=cr[i] / d, images=images, steps=steps, seconds=seconds,
-        )  # fmt: skip
+            loss=ls[i] / d,
+            ce=cs[i] / d,
+            selectivity=ss[i] / steps if regularize[i] and steps else None,
+            acc=cr[i] / d,
+            images=images,
+            steps=steps,
+            seconds=seconds,
+        )
         for i in range(k)
     ]
 
@@ -293,13 +301,16 @@ def fused_evaluate(model: FusedResNet20, data: Any, num_classes: int, device: to
     ls, t1, t5 = loss_sum.tolist(), top1.tolist(), top5.tolist()
 
     def split(u: UnitSelectivity, i: int) -> UnitSelectivity:
-        pick = lambda t: t.view(k, -1)[i]  # noqa: E731
+        pick = lambda t: t.view(k, -1)[i]
         return UnitSelectivity(csi=pick(u.csi), top_class=pick(u.top_class), mu_max=pick(u.mu_max), mu_rest=pick(u.mu_rest))
 
     return [
         EvalStats(
-            loss=ls[i] / n, acc=t1[i] / n, top5=t5[i] / n if num_classes >= 100 else None,
-            layers=[split(u, i) for u in layers], seconds=seconds,
-        )  # fmt: skip
+            loss=ls[i] / n,
+            acc=t1[i] / n,
+            top5=t5[i] / n if num_classes >= 100 else None,
+            layers=[split(u, i) for u in layers],
+            seconds=seconds,
+        )
         for i in range(k)
     ]

@@ -20,6 +20,7 @@ convolution round differently. So with fusing on, a fusable trial always trains 
 throwaway twin of itself when alone), and how a launch grouped it does not change them.
 `fuse=False` (orchestrator --fuse 1) trains every trial as trainer.run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,7 +46,9 @@ def check_fusable(specs: list[TrialSpec]) -> None:
         if s.fuse_key() != first.fuse_key():
             a, b = first.to_dict(), s.to_dict()
             differ = sorted(k for k in a if k not in PER_MEMBER_FIELDS and a[k] != b[k])
-            raise UserError(f"trials {first.trial_id} and {s.trial_id} differ in {', '.join(differ)}; only alpha, onset, offset and seed may")
+            raise UserError(
+                f"trials {first.trial_id} and {s.trial_id} differ in {', '.join(differ)}; only alpha, onset, offset and seed may"
+            )
 
 
 def run_group(specs: list[TrialSpec], folders: list[Path], fuse: bool = True) -> list[str]:

@@ -5,6 +5,7 @@ dies (kill -9, node reboot of a local disk, OOM), so there is no stale-lock time
 On NFS, Linux emulates flock with POSIX byte-range locks, which the server also releases when
 the client process goes away.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -30,7 +31,7 @@ class TrialLock:
         self.path = Path(folder) / LOCK
         self._fd: int | None = None
 
-    def __enter__(self) -> "TrialLock":
+    def __enter__(self) -> TrialLock:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

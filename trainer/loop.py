@@ -11,12 +11,13 @@ one interface.
 Metrics are summed on the device and read once per epoch: a per-step `.item()` would stall
 a GPU on every step.
 """
+
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -131,11 +132,12 @@ def combine(parts: list[TrainStats]) -> TrainStats:
     """Statistics of consecutive stretches of one epoch, as if trained in one go."""
     images = sum(p.images for p in parts)
     steps = sum(p.steps for p in parts)
-    mean = lambda field: sum(getattr(p, field) * p.images for p in parts) / max(images, 1)  # noqa: E731
+    mean = lambda field: sum(getattr(p, field) * p.images for p in parts) / max(images, 1)
     sel = [p.selectivity for p in parts]
+    regularized = [s for s in sel if s is not None]
     return TrainStats(
         loss=mean("loss"), ce=mean("ce"), acc=mean("acc"), images=images, steps=steps,
-        selectivity=None if None in sel else sum(s * p.steps for s, p in zip(sel, parts)) / max(steps, 1),  # type: ignore[operator]
+        selectivity=None if len(regularized) < len(sel) else sum(s * p.steps for s, p in zip(regularized, parts)) / max(steps, 1),
         seconds=sum(p.seconds for p in parts),
     )  # fmt: skip
 

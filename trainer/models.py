@@ -9,9 +9,10 @@ With `capture=False` (plain training at alpha = 0) nothing extra is computed or 
     resnet18  torchvision ResNet18 with a 3x3 stride-1 stem and no max-pool (Tiny ImageNet 64x64)
     resnet50  torchvision ResNet50 as is (ImageNet 224)
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 import torchvision
 
 from trainer.registry import MODELS as CATALOG
+
 
 class TrackedNet(nn.Module):
     """A network whose residual-block outputs can be read without hooks."""
@@ -82,7 +84,8 @@ class BasicBlockA(nn.Module):
 def resnet20(num_classes: int, in_channels: int) -> TrackedNet:
     widths, depths = CATALOG["resnet20"].stage_widths, CATALOG["resnet20"].blocks_per_stage
     stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
-    blocks, c_in = [], widths[0]
+    blocks: list[tuple[str, nn.Module]] = []
+    c_in = widths[0]
     for i, (c_out, n) in enumerate(zip(widths, depths), start=1):
         for j in range(1, n + 1):
             stride = 2 if (i > 1 and j == 1) else 1

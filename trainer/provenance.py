@@ -1,4 +1,5 @@
 """Where and with what a trial ran: git sha and dirty flag, package versions, host, device."""
+
 from __future__ import annotations
 
 import platform
@@ -20,9 +21,7 @@ def now() -> str:
 
 def _git(*args: str) -> str | None:
     try:
-        out = subprocess.run(
-            ["git", "-C", str(_CODE_ROOT), *args], capture_output=True, text=True, timeout=10, check=True
-        )
+        out = subprocess.run(["git", "-C", str(_CODE_ROOT), *args], capture_output=True, text=True, timeout=10, check=True)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip()

@@ -5,6 +5,7 @@ and never loads torch. `trainer.models.MODELS` and `trainer.data.DATASETS` hold 
 exactly these names (a test checks they agree), and the builders take their widths from here, so
 each fact lives in one place.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -7,6 +7,7 @@
 
 Every row carries the trial's fields (`TrialSpec.row_fields`); the columns are trainer.results'.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -5,14 +5,16 @@ flushed to disk, then renamed over it. A job killed at any moment leaves the pre
 file, never a half one. Every row carries the trial's fields (`TrialSpec.row_fields`), so the
 files of many trials concatenate without joins.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import types
 import typing
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -92,18 +94,14 @@ def trial_schema(spec: TrialSpec) -> pa.Schema:
     """Arrow schema of `spec.row_fields()`, typed from the spec's declared field types."""
     hints = typing.get_type_hints(TrialSpec)
     names = {"base_lr": "lr"}
-    return pa.schema(
-        [(k, pa.string() if k == "trial_id" else _arrow_type(hints[names.get(k, k)])) for k in spec.row_fields()]
-    )
+    return pa.schema([(k, pa.string() if k == "trial_id" else _arrow_type(hints[names.get(k, k)])) for k in spec.row_fields()])
 
 
 def file_schema(name: str, trial_schema: pa.Schema) -> pa.Schema:
     return pa.schema(list(trial_schema) + list(COLUMNS[name]))
 
 
-def make_table(
-    name: str | pa.Schema, rows: dict[str, list], row_fields: dict[str, Any], trial_schema: pa.Schema
-) -> pa.Table:
+def make_table(name: str | pa.Schema, rows: Mapping[str, Any], row_fields: dict[str, Any], trial_schema: pa.Schema) -> pa.Table:
     """A table of metric columns `rows` (column -> values) plus the trial's constant fields.
 
     `name`: one of the trial's files (its columns in COLUMNS), or the metric columns themselves.

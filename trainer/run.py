@@ -12,6 +12,7 @@ trains fusable trials together; this command is the plain way to (re)run one tri
 Exit codes (trainer.cli): 0 done, 2 user mistake, 3 trial failed (recorded in status.json),
 75 another live process is running this trial.
 """
+
 from __future__ import annotations
 
 import argparse

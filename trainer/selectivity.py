@@ -62,7 +62,7 @@ class SIForm:
         if self.class_stat not in SI_CLASS_STATS:
             raise ValueError(f"SIForm.class_stat must be one of {SI_CLASS_STATS}, got {self.class_stat!r}")
         if not isinstance(self.skip_last_stage, bool):
-            raise ValueError(f"SIForm.skip_last_stage must be True or False, got {self.skip_last_stage!r}")  # noqa: TRY004 - a config value
+            raise ValueError(f"SIForm.skip_last_stage must be True or False, got {self.skip_last_stage!r}")
         if isinstance(self.eps, bool) or not isinstance(self.eps, (int, float)) or not math.isfinite(self.eps) or self.eps < 0:
             raise ValueError(f"SIForm.eps must be a finite number >= 0, got {self.eps!r}")
 

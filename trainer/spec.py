@@ -5,6 +5,7 @@ type, bad value: one `SpecError` line that says what is allowed). `trial_id` has
 fields only, so the same trial gets the same folder on every machine and backend, whatever GPU,
 worker count or data root it ran with.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,9 +16,9 @@ import os
 import re
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
-
+from typing import Any
 
 from trainer.errors import UserError
 from trainer.registry import DATASET_NAMES, MODEL_NAMES, MODELS
@@ -113,7 +114,7 @@ class TrialSpec:
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], where: str = "spec") -> "TrialSpec":
+    def from_dict(cls, data: Mapping[str, Any], where: str = "spec") -> TrialSpec:
         """Build a spec from plain data (JSON/YAML), rejecting unknown fields and wrong types.
 
         `where` names the source (a file) in error messages.
@@ -143,9 +144,7 @@ class TrialSpec:
     @functools.cached_property
     def trial_id(self) -> str:
         """Stable 12-hex-digit hash of the science fields (resources and labels excluded)."""
-        science = {
-            k: v for k, v in self.to_dict().items() if k in IN_TRIAL_ID and not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])
-        }
+        science = {k: v for k, v in self.to_dict().items() if k in IN_TRIAL_ID and not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])}
         blob = json.dumps(science, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -324,4 +323,3 @@ def _check_values(s: TrialSpec) -> None:
         raise SpecError(f"field 'device' is '{s.device}'; allowed: auto, cpu, cuda, cuda:N")
     if not s.sweep or any(c in s.sweep for c in "/\\\0") or s.sweep in (".", ".."):
         raise SpecError(f"field 'sweep' is '{s.sweep}'; allowed: a plain name without path separators")
-

@@ -18,6 +18,7 @@ record a failure they saw from outside), always atomically. Its state is one of
 held is `running` (a new attempt starting). A status.json that cannot be read or is not a status
 is `unreadable`, never guessed at: the next attempt rebuilds it from what the folder proves.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -78,12 +79,13 @@ class Status:
                 self.extra[key] = value
 
     def to_dict(self) -> dict[str, Any]:
-        out = {f: getattr(self, f) for f in _FIELDS}
+        # Keys that only some attempts set are left out while unset, as status.json always had them.
+        out = {f: getattr(self, f) for f in _FIELDS if not (f in _ONLY_WHEN_SET and getattr(self, f) is None)}
         out.update(self.extra)
         return out
 
     @classmethod
-    def from_dict(cls, data: Any) -> "Status":
+    def from_dict(cls, data: Any) -> Status:
         if not isinstance(data, dict):
             raise StatusUnreadable(f"not a JSON object but {type(data).__name__}")
         state = data.get("state", "pending")
@@ -97,6 +99,7 @@ class Status:
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(Status) if f.name != "extra")
+_ONLY_WHEN_SET = frozenset({"epoch", "fused", "last_interruption", "log", "skipped_images"})
 
 
 def read_status(folder: Path) -> Status:

@@ -13,6 +13,7 @@ Whatever the engine, the group's trials run through orchestrator.runner (worker 
 run `python -m trainer.group`), and every outcome lands in the trial folders: the launcher reads
 them afterwards, never the engine's own bookkeeping.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -42,6 +43,10 @@ class Backend(Protocol):
 
     def run(self, groups: list[list[Path]], sweep: Path) -> Launch:
         """Run (or submit) the groups; outcomes land in the trial folders."""
+        ...
+
+    def describe(self, groups: list[list[Path]], sweep: Path) -> str:
+        """What `run` would submit, for --dry-run (e.g. the sbatch script); '' if nothing to add."""
         ...
 
 

@@ -6,6 +6,7 @@
 A group is one trial or several trained fused (orchestrator.pack forms them). Failed trials are
 retried while they have attempts left; a trial another launcher is running is left to it.
 """
+
 from __future__ import annotations
 
 import sys
@@ -24,6 +25,9 @@ class LocalBackend:
 
     def preflight(self, plan: Plan) -> None:
         """Nothing beyond what the sweep checks for every engine (grid, profile, data, device)."""
+
+    def describe(self, groups: list[list[Path]], sweep: Path) -> str:
+        return ""
 
     def run(self, groups: list[list[Path]], sweep: Path) -> Launch:
         total = sum(len(g) for g in groups)

@@ -20,9 +20,11 @@ not already import the launcher's exact code (an installed image or a shared che
 
 This is the only file of the project that imports ray (Ray's APIs move; Ray 2.60's are used).
 """
+
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import socket
@@ -48,9 +50,9 @@ def _token_auth_if_token() -> None:
 
 
 _token_auth_if_token()
-import ray  # noqa: E402
-from ray import tune  # noqa: E402
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: E402
+import ray
+from ray import tune
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 import trainer
 from orchestrator.backends import Launch
@@ -75,6 +77,9 @@ class RayBackend:
         _check_profile(self.profile, {s.device for s in plan.to_run})
         if self.profile.address is not None:
             _check_reachable(self.profile.address)
+
+    def describe(self, groups: list[list[Path]], sweep: Path) -> str:
+        return ""
 
     def run(self, groups: list[list[Path]], sweep: Path) -> Launch:
         run_ray(groups, self.profile, sweep)
@@ -186,12 +191,12 @@ def _connect(profile: RayProfile, sweep: Path) -> tuple[bool, str | None]:
         ray.init(
             address="local",  # a new Ray even where RAY_ADDRESS names a cluster
             num_cpus=profile.num_cpus, num_gpus=profile.num_gpus, include_dashboard=False,
-            _temp_dir=profile.temp_dir or private, logging_level="WARNING",
+            _temp_dir=profile.temp_dir or private, logging_level=logging.WARNING,
         )  # fmt: skip
         return True, private
     _check_reachable(profile.address)
     try:
-        ray.init(address=profile.address, logging_level="WARNING")
+        ray.init(address=profile.address, logging_level=logging.WARNING)
     except ConnectionError as err:
         reason = str(err).splitlines()[0]
         raise UserError(f"ray cluster {profile.address}: cannot connect ({reason}); is it up (`ray status` on its head)?") from None
@@ -202,7 +207,7 @@ def _connect(profile: RayProfile, sweep: Path) -> tuple[bool, str | None]:
             print("ray: shipping trainer/ and orchestrator/ to the workers (runtime_env py_modules)", file=sys.stderr)
             ray.shutdown()
             code = {"py_modules": [str(p) for p in _PACKAGES]}
-            ray.init(address=profile.address, logging_level="WARNING", runtime_env=code)
+            ray.init(address=profile.address, logging_level=logging.WARNING, runtime_env=code)
             probes = _probe_nodes(str(sweep))
         if probes is None:
             raise UserError(f"ray cluster {profile.address}: a node cannot run the project's code even shipped (see above)")

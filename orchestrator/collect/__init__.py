@@ -14,6 +14,7 @@ Modules, in the order a collect uses them:
     figures    the PNG figures (matplotlib, imported only when drawing)
     report     summary/report.md
 """
+
 from orchestrator.collect.core import CollectResult, collect, main
 
 __all__ = ["CollectResult", "collect", "main"]

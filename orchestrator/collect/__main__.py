@@ -1,4 +1,5 @@
 """`python -m orchestrator.collect results/<sweep> [--full] [--no-figures] [--timings]`: see orchestrator.collect.core."""
+
 import sys
 
 from orchestrator.collect.core import main

@@ -10,6 +10,7 @@ and the figures ablation_curves.png (top-k solid, random dashed, first/middle/la
 and ablation_auc.png (its trend over epochs), plus early_dynamics.png when mid-epoch
 evaluations exist (condition_steps.parquet).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -91,7 +92,9 @@ def ablation_figures(tables: dict[str, pd.DataFrame], folder: Path) -> list[Path
                 ax = axes[i][j]
                 for epoch in shown:
                     for sel, style in (("topk", "-"), ("random", "--")):
-                        c = curves[(curves.condition == cond) & (curves.stage == stage) & (curves.epoch == epoch) & (curves.selection == sel)]
+                        c = curves[
+                            (curves.condition == cond) & (curves.stage == stage) & (curves.epoch == epoch) & (curves.selection == sel)
+                        ]
                         c = c.sort_values("fraction")
                         ax.plot(c["fraction"], 100 * c["accuracy_mean"], style, color=colors[epoch], label=f"epoch {epoch} {sel}")
                 _labels(ax, f"{cond}\nstage {stage}", "fraction of channels ablated per block", "test accuracy (%)")

@@ -6,6 +6,7 @@ trial files those rows came from, and the fingerprints of the summary files them
 taken from the cache only if its files are unchanged; the cache as a whole is used only if the
 summary files are the ones the manifest describes and the code's schema is the same.
 """
+
 from __future__ import annotations
 
 import json

@@ -13,6 +13,7 @@ every trial again. Exit status: 0 collected, 2 user mistake (not a sweep, nothin
 The summary is derived data: files are replaced atomically (written beside, then renamed) but
 not fsynced; after a crash, collect again.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -88,7 +89,7 @@ class _Clock:
 
 # ---- reading ------------------------------------------------------------------------------------
 def _counts(trials: list[Trial]) -> dict[str, int]:
-    counts = {s: 0 for s in STATES}
+    counts = dict.fromkeys(STATES, 0)
     for t in trials:
         counts[t.state] = counts.get(t.state, 0) + 1
     return counts
@@ -152,6 +153,10 @@ def _replace(path: Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
+def _write_text(path: Path, text: str) -> None:
+    path.write_text(text)
+
+
 def write_table(table: pa.Table | pd.DataFrame, path: Path) -> Path:
     """Write atomically; Arrow tables get the pandas metadata the DataFrames carry (ints stay Int64).
 
@@ -178,9 +183,7 @@ def _remove_stale_temp(summary: Path) -> None:
 def _figures(tables: dict[str, pd.DataFrame], folder: Path) -> list[Path]:
     from orchestrator.collect.figures import write_figures  # matplotlib: imported only when drawing
 
-    return write_figures(
-        tables["conditions.parquet"], tables["condition_epochs.parquet"], tables["condition_layers.parquet"], folder
-    )
+    return write_figures(tables["conditions.parquet"], tables["condition_epochs.parquet"], tables["condition_layers.parquet"], folder)
 
 
 def _write_rows(rows: dict[str, pa.Table], fields: pa.Table, summary: Path, usable: list[Trial]) -> None:
@@ -242,7 +245,7 @@ def collect(path: str | Path, *, full: bool = False, figures: bool = True, warn:
     counts, excluded_df = _counts(trials), excluded.to_pandas()
     when = datetime.now(timezone.utc).isoformat(timespec="seconds")
     text = render(sweep, tables["trials.parquet"], tables["conditions.parquet"], excluded_df, counts, pngs, when)
-    report = _replace(summary / "report.md", lambda tmp: tmp.write_text(text))
+    report = _replace(summary / "report.md", lambda tmp: _write_text(tmp, text))
     clock("report")
     written = [summary / kind for kind in KINDS] + written + pngs + [report]
     return CollectResult(sweep, summary, counts, excluded_df, read, n_cached, written, clock.times)
@@ -278,4 +281,3 @@ def main(argv: list[str] | None = None) -> int:
         phases = ", ".join(f"{k} {wall:.2f}/{cpu:.2f}" for k, (wall, cpu) in result.timings.items())
         print(f"timings (wall/CPU s): {phases}", file=sys.stderr)
     return 0
-

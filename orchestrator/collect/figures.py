@@ -13,11 +13,13 @@ alpha is drawn on a symmetric log axis (linear inside the smallest non-zero |alp
 non-zero magnitudes span a decade or more (max / min >= 10). The y axes stop at the metric's
 range (accuracy 0-100%, CSI 0-1) where a small-n confidence interval would run past it.
 """
+
 from __future__ import annotations
 
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -69,11 +71,11 @@ def _series(conds: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     return [(s, g.sort_values("alpha")) for s, g in conds.groupby("_series", sort=False)]
 
 
-def _errorbar(ax: Axes, x: pd.Series, df: pd.DataFrame, prefix: str, scale: float = 1.0, **kw: object) -> None:
+def _errorbar(ax: Axes, x: pd.Series, df: pd.DataFrame, prefix: str, scale: float = 1.0, **kw: Any) -> None:
     mean = df[f"{prefix}_mean"].to_numpy(float) * scale
     low = np.nan_to_num(mean - df[f"{prefix}_ci95_low"].to_numpy(float) * scale)
     high = np.nan_to_num(df[f"{prefix}_ci95_high"].to_numpy(float) * scale - mean)
-    style = {"marker": "o", "ms": 4, "capsize": 3, "lw": 1.4} | kw
+    style: dict[str, Any] = {"marker": "o", "ms": 4, "capsize": 3, "lw": 1.4} | kw
     ax.errorbar(x.to_numpy(float), mean, yerr=[low, high], **style)
 
 
@@ -153,7 +155,9 @@ def over_epochs(cond_epochs: pd.DataFrame, conds: pd.DataFrame, path: Path) -> P
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     axes[0].set_title(_title(conds, "class selectivity over training"), fontsize=10)
-    axes[1].set_title("test accuracy over training" + ("\ndotted: regularizer onset" if (conds["onset_epoch"] > 0).any() else ""), fontsize=10)
+    axes[1].set_title(
+        "test accuracy over training" + ("\ndotted: regularizer onset" if (conds["onset_epoch"] > 0).any() else ""), fontsize=10
+    )
     axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), title="condition", title_fontsize=8)
     return save_figure(fig, path)
 

@@ -2,6 +2,7 @@
 
 Used by `python -m orchestrator.collect`, which writes it to <sweep>/summary/report.md.
 """
+
 from __future__ import annotations
 
 import math
@@ -46,8 +47,7 @@ def conditions_markdown(conds: pd.DataFrame) -> list[str]:
     vary = varying_fields(conds)
     header = [*vary, "n", "test acc (%)", "csi_mean"]
     rows = [
-        [*(_cell(r[k]) for k in vary), str(r["n"]), _pm(r, "test_acc", 100.0, 2), _pm(r, "csi_mean", 1.0, 4)]
-        for _, r in conds.iterrows()
+        [*(_cell(r[k]) for k in vary), str(r["n"]), _pm(r, "test_acc", 100.0, 2), _pm(r, "csi_mean", 1.0, 4)] for _, r in conds.iterrows()
     ]
     return _table(header, rows)
 

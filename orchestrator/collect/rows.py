@@ -5,6 +5,7 @@ the trial's position in the sorted list of done trials; `with_fields` puts the t
 (from its spec) in front when a table is written, so the 17 constant columns are never decoded
 from thousands of files.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable

@@ -7,6 +7,7 @@ with one `pyarrow.dataset` scan per file kind (`scan_files`: epochs, layers); a 
 read is isolated (named by pyarrow, else found by bisecting the file list), reported and skipped,
 and the rest of the scan stands.
 """
+
 from __future__ import annotations
 
 import functools

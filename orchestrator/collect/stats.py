@@ -4,6 +4,7 @@ Used by `python -m orchestrator.collect`. A *condition* is every trial field but
 the trial_id); its trials are its seeds. The 95% CI is mean +- t(0.975, n-1) * sem (Student t),
 sem = std / sqrt(n) with the sample std (ddof=1); with one seed, std, sem and the CI are NaN.
 """
+
 from __future__ import annotations
 
 import functools
@@ -125,6 +126,7 @@ def varying_fields(conditions: pd.DataFrame) -> list[str]:
 
 def trial_sort_key(fields: dict[str, Any]) -> tuple:
     """Order of trials: alpha, onset, offset (none first), model, dataset, the other fields, seed."""
+
     def key(v: Any) -> tuple:
         return (0,) if _is_missing(v) else (1, tuple(v) if isinstance(v, (list, tuple)) else v)
 

@@ -45,14 +45,14 @@ def build_pipeline(source: Any, batch_size: int, num_threads: int, device_id: in
     gpu = device_id is not None
 
     # device_id=None is DALI's documented CPU-only mode; its annotation says int.
-    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, prefetch_queue_depth=prefetch)  # type: ignore[arg-type]
-    def pipe():  # type: ignore[no-untyped-def]
+    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, prefetch_queue_depth=prefetch)
+    def pipe():
         data, anchor, shape, out_size, post_anchor, post_shape, flip = fn.external_source(
             source=source, num_outputs=7, batch=True,
             dtype=[types.UINT8, types.INT32, types.INT32, types.FLOAT, types.INT32, types.INT32, types.INT32],
         )  # fmt: skip
         extra = {"jpeg_fancy_upsampling": True} if gpu else {}  # the CPU decoder's chroma upsampling
-        images = fn.decoders.image_slice(
+        images = fn.decoders.image_slice(  # type: ignore[call-overload]
             data, anchor, shape, device="mixed" if gpu else "cpu", output_type=types.RGB, axis_names="HW",
             adjust_orientation=False, **extra,  # sizes and windows are those of the header, as in the portable loader
         )  # fmt: skip

@@ -111,7 +111,7 @@ class ImageNetData:
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         return (x.float() - self._mean) / self._std
 
-    def train_batches(self, epoch: int, seed: int, batch_size: int, augment: bool, start_step: int = 0) -> Iterator[Batch]:
+    def train_batches(self, epoch: int, seed: int, batch_size: int, augment: bool, start_step: int = 0) -> Generator[Batch, None, None]:
         """The epoch's batches from `start_step` on (earlier ones are not read: mid-epoch resume).
 
         The order is a permutation from (seed, epoch); crops and flips come from (seed, epoch,

@@ -170,7 +170,7 @@ def _val_number(name: str) -> int:
     return int(m.group(1))
 
 
-def _ground_truth(folder: Path, val_files: list[str]):  # type: ignore[no-untyped-def]
+def _ground_truth(folder: Path, val_files: list[str]):
     """A function file name -> wnid for the flat val folder, and the files it was read from."""
     gt, meta, kaggle = folder / DEVKIT_GT, folder / DEVKIT_META, folder / KAGGLE_CSV
     if gt.is_file() and meta.is_file():

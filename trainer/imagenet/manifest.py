@@ -82,7 +82,7 @@ class Split:
     @property
     def bad(self) -> np.ndarray:
         """True where a --check found the file unreadable (skipped up front)."""
-        return self.table.column("ok").combine_chunks().fill_null(True).to_numpy(zero_copy_only=False) == False
+        return self.table.column("ok").combine_chunks().fill_null(True).to_numpy(zero_copy_only=False) == False  # noqa: E712 - elementwise on an array
 
     @property
     def sizes_hw(self) -> np.ndarray:

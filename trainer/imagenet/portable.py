@@ -97,7 +97,7 @@ def portable_batches(plan: Plan, start_step: int, num_workers: int, pin: bool, p
     loader = DataLoader(
         tasks,
         batch_size=None,  # a task is a batch already
-        sampler=steps,  # type: ignore[arg-type]  # a range is a valid sampler (len + iter)
+        sampler=steps,  # a range is a valid sampler (len + iter)
         num_workers=num_workers,
         collate_fn=_identity,  # type: ignore[arg-type]  # batch_size=None: it gets one item, not a list
         pin_memory=pin,  # Decoded.pin_memory, in the DataLoader's own thread

@@ -6,6 +6,7 @@
 
 Queued jobs pickled `orchestrator.backends.slurm.TrialJob` by reference: it stays importable here.
 """
+
 from __future__ import annotations
 
 from orchestrator.backends.slurm.job import REQUEUES, TrialJob

@@ -16,6 +16,7 @@ trial another live process holds (its flock) is left to that process.
 - requeues are counted per job in `<trial>/requeues.json`; past `max_requeues` the trial ends
   failed with "requeued N times (time limit / preemption)" in its status.json.
 """
+
 from __future__ import annotations
 
 import os

@@ -14,6 +14,7 @@
   it went (no `sacct` needed: without accounting submitit reads every job state as UNKNOWN).
   `wait: false` prints the job ids and returns; `orchestrator.status` reads the same folders.
 """
+
 from __future__ import annotations
 
 import shlex
@@ -48,6 +49,13 @@ class SlurmBackend:
 
     def preflight(self, plan: Plan) -> None:
         preflight(self.profile)
+
+    def describe(self, groups: list[list[Path]], sweep: Path) -> str:
+        """The sbatch script of the first job array, exactly as it would be submitted."""
+        size = self.profile.max_array_size or 1001
+        n = min(len(groups), size)
+        script = render_sbatch(self.profile, Path(sweep).name, log_folder(self.profile, Path(sweep)), n)
+        return f"sbatch script of the first job array ({n} tasks):\n{script}"
 
     def run(self, groups: list[list[Path]], sweep: Path) -> Launch:
         waited = run_slurm(groups, self.profile, sweep)
@@ -215,7 +223,7 @@ def wait_for_jobs(job_ids: list[str], folders: list[Path], name: str, poll_s: fl
                     print(f"slurm: {err}; still waiting", file=sys.stderr)
                 live = dict.fromkeys(job_ids, name)
             states = [observe(f) for f in folders]
-            counts = tuple(sorted((s.state for s in states))) + (str(len(live)),)
+            counts = tuple(sorted(s.state for s in states)) + (str(len(live)),)
             if counts != shown:
                 progress.show(states, sum(s.state == "running" for s in states), f"{len(live)} jobs in the queue")
                 shown = counts
@@ -237,5 +245,3 @@ def _array_ids(ids: Any) -> str:
 def _last_line(text: str) -> str:
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else "no message"
-
-

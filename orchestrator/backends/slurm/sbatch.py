@@ -8,10 +8,12 @@ Only the profile's resources and the validated sweep name reach the sbatch scrip
 (grid values) travel in each trial's spec.json and never pass through a shell. The rendered
 script itself is `orchestrator.backends.slurm.render_sbatch` (it needs submitit).
 """
+
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence, TypeVar
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
 from orchestrator.grid import NAME_RE
 from orchestrator.profiles import SlurmProfile
