@@ -14,6 +14,7 @@ exception out of the group records every member.
 
 from __future__ import annotations
 
+import signal
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,12 +24,30 @@ from typing import Any
 import torch
 
 from trainer import results as R
-from trainer.errors import UserError
+from trainer.errors import Checkpointed, UserError
 from trainer.lock import TrialLock
 from trainer.loop import NonFiniteLoss
 from trainer.provenance import device_name, now, provenance
 from trainer.spec import TrialSpec
 from trainer.status import Status, StatusUnreadable, read_status, write_status
+
+
+class StopRequest:
+    """Set from a signal handler (SIGUSR1: a time limit ahead): train to the next optimizer step,
+    checkpoint there (trainer.epochs), and end the attempt as interrupted; the next one resumes there."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def set(self, *_: object) -> None:
+        self.requested = True
+
+
+def stop_on_signal(signum: int = signal.SIGUSR1) -> StopRequest:
+    """A StopRequest that `signum` sets (what a SLURM job sends its workers when its time limit nears)."""
+    stop = StopRequest()
+    signal.signal(signum, stop.set)
+    return stop
 
 
 def pick_device(name: str) -> torch.device:
@@ -104,6 +123,9 @@ def attempt(spec: TrialSpec, folder: Path) -> Iterator[Attempt]:
             yield a
         except NonFiniteLoss as err:
             a.diverged(err)
+        except Checkpointed as stop:
+            a._end(state="interrupted", error=None, error_kind=None, last_interruption=f"{now()}: {stop}")
+            raise
         except UserError as err:
             a._end(state="failed", error=str(err), error_kind="user", retryable=True)
             raise

@@ -2,6 +2,9 @@
 
     <trial>/checkpoint.pt              {"model", "optimizer", "epoch", "step"}: replaced after every epoch
     <trial>/checkpoints/epoch_NNN.pt   the same file, kept (a hard link, no copy) for trainer.ablate
+    <trial>/checkpoint_mid.pt          a stop inside an epoch (a time limit ahead): the same plus
+                                       "in_epoch" (steps done, the epoch's statistics so far, RNG
+                                       state); valid only while its "epoch" equals checkpoint.pt's
 
 The layout is a plain single-model `state_dict` and SGD `state_dict` whether the trial trained
 alone or fused with others (trainer.group slices its member's share out), so a trial resumes
@@ -20,6 +23,7 @@ from trainer import faults
 from trainer import results as R
 
 KEPT = "checkpoints"
+MID = "checkpoint_mid.pt"
 
 
 def save_checkpoint(
@@ -40,6 +44,31 @@ def save_checkpoint(
     R.replace_atomically(tmp, folder / R.CHECKPOINT)
 
 
+def save_mid_checkpoint(
+    folder: Path, model_state: dict[str, Any], optimizer_state: dict[str, Any], epoch: int, step: int, in_epoch: dict[str, Any]
+) -> None:
+    """Save a stop inside 0-based training epoch `epoch` (after `epoch` whole epochs), beside checkpoint.pt."""
+    tmp = folder / f".{MID}{R.TMP_MARK}{os.getpid()}"
+    torch.save({"model": model_state, "optimizer": optimizer_state, "epoch": epoch, "step": step, "in_epoch": in_epoch}, tmp)
+    R.replace_atomically(tmp, folder / MID)
+
+
+def load_mid_checkpoint(folder: Path, device: torch.device, epoch: int | None) -> dict[str, Any] | None:
+    """The mid-epoch checkpoint if it continues from `epoch` (checkpoint.pt's); a stale one is removed."""
+    path = folder / MID
+    if not path.exists():
+        return None
+    ckpt = _load(path, device)
+    if ckpt.get("epoch") != epoch:  # the epoch it was in finished since (or never started): stale
+        path.unlink(missing_ok=True)
+        return None
+    return ckpt
+
+
+def drop_mid_checkpoint(folder: Path) -> None:
+    (folder / MID).unlink(missing_ok=True)
+
+
 def load_checkpoint(folder: Path, device: torch.device) -> dict[str, Any] | None:
     """The last checkpoint, or None if the trial never finished an epoch.
 
@@ -49,7 +78,12 @@ def load_checkpoint(folder: Path, device: torch.device) -> dict[str, Any] | None
     path = folder / R.CHECKPOINT
     if not path.exists():
         return None
+    return _load(path, device)
+
+
+def _load(path: Path, device: torch.device) -> dict[str, Any]:
     try:
-        return torch.load(path, map_location=device, weights_only=True)
+        ckpt: dict[str, Any] = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:
         raise RuntimeError(f"checkpoint {path} is unreadable ({err}); delete it to restart the trial from scratch") from err
+    return ckpt

@@ -5,6 +5,7 @@
     2   user mistake: one line on stderr naming the file, the key and what is allowed
     3   trial failed (recorded in its status.json)
     75  another live process is running the trial (EX_TEMPFAIL: try later)
+    76  stopped on request (SIGUSR1: a time limit ahead) after a mid-epoch checkpoint; run again to resume
     130 interrupted (Ctrl-C); 143 stopped by SIGTERM (the trial recorded itself as interrupted)
 
 A `UserError` is a mistake the user can fix and prints as one line; anything else is a bug and
@@ -19,10 +20,10 @@ import sys
 from collections.abc import Callable
 from types import FrameType
 
-from trainer.errors import UserError
+from trainer.errors import Checkpointed, UserError
 from trainer.lock import TrialBusy
 
-EXIT_DONE, EXIT_UNFINISHED, EXIT_USER, EXIT_FAILED, EXIT_BUSY = 0, 1, 2, 3, 75
+EXIT_DONE, EXIT_UNFINISHED, EXIT_USER, EXIT_FAILED, EXIT_BUSY, EXIT_CHECKPOINTED = 0, 1, 2, 3, 75, 76
 EXIT_INTERRUPTED, EXIT_SIGTERM = 130, 128 + signal.SIGTERM
 
 
@@ -41,6 +42,9 @@ def command(body: Callable[[], int]) -> int:
     except TrialBusy as err:
         print(f"busy: {err}", file=sys.stderr)
         return EXIT_BUSY
+    except Checkpointed as stop:
+        print(f"stopped: {stop}", file=sys.stderr)
+        return EXIT_CHECKPOINTED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

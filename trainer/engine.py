@@ -38,7 +38,9 @@ class Engine(Protocol):
 
     def set_lr(self, lr: float) -> None: ...
 
-    def train(self, batches: list[Iterable[Batch]], alphas: list[float]) -> list[TrainStats]: ...
+    def train(self, batches: list[Iterable[Batch]], alphas: list[float], carry: list[TrainStats] | None = None) -> list[TrainStats]:
+        """A stretch of an epoch: slot k trains on batches[k] with alphas[k]; `carry`: each slot's stretch so far."""
+        ...
 
     def evaluate(self, data: Data, batch_size: int) -> list[EvalStats]: ...
 
@@ -83,8 +85,9 @@ class DenseEngine:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
-    def train(self, batches: list[Iterable[Batch]], alphas: list[float]) -> list[TrainStats]:
-        return [train_epoch(self.model, self.optimizer, batches[0], alphas[0], self.num_classes, self.device, self.form)]
+    def train(self, batches: list[Iterable[Batch]], alphas: list[float], carry: list[TrainStats] | None = None) -> list[TrainStats]:
+        c = carry[0] if carry else None
+        return [train_epoch(self.model, self.optimizer, batches[0], alphas[0], self.num_classes, self.device, self.form, c)]
 
     def evaluate(self, data: Data, batch_size: int) -> list[EvalStats]:
         return [evaluate(self.model, data.test_batches(batch_size), self.num_classes, self.device)]
@@ -119,8 +122,8 @@ class FusedEngine:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
-    def train(self, batches: list[Iterable[Batch]], alphas: list[float]) -> list[TrainStats]:
-        return fused_train_epoch(self.net, self.optimizer, batches, alphas, self.num_classes, self.device, self.form)
+    def train(self, batches: list[Iterable[Batch]], alphas: list[float], carry: list[TrainStats] | None = None) -> list[TrainStats]:
+        return fused_train_epoch(self.net, self.optimizer, batches, alphas, self.num_classes, self.device, self.form, carry)
 
     def evaluate(self, data: Data, batch_size: int) -> list[EvalStats]:
         return fused_evaluate(self.net, data, self.num_classes, self.device, batch_size)

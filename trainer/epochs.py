@@ -29,16 +29,17 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, closing
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
 from trainer import faults
-from trainer.attempt import Attempt
-from trainer.checkpoint import load_checkpoint, save_checkpoint
+from trainer.attempt import Attempt, StopRequest
+from trainer.checkpoint import drop_mid_checkpoint, load_checkpoint, load_mid_checkpoint, save_checkpoint, save_mid_checkpoint
 from trainer.data import Batch, Data, DataInfo, data_info, eval_batch_size, load_dataset
 from trainer.engine import Engine, ModelState, OptimizerState, initial_state, make_engine
-from trainer.loop import NonFiniteLoss, combine, lr_at
+from trainer.errors import Checkpointed
+from trainer.loop import NonFiniteLoss, TrainStats, combine, lr_at
 from trainer.models import layer_names
 from trainer.resultlog import ResultLog
 from trainer.spec import TrialSpec
@@ -53,6 +54,8 @@ class Member:
     model_state: ModelState
     optimizer_state: OptimizerState
     done: int | None  # epochs in its checkpoint; None: not even the initial evaluation
+    step: int = 0  # optimizer steps in its checkpoint
+    mid: dict[str, Any] | None = None  # a mid-epoch checkpoint that continues from `done` (trainer.checkpoint)
 
     @property
     def spec(self) -> TrialSpec:
@@ -79,17 +82,21 @@ def start_member(a: Attempt, info: DataInfo, device: torch.device) -> Member:
     log = ResultLog(a.folder, a.spec, layer_names(a.spec.model))
     ckpt = load_checkpoint(a.folder, device)
     if ckpt is None:
+        drop_mid_checkpoint(a.folder)
         model_state, optimizer_state = initial_state(a.spec, info, device)
         return Member(a, log, model_state, optimizer_state, done=None)
-    log.keep_until(int(ckpt["epoch"]))
-    return Member(a, log, ckpt["model"], ckpt["optimizer"], done=int(ckpt["epoch"]))
+    mid = load_mid_checkpoint(a.folder, device, int(ckpt["epoch"]))
+    log.keep_until(int((mid or ckpt)["step"]))
+    return Member(a, log, ckpt["model"], ckpt["optimizer"], done=int(ckpt["epoch"]), step=int(ckpt["step"]), mid=mid)
 
 
-def train_members(attempts: list[Attempt], fused: bool) -> None:
+def train_members(attempts: list[Attempt], fused: bool, stop: StopRequest | None = None) -> None:
     """Train the attempts' trials to their last epoch; a diverged member ends its own attempt.
 
     `fused` False: exactly one attempt, on the dense engine. True: any number, on the fused engine
-    (their specs have equal `fuse_key()`; trainer.group checks).
+    (their specs have equal `fuse_key()`; trainer.group checks). `stop`: when it is set (a signal
+    handler), training stops at the next optimizer step with a mid-epoch checkpoint and raises
+    Checkpointed; the next attempt continues from that step.
     """
     spec, device = attempts[0].spec, attempts[0].device
     info = data_info(spec.dataset)
@@ -97,16 +104,17 @@ def train_members(attempts: list[Attempt], fused: bool) -> None:
     members = [start_member(a, info, device) for a in attempts]
     for m in members:
         m.attempt.status.fused = len(members) if fused else False
-    EpochRun(members, data, info, device, fused).train()
+    EpochRun(members, data, info, device, fused, stop or StopRequest()).train()
 
 
 class EpochRun:
     """The epochs of one set of members; `slots[k]` is the member in engine slot k (None: a twin)."""
 
-    def __init__(self, members: list[Member], data: Data, info: DataInfo, device: torch.device, fused: bool) -> None:
+    def __init__(self, members: list[Member], data: Data, info: DataInfo, device: torch.device, fused: bool, stop: StopRequest) -> None:
         if not fused and len(members) != 1:
             raise ValueError("unfused training takes exactly one trial")
         self.members, self.data, self.info, self.device, self.fused = members, data, info, device, fused
+        self.stop = stop
         self.spec = members[0].spec  # the shared settings (equal fuse keys)
         self.eval_batch = eval_batch_size(data, self.spec.batch_size, device)
         self.steps = data.n_train // self.spec.batch_size
@@ -132,7 +140,11 @@ class EpochRun:
         todo = [m for m in self.members if m.done is None or m.done < self.spec.epochs]
         if not todo:
             return
-        self.load_engine(todo, [(m.model_state, m.optimizer_state) for m in todo])
+        resume = self.common_mid(todo)
+        if resume:  # every member stopped at the same step of the same epoch: continue from there
+            self.load_engine(todo, [(m.mid["model"], m.mid["optimizer"]) for m in todo if m.mid])
+        else:
+            self.load_engine(todo, [(m.model_state, m.optimizer_state) for m in todo])
         fresh = [m for m in todo if m.done is None]
         if fresh:  # epoch 0: the initialised networks (evaluated by the engine they will train on)
             evals = self.evaluate()
@@ -151,32 +163,71 @@ class EpochRun:
                 if m.alive:  # its slot takes the state of its own checkpoint
                     assert self.engine is not None
                     self.engine.load(self.slots.index(m), m.model_state, m.optimizer_state)
-            self.train_epoch(e)
+            self.train_epoch(e, resume and e == start)
             live = self.live()
             if not live:
                 return
             if len(live) < len([m for m in self.slots if m is not None]):  # someone diverged: re-fuse without it
                 self.load_engine(live, self.current_states(live))
 
-    def train_epoch(self, e: int) -> None:
+    def common_mid(self, todo: list[Member]) -> bool:
+        """Whether every member holds a mid-epoch checkpoint of the same step; if not, none is used.
+
+        Members stopped together (one process, one step), so they agree unless a kill came between
+        their writes; then the epoch is replayed from its start, as after any kill.
+        """
+        points = {(m.done, int(m.mid["step"])) if m.mid else None for m in todo}
+        if len(points) == 1 and None not in points:
+            return True
+        for m in todo:
+            if m.mid is not None:
+                drop_mid_checkpoint(m.attempt.folder)
+                m.mid = None
+                m.log.keep_until(m.step)
+        return False
+
+    def train_epoch(self, e: int, resume: bool = False) -> None:
+        """0-based epoch e; `resume`: continue it from the members' mid-epoch checkpoints."""
         assert self.engine is not None
         lr = lr_at(self.spec, e)
         self.engine.set_lr(lr)
         # Members behind or level train; members ahead (and the twin) ride along, unrecorded.
         active = [m is not None and m.alive and m.done is not None and m.done <= e for m in self.slots]
         alphas = [m.spec.alpha_at(e) if act and m is not None else 0.0 for m, act in zip(self.slots, active)]
-        seeds = [(m or self.live()[0]).spec.seed for m in self.slots]
+        lead = self.live()[0]
+        seeds = [(m or lead).spec.seed for m in self.slots]
+        start = int(lead.mid["in_epoch"]["step"]) if resume and lead.mid else 0
+        if start:
+            _set_rng(lead.mid["in_epoch"]["rng"] if lead.mid else None)
+        else:
+            torch.manual_seed(lead.spec.seed * 1_000_003 + e)  # what draws from torch's RNG (dropout) replays per epoch
         with ExitStack() as stack:  # an exception stops the loaders' workers at once, not when garbage-collected
-            batches = [stack.enter_context(closing(self.data.train_batches(e, s, self.spec.batch_size, self.spec.augment))) for s in seeds]
-            self.train_segments(e, lr, active, alphas, batches)
+            spec = self.spec
+            batches: list[Iterator[Batch]] = [
+                stack.enter_context(closing(self.data.train_batches(e, s, spec.batch_size, spec.augment, start_step=start))) for s in seeds
+            ]
+            # One stop check per step: the fused engine pulls slot 0's batch first.
+            batches[0] = _stoppable(batches[0], self.stop)
+            self.train_segments(e, lr, active, alphas, batches, start if resume else None)
 
-    def train_segments(self, e: int, lr: float, active: list[bool], alphas: list[float], batches: Sequence[Iterator[Batch]]) -> None:
-        """Epoch e's segments: train, evaluate mid-epoch after each but the last, then the epoch's rows and checkpoints."""
+    def train_segments(
+        self, e: int, lr: float, active: list[bool], alphas: list[float], batches: Sequence[Iterator[Batch]], resume_at: int | None
+    ) -> None:
+        """Epoch e's segments: train, evaluate mid-epoch after each but the last, then the epoch's rows and checkpoints.
+
+        `resume_at`: the step a mid-epoch checkpoint stopped at; the segments before it are in the
+        members' checkpoints, and the one it interrupted continues from its running sums.
+        """
         assert self.engine is not None
         cuts = self.spec.eval_steps_in(e, self.steps)
-        segments: list[list[Any]] = [[] for _ in self.slots]
+        segments: list[list[Any]] = [self.resumed_segments(m) if resume_at is not None else [] for m in self.slots]
         for begin, stop in zip([0, *cuts], [*cuts, self.steps]):
-            stats = self.engine.train([islice(b, stop - begin) for b in batches], alphas)
+            if resume_at is not None and stop <= resume_at:
+                continue  # trained before the stop; its statistics came back with the checkpoint
+            carry = self.resumed_carry() if resume_at is not None and begin <= resume_at else None
+            first = resume_at if carry is not None and resume_at is not None else begin
+            stats = self.engine.train([islice(b, stop - first) for b in batches], alphas, carry)
+            trained = stats[0].steps - (carry[0].steps if carry else 0)
             for k, m in enumerate(self.slots):
                 if not active[k] or m is None:
                     continue
@@ -186,6 +237,8 @@ class EpochRun:
                     active[k] = False
             if not any(active):
                 return
+            if first + trained < stop and self.stop.requested:
+                self.checkpoint_mid(e, first + trained, active, segments, stats)
             if stop < self.steps:
                 evals = self.evaluate()
                 for k, m in enumerate(self.slots):
@@ -210,4 +263,55 @@ class EpochRun:
         assert self.engine is not None
         model_state, optimizer_state = self.engine.state_of(self.slots.index(m), step)
         save_checkpoint(m.attempt.folder, model_state, optimizer_state, epoch, step, keep=epoch in m.spec.kept_epochs())
+        drop_mid_checkpoint(m.attempt.folder)  # after the new checkpoint: a kill in between leaves a stale one, ignored
+        m.step = step
         m.record(epoch, self.data)
+
+    # ---- stopping inside an epoch and resuming there ---------------------------------------------
+    def checkpoint_mid(self, e: int, at: int, active: list[bool], segments: list[list[Any]], stats: list[TrainStats]) -> NoReturn:
+        """Stopped at step `at` of epoch e: rows, then a mid-epoch checkpoint per live member; raise Checkpointed."""
+        assert self.engine is not None
+        step = e * self.steps + at
+        where = f"time limit: checkpointed in epoch {e + 1} at step {at} of {self.steps}"
+        for k, m in enumerate(self.slots):
+            if not active[k] or m is None:
+                continue
+            model_state, optimizer_state = self.engine.state_of(k, step)
+            done_segments = [s.as_dict() for s in segments[k][:-1]]  # the last is the stopped stretch: the carry
+            in_epoch = {"step": at, "segments": done_segments, "carry": stats[k].as_dict(), "rng": _get_rng(self.device)}
+            m.log.write()  # rows first (the mid-epoch evaluations so far), then the checkpoint
+            save_mid_checkpoint(m.attempt.folder, model_state, optimizer_state, e, step, in_epoch)
+        raise Checkpointed(where)
+
+    def resumed_segments(self, m: Member | None) -> list[TrainStats]:
+        lead = m or self.live()[0]
+        assert lead.mid is not None
+        return [TrainStats(**s) for s in lead.mid["in_epoch"]["segments"]]
+
+    def resumed_carry(self) -> list[TrainStats]:
+        """Each slot's statistics of the interrupted stretch (a twin takes its member's: it is discarded)."""
+        lead = self.live()[0]
+        return [TrainStats(**(m or lead).mid["in_epoch"]["carry"]) for m in self.slots]  # type: ignore[index]
+
+
+def _stoppable(batches: Iterator[Batch], stop: StopRequest) -> Iterator[Batch]:
+    """The batches until a stop is requested (checked before each step's batch)."""
+    for batch in batches:
+        if stop.requested:
+            return
+        yield batch
+
+
+def _get_rng(device: torch.device) -> dict[str, Any]:
+    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng(state: dict[str, Any] | None) -> None:
+    if state is None:
+        return
+    torch.set_rng_state(state["cpu"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"].cpu())

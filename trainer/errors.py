@@ -1,5 +1,12 @@
-"""User mistakes: printed as one line (no traceback) with exit code 2 by every command."""
+"""How commands end other than well: user mistakes (one line, exit 2) and requested stops (exit 76)."""
 
 
 class UserError(ValueError):
     """A mistake the user can fix (bad spec, missing data); the message is one line."""
+
+
+class Checkpointed(BaseException):
+    """An attempt stopped on request (a time limit ahead) after a mid-epoch checkpoint; not an error.
+
+    BaseException, like KeyboardInterrupt: nothing on the way may swallow it. The message says where.
+    """

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from trainer import faults
 from trainer.data import Batch
-from trainer.loop import EvalStats, TrainStats, autocast
+from trainer.loop import EvalStats, TrainStats, autocast, stats_from_sums
 from trainer.models import BasicBlockA, TrackedNet, resnet20
 from trainer.registry import MODELS
 from trainer.selectivity import SIForm, UnitSelectivity, batched_selectivity, class_counts, class_sums, csi_from_means
@@ -196,11 +196,13 @@ def fused_train_epoch(
     num_classes: int,
     device: torch.device,
     form: SIForm | None = None,
+    carry: list[TrainStats] | None = None,
 ) -> list[TrainStats]:
     """One epoch (or a stretch of one) of all K models; model k sees batches_per_model[k].
 
-    Returns per-model TrainStats as trainer.loop.train_epoch would. A non-finite loss is NOT
-    raised here: the caller checks each model's `loss` (math.isfinite) and fails that trial only.
+    Returns per-model TrainStats as trainer.loop.train_epoch would; `carry` (a mid-epoch resume):
+    each model's stretch so far, whose sums it continues. A non-finite loss is NOT raised here:
+    the caller checks each model's `loss` (math.isfinite) and fails that trial only.
     """
     if len(batches_per_model) != model.k or len(alphas) != model.k:
         raise ValueError(f"need K={model.k} batch iterators and alphas, got {len(batches_per_model)} and {len(alphas)}")
@@ -209,9 +211,11 @@ def fused_train_epoch(
     regularize = [a != 0.0 for a in alphas]
     any_reg = any(regularize)
     alpha_t = torch.tensor(alphas, device=device, dtype=torch.float32)
-    zero = torch.zeros(k, device=device, dtype=torch.float64)
-    loss_sum, ce_sum, si_sum, correct = zero.clone(), zero.clone(), zero.clone(), zero.clone()
-    images = steps = 0
+    c = carry or [TrainStats(0.0, 0.0, None, 0.0, 0, 0, 0.0)] * k
+    fields = ("loss_sum", "ce_sum", "si_sum", "correct")
+    sums = [torch.tensor([getattr(s, f) for s in c], device=device, dtype=torch.float64) for f in fields]
+    loss_sum, ce_sum, si_sum, correct = sums
+    images, steps = c[0].images, c[0].steps
     iterators: list[Iterator[Batch]] = [iter(b) for b in batches_per_model]
     start = time.perf_counter()
     for parts in zip(*iterators):
@@ -241,21 +245,9 @@ def fused_train_epoch(
         steps += 1
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
-    d = max(images, 1)
+    seconds = time.perf_counter() - start + c[0].seconds
     ls, cs, ss, cr = loss_sum.tolist(), ce_sum.tolist(), si_sum.tolist(), correct.tolist()
-    return [
-        TrainStats(
-            loss=ls[i] / d,
-            ce=cs[i] / d,
-            selectivity=ss[i] / steps if regularize[i] and steps else None,
-            acc=cr[i] / d,
-            images=images,
-            steps=steps,
-            seconds=seconds,
-        )
-        for i in range(k)
-    ]
+    return [stats_from_sums(ls[i], cs[i], ss[i] if regularize[i] else None, cr[i], images, steps, seconds) for i in range(k)]
 
 
 @torch.no_grad()

@@ -28,7 +28,7 @@ import sys
 from contextlib import ExitStack
 from pathlib import Path
 
-from trainer.attempt import Attempt, attempt
+from trainer.attempt import Attempt, StopRequest, attempt, stop_on_signal
 from trainer.cli import EXIT_BUSY, EXIT_DONE, EXIT_FAILED, command
 from trainer.epochs import train_members
 from trainer.errors import UserError
@@ -51,7 +51,7 @@ def check_fusable(specs: list[TrialSpec]) -> None:
             )
 
 
-def run_group(specs: list[TrialSpec], folders: list[Path], fuse: bool = True) -> list[str]:
+def run_group(specs: list[TrialSpec], folders: list[Path], fuse: bool = True, stop: StopRequest | None = None) -> list[str]:
     """Run (or resume, or skip) each trial in its folder, fused; returns each one's state.
 
     With `fuse` off, or a model without a fused form, the trials train one after another exactly
@@ -62,7 +62,7 @@ def run_group(specs: list[TrialSpec], folders: list[Path], fuse: bool = True) ->
     if len(specs) != len(folders) or not specs:
         raise ValueError("run_group needs one folder per spec, and at least one")
     if not fuse or (len(specs) == 1 and specs[0].fuse_key() is None):
-        return [_run_alone(spec, Path(folder)) for spec, folder in zip(specs, folders)]
+        return [_run_alone(spec, Path(folder), stop) for spec, folder in zip(specs, folders)]
     check_fusable(specs)
     states: list[str] = ["busy"] * len(specs)
     held: list[tuple[int, Attempt]] = []
@@ -74,7 +74,7 @@ def run_group(specs: list[TrialSpec], folders: list[Path], fuse: bool = True) ->
                 print(f"busy: {err}", file=sys.stderr)
         todo = [a for _, a in held if a.final is None]
         if todo:
-            train_members(todo, fused=True)
+            train_members(todo, fused=True, stop=stop)
         for a in todo:
             if a.final is None:  # not diverged
                 ablate_if_asked(a.spec, a.folder)
@@ -84,9 +84,9 @@ def run_group(specs: list[TrialSpec], folders: list[Path], fuse: bool = True) ->
     return states
 
 
-def _run_alone(spec: TrialSpec, folder: Path) -> str:
+def _run_alone(spec: TrialSpec, folder: Path, stop: StopRequest | None) -> str:
     try:
-        return run_trial(spec, folder)
+        return run_trial(spec, folder, stop)
     except TrialBusy as err:
         print(f"busy: {err}", file=sys.stderr)
         return "busy"
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         specs = [read_spec(p) for p in args.spec]
         folders = [p.parent for p in args.spec]
-        states = run_group(specs, folders, fuse=not args.no_fuse)
+        states = run_group(specs, folders, fuse=not args.no_fuse, stop=stop_on_signal())
         for spec, folder, state in zip(specs, folders, states):
             print(outcome_line(spec, folder, state))
         if "failed" in states:

@@ -14,10 +14,12 @@ a GPU on every step.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +44,15 @@ class TrainStats:
     images: int
     steps: int
     seconds: float
+    # The float64 running sums behind the means, exactly as accumulated: a stretch of an epoch
+    # resumed from a mid-epoch checkpoint continues them, so its means are bitwise an unbroken run's.
+    loss_sum: float = 0.0
+    ce_sum: float = 0.0
+    si_sum: float = 0.0
+    correct: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
@@ -86,12 +97,15 @@ def train_epoch(
     num_classes: int,
     device: torch.device,
     form: SIForm | None = None,
+    carry: TrainStats | None = None,
 ) -> TrainStats:
+    """SGD over `batches`; `carry`: the stretch so far (a mid-epoch resume), whose sums it continues."""
     model.train()
     regularize = alpha != 0.0
-    zero = torch.zeros((), device=device, dtype=torch.float64)
-    loss_sum, ce_sum, si_sum, correct = zero.clone(), zero.clone(), zero.clone(), zero.clone()
-    images = steps = 0
+    c = carry or TrainStats(0.0, 0.0, None, 0.0, 0, 0, 0.0)
+    running = (c.loss_sum, c.ce_sum, c.si_sum, c.correct)
+    loss_sum, ce_sum, si_sum, correct = (torch.tensor(v, device=device, dtype=torch.float64) for v in running)
+    images, steps = c.images, c.steps
     start = time.perf_counter()
     for x, y in batches:
         with autocast(device):
@@ -115,16 +129,27 @@ def train_epoch(
         steps += 1
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - start + c.seconds
     # A non-finite loss is returned, not raised: the caller fails that trial (and only it, in a group).
+    return stats_from_sums(loss_sum.item(), ce_sum.item(), si_sum.item() if regularize else None, correct.item(), images, steps, seconds)
+
+
+def stats_from_sums(
+    loss_sum: float, ce_sum: float, si_sum: float | None, correct: float, images: int, steps: int, seconds: float
+) -> TrainStats:
+    """The means of a stretch of training from its running sums (si_sum None: regularizer off)."""
     return TrainStats(
-        loss=loss_sum.item() / max(images, 1),
-        ce=ce_sum.item() / max(images, 1),
-        selectivity=si_sum.item() / steps if regularize and steps else None,
-        acc=correct.item() / max(images, 1),
+        loss=loss_sum / max(images, 1),
+        ce=ce_sum / max(images, 1),
+        selectivity=si_sum / steps if si_sum is not None and steps else None,
+        acc=correct / max(images, 1),
         images=images,
         steps=steps,
         seconds=seconds,
+        loss_sum=loss_sum,
+        ce_sum=ce_sum,
+        si_sum=si_sum or 0.0,
+        correct=correct,
     )
 
 

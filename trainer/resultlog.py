@@ -1,7 +1,7 @@
 """The rows of one trial's three result files, kept in memory and rewritten whole after each epoch.
 
     log = ResultLog(folder, spec, layer_names)
-    log.keep_until(epoch)          # after a resume: the rows the checkpoint covers, no later ones
+    log.keep_until(step)           # after a resume: the rows the checkpoint covers, no later ones
     log.add(epoch, step, lr, alpha, train_stats, eval_stats, epoch_end=True)
     log.write()                    # epochs/layers/units.parquet, each atomically
 
@@ -28,10 +28,10 @@ class ResultLog:
         self.fields, self.schema = spec.row_fields(), R.trial_schema(spec)
         self.tables: dict[str, list[pa.Table]] = {name: [] for name in R.COLUMNS}
 
-    def keep_until(self, epoch: int) -> None:
-        """After a resume: keep the rows on disk that the checkpoint covers, drop later ones."""
+    def keep_until(self, step: int) -> None:
+        """After a resume: keep the rows on disk that the checkpoint (taken at `step`) covers, drop later ones."""
         for name in R.COLUMNS:
-            old = R.read_rows_before(self.folder / name, epoch)
+            old = R.read_rows_until(self.folder / name, step)
             self.tables[name] = [old] if old is not None else []
 
     def add(

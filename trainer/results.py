@@ -160,12 +160,16 @@ def remove_temp_files(folder: Path) -> list[Path]:
     return removed
 
 
-def read_rows_before(path: Path, last_epoch: int) -> pa.Table | None:
-    """The rows of an existing result file with epoch <= last_epoch (those a checkpoint covers)."""
+def read_rows_until(path: Path, step: int) -> pa.Table | None:
+    """The rows of an existing result file a checkpoint taken after `step` optimizer steps covers.
+
+    Steps only grow through a trial (epoch-end rows at e x steps per epoch, mid-epoch rows in
+    between), so these are exactly the rows written before that checkpoint.
+    """
     if not path.exists():
         return None
     table = pq.read_table(path)
-    return table.filter(pc.less_equal(table["epoch"], last_epoch))
+    return table.filter(pc.less_equal(table["step"], step))
 
 
 def concat(tables: Iterable[pa.Table]) -> pa.Table:

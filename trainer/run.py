@@ -21,7 +21,7 @@ from pathlib import Path
 
 from trainer import results as R
 from trainer.ablate import ablate_trial
-from trainer.attempt import attempt
+from trainer.attempt import StopRequest, attempt, stop_on_signal
 from trainer.cli import EXIT_DONE, EXIT_FAILED, command
 from trainer.epochs import train_members
 from trainer.errors import UserError
@@ -29,15 +29,16 @@ from trainer.spec import TrialSpec
 from trainer.status import read_status
 
 
-def run_trial(spec: TrialSpec, folder: str | Path) -> str:
+def run_trial(spec: TrialSpec, folder: str | Path, stop: StopRequest | None = None) -> str:
     """Run (or resume, or skip if done) one trial alone in `folder`; returns its final state.
 
     Raises TrialBusy if another live process holds the trial, UserError for user mistakes
-    (recorded as failed too). Any other exception is recorded as failed and re-raised.
+    (recorded as failed too), Checkpointed when `stop` was set (recorded as interrupted). Any
+    other exception is recorded as failed and re-raised.
     """
     with attempt(spec, Path(folder)) as a:
         if a.final is None:
-            train_members([a], fused=False)
+            train_members([a], fused=False, stop=stop)
             if a.final is None:  # not diverged
                 ablate_if_asked(spec, a.folder)
     assert a.final is not None
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         spec = read_spec(args.spec)
-        state = run_trial(spec, args.spec.parent)
+        state = run_trial(spec, args.spec.parent, stop_on_signal())
         print(outcome_line(spec, args.spec.parent, state))
         return EXIT_DONE if state == "done" else EXIT_FAILED
 
