@@ -1,6 +1,8 @@
 """Channel-ablation job over a finished sweep: `python -m orchestrator.ablate results/<sweep>`.
 
-    --fractions 0 0.125 0.25 0.5 0.75 1   fractions of each block's channels to zero
+    --fractions 0 0.125 0.25 0.5 0.75 1   fractions of each stage's channels to zero (the default)
+    --counts 8 16 32                       absolute channel counts (above a stage's width: left out)
+    --count-steps 15 40                    Ranadive et al.'s k: range(0, C/2, 15) and range(C/2, C+1, 40)
     --draws 3                              random draws per (epoch, stage, k)
     --max-parallel N                       N worker processes (default: in this process)
 
@@ -19,7 +21,7 @@ from orchestrator.errors import UserError, cli
 from orchestrator.plan import scan
 from orchestrator.progress import Progress
 from orchestrator.runner import WorkerPool, last_line, make_slots
-from trainer.ablate import DEFAULT_FRACTIONS, KEPT
+from trainer.ablate import KEPT, add_plan_arguments, plan_from_arguments
 from trainer.cli import EXIT_BUSY, EXIT_DONE
 
 ABLATE_LOG = "ablate.log"
@@ -28,18 +30,21 @@ ABLATE_LOG = "ablate.log"
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m orchestrator.ablate", description=__doc__.split("\n\n")[0])
     p.add_argument("sweep", type=Path)
-    p.add_argument("--fractions", type=float, nargs="+", default=list(DEFAULT_FRACTIONS))
-    p.add_argument("--draws", type=int, default=3)
+    add_plan_arguments(p)
     p.add_argument("--max-parallel", type=int, default=1)
     args = p.parse_args(argv)
+    plan = plan_from_arguments(args)
     if not (args.sweep / "trials").is_dir():
         raise UserError(f"{args.sweep}: not a sweep folder (no trials/ inside); give <results>/<grid name>")
-    if any(not 0 <= f <= 1 for f in args.fractions) or args.draws < 1 or args.max_parallel < 1:
-        raise UserError("--fractions must lie in [0, 1], --draws and --max-parallel be >= 1")
+    if args.max_parallel < 1:
+        raise UserError(f"--max-parallel is {args.max_parallel}; allowed: >= 1")
     folders = [s.folder for s in scan(args.sweep).values() if s.state == "done" and (s.folder / KEPT).is_dir()]
     if not folders:
         raise UserError(f"{args.sweep}: no done trial with kept checkpoints ({KEPT}/) to ablate")
-    extra = ["--fractions", *map(str, args.fractions), "--draws", str(args.draws)]
+    extra = ["--fractions", *map(str, plan.fractions)] if plan.fractions else []
+    extra += ["--counts", *map(str, plan.counts)] if plan.counts else []
+    extra += ["--count-steps", *map(str, plan.count_steps)] if plan.count_steps else []
+    extra += ["--draws", str(plan.draws)]
     pool = WorkerPool(make_slots(args.max_parallel))
     progress = Progress(len(folders), "ablate")
     failed: list[str] = []

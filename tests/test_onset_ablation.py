@@ -19,7 +19,7 @@ from orchestrator.ablate import main as ablate_main
 from orchestrator.collect import collect
 from orchestrator.errors import cli
 from orchestrator.sweep import main as sweep_main
-from trainer.ablation import ablated, ablation_rows, choose_channels, draw_seed, heldout_accuracy, stage_blocks
+from trainer.ablation import AblationPlan, ablated, ablation_rows, choose_channels, draw_seed, heldout_accuracy, stage_blocks
 from trainer.data import load_dataset
 from trainer.models import build_model
 from trainer.run import run_trial
@@ -96,7 +96,7 @@ def test_random_draws_are_seeded_and_reproducible() -> None:
 def test_ablating_nothing_or_everything(trained: Path, digits) -> None:
     model = build_model("resnet20", 10, 1)
     model.load_state_dict(torch.load(trained / "checkpoints" / "epoch_002.pt", weights_only=True)["model"])
-    base, _ = heldout_accuracy(model, digits, 256, CPU)
+    base, _, _ = heldout_accuracy(model, digits, 256, CPU)
     with ablated(model, {6: [], 7: [], 8: []}):
         assert heldout_accuracy(model, digits, 256, CPU)[0] == base  # k = 0: the unablated network
     everything = {b: list(range(64)) for b in (6, 7, 8)}
@@ -115,7 +115,8 @@ def test_ablation_rows_cover_the_sweep(trained: Path, digits) -> None:
     units = pd.read_parquet(trained / "units.parquet")
     units = units[(units.epoch == 2) & units.epoch_end]
     csi = {layer: g.sort_values("unit").csi.to_numpy() for layer, g in units.groupby("layer")}
-    rows = pd.DataFrame(ablation_rows(model, digits, csi, 2, 0, (0.0, 0.5, 1.0), 2, 512, CPU))
+    plan = AblationPlan((0.0, 0.5, 1.0), draws=2)
+    rows = pd.DataFrame(ablation_rows(model, digits, csi, 2, 0, plan, heldout_accuracy(model, digits, 512, CPU), 512, CPU))
     assert len(rows) == 3 * 3 * (1 + 2)  # stages x fractions x (topk + 2 random draws)
     base = rows[rows.k == 0].accuracy
     assert base.nunique() == 1
@@ -165,3 +166,31 @@ def test_ablate_commands_on_a_finished_trial(trained: Path, tmp_path: Path, caps
     assert cli(ablate_main, [str(sweep), "--fractions", "0", "1", "--draws", "1"]) == 0
     assert (folder / "ablations.parquet").read_bytes() == before
     assert cli(ablate_main, [str(tmp_path / "nope")]) == 2
+
+
+def test_no_pass_whose_result_is_known(trained: Path, digits, monkeypatch: pytest.MonkeyPatch) -> None:
+    """k = 0 is the checkpoint's own evaluation, and a whole stage zeroed is one network for every draw."""
+    import trainer.ablation as ab
+
+    model = build_model("resnet20", 10, 1)
+    model.load_state_dict(torch.load(trained / "checkpoints" / "epoch_002.pt", weights_only=True)["model"])
+    units = pd.read_parquet(trained / "units.parquet")
+    units = units[(units.epoch == 2) & units.epoch_end]
+    csi = {layer: g.sort_values("unit").csi.to_numpy() for layer, g in units.groupby("layer")}
+    calls = []
+    real = ab.heldout_accuracy
+    monkeypatch.setattr(ab, "heldout_accuracy", lambda *a: calls.append(1) or real(*a))
+    plan = AblationPlan((0.0, 0.5, 1.0), draws=3)
+    base = (0.5, 1.0, None)
+    rows = pd.DataFrame(ab.ablation_rows(model, digits, csi, 2, 0, plan, base, 512, CPU))
+    assert len(calls) == plan.passes([16, 32, 64]) == 3 * (1 + 3 + 1)  # per stage: k = C/2 (top-k + 3 draws), k = C once
+    assert (rows[rows.k == 0].accuracy == 0.5).all() and rows.top5.isna().all()
+    assert len(rows) == 3 * 3 * (1 + 3)  # every (stage, k, selection, draw) still has its row
+
+
+def test_absolute_counts_and_the_ranadive_schedule() -> None:
+    assert AblationPlan(counts=(0, 8, 16, 100)).ks(16) == [0, 8, 16]  # above the width: left out
+    assert AblationPlan(fractions=(0.1, 0.125)).ks(16) == [2]  # distinct k only
+    # Ranadive et al.: k in range(0, C/2, 15) and range(C/2, C + 1, 40)
+    assert AblationPlan(count_steps=(15, 40)).ks(256) == [*range(0, 128, 15), *range(128, 257, 40)]
+    assert AblationPlan(fractions=(0.0, 1.0), draws=2).passes([16]) == 1  # k = 0 none, k = 16 one

@@ -19,11 +19,11 @@ import pyarrow.parquet as pq
 import torch
 
 from trainer import results as R
-from trainer.ablation import ablation_rows
+from trainer.ablation import AblationPlan, ablation_rows
 from trainer.attempt import pick_device
 from trainer.checkpoint import KEPT
 from trainer.cli import EXIT_DONE, command
-from trainer.data import data_info, eval_batch_size, load_dataset
+from trainer.data import Data, data_info, eval_batch_size, load_dataset
 from trainer.errors import UserError
 from trainer.lock import TrialLock
 from trainer.models import build_model
@@ -36,6 +36,7 @@ ABLATION_COLUMNS = pa.schema(
     [
         ("epoch", pa.int64()), ("stage", pa.int64()), ("k", pa.int64()), ("fraction", pa.float64()),
         ("selection", pa.string()), ("draw", pa.int64()), ("accuracy", pa.float64()), ("loss", pa.float64()),
+        ("top5", pa.float64()),  # null under 100 classes
     ]
 )  # fmt: skip
 
@@ -60,10 +61,13 @@ def unit_csi(folder: Path, epochs: list[int]) -> dict[int, dict[str, np.ndarray]
     }
 
 
-def ablate_trial(folder: Path, fractions: tuple[float, ...], draws: int, device_name: str | None = None, require_done: bool = True) -> int:
+def ablate_trial(
+    folder: Path, plan: AblationPlan, device_name: str | None = None, require_done: bool = True, data: Data | None = None
+) -> int:
     """Ablate every kept checkpoint of a trial not yet in ablations.parquet; returns epochs added.
 
-    `require_done=False`: called by trainer.run at the end of training, before the trial is done.
+    `require_done=False`: called at the end of training, in the same attempt, with the training's
+    `data` (so a streamed validation set decoded once serves every pass of the job).
     """
     spec = TrialSpec.from_dict(R.read_json(folder / R.SPEC), where=str(folder / R.SPEC))
     if require_done and read_status(folder).state != "done":
@@ -73,7 +77,8 @@ def ablate_trial(folder: Path, fractions: tuple[float, ...], draws: int, device_
         raise UserError(f"{folder}: no kept checkpoints under {KEPT}/ (see the trial field keep_checkpoints)")
     device = pick_device(device_name or spec.device)
     info = data_info(spec.dataset)
-    data = load_dataset(spec.dataset, spec.resolved_data_root(), device, **spec.data_options())
+    if data is None:
+        data = load_dataset(spec.dataset, spec.resolved_data_root(), device, **spec.data_options())
     model = build_model(spec.model, info.num_classes, info.in_channels).to(device)
     path = folder / ABLATIONS
     schema = R.trial_schema(spec)
@@ -83,31 +88,59 @@ def ablate_trial(folder: Path, fractions: tuple[float, ...], draws: int, device_
     added = 0
     todo = [e for e in epochs if e not in done]
     csi = unit_csi(folder, todo) if todo else {}
+    base = epoch_evaluations(folder, todo) if todo else {}
     for epoch in todo:
         state = torch.load(folder / KEPT / f"epoch_{epoch:03d}.pt", map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
-        rows = ablation_rows(model, data, csi[epoch], epoch, spec.seed, fractions, draws, batch, device)
+        rows = ablation_rows(model, data, csi[epoch], epoch, spec.seed, plan, base[epoch], batch, device)
         tables.append(R.make_table(ABLATION_COLUMNS, rows, spec.row_fields(), schema))
-        R.write_parquet(R.concat(tables), path)
+        R.write_parquet(R.concat(tables, promote=True), path)
         added += 1
     return added
+
+
+def epoch_evaluations(folder: Path, epochs: list[int]) -> dict[int, tuple[float, float, float | None]]:
+    """Each epoch's own test evaluation (accuracy, loss, top-5) from epochs.parquet: the rows of k = 0."""
+    table = pq.read_table(folder / R.EPOCHS, columns=["epoch", "epoch_end", "test_acc", "test_loss", "test_top5"])
+    rows = table.filter(table["epoch_end"]).to_pylist()
+    return {int(r["epoch"]): (r["test_acc"], r["test_loss"], r["test_top5"]) for r in rows if r["epoch"] in epochs}
+
+
+def add_plan_arguments(p: argparse.ArgumentParser) -> None:
+    """--fractions / --counts / --count-steps / --draws (trainer.ablate and orchestrator.ablate)."""
+    p.add_argument(
+        "--fractions", type=float, nargs="+", default=None, help=f"fractions of each stage's width (default {DEFAULT_FRACTIONS})"
+    )
+    p.add_argument("--counts", type=int, nargs="+", default=(), help="absolute channel counts k (those above a stage's width are left out)")
+    p.add_argument("--count-steps", type=int, nargs=2, default=None, metavar=("A", "B"),
+                   help="Ranadive et al.'s k: range(0, C/2, A) and range(C/2, C+1, B) per stage of C channels")  # fmt: skip
+    p.add_argument("--draws", type=int, default=3, help="random draws per (epoch, stage, k)")
+
+
+def plan_from_arguments(args: argparse.Namespace) -> AblationPlan:
+    """The plan the arguments ask for; one line for values outside their range."""
+    fractions = tuple(args.fractions) if args.fractions is not None else (() if args.counts or args.count_steps else DEFAULT_FRACTIONS)
+    if any(not 0 <= f <= 1 for f in fractions) or any(k < 0 for k in args.counts) or args.draws < 1:
+        raise UserError("--fractions must lie in [0, 1], --counts be >= 0 and --draws >= 1")
+    if args.count_steps is not None and min(args.count_steps) < 1:
+        raise UserError("--count-steps A B: both must be >= 1")
+    steps = tuple(args.count_steps) if args.count_steps is not None else None
+    return AblationPlan(fractions, tuple(args.counts), steps, args.draws)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m trainer.ablate", description=__doc__.split("\n\n")[0])
     p.add_argument("--trial", required=True, type=Path, help="a finished trial's folder")
-    p.add_argument("--fractions", type=float, nargs="+", default=list(DEFAULT_FRACTIONS))
-    p.add_argument("--draws", type=int, default=3, help="random draws per (epoch, stage, k)")
+    add_plan_arguments(p)
     p.add_argument("--device", default=None)
     args = p.parse_args(argv)
 
     def body() -> int:
-        if any(not 0 <= f <= 1 for f in args.fractions) or args.draws < 1:
-            raise UserError("--fractions must lie in [0, 1] and --draws be >= 1")
+        plan = plan_from_arguments(args)
         if not (args.trial / R.SPEC).is_file():
             raise UserError(f"{args.trial}: not a trial folder (no spec.json)")
         with TrialLock(args.trial):
-            added = ablate_trial(args.trial, tuple(args.fractions), args.draws, args.device)
+            added = ablate_trial(args.trial, plan, args.device)
         print(f"{args.trial.name}: ablated {added} more epochs -> {args.trial / ABLATIONS}")
         return EXIT_DONE
 

@@ -5,11 +5,16 @@ output of every block of that stage, chosen either as the k with the highest tes
 epoch e (read from the trial's units.parquet) or at random (several seeded draws), and measure
 test accuracy. Repeated for a sweep of k, every stage and every kept epoch:
 
-    python -m trainer.ablate --trial results/<sweep>/trials/<id> [--fractions 0 0.25 0.5 0.75 1] [--draws 3]
+    python -m trainer.ablate --trial results/<sweep>/trials/<id> [--fractions 0 0.25 0.5 0.75 1] [--counts 8 16]
+                             [--count-steps 15 40] [--draws 3]
 
-writes `<trial>/ablations.parquet`: the trial's fields, then epoch, stage, k, fraction,
-selection (topk | random), draw, accuracy, loss. Outputs are zeroed with forward hooks added
-only for the measurement, so the training path carries no ablation code.
+writes `<trial>/ablations.parquet`: the trial's fields, then epoch, stage, k, fraction (k / the
+stage's width), selection (topk | random), draw, accuracy, loss, top5 (100+ classes). k comes
+from fractions of each stage's width, absolute counts, or Ranadive et al.'s schedule (AblationPlan).
+No pass whose result is known runs: k = 0 is the checkpoint's own evaluation (from epochs.parquet),
+and zeroing a whole stage is one network for top-k and every random draw (one pass). Outputs are
+zeroed with forward hooks added only for the measurement, so the training path carries no
+ablation code.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -73,24 +79,56 @@ def ablated(model: TrackedNet, channels: Mapping[int, Sequence[int] | np.ndarray
             h.remove()
 
 
+@dataclass(frozen=True)
+class AblationPlan:
+    """Which k channels to zero per stage: fractions of the stage's width, absolute counts, and
+    Ranadive et al.'s schedule (`count_steps` (a, b): k in range(0, C/2, a) and range(C/2, C + 1, b)
+    for a stage of C channels); `draws` random draws per (epoch, stage, k)."""
+
+    fractions: tuple[float, ...] = ()
+    counts: tuple[int, ...] = ()
+    count_steps: tuple[int, int] | None = None
+    draws: int = 3
+
+    def ks(self, width: int) -> list[int]:
+        """The distinct k of a stage of `width` channels, ascending (counts above the width are left out)."""
+        ks = {round(f * width) for f in self.fractions} | {k for k in self.counts if k <= width}
+        if self.count_steps is not None:
+            small, large = self.count_steps
+            ks |= set(range(0, width // 2, small)) | set(range(width // 2, width + 1, large))
+        return sorted(ks)
+
+    def passes(self, widths: Sequence[int]) -> int:
+        """Evaluation passes of one checkpoint: k = 0 is the epoch's own evaluation (none), a whole
+        stage zeroed is the same network for top-k and every draw (one), any other k: top-k + draws."""
+        return sum(0 if k == 0 else 1 if k == w else 1 + self.draws for w in widths for k in self.ks(w))
+
+
 @torch.no_grad()
-def heldout_accuracy(model: TrackedNet, data: Data, batch_size: int, device: torch.device) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) on the whole test set, eval mode, no activation capture."""
+def heldout_accuracy(model: TrackedNet, data: Data, batch_size: int, device: torch.device) -> tuple[float, float, float | None]:
+    """(top-1 accuracy, mean cross-entropy, top-5 accuracy or None under 100 classes) on the whole test set, eval mode."""
     model.eval()
-    correct, loss, n = 0.0, 0.0, 0
+    correct, top5, loss, n = 0.0, 0.0, 0.0, 0
+    classes = 0
     for x, y in data.test_batches(batch_size):
         with autocast(device):
             logits, _ = model(x)
         logits = logits.float()
+        classes = logits.shape[1]
         correct += (logits.argmax(1) == y).sum().item()
+        if classes >= 100:
+            top5 += (logits.topk(5, dim=1).indices == y.unsqueeze(1)).any(1).sum().item()
         loss += F.cross_entropy(logits, y, reduction="sum").item()
         n += y.shape[0]
-    return correct / n, loss / n
+    return correct / n, loss / n, (top5 / n if classes >= 100 else None)
 
 
 def draw_seed(seed: int, epoch: int, stage: int, k: int, draw: int) -> np.random.Generator:
     """Random draws are seeded by (trial seed, epoch, stage, k, draw): reproducible, independent."""
     return np.random.default_rng([seed, epoch, stage, k, draw])
+
+
+COLUMNS = ("epoch", "stage", "k", "fraction", "selection", "draw", "accuracy", "loss", "top5")
 
 
 def ablation_rows(
@@ -99,27 +137,32 @@ def ablation_rows(
     unit_csi: dict[str, np.ndarray],
     epoch: int,
     seed: int,
-    fractions: Sequence[float],
-    draws: int,
+    plan: AblationPlan,
+    base: tuple[float, float, float | None],
     batch_size: int,
     device: torch.device,
 ) -> dict[str, list]:
-    """Every (stage, k, selection, draw) accuracy of one checkpoint; `unit_csi`: layer -> CSI per unit."""
-    rows: dict[str, list] = {c: [] for c in ("epoch", "stage", "k", "fraction", "selection", "draw", "accuracy", "loss")}
-    base = heldout_accuracy(model, data, batch_size, device)
+    """Every (stage, k, selection, draw) accuracy of one checkpoint; `unit_csi`: layer -> CSI per unit.
+
+    `base`: the checkpoint's own evaluation (accuracy, loss, top-5), the row of k = 0.
+    """
+    rows: dict[str, list] = {c: [] for c in COLUMNS}
     for stage, blocks in stage_blocks(model).items():
         width = len(unit_csi[model.block_names[blocks[0]]])
-        for fraction in fractions:
-            k = round(fraction * width)
+        for k in plan.ks(width):
+            whole: tuple[float, float, float | None] | None = None  # a whole stage zeroed: one pass for all selections
             for selection in SELECTIONS:
-                for draw in range(draws if selection == "random" else 1):
+                for draw in range(plan.draws if selection == "random" else 1):
                     if k == 0:
-                        acc, loss = base  # nothing zeroed: the unablated network
+                        result = base  # nothing zeroed: the unablated network
+                    elif k == width and whole is not None:
+                        result = whole
                     else:
                         rng = draw_seed(seed, epoch, stage, k, draw)
                         chosen = {b: choose_channels(unit_csi[model.block_names[b]], k, selection, rng) for b in blocks}
                         with ablated(model, chosen):
-                            acc, loss = heldout_accuracy(model, data, batch_size, device)
-                    for col, v in zip(rows, (epoch, stage, k, fraction, selection, draw, acc, loss)):
+                            result = heldout_accuracy(model, data, batch_size, device)
+                        whole = result if k == width else None
+                    for col, v in zip(rows, (epoch, stage, k, k / width, selection, draw, *result)):
                         rows[col].append(v)
     return rows

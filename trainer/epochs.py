@@ -90,13 +90,14 @@ def start_member(a: Attempt, info: DataInfo, device: torch.device) -> Member:
     return Member(a, log, ckpt["model"], ckpt["optimizer"], done=int(ckpt["epoch"]), step=int(ckpt["step"]), mid=mid)
 
 
-def train_members(attempts: list[Attempt], fused: bool, stop: StopRequest | None = None) -> None:
+def train_members(attempts: list[Attempt], fused: bool, stop: StopRequest | None = None) -> Data:
     """Train the attempts' trials to their last epoch; a diverged member ends its own attempt.
 
     `fused` False: exactly one attempt, on the dense engine. True: any number, on the fused engine
     (their specs have equal `fuse_key()`; trainer.group checks). `stop`: when it is set (a signal
     handler), training stops at the next optimizer step with a mid-epoch checkpoint and raises
-    Checkpointed; the next attempt continues from that step.
+    Checkpointed; the next attempt continues from that step. Returns the data set, for analyses
+    that run in the same job (a streamed validation set stays decoded).
     """
     spec, device = attempts[0].spec, attempts[0].device
     info = data_info(spec.dataset)
@@ -105,6 +106,7 @@ def train_members(attempts: list[Attempt], fused: bool, stop: StopRequest | None
     for m in members:
         m.attempt.status.fused = len(members) if fused else False
     EpochRun(members, data, info, device, fused, stop or StopRequest()).train()
+    return data
 
 
 class EpochRun:

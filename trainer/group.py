@@ -73,11 +73,10 @@ def run_group(specs: list[TrialSpec], folders: list[Path], fuse: bool = True, st
             except TrialBusy as err:
                 print(f"busy: {err}", file=sys.stderr)
         todo = [a for _, a in held if a.final is None]
-        if todo:
-            train_members(todo, fused=True, stop=stop)
+        data = train_members(todo, fused=True, stop=stop) if todo else None
         for a in todo:
             if a.final is None:  # not diverged
-                ablate_if_asked(a.spec, a.folder)
+                ablate_if_asked(a.spec, a.folder, data)
     for i, a in held:
         assert a.final is not None  # every attempt ended done or failed on the way out of the stack
         states[i] = a.final

@@ -172,5 +172,6 @@ def read_rows_until(path: Path, step: int) -> pa.Table | None:
     return table.filter(pc.less_equal(table["step"], step))
 
 
-def concat(tables: Iterable[pa.Table]) -> pa.Table:
-    return pa.concat_tables(list(tables), promote_options="none")
+def concat(tables: Iterable[pa.Table], promote: bool = False) -> pa.Table:
+    """One table of equal-schema tables; `promote`: a file written before a column existed gets it as nulls."""
+    return pa.concat_tables(list(tables), promote_options="default" if promote else "none")
