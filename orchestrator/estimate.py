@@ -1,60 +1,110 @@
-"""GPU-hour estimate of a plan, printed by `--dry-run`; a rough guide, with its assumptions shown.
+"""GPU-hour estimate of a plan, printed by `--dry-run`: a guide, with every assumption shown.
 
-cost(trial) = (epochs x n_train + evaluations x n_test / 3) / throughput x (1.10 if alpha != 0)
-    evaluations: epoch 0, every epoch, the mid-epoch ones, and the ablation passes (per kept
-                 checkpoint: stages x nonzero fractions x (top-k + random draws), plus one)
-    throughput: training images/s of one trial on one H100, from the published anchors in
-                ../shared/NOTES.md (eager PyTorch, bf16); evaluation costs a third of a
-                training image (forward only); the regularizer costs at most 10% more.
+per trial:
+    train seconds  = epochs x n_train / min(GPU images/s, loader images/s) x (1.10 if alpha != 0)
+    eval seconds   = passes x n_test / (3 x GPU images/s)  +  one decode of the test set (streamed sets)
+    passes         = epoch 0 and every epoch + the mid-epoch evaluations + the ablation passes
+                     (per kept checkpoint and stage: none for k = 0, one for a whole stage, top-k and
+                     every random draw for any other k; trainer.ablation.AblationPlan.passes)
+
+GPU images/s: training throughput of one trial on one H100, eager PyTorch with bf16 and
+channels_last, from published anchors (below); evaluation is forward only (about a third of a
+training image) and reads the test set from the copy decoded once per job. Loader images/s, for
+sets streamed from image files (ImageNet): the CPUs the profile gives a trial times what one core
+delivers with the trial's loader (measured by `python -m benchmarks.imagenet_loader`, see
+docs/imagenet-input.md); in-memory sets never wait for a loader.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
+from trainer.ablation import AblationPlan, ablation_plan_of
+from trainer.registry import DATASETS, MODELS
 from trainer.spec import TrialSpec
 
-# (model, dataset) -> training images/s on one H100; (train, test) sizes of each data set.
+# (model, dataset) -> training images/s of one trial on one H100.
 H100_IMAGES_PER_S = {
     ("resnet20", "digits"): 30_000.0,  # launch bound like CIFAR: tiny images do not go faster
     ("resnet20", "cifar10"): 30_000.0,  # CIFAR ResNet-18 eager: 23.8k img/s on an A100; ResNet20 is 13x lighter
     ("resnet18", "tinyimagenet"): 10_000.0,  # ~4x the FLOPs of CIFAR ResNet-18 (64x64, stride-1 stem)
-    ("resnet50", "imagenet"): 3_000.0,  # NVIDIA's examples: 2,470 img/s per A100 with AMP; MLPerf H100: ~7k
+    ("resnet50", "imagenet"): 3_000.0,  # NVIDIA's PyTorch examples: 2,470 img/s per A100 with AMP; MLPerf H100: ~7k
 }
-DEFAULT_IMAGES_PER_S = 3_000.0  # any other pairing: assume ResNet50-class cost
-DATASET_SIZES = {"digits": (1437, 360), "cifar10": (50_000, 10_000), "tinyimagenet": (100_000, 10_000), "imagenet": (1_281_167, 50_000)}
+DEFAULT_IMAGES_PER_S = 3_000.0  # any other pairing: assume ResNet-50-class cost
 REGULARIZER_OVERHEAD = 1.10
-STAGES = {"resnet20": 3, "resnet18": 4, "resnet50": 4}
+EVAL_SPEEDUP = 3.0  # forward only
+# Images/s one CPU core feeds a GPU with, per loader (2-core VM, generated ImageNet-size JPEGs):
+# "dali" is the CPU side when the GPU decodes (reading bytes, crop windows); "torchvision" decodes
+# and crops on the CPU. auto is dali on a GPU when DALI is installed: assumed here.
+LOADER_IMAGES_PER_CORE = {"dali": 6_100.0, "torchvision": 377.0, "auto": 6_100.0}
+
+
+@dataclass(frozen=True)
+class TrialCost:
+    train_hours: float
+    eval_hours: float
+    passes: int  # test-set evaluations of the trial
+    loader_bound: bool  # the loader, not the GPU, limits training
+
+    @property
+    def hours(self) -> float:
+        return self.train_hours + self.eval_hours
 
 
 @dataclass(frozen=True)
 class Estimate:
     gpu_hours: float
-    per_trial_hours: dict[str, float]
+    per_trial: dict[str, TrialCost]
+    cpus_per_trial: int
 
     def explain(self) -> str:
+        passes = sorted({c.passes for c in self.per_trial.values()})
+        bound = sum(c.loader_bound for c in self.per_trial.values())
+        shown = ", ".join(map(str, passes[:4])) + (" ..." if len(passes) > 4 else "")
         return (
-            "estimate: (epochs x train images + evaluations x test images / 3) / H100 images/s per (model, dataset) "
-            f"{ {f'{m}/{d}': int(v) for (m, d), v in H100_IMAGES_PER_S.items()} }, x1.10 when alpha != 0"
+            f"test-set passes per trial: {shown}; {bound} of {len(self.per_trial)} trials loader-bound at "
+            f"{self.cpus_per_trial} CPUs per trial; H100 train images/s "
+            f"{ {f'{m}/{d}': int(v) for (m, d), v in H100_IMAGES_PER_S.items()} }, evaluation x{EVAL_SPEEDUP:g}, "
+            f"x{REGULARIZER_OVERHEAD} when alpha != 0 (orchestrator/estimate.py)"
         )
 
 
-def trial_hours(spec: TrialSpec) -> float:
-    n_train, n_test = DATASET_SIZES[spec.dataset]
-    speed = H100_IMAGES_PER_S.get((spec.model, spec.dataset), DEFAULT_IMAGES_PER_S)
-    evals = spec.epochs + 1  # epoch 0 and after every epoch
-    if spec.eval_every_steps > 0:  # mid-epoch evaluations of the early dynamics
-        steps = n_train // spec.batch_size
-        evals += min(spec.eval_until_epoch, spec.epochs) * len(range(spec.eval_every_steps, steps, spec.eval_every_steps))
-    if spec.ablation_fractions is not None:  # per kept checkpoint: stages x k x (top-k + draws) test passes
-        ks = sum(1 for f in spec.ablation_fractions if f > 0)
-        evals += len(spec.kept_epochs()) * (1 + STAGES.get(spec.model, 4) * ks * (1 + spec.ablation_draws))
-    seconds = (spec.epochs * n_train + evals * n_test / 3) / speed
-    if spec.alpha != 0:
-        seconds *= REGULARIZER_OVERHEAD
-    return seconds / 3600
+def ablation_plan(spec: TrialSpec) -> AblationPlan | None:
+    if spec.ablation_fractions is None:
+        return None
+    return ablation_plan_of(spec)
 
 
-def estimate(specs: list[TrialSpec] | tuple[TrialSpec, ...]) -> Estimate:
-    per = {s.trial_id: trial_hours(s) for s in specs}
-    return Estimate(sum(per.values()), per)
+def evaluation_passes(spec: TrialSpec) -> tuple[int, float]:
+    """Test-set passes of one trial as it will run (epoch evaluations, mid-epoch ones, ablations),
+    and their cost in passes over the whole test set (ablations may use a subset of it)."""
+    data = DATASETS[spec.dataset]
+    passes = spec.epochs + 1  # epoch 0 and after every epoch
+    if spec.eval_every_steps > 0:
+        steps = data.n_train // spec.batch_size
+        passes += min(spec.eval_until_epoch, spec.epochs) * len(range(spec.eval_every_steps, steps, spec.eval_every_steps))
+    full: float = passes
+    plan = ablation_plan(spec)
+    if plan is not None:
+        ablation = len(spec.kept_epochs()) * plan.passes(MODELS[spec.model].stage_widths)
+        passes += ablation
+        full += ablation * min(plan.images or data.n_test, data.n_test) / data.n_test
+    return passes, full
+
+
+def trial_cost(spec: TrialSpec, cpus: int) -> TrialCost:
+    data = DATASETS[spec.dataset]
+    gpu = H100_IMAGES_PER_S.get((spec.model, spec.dataset), DEFAULT_IMAGES_PER_S)
+    loader = float("inf") if data.in_memory else max(cpus, 1) * LOADER_IMAGES_PER_CORE[spec.loader]
+    train = spec.epochs * data.n_train / min(gpu, loader) * (REGULARIZER_OVERHEAD if spec.alpha != 0 else 1.0)
+    passes, full = evaluation_passes(spec)
+    evaluate = full * data.n_test / (EVAL_SPEEDUP * gpu) + (0 if data.in_memory else data.n_test / loader)
+    return TrialCost(train / 3600, evaluate / 3600, passes, loader < gpu)
+
+
+def estimate(specs: list[TrialSpec] | tuple[TrialSpec, ...], cpus_per_trial: int | None = None) -> Estimate:
+    """GPU-hours of `specs`, each trial fed by `cpus_per_trial` cores (default: all of this machine's)."""
+    cpus = cpus_per_trial or os.cpu_count() or 1
+    per = {s.trial_id: trial_cost(s, cpus) for s in specs}
+    return Estimate(sum(c.hours for c in per.values()), per, cpus)

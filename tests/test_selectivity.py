@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import trainer.loop as loop
-from trainer.models import TrackedNet, resnet20
+from trainer.models import TrackedNet, build_model, resnet20
 from trainer.selectivity import ClassMeanAccumulator, batch_selectivity, selectivity_index
 
 EPS = 1e-7
@@ -252,3 +252,27 @@ def test_alpha_zero_never_captures(digits_setup, monkeypatch: pytest.MonkeyPatch
     # The spies work: with the regularizer on, both see every step.
     loop.train_epoch(model, opt, batches[:2], -1.0, 10, torch.device("cpu"))
     assert captures[2:] == [True, True] and len(calls) == 2
+
+
+def test_training_tolerates_a_batch_with_one_class() -> None:
+    """A batch holding a single class (tiny batches; images skipped) has no SI: that step trains on CE alone."""
+    from trainer.selectivity import TooFewClasses, batched_selectivity
+
+    g = torch.Generator().manual_seed(0)
+    feats = [torch.rand(3, 6, 4, generator=g, requires_grad=True), torch.rand(3, 6, 5, generator=g, requires_grad=True)]
+    labels = torch.tensor([[0, 1, 2, 0, 1, 2], [1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 2, 2]])
+    with pytest.raises(TooFewClasses):
+        batched_selectivity(feats, labels, 3)
+    lenient = batched_selectivity(feats, labels, 3, strict=False)
+    assert lenient[1] == 0
+    for k in (0, 2):  # the other models: exactly their own values
+        alone = batched_selectivity([f[k : k + 1] for f in feats], labels[k : k + 1], 3)
+        assert torch.equal(lenient[k : k + 1], alone)
+    lenient.sum().backward()
+    assert all(torch.isfinite(f.grad).all() for f in feats) and all((f.grad[1] == 0).all() for f in feats)
+
+    model = build_model("resnet20", 3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(4, 1, 8, 8, generator=g), torch.zeros(4, dtype=torch.long)
+    stats = loop.train_epoch(model, opt, [(x, y)], -5.0, 3, torch.device("cpu"))
+    assert stats.steps == 1 and stats.selectivity == 0.0

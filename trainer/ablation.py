@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from trainer.data import Data
 from trainer.loop import autocast
 from trainer.models import TrackedNet
+from trainer.spec import TrialSpec
 
 SELECTIONS = ("topk", "random")
 
@@ -89,6 +90,7 @@ class AblationPlan:
     counts: tuple[int, ...] = ()
     count_steps: tuple[int, int] | None = None
     draws: int = 3
+    images: int | None = None  # evaluate on this many test images (the same seeded subset for every trial); None: all
 
     def ks(self, width: int) -> list[int]:
         """The distinct k of a stage of `width` channels, ascending (counts above the width are left out)."""
@@ -99,18 +101,40 @@ class AblationPlan:
         return sorted(ks)
 
     def passes(self, widths: Sequence[int]) -> int:
-        """Evaluation passes of one checkpoint: k = 0 is the epoch's own evaluation (none), a whole
-        stage zeroed is the same network for top-k and every draw (one), any other k: top-k + draws."""
-        return sum(0 if k == 0 else 1 if k == w else 1 + self.draws for w in widths for k in self.ks(w))
+        """Evaluation passes of one checkpoint: k = 0 is the epoch's own evaluation (none; one on a
+        subset), a whole stage zeroed is the same network for top-k and every draw (one), any other
+        k: top-k + draws."""
+        ablated = sum(0 if k == 0 else 1 if k == w else 1 + self.draws for w in widths for k in self.ks(w))
+        return ablated + (1 if self.images is not None else 0)
+
+    def subset(self, n_test: int) -> torch.Tensor | None:
+        """The test images to evaluate on: a fixed seeded draw, the same for every trial (comparable curves)."""
+        if self.images is None or self.images >= n_test:
+            return None
+        return torch.from_numpy(np.sort(np.random.default_rng(0).permutation(n_test)[: self.images]))
+
+
+def ablation_plan_of(spec: TrialSpec) -> AblationPlan:
+    """The ablation a trial asks for at its end (its ablation_* fields)."""
+    return AblationPlan(
+        fractions=spec.ablation_fractions or (),
+        counts=getattr(spec, "ablation_counts", None) or (),
+        count_steps=getattr(spec, "ablation_count_steps", None),
+        draws=spec.ablation_draws,
+        images=getattr(spec, "ablation_images", None),
+    )
 
 
 @torch.no_grad()
-def heldout_accuracy(model: TrackedNet, data: Data, batch_size: int, device: torch.device) -> tuple[float, float, float | None]:
-    """(top-1 accuracy, mean cross-entropy, top-5 accuracy or None under 100 classes) on the whole test set, eval mode."""
+def heldout_accuracy(
+    model: TrackedNet, data: Data, batch_size: int, device: torch.device, subset: torch.Tensor | None = None
+) -> tuple[float, float, float | None]:
+    """(top-1 accuracy, mean cross-entropy, top-5 accuracy or None under 100 classes) on the test set
+    (or its images `subset`), eval mode."""
     model.eval()
     correct, top5, loss, n = 0.0, 0.0, 0.0, 0
     classes = 0
-    for x, y in data.test_batches(batch_size):
+    for x, y in data.test_batches(batch_size, subset):
         with autocast(device):
             logits, _ = model(x)
         logits = logits.float()
@@ -144,9 +168,13 @@ def ablation_rows(
 ) -> dict[str, list]:
     """Every (stage, k, selection, draw) accuracy of one checkpoint; `unit_csi`: layer -> CSI per unit.
 
-    `base`: the checkpoint's own evaluation (accuracy, loss, top-5), the row of k = 0.
+    `base`: the checkpoint's own evaluation (accuracy, loss, top-5), the row of k = 0; on a subset
+    of the test set (plan.images) the unablated network is evaluated on that subset instead.
     """
     rows: dict[str, list] = {c: [] for c in COLUMNS}
+    subset = plan.subset(data.n_test)
+    if subset is not None:
+        base = heldout_accuracy(model, data, batch_size, device, subset)
     for stage, blocks in stage_blocks(model).items():
         width = len(unit_csi[model.block_names[blocks[0]]])
         for k in plan.ks(width):
@@ -161,7 +189,7 @@ def ablation_rows(
                         rng = draw_seed(seed, epoch, stage, k, draw)
                         chosen = {b: choose_channels(unit_csi[model.block_names[b]], k, selection, rng) for b in blocks}
                         with ablated(model, chosen):
-                            result = heldout_accuracy(model, data, batch_size, device)
+                            result = heldout_accuracy(model, data, batch_size, device, subset)
                         whole = result if k == width else None
                     for col, v in zip(rows, (epoch, stage, k, k / width, selection, draw, *result)):
                         rows[col].append(v)

@@ -228,7 +228,7 @@ def fused_train_epoch(
             ce = _per_model_ce(logits.float(), y, "mean")
             if any_reg:
                 assert feats is not None
-                si = batched_selectivity(feats, y, num_classes, form=form, layer_names=model.block_names)
+                si = batched_selectivity(feats, y, num_classes, form=form, layer_names=model.block_names, strict=False)
                 loss = ce - alpha_t * si  # alpha_k = 0: exactly CE_k's gradient for model k
                 si_sum += si.detach()
             else:

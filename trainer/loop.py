@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from trainer import faults
 from trainer.data import Batch
 from trainer.models import TrackedNet
-from trainer.selectivity import EPS, ClassMeanAccumulator, SIForm, UnitSelectivity, batch_selectivity
+from trainer.selectivity import EPS, ClassMeanAccumulator, SIForm, TooFewClasses, UnitSelectivity, batch_selectivity
 from trainer.spec import TrialSpec
 
 
@@ -112,7 +112,7 @@ def train_epoch(
             logits, feats = model(x, capture=regularize)
             ce = F.cross_entropy(logits.float(), y)
             if regularize:
-                si = batch_selectivity(feats, y, num_classes, form=form, layer_names=model.block_names)
+                si = _selectivity_or_zero(feats, y, num_classes, form, model.block_names)
                 loss = ce - alpha * si
                 si_sum += si.detach()
             else:
@@ -151,6 +151,15 @@ def stats_from_sums(
         si_sum=si_sum or 0.0,
         correct=correct,
     )
+
+
+def _selectivity_or_zero(feats: Any, y: torch.Tensor, num_classes: int, form: SIForm | None, names: list[str]) -> torch.Tensor:
+    """SI_batch, or 0 for a batch with fewer than two classes (only tiny batches, or one shrunk by
+    skipped images, can have one): the step then trains on cross-entropy alone instead of failing."""
+    try:
+        return batch_selectivity(feats, y, num_classes, form=form, layer_names=names)
+    except TooFewClasses:
+        return torch.zeros((), device=y.device)
 
 
 def combine(parts: list[TrainStats]) -> TrainStats:

@@ -99,6 +99,10 @@ def class_sums(activations: torch.Tensor, labels: torch.Tensor, num_classes: int
     return sums, class_counts(labels, num_classes)
 
 
+class TooFewClasses(ValueError):
+    """Fewer than two classes present: class selectivity is undefined."""
+
+
 def present_classes(counts: torch.Tensor) -> torch.Tensor:
     """The ids of the classes with samples; ValueError when fewer than two (CSI is undefined then).
 
@@ -106,7 +110,7 @@ def present_classes(counts: torch.Tensor) -> torch.Tensor:
     """
     class_ids = counts.nonzero().squeeze(1)
     if class_ids.numel() < 2:
-        raise ValueError(f"class selectivity needs at least two classes present, got {class_ids.numel()}")
+        raise TooFewClasses(f"class selectivity needs at least two classes present, got {class_ids.numel()}")
     return class_ids
 
 
@@ -244,8 +248,12 @@ def batched_selectivity(
     form: SIForm | None = None,
     layer_names: list[str] | None = None,
     eps: float | None = None,
+    strict: bool = True,
 ) -> torch.Tensor:
     """SI_batch of each of K models [K], differentiable; no Python loop over K, classes or units.
+
+    `strict` False (training): a model whose batch holds fewer than two classes gets SI 0 (no
+    gradient) instead of an error, and every other model its exact value.
 
     layer_feats: per tracked layer [K, B, U_l]; labels [K, B] (each model its own batch). The value
     for model k is batch_selectivity on model k's slice, in the same form (to float rounding).
@@ -276,8 +284,9 @@ def batched_selectivity(
     counts = labels.new_zeros(k, num_classes).scatter_add_(1, labels, torch.ones_like(labels))  # [K, C]
     present = counts > 0
     n_present = present.sum(1)
-    if int(n_present.min()) < 2:  # the step's one host sync, as in batch_selectivity
-        raise ValueError(f"class selectivity needs at least two classes present, got {int(n_present.min())}")
+    undefined = int(n_present.min()) < 2  # the step's one host sync, as in batch_selectivity
+    if undefined and strict:
+        raise TooFewClasses(f"class selectivity needs at least two classes present, got {int(n_present.min())}")
     sizes = [f.shape[2] for f in feats]
     a = torch.cat(feats, dim=2)  # [K, B, U]
     u = a.shape[2]
@@ -288,8 +297,11 @@ def batched_selectivity(
         stats = sums  # absent classes: a sum over no samples, 0
     # Absent classes are 0 in stats, so summing over all C classes sums the present ones.
     mu_max = stats.masked_fill(~present.unsqueeze(2), float("-inf")).amax(1)  # [K, U]
-    mu_rest = (stats.sum(1) - mu_max) / (n_present - 1).unsqueeze(1).to(a.dtype)
+    rest_count = (n_present - 1).clamp_min(1) if undefined else n_present - 1
+    mu_rest = (stats.sum(1) - mu_max) / rest_count.unsqueeze(1).to(a.dtype)
     csi = (mu_max - mu_rest) / (mu_max + mu_rest + form.eps)
+    if undefined:  # a model whose batch has one class: no SI (0, no gradient), the others exactly as always
+        csi = torch.where((n_present >= 2).unsqueeze(1), csi, torch.zeros_like(csi))
     if form.pooling == "stages":
         sizes = [sum(layer_feats[i].shape[2] for i in g) for g in groups]  # units pooled per stage
     return torch.stack([c.mean(1) for c in csi.split(sizes, dim=1)]).mean(0)

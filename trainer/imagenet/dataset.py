@@ -126,9 +126,11 @@ class ImageNetData:
         finally:
             batches.close()  # also when the consumer stops early or raises: workers go at once
 
-    def test_batches(self, batch_size: int) -> Iterator[Batch]:
-        """The validation set in file order, normalised on the device; decoded on the first call only."""
+    def test_batches(self, batch_size: int, subset: torch.Tensor | None = None) -> Iterator[Batch]:
+        """The validation set in file order (or its images `subset`), normalised on the device; decoded on the first call only."""
         images, labels = self._val()
+        if subset is not None:
+            images, labels = images[subset.to(images.device)], labels[subset.to(labels.device)]
         for i in range(0, len(labels), batch_size):
             x = images[i : i + batch_size].to(self.device, non_blocking=True)
             yield self.normalise(x), labels[i : i + batch_size]
