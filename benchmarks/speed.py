@@ -35,7 +35,6 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.step import SYNTHETIC, step_batches, sync, synthetic_cifar
-from orchestrator.estimate import DATASET_SIZES
 from orchestrator.grid import load_grid
 from orchestrator.pack import pack
 from trainer.attempt import pick_device
@@ -44,6 +43,7 @@ from trainer.fused import FusedResNet20, fused_evaluate, fused_train_epoch
 from trainer.loop import evaluate, train_epoch
 from trainer.models import TrackedNet, build_model
 from trainer.provenance import device_name
+from trainer.registry import DATASETS
 from trainer.selectivity import batch_selectivity
 
 SINGLE_TARGET, LOADER_TARGET, FUSED_TARGET = 100_000.0, 5.0, 3.0
@@ -207,7 +207,7 @@ def projection(a: argparse.Namespace, m: dict[str, Any], img_s: dict[str, float]
     def hours(train_speed: float, eval_speed: float) -> float:
         total = 0.0
         for s in specs:
-            n_train, n_test = DATASET_SIZES[s.dataset]
+            n_train, n_test = DATASETS[s.dataset].n_train, DATASETS[s.dataset].n_test
             total += s.epochs * n_train / train_speed + (s.epochs + 1) * n_test / eval_speed
         return total / 3600
 

@@ -15,11 +15,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from imagenet_tree import make_imagenet_tree
 from orchestrator.plan import scan
 from orchestrator.sweep import main as sweep_main
 from trainer import results as R
 from trainer.cli import cli
+
+from imagenet_tree import make_imagenet_tree
 
 GRID = """name: inet
 fixed:
