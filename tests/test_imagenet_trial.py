@@ -100,3 +100,28 @@ def test_class_missing_from_train_is_named_before_anything_is_written(tmp_path: 
     err = capsys.readouterr().err
     assert tree.classes[-1] in err and err.count("\n") == 1
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.slow
+def test_a_crashed_loader_worker_fails_the_trial_visibly(tmp_path: Path) -> None:
+    """A decoding worker killed mid-epoch (as the OOM killer would): the trial reads failed with the
+    error, its lock is free (no worker keeps it), retries stop at the cap, the launcher exits 1."""
+    import os
+    import subprocess
+    import sys
+
+    from trainer.lock import is_locked
+
+    make_imagenet_tree(tmp_path / "data", per_class=4, val_per_class=1, bad=False)
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(
+        f"name: crash\nfixed: {{model: resnet20, dataset: imagenet, epochs: 1, batch_size: 2, num_workers: 1, loader: torchvision,"
+        f" data_root: {tmp_path / 'data'}, cache_dir: {tmp_path / 'cache'}}}\n"
+    )
+    env = {**os.environ, "SWEEP_FAULT": "decode-batch:2", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "orchestrator.sweep", "--grid", str(grid), "--results", str(tmp_path / "r"), "--fuse", "1"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 1, out.stdout + out.stderr
+    (state,) = scan(tmp_path / "r" / "crash").values()
+    assert state.state == "failed" and state.attempts == 3 and "worker" in (state.error or "").lower()
+    assert not is_locked(state.folder)

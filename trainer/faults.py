@@ -5,7 +5,7 @@
 
 Sites (where a crash is most dangerous): `parquet-tmp` and `json-tmp` and `checkpoint-tmp`
 (a temp file is complete but not yet renamed), `rows-written` (results written, checkpoint
-not yet), `train-step` (inside an epoch). Unset (always, outside tests) it costs one global
+not yet), `train-step` (inside an epoch), `decode-batch` (an image loader worker, per process). Unset (always, outside tests) it costs one global
 lookup per call.
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import signal
 
-SITES = ("parquet-tmp", "json-tmp", "checkpoint-tmp", "rows-written", "train-step")
+SITES = ("parquet-tmp", "json-tmp", "checkpoint-tmp", "rows-written", "train-step", "decode-batch")
 _TARGET = os.environ.get("SWEEP_FAULT")
 _counts: dict[str, int] = {}
 

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from trainer.imagenet.augment import SIZE, apply
+from trainer import faults
 from trainer.imagenet.decode import BadImage, decode_rgb, read_bytes
 from trainer.imagenet.plan import Item, Plan
 from trainer.imagenet.workers import init_worker, worker_context
@@ -74,6 +75,7 @@ class BatchTasks(Dataset):
         return self.plan.steps
 
     def __getitem__(self, step: int) -> Decoded:
+        faults.point("decode-batch")  # fault tests: a worker process dying mid-epoch
         return decode_items(self.plan, self.plan.items(step))
 
 
