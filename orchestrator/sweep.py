@@ -13,15 +13,20 @@ groups (orchestrator.backends: local, ray, slurm) -> the trial folders say how i
 
 Only what is not done runs; a finished trial never runs twice (each trial folder is locked
 while it runs, so two launchers on one sweep share the work). Everything is validated (grid,
-profile, data, the engine's own checks) before the first file is written. Exit code 0 when
-every trial of the grid is done (or submitted, for engines that do not wait), 1 when some
-failed or are still running elsewhere, 2 for a user mistake.
+profile, data, the device on this machine for the local backend, room on the results disk, the
+engine's own checks) before the first file is written. Trial folders whose spec.json lies are
+repaired from the grid (orchestrator.plan.repair_specs). Exit code 0 when every trial of the
+grid is done (or submitted, for engines that do not wait), 1 when some failed, could not run, or
+are still running in other processes (another launcher, or the orphaned workers of a killed
+one: the summary counts them as running), 2 for a user mistake (one line, argument errors too).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import typing
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,15 +34,37 @@ from orchestrator.backends import backend_for
 from orchestrator.estimate import estimate
 from orchestrator.grid import Grid, load_grid
 from orchestrator.pack import pack
-from orchestrator.plan import Plan, check_writable, make_plan, prepare, record_grid, scan, sweep_dir, trial_folder
+from orchestrator.plan import (
+    Plan,
+    check_space,
+    check_writable,
+    make_plan,
+    prepare,
+    record_grid,
+    repair_specs,
+    scan,
+    sweep_dir,
+    trial_folder,
+    trial_folders,
+)
 from orchestrator.profiles import BACKENDS, Profile, default_profile, load_profile
 from trainer.cli import EXIT_DONE, EXIT_UNFINISHED, cli
 from trainer.data import preflight_data
 from trainer.errors import UserError
+from trainer.spec import TrialSpec, quote
+
+MAX_PARALLEL = 1024
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose mistakes are one line and exit 2, like every other user mistake (no usage block)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        raise UserError(f"{self.prog}: {message[:200]} (see --help)")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m orchestrator.sweep", description="Run a YAML grid of trials.")
+    p = OneLineParser(prog="python -m orchestrator.sweep", description="Run a YAML grid of trials.")
     p.add_argument("--grid", required=True, type=Path)
     p.add_argument("--backend", choices=BACKENDS, help="default: the profile's backend, else local")
     p.add_argument("--cluster", type=Path, help="cluster profile (cluster_configs/...yaml)")
@@ -54,8 +81,8 @@ def resolve_profile(args: argparse.Namespace) -> Profile:
     if args.backend and args.backend != profile.backend:
         raise UserError(f"{args.cluster}: key 'backend' is '{profile.backend}' but --backend is '{args.backend}'; make them agree")
     if args.max_parallel is not None:
-        if profile.backend != "local" or args.max_parallel < 1:
-            raise UserError("--max-parallel: allowed only with the local backend, and >= 1")
+        if profile.backend != "local" or not 1 <= args.max_parallel <= MAX_PARALLEL:
+            raise UserError(f"--max-parallel is {args.max_parallel}: allowed only with the local backend, and 1 to {MAX_PARALLEL}")
         profile = replace(profile, max_parallel=args.max_parallel)
     if args.fuse is not None:
         if args.fuse < 1:
@@ -71,7 +98,7 @@ def groups_of(plan: Plan, profile: Profile) -> list[list[Path]]:
 
 
 def print_plan(grid: Grid, plan: Plan, profile: Profile, groups: list[list[Path]]) -> None:
-    est = estimate(plan.to_run)
+    est = estimate(plan.to_run, cpus_per_trial(profile))
     cols = ("trial_id", "state", *grid.axes)
     rows = [(s.trial_id, plan.states[s.trial_id].state, *(str(getattr(s, a)) for a in grid.axes)) for s in plan.specs]
     widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
@@ -85,12 +112,62 @@ def print_plan(grid: Grid, plan: Plan, profile: Profile, groups: list[list[Path]
     )
     fused = sum(len(g) for g in groups if len(g) > 1)
     print(
-        f"packing: {len(groups)} groups ({profile.workers()} at a time); {fused} of {len(plan.to_run)} trials train fused, "
-        f"in groups of at most {profile.fuse} (--fuse)"
+        f"packing: {fused} of {len(plan.to_run)} trials train fused, in {sum(len(g) > 1 for g in groups)} groups of at most "
+        f"{profile.fuse} (--fuse); {len(groups)} groups in all, {profile.workers()} at a time:"
     )
     for i, g in enumerate(groups):
         print(f"  group {i + 1}: {' '.join(f.name for f in g)}")
-    print(f"GPU-hours to run: {est.gpu_hours:.2f} ({est.explain()})")
+    if est.per_trial:
+        eval_share = sum(c.eval_hours for c in est.per_trial.values()) / max(est.gpu_hours, 1e-12)
+        print(f"GPU-hours to run: {est.gpu_hours:.2f}, evaluation and ablation {eval_share:.0%} of it (estimate: {est.explain()})")
+    else:
+        print(f"GPU-hours to run: 0.00 (estimate: {est.explain()})")
+
+
+def cpus_per_trial(profile: Profile) -> int:
+    """The CPU cores one group of trials gets from this profile (its loader's budget)."""
+    cpus = getattr(profile, "cpus_per_trial", None)
+    return int(cpus) if cpus else max(1, (os.cpu_count() or 1) // profile.workers())
+
+
+def check_local_devices(specs: tuple[TrialSpec, ...], where: str) -> None:
+    """The local backend trains here: a CUDA device the trials ask for must be on this machine.
+
+    torch is imported only when some trial asks for CUDA (cpu and auto need no check: auto
+    falls back to the CPU). SLURM and Ray nodes are other machines, so they are not checked here.
+    """
+    wanted = sorted({s.device for s in specs if s.device.startswith("cuda")})
+    if not wanted:
+        return
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for device in wanted:
+        index = int(device.partition(":")[2] or 0)
+        if count == 0:
+            raise UserError(
+                f"{where}: field 'device' is {quote(device)} but this machine has no CUDA device, and the local backend "
+                "trains here; allowed here: auto, cpu (or a cluster backend whose nodes have GPUs)"
+            )
+        if index >= count:
+            raise UserError(
+                f"{where}: field 'device' is {quote(device)} but this machine has {count} CUDA device(s): cuda:0 to cuda:{count - 1}"
+            )
+
+
+def summary(grid: Grid, plan: Plan) -> str:
+    """Where the grid's trials stand, every state counted (trials held by live processes as running)."""
+    n = len(plan.specs)
+    parts = [f"{plan.count('done')} done", f"{plan.count('failed')} failed"]
+    if running := plan.count("running"):
+        parts.append(f"{running} running in another process (another launcher, or the workers of a killed one: they finish on their own)")
+    for state, label in (("interrupted", "interrupted"), ("pending", "not started"), ("unreadable", "unreadable")):
+        if count := plan.count(state):
+            parts.append(f"{count} {label}")
+    line = f"{grid.name}: {', '.join(parts)} of {n} -> {plan.sweep}"
+    if plan.count("done") < n:
+        line += f"\nnot finished: see python -m orchestrator.status {plan.sweep}"
+    return line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,10 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     backend = backend_for(profile)
     grid = load_grid(args.grid, overrides=profile.trial_overrides())
     folder = sweep_dir(args.results, grid.name)
+    trial_folders(folder)  # warns once about folders under trials/ that are not trials
     max_attempts = profile.max_attempts
     if args.retry_failed:
         # One more round for every failed trial that can be retried (diverged ones stay failed).
-        max_attempts += max((s.attempts for s in scan(folder).values()), default=0)
+        max_attempts += max((s.attempts for s in scan(folder, warn=None).values()), default=0)
     plan = make_plan(grid.specs, folder, max_attempts)
     groups = groups_of(plan, profile)
     if args.dry_run:
@@ -112,12 +190,21 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_DONE
     check_writable(folder)
     backend.preflight(plan)  # the engine's own checks (commands, partition, cluster address)
+    if profile.backend == "local":
+        device_from = args.cluster if args.cluster and "device" in profile.trial_overrides() else args.grid
+        check_local_devices(plan.to_run, str(device_from))
     for dataset, root, cache in sorted({(s.dataset, s.resolved_data_root(), s.cache_dir or "") for s in plan.to_run}):
         preflight_data(dataset, root, cache or None)
+    check_space(folder, plan.to_run)
+    for line in repair_specs(plan):
+        print(f"repaired: {line}", file=sys.stderr)
     if not plan.to_run:
         print_plan(grid, plan, profile, groups)
-        print("nothing to run: every trial is done (or failed beyond its attempts; see orchestrator.status)")
-        return EXIT_DONE if plan.count("done") == len(plan.specs) else EXIT_UNFINISHED
+        if plan.count("done") == len(plan.specs):
+            print("nothing to run: every trial is done")
+            return EXIT_DONE
+        print(f"nothing to run here (the rest failed beyond their attempts, or runs elsewhere)\n{summary(grid, plan)}")
+        return EXIT_UNFINISHED
     prepare(plan)
     record_grid(args.grid, folder)
     print(
@@ -131,12 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     if not launch.waited:
         return EXIT_DONE
     final = make_plan(grid.specs, folder, max_attempts)
-    others = final.count("running")
-    print(
-        f"{grid.name}: {final.count('done')} done, {final.count('failed')} failed"
-        + (f", {others} running in another process" if others else "")
-        + f" of {len(final.specs)} -> {folder}"
-    )
+    print(summary(grid, final))
     return EXIT_DONE if final.count("done") == len(final.specs) else EXIT_UNFINISHED
 
 

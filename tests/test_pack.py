@@ -68,3 +68,21 @@ def test_local_sweep_fuses_by_default_and_fuse_1_runs_each_alone(tmp_path: Path,
     code = cli(sweep_main, ["--grid", str(tmp_path / "grid.yaml"), "--results", str(tmp_path / "x"), "--fuse", "0"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err[-1] == "error: --fuse is 0; allowed: >= 1 (1: every trial alone)" and not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_dry_run_prints_exactly_the_groups_the_run_uses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--dry-run --max-parallel N packs with the worker count, as the run does: the same groups, line for line."""
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("name: g\nfixed: {epochs: 1, batch_size: 512}\nsweep: {alpha: [-3, 0, 3], seed: [0, 1]}\n")
+    args = ["--grid", str(grid), "--results", str(tmp_path / "r"), "--max-parallel", "2"]
+    assert cli(sweep_main, [*args, "--dry-run"]) == 0
+    shown = {frozenset(line.split(": ", 1)[1].split()) for line in capsys.readouterr().out.splitlines() if line.startswith("  group ")}
+    assert len(shown) == 2  # 6 trials, 2 workers: two fused groups of 3, not one of 6
+    assert cli(sweep_main, args) == 0
+    ran = set()
+    for log in (tmp_path / "r" / "g" / "trials").glob("*/trainer.log"):
+        for line in log.read_text().splitlines():
+            if ": trainer.group " in line:
+                ran.add(frozenset(line.split(": trainer.group ", 1)[1].split()))
+    assert ran == shown
