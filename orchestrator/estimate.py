@@ -30,6 +30,11 @@ H100_IMAGES_PER_S = {
     ("resnet20", "cifar10"): 30_000.0,  # CIFAR ResNet-18 eager: 23.8k img/s on an A100; ResNet20 is 13x lighter
     ("resnet18", "tinyimagenet"): 10_000.0,  # ~4x the FLOPs of CIFAR ResNet-18 (64x64, stride-1 stem)
     ("resnet50", "imagenet"): 3_000.0,  # NVIDIA's PyTorch examples: 2,470 img/s per A100 with AMP; MLPerf H100: ~7k
+    # By FLOPs (multiply-adds per image) against the conservative ResNet-50 anchor (4.1 G):
+    ("resnet18", "imagenet"): 6_800.0,  # 1.8 G: 3,000 x 4.1 / 1.8
+    ("resnet34", "imagenet"): 3_400.0,  # 3.6 G: 3,000 x 4.1 / 3.6
+    ("resnet50", "tinyimagenet"): 2_300.0,  # 3x3 stem, no max-pool: stage 1 at 64x64, not 56x56: ~5.2 G
+    ("vgg16", "cifar10"): 25_000.0,  # 0.33 G (convs 0.31, fc1 on the 1x1 map 0.02): 37k by FLOPs; held under ResNet20's 30k launch bound
 }
 DEFAULT_IMAGES_PER_S = 3_000.0  # any other pairing: assume ResNet-50-class cost
 REGULARIZER_OVERHEAD = 1.10
@@ -71,7 +76,7 @@ class Estimate:
 
 
 def ablation_plan(spec: TrialSpec) -> AblationPlan | None:
-    if spec.ablation_fractions is None:
+    if not spec.ablates():
         return None
     return ablation_plan_of(spec)
 

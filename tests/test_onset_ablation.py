@@ -36,8 +36,8 @@ def digits():
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished digits trial with mid-epoch evaluations and every checkpoint kept."""
-    folder = tmp_path_factory.mktemp("trial")
     spec = TrialSpec(sweep="t", epochs=2, batch_size=128, eval_every_steps=4, eval_until_epoch=1)
+    folder = tmp_path_factory.mktemp("trial") / spec.trial_id  # a trial folder is named by its trial id
     assert run_trial(spec, folder) == "done"
     return folder
 
@@ -62,6 +62,8 @@ def test_mid_epoch_rows_and_kept_checkpoints(trained: Path) -> None:
 def test_resume_with_mid_epoch_rows_keeps_one_row_each(tmp_path: Path, trained: Path) -> None:
     """Killed in the middle of epoch 2 (after its mid-epoch rows): no row is duplicated."""
     spec = TrialSpec(sweep="t", epochs=2, batch_size=128, eval_every_steps=4, eval_until_epoch=2)
+    tmp_path = tmp_path / spec.trial_id  # trainer.run wants the folder named by the trial id
+    tmp_path.mkdir()
     (tmp_path / "spec.json").write_text(json.dumps(spec.to_dict()))
     cmd = [sys.executable, "-m", "trainer.run", "--spec", str(tmp_path / "spec.json")]
     env = {**os.environ, "SWEEP_FAULT": "train-step:17", "OMP_NUM_THREADS": "1"}  # step 6 of epoch 2
@@ -194,3 +196,35 @@ def test_absolute_counts_and_the_ranadive_schedule() -> None:
     # Ranadive et al.: k in range(0, C/2, 15) and range(C/2, C + 1, 40)
     assert AblationPlan(count_steps=(15, 40)).ks(256) == [*range(0, 128, 15), *range(128, 257, 40)]
     assert AblationPlan(fractions=(0.0, 1.0), draws=2).passes([16]) == 1  # k = 0 none, k = 16 one
+
+
+def test_trial_ablates_counts_on_a_test_subset(tmp_path: Path) -> None:
+    """Absolute counts and a seeded subset of the test set, from the trial's own fields, in its own job."""
+    spec = TrialSpec(
+        sweep="t", epochs=1, batch_size=256, keep_checkpoints=(1,), ablation_counts=(0, 8, 100), ablation_draws=1, ablation_images=100
+    )
+    folder = tmp_path / spec.trial_id
+    assert run_trial(spec, folder) == "done"
+    rows = pd.read_parquet(folder / "ablations.parquet")
+    assert sorted(rows.k.unique()) == [0, 8]  # 100 is wider than every ResNet20 stage: left out
+    assert set(rows.stage) == {1, 2, 3} and rows.top5.isna().all()
+    assert rows[rows.k == 0].accuracy.nunique() == 1
+    assert (rows.accuracy * 100).round(6).mod(1).eq(0).all()  # every accuracy, k = 0 too, is a count out of the 100 images
+
+
+@pytest.mark.parametrize(
+    ("fields", "needle"),
+    [
+        ({"ablation_counts": []}, "ablation_counts"),
+        ({"ablation_counts": [-1]}, "ablation_counts"),
+        ({"ablation_count_steps": [15]}, "ablation_count_steps"),
+        ({"ablation_count_steps": [0, 40]}, "ablation_count_steps"),
+        ({"ablation_images": 5}, "ablation_images"),
+        ({"ablation_images": 10**6}, "ablation_images"),
+    ],
+)
+def test_ablation_fields_are_checked(fields: dict, needle: str) -> None:
+    from trainer.spec import SpecError
+
+    with pytest.raises(SpecError, match=needle):
+        TrialSpec.from_dict(fields)

@@ -116,12 +116,13 @@ class AblationPlan:
 
 def ablation_plan_of(spec: TrialSpec) -> AblationPlan:
     """The ablation a trial asks for at its end (its ablation_* fields)."""
+    steps = spec.ablation_count_steps
     return AblationPlan(
         fractions=spec.ablation_fractions or (),
-        counts=getattr(spec, "ablation_counts", None) or (),
-        count_steps=getattr(spec, "ablation_count_steps", None),
+        counts=spec.ablation_counts or (),
+        count_steps=(steps[0], steps[1]) if steps else None,
         draws=spec.ablation_draws,
-        images=getattr(spec, "ablation_images", None),
+        images=spec.ablation_images,
     )
 
 

@@ -21,10 +21,13 @@ from pathlib import Path
 
 from trainer import results as R
 from trainer.ablate import ablate_trial
+from trainer.ablation import ablation_plan_of
 from trainer.attempt import StopRequest, attempt, stop_on_signal
 from trainer.cli import EXIT_DONE, EXIT_FAILED, command
+from trainer.data import Data
 from trainer.epochs import train_members
 from trainer.errors import UserError
+from trainer.represent import represent_if_asked
 from trainer.spec import TrialSpec
 from trainer.status import read_status
 
@@ -38,28 +41,42 @@ def run_trial(spec: TrialSpec, folder: str | Path, stop: StopRequest | None = No
     """
     with attempt(spec, Path(folder)) as a:
         if a.final is None:
-            train_members([a], fused=False, stop=stop)
+            data = train_members([a], fused=False, stop=stop)
             if a.final is None:  # not diverged
-                ablate_if_asked(spec, a.folder)
+                ablate_if_asked(spec, a.folder, data)
+                represent_if_asked(spec, a.folder, data)
     assert a.final is not None
     return a.final
 
 
-def ablate_if_asked(spec: TrialSpec, folder: Path) -> None:
-    """The trial's own ablation job (field ablation_fractions), in the same attempt as its training."""
-    if spec.ablation_fractions is not None:
-        ablate_trial(folder, spec.ablation_fractions, spec.ablation_draws, spec.device, require_done=False)
+def ablate_if_asked(spec: TrialSpec, folder: Path, data: Data | None = None) -> None:
+    """The trial's own ablation job (fields ablation_*), in the same attempt as its training, on the
+    training's data (a streamed validation set is decoded once for the whole job)."""
+    if spec.ablates():
+        ablate_trial(folder, ablation_plan_of(spec), spec.device, require_done=False, data=data)
 
 
 def read_spec(path: Path) -> TrialSpec:
-    """A spec.json given on a command line; a missing or malformed one is a user mistake."""
+    """A spec.json given on a command line; a missing or malformed one is a user mistake.
+
+    Its folder must be named by its trial id (`<trials>/<trial_id>/spec.json`, as launchers
+    make them): a folder named otherwise would train and exit 0, then be refused by the
+    collector, and a hand-edited spec.json in a trial's folder would train another trial there.
+    """
     if not path.is_file():
         raise UserError(f"{path}: no such spec file")
     try:
         raw = R.read_json(path)
-    except (ValueError, UnicodeDecodeError) as err:
+    except (OSError, ValueError, UnicodeDecodeError) as err:
         raise UserError(f"{path}: not valid JSON ({str(err)[:80]})") from None
-    return TrialSpec.from_dict(raw, where=str(path))
+    spec = TrialSpec.from_dict(raw, where=str(path))
+    folder = path.absolute().parent
+    if folder.name != spec.trial_id:
+        raise UserError(
+            f"{path}: the spec of trial {spec.trial_id}, but its folder is named {folder.name[:40]!r}; "
+            f"a trial's files go in a folder named by its id: move it to {folder.parent / spec.trial_id}/spec.json"
+        )
+    return spec
 
 
 def outcome_line(spec: TrialSpec, folder: Path, state: str) -> str:

@@ -12,8 +12,10 @@ import dataclasses
 import functools
 import hashlib
 import json
+import math
 import os
 import re
+import reprlib
 import types
 import typing
 from collections.abc import Mapping
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainer.errors import UserError
-from trainer.registry import DATASET_NAMES, MODEL_NAMES, MODELS
+from trainer.registry import DATASET_NAMES, DATASETS, MODEL_NAMES, MODELS
 
 
 class SpecError(UserError):
@@ -48,6 +50,11 @@ LR_SCHEDULES = ("step", "cosine")
 SI_POOLINGS = ("layers", "stages")
 SI_CLASS_STATS = ("mean", "sum")
 LOADERS = ("auto", "dali", "torchvision")
+INPUT_NORMS = ("dataset", "half")  # as trainer.data.INPUT_NORMS (this module does not import torch)
+MAX_EPOCHS = 10_000  # beyond any real run; a typo like 1000000000 must not allocate per-epoch state
+MAX_SEED = 2**32 - 1  # numpy's seed range; torch's generators take seed * 1_000_003 + epoch (< 2**64)
+MAX_DRAWS = 1_000  # random ablation draws per (epoch, stage, k)
+MAX_WORKERS = 256  # DataLoader workers per trial
 
 
 @dataclass(frozen=True)
@@ -84,13 +91,25 @@ class TrialSpec:
     si_pooling: str = _field("layers", "later")  # layers | stages
     si_skip_last_stage: bool = _field(False, "later")
     si_class_stat: str = _field("mean", "later")  # mean | sum
+    # Input normalisation: the data set's channel statistics, or 0.5 / 0.5 (Ranadive et al.'s CIFAR recipe).
+    input_norm: str = _field("dataset", "later")  # dataset | half
     # Epochs whose checkpoints are kept for analysis (ablations) beside the rolling resume
     # checkpoint; None: 0 to 15, then every 10 (as Ranadive et al.); []: none.
     keep_checkpoints: tuple[int, ...] | None = _field(None, "label")
     # Channel ablation of the kept checkpoints at the end of the trial, in the same job (so it
-    # runs on every backend): fractions of each block's channels to zero; None: no ablation.
+    # runs on every backend; trainer/ablation.py): k channels of each stage zeroed, k from
+    # fractions of the stage's width, absolute counts, and/or Ranadive et al.'s schedule
+    # [a, b]: k in range(0, C/2, a) and range(C/2, C+1, b); all None: no ablation.
     ablation_fractions: tuple[float, ...] | None = _field(None, "label")
+    ablation_counts: tuple[int, ...] | None = _field(None, "label")
+    ablation_count_steps: tuple[int, ...] | None = _field(None, "label")
     ablation_draws: int = _field(3, "label")  # random draws per (epoch, stage, k)
+    ablation_images: int | None = _field(None, "label")  # a seeded subset of the test set; None: all of it
+    # Representation job at the end of the trial (trainer/represent.py, docs/analysis.md): each kept
+    # checkpoint's per-layer activations on a fixed seeded subset of the test set (represent_images
+    # images; None: all up to 10,000, ImageNet 5,000), stored for CKA / PWCCA, and their dimensionality.
+    represent: bool = _field(False, "label")
+    represent_images: int | None = _field(None, "label")
     device: str = _field("auto", "resource")  # auto | cpu | cuda | cuda:N
     num_workers: int = _field(0, "resource")  # DataLoader workers, streaming data sets only
     data_root: str | None = _field(None, "resource")  # None: $SWEEP_DATA_ROOT, else ./data
@@ -125,7 +144,7 @@ class TrialSpec:
         kwargs: dict[str, Any] = {}
         for key, value in data.items():
             if key not in allowed:
-                raise SpecError(f"{where}: unknown field '{key}'; allowed: {', '.join(allowed)}")
+                raise SpecError(f"{where}: unknown field {quote(key)}; allowed: {', '.join(allowed)}")
             kwargs[key] = coerce(key, value, where)
         try:
             return cls(**kwargs)
@@ -135,7 +154,7 @@ class TrialSpec:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of every field (tuples become lists)."""
         out = {name: getattr(self, name) for name in _FIELD_NAMES}  # not asdict: it deep-copies (slow)
-        for key in ("lr_milestones", "keep_checkpoints", "ablation_fractions"):
+        for key in ("lr_milestones", "keep_checkpoints", "ablation_fractions", "ablation_counts", "ablation_count_steps"):
             if out[key] is not None:
                 out[key] = list(out[key])
         return out
@@ -193,13 +212,17 @@ class TrialSpec:
             return []
         return list(range(self.eval_every_steps, steps_per_epoch, self.eval_every_steps))
 
+    def ablates(self) -> bool:
+        """Whether the trial ends with a channel ablation of its kept checkpoints."""
+        return any(v is not None for v in (self.ablation_fractions, self.ablation_counts, self.ablation_count_steps))
+
     def resolved_data_root(self) -> str:
         """The data root on this machine: the spec's, else $SWEEP_DATA_ROOT, else ./data."""
         return self.data_root or os.environ.get("SWEEP_DATA_ROOT") or "./data"
 
     def data_options(self) -> dict[str, Any]:
         """The keyword arguments of trainer.data.load_dataset this trial asks for."""
-        return {"num_workers": self.num_workers, "loader": self.loader, "cache_dir": self.cache_dir}
+        return {"num_workers": self.num_workers, "loader": self.loader, "cache_dir": self.cache_dir, "norm": self.input_norm}
 
 
 # ---- the roles, derived from the fields ----------------------------------------------------
@@ -249,8 +272,16 @@ def coerce(key: str, value: Any, where: str = "spec") -> Any:
     try:
         return coerce_type(tp, value)
     except TypeError:
-        shown = json.dumps(value) if isinstance(value, (str, int, float, bool, type(None))) else type(value).__name__
+        shown = _json_quote(value) if isinstance(value, (str, int, float, bool, type(None))) else type(value).__name__
         raise SpecError(f"{where}: field '{key}' must be {type_name(tp)}, got {shown}") from None
+
+
+def _json_quote(value: str | int | float | bool | None) -> str:
+    """A scalar as JSON/YAML writes it ("1e-5" quoted, so text is seen as text), at most ~80 characters."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
+        return quote(value)
+    text = json.dumps(value[:100] if isinstance(value, str) else value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def coerce_type(tp: Any, value: Any) -> Any:
@@ -280,7 +311,10 @@ def coerce_type(tp: Any, value: Any) -> Any:
         raise TypeError
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:  # an int beyond any float
+                raise TypeError from None
         raise TypeError
     if tp is str:
         if isinstance(value, str):
@@ -290,36 +324,124 @@ def coerce_type(tp: Any, value: Any) -> Any:
 
 
 def _check_values(s: TrialSpec) -> None:
-    """Value checks beyond types; messages say what is allowed."""
-    if s.model not in MODEL_NAMES:
-        raise SpecError(f"field 'model' is '{s.model}'; allowed: {', '.join(MODEL_NAMES)}")
-    if s.dataset not in DATASET_NAMES:
-        raise SpecError(f"field 'dataset' is '{s.dataset}'; allowed: {', '.join(DATASET_NAMES)}")
-    for name, allowed in (("si_pooling", SI_POOLINGS), ("si_class_stat", SI_CLASS_STATS), ("loader", LOADERS)):
+    """Value checks beyond types; messages say what is allowed.
+
+    Bounds are those of what the trainer does with a value: a seed feeds torch.manual_seed and
+    numpy (and, times 1_000_003 plus the epoch, each epoch's generator), so it stays within 32
+    bits; a batch larger than the training set would take no optimizer step at all; an onset at
+    or after the last epoch would never regularize. Nonsense is refused here, before a launcher
+    writes anything, rather than recorded as a finished trial.
+    """
+    for name, allowed in (
+        ("model", MODEL_NAMES), ("dataset", DATASET_NAMES), ("lr_schedule", LR_SCHEDULES),
+        ("si_pooling", SI_POOLINGS), ("si_class_stat", SI_CLASS_STATS), ("loader", LOADERS), ("input_norm", INPUT_NORMS),
+    ):  # fmt: skip
         if getattr(s, name) not in allowed:
-            raise SpecError(f"field '{name}' is '{getattr(s, name)}'; allowed: {', '.join(allowed)}")
-    if s.lr_schedule not in LR_SCHEDULES:
-        raise SpecError(f"field 'lr_schedule' is '{s.lr_schedule}'; allowed: {', '.join(LR_SCHEDULES)}")
-    positive = {"epochs": s.epochs, "batch_size": s.batch_size, "lr": s.lr}
-    for name, value in positive.items():
-        if not value > 0:
-            raise SpecError(f"field '{name}' is {value}; allowed: a number > 0")
-    if s.batch_size < 2:
-        raise SpecError("field 'batch_size' is 1; allowed: >= 2 (class means need two samples)")
-    for name in ("momentum", "weight_decay", "num_workers", "onset_epoch", "seed", "eval_every_steps", "eval_until_epoch"):
-        if getattr(s, name) < 0:
-            raise SpecError(f"field '{name}' is {getattr(s, name)}; allowed: >= 0")
-    if not s.alpha == s.alpha or abs(s.alpha) == float("inf"):
-        raise SpecError(f"field 'alpha' is {s.alpha}; allowed: a finite number")
-    if s.offset_epoch is not None and s.offset_epoch <= s.onset_epoch:
-        raise SpecError(f"field 'offset_epoch' is {s.offset_epoch}; allowed: null or > onset_epoch ({s.onset_epoch})")
-    if s.ablation_fractions is not None and not all(0 <= f <= 1 for f in s.ablation_fractions):
-        raise SpecError(f"field 'ablation_fractions' is {list(s.ablation_fractions)}; allowed: fractions in [0, 1]")
-    if s.ablation_draws < 1:
-        raise SpecError(f"field 'ablation_draws' is {s.ablation_draws}; allowed: >= 1")
-    if s.lr_milestones is not None and list(s.lr_milestones) != sorted(set(s.lr_milestones)):
-        raise SpecError(f"field 'lr_milestones' is {list(s.lr_milestones)}; allowed: strictly increasing epochs")
+            raise SpecError(f"field '{name}' is {quote(getattr(s, name))}; allowed: {', '.join(allowed)}")
+    for name in ("alpha", "lr", "momentum", "weight_decay", "lr_gamma"):
+        if not math.isfinite(getattr(s, name)):
+            raise SpecError(f"field '{name}' is {getattr(s, name)}; allowed: a finite number")
+    _in_range(s, "epochs", 1, MAX_EPOCHS)
+    n_train = DATASETS[s.dataset].n_train
+    _in_range(s, "batch_size", 2, n_train, f" (class means need two samples; {s.dataset} has {n_train} training images)")
+    if not s.lr > 0:
+        raise SpecError(f"field 'lr' is {s.lr}; allowed: a number > 0")
+    if not 0 <= s.momentum < 1:
+        raise SpecError(f"field 'momentum' is {s.momentum}; allowed: 0 <= momentum < 1")
+    if s.weight_decay < 0:
+        raise SpecError(f"field 'weight_decay' is {s.weight_decay}; allowed: >= 0")
+    if not 0 < s.lr_gamma <= 1:
+        raise SpecError(f"field 'lr_gamma' is {s.lr_gamma}; allowed: 0 < lr_gamma <= 1 (the lr is multiplied by it at each milestone)")
+    _in_range(s, "seed", 0, MAX_SEED)
+    _in_range(s, "onset_epoch", 0, s.epochs - 1, f" (0-based training epochs of a {s.epochs}-epoch trial)")
+    if s.offset_epoch is not None and not s.onset_epoch < s.offset_epoch <= s.epochs:
+        raise SpecError(
+            f"field 'offset_epoch' is {s.offset_epoch}; allowed: null or {s.onset_epoch + 1} to {s.epochs} "
+            f"(after onset_epoch {s.onset_epoch}, at most epochs)"
+        )
+    if s.lr_milestones is not None:
+        ms = list(s.lr_milestones)
+        if ms != sorted(set(ms)) or any(not 0 < m < s.epochs for m in ms):
+            raise SpecError(
+                f"field 'lr_milestones' is {quote(ms)}; allowed: strictly increasing epochs between 1 and {s.epochs - 1} "
+                "(null: 50% and 75% of the epochs)"
+            )
+    if s.keep_checkpoints is not None and any(not 0 <= e <= s.epochs for e in s.keep_checkpoints):
+        raise SpecError(f"field 'keep_checkpoints' is {quote(list(s.keep_checkpoints))}; allowed: epochs between 0 and {s.epochs}")
+    steps = n_train // s.batch_size
+    if s.eval_every_steps != 0:
+        _in_range(
+            s,
+            "eval_every_steps",
+            1,
+            max(1, steps - 1),
+            f" or 0 (off): {s.dataset} at batch_size {s.batch_size} has {steps} steps per epoch",
+        )
+    _in_range(s, "eval_until_epoch", 0, s.epochs)
+    if (s.eval_every_steps == 0) != (s.eval_until_epoch == 0):
+        raise SpecError(
+            f"fields 'eval_every_steps' ({s.eval_every_steps}) and 'eval_until_epoch' ({s.eval_until_epoch}): "
+            "allowed: both 0, or both set (evaluate every N steps during epochs 1..M)"
+        )
+    if s.ablation_fractions is not None and (not s.ablation_fractions or not all(0 <= f <= 1 for f in s.ablation_fractions)):
+        raise SpecError(
+            f"field 'ablation_fractions' is {quote(list(s.ablation_fractions))}; allowed: null, or a non-empty list of fractions in [0, 1]"
+        )
+    if s.ablation_counts is not None and (not s.ablation_counts or min(s.ablation_counts) < 0):
+        raise SpecError(f"field 'ablation_counts' is {quote(list(s.ablation_counts))}; allowed: null, or a non-empty list of counts >= 0")
+    if s.ablation_count_steps is not None and (len(s.ablation_count_steps) != 2 or min(s.ablation_count_steps) < 1):
+        raise SpecError(
+            f"field 'ablation_count_steps' is {quote(list(s.ablation_count_steps))}; allowed: null, or [a, b] with a, b >= 1 "
+            "(k in range(0, C/2, a) and range(C/2, C+1, b))"
+        )
+    _in_range(s, "ablation_draws", 1, MAX_DRAWS)
+    if s.ablation_images is not None:
+        _in_range(s, "ablation_images", 10, DATASETS[s.dataset].n_test, f" or null (test images of {s.dataset})")
+    _check_analysis(s)
+    _in_range(s, "num_workers", 0, MAX_WORKERS)
     if not (s.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d{1,3}", s.device)):
-        raise SpecError(f"field 'device' is '{s.device}'; allowed: auto, cpu, cuda, cuda:N")
-    if not s.sweep or any(c in s.sweep for c in "/\\\0") or s.sweep in (".", ".."):
-        raise SpecError(f"field 'sweep' is '{s.sweep}'; allowed: a plain name without path separators")
+        raise SpecError(f"field 'device' is {quote(s.device)}; allowed: auto, cpu, cuda, cuda:N")
+    if not s.sweep or any(c in s.sweep for c in "/\\") or s.sweep in (".", "..") or not s.sweep.isprintable():
+        raise SpecError(f"field 'sweep' is {quote(s.sweep)}; allowed: a plain printable name without path separators")
+    for name in ("data_root", "cache_dir"):
+        value = getattr(s, name)
+        if value is not None and (not value or "\0" in value or "\n" in value):
+            raise SpecError(f"field '{name}' is {quote(value)}; allowed: null or a path (no empty text, NUL or newline)")
+
+
+def _check_analysis(s: TrialSpec) -> None:
+    """The model takes the data set's images; the representation job has checkpoints and images to read."""
+    model, data = MODELS[s.model], DATASETS[s.dataset]
+    if data.image_size < model.min_image_size:
+        raise SpecError(
+            f"field 'model' is {quote(s.model)}, which needs images of at least {model.min_image_size} px; "
+            f"dataset {quote(s.dataset)} has {data.image_size} px images"
+        )
+    if s.represent_images is not None:
+        _in_range(s, "represent_images", 10, data.n_test, f" or null (test images of {s.dataset})")
+    if s.represent and not s.kept_epochs():
+        raise SpecError("field 'represent' is true but keep_checkpoints is []; allowed: keep the epochs to analyse, or represent: false")
+
+
+def _in_range(s: TrialSpec, name: str, low: int, high: int, why: str = "") -> None:
+    value = getattr(s, name)
+    if not low <= value <= high:
+        raise SpecError(f"field '{name}' is {quote(value)}; allowed: {low} to {high}{why}")
+
+
+def quote(value: object, limit: int = 80) -> str:
+    """`repr(value)`, cut to `limit` characters: an error message never echoes a huge value.
+
+    reprlib stops early in long or deep containers, so a value built from a YAML alias bomb or a
+    10 MB string costs no more to show than a short one.
+    """
+    try:
+        text = _SHORT.repr(value)
+    except ValueError:  # an int too long to print (sys.get_int_max_str_digits)
+        text = f"<an int of {value.bit_length()} bits>" if isinstance(value, int) else f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong = 3, 70, 70, 40
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = 8
