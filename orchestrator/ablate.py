@@ -13,7 +13,6 @@ job resumes where it stopped. Then `python -m orchestrator.collect` adds the abl
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -22,13 +21,13 @@ from orchestrator.plan import scan
 from orchestrator.progress import Progress
 from orchestrator.runner import WorkerPool, last_line, make_slots
 from trainer.ablate import KEPT, add_plan_arguments, plan_from_arguments
-from trainer.cli import EXIT_BUSY, EXIT_DONE
+from trainer.cli import EXIT_BUSY, EXIT_DONE, ArgumentParser
 
 ABLATE_LOG = "ablate.log"
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m orchestrator.ablate", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m orchestrator.ablate", description=__doc__.split("\n\n")[0])
     p.add_argument("sweep", type=Path)
     add_plan_arguments(p)
     p.add_argument("--max-parallel", type=int, default=1)

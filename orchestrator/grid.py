@@ -1,4 +1,4 @@
-"""Grid files (SPEC 3): strict YAML -> validated trial specs. Pure: reads one file, writes nothing.
+"""Grid files: strict YAML -> validated trial specs. Pure: reads one file, writes nothing.
 
     name: cifar10-resnet20-alpha          # the sweep's folder name under the results root
     description: free text                # optional
@@ -7,8 +7,9 @@
       alpha: [-10, 0, 10]
       seed: [0, 1, 2]
 
-Every error is one line naming the file, the key and what is allowed; the whole grid is
-validated before anything is written or submitted.
+Every error is one line naming the file, the key and what is allowed (quoting at most ~80
+characters of a value); the whole grid is validated before anything is written or submitted.
+The name must be text and match NAME_RE to its very end (`\\Z`: `$` would let "x\\n" through).
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from typing import Any
 
 from orchestrator.strict import load_yaml
 from trainer.errors import UserError
-from trainer.spec import SpecError, TrialSpec, coerce, field_names
+from trainer.spec import SpecError, TrialSpec, coerce, field_names, quote
 
 GRID_KEYS = ("name", "description", "fixed", "sweep")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")  # \Z, not $: no trailing newline
 MAX_TRIALS = 100_000
 
 
@@ -46,10 +47,8 @@ def load_grid(path: str | Path, overrides: dict[str, Any] | None = None) -> Grid
         raise UserError(f"{path}: a grid must be a mapping with keys {', '.join(GRID_KEYS)}")
     for key in raw:
         if key not in GRID_KEYS:
-            raise UserError(f"{path}: unknown top-level key '{key}'; allowed: {', '.join(GRID_KEYS)}")
-    name = raw.get("name")
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise UserError(f"{path}: key 'name' is {name!r}; allowed: 1-100 letters, digits, '.', '_', '-', starting with a letter or digit")
+            raise UserError(f"{path}: unknown top-level key {quote(key)}; allowed: {', '.join(GRID_KEYS)}")
+    name = _name(raw.get("name"), path)
     description = raw.get("description", "")
     if not isinstance(description, str):
         raise UserError(f"{path}: key 'description' must be text")
@@ -60,7 +59,7 @@ def load_grid(path: str | Path, overrides: dict[str, Any] | None = None) -> Grid
     for section, values in (("fixed", fixed), ("sweep", axes)):
         for key in values:
             if key not in fields:
-                raise UserError(f"{path}: unknown field '{section}.{key}'; allowed: {', '.join(fields)}")
+                raise UserError(f"{path}: unknown field {quote(f'{section}.{key}')}; allowed: {', '.join(fields)}")
     for key in fixed.keys() & axes.keys():
         raise UserError(f"{path}: field '{key}' is both in 'fixed' and in 'sweep'; give it in one place")
 
@@ -68,7 +67,7 @@ def load_grid(path: str | Path, overrides: dict[str, Any] | None = None) -> Grid
     checked_axes: dict[str, list[Any]] = {}
     for key, values in axes.items():
         if not isinstance(values, list) or not values:
-            raise UserError(f"{path}: sweep axis '{key}' must be a non-empty list of values, got {values!r}")
+            raise UserError(f"{path}: sweep axis '{key}' must be a non-empty list of values, got {quote(values)}")
         checked_axes[key] = [coerce(key, v, f"{path}: sweep.{key}[{i}]") for i, v in enumerate(values)]
 
     n_expanded = 1
@@ -84,10 +83,24 @@ def load_grid(path: str | Path, overrides: dict[str, Any] | None = None) -> Grid
         try:
             spec = TrialSpec(**data)
         except SpecError as err:
-            at = ", ".join(f"{k}={v}" for k, v in point.items())
+            at = ", ".join(f"{k}={quote(v, 40) if isinstance(v, (str, tuple)) else v}" for k, v in point.items())
             raise UserError(f"{path}: trial ({at or 'fixed only'}): {err}") from None
         specs.setdefault(spec.trial_id, spec)
     return Grid(name, description, path, tuple(specs.values()), tuple(checked_axes), n_expanded)
+
+
+def _name(name: Any, path: Path) -> str:
+    """The grid's name: text matching NAME_RE in full; a number gets the quoting hint."""
+    allowed = "1-100 letters, digits, '.', '_', '-', starting with a letter or digit"
+    if name is None:
+        raise UserError(f"{path}: key 'name' is missing; allowed: {allowed} (the sweep's folder under the results root)")
+    if isinstance(name, (int, float)) and not isinstance(name, bool):
+        raise UserError(f"{path}: key 'name' is {quote(name)}, a number; a name must be text: write name: \"{quote(name)}\"")
+    if not isinstance(name, str):
+        raise UserError(f"{path}: key 'name' must be text, got {quote(name)} ({type(name).__name__}); allowed: {allowed}")
+    if not NAME_RE.match(name):
+        raise UserError(f"{path}: key 'name' is {quote(name)}; allowed: {allowed}")
+    return name
 
 
 def _section(raw: dict[str, Any], key: str, path: Path) -> dict[str, Any]:

@@ -5,22 +5,52 @@ submitit's bookkeeping, so a sweep can move between backends and a launcher can 
 time: the next `sweep` or `status` reads the same truth. A trial's state is what
 `trainer.status.observe` makes of its status.json and its lock (pending, running, interrupted,
 done, failed, or unreadable).
+
+Only real trials count. A folder under trials/ whose name is not a 12-hex trial id (`notes/`,
+a backup) is ignored, with one warning per command. A trial folder whose spec.json does not
+hash to the folder's name (garbage, missing, edited by hand) is never trusted: `scan` shows it
+as unreadable, and a launcher whose grid holds that trial id rewrites spec.json from the grid
+(`repair_specs`): the folder name is the trial's identity, and the grid's spec for it is the
+truth. A launcher also refuses to start when the results folder lacks the room for one
+checkpoint (`check_space`), so a full disk is one line, not a crash loop.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import sys
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from trainer.errors import UserError
-from trainer.results import SPEC, read_json, replace_atomically, write_json
-from trainer.spec import TrialSpec
+from trainer.lock import is_locked
+from trainer.results import SPEC, STATUS, read_json, replace_atomically, write_json
+from trainer.spec import SpecError, TrialSpec
 from trainer.status import TrialState, observe
 
 DEFAULT_MAX_ATTEMPTS = 3
+TRIAL_ID = re.compile(r"[0-9a-f]{12}")
+# Bytes of one checkpoint (fp32 weights, momentum, BatchNorm buffers) by model and data set (its
+# classes and image size), rounded up; tests/test_redteam.py checks them against the real networks.
+CHECKPOINT_BYTES: dict[str, dict[str, int]] = {
+    "resnet20": {"digits": 2_200_000, "cifar10": 2_200_000, "tinyimagenet": 2_300_000, "imagenet": 2_700_000},
+    "resnet18": {"digits": 89_500_000, "cifar10": 89_500_000, "tinyimagenet": 90_300_000, "imagenet": 93_600_000},
+    "resnet34": {"digits": 170_400_000, "cifar10": 170_400_000, "tinyimagenet": 171_200_000, "imagenet": 174_500_000},
+    "resnet50": {"digits": 188_400_000, "cifar10": 188_400_000, "tinyimagenet": 191_500_000, "imagenet": 204_700_000},
+    "vgg16": {"cifar10": 269_200_000, "tinyimagenet": 325_700_000, "imagenet": 1_106_900_000},
+}
+ROWS_BYTES = 1_000_000
+
+Warn = Callable[[str], None]
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def sweep_dir(results_root: str | Path, name: str) -> Path:
@@ -31,14 +61,73 @@ def trial_folder(sweep: Path, trial_id: str) -> Path:
     return sweep / "trials" / trial_id
 
 
-def scan(sweep: Path) -> dict[str, TrialState]:
-    """States of every trial folder of a sweep, by trial_id."""
+def is_trial_id(name: str) -> bool:
+    return TRIAL_ID.fullmatch(name) is not None
+
+
+def trial_folders(sweep: Path, warn: Warn | None = _warn) -> list[Path]:
+    """The folders under `<sweep>/trials/` named like a trial id, sorted; one warning names the others."""
     trials = sweep / "trials"
     if not trials.is_dir():
-        return {}
+        return []
     with os.scandir(trials) as it:
-        folders = sorted(Path(e.path) for e in it if e.is_dir())
-    return {f.name: observe(f) for f in folders}
+        entries = [(e.name, e.is_dir()) for e in it]
+    folders = sorted(trials / name for name, is_dir in entries if is_dir and is_trial_id(name))
+    others = sorted(name for name, is_dir in entries if not (is_dir and is_trial_id(name)) and not name.startswith("."))
+    if others and warn is not None:
+        shown = ", ".join(repr(n)[:40] for n in others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        warn(f"{trials}: ignored {len(others)} entr{'y' if len(others) == 1 else 'ies'} not named by a trial id (12 hex digits): {shown}")
+    return folders
+
+
+def spec_problem(folder: Path) -> str | None:
+    """Why `folder/spec.json` does not prove the folder's trial (None: it does); short, for one line.
+
+    Missing, unreadable, not a valid spec, or the spec of another trial (its hash is not the
+    folder's name: edited by hand, or copied from elsewhere).
+    """
+    path = folder / SPEC
+    try:
+        raw = read_json(path)
+    except FileNotFoundError:
+        return "no spec.json"
+    except OSError as err:
+        return f"spec.json unreadable ({err.strerror or err})"
+    except ValueError:  # not JSON, not UTF-8
+        return "spec.json is not JSON"
+    try:
+        spec = TrialSpec.from_dict(raw, "spec.json")
+    except SpecError as err:
+        return f"spec.json is no valid spec ({str(err).removeprefix('spec.json: ')[:40]})"
+    if spec.trial_id != folder.name:
+        return f"spec.json hashes to {spec.trial_id}, not the folder's id"
+    return None
+
+
+REPAIR_HINT = "rerun the sweep to repair it from the grid"
+STATUS_HINT = "rerun the sweep, the trial's next attempt rebuilds it"
+
+
+def scan(sweep: Path, warn: Warn | None = _warn) -> dict[str, TrialState]:
+    """States of every trial folder of a sweep, by trial_id (what `orchestrator.status` shows).
+
+    A folder whose spec.json does not prove its trial is `unreadable`, with the reason and the
+    fix, whatever its status.json says: a done trial whose spec is garbage is not done.
+    """
+    out = {}
+    for folder in trial_folders(sweep, warn):
+        state = observe(folder)
+        if state.state != "running" and (problem := spec_problem(folder)) is not None:
+            if problem == "no spec.json" and not (folder / STATUS).exists():
+                state = TrialState(folder.name, folder, "pending")  # a folder just made, or left empty
+            else:
+                state = TrialState(folder.name, folder, "unreadable", state.status, reason=f"{problem}; {REPAIR_HINT}")
+        elif state.state == "unreadable":  # status.json: the next attempt rebuilds it from the folder
+            detail = (state.reason or "").replace(f"{folder / STATUS}: ", "").removeprefix("status.json unreadable ")
+            reason = f"status.json unreadable: {STATUS_HINT} {detail[:80]}"
+            state = TrialState(folder.name, folder, "unreadable", state.status, reason=reason)
+        out[folder.name] = state
+    return out
 
 
 @dataclass(frozen=True)
@@ -68,22 +157,83 @@ def prepare(plan: Plan) -> list[Path]:
 
     spec.json is rewritten each time so its resource fields (device, data root) are those of
     this launch; its science fields are the trial_id's, so a resumed trial trains the same.
+    A write that fails (a full disk) is one line naming the file.
     """
     check_writable(plan.sweep)
     folders = []
     for spec in plan.to_run:
         folder = trial_folder(plan.sweep, spec.trial_id)
-        folder.mkdir(parents=True, exist_ok=True)
-        write_json(spec.to_dict(), folder / SPEC)
+        with _writing(folder / SPEC):
+            folder.mkdir(parents=True, exist_ok=True)
+            write_json(spec.to_dict(), folder / SPEC)
         folders.append(folder)
     return folders
+
+
+def repair_specs(plan: Plan) -> list[str]:
+    """Rewrite, from the grid, the spec.json of the grid's trials whose spec.json lies; returns what was repaired.
+
+    The folder's name is the trial id and the grid holds the spec with that id, so the grid's
+    spec is the truth (resource fields included: those of this launch). A folder another live
+    process holds is left alone (its process read its spec already; it is repaired next time).
+    """
+    repaired = []
+    for spec in plan.specs:
+        folder = trial_folder(plan.sweep, spec.trial_id)
+        if not folder.is_dir() or (problem := spec_problem(folder)) is None:
+            continue
+        if problem == "no spec.json" and not (folder / STATUS).exists():
+            continue  # nothing there yet: prepare writes it if the trial runs
+        if is_locked(folder):
+            continue
+        with _writing(folder / SPEC):
+            write_json(spec.to_dict(), folder / SPEC)
+        repaired.append(f"{folder}: {problem}; rewrote spec.json from the grid")
+    return repaired
+
+
+@contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """A write of the launcher's to `path`: an OSError (full disk, read-only mount) becomes one line."""
+    try:
+        yield
+    except OSError as err:
+        for tmp in path.parent.glob(f".{path.name}.tmp-*"):
+            tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write {path} ({err.strerror or err}); free space there or choose another folder with --results") from None
 
 
 def record_grid(grid_path: Path, sweep: Path) -> None:
     """Keep the grid file that launched the sweep beside its trials (provenance)."""
     tmp = sweep / f".grid.yaml.tmp-{os.getpid()}"
-    tmp.write_bytes(Path(grid_path).read_bytes())
-    replace_atomically(tmp, sweep / "grid.yaml")
+    with _writing(sweep / "grid.yaml"):
+        tmp.write_bytes(Path(grid_path).read_bytes())
+        replace_atomically(tmp, sweep / "grid.yaml")
+
+
+def check_space(sweep: Path, specs: Iterable[TrialSpec]) -> None:
+    """One line, before anything is written, when the results folder cannot hold one more checkpoint.
+
+    A trial keeps its previous checkpoint while writing the next, so it needs at least one
+    checkpoint's room (plus its rows) free to make any progress; less, and every attempt would
+    fail with ENOSPC. More room than that is not required: a disk that fills up later fails
+    trials, which launchers record and stop retrying after their attempts.
+    """
+    need = max((CHECKPOINT_BYTES.get(s.model, {}).get(s.dataset, 0) + ROWS_BYTES for s in specs), default=0)
+    if not need:
+        return
+    probe = sweep
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError:
+        return  # check_writable says what is wrong with the folder
+    if free < need:
+        raise UserError(
+            f"results folder {sweep} has {free / 1e6:.1f} MB free; a trial needs at least {need / 1e6:.1f} MB "
+            "(a checkpoint and its rows); free space there or choose another folder with --results"
+        )
 
 
 def check_writable(sweep: Path) -> None:
@@ -105,4 +255,8 @@ def check_writable(sweep: Path) -> None:
 
 
 def load_spec(folder: Path) -> TrialSpec:
-    return TrialSpec.from_dict(read_json(folder / SPEC), where=str(folder / SPEC))
+    """The trial's spec from its spec.json; ValueError (SpecError) unless it hashes to the folder's name."""
+    spec = TrialSpec.from_dict(read_json(folder / SPEC), where=str(folder / SPEC))
+    if spec.trial_id != folder.name and is_trial_id(folder.name):
+        raise SpecError(f"{folder / SPEC}: hashes to {spec.trial_id}, not the folder's id; {REPAIR_HINT}")
+    return spec

@@ -3,12 +3,20 @@
 `load_yaml` uses PyYAML's safe loader (never constructs Python objects) with two fixes:
 duplicate keys are errors (PyYAML silently keeps the last), and `1e-5` is a number (YAML 1.1
 reads it as a string; YAML 1.2 and every user read it as 1e-05).
+
+It also bounds what a file can cost before anything is built from it: at most MAX_BYTES of text,
+and at most MAX_NODES values once aliases are expanded (a "billion laughs" document of a few
+hundred bytes expands to billions; its node graph is counted while still small, before any
+expansion). Only regular files are read (a FIFO would block, a folder is no grid), and every
+error message quotes at most ~80 characters of a value (`trainer.spec.quote`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
+import stat
 import typing
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,7 +25,10 @@ from typing import Any, TypeVar
 import yaml
 
 from trainer.errors import UserError
-from trainer.spec import SpecError, coerce_type, type_name
+from trainer.spec import SpecError, coerce_type, quote, type_name
+
+MAX_BYTES = 1_000_000  # a grid or profile is a page of text; anything this big is a mistake
+MAX_NODES = 100_000  # values in the document with every alias expanded
 
 
 class StrictLoader(yaml.SafeLoader):
@@ -29,7 +40,7 @@ class StrictLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 line = key_node.start_mark.line + 1
-                raise UserError(f"{self.name}: key '{key}' appears twice (lines {seen[key]} and {line}); keys must be unique")
+                raise UserError(f"{self.name}: key {quote(key)} appears twice (lines {seen[key]} and {line}); keys must be unique")
             seen[key] = key_node.start_mark.line + 1
         return super().construct_mapping(node, deep=deep)
 
@@ -52,24 +63,96 @@ StrictLoader.add_implicit_resolver(
 def load_yaml(path: str | Path, what: str) -> Any:
     """Parse a YAML file strictly; any problem is one UserError line naming the file."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such {what} file")
+    text = _read_text(path, what)
+    loader = StrictLoader(text)
+    loader.name = str(path)
     try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: cannot read {what} ({err})") from None
-    try:
-        loader = StrictLoader(text)
-        loader.name = str(path)
-        try:
-            return loader.get_single_data()
-        finally:
-            loader.dispose()
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expanded_size(node, path)
+        return loader.construct_document(node)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise UserError(f"{path}: malformed YAML{where}: {problem}") from None
+        raise UserError(f"{path}: malformed YAML{where}: {problem[:200]}") from None
+    except RecursionError:
+        raise UserError(f"{path}: malformed YAML: nested too deeply") from None
+    except UserError:
+        raise
+    except ValueError as err:  # e.g. an integer literal of thousands of digits
+        raise UserError(f"{path}: malformed YAML: {str(err)[:200]}") from None
+    finally:
+        loader.dispose()
+
+
+def _read_text(path: Path, what: str) -> str:
+    """The file's text: a regular file of at most MAX_BYTES of UTF-8, else one UserError line."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such {what} file") from None
+    except OSError as err:
+        raise UserError(f"{path}: cannot read {what} ({err.strerror or err})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise UserError(f"{path}: a folder, not a {what} file; give the YAML file itself")
+    if not stat.S_ISREG(st.st_mode):
+        raise UserError(f"{path}: not a regular file (a FIFO, socket or device); give a {what} file")
+    if st.st_size > MAX_BYTES:
+        raise UserError(f"{path}: {st.st_size} bytes; a {what} file may have at most {MAX_BYTES}")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_BYTES + 1)
+    except OSError as err:
+        raise UserError(f"{path}: cannot read {what} ({err.strerror or err})") from None
+    if len(data) > MAX_BYTES:
+        raise UserError(f"{path}: more than {MAX_BYTES} bytes; a {what} file may have at most {MAX_BYTES}")
+    try:
+        return data.decode()
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: cannot read {what} (not UTF-8 text: {err.reason} at byte {err.start})") from None
+
+
+def _check_expanded_size(root: yaml.Node, path: Path) -> None:
+    """Refuse a document with more than MAX_NODES values once its aliases are expanded, or a
+    recursive alias. Counted on the node graph (each node once, iteratively): cheap whatever
+    the expansion would be."""
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        kids = _children(node)
+        if children_done:
+            on_path.discard(key)
+            sizes[key] = 1 + sum(sizes[id(k)] for k in kids)
+            if sizes[key] > MAX_NODES:
+                raise UserError(
+                    f"{path}: the document expands to more than {MAX_NODES} values (YAML aliases: *name); "
+                    "write the values out, or use fewer nested aliases"
+                )
+            continue
+        if key in sizes:
+            continue
+        if key in on_path:
+            raise UserError(f"{path}: malformed YAML: a recursive alias (a value that contains itself)")
+        on_path.add(key)
+        stack.append((node, True))
+        for kid in kids:
+            if id(kid) in on_path:
+                raise UserError(f"{path}: malformed YAML: a recursive alias (a value that contains itself)")
+            if id(kid) not in sizes:
+                stack.append((kid, False))
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
 
 
 T = TypeVar("T")
@@ -84,11 +167,11 @@ def from_mapping(cls: type[T], data: Any, where: str) -> T:
     kwargs = {}
     for key, value in data.items():
         if key not in hints:
-            raise UserError(f"{where}: unknown key '{key}'; allowed: {', '.join(allowed)}")
+            raise UserError(f"{where}: unknown key {quote(key)}; allowed: {', '.join(allowed)}")
         try:
             kwargs[key] = coerce_type(hints[key], value)
         except TypeError:
-            raise UserError(f"{where}: key '{key}' must be {type_name(hints[key])}, got {value!r}") from None
+            raise UserError(f"{where}: key '{key}' must be {type_name(hints[key])}, got {quote(value)}") from None
     try:
         return cls(**kwargs)
     except (SpecError, UserError) as err:

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from trainer.data import DataInfo, DataMissing, TensorData, load_dataset, random_crop, read_digits
+from trainer.spec import TrialSpec
 
 CPU = torch.device("cpu")
 
@@ -247,13 +248,15 @@ def test_loading_never_touches_the_network(tmp_path: Path, monkeypatch: pytest.M
 
 def test_cli_missing_data_exits_2_with_one_line(tmp_path: Path, trainer_cli, write_spec) -> None:
     root = tmp_path / "no-data-here"
-    spec_path = write_spec(tmp_path / "trial", dataset="cifar10", epochs=1, data_root=str(root))
+    fields = {"dataset": "cifar10", "epochs": 1, "data_root": str(root)}
+    folder = tmp_path / TrialSpec.from_dict(fields).trial_id  # trainer.run wants the folder named by the trial id
+    spec_path = write_spec(folder, **fields)
     out = trainer_cli(spec_path)
     assert out.returncode == 2, out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in out.stderr
     assert str(root / "cifar-10-batches-py") in lines[0]
-    status = json.loads((tmp_path / "trial" / "status.json").read_text())
+    status = json.loads((folder / "status.json").read_text())
     assert status["state"] == "failed" and status["error_kind"] == "user"
     assert not root.exists()
 

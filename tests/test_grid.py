@@ -66,7 +66,7 @@ BAD_GRIDS = {
     "bool as number": ("name: g\nsweep: {alpha: [yes]}\n", "sweep.alpha[0]: field 'alpha' must be float"),
     "empty axis": ("name: g\nsweep: {alpha: []}\n", "sweep axis 'alpha' must be a non-empty list"),
     "scalar axis": ("name: g\nsweep: {alpha: 3}\n", "sweep axis 'alpha' must be a non-empty list"),
-    "unknown model": ("name: g\nfixed: {model: vgg16}\n", "allowed: resnet20, resnet18, resnet50"),
+    "unknown model": ("name: g\nfixed: {model: vgg19}\n", "allowed: resnet20, resnet18, resnet50"),
     "unknown dataset": ("name: g\nfixed: {dataset: mnist}\n", "allowed: digits, cifar10, tinyimagenet, imagenet"),
     "both fixed and swept": ("name: g\nfixed: {seed: 1}\nsweep: {seed: [1, 2]}\n", "both in 'fixed' and in 'sweep'"),
     "path traversal": ("name: ../../etc\n", "key 'name' is '../../etc'"),

@@ -1,4 +1,8 @@
-"""The three networks: tracked blocks (SPEC 1.1), their names and sizes, and activation capture."""
+"""The networks: tracked blocks (SPEC 1.1), their names and sizes, and activation capture.
+
+Stems, torchvision equivalence and the catalog: tests/test_models_zoo.py; whole trials of the
+newer networks on fake data trees: tests/test_models_trials.py.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +14,20 @@ from trainer.models import MODELS, TrackedNet, build_model
 EXPECTED_UNITS = {
     "resnet20": [16] * 3 + [32] * 3 + [64] * 3,
     "resnet18": [64, 64, 128, 128, 256, 256, 512, 512],
+    "resnet34": [64] * 3 + [128] * 4 + [256] * 6 + [512] * 3,
     "resnet50": [256] * 3 + [512] * 4 + [1024] * 6 + [2048] * 3,
+    "vgg16": [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512, 4096, 4096],
 }
-BLOCKS_PER_STAGE = {"resnet20": (3, 3, 3), "resnet18": (2, 2, 2, 2), "resnet50": (3, 4, 6, 3)}
-# Cheap inputs: (channels, size). resnet50 downsamples 32x; 32x32 still leaves 1x1 at the end.
-INPUTS = {"resnet20": (3, 32), "resnet18": (3, 16), "resnet50": (3, 32)}
+BLOCKS_PER_STAGE = {
+    "resnet20": (3, 3, 3),
+    "resnet18": (2, 2, 2, 2),
+    "resnet34": (3, 4, 6, 3),
+    "resnet50": (3, 4, 6, 3),
+    "vgg16": (2, 2, 3, 3, 3, 2),
+}
+# Cheap inputs: (channels, size). resnet34/50 (ImageNet stem by default) and vgg16 downsample 32x;
+# 32x32 still leaves 1x1 at the end.
+INPUTS = {"resnet20": (3, 32), "resnet18": (3, 16), "resnet34": (3, 32), "resnet50": (3, 32), "vgg16": (3, 32)}
 
 
 @pytest.fixture(scope="module", params=list(MODELS))
@@ -29,14 +42,14 @@ def expected_names(name: str) -> list[str]:
 
 def test_tracked_blocks(net: tuple[str, TrackedNet]) -> None:
     name, model = net
-    assert len(model.block_names) == {"resnet20": 9, "resnet18": 8, "resnet50": 16}[name]
+    assert len(model.block_names) == {"resnet20": 9, "resnet18": 8, "resnet34": 16, "resnet50": 16, "vgg16": 15}[name]
     assert model.block_names == expected_names(name)
     assert model.units_per_layer() == EXPECTED_UNITS[name]
     assert model.head.out_features == 7
 
 
 def test_capture_equals_hooked_block_outputs(net: tuple[str, TrackedNet]) -> None:
-    """capture=True returns, per block, the spatial mean of its output (read here with forward hooks)."""
+    """capture=True returns, per block, the spatial mean of its output, or a fully connected output as is (read here with forward hooks)."""
     name, model = net
     c, size = INPUTS[name]
     x = torch.randn(2, c, size, size, generator=torch.Generator().manual_seed(1))
@@ -52,9 +65,9 @@ def test_capture_equals_hooked_block_outputs(net: tuple[str, TrackedNet]) -> Non
     assert feats is not None and len(feats) == len(hooked) == len(EXPECTED_UNITS[name])
     for f, out, units in zip(feats, hooked, EXPECTED_UNITS[name]):
         assert f.shape == (2, units) and f.dtype == torch.float32
-        assert out.dim() == 4 and out.shape[1] == units
-        torch.testing.assert_close(f, out.mean(dim=(2, 3)), rtol=1e-6, atol=1e-7)
-        assert (out >= 0).all()  # after the ReLU that follows the skip addition
+        assert out.dim() in (2, 4) and out.shape[1] == units
+        torch.testing.assert_close(f, out.mean(dim=(2, 3)) if out.dim() == 4 else out, rtol=1e-6, atol=1e-7)
+        assert (out >= 0).all()  # after the ReLU (in ResNets, the one that follows the skip addition)
     with torch.no_grad():
         plain_logits, none = model(x, capture=False)
         default_logits, none2 = model(x)

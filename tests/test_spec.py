@@ -73,7 +73,7 @@ def test_float_string_rejected() -> None:
 @pytest.mark.parametrize(
     "key,value,allowed",
     [
-        ("model", "resnet34", registry.MODEL_NAMES),
+        ("model", "resnet101", registry.MODEL_NAMES),
         ("dataset", "mnist", registry.DATASET_NAMES),
         ("lr_schedule", "linear", ("step", "cosine")),
         ("device", "tpu", ("auto", "cpu", "cuda")),
@@ -153,6 +153,7 @@ SCIENCE_CHANGES = [
     {"si_pooling": "stages"},
     {"si_skip_last_stage": True},
     {"si_class_stat": "sum"},
+    {"input_norm": "half"},
 ]
 WINDOW_CHANGES = [{"onset_epoch": 5}, {"offset_epoch": 3}, {"onset_epoch": 5, "offset_epoch": 9}]
 
@@ -251,6 +252,7 @@ def test_later_fields_at_their_default_keep_old_trial_ids() -> None:
     assert TrialSpec(eval_every_steps=0, eval_until_epoch=0).trial_id == DEFAULT_TRIAL_ID
     assert TrialSpec(si_pooling="layers", si_skip_last_stage=False, si_class_stat="mean").trial_id == DEFAULT_TRIAL_ID
     assert TrialSpec(keep_checkpoints=(1, 2)).trial_id == DEFAULT_TRIAL_ID  # analysis setting
+    assert TrialSpec(input_norm="dataset", represent=True, represent_images=100).trial_id == DEFAULT_TRIAL_ID
 
 
 def test_kept_epochs_default_follows_the_paper() -> None:

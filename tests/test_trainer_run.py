@@ -201,7 +201,8 @@ RESUME_SPEC = {"sweep": "resume", "epochs": 4, "alpha": -2.0, "device": "cpu"}
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The 4-epoch trial run straight through, by the command every backend calls."""
-    folder = tmp_path_factory.mktemp("uninterrupted")
+    folder = tmp_path_factory.mktemp("uninterrupted") / TrialSpec.from_dict(RESUME_SPEC).trial_id
+    folder.mkdir()
     (folder / "spec.json").write_text(json.dumps(RESUME_SPEC))
     out = subprocess.run([sys.executable, "-m", "trainer.run", "--spec", str(folder / "spec.json")],
                          capture_output=True, text=True, timeout=300)  # fmt: skip
@@ -219,8 +220,8 @@ def last_epoch_on_disk(folder: Path) -> int:
 
 @pytest.mark.slow
 def test_resume_after_sigkill(tmp_path: Path, uninterrupted: Path, trainer_cli) -> None:
-    folder = tmp_path / "killed"
-    folder.mkdir()
+    folder = tmp_path / "killed" / TrialSpec.from_dict(RESUME_SPEC).trial_id
+    folder.mkdir(parents=True)
     (folder / "spec.json").write_text(json.dumps(RESUME_SPEC))
     proc = subprocess.Popen([sys.executable, "-m", "trainer.run", "--spec", str(folder / "spec.json")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
@@ -263,8 +264,8 @@ sys.exit(run.main(["--spec", sys.argv[1]]))
 
 @pytest.mark.slow
 def test_resume_when_killed_between_rows_and_checkpoint(tmp_path: Path, uninterrupted: Path, trainer_cli) -> None:
-    folder = tmp_path / "torn"
-    folder.mkdir()
+    folder = tmp_path / "torn" / TrialSpec.from_dict(RESUME_SPEC).trial_id
+    folder.mkdir(parents=True)
     (folder / "spec.json").write_text(json.dumps(RESUME_SPEC))
     out = subprocess.run([sys.executable, "-c", KILL_BEFORE_CHECKPOINT, str(folder / "spec.json")],
                          capture_output=True, text=True, timeout=300)  # fmt: skip

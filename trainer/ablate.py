@@ -22,11 +22,11 @@ from trainer import results as R
 from trainer.ablation import AblationPlan, ablation_rows
 from trainer.attempt import pick_device
 from trainer.checkpoint import KEPT
-from trainer.cli import EXIT_DONE, command
-from trainer.data import Data, data_info, eval_batch_size, load_dataset
+from trainer.cli import EXIT_DONE, ArgumentParser, command
+from trainer.data import Data, eval_batch_size, load_dataset
 from trainer.errors import UserError
 from trainer.lock import TrialLock
-from trainer.models import build_model
+from trainer.models import build_for
 from trainer.spec import TrialSpec
 from trainer.status import read_status
 
@@ -76,10 +76,9 @@ def ablate_trial(
     if not epochs:
         raise UserError(f"{folder}: no kept checkpoints under {KEPT}/ (see the trial field keep_checkpoints)")
     device = pick_device(device_name or spec.device)
-    info = data_info(spec.dataset)
     if data is None:
         data = load_dataset(spec.dataset, spec.resolved_data_root(), device, **spec.data_options())
-    model = build_model(spec.model, info.num_classes, info.in_channels).to(device)
+    model = build_for(spec.model, spec.dataset).to(device)
     path = folder / ABLATIONS
     schema = R.trial_schema(spec)
     tables = [pq.read_table(path)] if path.exists() else []
@@ -129,7 +128,7 @@ def plan_from_arguments(args: argparse.Namespace) -> AblationPlan:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m trainer.ablate", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m trainer.ablate", description=__doc__.split("\n\n")[0])
     p.add_argument("--trial", required=True, type=Path, help="a finished trial's folder")
     add_plan_arguments(p)
     p.add_argument("--device", default=None)

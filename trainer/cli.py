@@ -15,10 +15,12 @@ into SystemExit, so the trial's attempt records itself as interrupted before the
 
 from __future__ import annotations
 
+import argparse
 import signal
 import sys
 from collections.abc import Callable
 from types import FrameType
+from typing import NoReturn
 
 from trainer.errors import Checkpointed, UserError
 from trainer.lock import TrialBusy
@@ -58,6 +60,14 @@ def command(body: Callable[[], int]) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose mistakes are one line (`python -m x: error: ...; see --help`), exit code 2, like every other user mistake."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {self.prog}: {message}; see {self.prog} --help", file=sys.stderr)
+        raise SystemExit(EXIT_USER)
 
 
 def cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:

@@ -15,6 +15,8 @@ mid-epoch resume has consumed already. `data.skipped` counts unreadable images (
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import pickle
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
@@ -103,9 +105,11 @@ class TensorData:
                 x = torch.where(flips[sl].to(self.device).view(-1, 1, 1, 1), x.flip(3), x)
             yield self.normalise(x), self.train_y[idx]
 
-    def test_batches(self, batch_size: int) -> Iterator[Batch]:
-        for i in range(0, self.n_test, batch_size):
-            yield self.normalise(self.test_x[i : i + batch_size]), self.test_y[i : i + batch_size]
+    def test_batches(self, batch_size: int, subset: torch.Tensor | None = None) -> Iterator[Batch]:
+        """The test set in order, or the images `subset` (indices) of it."""
+        x, y = (self.test_x, self.test_y) if subset is None else (self.test_x[subset.to(self.device)], self.test_y[subset.to(self.device)])
+        for i in range(0, len(y), batch_size):
+            yield self.normalise(x[i : i + batch_size]), y[i : i + batch_size]
 
 
 def random_crop(x: torch.Tensor, pad: int, shifts: torch.Tensor) -> torch.Tensor:
@@ -144,7 +148,7 @@ REQUIRED: dict[str, tuple[tuple[str, ...], str]] = {
 def check_data(name: str, root: str | Path) -> None:
     """Raise DataMissing (one line: the path looked at, how to get the data) unless `name` is there.
 
-    Cheap (a few stat calls): launchers call it before submitting anything.
+    Cheap (a few stat calls): what every trial checks as it opens its data.
     """
     root = Path(root).expanduser()
     paths, how = REQUIRED[name]
@@ -159,14 +163,89 @@ def check_data(name: str, root: str | Path) -> None:
 def preflight_data(name: str, root: str | Path, cache_dir: str | Path | None = None) -> None:
     """A launcher's check of data set `name` before anything is written: one DataMissing line if unusable.
 
-    The files are there; for ImageNet also its train/val classes agree (which builds or loads its
+    Not only there but readable, so a damaged copy fails the launch at once, naming the file,
+    rather than every trial and each of its attempts: every CIFAR-10 batch file loads (with the
+    same restricted unpickler the trials use) and holds images and labels; Tiny ImageNet's class
+    folders and validation images are listable and non-empty and a first image of each decodes.
+    ImageNet's train/val classes must agree (trainer.imagenet.preflight, which builds or loads its
     cached manifest, so the trials never list the tree).
     """
     check_data(name, root)
-    if name == "imagenet":
+    root = Path(root).expanduser()
+    if name == "cifar10":
+        for path in _cifar_files(root):
+            _read_cifar_batch(path)
+    elif name == "tinyimagenet":
+        _preflight_tinyimagenet(root / "tiny-imagenet-200")
+    elif name == "imagenet":
         from trainer.imagenet import preflight
 
-        preflight(Path(root).expanduser(), cache_dir)
+        preflight(root, cache_dir)
+
+
+def _unusable(name: str, path: Path, what: str) -> DataMissing:
+    return DataMissing(f"dataset '{name}': {path} {what}; {REQUIRED[name][1]}")
+
+
+def _preflight_tinyimagenet(folder: Path) -> None:
+    """Class folders whose images are all non-empty files, validation images of known classes
+    likewise; the first image of each side decodes. A stat per image: cheap beside a decode."""
+    train = folder / "train"
+    try:
+        classes = sorted(p for p in train.iterdir() if p.is_dir())
+    except OSError as err:
+        raise _unusable("tinyimagenet", train, f"cannot be listed ({err.strerror or err})") from None
+    if not classes:
+        raise _unusable("tinyimagenet", train, "has no class folders")
+    first: list[Path] = []
+    for wnid in classes:
+        images = wnid / "images"
+        try:
+            with os.scandir(images) as it:
+                found = sorted((e.name, e.stat().st_size) for e in it if e.name.endswith(".JPEG"))
+        except OSError as err:
+            raise _unusable("tinyimagenet", images, f"cannot be listed ({err.strerror or err})") from None
+        if not found:
+            raise _unusable("tinyimagenet", images, "holds no .JPEG image")
+        for name, size in found:
+            if size == 0:
+                raise _unusable("tinyimagenet", images / name, "is empty (0 bytes)")
+        first = first or [images / found[0][0]]
+    annotations = folder / "val" / "val_annotations.txt"
+    wnids_file = folder / "wnids.txt"  # the classes, as read_tinyimagenet takes them
+    try:
+        lines = [line for line in annotations.read_text().splitlines() if line.strip()]
+        known = set(wnids_file.read_text().split()) if wnids_file.exists() else {c.name for c in classes}
+    except (OSError, UnicodeDecodeError) as err:
+        raise _unusable("tinyimagenet", annotations.parent.parent, f"has an unreadable text file ({str(err)[:100]})") from None
+    if not lines:
+        raise _unusable("tinyimagenet", annotations, "is empty")
+    for number, line in enumerate(lines, start=1):
+        fields = line.split("\t")
+        if len(fields) < 2 or fields[1] not in known:
+            shown = fields[1][:40] if len(fields) > 1 else line[:40]
+            raise _unusable("tinyimagenet", annotations, f"line {number}: {shown!r} is not '<image><TAB><wnid>' of a known class")
+        image = folder / "val" / "images" / fields[0]
+        try:
+            empty = image.stat().st_size == 0
+        except OSError as err:
+            why = f"(line {number} of {annotations.name}) cannot be read ({err.strerror or err})"
+            raise _unusable("tinyimagenet", image, why) from None
+        if empty:
+            raise _unusable("tinyimagenet", image, "is empty (0 bytes)")
+    for image in (first[0], folder / "val" / "images" / lines[0].split("\t")[0]):
+        _decode(image)
+
+
+def _decode(path: Path) -> np.ndarray:
+    """One Tiny ImageNet image as uint8 [3, 64, 64]; DataMissing naming the file if it does not decode."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB").resize((64, 64))).transpose(2, 0, 1)
+    except (OSError, SyntaxError, ValueError, EOFError) as err:  # PIL's ways of saying "not an image"
+        raise _unusable("tinyimagenet", path, f"is not a readable image ({type(err).__name__}: {str(err)[:80]})") from None
 
 
 def read_digits(root: Path) -> tuple[Batch, Batch]:
@@ -212,17 +291,40 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR batch file")
 
 
+def _cifar_files(root: Path) -> list[Path]:
+    folder = root / "cifar-10-batches-py"
+    return [folder / f"data_batch_{i}" for i in range(1, 6)] + [folder / "test_batch"]
+
+
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    with open(path, "rb") as f:
-        d = _ArraysOnlyUnpickler(f, encoding="bytes").load()
-    x = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-    return x, np.asarray(d[b"labels"], dtype=np.int64)
+    """One batch file's images [N, 3, 32, 32] and labels [N]; a file that is not one is a
+    DataMissing line naming it (zero bytes, truncated, not a pickle, or code in the pickle)."""
+    try:
+        with open(path, "rb") as f:
+            d = _ArraysOnlyUnpickler(f, encoding="bytes").load()
+        x = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        y = np.asarray(d[b"labels"], dtype=np.int64)
+        if len(x) == 0 or y.shape != (len(x),) or not ((y >= 0) & (y < 10)).all():
+            raise ValueError(f"{len(x)} images but labels of shape {y.shape} (expected one label 0-9 per image)")
+    except pickle.UnpicklingError as err:  # what the restricted unpickler refuses, or not a pickle
+        raise CifarUnreadable(_unreadable(path, err)) from None
+    except (OSError, EOFError, ValueError, KeyError, TypeError, IndexError, AttributeError) as err:
+        raise DataMissing(_unreadable(path, err)) from None
+    return x, y
+
+
+def _unreadable(path: Path, err: BaseException) -> str:
+    size = path.stat().st_size if path.exists() else 0
+    why = f"{type(err).__name__}: {str(err)[:100]}" if str(err) else type(err).__name__
+    return f"dataset 'cifar10': {path} is not a CIFAR-10 batch file ({size} bytes; {why}); {REQUIRED['cifar10'][1]}"
+
+
+class CifarUnreadable(DataMissing, pickle.UnpicklingError):
+    """A batch file the restricted unpickler refuses: a user mistake, still an UnpicklingError."""
 
 
 def read_cifar10(root: Path) -> tuple[Batch, Batch]:
-    folder = root / "cifar-10-batches-py"
-    files = [folder / f"data_batch_{i}" for i in range(1, 6)] + [folder / "test_batch"]
-    parts = [_read_cifar_batch(f) for f in files]
+    parts = [_read_cifar_batch(f) for f in _cifar_files(root)]
     train_x = np.concatenate([p[0] for p in parts[:5]])
     train_y = np.concatenate([p[1] for p in parts[:5]])
     t = torch.from_numpy
@@ -230,12 +332,9 @@ def read_cifar10(root: Path) -> tuple[Batch, Batch]:
 
 
 def _read_images(paths: list[Path]) -> np.ndarray:
-    from PIL import Image
-
     out = np.empty((len(paths), 3, 64, 64), dtype=np.uint8)
     for i, p in enumerate(paths):
-        with Image.open(p) as im:
-            out[i] = np.asarray(im.convert("RGB").resize((64, 64))).transpose(2, 0, 1)
+        out[i] = _decode(p)
     return out
 
 
@@ -279,6 +378,20 @@ def data_info(name: str) -> DataInfo:
     return DATASETS[name][0]
 
 
+INPUT_NORMS = ("dataset", "half")  # the trial field input_norm
+
+
+def with_input_norm(info: DataInfo, norm: str) -> DataInfo:
+    """`info` with the normalisation a trial asks for: "dataset" its channel statistics, "half"
+    0.5 / 0.5 per channel (inputs in [-1, 1]; Ranadive et al.'s CIFAR-10 recipe)."""
+    if norm == "dataset":
+        return info
+    if norm != "half":
+        raise ValueError(f"input norm must be one of {INPUT_NORMS}, got {norm!r}")
+    half = (0.5,) * info.in_channels
+    return dataclasses.replace(info, mean=half, std=half)
+
+
 def load_dataset(
     name: str,
     root: str | Path,
@@ -287,14 +400,17 @@ def load_dataset(
     *,
     loader: str = "auto",
     cache_dir: str | Path | None = None,
+    norm: str = "dataset",
 ) -> Data:
     """Open data set `name` under `root` on `device`; DataMissing (one line) if it is not there.
 
-    ImageNet only: `loader` "auto" | "dali" | "torchvision" (trainer.imagenet.dataset), `cache_dir`
-    where its manifest is cached (default $SWEEP_CACHE_DIR, else ~/.cache/selectivity-sweep),
-    `num_workers` decoding processes (torchvision) or DALI CPU threads.
+    `norm`: how inputs are normalised (with_input_norm). ImageNet only: `loader` "auto" | "dali" |
+    "torchvision" (trainer.imagenet.dataset), `cache_dir` where its manifest is cached (default
+    $SWEEP_CACHE_DIR, else ~/.cache/selectivity-sweep), `num_workers` decoding processes
+    (torchvision) or DALI CPU threads.
     """
     info, reader = DATASETS[name]
+    info = with_input_norm(info, norm)
     root = Path(root).expanduser()
     check_data(name, root)
     if reader is None:

@@ -23,7 +23,7 @@ import torch
 from trainer.data import Batch, Data, DataInfo
 from trainer.fused import FusedResNet20, fused_evaluate, fused_train_epoch
 from trainer.loop import EvalStats, TrainStats, evaluate, optimizer_for, si_form, train_epoch
-from trainer.models import TrackedNet, build_model
+from trainer.models import TrackedNet, build_for
 from trainer.spec import TrialSpec
 
 ModelState = dict[str, Any]
@@ -54,7 +54,7 @@ class Engine(Protocol):
 def initial_state(spec: TrialSpec, info: DataInfo, device: torch.device) -> tuple[ModelState, OptimizerState]:
     """A trial's initial weights (seeded by its seed, as when it runs alone) and a fresh optimizer's state."""
     torch.manual_seed(spec.seed)
-    model = build_model(spec.model, info.num_classes, info.in_channels).to(device)
+    model = build_for(spec.model, spec.dataset).to(device)
     return model.state_dict(), optimizer_for(model.parameters(), spec).state_dict()
 
 
@@ -73,7 +73,7 @@ class DenseEngine:
 
     def __init__(self, spec: TrialSpec, info: DataInfo, device: torch.device, state: tuple[ModelState, OptimizerState]) -> None:
         with torch.random.fork_rng(devices=[]):  # the init is overwritten by `state`; keep the RNG where it was
-            model = build_model(spec.model, info.num_classes, info.in_channels).to(device)
+            model = build_for(spec.model, spec.dataset).to(device)
         model.load_state_dict(state[0])
         self.model = _prepare(model, spec, device)
         self.optimizer = optimizer_for(self.model.parameters(), spec)

@@ -14,8 +14,9 @@ numbers of an uninterrupted run.
 
 A single trial runs on the dense engine (one network); a fused group on the fused engine, K
 networks as one (trainer.engine). With fusing on, a member always trains fused, beside a
-throwaway twin of itself when it is alone, so its numbers do not depend on how a launch grouped
-it. Per member:
+throwaway twin of itself when it is alone, so its weights, test accuracy and CSI do not depend
+on how a launch grouped it (bitwise on CPU; its training loss and selectivity to float32
+rounding, about 1e-8 relative). Per member:
 - a non-finite loss fails it alone (diverged); the others are re-fused without it;
 - members whose checkpoints differ (a kill between two members' checkpoint writes) are brought
   level: those behind train while those ahead ride along, unrecorded, and are reset to their

@@ -5,8 +5,10 @@
 
 Sites (where a crash is most dangerous): `parquet-tmp` and `json-tmp` and `checkpoint-tmp`
 (a temp file is complete but not yet renamed), `rows-written` (results written, checkpoint
-not yet), `train-step` (inside an epoch), `decode-batch` (an image loader worker, per process). Unset (always, outside tests) it costs one global
-lookup per call.
+not yet), `train-step` (inside an epoch), `decode-batch` (an image loader worker, counted per
+process), and the collector's `collect-rows`, `collect-tables`, `collect-figures`,
+`collect-report` (orchestrator.collect). Unset (always, outside tests) it costs one global lookup
+per call.
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ from __future__ import annotations
 import os
 import signal
 
-SITES = ("parquet-tmp", "json-tmp", "checkpoint-tmp", "rows-written", "train-step", "decode-batch")
+SITES = (
+    "parquet-tmp", "json-tmp", "checkpoint-tmp", "rows-written", "train-step", "decode-batch",
+    "collect-rows", "collect-tables", "collect-figures", "collect-report",
+)  # fmt: skip
 _TARGET = os.environ.get("SWEEP_FAULT")
 _counts: dict[str, int] = {}
 

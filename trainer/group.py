@@ -14,25 +14,27 @@ Here: each member's attempt (lock and status; a member another live process hold
 it, 'busy'; done and diverged members are skipped), and the ablations asked for at the end.
 An exception or signal out of the group is recorded in every member's status.json.
 
-Numbers: on CPU a member's weights, accuracy and CSI do not depend on which or how many (>= 2)
-trials it is fused with (the grouped convolution treats groups alike), but a grouped and a dense
-convolution round differently. So with fusing on, a fusable trial always trains fused (beside a
-throwaway twin of itself when alone), and how a launch grouped it does not change them.
+Numbers: on CPU a member's weights, test accuracy and CSI do not depend on which or how many
+(>= 2) trials it is fused with, bitwise (the grouped convolution treats groups alike); its
+training statistics (train_loss, train_ce, train_selectivity) agree across group sizes only to
+float32 rounding (about 1e-8 relative). A grouped and a dense convolution round differently. So
+with fusing on, a fusable trial always trains fused (beside a throwaway twin of itself when
+alone), and how a launch grouped it does not change its weights, accuracy or CSI.
 `fuse=False` (orchestrator --fuse 1) trains every trial as trainer.run.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from contextlib import ExitStack
 from pathlib import Path
 
 from trainer.attempt import Attempt, StopRequest, attempt, stop_on_signal
-from trainer.cli import EXIT_BUSY, EXIT_DONE, EXIT_FAILED, command
+from trainer.cli import EXIT_BUSY, EXIT_DONE, EXIT_FAILED, ArgumentParser, command
 from trainer.epochs import train_members
 from trainer.errors import UserError
 from trainer.lock import TrialBusy
+from trainer.represent import represent_if_asked
 from trainer.run import ablate_if_asked, outcome_line, read_spec, run_trial
 from trainer.spec import PER_MEMBER_FIELDS, TrialSpec
 
@@ -77,6 +79,7 @@ def run_group(specs: list[TrialSpec], folders: list[Path], fuse: bool = True, st
         for a in todo:
             if a.final is None:  # not diverged
                 ablate_if_asked(a.spec, a.folder, data)
+                represent_if_asked(a.spec, a.folder, data)
     for i, a in held:
         assert a.final is not None  # every attempt ended done or failed on the way out of the stack
         states[i] = a.final
@@ -92,7 +95,7 @@ def _run_alone(spec: TrialSpec, folder: Path, stop: StopRequest | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trainer.group", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m trainer.group", description=__doc__.split("\n\n")[0])
     parser.add_argument("--spec", required=True, type=Path, action="append", help="a member's spec.json (repeat); results go beside it")
     parser.add_argument("--no-fuse", action="store_true", help="train the trials one after another, each as trainer.run")
     args = parser.parse_args(argv)

@@ -4,22 +4,45 @@ Planning thousands of trials (spec validation, packing, the GPU-hour estimate) r
 and never loads torch. `trainer.models.MODELS` and `trainer.data.DATASETS` hold the builders under
 exactly these names (a test checks they agree), and the builders take their widths from here, so
 each fact lives in one place.
+
+The ResNet stem follows the data set's image size (`stem_for`): images of at least
+LARGE_STEM_MIN_SIZE px (ImageNet, 224) get torchvision's 7x7 stride-2 convolution and 3x3
+max-pool; smaller ones (Tiny ImageNet 64, CIFAR 32, digits 8) a 3x3 stride-1 convolution and no
+max-pool, as Leavitt & Morcos adapted ResNets to 64 px, so stage 1 runs at the input's resolution.
+One model name is one architecture; the stem is not part of it, and the trial id already holds
+the data set.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+LARGE_STEM_MIN_SIZE = 128  # images this size or larger get the ImageNet stem (ResNets)
+
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """A network's tracked structure: stages of residual blocks, each block's output width."""
+    """A network's tracked structure: stages of tracked blocks, each block's output width.
+
+    A block is a residual block (ResNets) or one ReLU output of VGG (a conv layer with its ReLU,
+    or a hidden classifier layer with its ReLU); trainer.models builds them.
+    """
 
     name: str
-    stage_widths: tuple[int, ...]  # output channels of every block of stage i (1-based i)
+    stage_widths: tuple[int, ...]  # output channels (units) of every block of stage i (1-based i)
     blocks_per_stage: tuple[int, ...]
     fusable: bool  # has a fused K-trials form (trainer.fused)
     about: str
+    min_image_size: int = 1  # smallest input side the network takes (VGG: five 2x2 max-pools)
+    default_image_size: int = 32  # the input build_model assumes when not told (the model's historical data set)
+    resnet_stem: bool = False  # takes the stem by image size (stem_for)
+
+    def stem_for(self, image_size: int) -> str:
+        """The ResNet stem for this input size: "imagenet" (7x7 stride 2 + max-pool) or "small" (3x3
+        stride 1, no max-pool); "none" for a network without a choice."""
+        if not self.resnet_stem:
+            return "none"
+        return "imagenet" if image_size >= LARGE_STEM_MIN_SIZE else "small"
 
     def layer_names(self) -> list[str]:
         """The tracked layers, `stage<i>.block<j>` (1-based), in forward order."""
@@ -43,14 +66,24 @@ class DatasetInfo:
     in_memory: bool  # held on the training device as uint8 (else streamed from image files)
 
 
+def _resnet(name: str, widths: tuple[int, ...], depths: tuple[int, ...], default_size: int, about: str) -> ModelInfo:
+    """A torchvision ResNet: not fusable, stem by image size; `default_size`: its historical data set's."""
+    return ModelInfo(name, widths, depths, False, about, default_image_size=default_size, resnet_stem=True)
+
+
 MODELS: dict[str, ModelInfo] = {
     m.name: m
     for m in (
         ModelInfo("resnet20", (16, 32, 64), (3, 3, 3), True, "He et al. 2016 CIFAR ResNet, option-A shortcuts"),
-        ModelInfo("resnet18", (64, 128, 256, 512), (2, 2, 2, 2), False, "torchvision ResNet18, 3x3 stride-1 stem, no max-pool (64 px)"),
-        ModelInfo("resnet50", (256, 512, 1024, 2048), (3, 4, 6, 3), False, "torchvision ResNet50 (224 px)"),
+        _resnet("resnet18", (64, 128, 256, 512), (2, 2, 2, 2), 64, "torchvision ResNet18 (3x3 stem at 64 px, 7x7 at 224)"),
+        _resnet("resnet50", (256, 512, 1024, 2048), (3, 4, 6, 3), 224, "torchvision ResNet50 (7x7 stem at 224 px, 3x3 at 64)"),
+        _resnet("resnet34", (64, 128, 256, 512), (3, 4, 6, 3), 224, "torchvision ResNet34 (7x7 stem at 224 px, 3x3 at 64)"),
+        # 13 conv ReLUs in five groups between max-pools (config D), then the two hidden classifier
+        # layers as stage 6; no BatchNorm; dropout 0.5 before the hidden fc2 and before the output layer.
+        ModelInfo("vgg16", (64, 128, 256, 512, 512, 4096), (2, 2, 3, 3, 3, 2), False, "torchvision VGG16, config D, no BN",
+                  min_image_size=32),
     )
-}
+}  # fmt: skip
 DATASETS: dict[str, DatasetInfo] = {
     d.name: d
     for d in (

@@ -2,15 +2,23 @@
 
 The cached rows are the summary's own epochs.parquet and layers.parquet (no second copy);
 summary/.cache/manifest.json records, per trial, the fingerprint (size, mtime_ns, inode) of the
-trial files those rows came from, and the fingerprints of the summary files themselves. A trial is
-taken from the cache only if its files are unchanged; the cache as a whole is used only if the
-summary files are the ones the manifest describes and the code's schema is the same.
+trial files those rows came from, and the fingerprints of every file the collect wrote (tables,
+report, figures). A trial is taken from the cache only if its files are unchanged; the cache as a
+whole is used only if the summary's rows files are the ones the manifest describes and the code's
+schema is the same; figures are kept only if they are the ones the manifest describes.
+
+The manifest is the commit record of a collect: `invalidate` removes it before the first summary
+file is replaced and `save` writes it after the last (tables, report and figures all written).
+So whatever moment a collect is killed at, either the manifest describes every summary file, or
+there is none and the next collect reads and writes everything again: a kill can only leave work
+to redo, never a stale figure or table that a later collect would keep.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +29,7 @@ import pyarrow.dataset as ds
 from orchestrator.collect.scan import KINDS, Trial, expected_schema
 from trainer import results as R
 
-VERSION = 1
+VERSION = 2  # 2: outputs cover every summary file (the manifest is the commit record)
 MANIFEST = Path(".cache") / "manifest.json"
 
 
@@ -37,18 +45,31 @@ def _schemas() -> dict[str, str]:
     return {kind: expected_schema(kind).to_string(show_schema_metadata=False) for kind in KINDS}
 
 
-def load(summary: Path) -> dict[str, dict[str, list[int]]]:
-    """{trial_id: {kind: fingerprint}} of the trials whose rows the summary holds; {} if unusable."""
+@dataclass(frozen=True)
+class Manifest:
+    """What the last complete collect wrote: per trial, its files' fingerprints; per output, its own."""
+
+    trials: dict[str, dict[str, list[int]]] = field(default_factory=dict)
+    outputs: dict[str, list[int] | None] = field(default_factory=dict)  # path relative to the summary
+
+    def current(self, summary: Path, paths: list[Path]) -> bool:
+        """True if every one of `paths` (in the summary) is the file this manifest recorded."""
+        return all(_fp(p) is not None and _fp(p) == self.outputs.get(str(p.relative_to(summary))) for p in paths)
+
+
+def load(summary: Path) -> Manifest:
+    """The manifest of the last complete collect; empty if there is none or it does not fit the summary."""
     try:
         manifest = json.loads((summary / MANIFEST).read_bytes())
     except (OSError, ValueError):
-        return {}
+        return Manifest()
     if not isinstance(manifest, dict) or manifest.get("version") != VERSION or manifest.get("schemas") != _schemas():
-        return {}
+        return Manifest()
     outputs = manifest.get("outputs", {})
-    if any(_fp(summary / kind) != outputs.get(kind) for kind in KINDS):
-        return {}  # a summary file was replaced or removed since: its rows are not the manifest's
-    return manifest.get("trials", {})
+    if not isinstance(outputs, dict) or any(_fp(summary / kind) != outputs.get(kind) for kind in KINDS):
+        return Manifest()  # a summary file was replaced or removed since: its rows are not the manifest's
+    trials = manifest.get("trials", {})
+    return Manifest(trials if isinstance(trials, dict) else {}, outputs)
 
 
 def reusable(done: list[Trial], cached: dict[str, dict[str, list[int]]]) -> set[str]:
@@ -66,12 +87,18 @@ def read(summary: Path, kind: str, trial_ids: set[str]) -> pa.Table:
     return table.filter(pc.is_in(table["trial_id"], value_set=pa.array(sorted(trial_ids), type=pa.string())))
 
 
-def save(summary: Path, trials: list[Trial]) -> None:
-    """Record that the summary files (just written) hold the rows of `trials`."""
+def invalidate(summary: Path) -> None:
+    """Remove the manifest: from now until `save`, the summary files are being replaced."""
+    (summary / MANIFEST).unlink(missing_ok=True)
+
+
+def save(summary: Path, trials: list[Trial], outputs: list[Path]) -> None:
+    """Commit: the summary's files `outputs` (all just written) hold the rows of `trials`."""
+    paths = sorted({*outputs, *(summary / kind for kind in KINDS)})
     manifest: dict[str, Any] = {
         "version": VERSION,
         "schemas": _schemas(),
-        "outputs": {kind: _fp(summary / kind) for kind in KINDS},
+        "outputs": {str(p.relative_to(summary)): _fp(p) for p in paths},
         "trials": {t.trial_id: {k: list(t.files[k]) for k in KINDS} for t in trials},
     }
     (summary / MANIFEST).parent.mkdir(parents=True, exist_ok=True)

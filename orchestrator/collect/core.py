@@ -11,7 +11,12 @@ the summary (summary/.cache/manifest.json), so only new or changed trials are re
 every trial again. Exit status: 0 collected, 2 user mistake (not a sweep, nothing finished).
 
 The summary is derived data: files are replaced atomically (written beside, then renamed) but
-not fsynced; after a crash, collect again.
+not fsynced. The cache manifest is removed before the first summary file is replaced and written
+after the last (orchestrator.collect.cache), so a collect killed at any moment leaves no manifest
+and the next collect redoes everything: tables, report and figures never stay from different sets
+of trials. Kill points for the tests (trainer.faults, SWEEP_FAULT=<site>:1): `collect-rows` (the
+rows files written), `collect-tables` (the tables written), `collect-figures` (figures drawn),
+`collect-report` (report.md written, manifest not yet).
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ import pyarrow.parquet as pq
 from orchestrator.collect import cache
 from orchestrator.collect.ablations import ablation_figures, ablation_tables
 from orchestrator.collect.report import render
+from orchestrator.collect.representations import OUTPUTS as REPRESENTATION_OUTPUTS
+from orchestrator.collect.representations import representation_figures, representation_tables
 from orchestrator.collect.rows import Warn, read_rows, with_fields
 from orchestrator.collect.scan import KINDS, Trial, check_sweep, fields_schema, read_spec, read_trials
 from orchestrator.collect.stats import (
@@ -47,6 +54,7 @@ from orchestrator.collect.stats import (
     trials_table,
 )  # fmt: skip
 from orchestrator.errors import UserError
+from trainer import faults
 from trainer import results as R
 
 STATES = ("done", "failed", "running", "pending", "interrupted", "unreadable", "incomplete")
@@ -54,6 +62,12 @@ FIGURES = ("test_acc_vs_alpha.png", "csi_vs_alpha.png", "csi_over_epochs.png", "
 SHOWN_EXCLUDED = 10  # trials listed on stdout; all of them are in excluded.parquet and report.md
 FEW_VALUED = {"epoch", "step", "layer", "n_units", "alpha_active", "lr"}  # besides the trial fields
 STALE_TEMP_S = 3600  # temp files of a killed collect older than this are removed
+# Outputs that only some collects write: one that this collect did not write is removed.
+OPTIONAL_OUTPUTS = (
+    "condition_steps.parquet", "ablation_curves.parquet", "ablation_auc.parquet",
+    *(f"figures/{name}" for name in (*FIGURES, "ablation_curves.png", "ablation_auc.png", "early_dynamics.png")),
+    *REPRESENTATION_OUTPUTS,
+)  # fmt: skip
 
 
 def _warn(message: str) -> None:
@@ -186,11 +200,19 @@ def _figures(tables: dict[str, pd.DataFrame], folder: Path) -> list[Path]:
     return write_figures(tables["conditions.parquet"], tables["condition_epochs.parquet"], tables["condition_layers.parquet"], folder)
 
 
-def _write_rows(rows: dict[str, pa.Table], fields: pa.Table, summary: Path, usable: list[Trial]) -> None:
-    """The summary's epochs and layers files, then the cache manifest that describes them."""
+def _write_rows(rows: dict[str, pa.Table], fields: pa.Table, summary: Path) -> None:
+    """The summary's epochs and layers files (the cache's rows; the manifest is saved last, in collect)."""
     for kind in KINDS:
         write_table(with_fields(rows[kind], fields), summary / kind)
-    cache.save(summary, usable)
+    faults.point("collect-rows")
+
+
+def _drop_stale(summary: Path, kept: list[Path]) -> None:
+    """Remove outputs of an earlier collect that this one did not write (they describe other trials)."""
+    for name in OPTIONAL_OUTPUTS:
+        path = summary / name
+        if path not in kept:
+            path.unlink(missing_ok=True)
 
 
 # ---- the collector ------------------------------------------------------------------------------
@@ -199,21 +221,26 @@ def collect(path: str | Path, *, full: bool = False, figures: bool = True, warn:
 
     Arrow releases the GIL while it scans and writes, so two threads overlap the work: matplotlib
     is imported during the scan, and figures are drawn while the big tables are written.
+    Crash consistency (orchestrator.collect.cache): the manifest goes before the first summary
+    file is replaced and comes back after the last, so tables, report and figures that the
+    manifest vouches for always describe one set of trials.
     """
     clock = _Clock()
     sweep = check_sweep(Path(path))
     summary = sweep / "summary"
     if not os.access(summary if summary.exists() else sweep, os.W_OK):
         raise UserError(f"{summary}: not writable; collect where you may write, or copy the sweep folder")
-    trials = read_trials(sweep)
+    trials = read_trials(sweep, warn)
     _require_done(sweep, trials)
     for t in trials:
         read_spec(t)
     done = sorted((t for t in trials if t.state == "done"), key=lambda t: trial_sort_key(t.fields))
-    manifest = {} if full else cache.load(summary)
-    reuse = cache.reusable(done, manifest)
-    pngs = [summary / "figures" / f for f in FIGURES] if figures else []
-    draw = figures and not (reuse == set(manifest) == {t.trial_id for t in done} and all(p.exists() for p in pngs))
+    manifest = cache.Manifest() if full else cache.load(summary)
+    reuse = cache.reusable(done, manifest.trials)
+    pngs = [summary / "figures" / f for f in FIGURES]
+    same_trials = reuse == set(manifest.trials) == {t.trial_id for t in done}
+    figures_current = same_trials and manifest.current(summary, pngs)
+    draw = figures and not figures_current
     clock("status")
     with ThreadPoolExecutor(max_workers=1) as background:
         if draw:
@@ -226,28 +253,38 @@ def collect(path: str | Path, *, full: bool = False, figures: bool = True, warn:
         clock("scan")
         tables = _tables(rows, fields, usable)
         tables.update(ablation_tables([t.folder for t in usable], tables["trials.parquet"]))
+        tables.update(representation_tables([t.folder for t in usable], tables["trials.parquet"]))
         excluded = excluded_table([t for t in trials if t.state != "done"])
         clock("tables")
         summary.mkdir(exist_ok=True)
         _remove_stale_temp(summary)
-        unchanged = not read and set(manifest) == {t.trial_id for t in usable}
+        cache.invalidate(summary)  # from here until cache.save the summary is being replaced
+        unchanged = not read and set(manifest.trials) == {t.trial_id for t in usable}
         if not unchanged:  # else the summary's epochs and layers files already hold these rows
-            writing = background.submit(_write_rows, rows, fields, summary, usable)
+            writing = background.submit(_write_rows, rows, fields, summary)
         written = [write_table(t, summary / name) for name, t in tables.items()]
         written.append(write_table(excluded, summary / "excluded.parquet"))
-        if draw:
-            pngs = _figures(tables, summary / "figures")
+        faults.point("collect-tables")
+        # The figures of these trials: drawn now, or those on disk when the manifest vouches for them
+        # (kept, unlisted, under --no-figures); others on disk show other trials and are removed below.
+        figure_files = _figures(tables, summary / "figures") if draw else (pngs if figures_current else [])
         # Ablations are added to done trials after the fact (orchestrator.ablate): always redrawn.
-        pngs = pngs + ablation_figures(tables, summary / "figures")
+        shown = (figure_files if figures else []) + ablation_figures(tables, summary / "figures")
+        shown += representation_figures(tables, tables["trials.parquet"], summary / "figures")
         if not unchanged:
             writing.result()
+        faults.point("collect-figures")
         clock("write+figures")
     counts, excluded_df = _counts(trials), excluded.to_pandas()
     when = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    text = render(sweep, tables["trials.parquet"], tables["conditions.parquet"], excluded_df, counts, pngs, when)
+    text = render(sweep, tables["trials.parquet"], tables["conditions.parquet"], excluded_df, counts, shown, when)
     report = _replace(summary / "report.md", lambda tmp: _write_text(tmp, text))
+    faults.point("collect-report")
+    written = [summary / kind for kind in KINDS] + written + shown + [report]
+    committed = list(dict.fromkeys(written + figure_files))
+    _drop_stale(summary, committed)
+    cache.save(summary, usable, committed)  # the commit: everything above describes `usable`
     clock("report")
-    written = [summary / kind for kind in KINDS] + written + pngs + [report]
     return CollectResult(sweep, summary, counts, excluded_df, read, n_cached, written, clock.times)
 
 

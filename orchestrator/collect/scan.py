@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from orchestrator.errors import UserError
+from orchestrator.plan import REPAIR_HINT, trial_folders
 from trainer import results as R
 from trainer.spec import TrialSpec
 from trainer.status import Status, TrialState, observe
@@ -90,18 +91,14 @@ def _fingerprint(path: Path) -> Fingerprint | None:
     return (st.st_size, st.st_mtime_ns, st.st_ino)
 
 
-def read_trials(sweep: Path) -> list[Trial]:
-    """Every folder under trials/, with its state (`trainer.status.observe`; no status.json: pending).
+def read_trials(sweep: Path, warn: Callable[[str], None] | None = None) -> list[Trial]:
+    """Every trial folder under trials/, with its state (`trainer.status.observe`; no status.json: pending).
 
-    Done trials get the fingerprints of their epochs and layers files; a done trial missing one
-    of them is `unreadable`.
+    Only folders named by a trial id count (orchestrator.plan.trial_folders: a stray `notes/`
+    is ignored, `warn` says so once). Done trials get the fingerprints of their epochs and
+    layers files; a done trial missing one of them is `unreadable`.
     """
-    out = []
-    with os.scandir(sweep / "trials") as entries:
-        folders = sorted(e.path for e in entries if e.is_dir() and not e.name.startswith("."))
-    for folder in map(Path, folders):
-        out.append(_read_trial(folder))
-    return out
+    return [_read_trial(folder) for folder in trial_folders(sweep, warn)]
 
 
 def _read_trial(folder: Path) -> Trial:
@@ -134,7 +131,7 @@ def read_spec(trial: Trial) -> None:
         trial.fields = spec.row_fields()
     except (OSError, ValueError) as err:
         if trial.state == "done":
-            trial.state, trial.reason = "unreadable", f"spec.json unusable ({_one_line(err)})"
+            trial.state, trial.reason = "unreadable", f"spec.json unusable ({_one_line(err)[:160]}); {REPAIR_HINT}"
 
 
 def _one_line(err: BaseException) -> str:

@@ -17,8 +17,8 @@ from functools import partial
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from trainer.imagenet.augment import SIZE, apply
 from trainer import faults
+from trainer.imagenet.augment import SIZE, apply
 from trainer.imagenet.decode import BadImage, decode_rgb, read_bytes
 from trainer.imagenet.plan import Item, Plan
 from trainer.imagenet.workers import init_worker, worker_context

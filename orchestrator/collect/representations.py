@@ -1,0 +1,199 @@
+"""Representation analyses for the collector: similarity between trials and dimensionality.
+
+From the done trials' dimensionality.parquet and similarity.parquet (trainer.represent,
+orchestrator.represent; docs/analysis.md) the collector writes
+
+    representation_pairs.parquet           every similarity row of pairs whose two trials are both
+                                           collected, with the condition of the first trial
+    representation_similarity.parquet      condition x pair x epoch x layer: n (pairs) and mean / std /
+                                           sem / 95% CI of cka and pwcca_distance over the seeds
+    representation_dimensionality.parquet  condition x epoch x layer: n (seeds) and the statistics of
+                                           pcs_95 and participation_ratio
+
+and the figures of the papers:
+
+    cka_over_epochs.png          linear CKA with the unregularized network of the same seed over
+                                 training, per condition and layer, beside the CKA between
+                                 unregularized seeds (Ranadive et al.)
+    pwcca_vs_alpha.png           PWCCA distance to the unregularized network of the same seed at the
+                                 last compared epoch vs alpha, per layer; alpha 0 shows the distance
+                                 between unregularized seeds (Leavitt & Morcos, section 4.2)
+    dimensionality_vs_alpha.png  principal components for 95% of the variance at the last analysed
+                                 epoch vs alpha, per layer
+
+For the baseline pair ("across_seeds") the samples are the pairs of unregularized seeds (n seeds
+give n(n-1)/2 pairs, not independent): its interval is a guide, not a test.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow.dataset as ds
+
+from orchestrator.collect.stats import fmt, summarize, varying_fields
+from trainer.similarity import DIMENSIONALITY, SIMILARITY
+
+PAIRS_TABLE = "representation_pairs.parquet"
+SIMILARITY_TABLE = "representation_similarity.parquet"
+DIMENSIONALITY_TABLE = "representation_dimensionality.parquet"
+FIGURES = ("cka_over_epochs.png", "pwcca_vs_alpha.png", "dimensionality_vs_alpha.png")
+# What core.py removes when a collect did not write it (it describes other trials).
+OUTPUTS = (PAIRS_TABLE, SIMILARITY_TABLE, DIMENSIONALITY_TABLE, *(f"figures/{f}" for f in FIGURES))
+LABELS = ["condition", "alpha", "onset_epoch"]
+
+
+def _read(folders: list[Path], name: str) -> pd.DataFrame | None:
+    """The rows of every trial's `name` file in one dataset scan (None if no trial has one)."""
+    paths = [str(f / name) for f in folders if (f / name).exists()]
+    if not paths:
+        return None
+    return ds.dataset(paths, format="parquet").to_table().to_pandas()
+
+
+def representation_tables(folders: list[Path], trials: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The three tables from the trials in `folders` (the collected, done ones); {} if none has any."""
+    condition = trials.set_index("trial_id")[["condition_id", *LABELS]]
+    labels = condition.drop_duplicates("condition_id").set_index("condition_id")
+    out: dict[str, pd.DataFrame] = {}
+    dims = _read(folders, DIMENSIONALITY)
+    if dims is not None:
+        dims = dims[dims["trial_id"].isin(condition.index)][["trial_id", "epoch", "layer", "n_units", "pcs_95", "participation_ratio"]]
+        dims = dims.join(condition["condition_id"], on="trial_id")
+        stats = summarize(dims, ["condition_id", "epoch", "layer"], ["pcs_95", "participation_ratio"])
+        stats.insert(0, "n_units", dims.groupby(["condition_id", "epoch", "layer"], sort=False)["n_units"].first())
+        out[DIMENSIONALITY_TABLE] = _ordered(stats.reset_index().join(labels, on="condition_id"), trials)
+    sims = _read(folders, SIMILARITY)
+    if sims is not None:
+        known = condition.index
+        sims = sims[sims["trial_id"].isin(known) & sims["reference_id"].isin(known)]
+        keep = ["trial_id", "seed", "reference_id", "reference_seed", "reference_alpha", "pair", "epoch", "layer", "n_units", "n_images"]
+        sims = sims[[*keep, "cka", "pwcca_distance"]].join(condition, on="trial_id")
+        out[PAIRS_TABLE] = sims.reset_index(drop=True)
+        stats = summarize(sims, ["condition_id", "pair", "epoch", "layer"], ["cka", "pwcca_distance"])
+        out[SIMILARITY_TABLE] = _ordered(stats.reset_index().join(labels, on="condition_id"), trials)
+    return out
+
+
+def _ordered(table: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
+    """Label columns first; conditions in the trials' order, epochs ascending, layers in network order."""
+    order = {c: i for i, c in enumerate(trials.drop_duplicates("condition_id")["condition_id"])}
+    table = table.assign(_c=table["condition_id"].map(order)).sort_values(["_c", "epoch"], kind="stable").drop(columns="_c")
+    first = ["condition_id", *LABELS]
+    return table[first + [c for c in table.columns if c not in first]].reset_index(drop=True)
+
+
+# ---- figures ------------------------------------------------------------------------------------
+def representation_figures(tables: dict[str, pd.DataFrame], trials: pd.DataFrame, folder: Path) -> list[Path]:
+    """The figures the tables allow (none: matplotlib is not even imported)."""
+    sim, dims = tables.get(SIMILARITY_TABLE), tables.get(DIMENSIONALITY_TABLE)
+    if (sim is None or sim.empty) and (dims is None or dims.empty):
+        return []
+    folder.mkdir(parents=True, exist_ok=True)
+    series = _series_labels(trials)
+    out = []
+    if sim is not None and not sim.empty:
+        out.append(cka_over_epochs(sim, folder / FIGURES[0]))
+        out.append(metric_vs_alpha(_last_epoch(sim), "pwcca_distance", series, "PWCCA distance to the unregularized network",
+                                   "PWCCA distance vs alpha (at alpha 0: between unregularized seeds)", folder / FIGURES[1]))  # fmt: skip
+    if dims is not None and not dims.empty:
+        out.append(metric_vs_alpha(_last_epoch(dims), "pcs_95", series, "principal components for 95% of the variance",
+                                   "dimensionality vs alpha", folder / FIGURES[2]))  # fmt: skip
+    return out
+
+
+def _series_labels(trials: pd.DataFrame) -> dict[str, str]:
+    """condition_id -> its series: the varying condition fields other than alpha ('' when only alpha varies)."""
+    conds = trials.drop_duplicates("condition_id")
+    others = [f for f in varying_fields(conds) if f != "alpha"]
+    return {row["condition_id"]: ", ".join(f"{k}={fmt(row[k])}" for k in others) for row in conds.to_dict("records")}
+
+
+def _last_epoch(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of each condition's (and pair's) last epoch."""
+    keys = ["condition_id", "pair"] if "pair" in table.columns else ["condition_id"]
+    last = table.groupby(keys, sort=False)["epoch"].transform("max")
+    return table[table["epoch"] == last]
+
+
+def _grid(n: int) -> tuple[Any, np.ndarray]:
+    from matplotlib.figure import Figure
+
+    cols = min(n, 4)
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(3.6 * cols + 1.8, 2.9 * rows + 0.6))
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, axes
+
+
+def _finish(fig: Any, axes: np.ndarray, n: int, title: str, path: Path) -> Path:
+    from orchestrator.collect.figures import save_figure
+
+    for ax in axes[:n]:
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+    legend = axes[min(n, 4) - 1]
+    if legend.get_legend_handles_labels()[1]:  # one unnamed series (only alpha varies): nothing to tell apart
+        legend.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def cka_over_epochs(sim: pd.DataFrame, path: Path) -> Path:
+    """One panel per layer: CKA over epochs, a line (mean, 95% CI band) per condition and pair."""
+    from matplotlib import colormaps
+
+    layers = list(dict.fromkeys(sim["layer"]))
+    fig, axes = _grid(len(layers))
+    lines = list(dict.fromkeys(zip(sim["condition_id"], sim["pair"])))
+    colours = colormaps["tab10"]
+    for ax, layer in zip(axes, layers):
+        for i, (cid, pair) in enumerate(lines):
+            g = sim[(sim["layer"] == layer) & (sim["condition_id"] == cid) & (sim["pair"] == pair)].sort_values("epoch")
+            if g.empty:
+                continue
+            label = "unregularized, across seeds" if pair == "across_seeds" else f"{g['condition'].iloc[0]} vs unregularized"
+            style = "--" if pair == "across_seeds" else "-"
+            x = g["epoch"].to_numpy(float)
+            ax.plot(x, g["cka_mean"], style, color=colours(i % 10), lw=1.3, label=label)
+            ax.fill_between(x, g["cka_ci95_low"], g["cka_ci95_high"], color=colours(i % 10), alpha=0.15, lw=0)
+        ax.set_title(layer, fontsize=9)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.set_ylabel("linear CKA", fontsize=8)
+    title = "Linear CKA with the unregularized network of the same seed (solid) and between unregularized seeds (dashed)"
+    return _finish(fig, axes, len(layers), f"{title}\nmean and 95% CI over seeds (seed pairs)", path)
+
+
+def metric_vs_alpha(table: pd.DataFrame, metric: str, series: dict[str, str], ylabel: str, title: str, path: Path) -> Path:
+    """One panel per layer: `metric` vs alpha (mean, 95% CI), a line per series (e.g. onset epoch)."""
+    from orchestrator.collect.figures import alpha_axis
+
+    layers = list(dict.fromkeys(table["layer"]))
+    fig, axes = _grid(len(layers))
+    table = table.assign(_series=table["condition_id"].map(series).fillna(""))
+    # alpha 0 (the unregularized trials; for a similarity, between their seeds) is every series' reference point
+    zero, rest = table[table["alpha"] == 0], table[table["alpha"] != 0]
+    if not rest.empty:
+        table = pd.concat([rest, *(zero.assign(_series=s) for s in rest["_series"].unique())], ignore_index=True)
+    names = list(dict.fromkeys(table["_series"]))
+    for ax, layer in zip(axes, layers):
+        for i, name in enumerate(names):
+            g = table[(table["layer"] == layer) & (table["_series"] == name)].sort_values("alpha")
+            mean = g[f"{metric}_mean"].to_numpy(float)
+            low, high = g[f"{metric}_ci95_low"].to_numpy(float), g[f"{metric}_ci95_high"].to_numpy(float)
+            err = [np.nan_to_num(mean - low), np.nan_to_num(high - mean)]  # one seed: no interval
+            ax.errorbar(g["alpha"].to_numpy(float), mean, yerr=err, marker="o", ms=3, capsize=2, lw=1.2,
+                        ls=("-", "--", ":", "-.")[i % 4], label=name or None)  # fmt: skip
+        alpha_axis(ax, table["alpha"])
+        ax.xaxis.label.set_size(7)
+        ax.set_title(layer, fontsize=9)
+        ax.set_ylabel(ylabel, fontsize=7)
+    return _finish(fig, axes, len(layers), f"{title}\nlast analysed epoch; mean and 95% CI over seeds", path)

@@ -1,0 +1,142 @@
+"""Representation analyses over a sweep: `python -m orchestrator.represent results/<sweep>`.
+
+    --max-parallel N   N worker processes (default: one)
+    --device D         device of the first phase (default: each trial's own device field)
+
+Two phases, each a pool of worker processes (orchestrator.runner.WorkerPool), each growing files
+a killed run resumes from (docs/analysis.md):
+1. every done trial that kept checkpoints but lacks some of their activations (a sweep run
+   without `represent: true`, or a trial that kept more since): `python -m trainer.represent
+   --trial F` stores them and their dimensionality (reads the data set; a GPU helps for ImageNet);
+2. every pair (`pairs`) with epochs not yet compared: `python -m trainer.similarity --trial A
+   --against B ...`, one worker per trial A, CKA and PWCCA from the stored activations (numpy
+   only, no torch).
+
+Pairs: trials that agree in every field of the trial id but alpha, onset_epoch, offset_epoch and
+seed form a group. In a group, each regularized trial (alpha != 0) is paired with the
+unregularized trial of its seed ("vs_unregularized"), and each unregularized trial with every
+unregularized trial of a lower seed ("across_seeds", the baseline). Then
+`python -m orchestrator.collect results/<sweep>` adds the tables and figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from orchestrator.errors import UserError, cli
+from orchestrator.plan import scan
+from orchestrator.progress import Progress
+from orchestrator.runner import WorkerPool, last_line, make_slots
+from trainer import results as R
+from trainer.cli import EXIT_BUSY, EXIT_DONE
+from trainer.similarity import DIMENSIONALITY, SIMILARITY, kept_checkpoint_epochs, stored_epochs
+from trainer.spec import IN_TRIAL_ID, TrialSpec
+
+REPRESENT_LOG = "represent.log"
+REGULARIZER_FIELDS = ("alpha", "onset_epoch", "offset_epoch", "seed")  # what may differ within a pairing group
+
+
+def pairing_key(spec: TrialSpec) -> tuple[tuple[str, str], ...]:
+    """Trials with equal keys are the same training but for the regularizer and the seed."""
+    d = spec.to_dict()
+    return tuple((k, repr(d[k])) for k in sorted(IN_TRIAL_ID) if k not in REGULARIZER_FIELDS)
+
+
+def pairs(specs: dict[str, TrialSpec]) -> dict[str, list[str]]:
+    """trial_id -> the trial_ids of its references (see the module docstring), for trials that have any."""
+    groups: dict[tuple, list[TrialSpec]] = defaultdict(list)
+    for spec in specs.values():
+        groups[pairing_key(spec)].append(spec)
+    out: dict[str, list[str]] = {}
+    for members in groups.values():
+        plain = {s.seed: s for s in members if s.alpha == 0}  # alpha 0 is one trial per seed (spec normalises the window)
+        for s in sorted(members, key=lambda s: (s.seed, s.alpha, s.onset_epoch, s.trial_id)):
+            if s.alpha != 0:
+                refs = [plain[s.seed].trial_id] if s.seed in plain else []
+            else:
+                refs = [plain[seed].trial_id for seed in sorted(plain) if seed < s.seed]
+            if refs:
+                out[s.trial_id] = refs
+    return out
+
+
+def _table_keys(path: Path, columns: list[str]) -> set[tuple]:
+    if not path.exists():
+        return set()
+    table = pq.read_table(path, columns=columns)
+    return set(zip(*(table[c].to_pylist() for c in columns)))
+
+
+def needs_activations(folder: Path) -> bool:
+    """Some kept checkpoint has no stored activations (or no dimensionality rows) yet."""
+    analysed = set(stored_epochs(folder)) & {e for (e,) in _table_keys(folder / DIMENSIONALITY, ["epoch"])}
+    return bool(set(kept_checkpoint_epochs(folder)) - analysed)
+
+
+def needs_comparing(folder: Path, refs: list[Path]) -> bool:
+    """Some epoch stored by the trial and one of its references is not in its similarity.parquet yet."""
+    mine = set(stored_epochs(folder))
+    expected = {(ref.name, e) for ref in refs for e in mine & set(stored_epochs(ref))}
+    return bool(expected - _table_keys(folder / SIMILARITY, ["reference_id", "epoch"]))
+
+
+def run_pool(module: str, jobs: list[tuple[Path, list[str]]], max_parallel: int, label: str) -> list[str]:
+    """`python -m <module> --trial <folder> <args>` per (folder, args); returns the failures, one line each."""
+    pool = WorkerPool(make_slots(max_parallel))
+    progress = Progress(len(jobs), label)
+    failed: list[str] = []
+    queue, done = list(jobs), 0
+    while queue or pool.running:
+        while queue and pool.free:
+            folder, args = queue.pop(0)
+            pool.start([sys.executable, "-m", module, "--trial", str(folder), *args], folder, folder / REPRESENT_LOG)
+        key, code = pool.wait()
+        folder = Path(str(key))
+        if code in (EXIT_DONE, EXIT_BUSY):  # busy: another process works on it right now
+            done += 1
+        else:
+            failed.append(f"{folder.name}: {last_line(folder / REPRESENT_LOG)}")
+        progress.update(done, len(failed), len(pool.running), folder.name)
+    return failed
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m orchestrator.represent", description=__doc__.split("\n\n")[0])
+    p.add_argument("sweep", type=Path)
+    p.add_argument("--max-parallel", type=int, default=1)
+    p.add_argument("--device", default=None, help="device of the activations phase (default: each trial's device field)")
+    args = p.parse_args(argv)
+    if not (args.sweep / "trials").is_dir():
+        raise UserError(f"{args.sweep}: not a sweep folder (no trials/ inside); give <results>/<grid name>")
+    if args.max_parallel < 1:
+        raise UserError(f"--max-parallel is {args.max_parallel}; allowed: >= 1")
+    done = {tid: s.folder for tid, s in scan(args.sweep).items() if s.state == "done" and kept_checkpoint_epochs(s.folder)}
+    if not done:
+        raise UserError(f"{args.sweep}: no done trial with kept checkpoints (checkpoints/) to analyse")
+    device = ["--device", args.device] if args.device else []
+    todo = [(folder, device) for folder in done.values() if needs_activations(folder)]
+    failed = run_pool("trainer.represent", todo, args.max_parallel, "activations") if todo else []
+    specs = {tid: TrialSpec.from_dict(R.read_json(f / R.SPEC), where=str(f / R.SPEC)) for tid, f in done.items()}
+    compared = [
+        (done[a], [arg for b in refs for arg in ("--against", str(done[b]))])
+        for a, refs in pairs(specs).items()
+        if needs_comparing(done[a], [done[b] for b in refs])
+    ]
+    failed += run_pool("trainer.similarity", compared, args.max_parallel, "pairs") if compared else []
+    for line in failed:
+        print(f"failed: {line}", file=sys.stderr)
+    n_pairs = sum(len(refs) for refs in pairs(specs).values())
+    print(
+        f"{args.sweep}: activations of {len(todo)} trials, {n_pairs} pairs ({len(compared)} trials compared this time); "
+        f"next: python -m orchestrator.collect {args.sweep}"
+    )
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli(main))
