@@ -153,8 +153,10 @@ def test_random_kills_of_launcher_and_workers(tmp_path: Path) -> None:
     assert set(states) == {s.trial_id for s in specs}
     assert {s.state for s in states.values()} == {"done"}
     assert leftovers(sweep) == []
-    # The numbers equal an uninterrupted sweep's, bitwise, however the relaunches regrouped the
-    # fused trials (a fusable trial always trains fused, beside a twin when alone: trainer.group).
+    # The numbers equal an uninterrupted sweep's however the relaunches regrouped the fused trials
+    # (a fusable trial always trains fused, beside a twin when alone: trainer.group): weights,
+    # accuracy and CSI bitwise; the training statistics to float32 rounding, since a group's size
+    # can change the last bits of its per-model loss reductions (docs/fused.md).
     reference = tmp_path / "reference"
     subprocess.run([*launcher[:-3], str(reference), *launcher[-2:]], env=ENV, capture_output=True, timeout=300, check=True)
     for spec in specs:
@@ -164,6 +166,9 @@ def test_random_kills_of_launcher_and_workers(tmp_path: Path) -> None:
             got, want = pd.read_parquet(got_folder / name), pd.read_parquet(ref / name)
             if name == EPOCHS:
                 got, want = got.drop(columns=TIMING), want.drop(columns=TIMING)
+                train = ["train_loss", "train_ce", "train_selectivity"]
+                pd.testing.assert_frame_equal(got[train], want[train], rtol=1e-6)
+                got, want = got.drop(columns=train), want.drop(columns=train)
             pd.testing.assert_frame_equal(got, want, check_exact=True)
     for spec in specs:
         epochs = pd.read_parquet(sweep / "trials" / spec.trial_id / EPOCHS)

@@ -1,4 +1,4 @@
-"""The networks: tracked blocks (SPEC 1.1), their names and sizes, and activation capture.
+"""The networks: tracked blocks (docs/science.md), their names and sizes, and activation capture.
 
 Stems, torchvision equivalence and the catalog: tests/test_models_zoo.py; whole trials of the
 newer networks on fake data trees: tests/test_models_trials.py.

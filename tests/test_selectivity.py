@@ -1,4 +1,4 @@
-"""Class selectivity index (SPEC 1.2-1.5) and the sign of the regularizer (SPEC 1.4)."""
+"""Class selectivity index (docs/science.md) and the sign of the regularizer (docs/science.md)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ EPS = 1e-7
 
 
 def reference_csi(acts: np.ndarray, labels: np.ndarray, num_classes: int, eps: float = EPS) -> np.ndarray:
-    """SPEC 1.2 written with plain loops, independent of the tensor code."""
+    """The CSI definition (docs/science.md) written with plain loops, independent of the tensor code."""
     n, units = acts.shape
     out = np.zeros(units)
     present = [c for c in range(num_classes) if any(labels[i] == c for i in range(n))]
@@ -133,7 +133,7 @@ def test_range_zero_one_for_nonnegative(seed: int) -> None:
 
 
 def test_evaluation_accumulator_equals_whole_set() -> None:
-    """Class sums accumulated over batches give the CSI of the whole set at once (SPEC 1.3)."""
+    """Class sums accumulated over batches give the CSI of the whole set at once (docs/science.md)."""
     g = torch.Generator().manual_seed(0)
     acts = [torch.relu(torch.randn(90, u, generator=g)) for u in (3, 5)]
     labels = torch.randint(0, 4, (90,), generator=g)
@@ -211,7 +211,7 @@ def _trained_selectivity(setup, alpha: float) -> float:
 
 
 def test_regularizer_sign(digits_setup) -> None:
-    """Same start, same batches: alpha < 0 lowers selectivity, alpha > 0 raises it (SPEC 1.4)."""
+    """Same start, same batches: alpha < 0 lowers selectivity, alpha > 0 raises it (docs/science.md)."""
     down = _trained_selectivity(digits_setup, -10.0)
     plain = _trained_selectivity(digits_setup, 0.0)
     up = _trained_selectivity(digits_setup, 10.0)
@@ -229,7 +229,7 @@ def test_loss_is_ce_minus_alpha_times_si(digits_setup) -> None:
 
 
 def test_alpha_zero_never_captures(digits_setup, monkeypatch: pytest.MonkeyPatch) -> None:
-    """At alpha = 0 the regularizer costs nothing: no capture, no SI_batch (SPEC 1.4)."""
+    """At alpha = 0 the regularizer costs nothing: no capture, no SI_batch (docs/science.md)."""
     base, batches, _ = digits_setup
     captures: list[bool] = []
     calls: list[int] = []

@@ -1,5 +1,5 @@
 """One trial end to end: result files and their schemas, resume after a real kill, divergence,
-the trial lock, skip-if-done, and the done-when check of the science (SPEC 1.4, 4)."""
+the trial lock, skip-if-done, and the done-when check of the science (docs/science.md, docs/results.md)."""
 
 from __future__ import annotations
 
@@ -123,7 +123,7 @@ def test_layer_and_unit_rows_agree(done_trial) -> None:
         assert row["n_units"] == len(g)
         assert row["csi_mean"] == pytest.approx(g["csi"].astype(float).mean(), rel=1e-6, abs=1e-7)
         assert row["csi_median"] == pytest.approx(g["csi"].astype(float).median(), rel=1e-6, abs=1e-7)
-    # The network mean weighs layers equally (SPEC 1.3).
+    # The network mean weighs layers equally (docs/science.md).
     by_layers = l.groupby("epoch")["csi_mean"].mean()
     np.testing.assert_allclose(e.set_index("epoch")["csi_mean"], by_layers, rtol=1e-12)
     assert (u["top_class"].between(0, 9)).all() and (u["mu_max"] >= u["mu_rest"]).all()

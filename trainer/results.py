@@ -1,4 +1,4 @@
-"""Result files of one trial (SPEC 4): Parquet schemas and atomic writes.
+"""Result files of one trial (docs/results.md): Parquet schemas and atomic writes.
 
 Every file appears atomically: written beside its final name (a dot-file ending in .tmp-<pid>),
 flushed to disk, then renamed over it. A job killed at any moment leaves the previous complete
