@@ -136,12 +136,13 @@ class Plan:
     specs: tuple[TrialSpec, ...]
     states: dict[str, TrialState]  # of the grid's trials
     to_run: tuple[TrialSpec, ...]
+    source: str = "grid"  # the file the trials' settings come from, for messages (a grid, or a profile that overrides them)
 
     def count(self, state: str) -> int:
         return sum(1 for s in self.states.values() if s.state == state)
 
 
-def make_plan(specs: Iterable[TrialSpec], sweep: Path, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> Plan:
+def make_plan(specs: Iterable[TrialSpec], sweep: Path, max_attempts: int = DEFAULT_MAX_ATTEMPTS, source: str = "grid") -> Plan:
     """Which of `specs` still need running, given the trial folders on disk."""
     specs = tuple(specs)
     states = {}
@@ -149,7 +150,7 @@ def make_plan(specs: Iterable[TrialSpec], sweep: Path, max_attempts: int = DEFAU
         folder = trial_folder(sweep, spec.trial_id)
         states[spec.trial_id] = observe(folder) if folder.exists() else TrialState(spec.trial_id, folder, "pending")
     to_run = tuple(s for s in specs if states[s.trial_id].runnable(max_attempts))
-    return Plan(sweep, specs, states, to_run)
+    return Plan(sweep, specs, states, to_run, source)
 
 
 def prepare(plan: Plan) -> list[Path]:

@@ -21,7 +21,6 @@ unregularized trial of a lower seed ("across_seeds", the baseline). Then
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -33,7 +32,7 @@ from orchestrator.plan import scan
 from orchestrator.progress import Progress
 from orchestrator.runner import WorkerPool, last_line, make_slots
 from trainer import results as R
-from trainer.cli import EXIT_BUSY, EXIT_DONE
+from trainer.cli import EXIT_BUSY, EXIT_DONE, ArgumentParser
 from trainer.similarity import DIMENSIONALITY, SIMILARITY, kept_checkpoint_epochs, stored_epochs
 from trainer.spec import IN_TRIAL_ID, TrialSpec
 
@@ -106,7 +105,7 @@ def run_pool(module: str, jobs: list[tuple[Path, list[str]]], max_parallel: int,
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m orchestrator.represent", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m orchestrator.represent", description=__doc__.split("\n\n")[0])
     p.add_argument("sweep", type=Path)
     p.add_argument("--max-parallel", type=int, default=1)
     p.add_argument("--device", default=None, help="device of the activations phase (default: each trial's device field)")

@@ -14,7 +14,11 @@ worker could not record, the runner records (holding the trial's lock):
   is `interrupted`, with the signal and the log's path in `last_interruption`;
 - the worker ended before the trial's attempt began (python or a package missing, an unreadable
   spec, a bad device): the trial is `failed` (retryable, error_kind `setup`) with the log's last
-  line, and that counts as an attempt, so a relaunch stops after `max_attempts`.
+  line, and that counts as an attempt, so a relaunch stops after `max_attempts`;
+- no worker could be started (the interpreter missing, no room for the log): the members are
+  `failed` (error_kind `setup`, an attempt counted) and not restarted here;
+- the worker stopped on request (exit 76: SIGUSR1, a mid-epoch checkpoint before a time limit),
+  or a stop signal of ours ended it before its attempt began: nothing failed, it is not restarted.
 A group goes again with its members that can still run: failed ones while they have attempts
 left (each start counts one), interrupted ones only if they made progress (a new epoch) since
 their previous start here. A user mistake never goes again. So the loop always ends, even when
@@ -33,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
-from trainer.cli import EXIT_BUSY, EXIT_USER
+from trainer.cli import EXIT_BUSY, EXIT_CHECKPOINTED, EXIT_USER
 from trainer.lock import TrialBusy, TrialLock
 from trainer.provenance import now
 from trainer.results import SPEC
@@ -91,8 +95,12 @@ class WorkerPool:
     def start(self, cmd: list[str], key: object, log: Path | None = None) -> Slot:
         """Run `cmd` on a free slot (output appended to `log`, else discarded); `key` comes back from wait."""
         slot = self.free.pop(0)
-        with open(log if log is not None else os.devnull, "ab") as out:  # the child keeps its own copy
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **slot.env})
+        try:
+            with open(log if log is not None else os.devnull, "ab") as out:  # the child keeps its own copy
+                proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **slot.env})
+        except BaseException:  # no interpreter, no room for the log: the slot stays free
+            self.free.insert(0, slot)
+            raise
         self.running[proc] = (slot, key)
         return slot
 
@@ -188,6 +196,17 @@ class Runner:
         return todo
 
     def _start(self, members: list[Path]) -> None:
+        try:
+            self._start_worker(members)
+        except OSError as err:  # no interpreter, a full disk for the log: no worker, still an outcome
+            why = f"cannot start a worker ({err.strerror or err}{f': {err.filename}' if err.filename else ''})"
+            for f in members:
+                self._record(f, "failed", why, "setup", count=True)
+                self.report.given_up.setdefault(f, f"{why}; not restarted")
+                self.report.states[f] = observe(f)
+                print(f"{f.name}: {why}", file=sys.stderr, flush=True)
+
+    def _start_worker(self, members: list[Path]) -> None:
         log = members[0] / LOG
         for f in members[1:]:  # one process, one log: the first member's
             with open(f / LOG, "a") as note:
@@ -208,6 +227,11 @@ class Runner:
             started = now_.attempts > before[f].attempts  # the worker's attempt began (it counts one)
             if code == EXIT_BUSY or now_.state == "running":  # another live process holds it
                 continue
+            if code == EXIT_CHECKPOINTED or (self._stopping and code < 0 and not started):
+                # Stopped on request (mid-epoch checkpoint, recorded by the worker), or our stop
+                # signal came before its attempt began: nothing failed, and it does not go again here.
+                self.report.states[f] = now_
+                continue
             if code == EXIT_USER and not started:
                 self._record(f, "failed", f"{last_line(log)} (log: {log})", "user", count=True)
                 self.report.user_errors.append(f"{f.name}: {last_line(log)}")
@@ -227,7 +251,8 @@ class Runner:
                     again.append(f)
                     print(f"{f.name}: {after.state} ({after.error or why}); restarting from its checkpoint", file=sys.stderr, flush=True)
                 else:
-                    self.report.given_up[f] = f"{why}, no progress since its last start here; not restarted (log: {log})"
+                    said = f"{why} ({last_line(log)[:160]}), no progress since its last start here"
+                    self.report.given_up.setdefault(f, f"{said}; not restarted (log: {log})")
             self.report.states[f] = after
         return again
 

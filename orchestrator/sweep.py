@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import typing
 from dataclasses import replace
 from pathlib import Path
 
@@ -48,23 +47,15 @@ from orchestrator.plan import (
     trial_folders,
 )
 from orchestrator.profiles import BACKENDS, Profile, default_profile, load_profile
-from trainer.cli import EXIT_DONE, EXIT_UNFINISHED, cli
+from trainer.cli import EXIT_DONE, EXIT_UNFINISHED, ArgumentParser, cli
 from trainer.data import preflight_data
 from trainer.errors import UserError
-from trainer.spec import TrialSpec, quote
 
 MAX_PARALLEL = 1024
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """argparse whose mistakes are one line and exit 2, like every other user mistake (no usage block)."""
-
-    def error(self, message: str) -> typing.NoReturn:
-        raise UserError(f"{self.prog}: {message[:200]} (see --help)")
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = OneLineParser(prog="python -m orchestrator.sweep", description="Run a YAML grid of trials.")
+    p = ArgumentParser(prog="python -m orchestrator.sweep", description="Run a YAML grid of trials.")
     p.add_argument("--grid", required=True, type=Path)
     p.add_argument("--backend", choices=BACKENDS, help="default: the profile's backend, else local")
     p.add_argument("--cluster", type=Path, help="cluster profile (cluster_configs/...yaml)")
@@ -130,31 +121,6 @@ def cpus_per_trial(profile: Profile) -> int:
     return int(cpus) if cpus else max(1, (os.cpu_count() or 1) // profile.workers())
 
 
-def check_local_devices(specs: tuple[TrialSpec, ...], where: str) -> None:
-    """The local backend trains here: a CUDA device the trials ask for must be on this machine.
-
-    torch is imported only when some trial asks for CUDA (cpu and auto need no check: auto
-    falls back to the CPU). SLURM and Ray nodes are other machines, so they are not checked here.
-    """
-    wanted = sorted({s.device for s in specs if s.device.startswith("cuda")})
-    if not wanted:
-        return
-    import torch
-
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    for device in wanted:
-        index = int(device.partition(":")[2] or 0)
-        if count == 0:
-            raise UserError(
-                f"{where}: field 'device' is {quote(device)} but this machine has no CUDA device, and the local backend "
-                "trains here; allowed here: auto, cpu (or a cluster backend whose nodes have GPUs)"
-            )
-        if index >= count:
-            raise UserError(
-                f"{where}: field 'device' is {quote(device)} but this machine has {count} CUDA device(s): cuda:0 to cuda:{count - 1}"
-            )
-
-
 def summary(grid: Grid, plan: Plan) -> str:
     """Where the grid's trials stand, every state counted (trials held by live processes as running)."""
     n = len(plan.specs)
@@ -177,11 +143,15 @@ def main(argv: list[str] | None = None) -> int:
     grid = load_grid(args.grid, overrides=profile.trial_overrides())
     folder = sweep_dir(args.results, grid.name)
     trial_folders(folder)  # warns once about folders under trials/ that are not trials
-    max_attempts = profile.max_attempts
     if args.retry_failed:
-        # One more round for every failed trial that can be retried (diverged ones stay failed).
-        max_attempts += max((s.attempts for s in scan(folder, warn=None).values()), default=0)
-    plan = make_plan(grid.specs, folder, max_attempts)
+        # One more round for every failed trial that can be retried (diverged ones stay failed):
+        # the plan and the backend's runner both count attempts against the raised cap.
+        extra = max((s.attempts for s in scan(folder, warn=None).values()), default=0)
+        profile = replace(profile, max_attempts=profile.max_attempts + extra)
+        backend = backend_for(profile)
+    max_attempts = profile.max_attempts
+    source = str(args.cluster if args.cluster and "device" in profile.trial_overrides() else args.grid)
+    plan = make_plan(grid.specs, folder, max_attempts, source)
     groups = groups_of(plan, profile)
     if args.dry_run:
         print_plan(grid, plan, profile, groups)
@@ -189,10 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             print(text)
         return EXIT_DONE
     check_writable(folder)
-    backend.preflight(plan)  # the engine's own checks (commands, partition, cluster address)
-    if profile.backend == "local":
-        device_from = args.cluster if args.cluster and "device" in profile.trial_overrides() else args.grid
-        check_local_devices(plan.to_run, str(device_from))
+    backend.preflight(plan)  # the engine's own checks (this machine's devices, commands, partition, cluster address)
     for dataset, root, cache in sorted({(s.dataset, s.resolved_data_root(), s.cache_dir or "") for s in plan.to_run}):
         preflight_data(dataset, root, cache or None)
     check_space(folder, plan.to_run)

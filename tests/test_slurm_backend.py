@@ -84,7 +84,7 @@ def write_grid(tmp_path: Path, name: str, fixed: str, sweep: str) -> Path:
 def write_profile(tmp_path: Path, **extra: object) -> Path:
     # fuse 1: one trial per task, trained as trainer.run (a lone fusable trial would train beside a
     # twin, doubling the CPU time of these single-trial tests); fused tasks have their own test.
-    keys = {"partition": "debug", "cpus_per_trial": 1, "mem_gb": 1, "time_min": 10, "array_parallelism": 2,
+    keys = {"partition": "debug", "cpus_per_trial": 1, "mem_gb": 1, "time_min": 10, "max_running_tasks": 2,
             "max_requeues": 3, "device": "cpu", "wait": False, "fuse": 1, **extra}  # fmt: skip
     path = tmp_path / "profile.yaml"
     path.write_text("backend: slurm\n" + "".join(f"{k}: {json.dumps(v)}\n" for k, v in keys.items()))
@@ -167,7 +167,7 @@ def test_golden_sbatch_script_of_example_site() -> None:
 
 
 def test_sbatch_parameters_only_what_the_profile_sets(tmp_path: Path) -> None:
-    profile = load_profile(write_profile(tmp_path, gpus_per_trial=2, time_min=1, setup=["module load x"]))
+    profile = load_profile(write_profile(tmp_path, gpus_per_task=2, time_min=1, setup=["module load x"]))
     params = sbatch_parameters(profile, "digits")
     assert {"account", "qos", "constraint"}.isdisjoint(params) and params["gpus_per_node"] == 2
     text = render_sbatch(profile, "digits", tmp_path / "%j", n_tasks=1)

@@ -63,10 +63,11 @@ def command(body: Callable[[], int]) -> int:
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose mistakes are one line (`python -m x: error: ...; see --help`), exit code 2, like every other user mistake."""
+    """argparse whose mistakes are one line (`error: python -m x: ... (see --help)`), exit code 2, like every
+    other user mistake: no usage block. It exits itself, so it works before a command's wrapper runs."""
 
     def error(self, message: str) -> NoReturn:
-        print(f"error: {self.prog}: {message}; see {self.prog} --help", file=sys.stderr)
+        print(f"error: {self.prog}: {message[:200]} (see --help)", file=sys.stderr)
         raise SystemExit(EXIT_USER)
 
 

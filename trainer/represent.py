@@ -21,7 +21,6 @@ sweep and chooses the pairs. Exit codes as trainer.run: 0 done, 2 user mistake, 
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from trainer import results as R
 from trainer.ablate import kept_epochs
 from trainer.attempt import pick_device
 from trainer.checkpoint import KEPT
-from trainer.cli import EXIT_DONE, command
+from trainer.cli import EXIT_DONE, ArgumentParser, command
 from trainer.data import Data, eval_batch_size, load_dataset
 from trainer.errors import UserError
 from trainer.lock import TrialLock
@@ -114,7 +113,7 @@ def represent_if_asked(spec: TrialSpec, folder: Path, data: Data | None = None) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m trainer.represent", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m trainer.represent", description=__doc__.split("\n\n")[0])
     p.add_argument("--trial", required=True, type=Path, help="a finished trial's folder")
     p.add_argument("--device", default=None)
     args = p.parse_args(argv)

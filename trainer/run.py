@@ -15,7 +15,6 @@ Exit codes (trainer.cli): 0 done, 2 user mistake, 3 trial failed (recorded in st
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from trainer import results as R
 from trainer.ablate import ablate_trial
 from trainer.ablation import ablation_plan_of
 from trainer.attempt import StopRequest, attempt, stop_on_signal
-from trainer.cli import EXIT_DONE, EXIT_FAILED, command
+from trainer.cli import EXIT_DONE, EXIT_FAILED, ArgumentParser, command
 from trainer.data import Data
 from trainer.epochs import train_members
 from trainer.errors import UserError
@@ -84,7 +83,7 @@ def outcome_line(spec: TrialSpec, folder: Path, state: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trainer.run", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m trainer.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--spec", required=True, type=Path, help="the trial's spec.json; results go beside it")
     args = parser.parse_args(argv)
 

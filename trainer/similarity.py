@@ -34,7 +34,6 @@ the component count (tests/test_represent.py). Storage per epoch: N x U x 2 byte
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import sys
@@ -46,7 +45,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from trainer import results as R
-from trainer.cli import EXIT_DONE, command
+from trainer.cli import EXIT_DONE, ArgumentParser, command
 from trainer.errors import UserError
 from trainer.lock import TrialLock
 from trainer.representation import linear_cka, participation_ratio, pcs_for_variance, pwcca_distance
@@ -241,7 +240,7 @@ def compare_trials(folder: Path, references: Sequence[Path]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m trainer.similarity", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m trainer.similarity", description=__doc__.split("\n\n")[0])
     p.add_argument("--trial", required=True, type=Path, help="the trial compared (its similarity.parquet grows)")
     p.add_argument("--against", required=True, type=Path, action="append", help="a reference trial's folder (repeat)")
     args = p.parse_args(argv)

@@ -17,6 +17,8 @@ from orchestrator.plan import Plan
 from orchestrator.profiles import LocalProfile
 from orchestrator.progress import Progress
 from orchestrator.runner import Report, Runner, make_slots
+from trainer.errors import UserError
+from trainer.spec import TrialSpec, quote
 
 
 class LocalBackend:
@@ -24,7 +26,8 @@ class LocalBackend:
         self.profile = profile
 
     def preflight(self, plan: Plan) -> None:
-        """Nothing beyond what the sweep checks for every engine (grid, profile, data, device)."""
+        """The trials train on this machine: the CUDA devices they ask for must be here."""
+        check_local_devices(plan.to_run, plan.source)
 
     def describe(self, groups: list[list[Path]], sweep: Path) -> str:
         return ""
@@ -43,3 +46,28 @@ class LocalBackend:
         for folder, why in report.given_up.items():
             print(f"gave up on {folder.name}: {why}", file=sys.stderr)
         return Launch(waited=True)
+
+
+def check_local_devices(specs: tuple[TrialSpec, ...], where: str) -> None:
+    """The local backend trains here: a CUDA device the trials ask for must be on this machine.
+
+    torch is imported only when some trial asks for CUDA (cpu and auto need no check: auto
+    falls back to the CPU). SLURM and Ray nodes are other machines, so they are not checked here.
+    """
+    wanted = sorted({s.device for s in specs if s.device.startswith("cuda")})
+    if not wanted:
+        return
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for device in wanted:
+        index = int(device.partition(":")[2] or 0)
+        if count == 0:
+            raise UserError(
+                f"{where}: field 'device' is {quote(device)} but this machine has no CUDA device, and the local backend "
+                "trains here; allowed here: auto, cpu (or a cluster backend whose nodes have GPUs)"
+            )
+        if index >= count:
+            raise UserError(
+                f"{where}: field 'device' is {quote(device)} but this machine has {count} CUDA device(s): cuda:0 to cuda:{count - 1}"
+            )

@@ -2,10 +2,12 @@
 
     cluster_configs/ray/local.yaml            a Ray started (and stopped) by the launcher on this machine
     cluster_configs/ray/cluster-profile.yaml  join a running cluster (`address: auto` on its head node)
-    scripts/ray_in_slurm.sbatch               a Ray cluster inside one SLURM allocation (docs/backends.md)
+    cluster_configs/ray/in-slurm.yaml         with scripts/ray_in_slurm.sbatch: a Ray cluster inside one SLURM allocation
 
 Each Tune trial is one group of OUR trial folders (orchestrator.pack: one trial, or several
-trained fused): the function trainable runs it with orchestrator.runner (a `trainer.group`
+trained fused), on one GPU or a share of one (gpus_per_trial 0 to 1, checked in
+orchestrator.profiles: the trainer never uses more than one, so a node of G GPUs runs G Tune
+trials side by side). The function trainable runs it with orchestrator.runner (a `trainer.group`
 worker process with the trial's cores and the GPU Ray gave it) and reports once, at the end.
 Tune only schedules (resources per trial, fractional GPUs, concurrency); the runner retries a
 crashed worker (each restart resumes from the trial's checkpoint) and records every outcome in
@@ -170,10 +172,6 @@ def _check_profile(profile: RayProfile, devices: set[str]) -> None:
         local_only = [k for k in ("num_cpus", "num_gpus", "temp_dir") if getattr(profile, k) is not None]
         if local_only:
             raise UserError(f"ray profile: keys {', '.join(local_only)} apply to a local Ray only; remove them or 'address'")
-    if profile.cpus_per_trial <= 0:
-        raise UserError(f"ray profile: key 'cpus_per_trial' is {profile.cpus_per_trial}; allowed: > 0")
-    if profile.gpus_per_trial > 1 and profile.gpus_per_trial != int(profile.gpus_per_trial):
-        raise UserError(f"ray profile: key 'gpus_per_trial' is {profile.gpus_per_trial}; allowed: a fraction <= 1, or whole GPUs")
     if profile.gpus_per_trial == 0 and any(d.startswith("cuda") for d in devices):
         raise UserError("ray profile: the trials' device is cuda but gpus_per_trial is 0 (Ray hides GPUs from such trials)")
     if any(d.startswith("cuda:") for d in devices):
@@ -224,7 +222,12 @@ def _connect(profile: RayProfile, sweep: Path) -> tuple[bool, str | None]:
 
 
 def _check_reachable(address: str) -> None:
-    """ray.init waits for minutes on a host:port where nothing listens; a TCP connect answers at once."""
+    """ray.init waits for minutes on a host:port where nothing listens; a TCP connect answers at once.
+
+    `auto` means the cluster RAY_ADDRESS names when it is set (scripts/ray_in_slurm.sbatch sets it).
+    """
+    if address == "auto" and os.environ.get("RAY_ADDRESS"):
+        address = os.environ["RAY_ADDRESS"]
     host, _, port = address.rpartition(":")
     if host and port.isdigit() and "://" not in address:
         try:

@@ -21,7 +21,6 @@ rows files written), `collect-tables` (the tables written), `collect-figures` (f
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import os
 import sys
@@ -56,6 +55,7 @@ from orchestrator.collect.stats import (
 from orchestrator.errors import UserError
 from trainer import faults
 from trainer import results as R
+from trainer.cli import ArgumentParser
 
 STATES = ("done", "failed", "running", "pending", "interrupted", "unreadable", "incomplete")
 FIGURES = ("test_acc_vs_alpha.png", "csi_vs_alpha.png", "csi_over_epochs.png", "layer_csi_vs_alpha.png")
@@ -306,7 +306,7 @@ def summary_text(result: CollectResult) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m orchestrator.collect", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m orchestrator.collect", description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep", type=Path, help="the sweep folder, <results>/<sweep>")
     parser.add_argument("--full", action="store_true", help="ignore the cache and read every trial again")
     parser.add_argument("--no-figures", action="store_true", help="tables and report only")

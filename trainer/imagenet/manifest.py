@@ -25,7 +25,6 @@ times): run with --rebuild then. Checking the stamp is ~2,000 stat calls, no lis
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -263,9 +262,9 @@ def preflight(root: str | Path, cache_dir: str | Path | None = None) -> None:
 
 # ---- command ----------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    from trainer.cli import command
+    from trainer.cli import ArgumentParser, command
 
-    p = argparse.ArgumentParser(prog="python -m trainer.imagenet.manifest", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m trainer.imagenet.manifest", description=__doc__.split("\n\n")[0])
     p.add_argument("--data-root", required=True, help="the folder that holds imagenet/")
     p.add_argument("--cache-dir", default=None, help="default: $SWEEP_CACHE_DIR or ~/.cache/selectivity-sweep")
     p.add_argument("--check", action="store_true", help="decode every image; bad ones are skipped up front by the loaders")

@@ -1,7 +1,8 @@
 """SLURM backend (submitit job arrays): the only package that imports submitit.
 
-    launcher.py  submit groups as job arrays, skip what is queued, wait (or not), SlurmBackend
-    job.py       TrialJob: what an array task runs on its node (workers, requeues, signals)
+    launcher.py  submit tasks as chained, throttled job arrays (within submit limits), wait or not, SlurmBackend
+    job.py       TrialJob: what an array task runs on its node (a worker per GPU, requeues, signals)
+    queue.py     squeue / sacct, and the outcome of jobs that left the queue without one
     sbatch.py    the sbatch parameters and chunking as pure functions (no SLURM needed)
 
 Queued jobs pickled `orchestrator.backends.slurm.TrialJob` by reference: it stays importable here.
@@ -10,6 +11,7 @@ Queued jobs pickled `orchestrator.backends.slurm.TrialJob` by reference: it stay
 from __future__ import annotations
 
 from orchestrator.backends.slurm.job import REQUEUES, TrialJob
-from orchestrator.backends.slurm.launcher import SUBMITTED, SlurmBackend, render_sbatch, squeue, submit
+from orchestrator.backends.slurm.launcher import SlurmBackend, render_sbatch, submit
+from orchestrator.backends.slurm.queue import SUBMITTED, settle, squeue
 
-__all__ = ["REQUEUES", "SUBMITTED", "SlurmBackend", "TrialJob", "render_sbatch", "squeue", "submit"]
+__all__ = ["REQUEUES", "SUBMITTED", "SlurmBackend", "TrialJob", "render_sbatch", "settle", "squeue", "submit"]

@@ -2,45 +2,68 @@
 
     python -m orchestrator.sweep --grid grids/digits.yaml --cluster cluster_configs/slurm/<site>.yaml
 
-- The groups go out as job arrays of at most the cluster's MaxArraySize tasks (read from
-  `scontrol show config` unless the profile sets `max_array_size`), at most `array_parallelism`
-  running at once. The sbatch script carries the profile's resources and the job name
-  `sweep-<sweep name>` only (orchestrator.backends.slurm.sbatch); each task gets its group's
-  trial folders through submitit's pickle, and the trials' settings are read from their
-  spec.json: no grid value ever reaches a shell. What a task does on its node: job.py.
-- Each trial folder gets `slurm_job.json` (its group's job id); running the sweep again does
-  not submit a trial whose job is still queued or running.
-- `wait: true` polls `squeue` until every job has left the queue, then the trial folders say how
-  it went (no `sacct` needed: without accounting submitit reads every job state as UNKNOWN).
-  `wait: false` prints the job ids and returns; `orchestrator.status` reads the same folders.
+- Tasks: a task holds `groups_per_task` groups (one per GPU of `gpus_per_task` / `gres`; one on
+  a CPU-only or one-GPU task) and trains them side by side (job.py). The sbatch script carries
+  the profile's resources and the job name `sweep-<sweep name>` only (sbatch.py); each task gets
+  its groups' trial folders through submitit's pickle, and the trials' settings are read from
+  their spec.json: no grid value ever reaches a shell.
+- Arrays and the sweep-wide throttle: tasks go out as job arrays of at most the cluster's
+  MaxArraySize (read from `scontrol show config` unless the profile sets `max_array_size`), each
+  with `%N` (N = max_running_tasks, or max_gpus / GPUs per task), and each array waits for the
+  previous one and for every job of the sweep already queued (`--dependency=afterany:...`), so
+  at most N tasks of the sweep run at once however many arrays and launches it takes.
+- Submit limits: when sbatch refuses for a per-user / QOS / association submit limit, the
+  launcher submits the largest array that fits (halving, then bisecting); with `wait: true` it
+  tops the queue up as tasks leave until every task is submitted; without, it says how many
+  trials are left and that running the command again tops up.
+- Each trial folder gets `slurm_job.json` (its task's job id, log folder and stderr path);
+  running the sweep again does not submit a trial whose job is still queued or running, and
+  first records the outcome of jobs that left the queue without one (queue.settle): a trial
+  whose job failed before it started is `failed` with the job's stderr line and counts an attempt.
+- `wait: true` polls `squeue` until every job has left the queue, then settles them as above
+  and prints each failure; `wait: false` prints the job ids and returns; `orchestrator.status`
+  reads (and settles) the same folders.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import shlex
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import submitit
-from submitit.core.utils import FailedJobError
+from submitit.core.utils import FailedJobError, JobPaths
 from submitit.slurm.slurm import _make_sbatch_string
 
 from orchestrator.backends import Launch
-from orchestrator.backends.slurm.job import TrialJob
-from orchestrator.backends.slurm.sbatch import chunked, job_name, parse_max_array_size, sbatch_parameters
+from orchestrator.backends.slurm.job import SUBMITIT_MAX_TIMEOUTS, TrialJob
+from orchestrator.backends.slurm.queue import SUBMITTED, job_views, last_line, queue_info, settle, squeue, sweep_arrays
+from orchestrator.backends.slurm.sbatch import (
+    SLURM_DEFAULT_MAX_ARRAY_SIZE,
+    chunked,
+    job_name,
+    parse_max_array_size,
+    sbatch_parameters,
+    submit_refusal,
+)
 from orchestrator.plan import Plan
 from orchestrator.profiles import SlurmProfile
 from orchestrator.progress import Progress
 from trainer.errors import UserError
 from trainer.provenance import now
-from trainer.results import read_json, write_json
+from trainer.results import write_json
 from trainer.status import observe
 
-SUBMITTED = "slurm_job.json"  # written only by launchers
+Task = list[list[Path]]  # the groups of one array task
+
+__all__ = ["SUBMITTED", "SlurmBackend", "render_sbatch", "squeue", "submit"]
 
 
 class SlurmBackend:
@@ -49,13 +72,30 @@ class SlurmBackend:
 
     def preflight(self, plan: Plan) -> None:
         preflight(self.profile)
+        if self.profile.array_parallelism is not None:
+            print(
+                f"slurm: profile key 'array_parallelism' is now sweep-wide (at most {self.profile.array_parallelism} tasks of the "
+                "sweep at once, across its arrays); rename it to max_running_tasks",
+                file=sys.stderr,
+            )
 
     def describe(self, groups: list[list[Path]], sweep: Path) -> str:
-        """The sbatch script of the first job array, exactly as it would be submitted."""
-        size = self.profile.max_array_size or 1001
-        n = min(len(groups), size)
-        script = render_sbatch(self.profile, Path(sweep).name, log_folder(self.profile, Path(sweep)), n)
-        return f"sbatch script of the first job array ({n} tasks):\n{script}"
+        """How the groups would go out (tasks, arrays, throttle) and the first array's sbatch script."""
+        p = self.profile
+        size, source = _known_max_array_size(p)
+        tasks = chunked(groups, p.groups_per_task)
+        arrays = chunked(tasks, size)
+        n = len(arrays[0]) if arrays else 0
+        gpus = p.gpus_per_task_
+        script = render_sbatch(p, Path(sweep).name, log_folder(p, Path(sweep)), n)
+        held = f"{p.running_tasks} tasks" + (f" ({p.running_tasks * gpus} GPUs)" if gpus else "")
+        return (
+            f"slurm: {len(groups)} groups in {len(tasks)} tasks ({p.groups_per_task} group(s) per task"
+            + (f", one per GPU, {gpus} GPU(s) per task" if gpus else "")
+            + f"), {len(arrays)} job array(s) of at most {size} tasks ({source}); at most {held} of the sweep at once, "
+            f"later arrays chained with --dependency=afterany\n"
+            f"sbatch script of the first job array ({n} tasks):\n{script}"
+        )
 
     def run(self, groups: list[list[Path]], sweep: Path) -> Launch:
         waited = run_slurm(groups, self.profile, sweep)
@@ -74,15 +114,20 @@ def python_command(profile: SlurmProfile) -> str:
     return profile.python if profile.python is not None else shlex.quote(sys.executable)
 
 
-def render_sbatch(profile: SlurmProfile, sweep_name: str, folder: Path, n_tasks: int, python: str | None = None) -> str:
-    """The sbatch script submitit writes for an array of `n_tasks` trials (a plain job for one).
+def render_sbatch(
+    profile: SlurmProfile, sweep_name: str, folder: Path, n_tasks: int, python: str | None = None, dependency: str | None = None
+) -> str:
+    """The sbatch script submitit writes for an array of `n_tasks` tasks (a plain job for one).
 
-    Pure: the same text as the submitted `*_submission.sh`, for review and the golden-file test.
+    Pure: the same text as the submitted `*_submission.sh`, for review and the golden-file tests.
     """
     _check_one_line(str(folder), "log folder")
     command = " ".join([python or python_command(profile), "-u -m submitit.core._submit", shlex.quote(str(folder))])
     map_count = n_tasks if n_tasks > 1 else None
-    return _make_sbatch_string(command=command, folder=folder, map_count=map_count, **sbatch_parameters(profile, sweep_name))
+    params = sbatch_parameters(profile, sweep_name)
+    if dependency:
+        params["dependency"] = dependency
+    return _make_sbatch_string(command=command, folder=folder, map_count=map_count, **params)
 
 
 def _check_one_line(value: str, what: str) -> None:
@@ -91,16 +136,28 @@ def _check_one_line(value: str, what: str) -> None:
         raise UserError(f"{what} {value!r} contains a line break; it goes into an sbatch script")
 
 
-def cluster_max_array_size() -> int:
+def cluster_max_array_size(timeout_s: float = 60) -> int:
     """MaxArraySize of the cluster, from `scontrol show config`."""
     try:
-        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=60)
+        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=timeout_s)
     except (OSError, subprocess.TimeoutExpired) as err:
         raise UserError(f"cannot ask SLURM for MaxArraySize (`scontrol show config`: {err}); set max_array_size in the profile") from None
     if out.returncode != 0:
         why = (out.stderr.strip().splitlines() or ["no output"])[-1]
         raise UserError(f"`scontrol show config` failed ({why}); is SLURM up and SLURM_CONF right? or set max_array_size in the profile")
     return parse_max_array_size(out.stdout)
+
+
+def _known_max_array_size(profile: SlurmProfile) -> tuple[int, str]:
+    """For --dry-run: the profile's, else the cluster's when SLURM answers here, else SLURM's default."""
+    if profile.max_array_size:
+        return profile.max_array_size, "the profile's max_array_size"
+    if shutil.which("scontrol"):
+        try:
+            return cluster_max_array_size(timeout_s=10), "the cluster's MaxArraySize"
+        except UserError:
+            pass
+    return SLURM_DEFAULT_MAX_ARRAY_SIZE, "SLURM's default MaxArraySize: no cluster answered here; set max_array_size"
 
 
 # ---- launcher ------------------------------------------------------------------------------------
@@ -116,7 +173,7 @@ def preflight(profile: SlurmProfile) -> None:
     except subprocess.TimeoutExpired:
         raise UserError("`scontrol show partition` timed out; is the SLURM controller up?") from None
     if out.returncode != 0:
-        raise UserError(f"partition '{profile.partition}': {_last_line(out.stderr or out.stdout)} (see `sinfo -s`)")
+        raise UserError(f"partition '{profile.partition}': {last_line(out.stderr or out.stdout)} (see `sinfo -s`)")
 
 
 def run_slurm(groups: list[list[Path]], profile: SlurmProfile, sweep: Path) -> bool:
@@ -124,110 +181,200 @@ def run_slurm(groups: list[list[Path]], profile: SlurmProfile, sweep: Path) -> b
     folder_groups = [[Path(f).absolute() for f in g] for g in groups]
     folders = [f for g in folder_groups for f in g]
     name = job_name(Path(sweep).name)
-    queued = jobs_in_queue(folders, name)
+    views = job_views(folders)
+    for note in settle(folders, views):  # jobs that left without a word since the last look
+        print(f"slurm: {note}", file=sys.stderr)
+    queued = {f: v.job_id for f, v in views.items() if v.queue_state is not None}
     if queued:
         jobs = _array_ids(queued.values())
         print(f"slurm: {len(queued)} trials already queued or running (jobs {jobs}): not submitted again", file=sys.stderr)
-    todo = [g for g in ([f for f in group if f not in queued] for group in folder_groups) if g]
-    job_ids = submit(todo, profile, Path(sweep)) if todo else []
+    # A trial whose job just turned out to have failed runs again only while it has attempts left.
+    ok = lambda f: f not in queued and observe(f).runnable(profile.max_attempts)
+    runnable = [g for g in ([f for f in group if ok(f)] for group in folder_groups) if g]
+    submitter = Submitter(profile, Path(sweep))
+    tasks = chunked(runnable, profile.groups_per_task)
+    left = submitter.submit(tasks) if tasks else []
+    if left and not profile.wait:
+        n = sum(len(g) for t in left for g in t)
+        print(
+            f"slurm: {n} trials ({len(left)} tasks) not submitted: the cluster's submit limit is reached "
+            f"({submitter.refusal}); run the same command again later to top up (it submits only what is neither done nor queued)",
+            file=sys.stderr,
+        )
     if not profile.wait:
         return False
-    wait_for_jobs(job_ids + list(queued.values()), folders, name)
+    wait_for_jobs(submitter, left, folders, name, list(queued.values()))
+    settle(folders)  # what the jobs could not record themselves; printed with every failure below
+    _print_failures(folders)
     return True
 
 
 def submit(groups: list[list[Path]], profile: SlurmProfile, sweep: Path) -> list[str]:
-    """Submit one array task per group of trial folders of `sweep`; returns the job ids ("<array>_<task>")."""
-    name = job_name(sweep.name)
-    folder = log_folder(profile, sweep)
-    _check_one_line(str(folder), "log folder")
-    try:
-        executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=profile.max_requeues, python=python_command(profile))
-    except RuntimeError as err:  # 'Could not detect "srun", are you indeed on a slurm cluster?'
-        raise UserError(f"the slurm backend needs SLURM's commands (sbatch, srun, squeue, scontrol) on PATH ({err})") from None
-    executor.update_parameters(**sbatch_parameters(profile, sweep.name))
-    size = profile.max_array_size or cluster_max_array_size()
-    job = TrialJob(profile.max_requeues, profile.max_attempts, fuse=profile.fuse > 1)
-    ids: list[str] = []
-    arrays: list[str] = []
-    trials = 0
-    for chunk in chunked(groups, size):
+    """Submit the groups of trial folders of `sweep` (tasks of `groups_per_task` groups); returns the job ids.
+
+    Raises UserError if a submit limit leaves some unsubmitted (callers that can top up use Submitter).
+    """
+    submitter = Submitter(profile, Path(sweep))
+    left = submitter.submit(chunked([[Path(f).absolute() for f in g] for g in groups], profile.groups_per_task))
+    if left:
+        raise UserError(f"sbatch refused {len(left)} tasks for a submit limit: {submitter.refusal}")
+    return submitter.job_ids
+
+
+class Submitter:
+    """Submits tasks as chained, throttled job arrays, as many as the cluster's submit limits take."""
+
+    def __init__(self, profile: SlurmProfile, sweep: Path) -> None:
+        self.profile, self.sweep = profile, sweep
+        self.name = job_name(sweep.name)
+        self.folder = log_folder(profile, sweep)
+        _check_one_line(str(self.folder), "log folder")
         try:
-            jobs = executor.map_array(job, [[str(f) for f in group] for group in chunk])
+            python = python_command(profile)
+            self.executor = submitit.SlurmExecutor(folder=self.folder, max_num_timeout=SUBMITIT_MAX_TIMEOUTS, python=python)
+        except RuntimeError as err:  # 'Could not detect "srun", are you indeed on a slurm cluster?'
+            raise UserError(f"the slurm backend needs SLURM's commands (sbatch, srun, squeue, scontrol) on PATH ({err})") from None
+        self.params = sbatch_parameters(profile, sweep.name)
+        self.size = profile.max_array_size or cluster_max_array_size()
+        self.job = TrialJob(profile.max_requeues, profile.max_attempts, fuse=profile.fuse > 1)
+        self.job_ids: list[str] = []
+        self.arrays: list[str] = []  # submitted by this launcher, in order: the chain
+        self.refusal = ""  # sbatch's message when a submit limit stopped the last submission
+
+    def submit(self, tasks: list[Task]) -> list[Task]:
+        """Submit as many of `tasks` as the cluster takes, in order; returns those left over."""
+        left = list(tasks)
+        before = len(self.arrays)
+        while left:
+            n = min(len(left), self.size)
+            taken = self._largest_that_fits(left[:n])
+            if taken == 0:
+                break
+            left = left[taken:]
+            if taken < n:  # the limit is reached: the rest waits for room
+                break
+        new = self.arrays[before:]
+        if new:
+            trials = sum(len(g) for t in tasks[: len(tasks) - len(left)] for g in t)
+            print(
+                f"slurm: submitted {trials} trials as {len(new)} job array(s): {', '.join(new)}; logs in {self.folder}; "
+                f"at most {self.profile.running_tasks} tasks of the sweep at once; cancel with: scancel --name={self.name}",
+                file=sys.stderr,
+            )
+        return left
+
+    def _largest_that_fits(self, tasks: list[Task]) -> int:
+        """Submit the longest prefix of `tasks` that sbatch accepts (one array, or a few when a limit
+        cuts it); returns how many tasks went out, 0 if not even one fits.
+
+        A submit limit caps the tasks queued at once at some room R: halve until an array fits
+        (k <= R < 2k), then bisect the rest of the room, each accepted try an array of its own.
+        """
+        n = len(tasks)
+        if self._try(tasks):
+            return n
+        fits, refused = n // 2, n  # `refused` tasks in all were too many
+        while fits >= 1 and not self._try(tasks[:fits]):
+            refused, fits = fits, fits // 2
+        if fits == 0:
+            return 0
+        while refused - fits > 1:
+            mid = (fits + refused) // 2
+            if self._try(tasks[fits:mid]):
+                fits = mid
+            else:
+                refused = mid
+        return fits
+
+    def _try(self, tasks: list[Task]) -> bool:
+        """One sbatch of `tasks` as an array; False if a submit limit refused it (UserError for any other refusal)."""
+        # Always set (None: no dependency): the executor keeps parameters from one submission to the next.
+        self.executor.update_parameters(**self.params, dependency=self._dependency())
+        payloads = [[[str(f) for f in group] for group in task] for task in tasks]
+        try:
+            with _quiet_submitit(self.folder):  # submitit prints every refusal; the launcher says it once
+                jobs = self.executor.map_array(self.job, payloads)
         except FailedJobError as err:
-            done = f"; already submitted: {', '.join(arrays)} (cancel with scancel)" if arrays else ""
-            raise UserError(f"sbatch refused the jobs: {_last_line(str(err))}{done}") from None
-        for group, j in zip(chunk, jobs):
-            for trial in group:
-                write_json({"job_id": j.job_id, "job_name": name, "submitted": now(), "log_folder": str(j.paths.folder)}, trial / SUBMITTED)
-            ids.append(j.job_id)
-        n = sum(len(g) for g in chunk)
-        trials += n
-        arrays.append(f"{jobs[0].job_id.split('_')[0]} ({n} trial{'s' if n > 1 else ''} in {len(jobs)} task{'s' if len(jobs) > 1 else ''})")
-    print(
-        f"slurm: submitted {trials} trials as {len(arrays)} job array(s): {', '.join(arrays)}; "
-        f"logs in {folder}; cancel with: scancel {' '.join(a.split()[0] for a in arrays)}",
-        file=sys.stderr,
-    )
-    return ids
+            kind = submit_refusal(str(err))
+            if kind is None:
+                done = f"; already submitted: {', '.join(self.arrays)} (cancel with scancel)" if self.arrays else ""
+                raise UserError(f"sbatch refused the jobs: {last_line(str(err))}{done}") from None
+            if kind == "maybe" and len(tasks) == 1 and not sweep_arrays(self.name):
+                # Not one task fits while none of ours is queued: a size or time limit, not a count.
+                why = last_line(str(err))
+                raise UserError(f"sbatch refused even one task: {why} (check time_min, GPUs and memory against the QOS)") from None
+            self.refusal = " ".join(line.removeprefix("sbatch: error: ") for line in str(err).strip().splitlines()[-2:])
+            return False
+        for task, j in zip(tasks, jobs):
+            record = {
+                "job_id": j.job_id, "job_name": self.name, "submitted": now(),
+                "log_folder": str(j.paths.folder), "stderr": str(j.paths.stderr),
+            }  # fmt: skip
+            for group in task:
+                for trial in group:
+                    write_json(record, trial / SUBMITTED)
+            self.job_ids.append(j.job_id)
+        array = jobs[0].job_id.split("_")[0]
+        n = sum(len(g) for t in tasks for g in t)
+        self.arrays.append(f"{array} ({n} trial{'s' if n > 1 else ''} in {len(jobs)} task{'s' if len(jobs) > 1 else ''})")
+        return True
+
+    def _dependency(self) -> str | None:
+        """afterany on every job of the sweep still queued (earlier launches, earlier arrays): the throttle holds sweep-wide."""
+        queued = sweep_arrays(self.name)
+        return f"afterany:{':'.join(queued)}" if queued else None
 
 
-def jobs_in_queue(folders: list[Path], name: str) -> dict[Path, str]:
-    """The trials whose recorded job is still pending or running (so it need not be submitted again)."""
-    recorded: dict[Path, str] = {}
-    for f in folders:
-        try:
-            rec = read_json(f / SUBMITTED)
-        except (OSError, ValueError):
-            continue
-        if rec.get("job_name") == name and isinstance(rec.get("job_id"), str):
-            recorded[f] = rec["job_id"]
-    if not recorded:
-        return {}
-    live = squeue(recorded.values())
-    # Job ids are reused after a controller's state is wiped: the name must match too.
-    return {f: jid for f, jid in recorded.items() if live.get(jid) == name}
-
-
-def squeue(job_ids: Any) -> dict[str, str]:
-    """{job id: job name} of those of `job_ids` still in the queue (pending, running, completing)."""
-    arrays = sorted({str(j).split("_")[0] for j in job_ids})
-    if not arrays:
-        return {}
-    cmd = ["squeue", "--noheader", "--array", "--jobs", ",".join(arrays), "--format", "%i %j"]
+@contextlib.contextmanager
+def _quiet_submitit(folder: Path) -> Iterator[None]:
+    """Silence submitit's echo of a refused sbatch, and remove the pickles and script it left behind."""
+    base = JobPaths.get_first_id_independent_folder(folder)
+    before = set(base.glob("*.pkl")) | set(base.glob(".submission_file_*.sh")) if base.is_dir() else set()
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        raise UserError(f"squeue failed ({err}); is SLURM reachable from here?") from None
-    if out.returncode != 0:
-        if "Invalid job id" in out.stderr:  # every job has left the queue (and the controller forgot them)
-            return {}
-        raise UserError(f"squeue failed: {_last_line(out.stderr)}")
-    live = dict(line.split(" ", 1) for line in out.stdout.splitlines() if " " in line)
-    return {j: live[j] for j in map(str, job_ids) if j in live}
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    except FailedJobError:
+        if base.is_dir():
+            for leftover in (set(base.glob("*.pkl")) | set(base.glob(".submission_file_*.sh"))) - before:
+                leftover.unlink(missing_ok=True)
+        raise
 
 
-def wait_for_jobs(job_ids: list[str], folders: list[Path], name: str, poll_s: float = 2.0) -> None:
-    """Block until none of `job_ids` is in the queue; show progress from the trial folders."""
+def wait_for_jobs(submitter: Submitter, left: list[Task], folders: list[Path], name: str, queued: list[str], poll_s: float = 2.0) -> None:
+    """Block until every task is submitted and none of the jobs is in the queue; show progress from the trial folders.
+
+    Tasks a submit limit held back go out as ours leave the queue (or every minute, in case the
+    room came from the user's other jobs).
+    """
     progress = Progress(len(folders), "slurm")
     shown: tuple[str, ...] | None = None
     start, failures = time.monotonic(), 0
+    mark, last_try = None, time.monotonic()  # our tasks in the queue when the limit last refused, and when
     try:
         while True:
+            ids = submitter.job_ids + queued
             try:
-                live = squeue(job_ids)
+                live = queue_info(ids)
                 failures = 0
             except UserError as err:  # the controller may be restarting: keep waiting
                 failures += 1
                 if failures == 1 or failures % 30 == 0:
                     print(f"slurm: {err}; still waiting", file=sys.stderr)
-                live = dict.fromkeys(job_ids, name)
+                live = dict.fromkeys(ids, (name, "UNKNOWN"))
+            if left and failures == 0:
+                if mark is not None and (len(live) < mark or time.monotonic() - last_try > 60):
+                    left = submitter.submit(left)
+                    mark, last_try = None, time.monotonic()
+                    continue
+                if mark is None:
+                    mark = len(live)
             states = [observe(f) for f in folders]
-            counts = tuple(sorted(s.state for s in states)) + (str(len(live)),)
+            counts = (*sorted(s.state for s in states), str(len(live)), str(len(left)))
             if counts != shown:
-                progress.show(states, sum(s.state == "running" for s in states), f"{len(live)} jobs in the queue")
+                more = f", {sum(len(g) for t in left for g in t)} trials waiting for room under the submit limit" if left else ""
+                progress.show(states, sum(s.state == "running" for s in states), f"{len(live)} jobs in the queue{more}")
                 shown = counts
-            if not live:
+            if not live and not left:
                 return
             # Poll gently on big clusters: every 2 s for a minute, then every 10 s, then 30 s.
             waited = time.monotonic() - start
@@ -237,11 +384,15 @@ def wait_for_jobs(job_ids: list[str], folders: list[Path], name: str, poll_s: fl
         raise
 
 
+def _print_failures(folders: list[Path]) -> None:
+    for st in (observe(f) for f in folders):
+        if st.state == "failed":
+            print(f"  {st.trial_id} failed after {st.attempts} attempt(s): {st.error}", file=sys.stderr)
+        elif st.state in ("interrupted", "pending"):
+            why = st.status.last_interruption or "not run"
+            print(f"  {st.trial_id} is {st.state}: {why}; run the sweep again to go on", file=sys.stderr)
+
+
 def _array_ids(ids: Any) -> str:
     arrays = sorted({str(j).split("_")[0] for j in ids}, key=int)
     return ", ".join(arrays)
-
-
-def _last_line(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else "no message"

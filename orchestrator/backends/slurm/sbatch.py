@@ -1,8 +1,9 @@
 """What the SLURM backend asks of sbatch, as pure functions (no SLURM, no submitit needed).
 
     sbatch_parameters(profile, sweep_name)  the keyword arguments of submitit's sbatch rendering
-    chunked(items, max_array_size)          trials -> job arrays that the cluster accepts
+    chunked(items, size)                    groups -> tasks (G groups each), tasks -> job arrays the cluster accepts
     parse_max_array_size(text)              MaxArraySize from `scontrol show config`
+    submit_refusal(text)                    is an sbatch error a per-user / QOS submit limit?
 
 Only the profile's resources and the validated sweep name reach the sbatch script; trial settings
 (grid values) travel in each trial's spec.json and never pass through a shell. The rendered
@@ -43,42 +44,73 @@ def signal_delay_s(time_min: int) -> int:
 
 
 def mem_flag(mem_gb: float) -> str:
-    """sbatch --mem value, as submitit writes it ("4GB", "1536MB"); 0 means all of a node's memory."""
+    """sbatch memory value, as submitit writes it ("4GB", "1536MB"); profiles refuse 0 (all of a node)."""
     return f"{int(mem_gb)}GB" if mem_gb == int(mem_gb) else f"{int(mem_gb * 1024)}MB"
+
+
+DEFAULT_MEM_GB = 4.0
+
+# A setup line that fails ends the job at once, with the line in its stderr (the job's log): the
+# launcher and orchestrator.status then record the reason in every trial of the task. The trap
+# fires on a failing command like `set -e` would (not inside if/while tests or && / || lists).
+SETUP_TRAP = "trap 'echo \"sweep: setup failed (exit code $?): $BASH_COMMAND\" >&2; exit 1' ERR"
+SETUP_END = "trap - ERR"
 
 
 def sbatch_parameters(profile: SlurmProfile, sweep_name: str) -> dict[str, Any]:
     """The parameters of every job of a sweep, named as submitit's `_make_sbatch_string` takes them.
 
-    One task per job, one trial per task. Account, QOS, constraint, partition and GPUs appear
-    only when the profile sets them, so a site's defaults apply otherwise. `--requeue` lets
-    SLURM requeue a job whose node failed; the trial resumes from its folder.
+    One task per job, `profile.groups_per_task` groups per task (one per GPU). Account, QOS,
+    constraint, partition, GPUs and the other site options appear only when the profile sets
+    them, so a site's defaults apply otherwise. `--requeue` lets SLURM requeue a job whose node
+    failed; the trials resume from their folders. `array_parallelism` is the sweep-wide throttle:
+    every array gets `%N` with N = max_running_tasks, and the launcher chains the arrays
+    (`--dependency=afterany`) so that at most N tasks of the sweep run at once.
     """
+    extra: dict[str, Any] = {"requeue": True}
     params: dict[str, Any] = {
         "job_name": job_name(sweep_name),
         "nodes": 1,
         "ntasks_per_node": 1,
-        "cpus_per_task": profile.cpus_per_trial,
-        "mem": mem_flag(profile.mem_gb),
         "time": profile.time_min,
         "signal_delay_s": signal_delay_s(profile.time_min),
-        "array_parallelism": profile.array_parallelism,
+        "array_parallelism": profile.running_tasks,
         "wckey": None,  # submitit's default ("submitit") is refused where a site enforces wckeys
-        "additional_parameters": {"requeue": True},
     }
-    for key in ("partition", "account", "qos", "constraint"):
+    for key in ("partition", "account", "qos", "constraint", "exclude", "nodelist", "comment", "mail_type", "mail_user", "gres"):
         value = getattr(profile, key)
         if value is not None:
             params[key] = value
-    if profile.gpus_per_trial:
-        params["gpus_per_node"] = profile.gpus_per_trial
+    if profile.reservation is not None:
+        extra["reservation"] = profile.reservation  # no named parameter in submitit
+    if profile.exclusive:
+        params["exclusive"] = profile.exclusive
+    gpus = profile.gpus_per_task_
+    if gpus and profile.gres is None:
+        params["gpus_per_node"] = gpus  # one task per node: the task's GPUs
+    if profile.cpus_per_gpu is not None:
+        # SLURM takes --cpus-per-gpu with any GPU option; submitit's named parameter warns unless
+        # --gpus-per-task is used, so it goes in as an additional parameter.
+        extra["cpus_per_gpu"] = profile.cpus_per_gpu
+    else:
+        params["cpus_per_task"] = profile.task_cpus
+    if profile.mem_per_gpu_gb is not None:
+        params["mem_per_gpu"] = mem_flag(profile.mem_per_gpu_gb)
+    elif profile.mem_per_cpu_gb is not None:
+        params["mem_per_cpu"] = mem_flag(profile.mem_per_cpu_gb)
+    else:
+        params["mem"] = mem_flag(profile.mem_gb if profile.mem_gb is not None else DEFAULT_MEM_GB)
+    for line in profile.sbatch_extra:
+        key, _, value = line[2:].partition("=")
+        extra[key] = value if value else True
+    params["additional_parameters"] = extra
     if profile.setup:
-        params["setup"] = list(profile.setup)
+        params["setup"] = [SETUP_TRAP, *profile.setup, SETUP_END]
     return params
 
 
 def chunked(items: Sequence[T], max_array_size: int) -> list[list[T]]:
-    """Split `items` into job arrays of at most `max_array_size` tasks.
+    """Split `items` into job arrays of at most `max_array_size` tasks (also: groups into tasks of G groups).
 
     SLURM requires array indices below MaxArraySize, and each array is numbered from 0, so an
     array may have MaxArraySize tasks (checked on a cluster with MaxArraySize=11: `--array=0-10`
@@ -93,3 +125,25 @@ def parse_max_array_size(config_text: str) -> int:
     """MaxArraySize from the output of `scontrol show config` (SLURM's default if absent)."""
     match = re.search(r"^\s*MaxArraySize\s*=\s*(\d+)\s*$", config_text, re.MULTILINE)
     return int(match.group(1)) if match else SLURM_DEFAULT_MAX_ARRAY_SIZE
+
+
+# ---- sbatch refusals ---------------------------------------------------------------------------------
+# What sbatch prints when a QOS or association limit refuses a job, e.g.
+#   sbatch: error: QOSMaxSubmitJobPerUserLimit
+#   sbatch: error: Batch job submission failed: Job violates accounting/QOS policy (job submit limit, user's size and/or time limits)
+# The first line (the reason code) is missing on some versions; the second is the same for every
+# policy, so a count limit (a smaller array fits) is told from a size or time limit (no array
+# fits) by the reason code when there is one, and by trying when there is not.
+_REASON_CODE = re.compile(r"\b((?:QOS|Assoc)(?:Max|Grp|Min)\w*)")
+_POLICY = "violates accounting/QOS policy"
+
+
+def submit_refusal(text: str) -> str | None:
+    """'limit' when sbatch refused for a submit-count limit, 'maybe' for the bare policy message,
+    None for anything else (a size or time limit, a bad option: smaller arrays cannot help)."""
+    codes = _REASON_CODE.findall(text)
+    if codes:
+        return "limit" if any("Submit" in c for c in codes) else None
+    if _POLICY in text or "MaxSubmitJobs" in text:
+        return "maybe"
+    return None

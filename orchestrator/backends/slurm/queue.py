@@ -1,0 +1,230 @@
+"""What SLURM's queue says about a sweep's jobs, and what the trial folders must learn from it.
+
+    live = queue_info(job_ids)          # {job id: (name, state)} of those still queued: one squeue call
+    views = job_views(folders)          # per trial: its recorded job (slurm_job.json) and queue state
+    notes = settle(folders)             # jobs that left the queue without their trials' outcome: recorded
+
+Used by the launcher (before it submits, and after `wait: true` has waited) and by
+`orchestrator.status`, so a failure that no process inside the job could record still lands in
+the trial folders. A job that leaves the queue
+
+- without its task's code having started (`<job log folder>/<job id>_started.json` missing: a
+  setup line failed, `python` is wrong, the project does not import on the node, the log folder
+  is not writable there): each of its trials not started since the submission is `failed`
+  (error_kind `setup`, retryable) with the most telling line of the job's stderr and its path,
+  and that counts as an attempt, so reruns stop resubmitting it after `max_attempts`;
+- after its code started, while a trial's status still says `running` (the job's own process was
+  killed: OOM, node failure without requeue): the trial is `interrupted`, with the same reason.
+
+Each job is settled once: slurm_job.json gets `settled` (the trial's lock is held meanwhile).
+Where SLURM keeps accounting, `sacct` adds the job's final state (FAILED, OUT_OF_MEMORY,
+NODE_FAIL, ...) to the reason; without it (squeue only) the stderr line has to say it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainer.errors import UserError
+from trainer.lock import TrialBusy, TrialLock
+from trainer.provenance import now
+from trainer.results import read_json, write_json
+from trainer.status import StatusUnreadable, read_status, write_status
+
+SUBMITTED = "slurm_job.json"  # written by launchers (and `settled` by queue.settle)
+STARTED = "{job_id}_started.json"  # written by the job (orchestrator.backends.slurm.job)
+
+
+def read_submission(folder: Path) -> dict[str, Any] | None:
+    """The trial's slurm_job.json (its last submitted job), or None."""
+    try:
+        rec = read_json(Path(folder) / SUBMITTED)
+    except (OSError, ValueError):
+        return None
+    return rec if isinstance(rec, dict) and isinstance(rec.get("job_id"), str) else None
+
+
+def queue_info(job_ids: Iterable[Any], timeout_s: float = 60) -> dict[str, tuple[str, str]]:
+    """{job id: (job name, state)} of those of `job_ids` still in the queue (pending, running, completing)."""
+    ids = [str(j) for j in job_ids]
+    arrays = sorted({j.split("_")[0] for j in ids})
+    if not arrays:
+        return {}
+    cmd = ["squeue", "--noheader", "--array", "--jobs", ",".join(arrays), "--format", "%i %j %T"]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise UserError(f"squeue failed ({err}); is SLURM reachable from here?") from None
+    if out.returncode != 0:
+        if "Invalid job id" in out.stderr:  # every job has left the queue (and the controller forgot them)
+            return {}
+        raise UserError(f"squeue failed: {last_line(out.stderr)}")
+    live: dict[str, tuple[str, str]] = {}
+    for line in out.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 3:
+            live[parts[0]] = (parts[1], parts[2])
+    return {j: live[j] for j in ids if j in live}
+
+
+def squeue(job_ids: Iterable[Any]) -> dict[str, str]:
+    """{job id: job name} of those of `job_ids` still in the queue."""
+    return {j: name for j, (name, _) in queue_info(job_ids).items()}
+
+
+def sweep_arrays(name: str) -> list[str]:
+    """The array (or plain) job ids of the user's jobs named `name` still in the queue: what new arrays chain after."""
+    cmd = ["squeue", "--noheader", "--me", "--name", name, "--format", "%F"]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise UserError(f"squeue failed ({err}); is SLURM reachable from here?") from None
+    if out.returncode != 0:
+        raise UserError(f"squeue failed: {last_line(out.stderr)}")
+    return sorted({line.strip() for line in out.stdout.splitlines() if line.strip().isdigit()}, key=int)
+
+
+def sacct_states(job_ids: Iterable[str]) -> dict[str, str]:
+    """{job id: 'STATE, exit code X:Y'} from accounting; {} where SLURM keeps none (or sacct is missing)."""
+    ids = sorted(set(job_ids))
+    if not ids:
+        return {}
+    cmd = ["sacct", "--noheader", "--parsable2", "--jobs", ",".join(ids), "--format", "JobID,State,ExitCode"]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    if out.returncode != 0 or "disabled" in out.stdout + out.stderr:
+        return {}
+    states = {}
+    for line in out.stdout.splitlines():
+        parts = line.split("|")
+        if len(parts) == 3 and "." not in parts[0]:  # the job itself, not its steps
+            states[parts[0]] = f"{parts[1]}, exit code {parts[2]}"
+    return states
+
+
+# ---- one view per trial ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class JobView:
+    job_id: str
+    queue_state: str | None  # PENDING, RUNNING, ... while queued; None once it has left the queue
+
+
+def job_views(folders: Iterable[Path], timeout_s: float = 60) -> dict[Path, JobView]:
+    """The recorded job of each trial that has one, with its state in the queue (one squeue call).
+
+    Raises UserError when squeue fails (SLURM unreachable): callers decide whether that matters.
+    """
+    recs = {Path(f): rec for f in folders if (rec := read_submission(Path(f))) is not None}
+    if not recs:
+        return {}
+    live = queue_info((rec["job_id"] for rec in recs.values()), timeout_s)
+    views = {}
+    for f, rec in recs.items():
+        name, state = live.get(rec["job_id"], (None, None))
+        # Job ids are reused after a controller's state is wiped: the name must match too.
+        views[f] = JobView(rec["job_id"], state if name == rec.get("job_name") else None)
+    return views
+
+
+# ---- jobs that left without a word ---------------------------------------------------------------------
+def settle(folders: Iterable[Path], views: dict[Path, JobView] | None = None) -> list[str]:
+    """Record in each trial what its vanished job could not; returns a line per trial recorded.
+
+    `views` (from job_views) saves the squeue call when the caller has them already.
+    """
+    views = job_views(folders) if views is None else views
+    gone = {f: v for f, v in views.items() if v.queue_state is None}
+    if not gone:
+        return []
+    recs = {f: rec for f in gone if (rec := read_submission(f)) is not None and not rec.get("settled")}
+    if not recs:
+        return []
+    accounting = sacct_states({rec["job_id"] for rec in recs.values()})
+    notes = []
+    for f, rec in recs.items():
+        note = _settle_one(f, rec, accounting.get(rec["job_id"]))
+        if note:
+            notes.append(note)
+    return notes
+
+
+def _settle_one(folder: Path, rec: dict[str, Any], accounted: str | None) -> str | None:
+    job = rec["job_id"]
+    try:
+        with TrialLock(folder):  # a live process holds it: the trial is in hand, nothing to settle
+            if read_submission(folder) != rec:  # resubmitted meanwhile
+                return None
+            try:
+                status = read_status(folder)
+            except StatusUnreadable:
+                return None  # the next attempt rebuilds it; nothing sensible to add here
+            stderr = Path(rec.get("stderr") or Path(rec.get("log_folder", "")) / f"{job}_0_log.err")
+            started = (Path(rec.get("log_folder", "")) / STARTED.format(job_id=job)).exists()
+            reason = job_end_reason(stderr, accounted)
+            note = None
+            began_since = status.started is not None and status.started >= str(rec.get("submitted", ""))
+            if status.final:
+                pass
+            elif not started and not began_since:
+                error = f"job {job} ended before its trials started: {reason} (log: {stderr})"
+                status.update(state="failed", error=error, error_kind="setup", retryable=True, ended=now(), log=str(stderr))
+                status.attempts += 1
+                write_status(folder, status)
+                note = f"{folder.name}: failed: {error}"
+            elif status.state == "running":  # its process is gone (we hold the lock)
+                said = f"{now()}: job {job} ended while the trial was running: {reason} (log: {stderr})"
+                status.update(state="interrupted", last_interruption=said, ended=now(), log=str(stderr))
+                write_status(folder, status)
+                note = f"{folder.name}: interrupted: {said}"
+            write_json({**rec, "settled": now()}, folder / SUBMITTED)
+            return note
+    except TrialBusy:
+        return None
+    except OSError as err:  # a full disk: say it, the trial stays as it is
+        return f"{folder.name}: job {job} left the queue; could not record it ({err})"
+
+
+# Lines of a job's stderr that say only that something failed, not what: srun's summary of a
+# task's exit, the step's cancellation, submitit's "an exception happened" (its traceback's last
+# line says which).
+_GENERIC = re.compile(
+    r"^srun: error: .*tasks? [0-9,\-]+: (Exited with exit code|Killed)"
+    r"|^srun: (launch/slurm: _step_signal|Job step aborted|Terminating|forcing job termination)"
+    r"|^slurmstepd: error: \*\*\* (STEP|JOB) .* (CANCELLED|FAILED)"
+    r"|submitit ERROR .*Submitted job triggered an exception"
+    r"|^raise error$"
+)
+
+
+def job_end_reason(stderr: Path, accounted: str | None = None) -> str:
+    """Why a job ended, from its stderr (the most telling line) and accounting when there is any."""
+    text = _tail(stderr)
+    if text is None:
+        said = f"no log at {stderr} (cancelled before it ran, or the log folder is not writable on the node)"
+    else:
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        telling = [line for line in lines if not _GENERIC.search(line)]
+        said = (telling or lines or ["its log is empty"])[-1][:300]
+    return f"{said} (sacct: {accounted})" if accounted else said
+
+
+def _tail(path: Path, size: int = 16384) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.path.getsize(path) - size))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return None
+
+
+def last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "no message"

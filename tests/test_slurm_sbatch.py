@@ -1,0 +1,236 @@
+"""Profiles and sbatch scripts without a cluster: site options, validation, whole-node tasks.
+
+    python -m pytest tests/test_slurm_sbatch.py
+
+The golden file pins the sbatch script of a typical GPU site (typed gres, memory per GPU,
+exclusive nodes, constraint operators, extra sbatch lines, mail); every profile mistake of every
+backend is one line naming the file, the key and what is allowed, before anything is written.
+`--dry-run` with a SLURM profile prints the script (it asks `scontrol` for MaxArraySize when a
+cluster answers, and says what it assumed when none does). `orchestrator.status | head -1` ends
+quietly on a real pipe.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from orchestrator.backends.slurm import TrialJob, render_sbatch
+from orchestrator.backends.slurm.job import _groups, position, task_slots
+from orchestrator.backends.slurm.sbatch import chunked, sbatch_parameters, submit_refusal
+from orchestrator.errors import cli
+from orchestrator.profiles import SlurmProfile, check_constraint, load_profile
+from orchestrator.sweep import main as sweep_main
+from trainer.errors import UserError
+from trainer.status import Status
+
+ROOT = Path(__file__).resolve().parent.parent
+GOLDEN = ROOT / "tests" / "golden"
+
+
+def write(tmp_path: Path, text: str, name: str = "profile.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+# ---- golden scripts -------------------------------------------------------------------------------
+def test_golden_sbatch_script_of_a_gpu_site_with_whole_nodes() -> None:
+    profile = load_profile(GOLDEN / "slurm_gpu_site.yaml")
+    assert isinstance(profile, SlurmProfile)
+    # gres gpu:a100:4: a task holds 4 GPUs and trains 4 groups (packing makes at least 4); max_gpus 64 -> 16 tasks at once.
+    assert (profile.gpus_per_task_, profile.groups_per_task, profile.running_tasks, profile.workers()) == (4, 4, 16, 4)
+    text = render_sbatch(profile, "imagenet", Path("/results/imagenet/slurm/%j"), n_tasks=40, dependency="afterany:1001")
+    golden = GOLDEN / "slurm_gpu_site.sbatch"
+    if os.environ.get("UPDATE_GOLDEN"):
+        golden.write_text(text)
+    assert text == golden.read_text(), "sbatch script changed; review, then rerun with UPDATE_GOLDEN=1"
+    for line in (
+        "#SBATCH --gres=gpu:a100:4\n", "#SBATCH --mem-per-gpu=80GB\n", "#SBATCH --cpus-per-gpu=12\n", "#SBATCH --exclusive\n",
+        "#SBATCH --constraint='(a100|h100)&ib'\n", "#SBATCH --gpu-bind=closest\n", "#SBATCH --mail-type=FAIL,TIME_LIMIT_80\n",
+        "#SBATCH --array=0-39%16\n", "#SBATCH --dependency=afterany:1001\n", "#SBATCH --reservation=sweep-week\n",
+    ):  # fmt: skip
+        assert line in text, line
+    # One GPU option only (the gres), and SLURM's exclusive pairs are never both set.
+    assert "--gpus-per-node" not in text and "--cpus-per-task" not in text and "--mem=" not in text
+
+
+def test_the_example_site_shows_every_site_option_commented_and_loads() -> None:
+    text = (ROOT / "cluster_configs" / "slurm" / "example-site.yaml").read_text()
+    for key in ("gres", "gpus_per_task", "cpus_per_gpu", "mem_per_gpu_gb", "exclusive", "exclude", "nodelist", "reservation",
+                "comment", "mail_type", "mail_user", "sbatch_extra", "max_running_tasks", "constraint"):  # fmt: skip
+        assert f"{key}:" in text, key
+    load_profile(ROOT / "cluster_configs" / "slurm" / "example-site.yaml")
+
+
+def test_a_setup_line_that_fails_ends_the_job(tmp_path: Path) -> None:
+    # The rendered setup block, run by bash as sbatch would: the failing line stops it, with its text on stderr.
+    profile = load_profile(write(tmp_path, "backend: slurm\nsetup: ['echo one', 'false', 'echo never']\n"))
+    setup = sbatch_parameters(profile, "x")["setup"]
+    out = subprocess.run(["bash", "-c", "\n".join([*setup, "echo command"])], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1 and out.stdout == "one\n"
+    assert out.stderr.strip() == "sweep: setup failed (exit code 1): false"
+
+
+def test_dry_run_prints_the_sbatch_script_and_the_throttle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    grid = write(tmp_path, "name: dry\nfixed: {model: resnet20, dataset: digits, epochs: 1}\nsweep: {seed: [0, 1, 2, 3, 4]}\n", "grid.yaml")
+    profile = write(tmp_path, "backend: slurm\ngpus_per_task: 2\nmax_running_tasks: 1\nmax_array_size: 2\nfuse: 1\ndevice: cpu\n")
+    assert cli(sweep_main, ["--grid", str(grid), "--cluster", str(profile), "--results", str(tmp_path / "r"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "slurm: 5 groups in 3 tasks (2 group(s) per task, one per GPU, 2 GPU(s) per task), 2 job array(s)" in out
+    assert "at most 1 tasks (2 GPUs) of the sweep at once" in out and "#SBATCH --array=0-1%1\n" in out
+    assert "#SBATCH --gpus-per-node=2\n" in out and "#SBATCH --cpus-per-task=2\n" in out
+    assert not (tmp_path / "r").exists()
+
+
+# ---- validation: one line, file + key + what is allowed -----------------------------------------------
+BAD = {
+    # every backend: finite numbers only, within range
+    "slurm mem 0": ("backend: slurm\nmem_gb: 0\n", "key 'mem_gb' is 0.0; allowed: from 0.001 (1 MB) to 1048576 (GB per task)"),
+    "slurm time 1e11": ("backend: slurm\ntime_min: 1e11\n", "key 'time_min' is 100000000000; allowed: a whole number of minutes from 1 to"),
+    "slurm time nan": ("backend: slurm\ntime_min: .nan\n", "key 'time_min' is nan; allowed: a whole number of minutes"),
+    "slurm mem inf": ("backend: slurm\nmem_gb: .inf\n", "key 'mem_gb' is inf; allowed: from 0.001"),
+    "local max_parallel 0": ("backend: local\nmax_parallel: 0\n", "key 'max_parallel' is 0; allowed: a whole number of worker processes"),
+    "ray cpus nan": ("backend: ray\ncpus_per_trial: .nan\n", "key 'cpus_per_trial' is nan; allowed: > 0"),
+    "ray cpus 0": ("backend: ray\ncpus_per_trial: 0\n", "key 'cpus_per_trial' is 0.0; allowed: > 0"),
+    "ray gpus 2": ("backend: ray\ngpus_per_trial: 2\n", "key 'gpus_per_trial' is 2.0; allowed: from 0 to 1"),
+    "ray gpus -inf": ("backend: ray\ngpus_per_trial: -.inf\n", "key 'gpus_per_trial' is -inf; allowed: from 0 to 1"),
+    "attempts 0": ("backend: local\nmax_attempts: 0\n", "key 'max_attempts' is 0; allowed: >= 1"),
+    "array size": ("backend: slurm\nmax_array_size: 5000000\n", "key 'max_array_size' is 5000000; allowed: a whole number from 1 to"),
+    # SLURM's semantics
+    "gpus per trial 4": ("backend: slurm\ngpus_per_trial: 4\n", "key 'gpus_per_trial' is 4; allowed: 0 or 1 (a group trains on one GPU"),
+    "two memories": ("backend: slurm\nmem_gb: 8\nmem_per_cpu_gb: 2\n", "keys 'mem_gb', 'mem_per_cpu_gb': set one"),
+    "cpus twice": ("backend: slurm\ngpus_per_task: 2\ncpus_per_trial: 2\ncpus_per_gpu: 4\n", "and 'cpus_per_gpu': set one"),
+    "mem per gpu, no gpu": ("backend: slurm\nmem_per_gpu_gb: 8\n", "key 'mem_per_gpu_gb' needs GPUs"),
+    "gres vs gpus": ("backend: slurm\ngres: gpu:a100:4\ngpus_per_task: 2\n", "keys 'gres' (gpu:a100:4) and 'gpus_per_task' (2) disagree"),
+    "gres syntax": ("backend: slurm\ngres: 'gpu:a100:4 --wrap=x'\n", "key 'gres' is 'gpu:a100:4 --wrap=x'; allowed: name[:type][:count]"),
+    "gres zero": ("backend: slurm\ngres: gpu:0\n", "key 'gres' is 'gpu:0'; allowed"),
+    "constraint": ("backend: slurm\nconstraint: 'a100|'\n", "key 'constraint' is 'a100|'; allowed: features"),
+    "constraint shell": ("backend: slurm\nconstraint: 'a$(id)'\n", "key 'constraint' is 'a$(id)'; allowed: features"),
+    "hostlist": ("backend: slurm\nexclude: 'node1 node2'\n", "key 'exclude' is 'node1 node2'; allowed: a hostlist"),
+    "mail type": ("backend: slurm\nmail_type: SOMETIMES\n", "key 'mail_type' is 'SOMETIMES'; allowed: a comma list of NONE, BEGIN"),
+    "mail user": ("backend: slurm\nmail_user: 'a b@c'\n", "key 'mail_user' is 'a b@c'; allowed"),
+    "comment quote": ("backend: slurm\ncomment: \"it's\"\n", "key 'comment' is \"it's\"; allowed"),
+    "exclusive": ("backend: slurm\nexclusive: always\n", "key 'exclusive' is 'always'; allowed: true, false, user, mcs"),
+    "extra reserved": ("backend: slurm\nsbatch_extra: ['--time=5']\n", "sets --time; not allowed there: use the profile key 'time_min'"),
+    "extra array": ("backend: slurm\nsbatch_extra: ['--array=0-3']\n", "entry 1 sets --array; not allowed there: the backend sets it"),
+    "extra two options": ("backend: slurm\nsbatch_extra: ['--a=1 --b=2']\n", "entry 1 is '--a=1 --b=2'; allowed: one long option"),
+    "extra short": ("backend: slurm\nsbatch_extra: ['-p gpu']\n", "key 'sbatch_extra' entry 1 is '-p gpu'; allowed"),
+    "extra dollar": ("backend: slurm\nsbatch_extra: ['--x=$HOME']\n", "key 'sbatch_extra' entry 1 is '--x=$HOME'"),
+    "two throttles": ("backend: slurm\nmax_running_tasks: 4\nmax_gpus: 8\n", "'max_gpus', 'array_parallelism': set one"),
+    "throttle below a task": ("backend: slurm\ngpus_per_task: 8\nmax_gpus: 4\n", "key 'max_gpus' is 4; allowed: >= the GPUs of one task"),
+    "reservation": ("backend: slurm\nreservation: 'a;b'\n", "key 'reservation' is 'a;b'; allowed"),
+    "python two lines": ('backend: slurm\npython: "python\\necho hi"\n', "key 'python' is 'python\\necho hi'; allowed: one non-empty line"),
+    "setup continued": ("backend: slurm\nsetup: ['module load x \\\\']\n", "ends with a backslash; allowed: complete lines"),
+    "ray temp dir": ("backend: ray\ntemp_dir: /tmp/" + "r" * 40 + "\n", "(45 characters); allowed: at most 40 (Ray's socket paths"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_profile_values_are_one_line_before_anything_is_written(case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text, expected = BAD[case]
+    profile = write(tmp_path, text)
+    grid = write(tmp_path, "name: g\nfixed: {model: resnet20, dataset: digits, epochs: 1}\nsweep: {seed: [0]}\n", "grid.yaml")
+    results = tmp_path / "results"
+    code = cli(sweep_main, ["--grid", str(grid), "--cluster", str(profile), "--results", str(results)])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"error: {profile}: ") and expected in lines[0], lines[0]
+    assert not results.exists()
+
+
+def test_constraint_syntax() -> None:
+    for good in ("a100", "a100|h100", "a100&ib", "[a100|h100]", "[a100*2&ib*4]", "[(knl&snc4)*4&haswell*1]", "(a100|h100)&ib"):
+        check_constraint(good)
+    for bad in ("", "a100||h100", "(a100", "a100)", "[a]]", "a b", "*2", "&a", "a&", "a,b", "a'b"):
+        with pytest.raises(UserError):
+            check_constraint(bad)
+
+
+def test_site_options_reach_sbatch_only_when_set(tmp_path: Path) -> None:
+    plain = load_profile(write(tmp_path, "backend: slurm\n"))
+    params = sbatch_parameters(plain, "x")
+    assert params["mem"] == "4GB" and params["cpus_per_task"] == 1 and params["additional_parameters"] == {"requeue": True}
+    assert {"gres", "gpus_per_node", "exclusive", "exclude", "comment", "mail_type", "setup", "dependency"}.isdisjoint(params)
+    assert params["array_parallelism"] == 64  # the default sweep-wide throttle
+    old = load_profile(write(tmp_path, "backend: slurm\narray_parallelism: 5\n"))
+    assert old.running_tasks == 5 and sbatch_parameters(old, "x")["array_parallelism"] == 5  # the old name still works
+
+
+# ---- how sbatch refusals are read ---------------------------------------------------------------------
+def test_submit_limit_refusals_are_told_from_other_refusals() -> None:
+    generic = (
+        "sbatch: error: Batch job submission failed: Job violates accounting/QOS policy (job submit limit, user's size and/or time limits)"
+    )
+    assert submit_refusal(f"sbatch: error: QOSMaxSubmitJobPerUserLimit\n{generic}") == "limit"
+    assert submit_refusal(f"sbatch: error: AssocMaxSubmitJobLimit\n{generic}") == "limit"
+    assert submit_refusal(f"sbatch: error: QOSGrpSubmitJobsLimit\n{generic}") == "limit"
+    assert submit_refusal(generic) == "maybe"  # no reason code: only trying smaller arrays can tell
+    assert submit_refusal(f"sbatch: error: QOSMaxWallDurationPerJobLimit\n{generic}") is None  # a time limit: no array fits
+    assert submit_refusal(f"sbatch: error: QOSGrpGRES\n{generic}") is None
+    assert submit_refusal("sbatch: error: Batch job submission failed: Invalid partition name specified") is None
+
+
+# ---- orchestrator.status ------------------------------------------------------------------------------
+def test_status_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    # Enough trials that the output outgrows the pipe's buffer after `head` has gone.
+    trials = tmp_path / "sweep" / "trials"
+    for i in range(3000):
+        (trials / f"{i:012x}").mkdir(parents=True)
+    out = subprocess.run(
+        f"{sys.executable} -m orchestrator.status {tmp_path / 'sweep'} 2>{tmp_path / 'err'} | head -1; exit ${{PIPESTATUS[0]}}",
+        shell=True, executable="/bin/bash", capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert out.stdout == f"{tmp_path / 'sweep'}: 3000 trials: 0 done, 0 running, 0 interrupted, 3000 pending, 0 failed\n"
+    assert out.returncode == 0 and (tmp_path / "err").read_text() == ""  # no traceback
+
+
+# ---- what a task runs ---------------------------------------------------------------------------------
+def test_task_payloads_old_and_new(tmp_path: Path) -> None:
+    assert _groups("/r/t/a") == [[Path("/r/t/a")]]  # jobs queued before groups: one trial
+    assert _groups(["/r/t/a", "/r/t/b"]) == [[Path("/r/t/a"), Path("/r/t/b")]]  # before whole nodes: one group
+    assert _groups([["/r/t/a", "/r/t/b"], ["/r/t/c"]]) == [[Path("/r/t/a"), Path("/r/t/b")], [Path("/r/t/c")]]
+    assert chunked([[1], [2], [3], [4], [5]], 2) == [[[1], [2]], [[3], [4]], [[5]]]  # groups -> tasks of 2
+
+
+def test_a_task_gets_a_slot_per_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("CUDA_VISIBLE_DEVICES", "SLURM_STEP_GPUS", "SLURM_JOB_GPUS", "SLURM_CPUS_PER_GPU"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "8")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    slots = task_slots(4)
+    assert [(s.name, s.env["CUDA_VISIBLE_DEVICES"], s.env["OMP_NUM_THREADS"]) for s in slots] == [("gpu2", "2", "4"), ("gpu3", "3", "4")]
+    assert len(task_slots(1)) == 1  # fewer groups than GPUs: a slot per group
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    (cpu,) = task_slots(3)  # no GPU: the groups take turns on the task's CPUs
+    assert "CUDA_VISIBLE_DEVICES" not in cpu.env and cpu.env["OMP_NUM_THREADS"] == "8"
+
+
+def test_position_reads_the_trainers_mid_epoch_note() -> None:
+    assert position(Status()) == (-1, 0)
+    assert position(Status(epoch=3)) == (3, 0)
+    mid = Status(epoch=3, last_interruption="2026-01-01T00:00:00+00:00: time limit: checkpointed in epoch 4 at step 17 of 40")
+    assert position(mid) == (3, 17)
+    kept = Status(epoch=3, last_interruption="time limit: requeued (checkpointed in epoch 4 at step 17 of 40; job 5_1, ...)")
+    assert position(kept) == (3, 17)
+    stale = Status(epoch=5, last_interruption="time limit: checkpointed in epoch 4 at step 17 of 40")
+    assert position(stale) == (5, 0)  # that stop is older than the epochs done since
+
+
+def test_job_callable_still_pickles_without_run_state() -> None:
+    import pickle
+
+    job = TrialJob(max_requeues=2, max_attempts=3)
+    job._start_positions[Path("x")] = (1, 2)
+    clone = pickle.loads(pickle.dumps(job))
+    assert clone._start_positions == {} and (clone.max_requeues, clone.max_attempts) == (2, 3)
+
+
+def test_python_command_of_the_launcher_by_default(tmp_path: Path) -> None:
+    profile = load_profile(write(tmp_path, "backend: slurm\n"))
+    text = render_sbatch(profile, "x", tmp_path / "%j", 1)
+    assert f"{sys.executable} -u -m submitit.core._submit" in text
