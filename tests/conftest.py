@@ -6,11 +6,16 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from orchestrator.backends.slurm.sbatch import job_name
+
+from helpers import slurm_down_reason
 
 # One intra-op thread unless told otherwise: on a shared 2-core machine, two busy-waiting OpenMP
 # threads per process made a 3-epoch digits trial 8x slower (54 s vs 7 s) under load. Set before
@@ -57,3 +62,19 @@ def write_spec() -> Callable[..., Path]:
         return path
 
     return write
+
+
+# ---- SLURM ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def slurm() -> None:
+    reason = slurm_down_reason()
+    if reason:
+        pytest.skip(f'SLURM not up ({reason}): run scripts/local_slurm.sh start; eval "$(scripts/local_slurm.sh env)"')
+
+
+@pytest.fixture
+def sweep_name(slurm: None) -> Iterator[str]:
+    """A unique sweep name; its jobs (job name sweep-<name>) are cancelled after the test."""
+    name = f"t{uuid.uuid4().hex[:8]}"
+    yield name
+    subprocess.run(["scancel", f"--name={job_name(name)}"], capture_output=True, timeout=60)

@@ -7,7 +7,6 @@ import json
 import os
 import pickle
 import socket
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -17,64 +16,9 @@ import torch
 from trainer.data import DataInfo, DataMissing, TensorData, load_dataset, random_crop, read_digits
 from trainer.spec import TrialSpec
 
+from helpers import COLOURS, WNIDS, jpeg, make_cifar, make_tinyimagenet
+
 CPU = torch.device("cpu")
-
-
-# ---- CIFAR-10 fixture ---------------------------------------------------------------------------
-class Py2Pickler(pickle._Pickler):  # type: ignore[name-defined]
-    """Writes what Python 2's cPickle wrote for the original CIFAR files: `str` opcodes for bytes,
-    numpy globals under `numpy.core.multiarray`. (Python 3's protocol 2 writes bytes through
-    `_codecs.encode` instead; both must load.)"""
-
-    dispatch = dict(pickle._Pickler.dispatch)  # type: ignore[attr-defined]
-
-    def save_bytes(self, obj: bytes) -> None:
-        n = len(obj)
-        head = pickle.SHORT_BINSTRING + bytes([n]) if n < 256 else pickle.BINSTRING + struct.pack("<i", n)
-        self.write(head + obj)
-        self.memoize(obj)
-
-    def save_global(self, obj: object, name: str | None = None) -> None:
-        module = getattr(obj, "__module__", None)
-        module = "numpy.core.multiarray" if module == "numpy._core.multiarray" else module
-        self.write(pickle.GLOBAL + f"{module}\n{name or obj.__qualname__}\n".encode())  # type: ignore[attr-defined]
-        self.memoize(obj)
-
-    dispatch[bytes] = save_bytes
-    dispatch[type] = save_global
-    dispatch[type(len)] = save_global
-
-
-def dump_cifar_batch(path: Path, data: np.ndarray, labels: list[int], style: str) -> None:
-    d = {
-        b"batch_label": f"batch {path.name}".encode(),
-        b"labels": labels,
-        b"data": data,
-        b"filenames": [f"img_{i}.png".encode() for i in range(len(labels))],
-    }
-    with open(path, "wb") as f:
-        if style == "py2":
-            Py2Pickler(f, protocol=2).dump(d)
-        else:
-            pickle.dump(d, f, protocol=2)
-
-
-def make_cifar(root: Path, style: str = "py3", n_train: int = 4, n_test: int = 6) -> tuple[np.ndarray, ...]:
-    """cifar-10-batches-py with data_batch_1..5 and test_batch: b'data' uint8 [N, 3072], b'labels' list."""
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    xs, ys = [], []
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        n = n_test if name == "test_batch" else n_train
-        x = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
-        y = [int(v) for v in rng.integers(0, 10, n)]
-        dump_cifar_batch(folder / name, x, y, style)
-        xs.append(x)
-        ys.append(y)
-    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"airplane"]}, protocol=2))
-    train_x, train_y = np.concatenate(xs[:5]), np.concatenate(ys[:5])
-    return train_x, train_y, xs[5], np.array(ys[5])
 
 
 @pytest.mark.parametrize("style", ["py3", "py2"])
@@ -111,35 +55,6 @@ def test_cifar10_refuses_code_in_pickle(tmp_path: Path) -> None:
     assert not sentinel.exists()
 
 
-# ---- Tiny ImageNet fixture ----------------------------------------------------------------------
-WNIDS = ["n09999999", "n01443537", "n02085620"]  # wnids.txt order is not the class order
-COLOURS = {"n01443537": (250, 10, 10), "n02085620": (10, 250, 10), "n09999999": (10, 10, 250)}
-
-
-def _jpeg(path: Path, colour: tuple[int, int, int], size: int = 64) -> None:
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (size, size), colour).save(path, "JPEG", quality=95)
-
-
-def make_tinyimagenet(root: Path) -> None:
-    folder = root / "tiny-imagenet-200"
-    (folder).mkdir(parents=True)
-    (folder / "wnids.txt").write_text("\n".join(WNIDS) + "\n")
-    lines = []
-    for w in WNIDS:
-        for i in range(2):
-            _jpeg(folder / "train" / w / "images" / f"{w}_{i}.JPEG", COLOURS[w])
-        (folder / "train" / w / f"{w}_boxes.txt").write_text(f"{w}_0.JPEG\t0\t0\t63\t63\n")
-    for i, w in enumerate(["n02085620", "n09999999", "n01443537", "n02085620"]):
-        name = f"val_{i}.JPEG"
-        _jpeg(folder / "val" / "images" / name, COLOURS[w], size=32 if i == 0 else 64)  # one off-size image
-        lines.append(f"{name}\t{w}\t0\t0\t63\t63")
-    (folder / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
-    _jpeg(folder / "test" / "images" / "test_0.JPEG", (0, 0, 0))  # unlabelled; must be ignored
-
-
 def test_tinyimagenet_layout(tmp_path: Path) -> None:
     make_tinyimagenet(tmp_path)
     data = load_dataset("tinyimagenet", tmp_path, CPU)
@@ -160,7 +75,7 @@ def make_imagenet(root: Path, val_classes: tuple[str, ...] = ("n01440764", "n014
     for split, classes in (("train", ("n01440764", "n01443537")), ("val", val_classes)):
         for k, c in enumerate(classes):
             for i in range(3 if split == "train" else 1):
-                _jpeg(root / "imagenet" / split / c / f"{c}_{i}.JPEG", (k * 200, 50, 50), size=40 + 8 * i)
+                jpeg(root / "imagenet" / split / c / f"{c}_{i}.JPEG", (k * 200, 50, 50), size=40 + 8 * i)
 
 
 def test_imagenet_layout(tmp_path: Path) -> None:

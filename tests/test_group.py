@@ -18,7 +18,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from test_trainer_run import FILES, assert_one_row_per_epoch, assert_same_results, temp_files
 
 from trainer import results as R
 from trainer.errors import UserError
@@ -27,6 +26,8 @@ from trainer.lock import TrialLock
 from trainer.models import build_model
 from trainer.run import run_trial
 from trainer.spec import TrialSpec
+
+from helpers import FILES, assert_one_row_per_epoch, assert_same_results, temp_files
 
 EPOCHS = 3
 A = TrialSpec(sweep="grp", epochs=EPOCHS, alpha=0.0, seed=0, device="cpu")

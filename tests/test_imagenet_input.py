@@ -14,13 +14,14 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from tests.imagenet_tree import CLASSES, Tree, make_imagenet_tree
 from trainer.data import DataInfo, DataMissing, TensorData, load_dataset
 from trainer.errors import UserError
 from trainer.imagenet import augment as A
 from trainer.imagenet.decode import BadImage, decode_rgb, image_size
 from trainer.imagenet.manifest import ensure_manifest, main, manifest_dir, preflight
 from trainer.imagenet.skipped import SKIPPED
+
+from imagenet_tree import CLASSES, Tree, make_imagenet_tree
 
 CPU = torch.device("cpu")
 

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.imagenet_tree import make_imagenet_tree
 from trainer.lock import is_locked
+
+from imagenet_tree import make_imagenet_tree
 
 TRIAL = """
 import os, signal, sys, time, torch

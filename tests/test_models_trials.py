@@ -21,7 +21,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_data import make_cifar, make_tinyimagenet
 
 from trainer import results as R
 from trainer.data import load_dataset
@@ -30,6 +29,7 @@ from trainer.run import run_trial
 from trainer.similarity import DIMENSIONALITY, StoredActivations, activation_path
 from trainer.spec import TrialSpec
 
+from helpers import make_cifar, make_tinyimagenet
 from imagenet_tree import make_imagenet_tree
 
 CPU = torch.device("cpu")

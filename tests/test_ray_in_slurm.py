@@ -21,7 +21,9 @@ import pytest
 
 pytest.importorskip("ray", reason="ray is not installed")
 
-from tests.test_slurm_backend import ROOT, slurm, squeue, status  # noqa: F401 - slurm: a fixture
+from orchestrator.backends.slurm import squeue
+
+from helpers import ROOT, status
 
 pytestmark = [pytest.mark.slurm, pytest.mark.ray, pytest.mark.slow]
 
@@ -39,7 +41,7 @@ def processes_mentioning(text: str) -> list[str]:
     return found
 
 
-def test_ray_cluster_in_an_allocation_runs_a_grid_and_stops_cleanly(slurm: None, tmp_path: Path) -> None:  # noqa: F811
+def test_ray_cluster_in_an_allocation_runs_a_grid_and_stops_cleanly(slurm: None, tmp_path: Path) -> None:
     grid = tmp_path / "grid.yaml"
     grid.write_text("name: ray-in-slurm\nfixed: {model: resnet20, dataset: digits, epochs: 1, batch_size: 256}\nsweep: {alpha: [-1, 0]}\n")
     profile = tmp_path / "ray.yaml"

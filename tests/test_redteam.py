@@ -25,9 +25,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_data import make_cifar, make_tinyimagenet
 
 from benchmarks.synthetic import write_trial
+from orchestrator.backends.local import check_local_devices
 from orchestrator.collect import cache
 from orchestrator.collect import core as C
 from orchestrator.grid import load_grid
@@ -35,13 +35,14 @@ from orchestrator.plan import CHECKPOINT_BYTES, ROWS_BYTES, scan, spec_problem
 from orchestrator.runner import Runner, make_slots
 from orchestrator.status import main as status_main
 from orchestrator.strict import MAX_NODES, load_yaml
-from orchestrator.sweep import check_local_devices
 from orchestrator.sweep import main as sweep_main
 from trainer import results as R
 from trainer.cli import cli
 from trainer.data import DataMissing, epoch_generator, load_dataset
 from trainer.errors import UserError
 from trainer.spec import MAX_EPOCHS, MAX_SEED, SpecError, TrialSpec, quote
+
+from helpers import make_cifar, make_tinyimagenet
 
 REPO = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}

@@ -12,21 +12,15 @@ launcher finishes its trial. The golden sbatch script and the chunking tests nee
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
-import shutil
 import subprocess
 import sys
-import time
-import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
-from orchestrator.backends.slurm import REQUEUES, SUBMITTED, TrialJob, render_sbatch, squeue, submit
+from orchestrator.backends.slurm import REQUEUES, TrialJob, render_sbatch, squeue, submit
 from orchestrator.backends.slurm.sbatch import chunked, job_name, parse_max_array_size, sbatch_parameters, signal_delay_s
 from orchestrator.errors import cli
 from orchestrator.grid import load_grid
@@ -36,123 +30,26 @@ from orchestrator.status import main as status_main
 from orchestrator.sweep import main as sweep_main
 from trainer.errors import UserError
 from trainer.lock import TrialLock
-from trainer.run import run_trial
-from trainer.spec import TrialSpec
 from trainer.status import observe
 
-ROOT = Path(__file__).resolve().parent.parent
+from helpers import (
+    ROOT,
+    assert_resumed,
+    epochs_lasting,
+    job_log,
+    job_of,
+    job_state,
+    requeues,
+    scontrol,
+    snapshot_checkpointed_rows,
+    status,
+    trial_by_epochs,
+    wait_until,
+    write_grid,
+    write_profile,
+)
+
 GOLDEN = Path(__file__).resolve().parent / "golden" / "slurm_example_site.sbatch"
-
-
-# ---- helpers ------------------------------------------------------------------------------------
-def slurm_down_reason() -> str | None:
-    if not os.environ.get("SLURM_CONF"):
-        return "SLURM_CONF is not set"
-    if shutil.which("scontrol") is None or shutil.which("sbatch") is None:
-        return "scontrol/sbatch not on PATH"
-    try:
-        out = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=15)
-    except subprocess.TimeoutExpired:
-        return "scontrol ping timed out"
-    if "UP" not in out.stdout:
-        said = (out.stdout + out.stderr).strip().splitlines()
-        return f"scontrol ping: {said[0] if said else 'no answer'}"
-    return None
-
-
-@pytest.fixture(scope="module")
-def slurm() -> None:
-    reason = slurm_down_reason()
-    if reason:
-        pytest.skip(f'SLURM not up ({reason}): run scripts/local_slurm.sh start; eval "$(scripts/local_slurm.sh env)"')
-
-
-@pytest.fixture
-def sweep_name(slurm: None) -> Iterator[str]:
-    """A unique sweep name; its jobs (job name sweep-<name>) are cancelled after the test."""
-    name = f"t{uuid.uuid4().hex[:8]}"
-    yield name
-    subprocess.run(["scancel", f"--name={job_name(name)}"], capture_output=True, timeout=60)
-
-
-def write_grid(tmp_path: Path, name: str, fixed: str, sweep: str) -> Path:
-    path = tmp_path / "grid.yaml"
-    path.write_text(f"name: {name}\nfixed: {{model: resnet20, dataset: digits, batch_size: 256, {fixed}}}\nsweep:\n{sweep}")
-    return path
-
-
-def write_profile(tmp_path: Path, **extra: object) -> Path:
-    # fuse 1: one trial per task, trained as trainer.run (a lone fusable trial would train beside a
-    # twin, doubling the CPU time of these single-trial tests); fused tasks have their own test.
-    keys = {"partition": "debug", "cpus_per_trial": 1, "mem_gb": 1, "time_min": 10, "max_running_tasks": 2,
-            "max_requeues": 3, "device": "cpu", "wait": False, "fuse": 1, **extra}  # fmt: skip
-    path = tmp_path / "profile.yaml"
-    path.write_text("backend: slurm\n" + "".join(f"{k}: {json.dumps(v)}\n" for k, v in keys.items()))
-    return path
-
-
-def wait_until(cond: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for: {what}\n{_queue()}")
-        time.sleep(0.3)
-
-
-def _queue() -> str:
-    return subprocess.run(["squeue"], capture_output=True, text=True, timeout=30).stdout
-
-
-def status(folder: Path) -> dict:
-    path = folder / "status.json"
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def job_of(folder: Path) -> str:
-    return json.loads((folder / SUBMITTED).read_text())["job_id"]
-
-
-def requeues(folder: Path) -> int | None:
-    path = folder / REQUEUES
-    return json.loads(path.read_text())["requeues"] if path.exists() else None
-
-
-def job_state(job_id: str) -> str:
-    out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=30)
-    return out.stdout.strip()
-
-
-def scontrol(*args: str) -> None:
-    subprocess.run(["scontrol", *args], check=True, capture_output=True, timeout=60)
-
-
-def job_log(sweep: Path, job_id: str) -> str:
-    return "".join(p.read_text() for p in sorted((sweep / "slurm" / job_id).glob("*_log.*")))
-
-
-def trial_by_epochs(sweep: Path) -> dict[int, Path]:
-    return {json.loads((f / "spec.json").read_text())["epochs"]: f for f in (sweep / "trials").iterdir()}
-
-
-def epochs_table(folder: Path) -> pd.DataFrame:
-    return pd.read_parquet(folder / "epochs.parquet").sort_values("epoch").reset_index(drop=True)
-
-
-def snapshot_checkpointed_rows(folder: Path) -> pd.DataFrame:
-    """Rows the trial's checkpoint covers now (status epoch is written after the checkpoint)."""
-    covered = status(folder)["epoch"]
-    rows = epochs_table(folder)
-    return rows[rows.epoch <= covered]
-
-
-def assert_resumed(folder: Path, before: pd.DataFrame, epochs: int) -> None:
-    """One row per epoch, and the rows the checkpoint covered were kept, not recomputed."""
-    final = epochs_table(folder)
-    assert final.epoch.tolist() == list(range(epochs + 1))
-    assert len(before) >= 2  # epoch 0 and at least one trained epoch came before the interruption
-    kept = final[final.epoch <= before.epoch.max()]
-    cols = ["epoch", "train_loss", "test_acc", "seconds"]  # `seconds` differs if an epoch ran twice
-    pd.testing.assert_frame_equal(kept[cols].reset_index(drop=True), before[cols].reset_index(drop=True))
 
 
 # ---- no SLURM needed ----------------------------------------------------------------------------------
@@ -299,22 +196,6 @@ def test_fused_groups_are_array_tasks_and_a_preempted_group_resumes(tmp_path: Pa
         assert (st["state"], st["attempts"], st["fused"]) == ("done", 1, 2), st
     log = job_log(sweep, jobs[0])
     assert all(f"{f.name}: job {jobs[0]}" in log for f in first) and "requeues so far 1" in log
-
-
-def epochs_lasting(tmp_path: Path, seconds: float) -> int:
-    """How many digits epochs (batch 256, 1 thread like a 1-CPU task) take about `seconds` here."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        folder = tmp_path / "calibration"
-        run_trial(TrialSpec.from_dict({"epochs": 2, "batch_size": 256, "device": "cpu"}), folder)
-    finally:
-        torch.set_num_threads(threads)
-    rows = pd.read_parquet(folder / "epochs.parquet")
-    per_epoch = float((rows.seconds + rows.eval_seconds).iloc[1:].mean())
-    return max(15, min(400, math.ceil(seconds / per_epoch)))
 
 
 @pytest.mark.slurm

@@ -9,7 +9,6 @@ them, from SLURM's queue and the job's stderr), and a trial's worker SIGKILLed i
 (the job records it). And the options of a GPU site, as the real sbatch parses them.
 """
 
-# ruff: noqa: F811 - the SLURM fixtures (slurm, sweep_name) come from test_slurm_backend and are named as parameters
 from __future__ import annotations
 
 import json
@@ -24,18 +23,9 @@ import pytest
 from orchestrator.errors import cli
 from orchestrator.status import main as status_main
 from orchestrator.sweep import main as sweep_main
-from tests.test_slurm_backend import (  # the SLURM fixtures and helpers of the backend's main tests
-    ROOT,
-    job_of,
-    scontrol,
-    slurm,  # noqa: F401 - a fixture
-    status,
-    sweep_name,  # noqa: F401 - a fixture
-    wait_until,
-    write_grid,
-    write_profile,
-)
 from trainer.status import observe
+
+from helpers import ROOT, job_of, scontrol, status, wait_until, write_grid, write_profile
 
 pytestmark = pytest.mark.slurm
 

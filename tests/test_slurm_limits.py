@@ -9,7 +9,6 @@ the first launch (no wait) submits two and says two are left; the second (`wait:
 submits more as tasks leave the queue until all four are done.
 """
 
-# ruff: noqa: F811 - the SLURM fixtures (slurm, sweep_name) come from test_slurm_backend and are named as parameters
 from __future__ import annotations
 
 import os
@@ -20,14 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_slurm_backend import (
-    ROOT,
-    slurm,  # noqa: F401 - a fixture
-    status,
-    sweep_name,  # noqa: F401 - a fixture
-    write_grid,
-    write_profile,
-)
+from helpers import ROOT, status, write_grid, write_profile
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

@@ -9,7 +9,6 @@ same time, each holding its own group's trial lock and seeing only its own GPU, 
 start and end times overlapping.
 """
 
-# ruff: noqa: F811 - the SLURM fixtures (slurm, sweep_name) come from test_slurm_backend and are named as parameters
 from __future__ import annotations
 
 import json
@@ -18,17 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.backends.slurm import squeue
 from orchestrator.errors import cli
 from orchestrator.sweep import main as sweep_main
-from tests.test_slurm_backend import (
-    job_of,
-    slurm,  # noqa: F401 - a fixture
-    squeue,
-    status,
-    sweep_name,  # noqa: F401 - a fixture
-    write_grid,
-    write_profile,
-)
+
+from helpers import job_of, status, write_grid, write_profile
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

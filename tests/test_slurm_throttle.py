@@ -8,7 +8,6 @@ CPUs and each task asks for one, so without the throttle two tasks would run at 
 follows the queue (squeue) and the trials' own start and end times, and no two ever overlap.
 """
 
-# ruff: noqa: F811 - the SLURM fixtures (slurm, sweep_name) come from test_slurm_backend and are named as parameters
 from __future__ import annotations
 
 import json
@@ -21,13 +20,8 @@ import pytest
 from orchestrator.backends.slurm.sbatch import job_name
 from orchestrator.errors import cli
 from orchestrator.sweep import main as sweep_main
-from tests.test_slurm_backend import (
-    slurm,  # noqa: F401 - a fixture
-    status,
-    sweep_name,  # noqa: F401 - a fixture
-    write_grid,
-    write_profile,
-)
+
+from helpers import status, write_grid, write_profile
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

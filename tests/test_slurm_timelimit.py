@@ -9,7 +9,6 @@ at an optimizer step (SIGUSR1, a mid-epoch checkpoint) before each requeue. The 
 itself (progress or not, the cap) is checked on real trial folders without a cluster.
 """
 
-# ruff: noqa: F811 - the SLURM fixtures (slurm, sweep_name) come from test_slurm_backend and are named as parameters
 from __future__ import annotations
 
 import json
@@ -19,24 +18,13 @@ from pathlib import Path
 import pytest
 import submitit
 
+from orchestrator.backends.slurm import squeue
 from orchestrator.backends.slurm.job import REQUEUES, TrialJob
 from orchestrator.errors import cli
 from orchestrator.sweep import main as sweep_main
-from tests.test_slurm_backend import (
-    epochs_lasting,
-    job_log,
-    job_of,
-    job_state,
-    scontrol,
-    slurm,  # noqa: F401 - a fixture
-    squeue,
-    status,
-    sweep_name,  # noqa: F401 - a fixture
-    wait_until,
-    write_grid,
-    write_profile,
-)
 from trainer.status import Status, read_status, write_status
+
+from helpers import epochs_lasting, job_log, job_of, job_state, scontrol, status, wait_until, write_grid, write_profile
 
 
 def requeue_record(trial: Path) -> dict:

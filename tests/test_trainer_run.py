@@ -23,37 +23,7 @@ from trainer.loop import lr_at
 from trainer.run import run_trial
 from trainer.spec import ROW_ID_FIELDS, TrialSpec
 
-FILES = (R.EPOCHS, R.LAYERS, R.UNITS)
-TIMING = ["seconds", "eval_seconds", "images_per_s"]  # wall-clock columns: never equal across runs
-UNITS_RESNET20 = 3 * 16 + 3 * 32 + 3 * 64  # 336
-STEPS_PER_EPOCH = 1438 // 128  # digits train split, ragged last batch dropped
-
-
-def temp_files(folder: Path) -> list[Path]:
-    return [p for p in folder.iterdir() if R.TMP_MARK in p.name]
-
-
-def frames(folder: Path) -> dict[str, pd.DataFrame]:
-    out = {}
-    for name in FILES:
-        df = pd.read_parquet(folder / name)
-        out[name] = df.drop(columns=[c for c in TIMING if c in df.columns])
-    return out
-
-
-def assert_same_results(a: Path, b: Path) -> None:
-    fa, fb = frames(a), frames(b)
-    for name in FILES:
-        # Exact on CPU: the resumed epoch replays the same data order, augmentation and weights.
-        pd.testing.assert_frame_equal(fa[name], fb[name], check_exact=True, obj=name)
-
-
-def assert_one_row_per_epoch(folder: Path, epochs: int) -> None:
-    for name in FILES:
-        df = pd.read_parquet(folder / name)
-        counts = df.groupby("epoch").size()
-        assert list(counts.index) == list(range(epochs + 1)), name
-        assert counts.nunique() == 1, name  # the same number of rows for every epoch
+from helpers import FILES, STEPS_PER_EPOCH, UNITS_RESNET20, assert_one_row_per_epoch, assert_same_results, temp_files
 
 
 # ---- a finished trial and its files -----------------------------------------------------------
