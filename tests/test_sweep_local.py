@@ -75,7 +75,7 @@ def test_imagenet_grid_dry_run_shows_the_papers_design(capsys: pytest.CaptureFix
     assert cli(sweep_main, ["--grid", str(grid), "--dry-run", "--results", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "15 trials (5 duplicates collapsed)" in out
-    hours = float(out.split("GPU-hours to run: ")[1].split()[0])
+    hours = float(out.split("GPU-hours to run: ")[1].split()[0].rstrip(","))
     assert 50 < hours < 1000  # 15 ResNet50 x 90 epochs of ImageNet on H100s
 
 

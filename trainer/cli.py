@@ -47,6 +47,8 @@ def command(body: Callable[[], int]) -> int:
     except Checkpointed as stop:
         print(f"stopped: {stop}", file=sys.stderr)
         return EXIT_CHECKPOINTED
+    except UsageExit:
+        return EXIT_USER  # the parser printed its one line already
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -62,13 +64,17 @@ def command(body: Callable[[], int]) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
+class UsageExit(SystemExit):
+    """A command-line mistake, already printed: exits 2 on its own, returns 2 inside `command`."""
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse whose mistakes are one line (`error: python -m x: ... (see --help)`), exit code 2, like every
     other user mistake: no usage block. It exits itself, so it works before a command's wrapper runs."""
 
     def error(self, message: str) -> NoReturn:
         print(f"error: {self.prog}: {message[:200]} (see --help)", file=sys.stderr)
-        raise SystemExit(EXIT_USER)
+        raise UsageExit(EXIT_USER)
 
 
 def cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
