@@ -16,12 +16,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from orchestrator.errors import UserError, cli
 from orchestrator.plan import scan
 from orchestrator.progress import Progress
 from orchestrator.runner import WorkerPool, last_line, make_slots
 from trainer.ablate import KEPT, add_plan_arguments, plan_from_arguments
-from trainer.cli import EXIT_BUSY, EXIT_DONE, ArgumentParser
+from trainer.cli import EXIT_BUSY, EXIT_DONE, ArgumentParser, cli
+from trainer.errors import UserError
 
 ABLATE_LOG = "ablate.log"
 

@@ -29,21 +29,13 @@ from pathlib import Path
 
 from trainer.errors import UserError
 from trainer.lock import is_locked
+from trainer.registry import CHECKPOINT_BYTES
 from trainer.results import SPEC, STATUS, read_json, replace_atomically, write_json
 from trainer.spec import SpecError, TrialSpec
 from trainer.status import TrialState, observe
 
 DEFAULT_MAX_ATTEMPTS = 3
 TRIAL_ID = re.compile(r"[0-9a-f]{12}")
-# Bytes of one checkpoint (fp32 weights, momentum, BatchNorm buffers) by model and data set (its
-# classes and image size), rounded up; tests/test_redteam.py checks them against the real networks.
-CHECKPOINT_BYTES: dict[str, dict[str, int]] = {
-    "resnet20": {"digits": 2_200_000, "cifar10": 2_200_000, "tinyimagenet": 2_300_000, "imagenet": 2_700_000},
-    "resnet18": {"digits": 89_500_000, "cifar10": 89_500_000, "tinyimagenet": 90_300_000, "imagenet": 93_600_000},
-    "resnet34": {"digits": 170_400_000, "cifar10": 170_400_000, "tinyimagenet": 171_200_000, "imagenet": 174_500_000},
-    "resnet50": {"digits": 188_400_000, "cifar10": 188_400_000, "tinyimagenet": 191_500_000, "imagenet": 204_700_000},
-    "vgg16": {"cifar10": 269_200_000, "tinyimagenet": 325_700_000, "imagenet": 1_106_900_000},
-}
 ROWS_BYTES = 1_000_000
 
 Warn = Callable[[str], None]

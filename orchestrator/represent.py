@@ -27,12 +27,12 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from orchestrator.errors import UserError, cli
 from orchestrator.plan import scan
 from orchestrator.progress import Progress
 from orchestrator.runner import WorkerPool, last_line, make_slots
 from trainer import results as R
-from trainer.cli import EXIT_BUSY, EXIT_DONE, ArgumentParser
+from trainer.cli import EXIT_BUSY, EXIT_DONE, ArgumentParser, cli
+from trainer.errors import UserError
 from trainer.similarity import DIMENSIONALITY, SIMILARITY, kept_checkpoint_epochs, stored_epochs
 from trainer.spec import IN_TRIAL_ID, TrialSpec
 

@@ -22,8 +22,8 @@ from benchmarks.synthetic import write_trial
 from orchestrator.collect import core as C
 from orchestrator.collect.scan import expected_schema, scan_files
 from orchestrator.collect.stats import summarize, t975, t_quantile_975
-from orchestrator.errors import cli
 from trainer import results as R
+from trainer.cli import cli
 from trainer.lock import TrialLock
 from trainer.spec import TrialSpec
 

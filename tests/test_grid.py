@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.errors import cli
 from orchestrator.grid import load_grid
 from orchestrator.profiles import RayProfile, SlurmProfile, load_profile
 from orchestrator.sweep import main as sweep_main
+from trainer.cli import cli
 from trainer.errors import UserError
 
 GOOD = """

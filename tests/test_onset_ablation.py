@@ -17,9 +17,9 @@ import torch
 
 from orchestrator.ablate import main as ablate_main
 from orchestrator.collect import collect
-from orchestrator.errors import cli
 from orchestrator.sweep import main as sweep_main
 from trainer.ablation import AblationPlan, ablated, ablation_rows, choose_channels, draw_seed, heldout_accuracy, stage_blocks
+from trainer.cli import cli
 from trainer.data import load_dataset
 from trainer.models import build_model
 from trainer.run import run_trial

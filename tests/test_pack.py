@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.errors import cli
 from orchestrator.pack import pack
 from orchestrator.plan import scan
 from orchestrator.sweep import main as sweep_main
+from trainer.cli import cli
 from trainer.spec import TrialSpec
 
 

@@ -31,7 +31,7 @@ from orchestrator.backends.local import check_local_devices
 from orchestrator.collect import cache
 from orchestrator.collect import core as C
 from orchestrator.grid import load_grid
-from orchestrator.plan import CHECKPOINT_BYTES, ROWS_BYTES, scan, spec_problem
+from orchestrator.plan import ROWS_BYTES, scan, spec_problem
 from orchestrator.runner import Runner, make_slots
 from orchestrator.status import main as status_main
 from orchestrator.strict import MAX_NODES, load_yaml
@@ -40,6 +40,7 @@ from trainer import results as R
 from trainer.cli import cli
 from trainer.data import DataMissing, epoch_generator, load_dataset
 from trainer.errors import UserError
+from trainer.registry import CHECKPOINT_BYTES
 from trainer.spec import MAX_EPOCHS, MAX_SEED, SpecError, TrialSpec, quote
 
 from helpers import make_cifar, make_tinyimagenet

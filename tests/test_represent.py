@@ -19,11 +19,11 @@ import pytest
 import torch
 
 from orchestrator.collect import collect
-from orchestrator.errors import cli
 from orchestrator.represent import main as represent_main
 from orchestrator.represent import pairs
 from orchestrator.sweep import main as sweep_main
 from trainer import results as R
+from trainer.cli import cli
 from trainer.data import load_dataset
 from trainer.errors import UserError
 from trainer.models import build_for

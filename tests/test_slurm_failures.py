@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.errors import cli
 from orchestrator.status import main as status_main
 from orchestrator.sweep import main as sweep_main
+from trainer.cli import cli
 from trainer.status import observe
 
 from helpers import ROOT, job_of, scontrol, status, wait_until, write_grid, write_profile

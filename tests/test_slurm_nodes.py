@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.backends.slurm import squeue
-from orchestrator.errors import cli
 from orchestrator.sweep import main as sweep_main
+from trainer.cli import cli
 
 from helpers import job_of, status, write_grid, write_profile
 

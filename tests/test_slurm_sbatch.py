@@ -22,9 +22,9 @@ import pytest
 from orchestrator.backends.slurm import TrialJob, render_sbatch
 from orchestrator.backends.slurm.job import _groups, position, task_slots
 from orchestrator.backends.slurm.sbatch import chunked, sbatch_parameters, submit_refusal
-from orchestrator.errors import cli
 from orchestrator.profiles import SlurmProfile, check_constraint, load_profile
 from orchestrator.sweep import main as sweep_main
+from trainer.cli import cli
 from trainer.errors import UserError
 from trainer.status import Status
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.backends.slurm.sbatch import job_name
-from orchestrator.errors import cli
 from orchestrator.sweep import main as sweep_main
+from trainer.cli import cli
 
 from helpers import status, write_grid, write_profile
 

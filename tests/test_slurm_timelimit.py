@@ -20,8 +20,8 @@ import submitit
 
 from orchestrator.backends.slurm import squeue
 from orchestrator.backends.slurm.job import REQUEUES, TrialJob
-from orchestrator.errors import cli
 from orchestrator.sweep import main as sweep_main
+from trainer.cli import cli
 from trainer.status import Status, read_status, write_status
 
 from helpers import epochs_lasting, job_log, job_of, job_state, scontrol, status, wait_until, write_grid, write_profile

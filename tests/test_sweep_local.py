@@ -11,11 +11,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from orchestrator.errors import cli
 from orchestrator.grid import load_grid
 from orchestrator.plan import make_plan, scan
 from orchestrator.status import main as status_main
 from orchestrator.sweep import main as sweep_main
+from trainer.cli import cli
 
 GRID = """name: tiny
 fixed: {model: resnet20, dataset: digits, epochs: 1, batch_size: 256}

@@ -93,5 +93,14 @@ DATASETS: dict[str, DatasetInfo] = {
         DatasetInfo("imagenet", 1000, 3, 224, 1_281_167, 50_000, False),  # ILSVRC2012 train / val
     )
 }
+# Bytes of one checkpoint (fp32 weights, momentum, BatchNorm buffers) by model and data set (its
+# classes and image size), rounded up; tests/test_redteam.py checks them against the real networks.
+CHECKPOINT_BYTES: dict[str, dict[str, int]] = {
+    "resnet20": {"digits": 2_200_000, "cifar10": 2_200_000, "tinyimagenet": 2_300_000, "imagenet": 2_700_000},
+    "resnet18": {"digits": 89_500_000, "cifar10": 89_500_000, "tinyimagenet": 90_300_000, "imagenet": 93_600_000},
+    "resnet34": {"digits": 170_400_000, "cifar10": 170_400_000, "tinyimagenet": 171_200_000, "imagenet": 174_500_000},
+    "resnet50": {"digits": 188_400_000, "cifar10": 188_400_000, "tinyimagenet": 191_500_000, "imagenet": 204_700_000},
+    "vgg16": {"cifar10": 269_200_000, "tinyimagenet": 325_700_000, "imagenet": 1_106_900_000},
+}
 MODEL_NAMES = tuple(MODELS)
 DATASET_NAMES = tuple(DATASETS)

@@ -50,7 +50,7 @@ class Status:
     trial_id: str | None = None
     epoch: int | None = None  # last finished epoch (0 = only the initial evaluation)
     error: str | None = None
-    error_kind: str | None = None  # diverged | user | exception | killed | requeues | setup
+    error_kind: str | None = None  # diverged | user | exception | requeues | setup (a killed process is `interrupted`)
     retryable: bool = True
     started: str | None = None
     ended: str | None = None

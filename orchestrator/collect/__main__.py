@@ -3,7 +3,7 @@
 import sys
 
 from orchestrator.collect.core import main
-from orchestrator.errors import cli
+from trainer.cli import cli
 
 if __name__ == "__main__":
     sys.exit(cli(main))

@@ -52,10 +52,10 @@ from orchestrator.collect.stats import (
     trial_sort_key,
     trials_table,
 )  # fmt: skip
-from orchestrator.errors import UserError
 from trainer import faults
 from trainer import results as R
 from trainer.cli import ArgumentParser
+from trainer.errors import UserError
 
 STATES = ("done", "failed", "running", "pending", "interrupted", "unreadable", "incomplete")
 FIGURES = ("test_acc_vs_alpha.png", "csi_vs_alpha.png", "csi_over_epochs.png", "layer_csi_vs_alpha.png")

@@ -21,9 +21,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from orchestrator.errors import UserError
 from orchestrator.plan import REPAIR_HINT, trial_folders
 from trainer import results as R
+from trainer.errors import UserError
 from trainer.spec import TrialSpec
 from trainer.status import Status, TrialState, observe
 
