@@ -3,7 +3,7 @@
 Every backend ends here: the local backend runs it in the launcher (a slot per --max-parallel
 worker), a SLURM array task runs it on its node, a Ray Tune trial runs it for its group.
 
-    runner = Runner(slots(n=2, cpus=8), max_attempts=3, fuse=True)
+    runner = Runner(slots(n=2, cpus=8), max_attempts=3, fused=True)
     report = runner.run([[folder_a, folder_b], [folder_c]])     # groups of trial folders
 
 A worker is `python -m trainer.group --spec A/spec.json --spec B/spec.json ...` on one slot (its
@@ -134,11 +134,11 @@ class Runner:
     """Trial groups on a worker pool, with the retry policy of the module docstring."""
 
     def __init__(
-        self, slots: list[Slot], max_attempts: int, fuse: bool = True, python: str | None = None,
+        self, slots: list[Slot], max_attempts: int, fused: bool = True, python: str | None = None,
         on_change: Callable[[Report, int], None] | None = None, log_hint: str = "",
     ) -> None:  # fmt: skip
         self.pool = WorkerPool(slots)
-        self.max_attempts, self.fuse = max_attempts, fuse
+        self.max_attempts, self.fused = max_attempts, fused
         self.python = python or sys.executable
         self.on_change = on_change  # (report so far, workers running): progress lines
         self.log_hint = log_hint  # e.g. "job 123_4": said in recorded reasons
@@ -211,7 +211,7 @@ class Runner:
         for f in members[1:]:  # one process, one log: the first member's
             with open(f / LOG, "a") as note:
                 note.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} trains with {members[0].name}: output in {log}\n")
-        args = [a for f in members for a in ("--spec", str(f / SPEC))] + ([] if self.fuse else ["--no-fuse"])
+        args = [a for f in members for a in ("--spec", str(f / SPEC))] + ([] if self.fused else ["--no-fuse"])
         before = {f: observe(f) for f in members}
         with open(log, "a") as out:
             out.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {self.pool.free[0].name}: trainer.group {' '.join(f.name for f in members)}\n")

@@ -20,7 +20,7 @@ training statistics (train_loss, train_ce, train_selectivity) agree across group
 float32 rounding (about 1e-8 relative). A grouped and a dense convolution round differently. So
 with fusing on, a fusable trial always trains fused (beside a throwaway twin of itself when
 alone), and how a launch grouped it does not change its weights, accuracy or CSI.
-`fuse=False` (orchestrator --fuse 1) trains every trial as trainer.run.
+`fused=False` (orchestrator --fuse 1) trains every trial as trainer.run.
 """
 
 from __future__ import annotations
@@ -53,17 +53,17 @@ def check_fusable(specs: list[TrialSpec]) -> None:
             )
 
 
-def run_group(specs: list[TrialSpec], folders: list[Path], fuse: bool = True, stop: StopRequest | None = None) -> list[str]:
+def run_group(specs: list[TrialSpec], folders: list[Path], fused: bool = True, stop: StopRequest | None = None) -> list[str]:
     """Run (or resume, or skip) each trial in its folder, fused; returns each one's state.
 
-    With `fuse` off, or a model without a fused form, the trials train one after another exactly
+    With `fused` off, or a model without a fused form, the trials train one after another exactly
     as trainer.run trains them. A state is done, failed or busy (another live process holds that
     trial). Raises UserError for user mistakes; any other exception is recorded in every
     member's status and re-raised.
     """
     if len(specs) != len(folders) or not specs:
         raise ValueError("run_group needs one folder per spec, and at least one")
-    if not fuse or (len(specs) == 1 and specs[0].fuse_key() is None):
+    if not fused or (len(specs) == 1 and specs[0].fuse_key() is None):
         return [_run_alone(spec, Path(folder), stop) for spec, folder in zip(specs, folders)]
     check_fusable(specs)
     states: list[str] = ["busy"] * len(specs)
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         specs = [read_spec(p) for p in args.spec]
         folders = [p.parent for p in args.spec]
-        states = run_group(specs, folders, fuse=not args.no_fuse, stop=stop_on_signal())
+        states = run_group(specs, folders, fused=not args.no_fuse, stop=stop_on_signal())
         for spec, folder, state in zip(specs, folders, states):
             print(outcome_line(spec, folder, state))
         if "failed" in states:

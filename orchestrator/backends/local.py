@@ -39,7 +39,7 @@ class LocalBackend:
         def show(report: Report, running: int) -> None:
             progress.show(report.states.values(), running)
 
-        runner = Runner(make_slots(self.profile.max_parallel), self.profile.max_attempts, fuse=self.profile.fuse > 1, on_change=show)
+        runner = Runner(make_slots(self.profile.max_parallel), self.profile.max_attempts, fused=self.profile.fuse > 1, on_change=show)
         report = runner.run(groups)
         for line in report.user_errors:
             print(f"error: {line}", file=sys.stderr)

@@ -107,7 +107,7 @@ def run_ray(groups: list[list[Path]], profile: RayProfile, sweep: Path) -> None:
             param_space={
                 "folders": tune.grid_search(folder_groups),
                 "threads": max(1, round(profile.cpus_per_trial)),
-                "fuse": profile.fuse > 1,
+                "fused": profile.fuse > 1,
                 "max_attempts": profile.max_attempts,
                 "cwd": os.getcwd(),  # relative paths in a spec (data_root) mean what they mean to the launcher
             },
@@ -145,7 +145,7 @@ def _trainable(config: dict[str, Any]) -> None:
     folders = [Path(f) for f in config["folders"]]
     # One slot with the cores this Tune trial asked for (not a thread per core of the node); the
     # worker inherits the GPU Ray assigned to this trial (CUDA_VISIBLE_DEVICES).
-    runner = Runner(make_slots(1, cpus=config["threads"]), config["max_attempts"], fuse=config.get("fuse", True))
+    runner = Runner(make_slots(1, cpus=config["threads"]), config["max_attempts"], fused=config.get("fused", True))
     report = runner.run([folders])
     tune.report(_final_metrics(folders, report.user_errors))
 

@@ -123,10 +123,10 @@ def position(status: Status) -> tuple[int, int]:
 class TrialJob(submitit.helpers.Checkpointable):
     """An array task's callable; requeued by submitit via `checkpoint`."""
 
-    def __init__(self, max_requeues: int, max_attempts: int, fuse: bool = True) -> None:
+    def __init__(self, max_requeues: int, max_attempts: int, fused: bool = True) -> None:
         self.max_requeues = max_requeues
         self.max_attempts = max_attempts
-        self.fuse = fuse
+        self.fused = fused
         self._reset()
 
     def _reset(self) -> None:
@@ -138,7 +138,7 @@ class TrialJob(submitit.helpers.Checkpointable):
         self._log = _job_log()
 
     def __getstate__(self) -> dict[str, Any]:  # pickled in a signal handler: keep only the settings
-        return {"max_requeues": self.max_requeues, "max_attempts": self.max_attempts, "fuse": self.fuse}
+        return {"max_requeues": self.max_requeues, "max_attempts": self.max_attempts, "fused": self.fused}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -156,7 +156,7 @@ class TrialJob(submitit.helpers.Checkpointable):
             if todo:
                 hint = f"job {self._job_id}" + (f", job log {self._log}" if self._log else "")
                 python = stack.enter_context(_usr2_ignoring_python())
-                self._runner = Runner(task_slots(len(todo)), self.max_attempts, self.fuse, python=python, log_hint=hint)
+                self._runner = Runner(task_slots(len(todo)), self.max_attempts, self.fused, python=python, log_hint=hint)
                 report = self._runner.run(todo)
                 for line in report.user_errors:
                     print(f"error: {line}", flush=True)

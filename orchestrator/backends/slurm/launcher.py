@@ -236,7 +236,7 @@ class Submitter:
             raise UserError(f"the slurm backend needs SLURM's commands (sbatch, srun, squeue, scontrol) on PATH ({err})") from None
         self.params = sbatch_parameters(profile, sweep.name)
         self.size = profile.max_array_size or cluster_max_array_size()
-        self.job = TrialJob(profile.max_requeues, profile.max_attempts, fuse=profile.fuse > 1)
+        self.job = TrialJob(profile.max_requeues, profile.max_attempts, fused=profile.fuse > 1)
         self.job_ids: list[str] = []
         self.arrays: list[str] = []  # submitted by this launcher, in order: the chain
         self.refusal = ""  # sbatch's message when a submit limit stopped the last submission
