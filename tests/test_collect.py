@@ -189,6 +189,7 @@ def test_incremental_reads_only_new_or_changed_trials(real):
 
 
 # ---- incremental and states on synthetic trials ------------------------------------------------
+@pytest.mark.slow
 def test_unchanged_sweep_rewrites_nothing_big_and_keeps_figures(tmp_path):
     sweep = tmp_path / "s"
     synthetic(sweep)
@@ -385,6 +386,7 @@ def test_only_corrupt_finished_trials_is_an_error(tmp_path, capsys):
     assert err.splitlines()[-1] == f"error: {sweep}: no readable finished trial (see the warnings above)"
 
 
+@pytest.mark.slow
 def test_replaced_summary_file_invalidates_the_cache(tmp_path):
     sweep = tmp_path / "s"
     synthetic(sweep)
@@ -409,6 +411,7 @@ def test_alpha_axis_symlog_only_across_decades():
             assert ax.xaxis.get_transform().linthresh == linthresh
 
 
+@pytest.mark.slow
 def test_command_in_a_fresh_process_with_figures(tmp_path):
     sweep = tmp_path / "s"
     synthetic(sweep, alphas=(-100.0, -10.0, -1.0, 0.0, 10.0), seeds=(0, 1), epochs=20, onset_epoch=0)

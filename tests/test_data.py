@@ -161,6 +161,7 @@ def test_loading_never_touches_the_network(tmp_path: Path, monkeypatch: pytest.M
     assert sorted(p for p in tmp_path.rglob("*")) == before  # nothing was added under the data root
 
 
+@pytest.mark.slow
 def test_cli_missing_data_exits_2_with_one_line(tmp_path: Path, trainer_cli, write_spec) -> None:
     root = tmp_path / "no-data-here"
     fields = {"dataset": "cifar10", "epochs": 1, "data_root": str(root)}

@@ -81,6 +81,7 @@ def test_forward_and_selectivity_match_separate(data) -> None:
         torch.testing.assert_close(si[k], batch_selectivity(ref_feats, batches[k][1], 10), atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_teacher_forced_steps_match_separate_trials(data) -> None:
     """Every step of 3 epochs: fused step from the separate trials' state == their own steps."""
     runs = [separate(s) for s in SEEDS]
@@ -128,6 +129,7 @@ def test_teacher_forced_steps_match_separate_trials(data) -> None:
         torch.testing.assert_close(logits[k], m(x)[0], atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_free_running_fused_run_is_separate_trials_untethered(data) -> None:
     """One alpha acts only on its own trial: changing model 1's alpha leaves models 0 and 2 bitwise equal."""
 
@@ -149,6 +151,7 @@ def test_free_running_fused_run_is_separate_trials_untethered(data) -> None:
     assert not torch.equal(f1.state_for(1)["head.weight"], f2.state_for(1)["head.weight"])
 
 
+@pytest.mark.slow
 def test_speed_benchmark_runs_ci_sized(capsys: pytest.CaptureFixture[str]) -> None:
     """`python -m benchmarks.speed --small` in its smallest form: every figure it promises is printed."""
     from benchmarks import speed as bench_speed

@@ -59,6 +59,7 @@ def fused_ab(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_group_writes_the_files_of_separate_runs(fused_ab: Path, tmp_path: Path) -> None:
     for spec in (A, B):
         assert run_trial(spec, tmp_path / spec.trial_id) == "done"
@@ -123,6 +124,7 @@ def test_fused_member_resumes_alone_beside_a_twin(fused_ab: Path, tmp_path: Path
     assert json.loads((tmp_path / A.trial_id / R.STATUS).read_text())["fused"] is False
 
 
+@pytest.mark.slow
 def test_diverged_member_fails_alone_and_the_rest_match_a_group_without_it(tmp_path: Path) -> None:
     states = run_group([A, BAD, C], folders(tmp_path / "with", [A, BAD, C]))
     assert states == ["done", "failed", "done"]
@@ -135,6 +137,7 @@ def test_diverged_member_fails_alone_and_the_rest_match_a_group_without_it(tmp_p
     assert run_group([A, BAD, C], folders(tmp_path / "with", [A, BAD, C])) == ["done", "failed", "done"]  # nothing reruns
 
 
+@pytest.mark.slow
 def test_busy_member_is_left_to_its_holder(tmp_path: Path) -> None:
     short = [TrialSpec(sweep="grp", epochs=1, alpha=a, seed=0, device="cpu") for a in (0.0, -1.0)]
     held = tmp_path / short[1].trial_id
@@ -144,6 +147,7 @@ def test_busy_member_is_left_to_its_holder(tmp_path: Path) -> None:
     assert not (held / R.STATUS).exists()
 
 
+@pytest.mark.slow
 def test_unfusable_trials_are_a_user_mistake(tmp_path: Path) -> None:
     other = TrialSpec(sweep="grp", epochs=EPOCHS + 1, seed=5, device="cpu")
     with pytest.raises(UserError, match="differ in epochs"):

@@ -81,6 +81,7 @@ def test_fused_group_stops_together_and_resumes_bitwise(tmp_path: Path) -> None:
         assert_same(f, r)
 
 
+@pytest.mark.slow
 def test_stale_mid_checkpoint_is_ignored(tmp_path: Path) -> None:
     """A mid-epoch checkpoint of an epoch that has finished since (a kill between writes) is dropped."""
     spec = TrialSpec(sweep="mid", epochs=1, device="cpu")

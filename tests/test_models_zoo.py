@@ -104,6 +104,7 @@ def test_resnet_imagenet_stem_is_torchvision() -> None:
 
 
 # ---- VGG16 --------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_vgg16_at_224_px_is_torchvision_vgg16() -> None:
     """At ImageNet size fc1 reads the 7x7 map torchvision's adaptive pool passes through unchanged:
     the same parameters for the same seed, and the same outputs."""

@@ -42,6 +42,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_mid_epoch_rows_and_kept_checkpoints(trained: Path) -> None:
     epochs = pd.read_parquet(trained / "epochs.parquet")
     steps_per_epoch = 1437 // 128  # 11
@@ -59,6 +60,7 @@ def test_mid_epoch_rows_and_kept_checkpoints(trained: Path) -> None:
     assert all(torch.equal(last["model"][k], rolling["model"][k]) for k in rolling["model"])
 
 
+@pytest.mark.slow
 def test_resume_with_mid_epoch_rows_keeps_one_row_each(tmp_path: Path, trained: Path) -> None:
     """Killed in the middle of epoch 2 (after its mid-epoch rows): no row is duplicated."""
     spec = TrialSpec(sweep="t", epochs=2, batch_size=128, eval_every_steps=4, eval_until_epoch=2)
@@ -153,6 +155,7 @@ def test_onset_grid_sweep_ablate_collect(tmp_path: Path, capsys: pytest.CaptureF
         assert (summary / "figures" / png).stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_ablate_commands_on_a_finished_trial(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """After the fact: orchestrator.ablate over a sweep folder runs trainer.ablate per done trial."""
     sweep = tmp_path / "s"
@@ -198,6 +201,7 @@ def test_absolute_counts_and_the_ranadive_schedule() -> None:
     assert AblationPlan(fractions=(0.0, 1.0), draws=2).passes([16]) == 1  # k = 0 none, k = 16 one
 
 
+@pytest.mark.slow
 def test_trial_ablates_counts_on_a_test_subset(tmp_path: Path) -> None:
     """Absolute counts and a seeded subset of the test set, from the trial's own fields, in its own job."""
     spec = TrialSpec(

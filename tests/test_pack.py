@@ -57,6 +57,7 @@ def test_dry_run_says_how_trials_pack(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "packing: 3 of 3 trials train fused, in 1 groups of at most 16 (--fuse)" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_local_sweep_fuses_by_default_and_fuse_1_runs_each_alone(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "grid.yaml").write_text(GRID)
     for fuse, results, expected in ((None, "fused", 3), ("1", "alone", False)):

@@ -195,6 +195,7 @@ def test_smaller_alias_bombs_give_short_lines(levels: int, tmp_path: Path, capsy
     "text,expected",
     [("name: g\nsweep: &a {alpha: *a}\n", "recursive alias"), ("name: g\nx: " + "[" * 3000 + "]" * 3000 + "\n", "nested too deeply")],
 )
+@pytest.mark.slow
 def test_recursive_and_deep_yaml(text: str, expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     line = one_line_error(capsys, ["--grid", str(write(tmp_path, text))], tmp_path / "results")
     assert expected in line
@@ -368,6 +369,7 @@ def test_collect_killed_leaves_only_work_to_redo(site: str, tmp_path: Path) -> N
     assert set(manifest.trials) == ids and manifest.current(summary, [summary / "report.md", *summary.glob("*.parquet")])
 
 
+@pytest.mark.slow
 def test_collect_without_figures_removes_stale_ones(tmp_path: Path) -> None:
     sweep = tmp_path / "s"
     for s in (0, 1):

@@ -95,6 +95,7 @@ def fresh_activations(folder: Path, epoch: int) -> list[np.ndarray]:
     return layer_activations(model, data, None, 128, CPU)[0]
 
 
+@pytest.mark.slow
 def test_job_stores_the_units_csi_is_computed_from(trials: dict[str, Path]) -> None:
     """The stored activations are the kept network's units on the test set: their class means are the
     mu_max of units.parquet, and the dimensionality rows are the measures of those activations."""
@@ -213,6 +214,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_sweep_pairs_and_resumes(sweep: Path) -> None:
     trials = {f.name: f for f in (sweep / "trials").iterdir()}
     specs = {t: TrialSpec.from_dict(R.read_json(f / R.SPEC)) for t, f in trials.items()}
@@ -230,6 +232,7 @@ def test_sweep_pairs_and_resumes(sweep: Path) -> None:
     assert stored_epochs(reg) == [0, 2] and len(pd.read_parquet(reg / SIMILARITY)) == 2 * 9
 
 
+@pytest.mark.slow
 def test_collector_tables_and_figures(sweep: Path) -> None:
     result = collect(sweep)
     summary = result.summary

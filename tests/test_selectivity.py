@@ -210,6 +210,7 @@ def _trained_selectivity(setup, alpha: float) -> float:
     return batch_selectivity(feats, y, 10).item()
 
 
+@pytest.mark.slow
 def test_regularizer_sign(digits_setup) -> None:
     """Same start, same batches: alpha < 0 lowers selectivity, alpha > 0 raises it (docs/science.md)."""
     down = _trained_selectivity(digits_setup, -10.0)

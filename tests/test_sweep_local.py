@@ -172,6 +172,7 @@ def test_grid_values_never_reach_a_shell(tmp_path: Path, capsys: pytest.CaptureF
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_backend_overhead_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
     """`python -m benchmarks.backends` (local only, one trial): the launcher API it drives still fits."""
     from benchmarks import backends as bench_backends

@@ -36,6 +36,7 @@ def done_trial(tmp_path_factory: pytest.TempPathFactory) -> tuple[TrialSpec, Pat
     return spec, folder
 
 
+@pytest.mark.slow
 def test_files_and_no_temp_files(done_trial) -> None:
     spec, folder = done_trial
     for name in (*FILES, R.SPEC, R.STATUS, R.CHECKPOINT):
@@ -250,6 +251,7 @@ def test_resume_when_killed_between_rows_and_checkpoint(tmp_path: Path, uninterr
 
 
 # ---- divergence -------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_diverged_trial_fails_and_is_not_retried(tmp_path: Path, trainer_cli) -> None:
     spec = TrialSpec(sweep="diverge", epochs=3, alpha=1e30, device="cpu")  # the loss runs to -inf / nan
     folder = tmp_path / spec.trial_id
@@ -277,6 +279,7 @@ time.sleep(120)
 """
 
 
+@pytest.mark.slow
 def test_lock_held_by_live_process_then_released_by_its_death(tmp_path: Path) -> None:
     spec = TrialSpec(sweep="lock", epochs=1, device="cpu")
     folder = tmp_path / spec.trial_id
@@ -315,6 +318,7 @@ def test_digits_accuracy_and_selectivity_respond_to_alpha(tmp_path: Path) -> Non
 
 
 # ---- the benchmark command runs ------------------------------------------------------------------
+@pytest.mark.slow
 def test_bench_smoke(capsys: pytest.CaptureFixture[str]) -> None:
     from benchmarks import step as bench
 
