@@ -47,6 +47,18 @@ def kept_epochs(folder: Path) -> list[int]:
     return sorted(int(m.group(1)) for m in found if m)
 
 
+def finished_trial(folder: Path, require_done: bool, analysis: str) -> tuple[TrialSpec, list[int]]:
+    """The spec and kept epochs of a trial an after-training job (`analysis`: "ablate", "analyse")
+    works on; one line if it is not done (unless `require_done` is off) or kept no checkpoint."""
+    spec = TrialSpec.from_dict(R.read_json(folder / R.SPEC), where=str(folder / R.SPEC))
+    if require_done and read_status(folder).state != "done":
+        raise UserError(f"{folder}: the trial is not done; {analysis} finished trials only")
+    epochs = kept_epochs(folder)
+    if not epochs:
+        raise UserError(f"{folder}: no kept checkpoints under {KEPT}/ (see the trial field keep_checkpoints)")
+    return spec, epochs
+
+
 def unit_csi(folder: Path, epochs: list[int]) -> dict[int, dict[str, np.ndarray]]:
     """Test-set CSI per unit of every layer at the end of each of `epochs`: epoch -> layer -> [U].
 
@@ -69,12 +81,7 @@ def ablate_trial(
     `require_done=False`: called at the end of training, in the same attempt, with the training's
     `data` (so a streamed validation set decoded once serves every pass of the job).
     """
-    spec = TrialSpec.from_dict(R.read_json(folder / R.SPEC), where=str(folder / R.SPEC))
-    if require_done and read_status(folder).state != "done":
-        raise UserError(f"{folder}: the trial is not done; ablate finished trials only")
-    epochs = kept_epochs(folder)
-    if not epochs:
-        raise UserError(f"{folder}: no kept checkpoints under {KEPT}/ (see the trial field keep_checkpoints)")
+    spec, epochs = finished_trial(folder, require_done, "ablate")
     device = pick_device(device_name or spec.device)
     if data is None:
         data = load_dataset(spec.dataset, spec.resolved_data_root(), device, **spec.data_options())

@@ -29,7 +29,7 @@ import pyarrow as pa
 import torch
 
 from trainer import results as R
-from trainer.ablate import kept_epochs
+from trainer.ablate import finished_trial
 from trainer.attempt import pick_device
 from trainer.checkpoint import KEPT
 from trainer.cli import EXIT_DONE, ArgumentParser, command
@@ -51,7 +51,6 @@ from trainer.similarity import (
     save_activations,
 )
 from trainer.spec import TrialSpec
-from trainer.status import read_status
 
 
 @torch.no_grad()
@@ -78,12 +77,7 @@ def represent_trial(folder: Path, device_name: str | None = None, require_done: 
     `require_done=False`: called at the end of training, in the same attempt, with the training's
     `data` (a streamed validation set decoded once serves the whole job).
     """
-    spec = TrialSpec.from_dict(R.read_json(folder / R.SPEC), where=str(folder / R.SPEC))
-    if require_done and read_status(folder).state != "done":
-        raise UserError(f"{folder}: the trial is not done; analyse finished trials only")
-    epochs = kept_epochs(folder)
-    if not epochs:
-        raise UserError(f"{folder}: no kept checkpoints under {KEPT}/ (see the trial field keep_checkpoints)")
+    spec, epochs = finished_trial(folder, require_done, "analyse")
     path = folder / DIMENSIONALITY
     tables, done = read_done(path, ["epoch"])
     todo = [e for e in epochs if (e,) not in done or not activation_path(folder, e).exists()]
