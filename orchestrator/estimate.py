@@ -51,6 +51,7 @@ class TrialCost:
     eval_hours: float
     passes: int  # test-set evaluations of the trial
     loader_bound: bool  # the loader, not the GPU, limits training
+    workload: tuple[str, str] = ("", "")  # (model, dataset): which throughput was assumed
 
     @property
     def hours(self) -> float:
@@ -70,7 +71,8 @@ class Estimate:
         return (
             f"test-set passes per trial: {shown}; {bound} of {len(self.per_trial)} trials loader-bound at "
             f"{self.cpus_per_trial} CPUs per trial; H100 train images/s "
-            f"{ {f'{m}/{d}': int(v) for (m, d), v in H100_IMAGES_PER_S.items()} }, evaluation x{EVAL_SPEEDUP:g}, "
+            f"{ {f'{m}/{d}': int(_images_per_s(m, d)) for m, d in sorted({c.workload for c in self.per_trial.values()})} }, "
+            f"evaluation x{EVAL_SPEEDUP:g}, "
             f"x{REGULARIZER_OVERHEAD} when alpha != 0 (orchestrator/estimate.py)"
         )
 
@@ -100,12 +102,16 @@ def evaluation_passes(spec: TrialSpec) -> tuple[int, float]:
 
 def trial_cost(spec: TrialSpec, cpus: int) -> TrialCost:
     data = DATASETS[spec.dataset]
-    gpu = H100_IMAGES_PER_S.get((spec.model, spec.dataset), DEFAULT_IMAGES_PER_S)
+    gpu = _images_per_s(spec.model, spec.dataset)
     loader = float("inf") if data.in_memory else max(cpus, 1) * LOADER_IMAGES_PER_CORE[spec.loader]
     train = spec.epochs * data.n_train / min(gpu, loader) * (REGULARIZER_OVERHEAD if spec.alpha != 0 else 1.0)
     passes, full = evaluation_passes(spec)
     evaluate = full * data.n_test / (EVAL_SPEEDUP * gpu) + (0 if data.in_memory else data.n_test / loader)
-    return TrialCost(train / 3600, evaluate / 3600, passes, loader < gpu)
+    return TrialCost(train / 3600, evaluate / 3600, passes, loader < gpu, (spec.model, spec.dataset))
+
+
+def _images_per_s(model: str, dataset: str) -> float:
+    return H100_IMAGES_PER_S.get((model, dataset), DEFAULT_IMAGES_PER_S)
 
 
 def estimate(specs: list[TrialSpec] | tuple[TrialSpec, ...], cpus_per_trial: int | None = None) -> Estimate:

@@ -112,7 +112,7 @@ def print_plan(grid: Grid, plan: Plan, profile: Profile, groups: list[list[Path]
         eval_share = sum(c.eval_hours for c in est.per_trial.values()) / max(est.gpu_hours, 1e-12)
         print(f"GPU-hours to run: {est.gpu_hours:.2f}, evaluation and ablation {eval_share:.0%} of it (estimate: {est.explain()})")
     else:
-        print(f"GPU-hours to run: 0.00 (estimate: {est.explain()})")
+        print("GPU-hours to run: 0.00 (nothing to run)")
 
 
 def cpus_per_trial(profile: Profile) -> int:
