@@ -260,3 +260,18 @@ def epochs_lasting(tmp_path: Path, seconds: float) -> int:
     rows = pd.read_parquet(folder / "epochs.parquet")
     per_epoch = float((rows.seconds + rows.eval_seconds).iloc[1:].mean())
     return max(15, min(400, math.ceil(seconds / per_epoch)))
+
+
+def submit_long_trial(tmp_path: Path, sweep_name: str, seconds: float, **profile: object) -> tuple[Path, Path, str, int]:
+    """Submit one digits trial that trains about `seconds` here to the local SLURM (no wait);
+    returns the sweep folder, the trial folder, its job id and its epochs."""
+    from orchestrator.sweep import main as sweep_main  # imported here: helpers stays light for tests that need none of it
+    from trainer.cli import cli
+
+    epochs = epochs_lasting(tmp_path, seconds)
+    grid = write_grid(tmp_path, sweep_name, "seed: 0", f"  epochs: [{epochs}]\n")
+    args = ["--grid", str(grid), "--cluster", str(write_profile(tmp_path, **profile)), "--results", str(tmp_path / "r")]
+    assert cli(sweep_main, args) == 0
+    sweep = tmp_path / "r" / sweep_name
+    (trial,) = (sweep / "trials").iterdir()
+    return sweep, trial, job_of(trial), epochs

@@ -35,7 +35,6 @@ from trainer.status import observe
 from helpers import (
     ROOT,
     assert_resumed,
-    epochs_lasting,
     job_log,
     job_of,
     job_state,
@@ -43,6 +42,7 @@ from helpers import (
     scontrol,
     snapshot_checkpointed_rows,
     status,
+    submit_long_trial,
     trial_by_epochs,
     wait_until,
     write_grid,
@@ -205,13 +205,7 @@ def test_time_limit_requeues_and_resumes(tmp_path: Path, sweep_name: str) -> Non
     # to 1 minute, so slurmctld's next time-limit check (every 30 s) finds the job inside its warning
     # window (USR2 75 s before the end) and signals it; submitit requeues it through
     # TrialJob.checkpoint. The trial is sized to outlast that check by a margin on this machine.
-    epochs = epochs_lasting(tmp_path, 45)
-    grid = write_grid(tmp_path, sweep_name, "seed: 0", f"  epochs: [{epochs}]\n")
-    args = ["--grid", str(grid), "--cluster", str(write_profile(tmp_path, time_min=10)), "--results", str(tmp_path / "r")]
-    assert cli(sweep_main, args) == 0
-    sweep = tmp_path / "r" / sweep_name
-    (trial,) = (sweep / "trials").iterdir()
-    job = job_of(trial)
+    sweep, trial, job, epochs = submit_long_trial(tmp_path, sweep_name, 45, time_min=10)
 
     wait_until(lambda: status(trial).get("epoch", 0) >= 1 and observe(trial).state == "running", 120, "an epoch")
     before = snapshot_checkpointed_rows(trial)

@@ -20,11 +20,9 @@ import submitit
 
 from orchestrator.backends.slurm import squeue
 from orchestrator.backends.slurm.job import REQUEUES, TrialJob
-from orchestrator.sweep import main as sweep_main
-from trainer.cli import cli
 from trainer.status import Status, read_status, write_status
 
-from helpers import epochs_lasting, job_log, job_of, job_state, scontrol, status, wait_until, write_grid, write_profile
+from helpers import job_log, job_state, scontrol, status, submit_long_trial, wait_until
 
 
 def requeue_record(trial: Path) -> dict:
@@ -77,13 +75,7 @@ def test_requeues_count_against_the_cap_only_without_progress(tmp_path: Path, mo
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_time_limit_requeues_beyond_max_requeues_finish_a_long_trial(tmp_path: Path, sweep_name: str) -> None:
-    epochs = epochs_lasting(tmp_path, 80)
-    grid = write_grid(tmp_path, sweep_name, "seed: 0", f"  epochs: [{epochs}]\n")
-    args = ["--grid", str(grid), "--cluster", str(write_profile(tmp_path, max_requeues=0)), "--results", str(tmp_path / "r")]
-    assert cli(sweep_main, args) == 0
-    sweep = tmp_path / "r" / sweep_name
-    (trial,) = (sweep / "trials").iterdir()
-    job = job_of(trial)
+    sweep, trial, job, epochs = submit_long_trial(tmp_path, sweep_name, 80, max_requeues=0)
 
     trained = [-1]  # epochs done before the last cut
     for cut in (1, 2):
