@@ -30,7 +30,6 @@ from trainer.models import build_for
 from trainer.spec import TrialSpec
 from trainer.status import read_status
 
-ABLATIONS = R.ABLATIONS  # defined with the other trial files in trainer.results (torch-free, so the collector can import it)
 DEFAULT_FRACTIONS = (0.0, 0.125, 0.25, 0.5, 0.75, 1.0)
 ABLATION_COLUMNS = pa.schema(
     [
@@ -86,7 +85,7 @@ def ablate_trial(
     if data is None:
         data = load_dataset(spec.dataset, spec.resolved_data_root(), device, **spec.data_options())
     model = build_for(spec.model, spec.dataset).to(device)
-    path = folder / ABLATIONS
+    path = folder / R.ABLATIONS
     schema = R.trial_schema(spec)
     tables = [pq.read_table(path)] if path.exists() else []
     done = set(tables[0]["epoch"].to_pylist()) if tables else set()
@@ -147,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"{args.trial}: not a trial folder (no spec.json)")
         with TrialLock(args.trial):
             added = ablate_trial(args.trial, plan, args.device)
-        print(f"{args.trial.name}: ablated {added} more epochs -> {args.trial / ABLATIONS}")
+        print(f"{args.trial.name}: ablated {added} more epochs -> {args.trial / R.ABLATIONS}")
         return EXIT_DONE
 
     return command(body)
