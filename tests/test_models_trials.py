@@ -23,10 +23,10 @@ import pytest
 import torch
 
 from trainer import results as R
+from trainer.analysis.similarity_job import DIMENSIONALITY, StoredActivations, activation_path
 from trainer.data import load_dataset
 from trainer.registry import MODELS
 from trainer.run import run_trial
-from trainer.similarity import DIMENSIONALITY, StoredActivations, activation_path
 from trainer.spec import TrialSpec
 
 from helpers import make_cifar, make_tinyimagenet

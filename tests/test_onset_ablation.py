@@ -15,10 +15,10 @@ import pandas as pd
 import pytest
 import torch
 
-from orchestrator.ablate import main as ablate_main
+from orchestrator.analysis.ablate import main as ablate_main
 from orchestrator.collect import collect
 from orchestrator.sweep import main as sweep_main
-from trainer.ablation import AblationPlan, ablated, ablation_rows, choose_channels, draw_seed, heldout_accuracy, stage_blocks
+from trainer.analysis.ablation import AblationPlan, ablated, ablation_rows, choose_channels, draw_seed, heldout_accuracy, stage_blocks
 from trainer.cli import cli
 from trainer.data import load_dataset
 from trainer.models import build_model
@@ -157,7 +157,7 @@ def test_onset_grid_sweep_ablate_collect(tmp_path: Path, capsys: pytest.CaptureF
 
 @pytest.mark.slow
 def test_ablate_commands_on_a_finished_trial(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """After the fact: orchestrator.ablate over a sweep folder runs trainer.ablate per done trial."""
+    """After the fact: orchestrator.analysis.ablate over a sweep folder runs trainer.analysis.ablation_job per done trial."""
     sweep = tmp_path / "s"
     (sweep / "trials").mkdir(parents=True)
     folder = sweep / "trials" / trained.name
@@ -175,7 +175,7 @@ def test_ablate_commands_on_a_finished_trial(trained: Path, tmp_path: Path, caps
 
 def test_no_pass_whose_result_is_known(trained: Path, digits, monkeypatch: pytest.MonkeyPatch) -> None:
     """k = 0 is the checkpoint's own evaluation, and a whole stage zeroed is one network for every draw."""
-    import trainer.ablation as ab
+    import trainer.analysis.ablation as ab
 
     model = build_model("resnet20", 10, 1)
     model.load_state_dict(torch.load(trained / "checkpoints" / "epoch_002.pt", weights_only=True)["model"])

@@ -18,19 +18,14 @@ import pandas as pd
 import pytest
 import torch
 
+from orchestrator.analysis.represent import main as represent_main
+from orchestrator.analysis.represent import pairs
 from orchestrator.collect import collect
-from orchestrator.represent import main as represent_main
-from orchestrator.represent import pairs
 from orchestrator.sweep import main as sweep_main
 from trainer import results as R
-from trainer.cli import cli
-from trainer.data import load_dataset
-from trainer.errors import UserError
-from trainer.models import build_for
-from trainer.represent import layer_activations, represent_trial
-from trainer.representation import linear_cka, participation_ratio, pcs_for_variance, pwcca_distance
-from trainer.run import run_trial
-from trainer.similarity import (
+from trainer.analysis.representation import linear_cka, participation_ratio, pcs_for_variance, pwcca_distance
+from trainer.analysis.representation_job import layer_activations, represent_trial
+from trainer.analysis.similarity_job import (
     DIMENSIONALITY,
     SIMILARITY,
     StoredActivations,
@@ -42,6 +37,11 @@ from trainer.similarity import (
     images_for,
     stored_epochs,
 )
+from trainer.cli import cli
+from trainer.data import load_dataset
+from trainer.errors import UserError
+from trainer.models import build_for
+from trainer.run import run_trial
 from trainer.spec import TrialSpec
 
 CPU = torch.device("cpu")

@@ -1,4 +1,4 @@
-"""Representation similarity and dimensionality (trainer.representation) against independent references.
+"""Representation similarity and dimensionality (trainer.analysis.representation) against independent references.
 
 The references below are written from the papers' definitions by other routes than the module:
 CKA through HSIC with N x N Gram matrices and the centering matrix H; canonical correlations
@@ -16,7 +16,7 @@ import pytest
 import scipy.linalg
 from sklearn.decomposition import PCA
 
-from trainer.representation import cca, linear_cka, participation_ratio, pcs_for_variance, pwcca_distance
+from trainer.analysis.representation import cca, linear_cka, participation_ratio, pcs_for_variance, pwcca_distance
 
 
 # ---- independent references ---------------------------------------------------------------

@@ -1,7 +1,7 @@
 """A trial's checkpoints: the rolling resume checkpoint and the epochs kept for analysis.
 
     <trial>/checkpoint.pt              {"model", "optimizer", "epoch", "step"}: replaced after every epoch
-    <trial>/checkpoints/epoch_NNN.pt   the same file, kept (a hard link, no copy) for trainer.ablate
+    <trial>/checkpoints/epoch_NNN.pt   the same file, kept (a hard link, no copy) for trainer.analysis.ablation_job
     <trial>/checkpoint_mid.pt          a stop inside an epoch (a time limit ahead): the same plus
                                        "in_epoch" (steps done, the epoch's statistics so far, RNG
                                        state); valid only while its "epoch" equals checkpoint.pt's

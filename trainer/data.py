@@ -19,7 +19,6 @@ import dataclasses
 import os
 import pickle
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
@@ -27,32 +26,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainer.errors import UserError
+from trainer.datatypes import Batch, DataInfo, DataMissing, epoch_generator
 
 if TYPE_CHECKING:
     from trainer.imagenet.dataset import ImageNetData
     from trainer.imagenet.skipped import Skipped
-
-Batch = tuple[torch.Tensor, torch.Tensor]
-
-
-class DataMissing(UserError):
-    """The data set is not where the spec says; the message names the path and what to put there."""
-
-
-@dataclass(frozen=True)
-class DataInfo:
-    num_classes: int
-    in_channels: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    crop_pad: int  # random-crop padding of the standard augmentation (0: none)
-    flip: bool  # horizontal flips (not for digits: a mirrored 2 is no 2)
-
-
-def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    """The CPU generator behind one epoch's order and augmentation."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
 # ---- in-memory data sets ------------------------------------------------------------------

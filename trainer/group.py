@@ -29,12 +29,12 @@ import sys
 from contextlib import ExitStack
 from pathlib import Path
 
+from trainer.analysis.representation_job import represent_if_asked
 from trainer.attempt import Attempt, StopRequest, attempt, stop_on_signal
 from trainer.cli import EXIT_BUSY, EXIT_DONE, EXIT_FAILED, ArgumentParser, command
 from trainer.epochs import train_members
 from trainer.errors import UserError
 from trainer.lock import TrialBusy
-from trainer.represent import represent_if_asked
 from trainer.run import ablate_if_asked, outcome_line, read_spec, run_trial
 from trainer.spec import PER_MEMBER_FIELDS, TrialSpec
 

@@ -25,7 +25,7 @@ from trainer.spec import TrialSpec
 
 EPOCHS, LAYERS, UNITS = "epochs.parquet", "layers.parquet", "units.parquet"
 SPEC, STATUS, CHECKPOINT = "spec.json", "status.json", "checkpoint.pt"
-ABLATIONS = "ablations.parquet"  # written by trainer.ablate, read by the collector
+ABLATIONS = "ablations.parquet"  # written by trainer.analysis.ablation_job, read by the collector
 TMP_MARK = ".tmp-"
 
 # Metric columns per file, in order; the trial's fields come first in every file.

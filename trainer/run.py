@@ -19,14 +19,14 @@ import sys
 from pathlib import Path
 
 from trainer import results as R
-from trainer.ablate import ablate_trial
-from trainer.ablation import ablation_plan_of
+from trainer.analysis.ablation import ablation_plan_of
+from trainer.analysis.ablation_job import ablate_trial
+from trainer.analysis.representation_job import represent_if_asked
 from trainer.attempt import StopRequest, attempt, stop_on_signal
 from trainer.cli import EXIT_DONE, EXIT_FAILED, ArgumentParser, command
 from trainer.data import Data
 from trainer.epochs import train_members
 from trainer.errors import UserError
-from trainer.represent import represent_if_asked
 from trainer.spec import TrialSpec
 from trainer.status import read_status
 

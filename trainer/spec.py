@@ -97,7 +97,7 @@ class TrialSpec:
     # checkpoint; None: 0 to 15, then every 10 (as Ranadive et al.); []: none.
     keep_checkpoints: tuple[int, ...] | None = _field(None, "label")
     # Channel ablation of the kept checkpoints at the end of the trial, in the same job (so it
-    # runs on every backend; trainer/ablation.py): k channels of each stage zeroed, k from
+    # runs on every backend; trainer/analysis/ablation.py): k channels of each stage zeroed, k from
     # fractions of the stage's width, absolute counts, and/or Ranadive et al.'s schedule
     # [a, b]: k in range(0, C/2, a) and range(C/2, C+1, b); all None: no ablation.
     ablation_fractions: tuple[float, ...] | None = _field(None, "label")
@@ -105,7 +105,7 @@ class TrialSpec:
     ablation_count_steps: tuple[int, ...] | None = _field(None, "label")
     ablation_draws: int = _field(3, "label")  # random draws per (epoch, stage, k)
     ablation_images: int | None = _field(None, "label")  # a seeded subset of the test set; None: all of it
-    # Representation job at the end of the trial (trainer/represent.py, docs/analysis.md): each kept
+    # Representation job at the end of the trial (trainer/analysis/representation_job.py, docs/analysis.md): each kept
     # checkpoint's per-layer activations on a fixed seeded subset of the test set (represent_images
     # images; None: all up to 10,000, ImageNet 5,000), stored for CKA / PWCCA, and their dimensionality.
     represent: bool = _field(False, "label")

@@ -1,6 +1,6 @@
 """Ablation curves and early dynamics for the collector (Ranadive et al. 2023).
 
-From the trials' ablations.parquet (written by `python -m orchestrator.ablate`):
+From the trials' ablations.parquet (written by `python -m orchestrator.analysis.ablate`):
     ablation_curves.parquet  condition x epoch x stage x selection x k: accuracy over seeds
                              (each seed's random draws averaged first), mean/std/sem/95% CI
     ablation_auc.parquet     condition x epoch x stage x selection: the area under the

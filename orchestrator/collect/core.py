@@ -268,7 +268,7 @@ def collect(path: str | Path, *, full: bool = False, figures: bool = True, warn:
         # The figures of these trials: drawn now, or those on disk when the manifest vouches for them
         # (kept, unlisted, under --no-figures); others on disk show other trials and are removed below.
         figure_files = _figures(tables, summary / "figures") if draw else (pngs if figures_current else [])
-        # Ablations are added to done trials after the fact (orchestrator.ablate): always redrawn.
+        # Ablations are added to done trials after the fact (orchestrator.analysis.ablate): always redrawn.
         shown = (figure_files if figures else []) + ablation_figures(tables, summary / "figures")
         shown += representation_figures(tables, tables["trials.parquet"], summary / "figures")
         if not unchanged:

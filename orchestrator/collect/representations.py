@@ -1,7 +1,7 @@
 """Representation analyses for the collector: similarity between trials and dimensionality.
 
-From the done trials' dimensionality.parquet and similarity.parquet (trainer.represent,
-orchestrator.represent; docs/analysis.md) the collector writes
+From the done trials' dimensionality.parquet and similarity.parquet (trainer.analysis.representation_job,
+orchestrator.analysis.represent; docs/analysis.md) the collector writes
 
     representation_pairs.parquet           every similarity row of pairs whose two trials are both
                                            collected, with the condition of the first trial
@@ -36,7 +36,7 @@ import pandas as pd
 import pyarrow.dataset as ds
 
 from orchestrator.collect.stats import fmt, summarize, varying_fields
-from trainer.similarity import DIMENSIONALITY, SIMILARITY
+from trainer.analysis.similarity_job import DIMENSIONALITY, SIMILARITY
 
 PAIRS_TABLE = "representation_pairs.parquet"
 SIMILARITY_TABLE = "representation_similarity.parquet"

@@ -1,6 +1,6 @@
 """Where each image of an epoch goes and how it is cut: the same numbers for every loader.
 
-An epoch's order is `torch.randperm(n, generator=epoch_generator(seed, epoch))` (trainer.data).
+An epoch's order is `torch.randperm(n, generator=epoch_generator(seed, epoch))` (trainer.datatypes).
 Every position p of the epoch owns DRAWS uniforms of one numpy PCG64 stream keyed by (seed, epoch):
 positions p*DRAWS ... p*DRAWS + DRAWS - 1. PCG64 can jump ahead (`advance`), so any batch's numbers
 are computed directly, in any process, in any order: the result depends neither on the number of
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from trainer.data import epoch_generator
+from trainer.datatypes import epoch_generator
 
 SIZE = 224  # network input
 RESIZE = 256  # evaluation: shorter side before the centre crop
@@ -51,7 +51,7 @@ class Geometry:
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
-    """The epoch's permutation of the n samples (int64), from trainer.data.epoch_generator."""
+    """The epoch's permutation of the n samples (int64), from trainer.datatypes.epoch_generator."""
     return torch.randperm(n, generator=epoch_generator(seed, epoch)).numpy()
 
 

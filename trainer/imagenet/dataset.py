@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from trainer.data import Batch, DataInfo
+from trainer.datatypes import Batch, DataInfo
 from trainer.errors import UserError
 from trainer.imagenet.augment import SIZE
 from trainer.imagenet.manifest import Manifest, Split, ensure_manifest

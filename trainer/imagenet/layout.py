@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainer.data import DataMissing
+from trainer.datatypes import DataMissing
 from trainer.errors import UserError
 
 # As torchvision's ImageFolder: a file is an image by its extension, case-insensitive.

@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from trainer.data import DataMissing
+from trainer.datatypes import DataMissing
 from trainer.imagenet.layout import Layout, Listing, list_layout
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
-"""Ablation job of one finished trial: `python -m trainer.ablate --trial results/<sweep>/trials/<id>`.
+"""Ablation job of one finished trial: `python -m trainer.analysis.ablation_job --trial results/<sweep>/trials/<id>`.
 
-Runs trainer.ablation over every kept checkpoint (`<trial>/checkpoints/epoch_NNN.pt`) and writes
+Runs trainer.analysis.ablation over every kept checkpoint (`<trial>/checkpoints/epoch_NNN.pt`) and writes
 `<trial>/ablations.parquet` after each epoch (atomically), so a killed job resumes at the first
 epoch not yet in the file. Exit codes as trainer.run: 0 done, 2 user mistake, 75 busy.
 """
@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import torch
 
 from trainer import results as R
-from trainer.ablation import AblationPlan, ablation_rows
+from trainer.analysis.ablation import AblationPlan, ablation_rows
 from trainer.attempt import pick_device
 from trainer.checkpoint import KEPT
 from trainer.cli import EXIT_DONE, ArgumentParser, command
@@ -112,7 +112,7 @@ def epoch_evaluations(folder: Path, epochs: list[int]) -> dict[int, tuple[float,
 
 
 def add_plan_arguments(p: argparse.ArgumentParser) -> None:
-    """--fractions / --counts / --count-steps / --draws (trainer.ablate and orchestrator.ablate)."""
+    """--fractions / --counts / --count-steps / --draws (trainer.analysis.ablation_job and orchestrator.analysis.ablate)."""
     p.add_argument(
         "--fractions", type=float, nargs="+", default=None, help=f"fractions of each stage's width (default {DEFAULT_FRACTIONS})"
     )
@@ -134,7 +134,7 @@ def plan_from_arguments(args: argparse.Namespace) -> AblationPlan:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = ArgumentParser(prog="python -m trainer.ablate", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m trainer.analysis.ablation_job", description=__doc__.split("\n\n")[0])
     p.add_argument("--trial", required=True, type=Path, help="a finished trial's folder")
     add_plan_arguments(p)
     p.add_argument("--device", default=None)

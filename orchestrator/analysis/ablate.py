@@ -1,4 +1,4 @@
-"""Channel-ablation job over a finished sweep: `python -m orchestrator.ablate results/<sweep>`.
+"""Channel-ablation job over a finished sweep: `python -m orchestrator.analysis.ablate results/<sweep>`.
 
     --fractions 0 0.125 0.25 0.5 0.75 1   fractions of each stage's channels to zero (the default)
     --counts 8 16 32                       absolute channel counts (above a stage's width: left out)
@@ -6,7 +6,7 @@
     --draws 3                              random draws per (epoch, stage, k)
     --max-parallel N                       N worker processes (default: in this process)
 
-Runs `trainer.ablate` (see trainer/ablation.py) on every done trial that kept checkpoints and
+Runs `trainer.analysis.ablation_job` (see trainer/analysis/ablation.py) on every done trial that kept checkpoints and
 lacks some of their ablations; each trial's ablations.parquet grows epoch by epoch, so a killed
 job resumes where it stopped. Then `python -m orchestrator.collect` adds the ablation curves.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 from orchestrator.plan import scan
 from orchestrator.progress import Progress
 from orchestrator.runner import WorkerPool, last_line, make_slots
-from trainer.ablate import KEPT, add_plan_arguments, plan_from_arguments
+from trainer.analysis.ablation_job import KEPT, add_plan_arguments, plan_from_arguments
 from trainer.cli import EXIT_BUSY, EXIT_DONE, ArgumentParser, cli
 from trainer.errors import UserError
 
@@ -27,7 +27,7 @@ ABLATE_LOG = "ablate.log"
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = ArgumentParser(prog="python -m orchestrator.ablate", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m orchestrator.analysis.ablate", description=__doc__.split("\n\n")[0])
     p.add_argument("sweep", type=Path)
     add_plan_arguments(p)
     p.add_argument("--max-parallel", type=int, default=1)
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     while queue or pool.running:
         while queue and pool.free:
             folder = queue.pop(0)
-            pool.start([sys.executable, "-m", "trainer.ablate", "--trial", str(folder), *extra], folder, folder / ABLATE_LOG)
+            pool.start([sys.executable, "-m", "trainer.analysis.ablation_job", "--trial", str(folder), *extra], folder, folder / ABLATE_LOG)
         key, code = pool.wait()  # whichever ends first
         folder = Path(str(key))
         if code in (EXIT_DONE, EXIT_BUSY):  # busy: another process ablates it right now

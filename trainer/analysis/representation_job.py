@@ -1,11 +1,11 @@
 """Representation job of one trial: what its layers represent at each kept checkpoint.
 
-    python -m trainer.represent --trial results/<sweep>/trials/<id> [--device D]
+    python -m trainer.analysis.representation_job --trial results/<sweep>/trials/<id> [--device D]
 
 This command (also run at the end of every trial with `represent: true`, in the same attempt,
 on the training's data and device, so it runs on every backend) loads each kept checkpoint
 (`<trial>/checkpoints/epoch_NNN.pt`), runs the network in eval mode over a fixed subset of the
-test set (trainer.similarity.image_subset: the same images for every trial of a data set; all up
+test set (trainer.analysis.similarity_job.image_subset: the same images for every trial of a data set; all up
 to 10,000, 5,000 of ImageNet's, or `represent_images`) and takes every tracked layer's units as
 for CSI (each channel's spatial mean; a fully connected layer's values). Per epoch it stores them
 (`<trial>/activations/epoch_NNN.npz`, float16, N x U x 2 bytes) and adds the layers'
@@ -14,8 +14,8 @@ float32 activations in float64) to `<trial>/dimensionality.parquet`. Both are wr
 epoch, atomically, so a killed job resumes at the first epoch not in the table.
 
 Pairs of trials are compared from the stored activations, with no GPU, data set or torch:
-`python -m trainer.similarity --trial <a> --against <b>` (CKA and PWCCA distance into
-`<a>/similarity.parquet`). `python -m orchestrator.represent results/<sweep>` runs both over a
+`python -m trainer.analysis.similarity_job --trial <a> --against <b>` (CKA and PWCCA distance into
+`<a>/similarity.parquet`). `python -m orchestrator.analysis.represent results/<sweep>` runs both over a
 sweep and chooses the pairs. Exit codes as trainer.run: 0 done, 2 user mistake, 75 busy.
 """
 
@@ -29,17 +29,8 @@ import pyarrow as pa
 import torch
 
 from trainer import results as R
-from trainer.ablate import finished_trial
-from trainer.attempt import pick_device
-from trainer.checkpoint import KEPT
-from trainer.cli import EXIT_DONE, ArgumentParser, command
-from trainer.data import Data, eval_batch_size, load_dataset
-from trainer.errors import UserError
-from trainer.lock import TrialLock
-from trainer.loop import autocast
-from trainer.models import TrackedNet, build_for
-from trainer.registry import DATASETS
-from trainer.similarity import (
+from trainer.analysis.ablation_job import finished_trial
+from trainer.analysis.similarity_job import (
     DIMENSIONALITY,
     DIMENSIONALITY_COLUMNS,
     activation_path,
@@ -50,6 +41,15 @@ from trainer.similarity import (
     read_done,
     save_activations,
 )
+from trainer.attempt import pick_device
+from trainer.checkpoint import KEPT
+from trainer.cli import EXIT_DONE, ArgumentParser, command
+from trainer.data import Data, eval_batch_size, load_dataset
+from trainer.errors import UserError
+from trainer.lock import TrialLock
+from trainer.loop import autocast
+from trainer.models import TrackedNet, build_for
+from trainer.registry import DATASETS
 from trainer.spec import TrialSpec
 
 
@@ -107,7 +107,7 @@ def represent_if_asked(spec: TrialSpec, folder: Path, data: Data | None = None) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = ArgumentParser(prog="python -m trainer.represent", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m trainer.analysis.representation_job", description=__doc__.split("\n\n")[0])
     p.add_argument("--trial", required=True, type=Path, help="a finished trial's folder")
     p.add_argument("--device", default=None)
     args = p.parse_args(argv)

@@ -5,7 +5,7 @@ output of every block of that stage, chosen either as the k with the highest tes
 epoch e (read from the trial's units.parquet) or at random (several seeded draws), and measure
 test accuracy. Repeated for a sweep of k, every stage and every kept epoch:
 
-    python -m trainer.ablate --trial results/<sweep>/trials/<id> [--fractions 0 0.25 0.5 0.75 1] [--counts 8 16]
+    python -m trainer.analysis.ablation_job --trial results/<sweep>/trials/<id> [--fractions 0 0.25 0.5 0.75 1] [--counts 8 16]
                              [--count-steps 15 40] [--draws 3]
 
 writes `<trial>/ablations.parquet`: the trial's fields, then epoch, stage, k, fraction (k / the

@@ -1,12 +1,12 @@
 """Stored activations and the representation tables computed from them; numpy and Arrow, no torch.
 
-    python -m trainer.similarity --trial results/<sweep>/trials/<a> --against <b> [--against <c> ...]
+    python -m trainer.analysis.similarity_job --trial results/<sweep>/trials/<a> --against <b> [--against <c> ...]
 
-The representation job (trainer.represent) stores, per kept checkpoint, every tracked layer's
+The representation job (trainer.analysis.representation_job) stores, per kept checkpoint, every tracked layer's
 activations on a fixed subset of the test set; this module holds that storage format and the two
-tables made from activations with the measures of trainer.representation. The command above
+tables made from activations with the measures of trainer.analysis.representation. The command above
 compares trial a with each reference b at every epoch both stored and not yet in a's
-similarity.parquet (no GPU, no data set, no torch; orchestrator.represent chooses the pairs).
+similarity.parquet (no GPU, no data set, no torch; orchestrator.analysis.represent chooses the pairs).
 Exit codes as trainer.run: 0 done, 2 user mistake, 75 busy.
 
     <trial>/activations/epoch_NNN.npz  one file per kept epoch (format below)
@@ -20,7 +20,7 @@ Exit codes as trainer.run: 0 done, 2 user mistake, 75 busy.
 A similarity row compares this trial (a) with a reference trial (b) at one epoch both kept, layer
 by layer; `pair` is "vs_unregularized" when a is regularized (b: the unregularized trial of the
 same seed) and "across_seeds" when both are unregularized (the baseline of how alike two seeds
-are). orchestrator.represent chooses the pairs.
+are). orchestrator.analysis.represent chooses the pairs.
 
 Storage format (one .npz per epoch, read lazily layer by layer): "layers" the layer names in
 order, "images" the test-set indices (the same for every trial of a data set, so rows align),
@@ -45,10 +45,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from trainer import results as R
+from trainer.analysis.representation import linear_cka, participation_ratio, pcs_for_variance, pwcca_distance
 from trainer.cli import EXIT_DONE, ArgumentParser, command
 from trainer.errors import UserError
 from trainer.lock import TrialLock
-from trainer.representation import linear_cka, participation_ratio, pcs_for_variance, pwcca_distance
 from trainer.spec import TrialSpec
 
 ACTIVATIONS = "activations"
@@ -240,7 +240,7 @@ def compare_trials(folder: Path, references: Sequence[Path]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = ArgumentParser(prog="python -m trainer.similarity", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m trainer.analysis.similarity_job", description=__doc__.split("\n\n")[0])
     p.add_argument("--trial", required=True, type=Path, help="the trial compared (its similarity.parquet grows)")
     p.add_argument("--against", required=True, type=Path, action="append", help="a reference trial's folder (repeat)")
     args = p.parse_args(argv)

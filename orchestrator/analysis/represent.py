@@ -1,4 +1,4 @@
-"""Representation analyses over a sweep: `python -m orchestrator.represent results/<sweep>`.
+"""Representation analyses over a sweep: `python -m orchestrator.analysis.represent results/<sweep>`.
 
     --max-parallel N   N worker processes (default: one)
     --device D         device of the first phase (default: each trial's own device field)
@@ -6,9 +6,9 @@
 Two phases, each a pool of worker processes (orchestrator.runner.WorkerPool), each growing files
 a killed run resumes from (docs/analysis.md):
 1. every done trial that kept checkpoints but lacks some of their activations (a sweep run
-   without `represent: true`, or a trial that kept more since): `python -m trainer.represent
+   without `represent: true`, or a trial that kept more since): `python -m trainer.analysis.representation_job
    --trial F` stores them and their dimensionality (reads the data set; a GPU helps for ImageNet);
-2. every pair (`pairs`) with epochs not yet compared: `python -m trainer.similarity --trial A
+2. every pair (`pairs`) with epochs not yet compared: `python -m trainer.analysis.similarity_job --trial A
    --against B ...`, one worker per trial A, CKA and PWCCA from the stored activations (numpy
    only, no torch).
 
@@ -31,9 +31,9 @@ from orchestrator.plan import scan
 from orchestrator.progress import Progress
 from orchestrator.runner import WorkerPool, last_line, make_slots
 from trainer import results as R
+from trainer.analysis.similarity_job import DIMENSIONALITY, SIMILARITY, kept_checkpoint_epochs, stored_epochs
 from trainer.cli import EXIT_BUSY, EXIT_DONE, ArgumentParser, cli
 from trainer.errors import UserError
-from trainer.similarity import DIMENSIONALITY, SIMILARITY, kept_checkpoint_epochs, stored_epochs
 from trainer.spec import IN_TRIAL_ID, TrialSpec
 
 REPRESENT_LOG = "represent.log"
@@ -105,7 +105,7 @@ def run_pool(module: str, jobs: list[tuple[Path, list[str]]], max_parallel: int,
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = ArgumentParser(prog="python -m orchestrator.represent", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m orchestrator.analysis.represent", description=__doc__.split("\n\n")[0])
     p.add_argument("sweep", type=Path)
     p.add_argument("--max-parallel", type=int, default=1)
     p.add_argument("--device", default=None, help="device of the activations phase (default: each trial's device field)")
@@ -119,14 +119,14 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"{args.sweep}: no done trial with kept checkpoints (checkpoints/) to analyse")
     device = ["--device", args.device] if args.device else []
     todo = [(folder, device) for folder in done.values() if needs_activations(folder)]
-    failed = run_pool("trainer.represent", todo, args.max_parallel, "activations") if todo else []
+    failed = run_pool("trainer.analysis.representation_job", todo, args.max_parallel, "activations") if todo else []
     specs = {tid: TrialSpec.from_dict(R.read_json(f / R.SPEC), where=str(f / R.SPEC)) for tid, f in done.items()}
     compared = [
         (done[a], [arg for b in refs for arg in ("--against", str(done[b]))])
         for a, refs in pairs(specs).items()
         if needs_comparing(done[a], [done[b] for b in refs])
     ]
-    failed += run_pool("trainer.similarity", compared, args.max_parallel, "pairs") if compared else []
+    failed += run_pool("trainer.analysis.similarity_job", compared, args.max_parallel, "pairs") if compared else []
     for line in failed:
         print(f"failed: {line}", file=sys.stderr)
     n_pairs = sum(len(refs) for refs in pairs(specs).values())

@@ -1,0 +1,8 @@
+"""After-training science on a trial's kept checkpoints; each measure's math apart from its job's CLI.
+
+    ablation.py           channel ablations (math)        ablation_job.py        python -m trainer.analysis.ablation_job
+    representation.py     CKA, PWCCA, dimensionality      representation_job.py  python -m trainer.analysis.representation_job
+                                                          similarity_job.py      python -m trainer.analysis.similarity_job
+
+The orchestrator's launchers over a whole sweep are in orchestrator/analysis/.
+"""
