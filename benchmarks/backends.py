@@ -46,7 +46,7 @@ def _make_trials(sweep: Path, n: int, epochs: int) -> list[Path]:
 def run_bare(paths: list[Path], sweep: Path, cpus: int) -> None:
     import torch
 
-    from orchestrator.plan import load_spec
+    from orchestrator.folders import load_spec
     from trainer.run import run_trial
 
     torch.set_num_threads(cpus)

@@ -12,8 +12,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from orchestrator.folders import scan, trial_folder
 from orchestrator.grid import load_grid
-from orchestrator.plan import make_plan, scan, trial_folder
+from orchestrator.plan import make_plan
 from trainer.results import write_json
 
 

@@ -17,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from orchestrator.plan import load_spec, scan
+from orchestrator.folders import load_spec, scan
 from trainer.cli import ArgumentParser, cli
 from trainer.errors import UserError
 from trainer.status import SEEN_STATES, TrialState

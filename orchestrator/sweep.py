@@ -7,15 +7,19 @@
     --retry-failed                             give failed trials (not diverged ones) another round of attempts
     --fuse K                                   trials per fused group (default: the profile's, 16); 1: each alone
 
-The steps, each in its own module: load the grid (orchestrator.grid) -> plan what is not done
-(orchestrator.plan) -> pack trials into fused groups (orchestrator.pack) -> the backend runs the
-groups (orchestrator.backends: local, ray, slurm) -> the trial folders say how it went.
+The steps, each in its own module: load the profile and the grid (orchestrator.profiles,
+orchestrator.grid) -> read the trial folders (orchestrator.folders) and plan what is not done
+(orchestrator.plan) -> pack trials into fused groups (orchestrator.pack) -> check everything
+that can fail the launch (orchestrator.preflight) -> write the trial folders (orchestrator.prepare)
+-> the backend runs the groups (orchestrator.backends: local, ray, slurm) -> the trial folders
+say how it went.
 
 Only what is not done runs; a finished trial never runs twice (each trial folder is locked
 while it runs, so two launchers on one sweep share the work). Everything is validated (grid,
 profile, data, the device on this machine for the local backend, room on the results disk, the
-engine's own checks) before the first file is written. Trial folders whose spec.json lies are
-repaired from the grid (orchestrator.plan.repair_specs). Exit code 0 when every trial of the
+engine's own checks; orchestrator.preflight, in one documented order) before the first file is
+written. Trial folders whose spec.json lies are repaired from the grid
+(orchestrator.prepare.repair_specs). Exit code 0 when every trial of the
 grid is done (or submitted, for engines that do not wait), 1 when some failed, could not run, or
 are still running in other processes (another launcher, or the orphaned workers of a killed
 one: the summary counts them as running), 2 for a user mistake (one line, argument errors too).
@@ -31,24 +35,14 @@ from pathlib import Path
 
 from orchestrator.backends import backend_for
 from orchestrator.estimate import estimate
+from orchestrator.folders import scan, sweep_dir, trial_folder, trial_folders
 from orchestrator.grid import Grid, load_grid
 from orchestrator.pack import pack
-from orchestrator.plan import (
-    Plan,
-    check_space,
-    check_writable,
-    make_plan,
-    prepare,
-    record_grid,
-    repair_specs,
-    scan,
-    sweep_dir,
-    trial_folder,
-    trial_folders,
-)
+from orchestrator.plan import Plan, make_plan
+from orchestrator.preflight import preflight
+from orchestrator.prepare import prepare, record_grid, repair_specs
 from orchestrator.profiles import BACKENDS, Profile, default_profile, load_profile
 from trainer.cli import EXIT_DONE, EXIT_UNFINISHED, ArgumentParser, cli
-from trainer.data import preflight_data
 from trainer.errors import UserError
 
 MAX_PARALLEL = 1024
@@ -158,11 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         if groups and (text := backend.describe(groups, folder)):
             print(text)
         return EXIT_DONE
-    check_writable(folder)
-    backend.preflight(plan)  # the engine's own checks (this machine's devices, commands, partition, cluster address)
-    for dataset, root, cache in sorted({(s.dataset, s.resolved_data_root(), s.cache_dir or "") for s in plan.to_run}):
-        preflight_data(dataset, root, cache or None)
-    check_space(folder, plan.to_run)
+    preflight(plan, backend)  # every launch check, in the order orchestrator.preflight documents
     for line in repair_specs(plan):
         print(f"repaired: {line}", file=sys.stderr)
     if not plan.to_run:

@@ -22,8 +22,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from orchestrator.folders import scan
 from orchestrator.grid import load_grid
-from orchestrator.plan import scan
 from trainer.results import EPOCHS, LAYERS, UNITS
 from trainer.spec import TrialSpec
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from orchestrator.plan import scan
+from orchestrator.folders import scan
 from orchestrator.sweep import main as sweep_main
 from trainer import results as R
 from trainer.cli import cli

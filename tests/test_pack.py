@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.folders import scan
 from orchestrator.pack import pack
-from orchestrator.plan import scan
 from orchestrator.sweep import main as sweep_main
 from trainer.cli import cli
 from trainer.spec import TrialSpec

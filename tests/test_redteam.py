@@ -30,8 +30,9 @@ from benchmarks.synthetic import write_trial
 from orchestrator.backends.local import check_local_devices
 from orchestrator.collect import cache
 from orchestrator.collect import core as C
+from orchestrator.folders import scan, spec_problem
 from orchestrator.grid import load_grid
-from orchestrator.plan import ROWS_BYTES, scan, spec_problem
+from orchestrator.preflight import ROWS_BYTES
 from orchestrator.runner import Runner, make_slots
 from orchestrator.status import main as status_main
 from orchestrator.strict import MAX_NODES, load_yaml
@@ -522,7 +523,7 @@ def test_disk_full_while_preparing_is_one_line(
                 os.write(fd, b"\0" * 65536)
     finally:
         os.close(fd)
-    monkeypatch.setattr("orchestrator.sweep.check_space", lambda *a: None)  # as if the disk filled up just after the check
+    monkeypatch.setattr("orchestrator.preflight.check_space", lambda *a: None)  # as if the disk filled up just after the check
     grid = write(tmp_path, SMALL)
     code = cli(sweep_main, ["--grid", str(grid), "--results", str(small_disk / "results")])
     err = capsys.readouterr().err.strip().splitlines()
@@ -534,7 +535,7 @@ def test_disk_full_during_training_ends_with_the_reason(
     small_disk: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The first checkpoint does not fit: the worker fails on ENOSPC, the launch ends (exit 1) and says why."""
-    monkeypatch.setattr("orchestrator.sweep.check_space", lambda *a: None)  # the disk fills up after the check
+    monkeypatch.setattr("orchestrator.preflight.check_space", lambda *a: None)  # the disk fills up after the check
     grid = write(tmp_path, "name: rt\nfixed: {epochs: 1, batch_size: 256}\n")
     start = time.monotonic()
     code = cli(sweep_main, ["--grid", str(grid), "--results", str(small_disk / "results")])

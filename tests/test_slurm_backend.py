@@ -22,8 +22,8 @@ import pytest
 
 from orchestrator.backends.slurm import REQUEUES, TrialJob, render_sbatch, squeue, submit
 from orchestrator.backends.slurm.sbatch import chunked, job_name, parse_max_array_size, sbatch_parameters, signal_delay_s
+from orchestrator.folders import scan
 from orchestrator.grid import load_grid
-from orchestrator.plan import scan
 from orchestrator.profiles import load_profile
 from orchestrator.status import main as status_main
 from orchestrator.sweep import main as sweep_main

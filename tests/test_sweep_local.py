@@ -11,8 +11,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from orchestrator.folders import scan
 from orchestrator.grid import load_grid
-from orchestrator.plan import make_plan, scan
+from orchestrator.plan import make_plan
 from orchestrator.status import main as status_main
 from orchestrator.sweep import main as sweep_main
 from trainer.cli import cli

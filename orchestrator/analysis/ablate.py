@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from orchestrator.plan import scan
+from orchestrator.folders import scan
 from orchestrator.progress import Progress
 from orchestrator.runner import WorkerPool, last_line, make_slots
 from trainer.analysis.ablation_job import KEPT, add_plan_arguments, plan_from_arguments

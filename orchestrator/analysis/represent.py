@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from orchestrator.plan import scan
+from orchestrator.folders import scan
 from orchestrator.progress import Progress
 from orchestrator.runner import WorkerPool, last_line, make_slots
 from trainer import results as R

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from orchestrator.plan import REPAIR_HINT, trial_folders
+from orchestrator.folders import REPAIR_HINT, trial_folders
 from trainer import results as R
 from trainer.errors import UserError
 from trainer.spec import TrialSpec
@@ -94,7 +94,7 @@ def _fingerprint(path: Path) -> Fingerprint | None:
 def read_trials(sweep: Path, warn: Callable[[str], None] | None = None) -> list[Trial]:
     """Every trial folder under trials/, with its state (`trainer.status.observe`; no status.json: pending).
 
-    Only folders named by a trial id count (orchestrator.plan.trial_folders: a stray `notes/`
+    Only folders named by a trial id count (orchestrator.folders.trial_folders: a stray `notes/`
     is ignored, `warn` says so once). Done trials get the fingerprints of their epochs and
     layers files; a done trial missing one of them is `unreadable`.
     """

@@ -1,0 +1,121 @@
+"""The sweep's folders and the states of its trials, read from disk (every command uses this).
+
+    <results>/<sweep>/trials/<trial_id>/   one folder per trial: spec.json, status.json, rows, checkpoints
+
+Everything rests on the trial folders, never on Ray's or submitit's bookkeeping, so a sweep can
+move between backends and a launcher can exit at any time: the next `sweep` or `status` reads the
+same truth. A trial's state is what `trainer.status.observe` makes of its status.json and its
+lock (pending, running, interrupted, done, failed, or unreadable).
+
+Only real trials count. A folder under trials/ whose name is not a 12-hex trial id (`notes/`,
+a backup) is ignored, with one warning per command. A trial folder whose spec.json does not
+hash to the folder's name (garbage, missing, edited by hand) is never trusted: `scan` shows it
+as unreadable, and a launcher whose grid holds that trial id rewrites spec.json from the grid
+(orchestrator.prepare.repair_specs): the folder name is the trial's identity, and the grid's
+spec for it is the truth.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from trainer.results import SPEC, STATUS, read_json
+from trainer.spec import SpecError, TrialSpec
+from trainer.status import TrialState, observe
+
+TRIAL_ID = re.compile(r"[0-9a-f]{12}")
+
+Warn = Callable[[str], None]
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def sweep_dir(results_root: str | Path, name: str) -> Path:
+    return Path(results_root) / name
+
+
+def trial_folder(sweep: Path, trial_id: str) -> Path:
+    return sweep / "trials" / trial_id
+
+
+def is_trial_id(name: str) -> bool:
+    return TRIAL_ID.fullmatch(name) is not None
+
+
+def trial_folders(sweep: Path, warn: Warn | None = _warn) -> list[Path]:
+    """The folders under `<sweep>/trials/` named like a trial id, sorted; one warning names the others."""
+    trials = sweep / "trials"
+    if not trials.is_dir():
+        return []
+    with os.scandir(trials) as it:
+        entries = [(e.name, e.is_dir()) for e in it]
+    folders = sorted(trials / name for name, is_dir in entries if is_dir and is_trial_id(name))
+    others = sorted(name for name, is_dir in entries if not (is_dir and is_trial_id(name)) and not name.startswith("."))
+    if others and warn is not None:
+        shown = ", ".join(repr(n)[:40] for n in others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        warn(f"{trials}: ignored {len(others)} entr{'y' if len(others) == 1 else 'ies'} not named by a trial id (12 hex digits): {shown}")
+    return folders
+
+
+def spec_problem(folder: Path) -> str | None:
+    """Why `folder/spec.json` does not prove the folder's trial (None: it does); short, for one line.
+
+    Missing, unreadable, not a valid spec, or the spec of another trial (its hash is not the
+    folder's name: edited by hand, or copied from elsewhere).
+    """
+    path = folder / SPEC
+    try:
+        raw = read_json(path)
+    except FileNotFoundError:
+        return "no spec.json"
+    except OSError as err:
+        return f"spec.json unreadable ({err.strerror or err})"
+    except ValueError:  # not JSON, not UTF-8
+        return "spec.json is not JSON"
+    try:
+        spec = TrialSpec.from_dict(raw, "spec.json")
+    except SpecError as err:
+        return f"spec.json is no valid spec ({str(err).removeprefix('spec.json: ')[:40]})"
+    if spec.trial_id != folder.name:
+        return f"spec.json hashes to {spec.trial_id}, not the folder's id"
+    return None
+
+
+REPAIR_HINT = "rerun the sweep to repair it from the grid"
+STATUS_HINT = "rerun the sweep, the trial's next attempt rebuilds it"
+
+
+def scan(sweep: Path, warn: Warn | None = _warn) -> dict[str, TrialState]:
+    """States of every trial folder of a sweep, by trial_id (what `orchestrator.status` shows).
+
+    A folder whose spec.json does not prove its trial is `unreadable`, with the reason and the
+    fix, whatever its status.json says: a done trial whose spec is garbage is not done.
+    """
+    out = {}
+    for folder in trial_folders(sweep, warn):
+        state = observe(folder)
+        if state.state != "running" and (problem := spec_problem(folder)) is not None:
+            if problem == "no spec.json" and not (folder / STATUS).exists():
+                state = TrialState(folder.name, folder, "pending")  # a folder just made, or left empty
+            else:
+                state = TrialState(folder.name, folder, "unreadable", state.status, reason=f"{problem}; {REPAIR_HINT}")
+        elif state.state == "unreadable":  # status.json: the next attempt rebuilds it from the folder
+            detail = (state.reason or "").replace(f"{folder / STATUS}: ", "").removeprefix("status.json unreadable ")
+            reason = f"status.json unreadable: {STATUS_HINT} {detail[:80]}"
+            state = TrialState(folder.name, folder, "unreadable", state.status, reason=reason)
+        out[folder.name] = state
+    return out
+
+
+def load_spec(folder: Path) -> TrialSpec:
+    """The trial's spec from its spec.json; ValueError (SpecError) unless it hashes to the folder's name."""
+    spec = TrialSpec.from_dict(read_json(folder / SPEC), where=str(folder / SPEC))
+    if spec.trial_id != folder.name and is_trial_id(folder.name):
+        raise SpecError(f"{folder / SPEC}: hashes to {spec.trial_id}, not the folder's id; {REPAIR_HINT}")
+    return spec

@@ -1,0 +1,82 @@
+"""The launcher's writes into a sweep folder, each one line on failure (a full disk, a read-only mount).
+
+    repair_specs(plan)        rewrite, from the grid, the spec.json of trial folders whose spec.json lies
+    prepare(plan)             the folders and spec.json of the trials to run
+    record_grid(grid, sweep)  the grid file beside the trials (provenance)
+
+orchestrator.sweep calls them after orchestrator.preflight has passed, so a user mistake is
+found before anything is written.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from orchestrator.folders import spec_problem, trial_folder
+from orchestrator.plan import Plan
+from orchestrator.preflight import check_writable
+from trainer.errors import UserError
+from trainer.lock import is_locked
+from trainer.results import SPEC, STATUS, replace_atomically, write_json
+
+
+def prepare(plan: Plan) -> list[Path]:
+    """Create the folders and spec.json of the trials to run; returns their folders.
+
+    spec.json is rewritten each time so its resource fields (device, data root) are those of
+    this launch; its science fields are the trial_id's, so a resumed trial trains the same.
+    A write that fails (a full disk) is one line naming the file.
+    """
+    check_writable(plan.sweep)
+    folders = []
+    for spec in plan.to_run:
+        folder = trial_folder(plan.sweep, spec.trial_id)
+        with _writing(folder / SPEC):
+            folder.mkdir(parents=True, exist_ok=True)
+            write_json(spec.to_dict(), folder / SPEC)
+        folders.append(folder)
+    return folders
+
+
+def repair_specs(plan: Plan) -> list[str]:
+    """Rewrite, from the grid, the spec.json of the grid's trials whose spec.json lies; returns what was repaired.
+
+    The folder's name is the trial id and the grid holds the spec with that id, so the grid's
+    spec is the truth (resource fields included: those of this launch). A folder another live
+    process holds is left alone (its process read its spec already; it is repaired next time).
+    """
+    repaired = []
+    for spec in plan.specs:
+        folder = trial_folder(plan.sweep, spec.trial_id)
+        if not folder.is_dir() or (problem := spec_problem(folder)) is None:
+            continue
+        if problem == "no spec.json" and not (folder / STATUS).exists():
+            continue  # nothing there yet: prepare writes it if the trial runs
+        if is_locked(folder):
+            continue
+        with _writing(folder / SPEC):
+            write_json(spec.to_dict(), folder / SPEC)
+        repaired.append(f"{folder}: {problem}; rewrote spec.json from the grid")
+    return repaired
+
+
+@contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """A write of the launcher's to `path`: an OSError (full disk, read-only mount) becomes one line."""
+    try:
+        yield
+    except OSError as err:
+        for tmp in path.parent.glob(f".{path.name}.tmp-*"):
+            tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write {path} ({err.strerror or err}); free space there or choose another folder with --results") from None
+
+
+def record_grid(grid_path: Path, sweep: Path) -> None:
+    """Keep the grid file that launched the sweep beside its trials (provenance)."""
+    tmp = sweep / f".grid.yaml.tmp-{os.getpid()}"
+    with _writing(sweep / "grid.yaml"):
+        tmp.write_bytes(Path(grid_path).read_bytes())
+        replace_atomically(tmp, sweep / "grid.yaml")
