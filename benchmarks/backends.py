@@ -4,7 +4,7 @@
 
 Runs N fresh one-epoch digits trials (seeds 0..N-1, on CPU) three ways and prints wall times side
 by side:
-    bare     `trainer.run.run_trial` on each folder in this process, one after another (torch
+    bare     `trainer.trial.run_trial` on each folder in this process, one after another (torch
              already imported, data set already loaded once: the floor)
     <name>   the backend's launcher on the same kind of trials in fresh folders, one trial at a
              time with all N cores, so the difference to bare is the backend's overhead alone:
@@ -47,7 +47,7 @@ def run_bare(paths: list[Path], sweep: Path, cpus: int) -> None:
     import torch
 
     from orchestrator.folders import load_spec
-    from trainer.run import run_trial
+    from trainer.trial import run_trial
 
     torch.set_num_threads(cpus)
     for p in paths:

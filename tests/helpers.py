@@ -25,8 +25,8 @@ import pandas as pd
 
 from orchestrator.backends.slurm import REQUEUES, SUBMITTED
 from trainer import results as R
-from trainer.run import run_trial
 from trainer.spec import TrialSpec
+from trainer.trial import run_trial
 
 # ---- trial results -------------------------------------------------------------------------------
 FILES = (R.EPOCHS, R.LAYERS, R.UNITS)

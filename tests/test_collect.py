@@ -64,7 +64,7 @@ def run_main(capsys, *argv: str) -> tuple[int, str, str]:
 @pytest.fixture(scope="module")
 def real_tree(tmp_path_factory) -> Path:
     """Four real digits trials (alpha -10 and 0, seeds 0 and 1, 2 epochs): a pristine sweep to copy."""
-    from trainer.run import run_trial
+    from trainer.trial import run_trial
 
     sweep = tmp_path_factory.mktemp("real") / "digits-test"
     for alpha in (-10.0, 0.0):

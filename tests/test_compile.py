@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from trainer import results as R
-from trainer.run import run_trial
 from trainer.spec import TrialSpec
+from trainer.trial import run_trial
 
 pytestmark = pytest.mark.slow
 

@@ -37,7 +37,7 @@ def data():
 
 
 def separate(seed: int):
-    torch.manual_seed(seed)  # as trainer.run.train_trial builds a trial
+    torch.manual_seed(seed)  # as trainer.trial.run_trial builds a trial
     model = build_model("resnet20", 10, 1)
     return model, torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WD)
 

@@ -21,11 +21,10 @@ import torch
 
 from trainer import results as R
 from trainer.errors import UserError
-from trainer.group import run_group
 from trainer.lock import TrialLock
 from trainer.models import build_model
-from trainer.run import run_trial
 from trainer.spec import TrialSpec
+from trainer.trial import run_group, run_trial
 
 from helpers import FILES, assert_one_row_per_epoch, assert_same_results, temp_files
 

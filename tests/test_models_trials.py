@@ -26,8 +26,8 @@ from trainer import results as R
 from trainer.analysis.similarity_job import DIMENSIONALITY, StoredActivations, activation_path
 from trainer.data import load_dataset
 from trainer.registry import MODELS
-from trainer.run import run_trial
 from trainer.spec import TrialSpec
+from trainer.trial import run_trial
 
 from helpers import make_cifar, make_tinyimagenet
 from imagenet_tree import make_imagenet_tree

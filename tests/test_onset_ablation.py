@@ -22,8 +22,8 @@ from trainer.analysis.ablation import AblationPlan, ablated, ablation_rows, choo
 from trainer.cli import cli
 from trainer.data import load_dataset
 from trainer.models import build_model
-from trainer.run import run_trial
 from trainer.spec import TrialSpec
+from trainer.trial import run_trial
 
 CPU = torch.device("cpu")
 

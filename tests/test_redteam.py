@@ -549,7 +549,7 @@ def test_disk_full_during_training_ends_with_the_reason(
 # ---- fused groups: what is bitwise and what is not ------------------------------------------------
 @pytest.mark.slow
 def test_group_size_changes_no_weight_accuracy_or_csi(tmp_path: Path) -> None:
-    from trainer.group import run_group
+    from trainer.trial import run_group
 
     a, b, c = (TrialSpec(sweep="fz", epochs=1, batch_size=256, alpha=al, seed=s, device="cpu") for al, s in ((-5.0, 0), (2.0, 1), (0.0, 2)))
     assert run_group([a], [tmp_path / "alone" / a.trial_id]) == ["done"]  # beside its twin: a group of 2

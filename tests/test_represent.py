@@ -41,8 +41,8 @@ from trainer.cli import cli
 from trainer.data import load_dataset
 from trainer.errors import UserError
 from trainer.models import build_for
-from trainer.run import run_trial
 from trainer.spec import TrialSpec
+from trainer.trial import run_trial
 
 CPU = torch.device("cpu")
 

@@ -20,8 +20,8 @@ from trainer import results as R
 from trainer.errors import UserError
 from trainer.lock import TrialBusy, is_locked
 from trainer.loop import lr_at
-from trainer.run import run_trial
 from trainer.spec import ROW_ID_FIELDS, TrialSpec
+from trainer.trial import run_trial
 
 from helpers import FILES, STEPS_PER_EPOCH, UNITS_RESNET20, assert_one_row_per_epoch, assert_same_results, temp_files
 
@@ -148,12 +148,12 @@ def test_status_provenance(done_trial) -> None:
 
 def test_done_trial_is_not_run_again(done_trial, monkeypatch: pytest.MonkeyPatch) -> None:
     spec, folder = done_trial
-    import trainer.run
+    import trainer.trial
 
     def must_not_train(*args, **kwargs):
         raise AssertionError("a done trial was trained again")
 
-    monkeypatch.setattr(trainer.run, "train_members", must_not_train)
+    monkeypatch.setattr(trainer.trial, "train_members", must_not_train)
     before = (folder / R.STATUS).read_text(), (folder / R.EPOCHS).stat().st_mtime_ns
     assert run_trial(spec, folder) == "done"
     assert ((folder / R.STATUS).read_text(), (folder / R.EPOCHS).stat().st_mtime_ns) == before
