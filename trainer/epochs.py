@@ -143,9 +143,10 @@ class EpochRun:
         todo = [m for m in self.members if m.done is None or m.done < self.spec.epochs]
         if not todo:
             return
-        resume = self.common_mid(todo)
-        if resume:  # every member stopped at the same step of the same epoch: continue from there
+        resume: Resume | None = None
+        if self.common_mid(todo):  # every member stopped at the same step of the same epoch: continue from there
             self.load_engine(todo, [(m.mid["model"], m.mid["optimizer"]) for m in todo if m.mid])
+            resume = Resume.of(self.slots)
         else:
             self.load_engine(todo, [(m.model_state, m.optimizer_state) for m in todo])
         fresh = [m for m in todo if m.done is None]
@@ -166,7 +167,7 @@ class EpochRun:
                 if m.alive:  # its slot takes the state of its own checkpoint
                     assert self.engine is not None
                     self.engine.load(self.slots.index(m), m.model_state, m.optimizer_state)
-            self.train_epoch(e, resume and e == start)
+            self.train_epoch(e, resume if resume is not None and e == resume.epoch else None)
             live = self.live()
             if not live:
                 return
@@ -189,8 +190,8 @@ class EpochRun:
                 m.log.keep_until(m.step)
         return False
 
-    def train_epoch(self, e: int, resume: bool = False) -> None:
-        """0-based epoch e; `resume`: continue it from the members' mid-epoch checkpoints."""
+    def train_epoch(self, e: int, resume: Resume | None = None) -> None:
+        """0-based epoch e; `resume`: continue it where the members' mid-epoch checkpoints stopped."""
         assert self.engine is not None
         lr = lr_at(self.spec, e)
         self.engine.set_lr(lr)
@@ -199,9 +200,9 @@ class EpochRun:
         alphas = [m.spec.alpha_at(e) if act and m is not None else 0.0 for m, act in zip(self.slots, active)]
         lead = self.live()[0]
         seeds = [(m or lead).spec.seed for m in self.slots]
-        start = int(lead.mid["in_epoch"]["step"]) if resume and lead.mid else 0
-        if start:
-            _set_rng(lead.mid["in_epoch"]["rng"] if lead.mid else None)
+        start = resume.step if resume is not None else 0
+        if resume is not None and start:
+            _set_rng(resume.rng)
         else:
             torch.manual_seed(lead.spec.seed * 1_000_003 + e)  # what draws from torch's RNG (dropout) replays per epoch
         with ExitStack() as stack:  # an exception stops the loaders' workers at once, not when garbage-collected
@@ -211,26 +212,27 @@ class EpochRun:
             ]
             # One stop check per step: the fused engine pulls slot 0's batch first.
             batches[0] = _stoppable(batches[0], self.stop)
-            self.train_segments(e, lr, active, alphas, batches, start if resume else None)
+            self.train_segments(e, lr, active, alphas, batches, resume)
 
     def train_segments(
-        self, e: int, lr: float, active: list[bool], alphas: list[float], batches: Sequence[Iterator[Batch]], resume_at: int | None
+        self, e: int, lr: float, active: list[bool], alphas: list[float], batches: Sequence[Iterator[Batch]], resume: Resume | None
     ) -> None:
         """Epoch e's segments: train, evaluate mid-epoch after each but the last, then the epoch's rows and checkpoints.
 
-        `resume_at`: the step a mid-epoch checkpoint stopped at; the segments before it are in the
-        members' checkpoints, and the one it interrupted continues from its running sums.
+        `resume`: the segments before its step come back with it; the one it interrupted continues
+        from its running sums (`carry`); the batches start at its step.
         """
         assert self.engine is not None
         cuts = self.spec.eval_steps_in(e, self.steps)
-        segments: list[list[Any]] = [self.resumed_segments(m) if resume_at is not None else [] for m in self.slots]
-        for begin, stop in zip([0, *cuts], [*cuts, self.steps]):
-            if resume_at is not None and stop <= resume_at:
+        segments: list[list[TrainStats]] = [list(s) for s in resume.segments] if resume else [[] for _ in self.slots]
+        at = resume.step if resume else 0  # the epoch's steps trained so far
+        carry = resume.carry if resume else None
+        for stop in [*cuts, self.steps]:
+            if stop <= at:
                 continue  # trained before the stop; its statistics came back with the checkpoint
-            carry = self.resumed_carry() if resume_at is not None and begin <= resume_at else None
-            first = resume_at if carry is not None and resume_at is not None else begin
-            stats = self.engine.train([islice(b, stop - first) for b in batches], alphas, carry)
+            stats = self.engine.train([islice(b, stop - at) for b in batches], alphas, carry)
             trained = stats[0].steps - (carry[0].steps if carry else 0)
+            carry = None  # only the interrupted segment continues a stretch
             for k, m in enumerate(self.slots):
                 if not active[k] or m is None:
                     continue
@@ -240,8 +242,9 @@ class EpochRun:
                     active[k] = False
             if not any(active):
                 return
-            if first + trained < stop and self.stop.requested:
-                self.checkpoint_mid(e, first + trained, active, segments, stats)
+            if at + trained < stop and self.stop.requested:
+                self.checkpoint_mid(e, at + trained, active, segments, stats)
+            at = stop
             if stop < self.steps:
                 evals = self.evaluate()
                 for k, m in enumerate(self.slots):
@@ -286,15 +289,40 @@ class EpochRun:
             save_mid_checkpoint(m.attempt.folder, model_state, optimizer_state, e, step, in_epoch)
         raise Checkpointed(where)
 
-    def resumed_segments(self, m: Member | None) -> list[TrainStats]:
-        lead = m or self.live()[0]
-        assert lead.mid is not None
-        return [TrainStats(**s) for s in lead.mid["in_epoch"]["segments"]]
 
-    def resumed_carry(self) -> list[TrainStats]:
-        """Each slot's statistics of the interrupted stretch (a twin takes its member's: it is discarded)."""
-        lead = self.live()[0]
-        return [TrainStats(**(m or lead).mid["in_epoch"]["carry"]) for m in self.slots]  # type: ignore[index]
+@dataclass(frozen=True)
+class Resume:
+    """Where an epoch stopped by a mid-epoch checkpoint continues: one value, built once by
+    EpochRun.train from the members' checkpoints (trainer.checkpoint), consumed by its epoch loop.
+
+    Per engine slot (a twin takes its member's: it is discarded): the epoch's segments finished
+    before the stop, and the statistics of the segment the stop interrupted (`carry`), whose
+    running sums the engine continues, so the epoch's means are bitwise an unbroken run's.
+    """
+
+    epoch: int  # the 0-based training epoch that stopped
+    step: int  # its steps trained before the stop: the batches restart there
+    rng: dict[str, Any] | None  # torch's RNG states at the stop
+    segments: list[list[TrainStats]]
+    carry: list[TrainStats]
+
+    @classmethod
+    def of(cls, slots: list[Member | None]) -> Resume:
+        lead = next(m for m in slots if m is not None)
+        assert lead.done is not None
+
+        def in_epoch(m: Member | None) -> dict[str, Any]:
+            mid = (m or lead).mid
+            assert mid is not None  # EpochRun.common_mid: every member holds one
+            return dict(mid["in_epoch"])
+
+        return cls(
+            epoch=lead.done,
+            step=int(in_epoch(lead)["step"]),
+            rng=in_epoch(lead).get("rng"),
+            segments=[[TrainStats(**s) for s in in_epoch(m)["segments"]] for m in slots],
+            carry=[TrainStats(**in_epoch(m)["carry"]) for m in slots],
+        )
 
 
 def _stoppable(batches: Iterator[Batch], stop: StopRequest) -> Iterator[Batch]:
