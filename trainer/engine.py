@@ -22,7 +22,8 @@ import torch
 
 from trainer.data import Batch, Data, DataInfo
 from trainer.fused import FusedResNet20, fused_evaluate, fused_train_epoch
-from trainer.loop import EvalStats, TrainStats, evaluate, optimizer_for, si_form, train_epoch
+from trainer.loop import evaluate, optimizer_for, si_form, train_epoch
+from trainer.metrics import EvalStats, TrainStats
 from trainer.models import TrackedNet, build_for
 from trainer.spec import TrialSpec
 

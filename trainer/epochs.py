@@ -40,7 +40,8 @@ from trainer.checkpoint import drop_mid_checkpoint, load_checkpoint, load_mid_ch
 from trainer.data import Batch, Data, DataInfo, data_info, eval_batch_size, load_dataset
 from trainer.engine import Engine, ModelState, OptimizerState, initial_state, make_engine
 from trainer.errors import Checkpointed
-from trainer.loop import NonFiniteLoss, TrainStats, combine, lr_at
+from trainer.loop import NonFiniteLoss, lr_at
+from trainer.metrics import TrainStats, combine
 from trainer.models import layer_names
 from trainer.resultlog import ResultLog
 from trainer.spec import TrialSpec

@@ -31,14 +31,14 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from trainer import faults
 from trainer.data import Batch
-from trainer.loop import EvalStats, TrainStats, autocast, stats_from_sums
+from trainer.loop import autocast
+from trainer.metrics import EvalStats, EvalSums, TrainStats, TrainSums, per_model_ce
 from trainer.models import BasicBlockA, TrackedNet, resnet20
 from trainer.registry import MODELS
-from trainer.selectivity import SIForm, UnitSelectivity, batched_selectivity, class_counts, class_sums, csi_from_means
+from trainer.selectivity import SIForm, batched_selectivity
 
 STAGES = MODELS["resnet20"].stage_widths
 DEPTHS = MODELS["resnet20"].blocks_per_stage
@@ -180,13 +180,6 @@ class FusedResNet20(TrackedNet):
                 self._slice(names[int(idx)], buf, k).copy_(v)
 
 
-def _per_model_ce(logits: torch.Tensor, labels: torch.Tensor, reduction: str) -> torch.Tensor:
-    """Cross-entropy of each model [K]: logits [K, B, C], labels [K, B]; 'mean' or 'sum' over B."""
-    k, b, c = logits.shape
-    ce = F.cross_entropy(logits.reshape(k * b, c), labels.reshape(k * b), reduction="none").view(k, b)
-    return ce.mean(1) if reduction == "mean" else ce.sum(1)
-
-
 # ---- training and evaluation ------------------------------------------------------------------
 def fused_train_epoch(
     model: FusedResNet20,
@@ -211,11 +204,7 @@ def fused_train_epoch(
     regularize = [a != 0.0 for a in alphas]
     any_reg = any(regularize)
     alpha_t = torch.tensor(alphas, device=device, dtype=torch.float32)
-    c = carry or [TrainStats(0.0, 0.0, None, 0.0, 0, 0, 0.0)] * k
-    fields = ("loss_sum", "ce_sum", "si_sum", "correct")
-    sums = [torch.tensor([getattr(s, f) for s in c], device=device, dtype=torch.float64) for f in fields]
-    loss_sum, ce_sum, si_sum, correct = sums
-    images, steps = c[0].images, c[0].steps
+    sums = TrainSums(k, device, carry)
     iterators: list[Iterator[Batch]] = [iter(b) for b in batches_per_model]
     start = time.perf_counter()
     for parts in zip(*iterators):
@@ -223,31 +212,24 @@ def fused_train_epoch(
         y = torch.stack([p[1] for p in parts])  # [K, B]
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
+        si = None
         with autocast(device):
             logits, feats = model(x, capture=any_reg)
-            ce = _per_model_ce(logits.float(), y, "mean")
+            ce = per_model_ce(logits.float(), y, "mean")
             if any_reg:
                 assert feats is not None
                 si = batched_selectivity(feats, y, num_classes, form=form, layer_names=model.block_names, strict=False)
                 loss = ce - alpha_t * si  # alpha_k = 0: exactly CE_k's gradient for model k
-                si_sum += si.detach()
             else:
                 loss = ce
         optimizer.zero_grad(set_to_none=True)
         loss.sum().backward()
         optimizer.step()
         faults.point("train-step")
-        n = y.shape[1]
-        loss_sum += loss.detach() * n
-        ce_sum += ce.detach() * n
-        correct += (logits.argmax(2) == y).sum(1)
-        images += n
-        steps += 1
+        sums.add(loss, ce, si, logits, y)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start + c[0].seconds
-    ls, cs, ss, cr = loss_sum.tolist(), ce_sum.tolist(), si_sum.tolist(), correct.tolist()
-    return [stats_from_sums(ls[i], cs[i], ss[i] if regularize[i] else None, cr[i], images, steps, seconds) for i in range(k)]
+    return sums.result(regularize, time.perf_counter() - start)
 
 
 @torch.no_grad()
@@ -261,48 +243,15 @@ def fused_evaluate(model: FusedResNet20, data: Any, num_classes: int, device: to
     model.eval()
     k = model.k
     start = time.perf_counter()
-    sums: list[torch.Tensor] | None = None
-    counts: torch.Tensor | None = None
-    zero = torch.zeros(k, device=device, dtype=torch.float64)
-    loss_sum, top1, top5 = zero.clone(), zero.clone(), zero.clone()
-    n = 0
+    sums = EvalSums(k, num_classes, device)
     for x, y in data.test_batches(batch):
         xk = x.repeat(1, k, 1, 1)
         if device.type == "cuda":
             xk = xk.contiguous(memory_format=torch.channels_last)
         with autocast(device):
             logits, feats = model.forward_flat(xk, capture=True)
-        logits = logits.float()
-        yk = y.unsqueeze(0).expand(k, -1)
-        loss_sum += _per_model_ce(logits, yk, "sum")
-        top1 += (logits.argmax(2) == yk).sum(1)
-        if num_classes >= 100:
-            top5 += (logits.topk(5, dim=2).indices == yk.unsqueeze(2)).any(2).sum(1)
-        labels = y.long()
-        batch_sums = [class_sums(f.double(), labels, num_classes)[0] for f in feats]  # type: ignore[union-attr]
-        c = class_counts(labels, num_classes)
-        sums = batch_sums if sums is None else [s + t for s, t in zip(sums, batch_sums)]
-        counts = c if counts is None else counts + c
-        n += y.shape[0]
-    if sums is None or counts is None:
-        raise ValueError("the test set is empty")
-    layers = [csi_from_means(s, counts) for s in sums]  # [K*U] per layer: columns are independent
+        assert feats is not None
+        sums.add(logits.float(), y, feats)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
-    ls, t1, t5 = loss_sum.tolist(), top1.tolist(), top5.tolist()
-
-    def split(u: UnitSelectivity, i: int) -> UnitSelectivity:
-        pick = lambda t: t.view(k, -1)[i]
-        return UnitSelectivity(csi=pick(u.csi), top_class=pick(u.top_class), mu_max=pick(u.mu_max), mu_rest=pick(u.mu_rest))
-
-    return [
-        EvalStats(
-            loss=ls[i] / n,
-            acc=t1[i] / n,
-            top5=t5[i] / n if num_classes >= 100 else None,
-            layers=[split(u, i) for u in layers],
-            seconds=seconds,
-        )
-        for i in range(k)
-    ]
+    return sums.result(time.perf_counter() - start)

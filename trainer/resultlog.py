@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from trainer import results as R
-from trainer.loop import EvalStats, TrainStats
+from trainer.metrics import EvalStats, TrainStats
 from trainer.spec import TrialSpec
 
 
