@@ -7,9 +7,11 @@
     model_state, optimizer_state = engine.state_of(k, step)               # single-model layout
 
 `DenseEngine` is one network (K = 1: trainer.loop); `FusedEngine` is K resnet20s as one fused
-network (trainer.fused). Both take and give states in the layout of a single model and its SGD
-optimizer, so a trial's checkpoint is the same whichever engine trained it, and trainer.epochs
-drives both with one protocol. A non-finite training loss is returned in the stats, never
+network (trainer.fused), and the path the default job runs: with fusing on, every ResNet20 trial
+trains fused, beside a throwaway twin when alone. Both sum their statistics with trainer.metrics.
+Both take and give states in the layout of a single model and its SGD optimizer, so a trial's
+checkpoint is the same whichever engine trained it, and trainer.epochs drives both with one
+protocol. A non-finite training loss is returned in the stats, never
 raised: the protocol fails that trial alone.
 """
 
