@@ -158,3 +158,9 @@ def test_fused_and_separate_steps_are_the_same_training() -> None:
         single_step(m, optimizer_for(m.parameters(), spec), xs[i], ys[i], -1.0, 10)()
         mine, theirs = m.state_dict(), fused.state_for(i)
         assert all(torch.allclose(mine[n].float(), theirs[n].float(), atol=1e-5) for n in mine)
+
+
+def test_out_must_be_a_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "table.md").write_text("old")
+    assert main(["--small", "--device", "cpu", "--out", str(tmp_path / "table.md")]) == 2
+    assert "is a file" in capsys.readouterr().err and (tmp_path / "table.md").read_text() == "old"

@@ -143,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     a = parse(argv)
     try:
         device = pick(a.device, a.small)
+        if a.out.exists() and not a.out.is_dir():
+            raise UserError(f"--out {a.out} is a file; give a folder (gpu-check.md and gpu-check.json are written into it)")
     except UserError as err:
         print(f"benchmarks.gpu: {err}", file=sys.stderr)
         return 2

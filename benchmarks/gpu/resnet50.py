@@ -148,11 +148,12 @@ def through_loader(root: Path, s: Sizes, device: torch.device, loader: str, vers
     data.train_source = repeated(data.train_source, s.repeat)
     model = _model(device)
     opt = optimizer_for(model.parameters(), TrialSpec(batch_size=s.batch))
-    batches = _shrink(data.train_batches(0, 0, s.batch, augment=True), s.image)
+    stream = data.train_batches(0, 0, s.batch, augment=True)  # one long pass: the workers start once
+    batches = _shrink(stream, s.image)
     try:
         rate = measure(lambda: _train(model, opt, itertools.islice(batches, 1), device), device, s.warmup, s.steps, s.seconds)
     finally:
-        batches.close()  # the loader's workers / threads stop now
+        stream.close()  # the loader's workers / threads stop now
         data.close()
     ratio = rate / versus if versus else None
     stall = f"stall {1 - ratio:.0%}" if ratio else "stall unknown (no synthetic row)"
@@ -170,8 +171,7 @@ def evaluation(root: Path, s: Sizes, device: torch.device, loader: str) -> Resul
     """trainer.loop.evaluate (loss, accuracy, every unit's CSI) over the val set decoded once."""
     data = open_data(root, device, loader, s)
     model = _model(device)
-    data.test_batches(s.batch)  # a generator: nothing decoded yet
-    data._val()  # decodes val once (the cache); not timed
+    data._val()  # decodes val once (the cache), as the first evaluation of a trial does; not timed
 
     def one_pass() -> int:
         evaluate(model, _shrink(data.test_batches(s.batch), s.image), CLASSES, device)
