@@ -20,6 +20,7 @@ from trainer.imagenet.nvjpeg import decode_encoded, geometry_of, nvjpeg_batches
 from trainer.imagenet.plan import Plan, Source
 from trainer.imagenet.portable import decode_items
 from trainer.imagenet.skipped import SKIPPED
+from trainer.spec import TrialSpec
 
 from imagenet_tree import Tree, make_imagenet_tree
 
@@ -75,6 +76,7 @@ def test_cpu_device_gives_the_portable_batches_bitwise_with_bad_files(tmp_path: 
 
 
 def test_loader_choice_and_dataset(tmp_path: Path) -> None:
+    assert TrialSpec(loader="nvjpeg").trial_id == TrialSpec(loader="auto").trial_id  # how images are decoded is not the trial
     assert pick_loader("auto", CPU) == "torchvision"  # never nvjpeg or DALI without a GPU
     assert pick_loader("nvjpeg", CPU) == "nvjpeg"  # asked for: runs on the CPU (tests)
     with pytest.raises(UserError, match="nvjpeg"):
