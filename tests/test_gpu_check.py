@@ -164,3 +164,18 @@ def test_out_must_be_a_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     (tmp_path / "table.md").write_text("old")
     assert main(["--small", "--device", "cpu", "--out", str(tmp_path / "table.md")]) == 2
     assert "is a file" in capsys.readouterr().err and (tmp_path / "table.md").read_text() == "old"
+
+
+def test_full_check_plans_every_row_in_value_order_within_six_minutes(tmp_path: Path) -> None:
+    """The full form's rows (not run here): graphs first, compile last, and a budget that ends before 6 minutes."""
+    from benchmarks.gpu.cli import BUDGET_S, plan_for, rows
+
+    plan = plan_for(False, 16)
+    report = Report(tmp_path, {"mode": "test"}, CPU, budget_s=BUDGET_S, start=time.perf_counter())
+    names = [r.name for r in rows(plan, CPU, tmp_path, report)]
+    ks = [1, 4, 8, 16, 32]
+    assert names[: 2 * len(ks)] == [n for k in ks for n in (f"ResNet-20 x{k} separate, CUDA graphs", f"ResNet-20 fused K={k}, CUDA graph")]
+    assert names[2 * len(ks) :] == [n.replace("K=2", "K=8").replace("x2 ", "x8 ") for n in ROWS[4:]]
+    assert BUDGET_S + 20 <= 360  # + start-up: under 6 minutes of wall time in all
+    steps = plan.r50.warmup + plan.r50.steps
+    assert plan.r50.train_files * plan.r50.repeat >= steps * plan.r50.batch  # the loader rows' one pass never runs dry

@@ -19,6 +19,7 @@ from benchmarks.gpu import resnet20 as R20
 from benchmarks.gpu import resnet50 as R50
 from benchmarks.gpu.report import Report, Result, Row, header
 from trainer.errors import UserError
+from trainer.spec import TrialSpec
 
 BUDGET_S = 330.0  # the full check, data generation included; 6 min on a borrowed machine, with margin
 K_FULL = (1, 4, 8, 16, 32)
@@ -42,7 +43,7 @@ def plan_for(small: bool, cpus: int) -> Plan:
         return Plan(
             True, K_SMALL, 2, r20, r50, dict.fromkeys(("r20", "r20_32", "r50", "loader", "eval", "compile_r20", "compile_r50"), 600.0)
         )
-    r20 = R20.Timing(batch=TrialDefaults.batch, warmup=5, steps=300, seconds=3.0)
+    r20 = R20.Timing(batch=TrialSpec().batch_size, warmup=5, steps=300, seconds=3.0)  # the trials' batch
     steps = 400
     repeat = -(-(10 + steps + 2) * 256 // 1024)
     r50 = R50.Sizes(
@@ -58,10 +59,6 @@ def plan_for(small: bool, cpus: int) -> Plan:
     )
     caps = {"r20": 30.0, "r20_32": 45.0, "r50": 45.0, "loader": 50.0, "eval": 40.0, "compile_r20": 75.0, "compile_r50": 100.0}
     return Plan(False, K_FULL, 8, r20, r50, caps)
-
-
-class TrialDefaults:
-    batch = 128  # TrialSpec's default batch size (the ResNet-20 trials')
 
 
 def versus(results: dict[str, float], key: str, fn: Callable[..., Result], *args: Any, **kwargs: Any) -> Callable[[], Result]:

@@ -131,7 +131,7 @@ class Report:
             with _alarm(cap):
                 r = row.run()
         except RowTimeout:
-            r = Result(None, f"error: over its time cap of {cap:.0f} s", status="error")
+            r = Result(None, f"error: over its time cap of {cap:.3g} s", status="error")
         except Exception as err:  # noqa: BLE001  # any failure of one row (OOM, compile, capture, decode) is recorded, not fatal
             r = Result(None, f"error: {first_line(err)}", status="error")
         seconds = time.perf_counter() - start
