@@ -18,7 +18,6 @@ import signal
 import socket
 import subprocess
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -60,8 +59,9 @@ class Done:
 
 
 def first_line(err: BaseException) -> str:
-    text = "".join(traceback.format_exception_only(type(err), err)).strip().splitlines()
-    return (text[0] if text else type(err).__name__)[:300]
+    """`Type: the first non-empty line of the message` (some errors start their message with a newline)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[0] if lines else ''}"[:300]
 
 
 def header(device: torch.device, mode: str) -> dict[str, Any]:
