@@ -7,8 +7,9 @@ photographs) and times, in this one process with one intra-op thread:
 
   (i)   today's path: PIL decode + RandomResizedCrop + flip + ToTensor + Normalize (ImageFolder's work)
   (ii)  the portable loader's worker task: read, decode_jpeg, cut, uint8 antialiased resize, flip, stack
-  (iii) the CPU side of the GPU loader: read, header size, geometry, the arrays DALI is fed
+  (iii) the CPU side of the GPU loaders (DALI, nvjpeg): read, header size, geometry, the arrays
   (iv)  DALI with CPU operators, one thread (if nvidia.dali imports)
+  (v)   the nvjpeg loader on a CPU device (decode_jpeg on the CPU, batched; a check, not its use)
   and evaluation passes over val: decoding every pass vs the uint8 cache decoded once.
 
 "Per core" is images per CPU second of this process (all its threads, time.process_time), which
@@ -136,7 +137,14 @@ def main(argv: list[str] | None = None) -> int:
         f = Feeder(pl, threads=1)
         return sum(len(f.batch(s)) for s in range(pl.steps))
 
-    rows.append(("(iii) GPU path, CPU side: read + header + geometry + arrays", *measure(feeder, a.passes)))
+    rows.append(("(iii) GPU paths (DALI, nvjpeg), CPU side: read + header + geometry + arrays", *measure(feeder, a.passes)))
+
+    from trainer.imagenet.nvjpeg import nvjpeg_batches
+
+    def nvjpeg_cpu() -> int:
+        return sum(len(d.labels) for d in nvjpeg_batches(plan(), 0, torch.device("cpu"), reader_threads=1, prefetch=1))
+
+    rows.append(("(v) nvjpeg path on a CPU device: batched decode_jpeg + the same cut (uint8 out)", *measure(nvjpeg_cpu, a.passes)))
 
     try:
         from trainer.imagenet.dali import dali_batches

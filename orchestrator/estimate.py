@@ -42,7 +42,7 @@ EVAL_SPEEDUP = 3.0  # forward only
 # Images/s one CPU core feeds a GPU with, per loader (2-core VM, generated ImageNet-size JPEGs):
 # "dali" is the CPU side when the GPU decodes (reading bytes, crop windows); "torchvision" decodes
 # and crops on the CPU. auto is dali on a GPU when DALI is installed: assumed here.
-LOADER_IMAGES_PER_CORE = {"dali": 6_100.0, "torchvision": 377.0, "auto": 6_100.0}
+LOADER_IMAGES_PER_CORE = {"dali": 6_100.0, "nvjpeg": 6_100.0, "torchvision": 377.0, "auto": 6_100.0}
 
 
 @dataclass(frozen=True)

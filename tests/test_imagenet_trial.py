@@ -58,6 +58,7 @@ def test_resnet50_trials_run_end_to_end_and_skip_bad_images(sweep: Path) -> None
     assert len(states) == 2 and {s.state for s in states.values()} == {"done"}
     for st in states.values():
         status = json.loads((st.folder / R.STATUS).read_text())
+        assert status["loader"] == "torchvision"  # "auto" on a CPU, as resolved: recorded with the attempt
         skipped = status["skipped_images"]
         assert skipped["count"] >= 2 and any("truncated" in name for name in skipped["first"])  # counted, named, not fatal
         epochs = pd.read_parquet(st.folder / R.EPOCHS)

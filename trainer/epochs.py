@@ -107,6 +107,8 @@ def train_members(attempts: list[Attempt], fused: bool, stop: StopRequest | None
     members = [start_member(a, info, device) for a in attempts]
     for m in members:
         m.attempt.status.fused = len(members) if fused else False
+        if loader := getattr(data, "loader", None):  # ImageNet: the loader "auto" resolved to (provenance)
+            m.attempt.status.update(loader=loader)
     EpochRun(members, data, info, device, fused, stop or StopRequest()).train()
     return data
 

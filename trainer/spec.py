@@ -49,7 +49,7 @@ ROW_ID_FIELDS = ("trial_id", "sweep", "model", "dataset", "alpha", "seed", "onse
 LR_SCHEDULES = ("step", "cosine")
 SI_POOLINGS = ("layers", "stages")
 SI_CLASS_STATS = ("mean", "sum")
-LOADERS = ("auto", "dali", "torchvision")
+LOADERS = ("auto", "dali", "nvjpeg", "torchvision")
 INPUT_NORMS = ("dataset", "half")  # as trainer.data.INPUT_NORMS (this module does not import torch)
 MAX_EPOCHS = 10_000  # beyond any real run; a typo like 1000000000 must not allocate per-epoch state
 MAX_SEED = 2**32 - 1  # numpy's seed range; torch's generators take seed * 1_000_003 + epoch (< 2**64)
@@ -116,8 +116,9 @@ class TrialSpec:
     # torch.compile the network (GPU runs of many epochs): one compilation per process and input
     # shape, reused by every later trial and group of the same shapes in that process.
     compile: bool = _field(False, "resource")
-    # How image files are decoded (ImageNet): dali (JPEG decode on the GPU), torchvision (CPU
-    # worker processes), auto (dali when it is installed and the device is a GPU).
+    # How image files are decoded (ImageNet): dali (JPEG decode on the GPU), nvjpeg (on the GPU
+    # with torchvision, no DALI), torchvision (CPU worker processes), auto (dali when it is
+    # installed and the device is a GPU, else nvjpeg on a GPU, else torchvision).
     loader: str = _field("auto", "resource")
     cache_dir: str | None = _field(None, "resource")  # data set manifests; None: $SWEEP_CACHE_DIR, else ~/.cache/selectivity-sweep
 

@@ -5,9 +5,12 @@
     data.test_batches(batch_size)                                       # val, from the cache
     data.skipped.as_dict()                                              # for status.json
 
-Loaders (`loader`): "dali" decodes on the GPU (trainer.imagenet.dali), "torchvision" in worker
+Loaders (`loader`): "dali" decodes on the GPU (trainer.imagenet.dali), "nvjpeg" on the device with
+torchvision's decode_jpeg (trainer.imagenet.nvjpeg, no DALI needed), "torchvision" in worker
 processes on the CPU (trainer.imagenet.portable); "auto" is DALI when it imports and the device is
-CUDA, else torchvision. Both deliver uint8 batches; they are normalised here, on the device.
+CUDA, else nvjpeg on CUDA, else torchvision. All deliver uint8 batches; they are normalised here, on
+the device. The choice is a resource setting (never part of the trial id); the trial records the
+loader it got in status.json (`loader`).
 
 The first `test_batches` call decodes val (Resize 256 + CenterCrop 224) once into one uint8 tensor
 [N, 3, 224, 224]: on the GPU when it fits with room to spare (see `_cache_on_device`), else in
@@ -32,19 +35,21 @@ from trainer.imagenet.portable import Decoded, portable_batches
 from trainer.imagenet.skipped import SKIPPED, Skipped
 
 log = logging.getLogger(__name__)
-LOADERS = ("auto", "dali", "torchvision")
+LOADERS = ("auto", "dali", "nvjpeg", "torchvision")
 VAL_DECODE_BATCH = 256  # batch of the one val decoding pass (any size gives the same cache)
 GiB = 1 << 30
 
 
 def pick_loader(loader: str, device: torch.device) -> str:
-    """ "dali" or "torchvision" for the `loader` setting on `device`; UserError if not possible."""
+    """ "dali", "nvjpeg" or "torchvision" for the `loader` setting on `device`; UserError if not possible."""
     from trainer.imagenet.dali import available
 
     if loader not in LOADERS:
         raise UserError(f"imagenet loader '{loader}' is unknown; use one of {', '.join(LOADERS)}")
     if loader == "auto":
-        return "dali" if device.type == "cuda" and available() else "torchvision"
+        if device.type != "cuda":
+            return "torchvision"
+        return "dali" if available() else "nvjpeg"
     if loader == "dali" and not available():
         raise UserError(
             "imagenet loader 'dali' needs NVIDIA DALI: pip install nvidia-dali-cuda130 (the 'gpu' extra), or use loader 'torchvision'"
@@ -142,6 +147,10 @@ class ImageNetData:
             from trainer.imagenet.dali import dali_batches
 
             batches: Generator[Decoded, None, None] = dali_batches(plan, start_step, self.device, num_threads=self.dali_threads)
+        elif self.loader == "nvjpeg":
+            from trainer.imagenet.nvjpeg import nvjpeg_batches, reader_threads
+
+            batches = nvjpeg_batches(plan, start_step, self.device, reader_threads(self.num_workers))
         else:
             batches = portable_batches(plan, start_step, self.num_workers, pin)
         try:
