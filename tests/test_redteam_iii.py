@@ -8,14 +8,23 @@ few that train are marked slow.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import numpy as np
+import pyarrow.parquet as pq
 import pytest
+import torch
 
 from orchestrator.profiles import RESERVED_OPTIONS, SBATCH_OPTIONS, load_profile, sbatch_option
 from orchestrator.sweep import main as sweep_main
 from trainer.cli import cli
 from trainer.errors import UserError
+from trainer.imagenet.decode import MAX_PIXELS, BadImage, decode_rgb, image_size
+from trainer.imagenet.manifest import ensure_manifest, manifest_dir
+from trainer.imagenet.manifest import main as manifest_main
+
+from imagenet_tree import encode, make_imagenet_tree
 
 
 def write(folder: Path, text: str, name: str) -> Path:
@@ -69,3 +78,61 @@ def test_ambiguous_and_foreign_sbatch_options(tmp_path: Path) -> None:
     )
     with pytest.raises(UserError, match="sets --wait; not allowed there: sbatch would block"):
         load_profile(write(tmp_path, "backend: slurm\nsbatch_extra: ['--wait']\n", "r.yaml"))
+
+
+# --- 2. special files, dangling links, link loops and pixel bombs in an ImageNet tree ----------------
+
+
+def pixel_bomb(height: int = 65500, width: int = 65500) -> bytes:
+    """A tiny real JPEG whose frame header (SOF0) is rewritten to promise height x width pixels."""
+    data = bytearray(encode(np.zeros((8, 8, 3), np.uint8)))
+    sof = data.index(b"\xff\xc0")  # marker, length (2), precision (1), height (2), width (2)
+    data[sof + 5 : sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)
+
+
+def test_special_files_links_and_loops_are_bad_entries_never_opened(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tree = make_imagenet_tree(tmp_path / "data", bad=False, per_class=2, val_per_class=1)
+    folder = tree.root / "imagenet"
+    cls = folder / "train" / tree.classes[0]
+    os.mkfifo(cls / "fifo.JPEG")  # opened for reading, it would wait for a writer forever
+    os.symlink(cls / "gone.JPEG", cls / "dangling.JPEG")
+    os.symlink("self.JPEG", cls / "self.JPEG")  # a file linked to itself: ELOOP
+    os.symlink("..", cls / "up")  # a folder linked to the one above it: the scan would never end
+    (cls / "bomb.JPEG").write_bytes(pixel_bomb())
+    os.mkfifo(folder / "train" / "stray-fifo")  # in train/ itself: no class, no image
+    os.symlink("nowhere", folder / "val" / "dangling-class")
+    bad_rows = {f"train/{tree.classes[0]}/{name}" for name in ("fifo.JPEG", "dangling.JPEG", "self.JPEG", "up", "bomb.JPEG")}
+
+    cache = tmp_path / "cache"
+    m = ensure_manifest(tree.root, cache)  # the launcher's preflight: a listing, no decoding
+    assert m.classes == tree.classes and sorted(m.train.table.column("path").to_pylist()) == sorted([*tree.train, *bad_rows])
+    assert dict(m.train.bad_files()) == {
+        f"train/{tree.classes[0]}/fifo.JPEG": "not a regular file (a FIFO)",
+        f"train/{tree.classes[0]}/dangling.JPEG": "dangling symlink",
+        f"train/{tree.classes[0]}/self.JPEG": "symlink loop",
+        f"train/{tree.classes[0]}/up": "symlink loop (links to a folder above it)",
+    }
+    assert sorted(m.bad_entries) == [("train/stray-fifo", "not a regular file (a FIFO)"), ("val/dangling-class", "dangling symlink")]
+
+    assert manifest_main(["--data-root", str(tree.root), "--cache-dir", str(cache), "--check", "--workers", "1", "--rebuild"]) == 0
+    out, err = capsys.readouterr()
+    assert "2 bad entries skipped" in out and "train/stray-fifo: not a regular file (a FIFO)" in out
+    assert "train: 5 unreadable" in out and "val: 0 unreadable" in out, out
+    assert "Traceback" not in err and "terminate called" not in err
+    rows = {r["path"]: r for r in pq.read_table(manifest_dir(tree.root, cache) / "train.parquet").to_pylist()}
+    assert {p for p, r in rows.items() if r["ok"] is False} == bad_rows
+    assert rows[f"train/{tree.classes[0]}/bomb.JPEG"]["error"].startswith("header says 4290250000 pixels, over the cap")
+    assert rows[f"train/{tree.classes[0]}/fifo.JPEG"]["error"] == "not a regular file"
+
+
+def test_a_pixel_bomb_is_a_bad_image_without_decoding() -> None:
+    bomb = pixel_bomb()
+    assert len(bomb) < 1000
+    for read in (decode_rgb, image_size):
+        with pytest.raises(BadImage, match=f"header says 4290250000 pixels, over the cap of {MAX_PIXELS}"):
+            read(bomb)
+    # Under PIL's own bomb error (179 M) but over the cap: still refused from the header.
+    with pytest.raises(BadImage, match="header says 12000 x 9000 = 108000000 pixels"):
+        decode_rgb(pixel_bomb(9000, 12000))
+    assert decode_rgb(encode(np.zeros((8, 8, 3), np.uint8))).shape == torch.Size([3, 8, 8])
