@@ -8,23 +8,35 @@ few that train are marked slow.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
 
 from orchestrator.profiles import RESERVED_OPTIONS, SBATCH_OPTIONS, load_profile, sbatch_option
 from orchestrator.sweep import main as sweep_main
+from trainer import results as R
+from trainer.attempt import StopRequest
+from trainer.checkpoint import MID, load_mid_checkpoint
 from trainer.cli import cli
-from trainer.errors import UserError
+from trainer.errors import Checkpointed, UserError
 from trainer.imagenet.decode import MAX_PIXELS, BadImage, decode_rgb, image_size
 from trainer.imagenet.manifest import ensure_manifest, manifest_dir
 from trainer.imagenet.manifest import main as manifest_main
+from trainer.run import run_trial
+from trainer.spec import TrialSpec
 
 from imagenet_tree import encode, make_imagenet_tree
+
+REPO = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+ENV.pop("SWEEP_FAULT", None)
+CPU = torch.device("cpu")
 
 
 def write(folder: Path, text: str, name: str) -> Path:
@@ -136,3 +148,55 @@ def test_a_pixel_bomb_is_a_bad_image_without_decoding() -> None:
     with pytest.raises(BadImage, match="header says 12000 x 9000 = 108000000 pixels"):
         decode_rgb(pixel_bomb(9000, 12000))
     assert decode_rgb(encode(np.zeros((8, 8, 3), np.uint8))).shape == torch.Size([3, 8, 8])
+
+
+# --- 3. a damaged mid-epoch checkpoint is set aside; the trial resumes from its epoch checkpoint ------
+
+
+def new_trial(root: Path, spec: TrialSpec) -> Path:
+    folder = root / spec.trial_id
+    folder.mkdir(parents=True)
+    (folder / R.SPEC).write_text(json.dumps(spec.to_dict()))
+    return folder
+
+
+@pytest.mark.slow
+def test_a_truncated_mid_epoch_checkpoint_is_set_aside_and_the_trial_resumes_from_its_epoch(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = TrialSpec(sweep="mid", epochs=1, device="cpu", batch_size=256)
+    folder = new_trial(tmp_path, spec)
+    stop = StopRequest()
+    stop.requested = True  # a time limit ahead from the start: a mid-epoch checkpoint at step 1 of epoch 1
+    with pytest.raises(Checkpointed):
+        run_trial(spec, folder, stop)
+    mid = folder / MID
+    mid.write_bytes(mid.read_bytes()[:1000])  # truncated (a full disk, a copy cut short)
+    capsys.readouterr()
+
+    assert run_trial(spec, folder) == "done"
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    aside = [p.name for p in folder.glob(f"{MID}.damaged-*")]
+    assert len(aside) == 1 and not mid.exists()
+    line = next(x for x in err.splitlines() if "set aside" in x)
+    assert (
+        f"checkpoint {mid} is unreadable (" in line and f"set aside as {aside[0]}; the trial resumes from checkpoint.pt (epoch 0)" in line
+    )
+    status = json.loads((folder / R.STATUS).read_text())
+    assert status["state"] == "done" and status["attempts"] == 2 and status["epoch"] == 1
+    assert len(status["set_aside"]) == 1 and aside[0] in status["set_aside"][0]
+    assert list(pd.read_parquet(folder / R.EPOCHS)["epoch"]) == [0, 1]  # each epoch once: nothing lost, nothing twice
+
+
+@pytest.mark.parametrize("damage", [b"", b"PK\x03\x04 not a zip", "not a checkpoint"])
+def test_a_damaged_mid_checkpoint_is_renamed_never_loaded(damage: bytes | str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    if isinstance(damage, str):
+        torch.save([1, 2], tmp_path / MID)  # loads, but is no checkpoint
+    else:
+        (tmp_path / MID).write_bytes(damage)
+    seen: list[str] = []
+    assert load_mid_checkpoint(tmp_path, CPU, 3, on_damaged=seen.append) is None
+    assert not (tmp_path / MID).exists() and len(list(tmp_path.glob(f"{MID}.damaged-*"))) == 1
+    assert len(seen) == 1 and seen[0].endswith("the trial resumes from checkpoint.pt (epoch 3)") and "\n" not in seen[0]
+    assert capsys.readouterr().err.strip() == f"warning: {seen[0]}"

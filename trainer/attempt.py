@@ -79,6 +79,11 @@ class Attempt:
         self.save_status()
         self.final = "failed"
 
+    def set_aside(self, message: str) -> None:
+        """A damaged file of the trial was renamed aside (trainer.checkpoint): status.json names it."""
+        self.status.update(set_aside=[*self.status.extra.get("set_aside", []), f"{now()}: {message}"])
+        self.save_status()
+
     def _end(self, **fields: Any) -> None:
         self.status.update(ended=now(), **fields)
         self.save_status()
