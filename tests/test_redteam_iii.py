@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -200,3 +203,119 @@ def test_a_damaged_mid_checkpoint_is_renamed_never_loaded(damage: bytes | str, t
     assert not (tmp_path / MID).exists() and len(list(tmp_path.glob(f"{MID}.damaged-*"))) == 1
     assert len(seen) == 1 and seen[0].endswith("the trial resumes from checkpoint.pt (epoch 3)") and "\n" not in seen[0]
     assert capsys.readouterr().err.strip() == f"warning: {seen[0]}"
+
+
+# --- 4. signals to a group and to the local launcher: a documented state, a reason for every member ---
+
+STOPS = {  # signal -> (exit code of trainer.group, the member's state, what its status.json says)
+    "SIGINT": (130, "interrupted", "interrupted by SIGINT (Ctrl-C)"),
+    "SIGTERM": (143, "interrupted", "interrupted by SIGTERM"),
+    "SIGHUP": (129, "interrupted", "interrupted by SIGHUP"),
+    "SIGUSR1": (76, "interrupted", "time limit: checkpointed in epoch 1 at step 1 of 5"),
+    "SIGUSR2": (76, "interrupted", "time limit: checkpointed in epoch 1 at step 1 of 5"),
+}
+TINY = {"sweep": "sig", "epochs": 1, "device": "cpu", "batch_size": 256}
+
+
+def group_folders(root: Path) -> list[Path]:
+    return [new_trial(root, TrialSpec(**TINY, alpha=alpha)) for alpha in (-1.0, 0.0)]
+
+
+def run_group_in_process(folders: list[Path]) -> int:
+    from trainer.group import main as group_main
+
+    argv = [a for f in folders for a in ("--spec", str(f / R.SPEC))]
+    try:
+        return cli(group_main, argv)
+    except SystemExit as stop:  # SIGTERM, SIGHUP: trainer.cli turns them into SystemExit(128 + signal)
+        return int(stop.code or 0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(STOPS))
+def test_every_stop_signal_to_a_group_records_every_member(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainer import faults
+
+    code, state, why = STOPS[name]
+    folders = group_folders(tmp_path)
+    monkeypatch.setattr(faults, "_TARGET", f"train-step:1:{name[3:]}")  # the real signal, sent to this process after step 1
+    monkeypatch.setattr(faults, "_counts", {})
+    assert run_group_in_process(folders) == code
+    for folder in folders:
+        status = json.loads((folder / R.STATUS).read_text())
+        assert status["state"] == state and why in status["last_interruption"], status
+    assert all(signal.getsignal(s) is signal.SIG_DFL for s in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2))  # restored
+
+
+@pytest.mark.slow
+def test_a_second_signal_while_a_member_is_recorded_waits_for_the_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C reaches the group and its launcher, which sends SIGTERM: the SIGTERM lands while the
+    first member records its interruption. It once cut that write short (a member left `running`)."""
+    from trainer import faults
+    from trainer.attempt import Attempt
+
+    folders = group_folders(tmp_path)
+    monkeypatch.setattr(faults, "_TARGET", "train-step:1:INT")
+    monkeypatch.setattr(faults, "_counts", {})
+    save = Attempt.save_status
+    sent: list[str] = []
+
+    def save_then_signal(self: Attempt) -> None:
+        if self.status.state == "interrupted" and not sent:
+            sent.append(self.spec.trial_id)
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives in the middle of the record
+        save(self)
+
+    monkeypatch.setattr(Attempt, "save_status", save_then_signal)
+    assert run_group_in_process(folders) == 143  # the SIGTERM, delivered once the record was written
+    whys = {json.loads((f / R.STATUS).read_text())["last_interruption"].split(": ", 1)[1] for f in folders}
+    assert whys == {"interrupted by SIGINT (Ctrl-C)", "interrupted by SIGTERM"}, whys
+
+
+def children(pid: int) -> list[int]:
+    """Live child processes of `pid` (from /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.append(int(stat.parent.name))
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["SIGUSR1"])  # SIGHUP (exit 129) and SIGTERM take the path of Ctrl-C: ~20 s each, left out
+def test_a_stop_signal_to_the_local_launcher_never_orphans_its_worker(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The launcher runs here (in this process, to save an interpreter start); its worker is a real process."""
+    grid = write(tmp_path, "name: sig\nfixed: {epochs: 2, batch_size: 256, device: cpu}\nsweep: {alpha: [-1, 0]}\n", "grid.yaml")
+    results = tmp_path / "results"
+
+    def statuses() -> list[dict[str, object]]:
+        return [json.loads(p.read_text()) for p in results.glob("sig/trials/*/status.json")]
+
+    workers: list[int] = []
+
+    def send_when_training() -> None:
+        deadline = time.monotonic() + 120
+        while not (len(statuses()) == 2 and all(s["state"] == "running" for s in statuses())) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        workers.extend(children(os.getpid()))
+        os.kill(os.getpid(), getattr(signal, name))
+
+    sender = threading.Thread(target=send_when_training, daemon=True)
+    sender.start()
+    try:
+        code = cli(sweep_main, ["--grid", str(grid), "--results", str(results)])
+    except SystemExit as stop:  # SIGHUP: trainer.cli's SystemExit(129), after the runner stopped and waited for its worker
+        code = int(stop.code or 0)
+    sender.join()
+    assert code == (1 if name == "SIGUSR1" else 129)
+    assert workers and not [pid for pid in workers if pid in children(os.getpid())]  # none left running
+    assert "Traceback" not in capsys.readouterr().err
+    for status in statuses():  # every member says why it stopped
+        why = "time limit: checkpointed in epoch" if name == "SIGUSR1" else "interrupted by SIGTERM"
+        assert status["state"] == "interrupted" and why in str(status["last_interruption"]), status
