@@ -228,8 +228,9 @@ class BaseProfile:
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                if math.isfinite(value) and value < 0:
-                    raise UserError(f"key '{f.name}' is {value}; allowed: >= 0")
+                if math.isfinite(value) and value < 0:  # the key's own range where it has one (max_attempts: >= 1)
+                    limit = self.limit(f.name)
+                    raise UserError(f"key '{f.name}' is {value}; allowed: {limit.allowed() if limit else '>= 0'}")
                 integral = "int" in str(hints[f.name]) and "float" not in str(hints[f.name])
                 check_number(f.name, value, self.limit(f.name), integral)
 

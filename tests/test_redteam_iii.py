@@ -21,6 +21,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from benchmarks.synthetic import write_trial
+from orchestrator.collect import core as C
+from orchestrator.grid import load_grid
+from orchestrator.plan import scan
 from orchestrator.profiles import RESERVED_OPTIONS, SBATCH_OPTIONS, load_profile, sbatch_option
 from orchestrator.sweep import main as sweep_main
 from trainer import results as R
@@ -319,3 +323,65 @@ def test_a_stop_signal_to_the_local_launcher_never_orphans_its_worker(
     for status in statuses():  # every member says why it stopped
         why = "time limit: checkpointed in epoch" if name == "SIGUSR1" else "interrupted by SIGTERM"
         assert status["state"] == "interrupted" and why in str(status["last_interruption"]), status
+
+
+# --- 5. ablate / represent / collect on damaged trials, and three older weak spots ------------------
+
+
+def damaged_sweep(root: Path) -> tuple[Path, list[Path]]:
+    """Two done trials (synthetic files) whose kept checkpoints are damaged: A's are zero bytes, B's
+    epoch 1 is zero bytes and its epoch 0 is missing."""
+    grid = write(root, "name: dmg\nfixed: {epochs: 1}\nsweep: {seed: [0, 1]}\n", "grid.yaml")
+    specs = list(load_grid(grid).specs)
+    sweep = root / "results" / "dmg"
+    for spec in specs:
+        write_trial(sweep, spec, units=True)
+    folders = [sweep / "trials" / s.trial_id for s in specs]
+    for folder in folders:
+        (folder / "checkpoints").mkdir()
+        (folder / "checkpoints" / "epoch_001.pt").write_bytes(b"")
+    (folders[0] / "checkpoints" / "epoch_000.pt").write_bytes(b"")
+    return sweep, folders
+
+
+@pytest.mark.slow
+def test_ablate_names_a_zero_byte_checkpoint_and_what_to_do(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from trainer.ablate import main as ablate_main
+
+    _, (a, b) = damaged_sweep(tmp_path)
+    assert cli(ablate_main, ["--trial", str(b)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith(f"warning: {b}: 1 kept checkpoint(s) missing (epoch_000.pt under checkpoints/)"), err
+    assert len(err) == 2 and err[1].startswith(f"error: checkpoint {b / 'checkpoints' / 'epoch_001.pt'} is unreadable (EOFError"), err
+    assert "move it aside to analyse the other epochs without it, or delete the trial folder and run the sweep again" in err[1]
+
+
+@pytest.mark.slow
+def test_represent_on_damaged_trials_names_the_files_and_counts_only_what_it_used(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from orchestrator.represent import main as represent_main
+
+    sweep, (a, b) = damaged_sweep(tmp_path)
+    assert cli(represent_main, [str(sweep), "--max-parallel", "2"]) == 1
+    out, err = capsys.readouterr()
+    assert f"warning: {b}: 1 kept checkpoint(s) missing (epoch_000.pt under checkpoints/)" in err
+    assert f"failed: {a.name}: error: checkpoint {a / 'checkpoints' / 'epoch_000.pt'} is unreadable (EOFError" in err, err
+    assert f"failed: {b.name}: error: checkpoint {b / 'checkpoints' / 'epoch_001.pt'} is unreadable (EOFError" in err, err
+    assert "activations of 0 trials" in out and "2 failed, see above" in out, out
+
+
+def test_collect_and_status_agree_on_a_foreign_spec(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sweep, (a, b) = damaged_sweep(tmp_path)
+    (a / R.STATUS).write_text(json.dumps({"state": "pending", "attempts": 0}))
+    (a / R.SPEC).write_text((b / R.SPEC).read_text())  # copied from another trial
+    assert scan(sweep)[a.name].state == "unreadable"
+    result = C.collect(sweep, figures=False, warn=lambda m: None)
+    assert result.counts["unreadable"] == 1 and result.counts["pending"] == 0 and result.counts["done"] == 1
+    reason = result.excluded.set_index("trial_id").loc[a.name, "reason"]
+    assert f"is the spec of trial {b.name}" in reason and "rerun the sweep to repair it from the grid" in reason
+
+
+def test_negative_max_attempts_names_its_real_range(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"key 'max_attempts' is -1; allowed: >= 1 \(and <= 1000000\)"):
+        load_profile(write(tmp_path, "backend: local\nmax_attempts: -1\n", "p.yaml"))

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from trainer import results as R
+from trainer.checkpoint import CheckpointUnreadable, load_checkpoint
 from trainer.cli import hold_signals, release_signals
 from trainer.errors import Checkpointed, UserError
 from trainer.lock import TrialLock
@@ -115,7 +116,13 @@ def _read_or_rebuild(folder: Path, spec: TrialSpec) -> Status:
     try:
         return read_status(folder)
     except StatusUnreadable as err:
-        return Status(trial_id=spec.trial_id, extra={"repaired": f"{now()}: {err}; rebuilt from the trial folder"})
+        status = Status(trial_id=spec.trial_id, extra={"repaired": f"{now()}: {err}; rebuilt from the trial folder"})
+        try:  # a finished trial is not trained again, so nothing else would say which epoch it holds
+            ckpt = load_checkpoint(folder, torch.device("cpu"))
+            status.epoch = int(ckpt["epoch"]) if ckpt is not None else None
+        except (CheckpointUnreadable, KeyError, TypeError, ValueError):
+            pass  # the training finds the damage and says so
+        return status
 
 
 @contextmanager
