@@ -138,8 +138,40 @@ RESERVED_OPTIONS = {
     "mem": "mem_gb", "mem-per-gpu": "mem_per_gpu_gb", "mem-per-cpu": "mem_per_cpu_gb", "nodes": None,
     "ntasks": None, "ntasks-per-node": None, "exclusive": "exclusive", "exclude": "exclude",
     "nodelist": "nodelist", "reservation": "reservation", "comment": "comment", "mail-type": "mail_type",
-    "mail-user": "mail_user",
+    "mail-user": "mail_user", "tasks-per-node": None, "wait": None, "help": None, "usage": None,
+    "version": None,
 }  # fmt: skip
+# Options after which sbatch blocks or submits nothing, so the backend would hang or read no job id.
+NOT_SUBMITTING = {"wait": "sbatch would block until the job ends", "help": "sbatch would submit nothing",
+                  "usage": "sbatch would submit nothing", "version": "sbatch would submit nothing"}  # fmt: skip
+# Every long option of sbatch (slurm-wlm 22.05.8, hidden aliases included: glibc lists them when asked
+# `sbatch --a=1` etc., "option is ambiguous; possibilities: ..."). sbatch reads options, #SBATCH lines
+# included, with getopt_long, which takes any unambiguous prefix of a long option as that option: a
+# sbatch_extra key is resolved against this list the same way before it is checked.
+SBATCH_OPTIONS = (
+    "account", "acctg-freq", "array", "batch", "bb", "bbf", "begin", "chdir", "cluster", "cluster-constraint",
+    "clusters", "comment", "constraint", "container", "context", "contiguous", "core-spec", "cores-per-socket",
+    "cpu-freq", "cpus-per-gpu", "cpus-per-task", "deadline", "delay-boot", "dependency", "distribution", "error",
+    "exclude", "exclusive", "export", "export-file", "extra-node-info", "get-user-env", "gid", "gpu-bind", "gpu-freq",
+    "gpus", "gpus-per-node", "gpus-per-socket", "gpus-per-task", "gres", "gres-flags", "help", "hint", "hold",
+    "ignore-pbs", "input", "job-name", "kill-on-invalid-dep", "licenses", "mail-type", "mail-user", "mcs-label", "mem",
+    "mem-bind", "mem-per-cpu", "mem-per-gpu", "mincpus", "network", "nice", "no-kill", "no-requeue", "nodefile",
+    "nodelist", "nodes", "ntasks", "ntasks-per-core", "ntasks-per-gpu", "ntasks-per-node", "ntasks-per-socket",
+    "ntasks-per-tres", "open-mode", "output", "overcommit", "oversubscribe", "parsable", "partition", "power", "prefer",
+    "priority", "profile", "propagate", "qos", "quiet", "reboot", "requeue", "reservation", "signal",
+    "sockets-per-node", "spread-job", "switches", "tasks-per-node", "test-only", "thread-spec", "threads-per-core",
+    "time", "time-min", "tmp", "uid", "usage", "use-min-nodes", "verbose", "version", "wait", "wait-all-nodes", "wckey",
+    "wrap",
+)  # fmt: skip
+
+
+def sbatch_option(key: str) -> str | tuple[str, ...]:
+    """The option sbatch reads for `--key`: the key itself when exact or unknown (a newer sbatch's option,
+    sbatch judges it), the one option it is a prefix of, or the candidates when it is a prefix of several."""
+    if key in SBATCH_OPTIONS:
+        return key
+    found = tuple(name for name in SBATCH_OPTIONS if name.startswith(key))
+    return found[0] if len(found) == 1 else found or key
 
 
 def check_constraint(value: str) -> None:
@@ -196,8 +228,9 @@ class BaseProfile:
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                if math.isfinite(value) and value < 0:
-                    raise UserError(f"key '{f.name}' is {value}; allowed: >= 0")
+                if math.isfinite(value) and value < 0:  # the key's own range where it has one (max_attempts: >= 1)
+                    limit = self.limit(f.name)
+                    raise UserError(f"key '{f.name}' is {value}; allowed: {limit.allowed() if limit else '>= 0'}")
                 integral = "int" in str(hints[f.name]) and "float" not in str(hints[f.name])
                 check_number(f.name, value, self.limit(f.name), integral)
 
@@ -411,10 +444,17 @@ def check_extra(line: str, index: int) -> None:
             "(key: lowercase letters, digits, -; value: letters, digits and _ . , : = + / @ % [ ] | & * -)"
         )
     key = match.group(1)
-    if key in RESERVED_OPTIONS:
-        instead = RESERVED_OPTIONS[key]
-        hint = f"use the profile key '{instead}'" if instead else "the backend sets it"
-        raise UserError(f"key 'sbatch_extra' entry {index + 1} sets --{key}; not allowed there: {hint}")
+    option = sbatch_option(key)
+    if isinstance(option, tuple):
+        names = ", ".join(f"--{name}" for name in option)
+        raise UserError(
+            f"key 'sbatch_extra' entry {index + 1} sets --{key}, which sbatch finds ambiguous ({names}); allowed: the full option name"
+        )
+    if option in RESERVED_OPTIONS:
+        instead = RESERVED_OPTIONS[option]
+        hint = f"use the profile key '{instead}'" if instead else NOT_SUBMITTING.get(option, "the backend sets it")
+        sets = f"--{key}" if key == option else f"--{key}, which sbatch reads as --{option}"
+        raise UserError(f"key 'sbatch_extra' entry {index + 1} sets {sets}; not allowed there: {hint}")
 
 
 Profile = LocalProfile | RayProfile | SlurmProfile

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
-from trainer.cli import EXIT_BUSY, EXIT_CHECKPOINTED, EXIT_USER
+from trainer.cli import EXIT_BUSY, EXIT_CHECKPOINTED, EXIT_USER, hold_signals, release_signals
 from trainer.lock import TrialBusy, TrialLock
 from trainer.provenance import now
 from trainer.results import SPEC
@@ -45,6 +45,7 @@ from trainer.status import TrialState, observe, read_status, write_status
 
 LOG = "trainer.log"
 POLL_S = 0.2
+STOP_WAIT_S = 120  # a stopped worker records itself within seconds; one that does not is SIGKILLed after this
 
 
 @dataclass(frozen=True)
@@ -167,8 +168,13 @@ class Runner:
                     queue.append(again)
                 self._changed()
         finally:
-            self.stop(signal.SIGTERM)
-            self.pool.wait_all()
+            # Never orphan a worker: stop them and wait (bounded), a second Ctrl-C or signal held meanwhile.
+            mask = hold_signals()
+            try:
+                self.stop(signal.SIGTERM)
+                self.pool.wait_all(timeout=STOP_WAIT_S)
+            finally:
+                release_signals(mask)
         for group in groups:
             for f in group:
                 self.report.states[f] = observe(f)

@@ -27,6 +27,19 @@ if "torch" in sys.modules:  # imported already (by a plugin): set it directly
     sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
+# ---- per-test time bounds (pytest-timeout) ---------------------------------------------------------
+# pyproject's `timeout` (600 s) bounds every test; the ones that wait on SLURM's scheduler or start a
+# Ray cluster get this instead: their own waits add up to 12 minutes (test_slurm_failures: three
+# launches of at most 240 s each; test_ray_in_slurm: a 400 s deadline after the job starts).
+LONG_TIMEOUT_S = 1200
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("timeout") is None and (item.get_closest_marker("slurm") or item.get_closest_marker("ray")):
+            item.add_marker(pytest.mark.timeout(LONG_TIMEOUT_S))
+
+
 # ---- trainer ----------------------------------------------------------------------------------
 def _cli_env(data_root: Path | None = None) -> dict[str, str]:
     env = dict(os.environ)

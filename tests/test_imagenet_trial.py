@@ -22,6 +22,9 @@ from trainer.cli import cli
 
 from imagenet_tree import make_imagenet_tree
 
+# ResNet-50 trials on CPU (the module's sweep fixture) and a trial run bounded at 600 s itself: over the default bound.
+pytestmark = pytest.mark.timeout(1200)
+
 GRID = """name: inet
 fixed:
   model: resnet50

@@ -475,6 +475,7 @@ def test_launcher_with_a_corrupt_status_json_ends(tmp_path: Path, capsys: pytest
     assert time.monotonic() - start < 90
     repaired = json.loads(status.read_text())
     assert repaired["state"] == "done" and "rebuilt from the trial folder" in repaired["repaired"]
+    assert repaired["epoch"] == 1  # from its checkpoint: `orchestrator.status` shows 1/1, not -/1 (issue 21)
     pd.testing.assert_frame_equal(pd.read_parquet(folder / R.EPOCHS), rows)  # resumed at its end: nothing retrained
 
     status.unlink()

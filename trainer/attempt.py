@@ -8,8 +8,11 @@
 Every way out is written to status.json before the exception moves on: a diverged trial
 (NonFiniteLoss, swallowed here: it is an outcome, not an error) is failed for good; a user
 mistake or a crash is failed and retryable; Ctrl-C or a launcher's signal leaves it
-interrupted. A trial that trains in a group (trainer.group) holds one attempt per member, so an
-exception out of the group records every member.
+interrupted, with the signal named. A trial that trains in a group (trainer.group) holds one
+attempt per member, so an exception out of the group records every member. Stop signals are held
+while an attempt starts and while it records how it ended: a second signal (Ctrl-C reaches the
+worker and its launcher, which then sends SIGTERM) waits until the record is written, so it
+cannot leave a member `running` with no reason.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from typing import Any
 import torch
 
 from trainer import results as R
+from trainer.checkpoint import CheckpointUnreadable, load_checkpoint
+from trainer.cli import hold_signals, release_signals
 from trainer.errors import Checkpointed, UserError
 from trainer.lock import TrialLock
 from trainer.loop import NonFiniteLoss
@@ -43,11 +48,24 @@ class StopRequest:
         self.requested = True
 
 
-def stop_on_signal(signum: int = signal.SIGUSR1) -> StopRequest:
-    """A StopRequest that `signum` sets (what a SLURM job sends its workers when its time limit nears)."""
+def stop_on_signal(signums: tuple[int, ...] = (signal.SIGUSR1, signal.SIGUSR2)) -> StopRequest:
+    """A StopRequest that `signums` set (SIGUSR1: what a SLURM job sends its workers when its time limit
+    nears; SIGUSR2, the other signal schedulers send ahead of a limit, the same)."""
     stop = StopRequest()
-    signal.signal(signum, stop.set)
+    for signum in signums:
+        if signal.getsignal(signum) is not signal.SIG_IGN:  # ignored on purpose (trainer.cli): stays so
+            signal.signal(signum, stop.set)
     return stop
+
+
+def interrupted_by(err: BaseException) -> str:
+    """What stopped the process, for status.json: the signal where one is known."""
+    if isinstance(err, KeyboardInterrupt):
+        return "interrupted by SIGINT (Ctrl-C)"
+    code = err.code if isinstance(err, SystemExit) else None
+    if isinstance(code, int) and code - 128 in signal.Signals._value2member_map_:
+        return f"interrupted by {signal.Signals(code - 128).name}"
+    return f"interrupted ({type(err).__name__})"
 
 
 def pick_device(name: str) -> torch.device:
@@ -79,9 +97,18 @@ class Attempt:
         self.save_status()
         self.final = "failed"
 
-    def _end(self, **fields: Any) -> None:
-        self.status.update(ended=now(), **fields)
+    def set_aside(self, message: str) -> None:
+        """A damaged file of the trial was renamed aside (trainer.checkpoint): status.json names it."""
+        self.status.update(set_aside=[*self.status.extra.get("set_aside", []), f"{now()}: {message}"])
         self.save_status()
+
+    def _end(self, **fields: Any) -> None:
+        mask = hold_signals()
+        try:
+            self.status.update(ended=now(), **fields)
+            self.save_status()
+        finally:
+            release_signals(mask)
 
 
 def _read_or_rebuild(folder: Path, spec: TrialSpec) -> Status:
@@ -89,7 +116,13 @@ def _read_or_rebuild(folder: Path, spec: TrialSpec) -> Status:
     try:
         return read_status(folder)
     except StatusUnreadable as err:
-        return Status(trial_id=spec.trial_id, extra={"repaired": f"{now()}: {err}; rebuilt from the trial folder"})
+        status = Status(trial_id=spec.trial_id, extra={"repaired": f"{now()}: {err}; rebuilt from the trial folder"})
+        try:  # a finished trial is not trained again, so nothing else would say which epoch it holds
+            ckpt = load_checkpoint(folder, torch.device("cpu"))
+            status.epoch = int(ckpt["epoch"]) if ckpt is not None else None
+        except (CheckpointUnreadable, KeyError, TypeError, ValueError):
+            pass  # the training finds the damage and says so
+        return status
 
 
 @contextmanager
@@ -114,12 +147,19 @@ def attempt(spec: TrialSpec, folder: Path) -> Iterator[Attempt]:
             raise UserError(f"{spec_path}: belongs to trial {other}, not {spec.trial_id}; one folder per trial")
         a = Attempt(spec, folder, status, final=None)
         a.device = pick_device(spec.device)
-        status.update(
-            state="running", attempts=status.attempts + 1, trial_id=spec.trial_id, error=None, error_kind=None,
-            started=now(), ended=None, device=device_name(a.device), **provenance(),
-        )  # fmt: skip
-        a.save_status()
+        # From `running` on disk to the handlers below, a stop signal waits: it is delivered inside the try.
+        mask = hold_signals()
         try:
+            status.update(
+                state="running", attempts=status.attempts + 1, trial_id=spec.trial_id, error=None, error_kind=None,
+                started=now(), ended=None, device=device_name(a.device), **provenance(),
+            )  # fmt: skip
+            a.save_status()
+        except BaseException:
+            release_signals(mask)
+            raise
+        try:
+            release_signals(mask)
             yield a
         except NonFiniteLoss as err:
             a.diverged(err)
@@ -130,7 +170,8 @@ def attempt(spec: TrialSpec, folder: Path) -> Iterator[Attempt]:
             a._end(state="failed", error=str(err), error_kind="user", retryable=True)
             raise
         except (KeyboardInterrupt, SystemExit) as err:  # stopped from outside (Ctrl-C, a launcher's signal)
-            a._end(state="interrupted", error=f"interrupted ({type(err).__name__})", error_kind=None)
+            why = interrupted_by(err)
+            a._end(state="interrupted", error=why, error_kind=None, last_interruption=f"{now()}: {why}")
             raise
         except BaseException as err:
             summary = "".join(traceback.format_exception_only(type(err), err)).strip()

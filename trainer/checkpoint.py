@@ -5,6 +5,9 @@
     <trial>/checkpoint_mid.pt          a stop inside an epoch (a time limit ahead): the same plus
                                        "in_epoch" (steps done, the epoch's statistics so far, RNG
                                        state); valid only while its "epoch" equals checkpoint.pt's
+    <trial>/checkpoint_mid.pt.damaged-<UTC time>   a mid-epoch checkpoint that could not be read
+                                       (truncated, zero bytes), set aside: the trial resumes from
+                                       checkpoint.pt instead, losing only part of one epoch
 
 The layout is a plain single-model `state_dict` and SGD `state_dict` whether the trial trained
 alone or fused with others (trainer.group slices its member's share out), so a trial resumes
@@ -14,6 +17,9 @@ alone or in any group.
 from __future__ import annotations
 
 import os
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +30,11 @@ from trainer import results as R
 
 KEPT = "checkpoints"
 MID = "checkpoint_mid.pt"
+MID_KEYS = ("model", "optimizer", "epoch", "step", "in_epoch")
+
+
+class CheckpointUnreadable(RuntimeError):
+    """A checkpoint file that torch cannot load, or that lacks what a checkpoint holds."""
 
 
 def save_checkpoint(
@@ -53,12 +64,31 @@ def save_mid_checkpoint(
     R.replace_atomically(tmp, folder / MID)
 
 
-def load_mid_checkpoint(folder: Path, device: torch.device, epoch: int | None) -> dict[str, Any] | None:
-    """The mid-epoch checkpoint if it continues from `epoch` (checkpoint.pt's); a stale one is removed."""
+def load_mid_checkpoint(
+    folder: Path, device: torch.device, epoch: int | None, on_damaged: Callable[[str], None] | None = None
+) -> dict[str, Any] | None:
+    """The mid-epoch checkpoint if it continues from `epoch` (checkpoint.pt's); a stale one is removed.
+
+    A damaged one (truncated, zero bytes, not a checkpoint) is renamed aside, never deleted, and
+    None comes back: the trial resumes from checkpoint.pt. `on_damaged` gets the one-line message
+    (to record in status.json); it also goes to stderr.
+    """
     path = folder / MID
     if not path.exists():
         return None
-    ckpt = _load(path, device)
+    try:
+        ckpt = _load(path, device)
+        missing = [key for key in MID_KEYS if key not in ckpt]
+        if missing:
+            raise CheckpointUnreadable(f"checkpoint {path} lacks {', '.join(missing)}")
+    except CheckpointUnreadable as err:
+        aside = path.with_name(f"{MID}.damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+        os.replace(path, aside)
+        message = f"{err.args[0].split(';')[0]}; set aside as {aside.name}; the trial resumes from {R.CHECKPOINT} (epoch {epoch})"
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+        if on_damaged is not None:
+            on_damaged(message)
+        return None
     if ckpt.get("epoch") != epoch:  # the epoch it was in finished since (or never started): stale
         path.unlink(missing_ok=True)
         return None
@@ -85,5 +115,10 @@ def _load(path: Path, device: torch.device) -> dict[str, Any]:
     try:
         ckpt: dict[str, Any] = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:
-        raise RuntimeError(f"checkpoint {path} is unreadable ({err}); delete it to restart the trial from scratch") from err
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise CheckpointUnreadable(f"checkpoint {path} is unreadable ({reason}); delete it to restart the trial from scratch") from err
+    if not isinstance(ckpt, dict):
+        raise CheckpointUnreadable(
+            f"checkpoint {path} is not a checkpoint ({type(ckpt).__name__}); delete it to restart the trial from scratch"
+        )
     return ckpt

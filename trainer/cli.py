@@ -7,10 +7,15 @@
     75  another live process is running the trial (EX_TEMPFAIL: try later)
     76  stopped on request (SIGUSR1: a time limit ahead) after a mid-epoch checkpoint; run again to resume
     130 interrupted (Ctrl-C); 143 stopped by SIGTERM (the trial recorded itself as interrupted)
+    129, 138, 140 stopped by SIGHUP, SIGUSR1, SIGUSR2 (128 + the signal), where the command has no
+        use of its own for them (trainer.run and trainer.group take USR1 and USR2 as a time limit
+        ahead: exit 76; the local launcher passes them on to its workers: docs/reliability.md)
 
 A `UserError` is a mistake the user can fix and prints as one line; anything else is a bug and
-keeps its traceback. SIGTERM (a launcher stopping its workers, SLURM preempting a job) is turned
-into SystemExit, so the trial's attempt records itself as interrupted before the process ends.
+keeps its traceback. SIGTERM (a launcher stopping its workers, SLURM preempting a job), SIGHUP
+(a closed terminal), SIGUSR1 and SIGUSR2 are turned into SystemExit(128 + signal), so the trial's
+attempt records itself as interrupted, and a launcher stops and waits for its workers, before the
+process ends: no signal a user or a scheduler sends kills a command silently.
 """
 
 from __future__ import annotations
@@ -19,23 +24,28 @@ import argparse
 import signal
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from types import FrameType
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from trainer.errors import Checkpointed, UserError
 from trainer.lock import TrialBusy
 
 EXIT_DONE, EXIT_UNFINISHED, EXIT_USER, EXIT_FAILED, EXIT_BUSY, EXIT_CHECKPOINTED = 0, 1, 2, 3, 75, 76
 EXIT_INTERRUPTED, EXIT_SIGTERM = 130, 128 + signal.SIGTERM
+# Signals that stop a command through SystemExit(128 + signal) (Ctrl-C is KeyboardInterrupt already).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 
 
 def _sigterm(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(EXIT_SIGTERM)
+    raise SystemExit(128 + signum)
 
 
 def command(body: Callable[[], int]) -> int:
     """Run a command's body: a user mistake is one line and exit 2, a busy trial exit 75, Ctrl-C 130."""
-    previous = signal.signal(signal.SIGTERM, _sigterm) if _main_thread() else None
+    # A signal ignored on purpose (nohup ignores SIGHUP; a SLURM task starts its workers with USR2 ignored) stays ignored.
+    mine = [sig for sig in STOP_SIGNALS if signal.getsignal(sig) is not signal.SIG_IGN] if _main_thread() else []
+    previous = {sig: signal.signal(sig, _sigterm) for sig in mine}
     try:
         return body()
     except UserError as err:
@@ -60,8 +70,43 @@ def command(body: Callable[[], int]) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_DONE
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+# Held (delivered a moment later) while status.json records a start or an end.
+HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+
+
+@dataclass
+class Held:
+    """The handlers a hold replaced, and the signals that came meanwhile."""
+
+    previous: dict[int, Any] = field(default_factory=dict)
+    pending: list[int] = field(default_factory=list)
+
+
+def hold_signals() -> Held:
+    """Hold the stop signals: until `release_signals`, one that comes is noted, not acted on.
+
+    Python-level handlers, not the thread's signal mask: the kernel hands a process signal to any
+    thread that does not block it (torch's, a test runner's), and Python acts on it in the main
+    thread all the same. Nothing is held outside the main thread (handlers cannot be set there).
+    """
+    held = Held()
+    if _main_thread():
+        for sig in HELD_SIGNALS:
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                held.previous[sig] = signal.signal(sig, lambda signum, frame: held.pending.append(signum))
+    return held
+
+
+def release_signals(held: Held) -> None:
+    """Put the handlers back and deliver what came meanwhile (its handler may raise here)."""
+    for sig, handler in held.previous.items():
+        signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+    for sig in dict.fromkeys(held.pending):
+        signal.raise_signal(sig)
 
 
 class UsageExit(SystemExit):

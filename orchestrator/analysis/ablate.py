@@ -18,6 +18,7 @@ from pathlib import Path
 
 from orchestrator.folders import scan
 from orchestrator.progress import Progress
+from orchestrator.analysis.represent import warn_missing_kept
 from orchestrator.runner import WorkerPool, last_line, make_slots
 from trainer.analysis.ablation_job import KEPT, add_plan_arguments, plan_from_arguments
 from trainer.cli import EXIT_BUSY, EXIT_DONE, ArgumentParser, cli
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     folders = [s.folder for s in scan(args.sweep).values() if s.state == "done" and (s.folder / KEPT).is_dir()]
     if not folders:
         raise UserError(f"{args.sweep}: no done trial with kept checkpoints ({KEPT}/) to ablate")
+    warn_missing_kept(folders)
     extra = ["--fractions", *map(str, plan.fractions)] if plan.fractions else []
     extra += ["--counts", *map(str, plan.counts)] if plan.counts else []
     extra += ["--count-steps", *map(str, plan.count_steps)] if plan.count_steps else []
@@ -61,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         progress.update(done, len(failed), len(pool.running), folder.name)
     for line in failed:
         print(f"failed: {line}", file=sys.stderr)
-    print(f"{args.sweep}: ablated {len(folders) - len(failed)} trials; next: python -m orchestrator.collect {args.sweep}")
+    more = f"; {len(failed)} failed, see above" if failed else ""
+    print(f"{args.sweep}: ablated {len(folders) - len(failed)} trials{more}; next: python -m orchestrator.collect {args.sweep}")
     return 1 if failed else 0
 
 

@@ -34,6 +34,7 @@ from trainer import results as R
 from trainer.analysis.similarity_job import DIMENSIONALITY, SIMILARITY, kept_checkpoint_epochs, stored_epochs
 from trainer.cli import EXIT_BUSY, EXIT_DONE, ArgumentParser, cli
 from trainer.errors import UserError
+from trainer.kept import missing_kept, missing_warning
 from trainer.spec import IN_TRIAL_ID, TrialSpec
 
 REPRESENT_LOG = "represent.log"
@@ -84,6 +85,14 @@ def needs_comparing(folder: Path, refs: list[Path]) -> bool:
     return bool(expected - _table_keys(folder / SIMILARITY, ["reference_id", "epoch"]))
 
 
+def warn_missing_kept(folders: list[Path]) -> None:
+    """One warning per done trial whose spec kept checkpoints that are not there (the jobs skip those epochs)."""
+    for folder in folders:
+        spec = TrialSpec.from_dict(R.read_json(folder / R.SPEC), where=str(folder / R.SPEC))
+        if missing := missing_kept(folder, spec):
+            print(missing_warning(folder, missing), file=sys.stderr, flush=True)
+
+
 def run_pool(module: str, jobs: list[tuple[Path, list[str]]], max_parallel: int, label: str) -> list[str]:
     """`python -m <module> --trial <folder> <args>` per (folder, args); returns the failures, one line each."""
     pool = WorkerPool(make_slots(max_parallel))
@@ -119,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"{args.sweep}: no done trial with kept checkpoints (checkpoints/) to analyse")
     device = ["--device", args.device] if args.device else []
     todo = [(folder, device) for folder in done.values() if needs_activations(folder)]
+    warn_missing_kept(list(done.values()))
     failed = run_pool("trainer.analysis.representation_job", todo, args.max_parallel, "activations") if todo else []
+    analysed = len(todo) - len(failed)  # the summary counts only what worked
     specs = {tid: TrialSpec.from_dict(R.read_json(f / R.SPEC), where=str(f / R.SPEC)) for tid, f in done.items()}
     compared = [
         (done[a], [arg for b in refs for arg in ("--against", str(done[b]))])
@@ -130,9 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     for line in failed:
         print(f"failed: {line}", file=sys.stderr)
     n_pairs = sum(len(refs) for refs in pairs(specs).values())
+    failed_pairs = len(failed) - (len(todo) - analysed)
     print(
-        f"{args.sweep}: activations of {len(todo)} trials, {n_pairs} pairs ({len(compared)} trials compared this time); "
-        f"next: python -m orchestrator.collect {args.sweep}"
+        f"{args.sweep}: activations of {analysed} trials, {n_pairs} pairs ({len(compared) - failed_pairs} trials compared this time"
+        f"{f'; {len(failed)} failed, see above' if failed else ''}); next: python -m orchestrator.collect {args.sweep}"
     )
     return 1 if failed else 0
 

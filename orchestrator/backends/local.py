@@ -9,8 +9,13 @@ retried while they have attempts left; a trial another launcher is running is le
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 
 from orchestrator.backends import Launch
 from orchestrator.plan import Plan
@@ -40,12 +45,35 @@ class LocalBackend:
             progress.show(report.states.values(), running)
 
         runner = Runner(make_slots(self.profile.max_parallel), self.profile.max_attempts, fused=self.profile.fuse > 1, on_change=show)
-        report = runner.run(groups)
+        with checkpoint_on_usr(runner):
+            report = runner.run(groups)
         for line in report.user_errors:
             print(f"error: {line}", file=sys.stderr)
         for folder, why in report.given_up.items():
             print(f"gave up on {folder.name}: {why}", file=sys.stderr)
         return Launch(waited=True)
+
+
+@contextmanager
+def checkpoint_on_usr(runner: Runner) -> Iterator[None]:
+    """SIGUSR1 or SIGUSR2 to the launcher (a time limit ahead, or "stop soon, keep the work"): no new
+    worker starts, each running one gets SIGUSR1 (a mid-epoch checkpoint at its next step, exit 76),
+    and the run returns once they have ended. Other stop signals end the launcher through
+    trainer.cli (its workers get SIGTERM and are waited for)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        runner.stop(signal.SIGUSR1)
+
+    signums = [s for s in (signal.SIGUSR1, signal.SIGUSR2) if signal.getsignal(s) is not signal.SIG_IGN]
+    previous = {s: signal.signal(s, stop) for s in signums}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def check_local_devices(specs: tuple[TrialSpec, ...], where: str) -> None:

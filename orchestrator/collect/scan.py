@@ -130,7 +130,10 @@ def read_spec(trial: Trial) -> None:
             raise ValueError(f"{path} is the spec of trial {spec.trial_id}, not of its folder's")
         trial.fields = spec.row_fields()
     except (OSError, ValueError) as err:
-        if trial.state == "done":
+        # As orchestrator.status (folders.scan): whatever its status says, a folder whose spec.json does not
+        # prove its trial is unreadable; only a live attempt, or a folder with neither file yet, is not.
+        fresh = not path.exists() and not (trial.folder / R.STATUS).exists()
+        if trial.state != "running" and not fresh:
             trial.state, trial.reason = "unreadable", f"spec.json unusable ({_one_line(err)[:160]}); {REPAIR_HINT}"
 
 

@@ -16,7 +16,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import torch
 
 from trainer import results as R
 from trainer.analysis.ablation import AblationPlan, ablation_rows
@@ -25,6 +24,7 @@ from trainer.checkpoint import KEPT
 from trainer.cli import EXIT_DONE, ArgumentParser, command
 from trainer.data import Data, eval_batch_size, load_dataset
 from trainer.errors import UserError
+from trainer.kept import load_kept, missing_kept, missing_warning
 from trainer.lock import TrialLock
 from trainer.models import build_for
 from trainer.spec import TrialSpec
@@ -55,6 +55,8 @@ def finished_trial(folder: Path, require_done: bool, analysis: str) -> tuple[Tri
     epochs = kept_epochs(folder)
     if not epochs:
         raise UserError(f"{folder}: no kept checkpoints under {KEPT}/ (see the trial field keep_checkpoints)")
+    if require_done and (missing := missing_kept(folder, spec)):
+        print(missing_warning(folder, missing), file=sys.stderr, flush=True)
     return spec, epochs
 
 
@@ -95,7 +97,7 @@ def ablate_trial(
     csi = unit_csi(folder, todo) if todo else {}
     base = epoch_evaluations(folder, todo) if todo else {}
     for epoch in todo:
-        state = torch.load(folder / KEPT / f"epoch_{epoch:03d}.pt", map_location=device, weights_only=True)
+        state = load_kept(folder, epoch, device)
         model.load_state_dict(state["model"])
         rows = ablation_rows(model, data, csi[epoch], epoch, spec.seed, plan, base[epoch], batch, device)
         tables.append(R.make_table(ABLATION_COLUMNS, rows, spec.row_fields(), schema))

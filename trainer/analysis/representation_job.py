@@ -42,10 +42,10 @@ from trainer.analysis.similarity_job import (
     save_activations,
 )
 from trainer.attempt import pick_device
-from trainer.checkpoint import KEPT
 from trainer.cli import EXIT_DONE, ArgumentParser, command
 from trainer.data import Data, eval_batch_size, load_dataset
 from trainer.errors import UserError
+from trainer.kept import load_kept
 from trainer.lock import TrialLock
 from trainer.loop import autocast
 from trainer.models import TrackedNet, build_for
@@ -92,7 +92,7 @@ def represent_trial(folder: Path, device_name: str | None = None, require_done: 
     batch = eval_batch_size(data, spec.batch_size, device)
     tables = [t.filter(pa.array(~np.isin(t["epoch"].to_numpy(), todo))) for t in tables]  # an epoch redone replaces its rows
     for epoch in todo:
-        state = torch.load(folder / KEPT / f"epoch_{epoch:03d}.pt", map_location=device, weights_only=True)
+        state = load_kept(folder, epoch, device)
         model.load_state_dict(state["model"])
         acts, labels = layer_activations(model, data, subset, batch, device)
         save_activations(folder, epoch, model.block_names, acts, images, labels)  # before its rows: rows say the file is there

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from trainer.imagenet.decode import BadImage, decode_rgb, read_bytes
+from trainer.imagenet.decode import BadImage, decode_rgb, read_bytes, regular_size
 from trainer.imagenet.workers import init_worker, worker_context
 
 CHUNK = 64  # files per task: amortises the inter-process round trip, keeps the bar moving
@@ -25,10 +25,14 @@ Result = tuple[bool, str | None, int | None, int | None, int]  # ok, error, heig
 
 def check_file(path: str) -> Result:
     try:
+        size = regular_size(path)  # before opening: a FIFO would block the read forever
         data = read_bytes(path)
         image = decode_rgb(data)
     except BadImage as err:
-        size = Path(path).stat().st_size if Path(path).exists() else 0
+        try:
+            size = os.stat(path).st_size
+        except OSError:
+            size = 0
         return False, str(err), None, None, size
     return True, None, int(image.shape[1]), int(image.shape[2]), len(data)
 

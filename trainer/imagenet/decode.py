@@ -6,6 +6,10 @@ Used by both loaders, the manifest's `--check` and the tests. The fast path is l
 channels (grayscale is replicated, CMYK converted), and every failure raises `BadImage` with a
 short reason, so a caller can skip the file and go on.
 
+Two bounds come before any decoder: only regular files are read (a FIFO named .JPEG would block
+the read forever), and an image whose header promises more than `MAX_PIXELS` pixels is a bad
+image (a 700-byte JPEG can claim 65500 x 65500 and make a decoder ask for 12.9 GB).
+
 torchvision 0.29 marks its image codecs deprecated in favour of TorchCodec; they still work and
 are what this module uses (the DeprecationWarning is silenced here). PIL is the fallback should
 they go away.
@@ -13,7 +17,11 @@ they go away.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+import re
+import stat
 import warnings
 
 import numpy as np
@@ -22,6 +30,23 @@ import torch
 
 class BadImage(Exception):
     """The file could not be read or decoded; the message is the reason, one line."""
+
+
+# Pixels an image's header may promise: 100 megapixels (300 MB as RGB). ImageNet's images are
+# photos of camera size at most (tens of megapixels; on average about 0.2), so none comes near;
+# PIL's own decompression-bomb error is higher still (2 * Image.MAX_IMAGE_PIXELS = 179 M).
+MAX_PIXELS = 100_000_000
+
+
+def regular_size(path: str) -> int:
+    """The size of a regular file, found without opening it; BadImage for anything else."""
+    try:
+        st = os.stat(path)
+    except OSError as err:
+        raise BadImage(_reason(err)) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise BadImage("not a regular file")
+    return st.st_size
 
 
 def _reason(err: BaseException) -> str:
@@ -33,9 +58,13 @@ def _reason(err: BaseException) -> str:
 
 
 def read_bytes(path: str) -> bytes:
-    """The whole file; BadImage if it cannot be read or is empty."""
+    """The whole file; BadImage if it cannot be read, is empty or is not a regular file."""
     try:
-        with open(path, "rb") as f:
+        # O_NONBLOCK: opening a FIFO does not wait for a writer, and fstat then refuses it.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with open(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise BadImage("not a regular file")
             data = f.read()
     except OSError as err:
         raise BadImage(_reason(err)) from None
@@ -59,6 +88,7 @@ def decode_rgb(data: bytes | np.ndarray) -> torch.Tensor:
 
     if len(data) == 0:
         raise BadImage("empty file (0 bytes)")
+    _check_pixels(data)
     raw = _as_tensor(data)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # torchvision 0.29: codecs move to TorchCodec
@@ -83,15 +113,39 @@ def _decode_pil(data: bytes | np.ndarray, first: BaseException) -> torch.Tensor:
     return torch.from_numpy(rgb.copy()).permute(2, 0, 1)
 
 
-def image_size(data: bytes | np.ndarray) -> tuple[int, int]:
-    """(height, width) from the header alone (PIL reads only the first few KB); BadImage if none."""
+class _NoHeader(BadImage):
+    """PIL found no header it knows (the decoders may still read the file)."""
+
+
+def _header_size(data: bytes | np.ndarray) -> tuple[int, int]:
+    """(height, width) from the header alone (PIL reads only the first few KB); BadImage over MAX_PIXELS."""
     from PIL import Image
 
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(bytes(data))) as im:
+                width, height = im.size
+    except Image.DecompressionBombError as err:  # over 179 M: PIL gives no size, its message has the count
+        count = re.search(r"\((\d+) pixels\)", str(err))
+        raise BadImage(
+            f"header says {count.group(1) if count else 'over 178956970'} pixels, over the cap of {MAX_PIXELS} (not decoded)"
+        ) from None
+    except Exception as err:  # noqa: BLE001  # PIL raises many types for a file it cannot identify
+        raise _NoHeader(_reason(err)) from None
+    if width * height > MAX_PIXELS:
+        raise BadImage(f"header says {width} x {height} = {width * height} pixels, over the cap of {MAX_PIXELS} (not decoded)")
+    return int(height), int(width)
+
+
+def _check_pixels(data: bytes | np.ndarray) -> None:
+    """BadImage if the header promises more than MAX_PIXELS; a header PIL cannot read is left to the decoders."""
+    with contextlib.suppress(_NoHeader):
+        _header_size(data)
+
+
+def image_size(data: bytes | np.ndarray) -> tuple[int, int]:
+    """(height, width) from the header alone; BadImage if there is none or it promises over MAX_PIXELS."""
     if len(data) == 0:
         raise BadImage("empty file (0 bytes)")
-    try:
-        with Image.open(io.BytesIO(bytes(data))) as im:
-            width, height = im.size
-    except Exception as err:  # noqa: BLE001  # as above: any PIL failure means "unreadable"
-        raise BadImage(_reason(err)) from None
-    return int(height), int(width)
+    return _header_size(data)

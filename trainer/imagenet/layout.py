@@ -9,15 +9,22 @@
 `list_layout(folder)` returns the listing the manifest stores; every user mistake is one
 DataMissing/UserError line naming the path and what to do. Only trainer.imagenet.manifest calls it:
 trials read the manifest and never list the tree.
+
+Bad entries (a FIFO, socket or device; a dangling symlink; a symlink loop, be it a file linked to
+itself or a folder linked to one above it) are never opened and never followed in a loop: inside a
+class folder they are listed as bad images (the loaders skip them up front, `--check` names them);
+directly in train/ or val/ they are no class and no image, and `Layout.bad` names them.
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import os
 import re
+import stat
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainer.datatypes import DataMissing
@@ -41,6 +48,7 @@ class Listing:
     labels: list[int]
     wnids: list[str]
     sizes: list[int]
+    errors: dict[int, str] = field(default_factory=dict)  # row -> why it is a bad entry (never opened)
 
 
 @dataclass
@@ -50,6 +58,7 @@ class Layout:
     val: Listing
     val_layout: str  # "folders" | "flat"
     ground_truth: list[str]  # files the flat val's labels came from (relative); [] for folders
+    bad: list[tuple[str, str]] = field(default_factory=list)  # (relative path, why) of bad entries in train/ or val/
 
 
 def _names(items: list[str]) -> str:
@@ -61,42 +70,76 @@ def is_image(name: str) -> bool:
     return name.lower().endswith(IMG_EXTENSIONS)
 
 
-def _scan(folder: Path, rel: str) -> list[tuple[str, int]]:
-    """(relative path, size) of the images under `folder`, recursively (as ImageFolder), sorted."""
-    out: list[tuple[str, int]] = []
+def entry_kind(entry: os.DirEntry[str], above: frozenset[str]) -> tuple[str, int | str]:
+    """("dir", 0), ("file", size) or ("bad", why) for one directory entry; never opens it.
+
+    `above`: the real paths of the folders this one lies in, so that a folder link back to one of
+    them is a loop (the scan would never end), not a folder.
+    """
+    try:
+        st = entry.stat(follow_symlinks=True)
+    except FileNotFoundError:
+        return "bad", "dangling symlink" if entry.is_symlink() else "vanished while listed"
+    except OSError as err:
+        why = "symlink loop" if err.errno == errno.ELOOP else f"cannot stat: {os.strerror(err.errno or 0)}"
+        return "bad", why
+    if stat.S_ISDIR(st.st_mode):
+        if entry.is_symlink() and os.path.realpath(entry.path) in above:
+            return "bad", "symlink loop (links to a folder above it)"
+        return "dir", 0
+    if stat.S_ISREG(st.st_mode):
+        return "file", st.st_size
+    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+    kind = next((name for test, name in kinds if test(st.st_mode)), "a special file")
+    return "bad", f"not a regular file ({kind})"
+
+
+def _scan(folder: Path, rel: str, above: frozenset[str] = frozenset()) -> list[tuple[str, int | str]]:
+    """(relative path, size) of the images under `folder`, recursively (as ImageFolder), sorted;
+    (relative path, why) for its bad entries, which are not followed."""
+    above = above | {os.path.realpath(folder)}
+    out: list[tuple[str, int | str]] = []
     with os.scandir(folder) as it:
         for entry in it:
-            if entry.is_dir(follow_symlinks=True):
-                out.extend(_scan(Path(entry.path), f"{rel}/{entry.name}"))
-            elif is_image(entry.name):
-                out.append((f"{rel}/{entry.name}", entry.stat().st_size))
+            kind, value = entry_kind(entry, above)
+            if kind == "dir":
+                out.extend(_scan(Path(entry.path), f"{rel}/{entry.name}", above))
+            elif kind == "bad" or is_image(entry.name):
+                out.append((f"{rel}/{entry.name}", value))
     return sorted(out)
 
 
-def _subfolders(folder: Path) -> tuple[list[str], list[str]]:
-    """(sorted sub-folder names, sorted image file names) directly in `folder`."""
-    dirs, files = [], []
+def _subfolders(folder: Path) -> tuple[list[str], list[str], list[tuple[str, str]]]:
+    """(sorted sub-folder names, sorted image file names, sorted (name, why) of bad entries) directly in `folder`."""
+    dirs, files, bad = [], [], []
+    above = frozenset({os.path.realpath(folder)})
     with os.scandir(folder) as it:
         for entry in it:
-            if entry.is_dir(follow_symlinks=True):
+            kind, value = entry_kind(entry, above)
+            if kind == "dir":
                 dirs.append(entry.name)
+            elif kind == "bad":
+                bad.append((entry.name, str(value)))
             elif is_image(entry.name):
                 files.append(entry.name)
-    return sorted(dirs), sorted(files)
+    return sorted(dirs), sorted(files), sorted(bad)
 
 
 def _list_classes(base: Path, rel: str, classes: list[str], index: dict[str, int], threads: int) -> Listing:
     # Class folders are listed by a thread pool: on a cluster file system each listing waits on
     # the metadata server, not on this CPU.
     with ThreadPoolExecutor(max(1, threads)) as pool:
-        found = list(pool.map(lambda c: _scan(base / rel / c, f"{rel}/{c}"), classes))
+        above = frozenset({os.path.realpath(base), os.path.realpath(base / rel)})
+        found = list(pool.map(lambda c: _scan(base / rel / c, f"{rel}/{c}", above), classes))
     listing = Listing([], [], [], [])
     for wnid, files in zip(classes, found):
         for path, size in files:
+            if isinstance(size, str):
+                listing.errors[len(listing.paths)] = size
             listing.paths.append(path)
             listing.labels.append(index[wnid])
             listing.wnids.append(wnid)
-            listing.sizes.append(size)
+            listing.sizes.append(size if isinstance(size, int) else 0)
     return listing
 
 
@@ -106,18 +149,19 @@ def list_layout(folder: Path, threads: int = 16) -> Layout:
     for path, what in ((train, "train/<wnid>/*.JPEG"), (val, "val/<wnid>/*.JPEG or the flat val/ILSVRC2012_val_*.JPEG")):
         if not path.is_dir():
             raise DataMissing(f"dataset 'imagenet': {path} not found; put ImageNet's {what} under {folder}")
-    classes, stray = _subfolders(train)
+    classes, stray, bad_train = _subfolders(train)
     if not classes:
         raise DataMissing(
             f"dataset 'imagenet': no class folders in {train}; expected train/<wnid>/*.JPEG (found {len(stray)} loose images)"
         )
     index = {w: i for i, w in enumerate(classes)}
     train_listing = _list_classes(folder, "train", classes, index, threads)
-    empty = sorted(set(classes) - set(train_listing.wnids))
+    good = {w for i, w in enumerate(train_listing.wnids) if i not in train_listing.errors}
+    empty = sorted(set(classes) - good)
     if empty:
         raise DataMissing(f"dataset 'imagenet': train class folders without images: {_names(empty)} (under {train})")
 
-    val_dirs, val_files = _subfolders(val)
+    val_dirs, val_files, bad_val = _subfolders(val)
     if val_dirs and val_files:
         raise UserError(
             f"dataset 'imagenet': {val} holds both class folders and loose images ({val_files[0]}); "
@@ -143,7 +187,8 @@ def list_layout(folder: Path, threads: int = 16) -> Layout:
     else:
         raise DataMissing(f"dataset 'imagenet': {val} is empty; put val/<wnid>/*.JPEG or the flat val/ILSVRC2012_val_*.JPEG there")
     _compare_classes(classes, val_classes, set(val_listing.wnids), train, where)
-    return Layout(classes, train_listing, val_listing, layout, gt)
+    bad = [(f"train/{name}", why) for name, why in bad_train] + [(f"val/{name}", why) for name, why in bad_val]
+    return Layout(classes, train_listing, val_listing, layout, gt, bad)
 
 
 def _compare_classes(classes: list[str], val_classes: list[str], val_with_images: set[str], train: Path, where: str) -> None:

@@ -106,6 +106,7 @@ class Manifest:
     checked: bool = False
     where: Path | None = None  # the cache folder it was read from / written to (None: in memory only)
     stamp: dict[str, int] = field(default_factory=dict)
+    bad_entries: list[tuple[str, str]] = field(default_factory=list)  # (path, why) in train/ or val/ themselves: no class, no image
 
 
 # ---- where ------------------------------------------------------------------------------------
@@ -146,14 +147,16 @@ def _fresh(m: Manifest) -> bool:
 # ---- build, read, write -----------------------------------------------------------------------
 def _table(listing: Listing) -> pa.Table:
     n = len(listing.paths)
+    # Bad entries (special files, dangling links, link loops) are bad images from the start.
+    ok = [False if i in listing.errors else None for i in range(n)]
     return pa.table(
         {
             "path": pa.array(listing.paths, pa.string()),
             "label": pa.array(listing.labels, pa.int32()),
             "wnid": pa.array(listing.wnids, pa.string()),
             "size": pa.array(listing.sizes, pa.int64()),
-            "ok": pa.nulls(n, pa.bool_()),
-            "error": pa.nulls(n, pa.string()),
+            "ok": pa.array(ok, pa.bool_()),
+            "error": pa.array([listing.errors.get(i) for i in range(n)], pa.string()),
             "height": pa.nulls(n, pa.int32()),
             "width": pa.nulls(n, pa.int32()),
         },
@@ -164,8 +167,9 @@ def _table(listing: Listing) -> pa.Table:
 def from_layout(folder: Path, layout: Layout) -> Manifest:
     stamp = make_stamp(folder, layout.classes, layout.val_layout, layout.ground_truth)
     return Manifest(
-        folder, layout.classes, Split(_table(layout.train)), Split(_table(layout.val)), layout.val_layout, layout.ground_truth, stamp=stamp
-    )
+        folder, layout.classes, Split(_table(layout.train)), Split(_table(layout.val)), layout.val_layout, layout.ground_truth,
+        stamp=stamp, bad_entries=layout.bad,
+    )  # fmt: skip
 
 
 def read_manifest(where: Path, folder: Path) -> Manifest | None:
@@ -185,6 +189,7 @@ def read_manifest(where: Path, folder: Path) -> Manifest | None:
     m = Manifest(
         folder, list(meta["classes"]), Split(tables["train"]), Split(tables["val"]), meta["val_layout"],
         list(meta["ground_truth"]), bool(meta["checked"]), where, {k: int(v) for k, v in meta["stamp"].items()},
+        [(str(p), str(why)) for p, why in meta.get("bad_entries", [])],
     )  # fmt: skip
     return m if _fresh(m) else None
 
@@ -210,6 +215,7 @@ def write_manifest(m: Manifest, where: Path) -> None:
         "format": FORMAT, "token": token, "imagenet": str(m.folder), "classes": m.classes, "val_layout": m.val_layout,
         "ground_truth": m.ground_truth, "checked": m.checked, "stamp": m.stamp,
         "counts": {s: len(getattr(m, s)) for s in SPLITS}, "bad": bad if m.checked else None,
+        "bad_entries": m.bad_entries,
     }  # fmt: skip
     _atomic_write(where / JSON, lambda p: p.write_text(json.dumps(meta, indent=1)))
     m.where = where
@@ -237,6 +243,11 @@ def ensure_manifest(
     changed = m is None
     if m is None:
         m = from_layout(folder, list_layout(folder, threads=workers or 16))
+        listed_bad = m.bad_entries + [row for s in SPLITS for row in getattr(m, s).bad_files()]
+        if listed_bad:
+            more = f"; and {len(listed_bad) - 5} more" if len(listed_bad) > 5 else ""
+            shown = "; ".join(f"{p}: {why}" for p, why in listed_bad[:5]) + more
+            log.warning("imagenet: %d bad entries in %s skipped, never opened (%s)", len(listed_bad), folder, shown)
     if check:
         from trainer.imagenet.check import check_split
 
@@ -275,9 +286,11 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         m = ensure_manifest(a.data_root, a.cache_dir, check=a.check, progress=True, workers=a.workers, rebuild=a.rebuild)
         print(f"imagenet manifest: {len(m.classes)} classes, {len(m.train)} train, {len(m.val)} val ({m.val_layout} layout) -> {m.where}")
-        if m.checked:
-            for split in SPLITS:
-                bad = getattr(m, split).bad_files()
+        if m.bad_entries:
+            print(f"{len(m.bad_entries)} bad entries skipped" + "".join(f"\n  {p}: {e}" for p, e in m.bad_entries[:20]))
+        for split in SPLITS:
+            bad = getattr(m, split).bad_files()
+            if m.checked or bad:
                 print(f"{split}: {len(bad)} unreadable" + "".join(f"\n  {p}: {e}" for p, e in bad[:20]))
         return 0
 

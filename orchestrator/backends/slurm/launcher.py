@@ -379,7 +379,7 @@ def wait_for_jobs(submitter: Submitter, left: list[Task], folders: list[Path], n
             # Poll gently on big clusters: every 2 s for a minute, then every 10 s, then 30 s.
             waited = time.monotonic() - start
             time.sleep(poll_s if waited < 60 else 10 if waited < 600 else 30)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C; SIGTERM, SIGHUP, SIGUSR1/2 (trainer.cli)
         print(f"\nslurm: the jobs keep running; follow with orchestrator.status, cancel with: scancel --name={name}", file=sys.stderr)
         raise
 
