@@ -23,8 +23,8 @@ import torch
 
 from benchmarks.synthetic import write_trial
 from orchestrator.collect import core as C
-from orchestrator.grid import load_grid
 from orchestrator.folders import scan
+from orchestrator.grid import load_grid
 from orchestrator.profiles import RESERVED_OPTIONS, SBATCH_OPTIONS, load_profile, sbatch_option
 from orchestrator.sweep import main as sweep_main
 from trainer import results as R
@@ -35,8 +35,8 @@ from trainer.errors import Checkpointed, UserError
 from trainer.imagenet.decode import MAX_PIXELS, BadImage, decode_rgb, image_size
 from trainer.imagenet.manifest import ensure_manifest, manifest_dir
 from trainer.imagenet.manifest import main as manifest_main
-from trainer.trial import run_trial
 from trainer.spec import TrialSpec
+from trainer.trial import run_trial
 
 from imagenet_tree import encode, make_imagenet_tree
 

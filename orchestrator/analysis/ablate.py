@@ -16,9 +16,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from orchestrator.analysis.represent import warn_missing_kept
 from orchestrator.folders import scan
 from orchestrator.progress import Progress
-from orchestrator.analysis.represent import warn_missing_kept
 from orchestrator.runner import WorkerPool, last_line, make_slots
 from trainer.analysis.ablation_job import KEPT, add_plan_arguments, plan_from_arguments
 from trainer.cli import EXIT_BUSY, EXIT_DONE, ArgumentParser, cli
