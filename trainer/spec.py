@@ -55,6 +55,7 @@ MAX_EPOCHS = 10_000  # beyond any real run; a typo like 1000000000 must not allo
 MAX_SEED = 2**32 - 1  # numpy's seed range; torch's generators take seed * 1_000_003 + epoch (< 2**64)
 MAX_DRAWS = 1_000  # random ablation draws per (epoch, stage, k)
 MAX_WORKERS = 256  # DataLoader workers per trial
+MAX_THREADS = 1_024  # torch intra-op threads per trial
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,10 @@ class TrialSpec:
     # worker processes), auto (dali when it is installed and the device is a GPU).
     loader: str = _field("auto", "resource")
     cache_dir: str | None = _field(None, "resource")  # data set manifests; None: $SWEEP_CACHE_DIR, else ~/.cache/selectivity-sweep
+    # torch's intra-op threads in the trial's process (trainer/threads.py): a fixed count, so the
+    # trial's numbers do not depend on how many workers a launch put on a machine; None: 1 on
+    # CPU, the launcher's count on a GPU (whose arithmetic does not use them).
+    threads: int | None = _field(None, "resource")
 
     def __post_init__(self) -> None:
         _check_values(self)
@@ -399,6 +404,8 @@ def _check_values(s: TrialSpec) -> None:
         _in_range(s, "ablation_images", 10, DATASETS[s.dataset].n_test, f" or null (test images of {s.dataset})")
     _check_analysis(s)
     _in_range(s, "num_workers", 0, MAX_WORKERS)
+    if s.threads is not None:
+        _in_range(s, "threads", 1, MAX_THREADS, " or null (1 on CPU)")
     if not (s.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d{1,3}", s.device)):
         raise SpecError(f"field 'device' is {quote(s.device)}; allowed: auto, cpu, cuda, cuda:N")
     if not s.sweep or any(c in s.sweep for c in "/\\") or s.sweep in (".", "..") or not s.sweep.isprintable():
