@@ -91,6 +91,9 @@ class TrialSpec:
     # class-mean definition whatever the form.
     si_pooling: str = _field("layers", "later")  # layers | stages
     si_skip_last_stage: bool = _field(False, "later")
+    # Stage numbers (1-based) left out of SI_batch; null: none. Ranadive et al.'s VGG16 CIFAR code
+    # leaves out stages 5 and 6 (the last conv group and the classifier layers).
+    si_skip_stages: tuple[int, ...] | None = _field(None, "later")
     si_class_stat: str = _field("mean", "later")  # mean | sum
     # Input normalisation: the data set's channel statistics, or 0.5 / 0.5 (Ranadive et al.'s CIFAR recipe).
     input_norm: str = _field("dataset", "later")  # dataset | half
@@ -159,7 +162,7 @@ class TrialSpec:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of every field (tuples become lists)."""
         out = {name: getattr(self, name) for name in _FIELD_NAMES}  # not asdict: it deep-copies (slow)
-        for key in ("lr_milestones", "keep_checkpoints", "ablation_fractions", "ablation_counts", "ablation_count_steps"):
+        for key in ("lr_milestones", "keep_checkpoints", "ablation_fractions", "ablation_counts", "ablation_count_steps", "si_skip_stages"):
             if out[key] is not None:
                 out[key] = list(out[key])
         return out
@@ -403,6 +406,7 @@ def _check_values(s: TrialSpec) -> None:
     if s.ablation_images is not None:
         _in_range(s, "ablation_images", 10, DATASETS[s.dataset].n_test, f" or null (test images of {s.dataset})")
     _check_analysis(s)
+    _check_skip_stages(s)
     _in_range(s, "num_workers", 0, MAX_WORKERS)
     if s.threads is not None:
         _in_range(s, "threads", 1, MAX_THREADS, " or null (1 on CPU)")
@@ -414,6 +418,20 @@ def _check_values(s: TrialSpec) -> None:
         value = getattr(s, name)
         if value is not None and (not value or "\0" in value or "\n" in value):
             raise SpecError(f"field '{name}' is {quote(value)}; allowed: null or a path (no empty text, NUL or newline)")
+
+
+def _check_skip_stages(s: TrialSpec) -> None:
+    """si_skip_stages names stages of the model and leaves at least one stage in SI_batch."""
+    if s.si_skip_stages is None:
+        return
+    n = len(MODELS[s.model].stage_widths)
+    skip = list(s.si_skip_stages)
+    left = set(range(1, n + 1)) - set(skip) - ({n} if s.si_skip_last_stage else set())
+    if not skip or skip != sorted(set(skip)) or any(not 1 <= i <= n for i in skip) or not left:
+        raise SpecError(
+            f"field 'si_skip_stages' is {quote(skip)}; allowed: null, or increasing stage numbers of {s.model} "
+            f"(1 to {n}) that leave at least one stage in the regularizer"
+        )
 
 
 def _check_analysis(s: TrialSpec) -> None:
