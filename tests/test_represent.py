@@ -28,7 +28,7 @@ from trainer.data import load_dataset
 from trainer.errors import UserError
 from trainer.models import build_for
 from trainer.represent import layer_activations, represent_trial
-from trainer.representation import linear_cka, participation_ratio, pcs_for_variance, pwcca_distance
+from trainer.representation import linear_cka, participation_ratio, pcs_for_variance, pwcca_distance, pwcca_distance_svcca
 from trainer.run import run_trial
 from trainer.similarity import (
     DIMENSIONALITY,
@@ -115,6 +115,7 @@ def test_job_stores_the_units_csi_is_computed_from(trials: dict[str, Path]) -> N
             row = dims[(dims.epoch == 2) & (dims.layer == name)].iloc[0]
             assert row.pcs_95 == pcs_for_variance(a, 0.95) and row.participation_ratio == pytest.approx(participation_ratio(a), rel=1e-12)
             assert (row.n_units, row.n_images) == (a.shape[1], 359)
+            assert row.pcs_95_per_unit == row.pcs_95 / min(a.shape[1], 358)  # width-normalised
 
 
 def test_float16_storage_does_not_move_the_measures(trials: dict[str, Path]) -> None:
@@ -156,6 +157,7 @@ def test_compare_trials_rows(trials: dict[str, Path], tmp_path: Path) -> None:
             row = rows[(rows.epoch == 2) & (rows.layer == name)].iloc[0]
             assert row.cka == linear_cka(a.layer(name), b.layer(name))
             assert row.pwcca_distance == pwcca_distance(a.layer(name), b.layer(name))  # weights from the regularized trial
+            assert row.pwcca_distance_svcca == pwcca_distance_svcca(a.layer(name), b.layer(name))
     assert 0 < rows[rows.epoch == 2].cka.mean() < 1
 
 

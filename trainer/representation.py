@@ -205,6 +205,56 @@ def pwcca_distance(x: np.ndarray, y: np.ndarray, epsilon: float = DEFAULT_EPSILO
     return float(np.clip(distance, 0.0, 1.0))
 
 
+def pwcca_distance_svcca(x: np.ndarray, y: np.ndarray, epsilon: float = DEFAULT_EPSILON) -> float:
+    """PWCCA distance 1 - sum_i alpha_i rho_i as google/svcca's `pwcca.compute_pwcca` computes it
+    (the code Leavitt & Morcos's co-author published), x [N, U1], y [N, U2], with its else-branch fixed.
+
+    svcca's algorithm: covariances scaled by their largest entry; units whose scaled variance is
+    below `epsilon` dropped; epsilon added to the diagonals; CCA by the SVD of Sxx^-1/2 Sxy Syy^-1/2
+    (pseudo-inverses, square roots by eigendecomposition); the side with fewer kept units gives the
+    weights: its directions u_i^T (X - mean) + mean (in the whitened basis, the mean added back)
+    are orthonormalised (QR), and each weight is the summed absolute projection of the *uncentered*
+    units on one of them. svcca's else-branch (y has fewer kept units) projects x's units with y's
+    mask (an IndexError when the widths differ, silently shifted weights otherwise); here it uses
+    y's units, so the result is the if-branch's with x and y swapped.
+
+    This is not Morcos et al.'s formula (`pwcca_distance`): on ReLU activations it gives lower
+    distances, and the two can disagree on which of two pairs is closer (docs/analysis.md). NaN
+    when either representation has zero variance.
+    """
+    _check_epsilon(epsilon)
+    xa, ya = _activation_pair(x, y)
+    n = xa.shape[0]
+    mx, my = xa.mean(axis=0), ya.mean(axis=0)
+    xc, yc = xa - mx, ya - my
+    sxx, syy, sxy = xc.T @ xc / (n - 1), yc.T @ yc / (n - 1), xc.T @ yc / (n - 1)
+    xmax, ymax = np.abs(sxx).max(), np.abs(syy).max()
+    if xmax == 0.0 or ymax == 0.0:
+        return float("nan")
+    sxx, syy, sxy = sxx / xmax, syy / ymax, sxy / math.sqrt(xmax * ymax)
+    kx, ky = np.abs(np.diagonal(sxx)) >= epsilon, np.abs(np.diagonal(syy)) >= epsilon
+    sxx, syy, sxy = sxx[np.ix_(kx, kx)], syy[np.ix_(ky, ky)], sxy[np.ix_(kx, ky)]
+    wx = _inverse_sqrt(sxx + epsilon * np.eye(sxx.shape[0]))
+    wy = _inverse_sqrt(syy + epsilon * np.eye(syy.shape[0]))
+    u, rho, vh = np.linalg.svd(wx @ sxy @ wy)
+    rho = np.abs(rho)
+    if kx.sum() <= ky.sum():
+        directions, units, mean = u.T, xa[:, kx], mx[kx]
+    else:
+        directions, units, mean = vh, ya[:, ky], my[ky]
+    projected = directions @ (units - mean).T + mean[:, None]  # [K, N], as svcca adds the means back
+    q, _ = np.linalg.qr(projected.T)
+    weights = np.abs(q.T @ units).sum(axis=1)
+    weights = weights / weights.sum()
+    return float(np.clip(1.0 - float(weights @ rho), 0.0, 1.0))
+
+
+def _inverse_sqrt(a: np.ndarray) -> np.ndarray:
+    """(pinv a)^1/2 of a symmetric positive semi-definite matrix, by its eigendecomposition (as svcca)."""
+    w, v = np.linalg.eigh(np.linalg.pinv(a))
+    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+
+
 def _pca_variances(x: np.ndarray) -> np.ndarray:
     """Variances (up to a common factor) of the principal components of x, descending."""
     xc = _centered(_activations(x, "x"))

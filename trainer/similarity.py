@@ -12,10 +12,13 @@ Exit codes as trainer.run: 0 done, 2 user mistake, 75 busy.
     <trial>/activations/epoch_NNN.npz  one file per kept epoch (format below)
     <trial>/dimensionality.parquet     the trial's fields, then epoch, layer, n_units, n_images,
                                        pcs_95 (principal components for 95% of the variance),
-                                       participation_ratio
+                                       participation_ratio, pcs_95_per_unit (pcs_95 / min(n_units,
+                                       n_images - 1): comparable across layers of different widths)
     <trial>/similarity.parquet         the trial's fields, then reference_id, reference_seed,
                                        reference_alpha, pair, epoch, layer, n_units, n_images,
-                                       cka (linear CKA), pwcca_distance (weights from this trial)
+                                       cka (linear CKA), pwcca_distance (Morcos et al.'s formula,
+                                       weights from this trial), pwcca_distance_svcca (google/svcca's
+                                       code, its else-branch fixed: docs/analysis.md)
 
 A similarity row compares this trial (a) with a reference trial (b) at one epoch both kept, layer
 by layer; `pair` is "vs_unregularized" when a is regularized (b: the unregularized trial of the
@@ -48,7 +51,7 @@ from trainer import results as R
 from trainer.cli import EXIT_DONE, ArgumentParser, command
 from trainer.errors import UserError
 from trainer.lock import TrialLock
-from trainer.representation import linear_cka, participation_ratio, pcs_for_variance, pwcca_distance
+from trainer.representation import linear_cka, participation_ratio, pcs_for_variance, pwcca_distance, pwcca_distance_svcca
 from trainer.spec import TrialSpec
 
 ACTIVATIONS = "activations"
@@ -62,14 +65,14 @@ STREAMED_IMAGES = 5_000  # ImageNet's validation set: a seeded subset of this ma
 DIMENSIONALITY_COLUMNS = pa.schema(
     [
         ("epoch", pa.int64()), ("layer", pa.string()), ("n_units", pa.int64()), ("n_images", pa.int64()),
-        ("pcs_95", pa.int64()), ("participation_ratio", pa.float64()),
+        ("pcs_95", pa.int64()), ("participation_ratio", pa.float64()), ("pcs_95_per_unit", pa.float64()),
     ]
 )  # fmt: skip
 SIMILARITY_COLUMNS = pa.schema(
     [
         ("reference_id", pa.string()), ("reference_seed", pa.int64()), ("reference_alpha", pa.float64()), ("pair", pa.string()),
         ("epoch", pa.int64()), ("layer", pa.string()), ("n_units", pa.int64()), ("n_images", pa.int64()),
-        ("cka", pa.float64()), ("pwcca_distance", pa.float64()),
+        ("cka", pa.float64()), ("pwcca_distance", pa.float64()), ("pwcca_distance_svcca", pa.float64()),
     ]
 )  # fmt: skip
 
@@ -173,8 +176,11 @@ def dimensionality_rows(epoch: int, layers: Sequence[str], acts: Sequence[np.nda
     rows: dict[str, list] = {c: [] for c in DIMENSIONALITY_COLUMNS.names}
     for name, a in zip(layers, acts):
         ok = _finite(a)
-        values = (epoch, name, a.shape[1], a.shape[0], pcs_for_variance(a, VARIANCE_FRACTION) if ok else None,
-                  participation_ratio(a) if ok else float("nan"))  # fmt: skip
+        pcs = pcs_for_variance(a, VARIANCE_FRACTION) if ok else None
+        # At most min(U, N - 1) components exist (N images, centered): a width-free share of them
+        most = max(1, min(a.shape[1], a.shape[0] - 1))
+        values = (epoch, name, a.shape[1], a.shape[0], pcs, participation_ratio(a) if ok else float("nan"),
+                  pcs / most if pcs is not None else float("nan"))  # fmt: skip
         for col, v in zip(rows, values):
             rows[col].append(v)
     return rows
@@ -191,7 +197,8 @@ def similarity_rows(a: StoredActivations, b: StoredActivations, epoch: int, refe
         x, y = a.layer(name), b.layer(name)
         ok = _finite(x) and _finite(y)
         values = (reference.trial_id, reference.seed, reference.alpha, pair, epoch, name, x.shape[1], x.shape[0],
-                  linear_cka(x, y) if ok else float("nan"), pwcca_distance(x, y) if ok else float("nan"))  # fmt: skip
+                  linear_cka(x, y) if ok else float("nan"), pwcca_distance(x, y) if ok else float("nan"),
+                  pwcca_distance_svcca(x, y) if ok else float("nan"))  # fmt: skip
         for col, v in zip(rows, values):
             rows[col].append(v)
     return rows

@@ -6,9 +6,10 @@ orchestrator.represent; docs/analysis.md) the collector writes
     representation_pairs.parquet           every similarity row of pairs whose two trials are both
                                            collected, with the condition of the first trial
     representation_similarity.parquet      condition x pair x epoch x layer: n (pairs) and mean / std /
-                                           sem / 95% CI of cka and pwcca_distance over the seeds
+                                           sem / 95% CI of cka, pwcca_distance (Morcos et al.'s
+                                           formula) and pwcca_distance_svcca (svcca's code) over the seeds
     representation_dimensionality.parquet  condition x epoch x layer: n (seeds) and the statistics of
-                                           pcs_95 and participation_ratio
+                                           pcs_95, participation_ratio and pcs_95_per_unit
 
 and the figures of the papers:
 
@@ -45,6 +46,8 @@ FIGURES = ("cka_over_epochs.png", "pwcca_vs_alpha.png", "dimensionality_vs_alpha
 # What core.py removes when a collect did not write it (it describes other trials).
 OUTPUTS = (PAIRS_TABLE, SIMILARITY_TABLE, DIMENSIONALITY_TABLE, *(f"figures/{f}" for f in FIGURES))
 LABELS = ["condition", "alpha", "onset_epoch"]
+SIM_METRICS = ["cka", "pwcca_distance", "pwcca_distance_svcca"]
+DIM_METRICS = ["pcs_95", "participation_ratio", "pcs_95_per_unit"]
 
 
 def _read(folders: list[Path], name: str) -> pd.DataFrame | None:
@@ -62,9 +65,10 @@ def representation_tables(folders: list[Path], trials: pd.DataFrame) -> dict[str
     out: dict[str, pd.DataFrame] = {}
     dims = _read(folders, DIMENSIONALITY)
     if dims is not None:
-        dims = dims[dims["trial_id"].isin(condition.index)][["trial_id", "epoch", "layer", "n_units", "pcs_95", "participation_ratio"]]
+        # reindex: trials analysed before a column existed have NaN there
+        dims = dims[dims["trial_id"].isin(condition.index)].reindex(columns=["trial_id", "epoch", "layer", "n_units", *DIM_METRICS])
         dims = dims.join(condition["condition_id"], on="trial_id")
-        stats = summarize(dims, ["condition_id", "epoch", "layer"], ["pcs_95", "participation_ratio"])
+        stats = summarize(dims, ["condition_id", "epoch", "layer"], DIM_METRICS)
         stats.insert(0, "n_units", dims.groupby(["condition_id", "epoch", "layer"], sort=False)["n_units"].first())
         out[DIMENSIONALITY_TABLE] = _ordered(stats.reset_index().join(labels, on="condition_id"), trials)
     sims = _read(folders, SIMILARITY)
@@ -72,9 +76,9 @@ def representation_tables(folders: list[Path], trials: pd.DataFrame) -> dict[str
         known = condition.index
         sims = sims[sims["trial_id"].isin(known) & sims["reference_id"].isin(known)]
         keep = ["trial_id", "seed", "reference_id", "reference_seed", "reference_alpha", "pair", "epoch", "layer", "n_units", "n_images"]
-        sims = sims[[*keep, "cka", "pwcca_distance"]].join(condition, on="trial_id")
+        sims = sims.reindex(columns=[*keep, *SIM_METRICS]).join(condition, on="trial_id")
         out[PAIRS_TABLE] = sims.reset_index(drop=True)
-        stats = summarize(sims, ["condition_id", "pair", "epoch", "layer"], ["cka", "pwcca_distance"])
+        stats = summarize(sims, ["condition_id", "pair", "epoch", "layer"], SIM_METRICS)
         out[SIMILARITY_TABLE] = _ordered(stats.reset_index().join(labels, on="condition_id"), trials)
     return out
 
