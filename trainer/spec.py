@@ -50,6 +50,7 @@ LR_SCHEDULES = ("step", "cosine")
 SI_POOLINGS = ("layers", "stages")
 SI_CLASS_STATS = ("mean", "sum")
 LOADERS = ("auto", "dali", "torchvision")
+ABLATION_RANDOM_MASKS = ("fixed", "per_batch", "both")  # as trainer.ablation.RANDOM_MASKS
 INPUT_NORMS = ("dataset", "half")  # as trainer.data.INPUT_NORMS (this module does not import torch)
 MAX_EPOCHS = 10_000  # beyond any real run; a typo like 1000000000 must not allocate per-epoch state
 MAX_SEED = 2**32 - 1  # numpy's seed range; torch's generators take seed * 1_000_003 + epoch (< 2**64)
@@ -109,6 +110,9 @@ class TrialSpec:
     ablation_count_steps: tuple[int, ...] | None = _field(None, "label")
     ablation_draws: int = _field(3, "label")  # random draws per (epoch, stage, k)
     ablation_images: int | None = _field(None, "label")  # a seeded subset of the test set; None: all of it
+    # Random ablation masks: fixed (one per draw), per_batch (a new one every test batch, as Ranadive
+    # et al.'s ablations.py; rows selection "random_batch"), or both.
+    ablation_random_masks: str = _field("fixed", "label")
     # Representation job at the end of the trial (trainer/represent.py, docs/analysis.md): each kept
     # checkpoint's per-layer activations on a fixed seeded subset of the test set (represent_images
     # images; None: all up to 10,000, ImageNet 5,000), stored for CKA / PWCCA, and their dimensionality.
@@ -343,6 +347,7 @@ def _check_values(s: TrialSpec) -> None:
     for name, allowed in (
         ("model", MODEL_NAMES), ("dataset", DATASET_NAMES), ("lr_schedule", LR_SCHEDULES),
         ("si_pooling", SI_POOLINGS), ("si_class_stat", SI_CLASS_STATS), ("loader", LOADERS), ("input_norm", INPUT_NORMS),
+        ("ablation_random_masks", ABLATION_RANDOM_MASKS),
     ):  # fmt: skip
         if getattr(s, name) not in allowed:
             raise SpecError(f"field '{name}' is {quote(getattr(s, name))}; allowed: {', '.join(allowed)}")

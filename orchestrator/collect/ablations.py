@@ -91,14 +91,14 @@ def ablation_figures(tables: dict[str, pd.DataFrame], folder: Path) -> list[Path
             for j, stage in enumerate(stages):
                 ax = axes[i][j]
                 for epoch in shown:
-                    for sel, style in (("topk", "-"), ("random", "--")):
+                    for sel, style in (("topk", "-"), ("random", "--"), ("random_batch", ":")):
                         c = curves[
                             (curves.condition == cond) & (curves.stage == stage) & (curves.epoch == epoch) & (curves.selection == sel)
                         ]
                         c = c.sort_values("fraction")
                         ax.plot(c["fraction"], 100 * c["accuracy_mean"], style, color=colors[epoch], label=f"epoch {epoch} {sel}")
                 _labels(ax, f"{cond}\nstage {stage}", "fraction of channels ablated per block", "test accuracy (%)")
-        title = "Ablating the most class-selective channels (solid) vs random channels (dashed)"
+        title = "Ablating the most class-selective channels (solid) vs random channels (dashed: fixed masks, dotted: a new mask per batch)"
         out.append(_finish(fig, axes[0][-1], title, folder / "ablation_curves.png"))
     auc = tables.get("ablation_auc.parquet")
     if auc is not None and len(auc):
