@@ -172,7 +172,10 @@ def cka_over_epochs(sim: pd.DataFrame, path: Path) -> Path:
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("epoch", fontsize=8)
         ax.set_ylabel("linear CKA", fontsize=8)
-    title = "Linear CKA with the unregularized network of the same seed (solid) and between unregularized seeds (dashed)"
+    title = (
+        "Linear CKA on channels averaged over space, all images at once (not Ranadive et al.'s minibatch CKA on flattened "
+        "outputs)\nwith the unregularized network of the same seed (solid) and between unregularized seeds (dashed)"
+    )
     return _finish(fig, axes, len(layers), f"{title}\nmean and 95% CI over seeds (seed pairs)", path)
 
 
