@@ -167,7 +167,7 @@ def cka_over_epochs(sim: pd.DataFrame, path: Path) -> Path:
             style = "--" if pair == "across_seeds" else "-"
             x = g["epoch"].to_numpy(float)
             ax.plot(x, g["cka_mean"], style, color=colours(i % 10), lw=1.3, label=label)
-            ax.fill_between(x, g["cka_ci95_low"], g["cka_ci95_high"], color=colours(i % 10), alpha=0.15, lw=0)
+            ax.fill_between(x, g["cka_boot_low"], g["cka_boot_high"], color=colours(i % 10), alpha=0.15, lw=0)
         ax.set_title(layer, fontsize=9)
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("epoch", fontsize=8)
@@ -176,7 +176,7 @@ def cka_over_epochs(sim: pd.DataFrame, path: Path) -> Path:
         "Linear CKA on channels averaged over space, all images at once (not Ranadive et al.'s minibatch CKA on flattened "
         "outputs)\nwith the unregularized network of the same seed (solid) and between unregularized seeds (dashed)"
     )
-    return _finish(fig, axes, len(layers), f"{title}\nmean and 95% CI over seeds (seed pairs)", path)
+    return _finish(fig, axes, len(layers), f"{title}\nmean and 95% bootstrap percentile interval over seeds (seed pairs)", path)
 
 
 def metric_vs_alpha(table: pd.DataFrame, metric: str, series: dict[str, str], ylabel: str, title: str, path: Path) -> Path:
@@ -195,7 +195,7 @@ def metric_vs_alpha(table: pd.DataFrame, metric: str, series: dict[str, str], yl
         for i, name in enumerate(names):
             g = table[(table["layer"] == layer) & (table["_series"] == name)].sort_values("alpha")
             mean = g[f"{metric}_mean"].to_numpy(float)
-            low, high = g[f"{metric}_ci95_low"].to_numpy(float), g[f"{metric}_ci95_high"].to_numpy(float)
+            low, high = g[f"{metric}_boot_low"].to_numpy(float), g[f"{metric}_boot_high"].to_numpy(float)
             err = [np.nan_to_num(mean - low), np.nan_to_num(high - mean)]  # one seed: no interval
             ax.errorbar(g["alpha"].to_numpy(float), mean, yerr=err, marker="o", ms=3, capsize=2, lw=1.2,
                         ls=("-", "--", ":", "-.")[i % 4], label=name or None)  # fmt: skip
@@ -203,4 +203,4 @@ def metric_vs_alpha(table: pd.DataFrame, metric: str, series: dict[str, str], yl
         ax.xaxis.label.set_size(7)
         ax.set_title(layer, fontsize=9)
         ax.set_ylabel(ylabel, fontsize=7)
-    return _finish(fig, axes, len(layers), f"{title}\nlast analysed epoch; mean and 95% CI over seeds", path)
+    return _finish(fig, axes, len(layers), f"{title}\nlast analysed epoch; mean and 95% bootstrap percentile interval over seeds", path)
