@@ -248,7 +248,7 @@ def test_collector_tables_and_figures(sweep: Path) -> None:
         assert r.cka_mean == pytest.approx(g.cka.mean()) and r.pwcca_distance_mean == pytest.approx(g.pwcca_distance.mean())
     assert len(dims) == 2 * 2 * 9 and set(dims.n) == {2}  # 2 conditions x 2 epochs x 9 layers, 2 seeds each
     assert dims.columns[:4].tolist() == ["condition_id", "condition", "alpha", "onset_epoch"]
-    for name in ("cka_over_epochs.png", "pwcca_vs_alpha.png", "dimensionality_vs_alpha.png"):
+    for name in ("cka_over_epochs.png", "pwcca_vs_alpha.png", "dimensionality_vs_alpha.png", "pwcca_svcca_vs_alpha.png"):
         assert (summary / "figures" / name).stat().st_size > 10_000
     assert "cka_over_epochs.png" in (summary / "report.md").read_text()
 
@@ -260,3 +260,18 @@ def test_orchestrator_mistakes_are_one_line(tmp_path: Path, capsys: pytest.Captu
     assert cli(represent_main, [str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no done trial with kept checkpoints" in err[0]
+
+
+def test_cross_seed_pairs_and_their_kind() -> None:
+    from trainer.similarity import pair_kind
+
+    grid = [TrialSpec(alpha=a, seed=s) for a in (-20.0, 0.0) for s in (0, 1, 2)]
+    specs = {s.trial_id: s for s in grid}
+    plain = {s.seed: s for s in grid if s.alpha == 0}
+    got = pairs(specs, cross_seed=True)
+    for s in grid:
+        if s.alpha != 0:  # its own seed first, then the others
+            assert got[s.trial_id] == [plain[s.seed].trial_id, *(plain[o].trial_id for o in (0, 1, 2) if o != s.seed)]
+            assert [pair_kind(s, specs[r]) for r in got[s.trial_id]] == ["vs_unregularized"] + ["vs_unregularized_other_seed"] * 2
+    assert pairs(specs) == {t: refs[:1] if specs[t].alpha != 0 else refs for t, refs in got.items()}
+    assert pair_kind(plain[1], plain[0]) == "across_seeds"

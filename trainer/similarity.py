@@ -22,8 +22,10 @@ Exit codes as trainer.run: 0 done, 2 user mistake, 75 busy.
 
 A similarity row compares this trial (a) with a reference trial (b) at one epoch both kept, layer
 by layer; `pair` is "vs_unregularized" when a is regularized (b: the unregularized trial of the
-same seed) and "across_seeds" when both are unregularized (the baseline of how alike two seeds
-are). orchestrator.represent chooses the pairs.
+same seed), "vs_unregularized_other_seed" when b is the unregularized trial of another seed (no
+shared initialisation or batch order: read directly against the seed baseline), and
+"across_seeds" when both are unregularized (the baseline of how alike two seeds are).
+orchestrator.represent chooses the pairs.
 
 Storage format (one .npz per epoch, read lazily layer by layer): "layers" the layer names in
 order, "images" the test-set indices (the same for every trial of a data set, so rows align),
@@ -58,7 +60,7 @@ ACTIVATIONS = "activations"
 DIMENSIONALITY = "dimensionality.parquet"
 SIMILARITY = "similarity.parquet"
 VARIANCE_FRACTION = 0.95  # pcs_95: components for this fraction of a layer's variance
-PAIRS = ("vs_unregularized", "across_seeds")
+PAIRS = ("vs_unregularized", "across_seeds", "vs_unregularized_other_seed")
 DEFAULT_IMAGES = 10_000  # test images analysed, at most, for sets held in memory (CIFAR-10, Tiny ImageNet: all)
 STREAMED_IMAGES = 5_000  # ImageNet's validation set: a seeded subset of this many (storage: docs/analysis.md)
 
@@ -204,9 +206,12 @@ def similarity_rows(a: StoredActivations, b: StoredActivations, epoch: int, refe
     return rows
 
 
-def pair_kind(spec: TrialSpec) -> str:
-    """The pair a trial makes with its reference: regularized vs unregularized, or two unregularized seeds."""
-    return PAIRS[0] if spec.alpha != 0 else PAIRS[1]
+def pair_kind(spec: TrialSpec, reference: TrialSpec | None = None) -> str:
+    """The pair a trial makes with its reference: regularized vs the unregularized trial of its own
+    seed (or of another seed), or two unregularized seeds."""
+    if spec.alpha == 0:
+        return PAIRS[1]
+    return PAIRS[2] if reference is not None and reference.seed != spec.seed else PAIRS[0]
 
 
 def read_done(path: Path, keys: Sequence[str]) -> tuple[list[pa.Table], set[tuple]]:
@@ -229,13 +234,13 @@ def compare_trials(folder: Path, references: Sequence[Path]) -> int:
     spec = TrialSpec.from_dict(R.read_json(folder / R.SPEC), where=str(folder / R.SPEC))
     path = folder / SIMILARITY
     tables, done = read_done(path, ["reference_id", "epoch"])
-    pair = pair_kind(spec)
     mine = set(stored_epochs(folder))
     added = 0
     for ref_folder in references:
         reference = TrialSpec.from_dict(R.read_json(ref_folder / R.SPEC), where=str(ref_folder / R.SPEC))
         if reference.alpha != 0:
             raise UserError(f"{ref_folder}: a reference is an unregularized trial (alpha 0); this one has alpha {reference.alpha:g}")
+        pair = pair_kind(spec, reference)
         for epoch in sorted(mine & set(stored_epochs(ref_folder))):
             if (reference.trial_id, epoch) in done:
                 continue

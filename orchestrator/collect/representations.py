@@ -16,9 +16,13 @@ and the figures of the papers:
     cka_over_epochs.png          linear CKA with the unregularized network of the same seed over
                                  training, per condition and layer, beside the CKA between
                                  unregularized seeds (Ranadive et al.)
-    pwcca_vs_alpha.png           PWCCA distance to the unregularized network of the same seed at the
-                                 last compared epoch vs alpha, per layer; alpha 0 shows the distance
-                                 between unregularized seeds (Leavitt & Morcos, section 4.2)
+    pwcca_vs_alpha.png           PWCCA distance (Morcos et al.'s formula) at the last compared epoch
+                                 vs alpha, per layer: to the unregularized network of the same seed
+                                 (solid) and, with orchestrator.represent --cross-seed, of the other
+                                 seeds (dashed); the distance between unregularized seeds is a
+                                 horizontal band, not a point on the alpha axis (its pairs share no
+                                 initialisation, unlike the same-seed pairs)
+    pwcca_svcca_vs_alpha.png     the same with svcca's PWCCA (what Leavitt & Morcos most likely used)
     dimensionality_vs_alpha.png  principal components for 95% of the variance at the last analysed
                                  epoch vs alpha, per layer
 
@@ -42,7 +46,7 @@ from trainer.similarity import DIMENSIONALITY, SIMILARITY
 PAIRS_TABLE = "representation_pairs.parquet"
 SIMILARITY_TABLE = "representation_similarity.parquet"
 DIMENSIONALITY_TABLE = "representation_dimensionality.parquet"
-FIGURES = ("cka_over_epochs.png", "pwcca_vs_alpha.png", "dimensionality_vs_alpha.png")
+FIGURES = ("cka_over_epochs.png", "pwcca_vs_alpha.png", "dimensionality_vs_alpha.png", "pwcca_svcca_vs_alpha.png")
 # What core.py removes when a collect did not write it (it describes other trials).
 OUTPUTS = (PAIRS_TABLE, SIMILARITY_TABLE, DIMENSIONALITY_TABLE, *(f"figures/{f}" for f in FIGURES))
 LABELS = ["condition", "alpha", "onset_epoch"]
@@ -102,8 +106,10 @@ def representation_figures(tables: dict[str, pd.DataFrame], trials: pd.DataFrame
     out = []
     if sim is not None and not sim.empty:
         out.append(cka_over_epochs(sim, folder / FIGURES[0]))
-        out.append(metric_vs_alpha(_last_epoch(sim), "pwcca_distance", series, "PWCCA distance to the unregularized network",
-                                   "PWCCA distance vs alpha (at alpha 0: between unregularized seeds)", folder / FIGURES[1]))  # fmt: skip
+        last = _last_epoch(sim)
+        out.append(distance_vs_alpha(last, "pwcca_distance", series, "PWCCA distance (Morcos et al.'s formula)", folder / FIGURES[1]))
+        if "pwcca_distance_svcca_mean" in last.columns and last["pwcca_distance_svcca_mean"].notna().any():
+            out.append(distance_vs_alpha(last, "pwcca_distance_svcca", series, "PWCCA distance (svcca's code)", folder / FIGURES[3]))
     if dims is not None and not dims.empty:
         out.append(metric_vs_alpha(_last_epoch(dims), "pcs_95", series, "principal components for 95% of the variance",
                                    "dimensionality vs alpha", folder / FIGURES[2]))  # fmt: skip
@@ -177,6 +183,47 @@ def cka_over_epochs(sim: pd.DataFrame, path: Path) -> Path:
         "outputs)\nwith the unregularized network of the same seed (solid) and between unregularized seeds (dashed)"
     )
     return _finish(fig, axes, len(layers), f"{title}\nmean and 95% bootstrap percentile interval over seeds (seed pairs)", path)
+
+
+def distance_vs_alpha(table: pd.DataFrame, metric: str, series: dict[str, str], what: str, path: Path) -> Path:
+    """One panel per layer: `metric` vs alpha for the regularized conditions, against the unregularized
+    network of the same seed (solid) and of other seeds (dashed), with 95% bootstrap intervals; the
+    baseline between unregularized seeds is a horizontal band (its interval) around a grey line."""
+    from orchestrator.collect.figures import alpha_axis
+
+    layers = list(dict.fromkeys(table["layer"]))
+    fig, axes = _grid(len(layers))
+    table = table.assign(_series=table["condition_id"].map(series).fillna(""))
+    reg, base = table[table["pair"] != "across_seeds"], table[table["pair"] == "across_seeds"]
+    names = list(dict.fromkeys(reg["_series"]))
+    styles = {"vs_unregularized": "-", "vs_unregularized_other_seed": "--"}
+    for ax, layer in zip(axes, layers):
+        for j, (_, b) in enumerate(base[base["layer"] == layer].iterrows()):
+            low, high = b[f"{metric}_boot_low"], b[f"{metric}_boot_high"]
+            if pd.notna(low) and pd.notna(high):
+                ax.axhspan(low, high, color="0.6", alpha=0.25, lw=0)
+            label = "between unregularized seeds (band: 95% interval)" if j == 0 else None
+            ax.axhline(b[f"{metric}_mean"], color="0.4", ls=":", lw=1.2, label=label)
+        for i, name in enumerate(names):
+            for pair, style in styles.items():
+                g = reg[(reg["layer"] == layer) & (reg["_series"] == name) & (reg["pair"] == pair)].sort_values("alpha")
+                if g.empty:
+                    continue
+                mean = g[f"{metric}_mean"].to_numpy(float)
+                err = [
+                    np.nan_to_num(mean - g[f"{metric}_boot_low"].to_numpy(float)),
+                    np.nan_to_num(g[f"{metric}_boot_high"].to_numpy(float) - mean),
+                ]
+                who = "same seed" if pair == "vs_unregularized" else "other seeds"
+                label = f"{name + ': ' if name else ''}vs unregularized, {who}"
+                ax.errorbar(g["alpha"].to_numpy(float), mean, yerr=err, marker="o", ms=3, capsize=2, lw=1.2, ls=style,
+                            color=f"C{i % 10}", label=label)  # fmt: skip
+        alpha_axis(ax, reg["alpha"] if not reg.empty else table["alpha"])
+        ax.xaxis.label.set_size(7)
+        ax.set_title(layer, fontsize=9)
+        ax.set_ylabel(what, fontsize=7)
+    title = f"{what} vs alpha; grey band: between unregularized seeds"
+    return _finish(fig, axes, len(layers), f"{title}\nlast compared epoch; mean and 95% bootstrap percentile interval over seeds", path)
 
 
 def metric_vs_alpha(table: pd.DataFrame, metric: str, series: dict[str, str], ylabel: str, title: str, path: Path) -> Path:
