@@ -275,3 +275,21 @@ def test_cross_seed_pairs_and_their_kind() -> None:
             assert [pair_kind(s, specs[r]) for r in got[s.trial_id]] == ["vs_unregularized"] + ["vs_unregularized_other_seed"] * 2
     assert pairs(specs) == {t: refs[:1] if specs[t].alpha != 0 else refs for t, refs in got.items()}
     assert pair_kind(plain[1], plain[0]) == "across_seeds"
+
+
+@pytest.mark.slow
+def test_minibatch_cka_command(trials: dict[str, Path], tmp_path: Path) -> None:
+    """Ranadive et al.'s minibatch CKA of the regularized trial with its unregularized twin, every kept epoch."""
+    from trainer.minibatch_cka import MINIBATCH_CKA
+    from trainer.minibatch_cka import main as mb_main
+
+    reg = tmp_path / trials["reg0"].name
+    shutil.copytree(trials["reg0"], reg)
+    assert mb_main(["--trial", str(reg), "--against", str(trials["plain0"]), "--batch-size", "64"]) == 0
+    rows = pd.read_parquet(reg / MINIBATCH_CKA)
+    assert len(rows) == 3 * 10 and set(rows.pair) == {"vs_unregularized"} and set(rows.cka_batch_size) == {64}  # 3 epochs x (9 blocks + fc)
+    first = rows[rows.epoch == 0]
+    np.testing.assert_allclose(first.cka_minibatch, 1.0, atol=1e-9)  # the same seed: the same initial network
+    assert (rows[rows.epoch == 2].cka_minibatch < 1).all()
+    assert mb_main(["--trial", str(reg), "--against", str(trials["plain0"])]) == 0 and len(pd.read_parquet(reg / MINIBATCH_CKA)) == 30
+    assert mb_main(["--trial", str(reg), "--against", str(trials["plain0"]), "--batch-size", "2"]) == 2
