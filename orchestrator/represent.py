@@ -4,6 +4,8 @@
     --device D         device of the first phase (default: each trial's own device field)
     --cross-seed       also pair each regularized trial with the unregularized trials of the other
                        seeds ("vs_unregularized_other_seed"; n - 1 more comparisons per trial)
+    --minibatch-cka    also Ranadive et al.'s minibatch CKA of every pair (trainer.minibatch_cka:
+                       loads both checkpoints of each kept epoch; a GPU helps)
 
 Two phases, each a pool of worker processes (orchestrator.runner.WorkerPool), each growing files
 a killed run resumes from (docs/analysis.md):
@@ -37,7 +39,7 @@ from orchestrator.runner import WorkerPool, last_line, make_slots
 from trainer import results as R
 from trainer.cli import EXIT_BUSY, EXIT_DONE, ArgumentParser, cli
 from trainer.errors import UserError
-from trainer.similarity import DIMENSIONALITY, SIMILARITY, kept_checkpoint_epochs, stored_epochs
+from trainer.similarity import DIMENSIONALITY, MINIBATCH_CKA, SIMILARITY, kept_checkpoint_epochs, stored_epochs
 from trainer.spec import IN_TRIAL_ID, TrialSpec
 
 REPRESENT_LOG = "represent.log"
@@ -91,6 +93,13 @@ def needs_comparing(folder: Path, refs: list[Path]) -> bool:
     return bool(expected - _table_keys(folder / SIMILARITY, ["reference_id", "epoch"]))
 
 
+def needs_minibatch(folder: Path, refs: list[Path]) -> bool:
+    """Some epoch kept by the trial and one of its references is not in its minibatch_cka.parquet yet."""
+    mine = set(kept_checkpoint_epochs(folder))
+    expected = {(ref.name, e) for ref in refs for e in mine & set(kept_checkpoint_epochs(ref))}
+    return bool(expected - _table_keys(folder / MINIBATCH_CKA, ["reference_id", "epoch"]))
+
+
 def run_pool(module: str, jobs: list[tuple[Path, list[str]]], max_parallel: int, label: str) -> list[str]:
     """`python -m <module> --trial <folder> <args>` per (folder, args); returns the failures, one line each."""
     pool = WorkerPool(make_slots(max_parallel))
@@ -117,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-parallel", type=int, default=1)
     p.add_argument("--device", default=None, help="device of the activations phase (default: each trial's device field)")
     p.add_argument("--cross-seed", action="store_true", help="also pair regularized trials with other seeds' unregularized trials")
+    p.add_argument("--minibatch-cka", action="store_true", help="also Ranadive et al.'s minibatch CKA of every pair (loads checkpoints)")
     args = p.parse_args(argv)
     if not (args.sweep / "trials").is_dir():
         raise UserError(f"{args.sweep}: not a sweep folder (no trials/ inside); give <results>/<grid name>")
@@ -135,6 +145,13 @@ def main(argv: list[str] | None = None) -> int:
         if needs_comparing(done[a], [done[b] for b in refs])
     ]
     failed += run_pool("trainer.similarity", compared, args.max_parallel, "pairs") if compared else []
+    if args.minibatch_cka:
+        minibatch = [
+            (done[a], [*device, *(arg for b in refs for arg in ("--against", str(done[b])))])
+            for a, refs in pairs(specs, args.cross_seed).items()
+            if needs_minibatch(done[a], [done[b] for b in refs])
+        ]
+        failed += run_pool("trainer.minibatch_cka", minibatch, args.max_parallel, "minibatch CKA") if minibatch else []
     for line in failed:
         print(f"failed: {line}", file=sys.stderr)
     n_pairs = sum(len(refs) for refs in pairs(specs, args.cross_seed).values())

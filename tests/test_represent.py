@@ -293,3 +293,14 @@ def test_minibatch_cka_command(trials: dict[str, Path], tmp_path: Path) -> None:
     assert (rows[rows.epoch == 2].cka_minibatch < 1).all()
     assert mb_main(["--trial", str(reg), "--against", str(trials["plain0"])]) == 0 and len(pd.read_parquet(reg / MINIBATCH_CKA)) == 30
     assert mb_main(["--trial", str(reg), "--against", str(trials["plain0"]), "--batch-size", "2"]) == 2
+
+
+@pytest.mark.slow
+def test_represent_minibatch_cka_into_the_collector(sweep: Path) -> None:
+    """--minibatch-cka: every pair's minibatch CKA, summarised beside the linear CKA, its own figure."""
+    assert cli(represent_main, [str(sweep), "--minibatch-cka"]) == 0
+    summary = collect(sweep).summary
+    mb = pd.read_parquet(summary / "representation_minibatch_cka.parquet")
+    assert set(zip(mb.alpha, mb.pair)) == {(-30.0, "vs_unregularized"), (0.0, "across_seeds")} and set(mb.cka_batch_size) == {64}
+    assert "fc" in set(mb.layer) and mb.cka_minibatch_boot_high.max() <= 1.0 + 1e-12
+    assert (summary / "figures" / "cka_minibatch_over_epochs.png").stat().st_size > 10_000

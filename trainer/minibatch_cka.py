@@ -9,8 +9,8 @@ counts as one batch when it has at least 4 images, as torch_cka), on the images 
 representation job (trainer.similarity.image_subset). The command loads both kept checkpoints of
 every epoch both trials kept and adds rows to A's `minibatch_cka.parquet`: the trial's fields,
 then reference_id, reference_seed, reference_alpha, pair, epoch, layer, cka_batch_size, n_images,
-cka_minibatch. It needs the networks, not the stored spatial means, so it runs with torch; the
-collector does not read the file yet (docs/analysis.md).
+cka_minibatch. It needs the networks, not the stored spatial means, so it runs with torch.
+`orchestrator.represent --minibatch-cka` runs it for every pair; the collector summarises it.
 """
 
 from __future__ import annotations
@@ -33,11 +33,10 @@ from trainer.lock import TrialLock
 from trainer.models import TrackedNet, build_for
 from trainer.registry import DATASETS
 from trainer.representation import MinibatchCKA
-from trainer.similarity import append_rows, image_subset, images_for, pair_kind, read_done
+from trainer.similarity import MINIBATCH_CKA, append_rows, image_subset, images_for, pair_kind, read_done
 from trainer.spec import TrialSpec
 
 FC = "fc"  # the output layer's name in the result
-MINIBATCH_CKA = "minibatch_cka.parquet"
 BATCH_SIZE = 64  # Ranadive et al.'s
 COLUMNS = pa.schema(
     [

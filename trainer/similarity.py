@@ -59,6 +59,7 @@ from trainer.spec import TrialSpec
 ACTIVATIONS = "activations"
 DIMENSIONALITY = "dimensionality.parquet"
 SIMILARITY = "similarity.parquet"
+MINIBATCH_CKA = "minibatch_cka.parquet"  # written by trainer.minibatch_cka (torch), read by the collector
 VARIANCE_FRACTION = 0.95  # pcs_95: components for this fraction of a layer's variance
 PAIRS = ("vs_unregularized", "across_seeds", "vs_unregularized_other_seed")
 DEFAULT_IMAGES = 10_000  # test images analysed, at most, for sets held in memory (CIFAR-10, Tiny ImageNet: all)

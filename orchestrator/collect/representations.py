@@ -41,14 +41,18 @@ import pandas as pd
 import pyarrow.dataset as ds
 
 from orchestrator.collect.stats import fmt, summarize, varying_fields
-from trainer.similarity import DIMENSIONALITY, SIMILARITY
+from trainer.similarity import DIMENSIONALITY, MINIBATCH_CKA, SIMILARITY
 
 PAIRS_TABLE = "representation_pairs.parquet"
 SIMILARITY_TABLE = "representation_similarity.parquet"
 DIMENSIONALITY_TABLE = "representation_dimensionality.parquet"
-FIGURES = ("cka_over_epochs.png", "pwcca_vs_alpha.png", "dimensionality_vs_alpha.png", "pwcca_svcca_vs_alpha.png")
+MINIBATCH_TABLE = "representation_minibatch_cka.parquet"
+FIGURES = (
+    "cka_over_epochs.png", "pwcca_vs_alpha.png", "dimensionality_vs_alpha.png", "pwcca_svcca_vs_alpha.png",
+    "cka_minibatch_over_epochs.png",
+)  # fmt: skip
 # What core.py removes when a collect did not write it (it describes other trials).
-OUTPUTS = (PAIRS_TABLE, SIMILARITY_TABLE, DIMENSIONALITY_TABLE, *(f"figures/{f}" for f in FIGURES))
+OUTPUTS = (PAIRS_TABLE, SIMILARITY_TABLE, DIMENSIONALITY_TABLE, MINIBATCH_TABLE, *(f"figures/{f}" for f in FIGURES))
 LABELS = ["condition", "alpha", "onset_epoch"]
 SIM_METRICS = ["cka", "pwcca_distance", "pwcca_distance_svcca"]
 DIM_METRICS = ["pcs_95", "participation_ratio", "pcs_95_per_unit"]
@@ -84,6 +88,13 @@ def representation_tables(folders: list[Path], trials: pd.DataFrame) -> dict[str
         out[PAIRS_TABLE] = sims.reset_index(drop=True)
         stats = summarize(sims, ["condition_id", "pair", "epoch", "layer"], SIM_METRICS)
         out[SIMILARITY_TABLE] = _ordered(stats.reset_index().join(labels, on="condition_id"), trials)
+    mb = _read(folders, MINIBATCH_CKA)
+    if mb is not None:
+        known = condition.index
+        mb = mb[mb["trial_id"].isin(known) & mb["reference_id"].isin(known)]
+        mb = mb[["trial_id", "reference_id", "pair", "epoch", "layer", "cka_batch_size", "cka_minibatch"]].join(condition, on="trial_id")
+        stats = summarize(mb, ["condition_id", "pair", "cka_batch_size", "epoch", "layer"], ["cka_minibatch"])
+        out[MINIBATCH_TABLE] = _ordered(stats.reset_index().join(labels, on="condition_id"), trials)
     return out
 
 
@@ -110,6 +121,10 @@ def representation_figures(tables: dict[str, pd.DataFrame], trials: pd.DataFrame
         out.append(distance_vs_alpha(last, "pwcca_distance", series, "PWCCA distance (Morcos et al.'s formula)", folder / FIGURES[1]))
         if "pwcca_distance_svcca_mean" in last.columns and last["pwcca_distance_svcca_mean"].notna().any():
             out.append(distance_vs_alpha(last, "pwcca_distance_svcca", series, "PWCCA distance (svcca's code)", folder / FIGURES[3]))
+    mb = tables.get(MINIBATCH_TABLE)
+    if mb is not None and not mb.empty:
+        title = "Minibatch CKA (unbiased HSIC, flattened outputs; Ranadive et al.'s measure)"
+        out.append(cka_over_epochs(mb, folder / FIGURES[4], "cka_minibatch", title))
     if dims is not None and not dims.empty:
         out.append(metric_vs_alpha(_last_epoch(dims), "pcs_95", series, "principal components for 95% of the variance",
                                    "dimensionality vs alpha", folder / FIGURES[2]))  # fmt: skip
@@ -156,7 +171,7 @@ def _finish(fig: Any, axes: np.ndarray, n: int, title: str, path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def cka_over_epochs(sim: pd.DataFrame, path: Path) -> Path:
+def cka_over_epochs(sim: pd.DataFrame, path: Path, metric: str = "cka", what: str | None = None) -> Path:
     """One panel per layer: CKA over epochs, a line (mean, 95% CI band) per condition and pair."""
     from matplotlib import colormaps
 
@@ -169,19 +184,22 @@ def cka_over_epochs(sim: pd.DataFrame, path: Path) -> Path:
             g = sim[(sim["layer"] == layer) & (sim["condition_id"] == cid) & (sim["pair"] == pair)].sort_values("epoch")
             if g.empty:
                 continue
-            label = "unregularized, across seeds" if pair == "across_seeds" else f"{g['condition'].iloc[0]} vs unregularized"
-            style = "--" if pair == "across_seeds" else "-"
+            name = g["condition"].iloc[0]
+            label = {"across_seeds": "unregularized, across seeds", "vs_unregularized_other_seed": f"{name} vs other seeds"}.get(
+                pair, f"{name} vs unregularized"
+            )
+            style = {"across_seeds": "--", "vs_unregularized_other_seed": ":"}.get(pair, "-")
             x = g["epoch"].to_numpy(float)
-            ax.plot(x, g["cka_mean"], style, color=colours(i % 10), lw=1.3, label=label)
-            ax.fill_between(x, g["cka_boot_low"], g["cka_boot_high"], color=colours(i % 10), alpha=0.15, lw=0)
+            ax.plot(x, g[f"{metric}_mean"], style, color=colours(i % 10), lw=1.3, label=label)
+            ax.fill_between(x, g[f"{metric}_boot_low"], g[f"{metric}_boot_high"], color=colours(i % 10), alpha=0.15, lw=0)
         ax.set_title(layer, fontsize=9)
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("epoch", fontsize=8)
-        ax.set_ylabel("linear CKA", fontsize=8)
-    title = (
-        "Linear CKA on channels averaged over space, all images at once (not Ranadive et al.'s minibatch CKA on flattened "
-        "outputs)\nwith the unregularized network of the same seed (solid) and between unregularized seeds (dashed)"
+        ax.set_ylabel("minibatch CKA" if metric == "cka_minibatch" else "linear CKA", fontsize=8)
+    what = (
+        what or "Linear CKA on channels averaged over space, all images at once (not Ranadive et al.'s minibatch CKA on flattened outputs)"
     )
+    title = f"{what}\nwith the unregularized network of the same seed (solid; other seeds: dotted) and between unregularized seeds (dashed)"
     return _finish(fig, axes, len(layers), f"{title}\nmean and 95% bootstrap percentile interval over seeds (seed pairs)", path)
 
 
