@@ -68,3 +68,11 @@ def test_two_networks_layer_by_layer() -> None:
     want = torch_cka_reference([fa[i : i + 64] for i in batches], [fb[i : i + 64] for i in batches])
     assert got["stage1.block1"] == pytest.approx(want, rel=1e-9)
     assert all(0 < v < 1 for v in got.values())
+
+
+def test_batch_size_is_a_label_field() -> None:
+    from trainer.spec import SpecError, TrialSpec
+
+    assert TrialSpec(cka_batch_size=32).trial_id == TrialSpec().trial_id and TrialSpec().cka_batch_size == 64
+    with pytest.raises(SpecError, match="field 'cka_batch_size' is 3; allowed: 4 to 359"):
+        TrialSpec(cka_batch_size=3)

@@ -37,7 +37,6 @@ from trainer.similarity import MINIBATCH_CKA, append_rows, image_subset, images_
 from trainer.spec import TrialSpec
 
 FC = "fc"  # the output layer's name in the result
-BATCH_SIZE = 64  # Ranadive et al.'s
 COLUMNS = pa.schema(
     [
         ("reference_id", pa.string()), ("reference_seed", pa.int64()), ("reference_alpha", pa.float64()), ("pair", pa.string()),
@@ -82,10 +81,11 @@ def _load(spec: TrialSpec, folder: Path, epoch: int, device: torch.device) -> Tr
     return model
 
 
-def compare_minibatch(folder: Path, references: list[Path], batch_size: int = BATCH_SIZE, device_name: str | None = None) -> int:
+def compare_minibatch(folder: Path, references: list[Path], batch_size: int | None = None, device_name: str | None = None) -> int:
     """Minibatch CKA rows of the trial in `folder` with each reference, at every epoch both kept and
     not yet in its minibatch_cka.parquet; returns the (reference, epoch) pairs added."""
     spec = TrialSpec.from_dict(R.read_json(folder / R.SPEC), where=str(folder / R.SPEC))
+    batch_size = batch_size or spec.cka_batch_size
     device = pick_device(device_name or spec.device)
     info = DATASETS[spec.dataset]
     data = load_dataset(spec.dataset, spec.resolved_data_root(), device, **spec.data_options())
@@ -118,12 +118,12 @@ def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog="python -m trainer.minibatch_cka", description=__doc__.split("\n\n")[0])
     p.add_argument("--trial", required=True, type=Path, help="the trial compared (its minibatch_cka.parquet grows)")
     p.add_argument("--against", required=True, type=Path, action="append", help="a reference trial's folder (repeat)")
-    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=f"images per minibatch (default {BATCH_SIZE}, as Ranadive et al.)")
+    p.add_argument("--batch-size", type=int, default=None, help="images per minibatch (default: the trial's cka_batch_size, 64)")
     p.add_argument("--device", default=None, help="default: the trial's device field")
     args = p.parse_args(argv)
 
     def body() -> int:
-        if args.batch_size < 4:
+        if args.batch_size is not None and args.batch_size < 4:
             raise UserError(f"--batch-size is {args.batch_size}; allowed: >= 4 (the unbiased HSIC needs 4 images)")
         for folder in [args.trial, *args.against]:
             if not (folder / R.SPEC).is_file():

@@ -118,6 +118,8 @@ class TrialSpec:
     # images; None: all up to 10,000, ImageNet 5,000), stored for CKA / PWCCA, and their dimensionality.
     represent: bool = _field(False, "label")
     represent_images: int | None = _field(None, "label")
+    # Images per minibatch of Ranadive et al.'s minibatch CKA (trainer/minibatch_cka.py; theirs: 64).
+    cka_batch_size: int = _field(64, "label")
     device: str = _field("auto", "resource")  # auto | cpu | cuda | cuda:N
     num_workers: int = _field(0, "resource")  # DataLoader workers, streaming data sets only
     data_root: str | None = _field(None, "resource")  # None: $SWEEP_DATA_ROOT, else ./data
@@ -449,6 +451,7 @@ def _check_analysis(s: TrialSpec) -> None:
         )
     if s.represent_images is not None:
         _in_range(s, "represent_images", 10, data.n_test, f" or null (test images of {s.dataset})")
+    _in_range(s, "cka_batch_size", 4, data.n_test, f" (the unbiased HSIC needs 4 images; {s.dataset} has {data.n_test} test images)")
     if s.represent and not s.kept_epochs():
         raise SpecError("field 'represent' is true but keep_checkpoints is []; allowed: keep the epochs to analyse, or represent: false")
 
