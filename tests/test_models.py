@@ -30,7 +30,8 @@ BLOCKS_PER_STAGE = {
 INPUTS = {"resnet20": (3, 32), "resnet18": (3, 16), "resnet34": (3, 32), "resnet50": (3, 32), "vgg16": (3, 32)}
 
 
-@pytest.fixture(scope="module", params=list(MODELS))
+# vgg16_torchvision (138 M parameters, 1000 outputs) has its own tests in tests/test_vgg_rplus.py.
+@pytest.fixture(scope="module", params=[m for m in MODELS if m != "vgg16_torchvision"])
 def net(request: pytest.FixtureRequest) -> tuple[str, TrackedNet]:
     torch.manual_seed(0)
     return request.param, build_model(request.param, num_classes=7, in_channels=3).eval()

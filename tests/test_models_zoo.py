@@ -160,9 +160,10 @@ def test_vgg16_needs_32_px() -> None:
 
 
 # ---- the catalog agrees with the networks -----------------------------------------------------
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "vgg16_torchvision" else n for n in MODELS])
 def test_catalog_describes_the_built_network(name: str) -> None:
-    dataset = {"resnet20": "cifar10", "resnet18": "tinyimagenet", "resnet34": "cifar10", "resnet50": "cifar10", "vgg16": "cifar10"}[name]
+    dataset = {"resnet20": "cifar10", "resnet18": "tinyimagenet", "resnet34": "cifar10", "resnet50": "cifar10", "vgg16": "cifar10",
+               "vgg16_torchvision": "cifar10"}[name]  # fmt: skip
     net = build_for(name, dataset)
     info = CATALOG[name]
     assert net.block_names == info.layer_names()

@@ -23,7 +23,7 @@ from orchestrator.analysis.represent import pairs
 from orchestrator.collect import collect
 from orchestrator.sweep import main as sweep_main
 from trainer import results as R
-from trainer.analysis.representation import linear_cka, participation_ratio, pcs_for_variance, pwcca_distance
+from trainer.analysis.representation import linear_cka, participation_ratio, pcs_for_variance, pwcca_distance, pwcca_distance_svcca
 from trainer.analysis.representation_job import layer_activations, represent_trial
 from trainer.analysis.similarity_job import (
     DIMENSIONALITY,
@@ -115,6 +115,7 @@ def test_job_stores_the_units_csi_is_computed_from(trials: dict[str, Path]) -> N
             row = dims[(dims.epoch == 2) & (dims.layer == name)].iloc[0]
             assert row.pcs_95 == pcs_for_variance(a, 0.95) and row.participation_ratio == pytest.approx(participation_ratio(a), rel=1e-12)
             assert (row.n_units, row.n_images) == (a.shape[1], 359)
+            assert row.pcs_95_per_unit == row.pcs_95 / min(a.shape[1], 358)  # width-normalised
 
 
 def test_float16_storage_does_not_move_the_measures(trials: dict[str, Path]) -> None:
@@ -156,6 +157,7 @@ def test_compare_trials_rows(trials: dict[str, Path], tmp_path: Path) -> None:
             row = rows[(rows.epoch == 2) & (rows.layer == name)].iloc[0]
             assert row.cka == linear_cka(a.layer(name), b.layer(name))
             assert row.pwcca_distance == pwcca_distance(a.layer(name), b.layer(name))  # weights from the regularized trial
+            assert row.pwcca_distance_svcca == pwcca_distance_svcca(a.layer(name), b.layer(name))
     assert 0 < rows[rows.epoch == 2].cka.mean() < 1
 
 
@@ -246,7 +248,7 @@ def test_collector_tables_and_figures(sweep: Path) -> None:
         assert r.cka_mean == pytest.approx(g.cka.mean()) and r.pwcca_distance_mean == pytest.approx(g.pwcca_distance.mean())
     assert len(dims) == 2 * 2 * 9 and set(dims.n) == {2}  # 2 conditions x 2 epochs x 9 layers, 2 seeds each
     assert dims.columns[:4].tolist() == ["condition_id", "condition", "alpha", "onset_epoch"]
-    for name in ("cka_over_epochs.png", "pwcca_vs_alpha.png", "dimensionality_vs_alpha.png"):
+    for name in ("cka_over_epochs.png", "pwcca_vs_alpha.png", "dimensionality_vs_alpha.png", "pwcca_svcca_vs_alpha.png"):
         assert (summary / "figures" / name).stat().st_size > 10_000
     assert "cka_over_epochs.png" in (summary / "report.md").read_text()
 
@@ -258,3 +260,47 @@ def test_orchestrator_mistakes_are_one_line(tmp_path: Path, capsys: pytest.Captu
     assert cli(represent_main, [str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no done trial with kept checkpoints" in err[0]
+
+
+def test_cross_seed_pairs_and_their_kind() -> None:
+    from trainer.analysis.similarity_job import pair_kind
+
+    grid = [TrialSpec(alpha=a, seed=s) for a in (-20.0, 0.0) for s in (0, 1, 2)]
+    specs = {s.trial_id: s for s in grid}
+    plain = {s.seed: s for s in grid if s.alpha == 0}
+    got = pairs(specs, cross_seed=True)
+    for s in grid:
+        if s.alpha != 0:  # its own seed first, then the others
+            assert got[s.trial_id] == [plain[s.seed].trial_id, *(plain[o].trial_id for o in (0, 1, 2) if o != s.seed)]
+            assert [pair_kind(s, specs[r]) for r in got[s.trial_id]] == ["vs_unregularized"] + ["vs_unregularized_other_seed"] * 2
+    assert pairs(specs) == {t: refs[:1] if specs[t].alpha != 0 else refs for t, refs in got.items()}
+    assert pair_kind(plain[1], plain[0]) == "across_seeds"
+
+
+@pytest.mark.slow
+def test_minibatch_cka_command(trials: dict[str, Path], tmp_path: Path) -> None:
+    """Ranadive et al.'s minibatch CKA of the regularized trial with its unregularized twin, every kept epoch."""
+    from trainer.analysis.minibatch_cka_job import MINIBATCH_CKA
+    from trainer.analysis.minibatch_cka_job import main as mb_main
+
+    reg = tmp_path / trials["reg0"].name
+    shutil.copytree(trials["reg0"], reg)
+    assert mb_main(["--trial", str(reg), "--against", str(trials["plain0"]), "--batch-size", "64"]) == 0
+    rows = pd.read_parquet(reg / MINIBATCH_CKA)
+    assert len(rows) == 3 * 10 and set(rows.pair) == {"vs_unregularized"} and set(rows.cka_batch_size) == {64}  # 3 epochs x (9 blocks + fc)
+    first = rows[rows.epoch == 0]
+    np.testing.assert_allclose(first.cka_minibatch, 1.0, atol=1e-9)  # the same seed: the same initial network
+    assert (rows[rows.epoch == 2].cka_minibatch < 1).all()
+    assert mb_main(["--trial", str(reg), "--against", str(trials["plain0"])]) == 0 and len(pd.read_parquet(reg / MINIBATCH_CKA)) == 30
+    assert mb_main(["--trial", str(reg), "--against", str(trials["plain0"]), "--batch-size", "2"]) == 2
+
+
+@pytest.mark.slow
+def test_represent_minibatch_cka_into_the_collector(sweep: Path) -> None:
+    """--minibatch-cka: every pair's minibatch CKA, summarised beside the linear CKA, its own figure."""
+    assert cli(represent_main, [str(sweep), "--minibatch-cka"]) == 0
+    summary = collect(sweep).summary
+    mb = pd.read_parquet(summary / "representation_minibatch_cka.parquet")
+    assert set(zip(mb.alpha, mb.pair)) == {(-30.0, "vs_unregularized"), (0.0, "across_seeds")} and set(mb.cka_batch_size) == {64}
+    assert "fc" in set(mb.layer) and mb.cka_minibatch_boot_high.max() <= 1.0 + 1e-12
+    assert (summary / "figures" / "cka_minibatch_over_epochs.png").stat().st_size > 10_000

@@ -152,6 +152,7 @@ SCIENCE_CHANGES = [
     {"eval_every_steps": 5, "eval_until_epoch": 2},  # fields added later: in the id once set
     {"si_pooling": "stages"},
     {"si_skip_last_stage": True},
+    {"si_skip_stages": (3,)},
     {"si_class_stat": "sum"},
     {"input_norm": "half"},
 ]
@@ -251,6 +252,7 @@ def test_later_fields_at_their_default_keep_old_trial_ids() -> None:
     # them keep the ids they had (DEFAULT_TRIAL_ID is the golden id of the default spec).
     assert TrialSpec(eval_every_steps=0, eval_until_epoch=0).trial_id == DEFAULT_TRIAL_ID
     assert TrialSpec(si_pooling="layers", si_skip_last_stage=False, si_class_stat="mean").trial_id == DEFAULT_TRIAL_ID
+    assert TrialSpec(si_skip_stages=None, threads=3).trial_id == DEFAULT_TRIAL_ID
     assert TrialSpec(keep_checkpoints=(1, 2)).trial_id == DEFAULT_TRIAL_ID  # analysis setting
     assert TrialSpec(input_norm="dataset", represent=True, represent_images=100).trial_id == DEFAULT_TRIAL_ID
 

@@ -35,6 +35,7 @@ from trainer.loop import NonFiniteLoss
 from trainer.provenance import device_name, now, provenance
 from trainer.spec import TrialSpec
 from trainer.status import Status, StatusUnreadable, read_status, write_status
+from trainer.threads import use_threads
 
 
 class StopRequest:
@@ -152,7 +153,7 @@ def attempt(spec: TrialSpec, folder: Path) -> Iterator[Attempt]:
         try:
             status.update(
                 state="running", attempts=status.attempts + 1, trial_id=spec.trial_id, error=None, error_kind=None,
-                started=now(), ended=None, device=device_name(a.device), **provenance(),
+                started=now(), ended=None, device=device_name(a.device), **provenance(), **use_threads(spec.threads, a.device),
             )  # fmt: skip
             a.save_status()
         except BaseException:

@@ -52,10 +52,11 @@ def autocast(device: torch.device) -> torch.autocast:
 
 def si_form(spec: TrialSpec) -> SIForm | None:
     """The spec's form of SI_batch; None for the default (Leavitt & Morcos), which runs today's exact path."""
-    if (spec.si_pooling, spec.si_skip_last_stage, spec.si_class_stat) == ("layers", False, "mean"):
+    if (spec.si_pooling, spec.si_skip_last_stage, spec.si_class_stat, spec.si_skip_stages) == ("layers", False, "mean", None):
         return None
     # Class sums are Ranadive et al.'s form, with their eps; class means keep Leavitt & Morcos's.
-    return SIForm(spec.si_pooling, spec.si_skip_last_stage, spec.si_class_stat, eps=1e-6 if spec.si_class_stat == "sum" else EPS)
+    eps = 1e-6 if spec.si_class_stat == "sum" else EPS
+    return SIForm(spec.si_pooling, spec.si_skip_last_stage, spec.si_class_stat, eps=eps, skip_stages=spec.si_skip_stages or ())
 
 
 def train_epoch(

@@ -23,6 +23,12 @@ at alpha = 0) nothing extra is computed or kept.
               identity); at 32 px (CIFAR) the 1x1 map is not copied 49 times into a 25088-wide
               fc1, which would train fc1 with 49 times the step size and hold 103M weights that
               see one vector.
+    vgg16_torchvision
+              torchvision's `vgg16()` itself, unmodified, as Ranadive et al. trained it on CIFAR-10:
+              its 7x7 adaptive average pool (which copies a 32 px input's 1x1 map 49 times), a
+              25,088-wide fc1 and 1000 outputs whatever the data set's classes (138.4 M
+              parameters); the same tracked blocks as vgg16. Built by torchvision, so its seeded
+              init is torchvision's.
 
 Build a trial's network with `build_for(model, dataset)` (classes, channels and image size from the
 catalog); `build_model(name, classes, channels, image_size)` takes them explicitly.
@@ -57,7 +63,8 @@ class TrackedNet(nn.Module):
         for block in self.blocks:
             x = block(x)
             if feats is not None:
-                feats.append(units(x, torch.float32))  # fp32 class means under bf16
+                # fp32 class means under bf16 / fp16; a float64 network keeps float64 (its head takes them)
+                feats.append(units(x, torch.float32 if x.dtype in (torch.bfloat16, torch.float16) else None))
         pooled = feats[-1] if feats is not None else units(x)  # the last block's units are the head's input
         return self.head(pooled), feats
 
@@ -209,12 +216,45 @@ def vgg16(num_classes: int, in_channels: int, image_size: int | None = None, dro
     return net
 
 
+def vgg16_torchvision(num_classes: int, in_channels: int, image_size: int | None = None) -> TrackedNet:
+    """torchvision's `vgg16()` with its 1000 outputs (`num_classes` is not used: labels are 0..C-1 of them)."""
+    info = CATALOG["vgg16_torchvision"]
+    size = image_size or info.default_image_size
+    if size < info.min_image_size:
+        raise ValueError(f"vgg16_torchvision needs inputs of at least {info.min_image_size} px (five 2x2 max-pools), got {size}")
+    tv = torchvision.models.vgg16(weights=None)
+    features = list(tv.features.children())
+    if in_channels != 3:
+        features[0] = nn.Conv2d(in_channels, 64, 3, padding=1)
+        nn.init.kaiming_normal_(features[0].weight, mode="fan_out", nonlinearity="relu")
+        nn.init.constant_(features[0].bias, 0)
+    fc1, relu1, drop1, fc2, relu2, drop2, out = tv.classifier.children()
+    blocks: list[tuple[str, nn.Module]] = []
+    stage, j = 1, 0
+    layers: list[nn.Module] = []
+    for m in features:  # blocks as vgg16's: a max-pool opens a stage, a ReLU closes a block
+        if isinstance(m, nn.MaxPool2d):
+            stage, j = stage + 1, 0
+        layers.append(m)
+        if isinstance(m, nn.ReLU):
+            j += 1
+            blocks.append((f"stage{stage}.block{j}", nn.Sequential(*layers)))
+            layers = []
+    blocks.append((f"stage{stage}.block1", nn.Sequential(*layers, tv.avgpool, nn.Flatten(1), fc1, relu1)))
+    blocks.append((f"stage{stage}.block2", nn.Sequential(drop1, fc2, relu2)))
+    assert isinstance(out, nn.Linear) and isinstance(drop2, nn.Dropout)
+    head = DropoutLinear(out.in_features, out.out_features, drop2.p)
+    head.load_state_dict(out.state_dict())  # torchvision's initialised weights, not a new draw
+    return TrackedNet(nn.Sequential(), blocks, head)
+
+
 MODELS: dict[str, Callable[..., TrackedNet]] = {
     "resnet20": resnet20,
     "resnet18": resnet18,
     "resnet50": resnet50,
     "resnet34": resnet34,
     "vgg16": vgg16,
+    "vgg16_torchvision": vgg16_torchvision,
 }
 
 

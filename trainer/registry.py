@@ -82,6 +82,10 @@ MODELS: dict[str, ModelInfo] = {
         # layers as stage 6; no BatchNorm; dropout 0.5 before the hidden fc2 and before the output layer.
         ModelInfo("vgg16", (64, 128, 256, 512, 512, 4096), (2, 2, 3, 3, 3, 2), False, "torchvision VGG16, config D, no BN",
                   min_image_size=32),
+        # torchvision's vgg16() unmodified (Ranadive et al.'s CIFAR network): 7x7 adaptive pool,
+        # 25,088-wide fc1, 1000 outputs whatever the data set; the same tracked blocks as vgg16.
+        ModelInfo("vgg16_torchvision", (64, 128, 256, 512, 512, 4096), (2, 2, 3, 3, 3, 2), False,
+                  "torchvision's vgg16() unmodified: 25,088-wide fc1, 1000 outputs (Ranadive et al.)", min_image_size=32),
     )
 }  # fmt: skip
 DATASETS: dict[str, DatasetInfo] = {
@@ -101,6 +105,7 @@ CHECKPOINT_BYTES: dict[str, dict[str, int]] = {
     "resnet34": {"digits": 170_400_000, "cifar10": 170_400_000, "tinyimagenet": 171_200_000, "imagenet": 174_500_000},
     "resnet50": {"digits": 188_400_000, "cifar10": 188_400_000, "tinyimagenet": 191_500_000, "imagenet": 204_700_000},
     "vgg16": {"cifar10": 269_200_000, "tinyimagenet": 325_700_000, "imagenet": 1_106_900_000},
+    "vgg16_torchvision": {"cifar10": 1_106_900_000, "tinyimagenet": 1_106_900_000, "imagenet": 1_106_900_000},
 }
 MODEL_NAMES = tuple(MODELS)
 DATASET_NAMES = tuple(DATASETS)

@@ -44,6 +44,8 @@ class SIForm:
                      (a block with more units weighs more), then the mean over stages (stages weigh
                      equally)
     skip_last_stage  leave the blocks of the highest-numbered tracked stage out of SI
+    skip_stages      stage numbers whose blocks are left out of SI (Ranadive et al.'s VGG16 CIFAR
+                     code leaves out stages 5 and 6: the last conv group and the classifier layers)
     class_stat       "mean": per-class means (sum / count); "sum": per-class sums, so a class with
                      more samples in the batch has a larger statistic. mu_-max is the mean of the
                      other present classes' statistic either way
@@ -54,6 +56,7 @@ class SIForm:
     skip_last_stage: bool = False
     class_stat: str = "mean"  # one of SI_CLASS_STATS
     eps: float = EPS
+    skip_stages: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         # Strict checks: these arrive from trial configs, where a typo or a string "false" must fail loudly.
@@ -63,6 +66,8 @@ class SIForm:
             raise ValueError(f"SIForm.class_stat must be one of {SI_CLASS_STATS}, got {self.class_stat!r}")
         if not isinstance(self.skip_last_stage, bool):
             raise ValueError(f"SIForm.skip_last_stage must be True or False, got {self.skip_last_stage!r}")
+        if not isinstance(self.skip_stages, tuple) or any(isinstance(i, bool) or not isinstance(i, int) for i in self.skip_stages):
+            raise ValueError(f"SIForm.skip_stages must be a tuple of stage numbers, got {self.skip_stages!r}")
         if isinstance(self.eps, bool) or not isinstance(self.eps, (int, float)) or not math.isfinite(self.eps) or self.eps < 0:
             raise ValueError(f"SIForm.eps must be a finite number >= 0, got {self.eps!r}")
 
@@ -74,7 +79,7 @@ class SIForm:
     @property
     def needs_layer_names(self) -> bool:
         """Whether computing this form needs the layers' stages (every form but the default pooling of all layers)."""
-        return self.pooling != "layers" or self.skip_last_stage
+        return self.pooling != "layers" or self.skip_last_stage or bool(self.skip_stages)
 
 
 @dataclass(frozen=True)
@@ -183,14 +188,14 @@ def layer_stages(layer_names: list[str] | tuple[str, ...] | None, n_layers: int)
 
 
 def _kept_layers(form: SIForm, stages: list[int] | None, n_layers: int) -> list[int]:
-    """Indices of the layers that enter SI: all, or all but the last stage's."""
-    if not form.skip_last_stage:
+    """Indices of the layers that enter SI: all, or all but those of the last stage and of `skip_stages`."""
+    if not form.skip_last_stage and not form.skip_stages:
         return list(range(n_layers))
     assert stages is not None
-    last = max(stages)
-    kept = [i for i, s in enumerate(stages) if s != last]
+    left_out = set(form.skip_stages) | ({max(stages)} if form.skip_last_stage else set())
+    kept = [i for i, s in enumerate(stages) if s not in left_out]
     if not kept:
-        raise ValueError(f"skip_last_stage leaves no layers: every tracked layer is in stage {last}")
+        raise ValueError(f"skipping stages {sorted(left_out)} leaves no layers: every tracked layer is in them")
     return kept
 
 

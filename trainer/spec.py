@@ -50,11 +50,13 @@ LR_SCHEDULES = ("step", "cosine")
 SI_POOLINGS = ("layers", "stages")
 SI_CLASS_STATS = ("mean", "sum")
 LOADERS = ("auto", "dali", "nvjpeg", "torchvision")
+ABLATION_RANDOM_MASKS = ("fixed", "per_batch", "both")  # as trainer.analysis.ablation.RANDOM_MASKS
 INPUT_NORMS = ("dataset", "half")  # as trainer.data.INPUT_NORMS (this module does not import torch)
 MAX_EPOCHS = 10_000  # beyond any real run; a typo like 1000000000 must not allocate per-epoch state
 MAX_SEED = 2**32 - 1  # numpy's seed range; torch's generators take seed * 1_000_003 + epoch (< 2**64)
 MAX_DRAWS = 1_000  # random ablation draws per (epoch, stage, k)
 MAX_WORKERS = 256  # DataLoader workers per trial
+MAX_THREADS = 1_024  # torch intra-op threads per trial
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,9 @@ class TrialSpec:
     # class-mean definition whatever the form.
     si_pooling: str = _field("layers", "later")  # layers | stages
     si_skip_last_stage: bool = _field(False, "later")
+    # Stage numbers (1-based) left out of SI_batch; null: none. Ranadive et al.'s VGG16 CIFAR code
+    # leaves out stages 5 and 6 (the last conv group and the classifier layers).
+    si_skip_stages: tuple[int, ...] | None = _field(None, "later")
     si_class_stat: str = _field("mean", "later")  # mean | sum
     # Input normalisation: the data set's channel statistics, or 0.5 / 0.5 (Ranadive et al.'s CIFAR recipe).
     input_norm: str = _field("dataset", "later")  # dataset | half
@@ -105,11 +110,16 @@ class TrialSpec:
     ablation_count_steps: tuple[int, ...] | None = _field(None, "label")
     ablation_draws: int = _field(3, "label")  # random draws per (epoch, stage, k)
     ablation_images: int | None = _field(None, "label")  # a seeded subset of the test set; None: all of it
+    # Random ablation masks: fixed (one per draw), per_batch (a new one every test batch, as Ranadive
+    # et al.'s ablations.py; rows selection "random_batch"), or both.
+    ablation_random_masks: str = _field("fixed", "label")
     # Representation job at the end of the trial (trainer/analysis/representation_job.py, docs/analysis.md): each kept
     # checkpoint's per-layer activations on a fixed seeded subset of the test set (represent_images
     # images; None: all up to 10,000, ImageNet 5,000), stored for CKA / PWCCA, and their dimensionality.
     represent: bool = _field(False, "label")
     represent_images: int | None = _field(None, "label")
+    # Images per minibatch of Ranadive et al.'s minibatch CKA (trainer/analysis/minibatch_cka_job.py; theirs: 64).
+    cka_batch_size: int = _field(64, "label")
     device: str = _field("auto", "resource")  # auto | cpu | cuda | cuda:N
     num_workers: int = _field(0, "resource")  # DataLoader workers, streaming data sets only
     data_root: str | None = _field(None, "resource")  # None: $SWEEP_DATA_ROOT, else ./data
@@ -121,6 +131,10 @@ class TrialSpec:
     # installed and the device is a GPU, else nvjpeg on a GPU, else torchvision).
     loader: str = _field("auto", "resource")
     cache_dir: str | None = _field(None, "resource")  # data set manifests; None: $SWEEP_CACHE_DIR, else ~/.cache/selectivity-sweep
+    # torch's intra-op threads in the trial's process (trainer/threads.py): a fixed count, so the
+    # trial's numbers do not depend on how many workers a launch put on a machine; None: 1 on
+    # CPU, the launcher's count on a GPU (whose arithmetic does not use them).
+    threads: int | None = _field(None, "resource")
 
     def __post_init__(self) -> None:
         _check_values(self)
@@ -155,7 +169,7 @@ class TrialSpec:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of every field (tuples become lists)."""
         out = {name: getattr(self, name) for name in _FIELD_NAMES}  # not asdict: it deep-copies (slow)
-        for key in ("lr_milestones", "keep_checkpoints", "ablation_fractions", "ablation_counts", "ablation_count_steps"):
+        for key in ("lr_milestones", "keep_checkpoints", "ablation_fractions", "ablation_counts", "ablation_count_steps", "si_skip_stages"):
             if out[key] is not None:
                 out[key] = list(out[key])
         return out
@@ -336,6 +350,7 @@ def _check_values(s: TrialSpec) -> None:
     for name, allowed in (
         ("model", MODEL_NAMES), ("dataset", DATASET_NAMES), ("lr_schedule", LR_SCHEDULES),
         ("si_pooling", SI_POOLINGS), ("si_class_stat", SI_CLASS_STATS), ("loader", LOADERS), ("input_norm", INPUT_NORMS),
+        ("ablation_random_masks", ABLATION_RANDOM_MASKS),
     ):  # fmt: skip
         if getattr(s, name) not in allowed:
             raise SpecError(f"field '{name}' is {quote(getattr(s, name))}; allowed: {', '.join(allowed)}")
@@ -399,7 +414,10 @@ def _check_values(s: TrialSpec) -> None:
     if s.ablation_images is not None:
         _in_range(s, "ablation_images", 10, DATASETS[s.dataset].n_test, f" or null (test images of {s.dataset})")
     _check_analysis(s)
+    _check_skip_stages(s)
     _in_range(s, "num_workers", 0, MAX_WORKERS)
+    if s.threads is not None:
+        _in_range(s, "threads", 1, MAX_THREADS, " or null (1 on CPU)")
     if not (s.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d{1,3}", s.device)):
         raise SpecError(f"field 'device' is {quote(s.device)}; allowed: auto, cpu, cuda, cuda:N")
     if not s.sweep or any(c in s.sweep for c in "/\\") or s.sweep in (".", "..") or not s.sweep.isprintable():
@@ -408,6 +426,20 @@ def _check_values(s: TrialSpec) -> None:
         value = getattr(s, name)
         if value is not None and (not value or "\0" in value or "\n" in value):
             raise SpecError(f"field '{name}' is {quote(value)}; allowed: null or a path (no empty text, NUL or newline)")
+
+
+def _check_skip_stages(s: TrialSpec) -> None:
+    """si_skip_stages names stages of the model and leaves at least one stage in SI_batch."""
+    if s.si_skip_stages is None:
+        return
+    n = len(MODELS[s.model].stage_widths)
+    skip = list(s.si_skip_stages)
+    left = set(range(1, n + 1)) - set(skip) - ({n} if s.si_skip_last_stage else set())
+    if not skip or skip != sorted(set(skip)) or any(not 1 <= i <= n for i in skip) or not left:
+        raise SpecError(
+            f"field 'si_skip_stages' is {quote(skip)}; allowed: null, or increasing stage numbers of {s.model} "
+            f"(1 to {n}) that leave at least one stage in the regularizer"
+        )
 
 
 def _check_analysis(s: TrialSpec) -> None:
@@ -420,6 +452,7 @@ def _check_analysis(s: TrialSpec) -> None:
         )
     if s.represent_images is not None:
         _in_range(s, "represent_images", 10, data.n_test, f" or null (test images of {s.dataset})")
+    _in_range(s, "cka_batch_size", 4, data.n_test, f" (the unbiased HSIC needs 4 images; {s.dataset} has {data.n_test} test images)")
     if s.represent and not s.kept_epochs():
         raise SpecError("field 'represent' is true but keep_checkpoints is []; allowed: keep the epochs to analyse, or represent: false")
 

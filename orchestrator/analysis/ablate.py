@@ -4,6 +4,7 @@
     --counts 8 16 32                       absolute channel counts (above a stage's width: left out)
     --count-steps 15 40                    Ranadive et al.'s k: range(0, C/2, 15) and range(C/2, C+1, 40)
     --draws 3                              random draws per (epoch, stage, k)
+    --random-masks fixed                   fixed | per_batch (a new mask every batch, Ranadive et al.) | both
     --max-parallel N                       N worker processes (default: in this process)
 
 Runs `trainer.analysis.ablation_job` (see trainer/analysis/ablation.py) on every done trial that kept checkpoints and
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     extra = ["--fractions", *map(str, plan.fractions)] if plan.fractions else []
     extra += ["--counts", *map(str, plan.counts)] if plan.counts else []
     extra += ["--count-steps", *map(str, plan.count_steps)] if plan.count_steps else []
-    extra += ["--draws", str(plan.draws)]
+    extra += ["--draws", str(plan.draws), "--random-masks", plan.random_masks]
     pool = WorkerPool(make_slots(args.max_parallel))
     progress = Progress(len(folders), "ablate")
     failed: list[str] = []

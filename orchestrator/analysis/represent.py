@@ -2,6 +2,10 @@
 
     --max-parallel N   N worker processes (default: one)
     --device D         device of the first phase (default: each trial's own device field)
+    --cross-seed       also pair each regularized trial with the unregularized trials of the other
+                       seeds ("vs_unregularized_other_seed"; n - 1 more comparisons per trial)
+    --minibatch-cka    also Ranadive et al.'s minibatch CKA of every pair (trainer.analysis.minibatch_cka_job:
+                       loads both checkpoints of each kept epoch; a GPU helps)
 
 Two phases, each a pool of worker processes (orchestrator.runner.WorkerPool), each growing files
 a killed run resumes from (docs/analysis.md):
@@ -15,7 +19,9 @@ a killed run resumes from (docs/analysis.md):
 Pairs: trials that agree in every field of the trial id but alpha, onset_epoch, offset_epoch and
 seed form a group. In a group, each regularized trial (alpha != 0) is paired with the
 unregularized trial of its seed ("vs_unregularized"), and each unregularized trial with every
-unregularized trial of a lower seed ("across_seeds", the baseline). Then
+unregularized trial of a lower seed ("across_seeds", the baseline); with --cross-seed, each
+regularized trial also with the unregularized trials of every other seed
+("vs_unregularized_other_seed": "as different as another seed?" read directly). Then
 `python -m orchestrator.collect results/<sweep>` adds the tables and figures.
 """
 
@@ -31,7 +37,7 @@ from orchestrator.folders import scan
 from orchestrator.progress import Progress
 from orchestrator.runner import WorkerPool, last_line, make_slots
 from trainer import results as R
-from trainer.analysis.similarity_job import DIMENSIONALITY, SIMILARITY, kept_checkpoint_epochs, stored_epochs
+from trainer.analysis.similarity_job import DIMENSIONALITY, MINIBATCH_CKA, SIMILARITY, kept_checkpoint_epochs, stored_epochs
 from trainer.cli import EXIT_BUSY, EXIT_DONE, ArgumentParser, cli
 from trainer.errors import UserError
 from trainer.kept import missing_kept, missing_warning
@@ -47,8 +53,9 @@ def pairing_key(spec: TrialSpec) -> tuple[tuple[str, str], ...]:
     return tuple((k, repr(d[k])) for k in sorted(IN_TRIAL_ID) if k not in REGULARIZER_FIELDS)
 
 
-def pairs(specs: dict[str, TrialSpec]) -> dict[str, list[str]]:
-    """trial_id -> the trial_ids of its references (see the module docstring), for trials that have any."""
+def pairs(specs: dict[str, TrialSpec], cross_seed: bool = False) -> dict[str, list[str]]:
+    """trial_id -> the trial_ids of its references (see the module docstring), for trials that have any;
+    `cross_seed`: a regularized trial's own-seed reference first, then the other seeds'."""
     groups: dict[tuple, list[TrialSpec]] = defaultdict(list)
     for spec in specs.values():
         groups[pairing_key(spec)].append(spec)
@@ -58,6 +65,8 @@ def pairs(specs: dict[str, TrialSpec]) -> dict[str, list[str]]:
         for s in sorted(members, key=lambda s: (s.seed, s.alpha, s.onset_epoch, s.trial_id)):
             if s.alpha != 0:
                 refs = [plain[s.seed].trial_id] if s.seed in plain else []
+                if cross_seed:
+                    refs += [plain[seed].trial_id for seed in sorted(plain) if seed != s.seed]
             else:
                 refs = [plain[seed].trial_id for seed in sorted(plain) if seed < s.seed]
             if refs:
@@ -93,6 +102,13 @@ def warn_missing_kept(folders: list[Path]) -> None:
             print(missing_warning(folder, missing), file=sys.stderr, flush=True)
 
 
+def needs_minibatch(folder: Path, refs: list[Path]) -> bool:
+    """Some epoch kept by the trial and one of its references is not in its minibatch_cka.parquet yet."""
+    mine = set(kept_checkpoint_epochs(folder))
+    expected = {(ref.name, e) for ref in refs for e in mine & set(kept_checkpoint_epochs(ref))}
+    return bool(expected - _table_keys(folder / MINIBATCH_CKA, ["reference_id", "epoch"]))
+
+
 def run_pool(module: str, jobs: list[tuple[Path, list[str]]], max_parallel: int, label: str) -> list[str]:
     """`python -m <module> --trial <folder> <args>` per (folder, args); returns the failures, one line each."""
     pool = WorkerPool(make_slots(max_parallel))
@@ -118,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("sweep", type=Path)
     p.add_argument("--max-parallel", type=int, default=1)
     p.add_argument("--device", default=None, help="device of the activations phase (default: each trial's device field)")
+    p.add_argument("--cross-seed", action="store_true", help="also pair regularized trials with other seeds' unregularized trials")
+    p.add_argument("--minibatch-cka", action="store_true", help="also Ranadive et al.'s minibatch CKA of every pair (loads checkpoints)")
     args = p.parse_args(argv)
     if not (args.sweep / "trials").is_dir():
         raise UserError(f"{args.sweep}: not a sweep folder (no trials/ inside); give <results>/<grid name>")
@@ -134,13 +152,20 @@ def main(argv: list[str] | None = None) -> int:
     specs = {tid: TrialSpec.from_dict(R.read_json(f / R.SPEC), where=str(f / R.SPEC)) for tid, f in done.items()}
     compared = [
         (done[a], [arg for b in refs for arg in ("--against", str(done[b]))])
-        for a, refs in pairs(specs).items()
+        for a, refs in pairs(specs, args.cross_seed).items()
         if needs_comparing(done[a], [done[b] for b in refs])
     ]
     failed += run_pool("trainer.analysis.similarity_job", compared, args.max_parallel, "pairs") if compared else []
+    if args.minibatch_cka:
+        minibatch = [
+            (done[a], [*device, *(arg for b in refs for arg in ("--against", str(done[b])))])
+            for a, refs in pairs(specs, args.cross_seed).items()
+            if needs_minibatch(done[a], [done[b] for b in refs])
+        ]
+        failed += run_pool("trainer.analysis.minibatch_cka_job", minibatch, args.max_parallel, "minibatch CKA") if minibatch else []
     for line in failed:
         print(f"failed: {line}", file=sys.stderr)
-    n_pairs = sum(len(refs) for refs in pairs(specs).values())
+    n_pairs = sum(len(refs) for refs in pairs(specs, args.cross_seed).values())
     failed_pairs = len(failed) - (len(todo) - analysed)
     print(
         f"{args.sweep}: activations of {analysed} trials, {n_pairs} pairs ({len(compared) - failed_pairs} trials compared this time"

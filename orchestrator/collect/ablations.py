@@ -91,14 +91,14 @@ def ablation_figures(tables: dict[str, pd.DataFrame], folder: Path) -> list[Path
             for j, stage in enumerate(stages):
                 ax = axes[i][j]
                 for epoch in shown:
-                    for sel, style in (("topk", "-"), ("random", "--")):
+                    for sel, style in (("topk", "-"), ("random", "--"), ("random_batch", ":")):
                         c = curves[
                             (curves.condition == cond) & (curves.stage == stage) & (curves.epoch == epoch) & (curves.selection == sel)
                         ]
                         c = c.sort_values("fraction")
                         ax.plot(c["fraction"], 100 * c["accuracy_mean"], style, color=colors[epoch], label=f"epoch {epoch} {sel}")
                 _labels(ax, f"{cond}\nstage {stage}", "fraction of channels ablated per block", "test accuracy (%)")
-        title = "Ablating the most class-selective channels (solid) vs random channels (dashed)"
+        title = "Ablating the most class-selective channels (solid) vs random channels (dashed: fixed masks, dotted: a new mask per batch)"
         out.append(_finish(fig, axes[0][-1], title, folder / "ablation_curves.png"))
     auc = tables.get("ablation_auc.parquet")
     if auc is not None and len(auc):
@@ -109,10 +109,11 @@ def ablation_figures(tables: dict[str, pd.DataFrame], folder: Path) -> list[Path
             ax = axes[0][j]
             for (cond, sel), g in auc[auc.stage == stage].groupby(["condition", "selection"], sort=False):
                 g = g.sort_values("epoch")
-                ax.errorbar(g["epoch"], g["auc_mean"], yerr=(g["auc_ci95_high"] - g["auc_mean"]).fillna(0),
-                            linestyle="-" if sel == "topk" else "--", marker="o", ms=3, label=f"{cond} {sel}")  # fmt: skip
+                yerr = [(g["auc_mean"] - g["auc_boot_low"]).fillna(0), (g["auc_boot_high"] - g["auc_mean"]).fillna(0)]
+                ax.errorbar(g["epoch"], g["auc_mean"], yerr=yerr, linestyle={"topk": "-", "random": "--"}.get(sel, ":"),
+                            marker="o", ms=3, label=f"{cond} {sel}")  # fmt: skip
             _labels(ax, f"stage {stage}", "epoch of the checkpoint", "normalised area under the ablation curve")
-        title = "How much ablation costs over training (lower: the ablated channels matter more)"
+        title = "How much ablation costs over training (lower: the ablated channels matter more); 95% bootstrap intervals over seeds"
         out.append(_finish(fig, axes[0][-1], title, folder / "ablation_auc.png"))
     steps = tables.get("condition_steps.parquet")
     if steps is not None and len(steps):

@@ -3,8 +3,8 @@
 Used by `python -m orchestrator.collect`; each function takes the collector's condition tables
 and writes one PNG:
 
-    test_acc_vs_alpha.png    final test accuracy vs alpha, mean and 95% CI over seeds
-    csi_vs_alpha.png         final csi_mean vs alpha, mean and 95% CI
+    test_acc_vs_alpha.png    final test accuracy vs alpha, mean and 95% bootstrap interval over seeds
+    csi_vs_alpha.png         final csi_mean vs alpha, mean and 95% bootstrap interval
     csi_over_epochs.png      csi_mean (and test accuracy) over epochs per condition (onset design)
     layer_csi_vs_alpha.png   final per-layer CSI vs alpha, one line per layer
 
@@ -73,14 +73,14 @@ def _series(conds: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
 
 def _errorbar(ax: Axes, x: pd.Series, df: pd.DataFrame, prefix: str, scale: float = 1.0, **kw: Any) -> None:
     mean = df[f"{prefix}_mean"].to_numpy(float) * scale
-    low = np.nan_to_num(mean - df[f"{prefix}_ci95_low"].to_numpy(float) * scale)
-    high = np.nan_to_num(df[f"{prefix}_ci95_high"].to_numpy(float) * scale - mean)
+    low = np.nan_to_num(mean - df[f"{prefix}_boot_low"].to_numpy(float) * scale)
+    high = np.nan_to_num(df[f"{prefix}_boot_high"].to_numpy(float) * scale - mean)
     style: dict[str, Any] = {"marker": "o", "ms": 4, "capsize": 3, "lw": 1.4} | kw
     ax.errorbar(x.to_numpy(float), mean, yerr=[low, high], **style)
 
 
 def _clip(ax: Axes, scale: float) -> None:
-    """Keep the view inside the metric's range [0, scale] (plus a margin); CIs may run past it."""
+    """Keep the view inside the metric's range [0, scale] (plus a margin)."""
     low, high = ax.get_ylim()
     ax.set_ylim(max(low, -0.02 * scale), min(high, 1.02 * scale))
 
@@ -89,7 +89,7 @@ def _title(conds: pd.DataFrame, what: str) -> str:
     fixed = [f"{conds[k].iloc[0]}" for k in ("model", "dataset") if conds[k].nunique() == 1]
     n = conds["n"]
     seeds = f"n = {n.min()}" if n.min() == n.max() else f"n = {n.min()}-{n.max()}"
-    return f"{' / '.join(fixed)}: {what}\nmean and 95% CI over seeds ({seeds})"
+    return f"{' / '.join(fixed)}: {what}\nmean and 95% bootstrap percentile interval over seeds ({seeds})"
 
 
 def save_figure(fig: Figure, path: Path) -> Path:
@@ -102,7 +102,7 @@ def save_figure(fig: Figure, path: Path) -> Path:
 
 
 def metric_vs_alpha(conds: pd.DataFrame, metric: str, ylabel: str, what: str, path: Path, scale: float = 1.0) -> Path:
-    """`metric` (final epoch) vs alpha with 95% CI error bars, one line per series."""
+    """`metric` (final epoch) vs alpha with 95% bootstrap interval error bars, one line per series."""
     fig = Figure(figsize=(6.4, 4.2))
     ax = fig.add_subplot()
     series = _series(conds)
@@ -133,7 +133,7 @@ def _alpha_colors(alphas: pd.Series) -> dict[float, tuple]:
 
 
 def over_epochs(cond_epochs: pd.DataFrame, conds: pd.DataFrame, path: Path) -> Path:
-    """csi_mean and test accuracy over epochs, one line (mean, 95% CI band) per condition."""
+    """csi_mean and test accuracy over epochs, one line (mean, 95% bootstrap band) per condition."""
     fig = Figure(figsize=(11, 4.2))
     axes = fig.subplots(1, 2)
     colors = _alpha_colors(conds["alpha"])
@@ -144,7 +144,7 @@ def over_epochs(cond_epochs: pd.DataFrame, conds: pd.DataFrame, path: Path) -> P
             for ax, metric, scale in ((axes[0], "csi_mean", 1.0), (axes[1], "test_acc", 100.0)):
                 x = e["epoch"].to_numpy(float)
                 ax.plot(x, e[f"{metric}_mean"] * scale, color=colors[alpha], ls=styles[label], lw=1.3, label=name)
-                ax.fill_between(x, e[f"{metric}_ci95_low"] * scale, e[f"{metric}_ci95_high"] * scale, color=colors[alpha], alpha=0.15, lw=0)
+                ax.fill_between(x, e[f"{metric}_boot_low"] * scale, e[f"{metric}_boot_high"] * scale, color=colors[alpha], alpha=0.15, lw=0)
     for edge in sorted(set(conds["onset_epoch"]) - {0}):
         for ax in axes:
             ax.axvline(edge, color="0.5", ls=":", lw=1)

@@ -6,18 +6,23 @@ orchestrator.analysis.represent; docs/analysis.md) the collector writes
     representation_pairs.parquet           every similarity row of pairs whose two trials are both
                                            collected, with the condition of the first trial
     representation_similarity.parquet      condition x pair x epoch x layer: n (pairs) and mean / std /
-                                           sem / 95% CI of cka and pwcca_distance over the seeds
+                                           sem / 95% CI of cka, pwcca_distance (Morcos et al.'s
+                                           formula) and pwcca_distance_svcca (svcca's code) over the seeds
     representation_dimensionality.parquet  condition x epoch x layer: n (seeds) and the statistics of
-                                           pcs_95 and participation_ratio
+                                           pcs_95, participation_ratio and pcs_95_per_unit
 
 and the figures of the papers:
 
     cka_over_epochs.png          linear CKA with the unregularized network of the same seed over
                                  training, per condition and layer, beside the CKA between
                                  unregularized seeds (Ranadive et al.)
-    pwcca_vs_alpha.png           PWCCA distance to the unregularized network of the same seed at the
-                                 last compared epoch vs alpha, per layer; alpha 0 shows the distance
-                                 between unregularized seeds (Leavitt & Morcos, section 4.2)
+    pwcca_vs_alpha.png           PWCCA distance (Morcos et al.'s formula) at the last compared epoch
+                                 vs alpha, per layer: to the unregularized network of the same seed
+                                 (solid) and, with orchestrator.represent --cross-seed, of the other
+                                 seeds (dashed); the distance between unregularized seeds is a
+                                 horizontal band, not a point on the alpha axis (its pairs share no
+                                 initialisation, unlike the same-seed pairs)
+    pwcca_svcca_vs_alpha.png     the same with svcca's PWCCA (what Leavitt & Morcos most likely used)
     dimensionality_vs_alpha.png  principal components for 95% of the variance at the last analysed
                                  epoch vs alpha, per layer
 
@@ -36,15 +41,21 @@ import pandas as pd
 import pyarrow.dataset as ds
 
 from orchestrator.collect.stats import fmt, summarize, varying_fields
-from trainer.analysis.similarity_job import DIMENSIONALITY, SIMILARITY
+from trainer.analysis.similarity_job import DIMENSIONALITY, MINIBATCH_CKA, SIMILARITY
 
 PAIRS_TABLE = "representation_pairs.parquet"
 SIMILARITY_TABLE = "representation_similarity.parquet"
 DIMENSIONALITY_TABLE = "representation_dimensionality.parquet"
-FIGURES = ("cka_over_epochs.png", "pwcca_vs_alpha.png", "dimensionality_vs_alpha.png")
+MINIBATCH_TABLE = "representation_minibatch_cka.parquet"
+FIGURES = (
+    "cka_over_epochs.png", "pwcca_vs_alpha.png", "dimensionality_vs_alpha.png", "pwcca_svcca_vs_alpha.png",
+    "cka_minibatch_over_epochs.png",
+)  # fmt: skip
 # What core.py removes when a collect did not write it (it describes other trials).
-OUTPUTS = (PAIRS_TABLE, SIMILARITY_TABLE, DIMENSIONALITY_TABLE, *(f"figures/{f}" for f in FIGURES))
+OUTPUTS = (PAIRS_TABLE, SIMILARITY_TABLE, DIMENSIONALITY_TABLE, MINIBATCH_TABLE, *(f"figures/{f}" for f in FIGURES))
 LABELS = ["condition", "alpha", "onset_epoch"]
+SIM_METRICS = ["cka", "pwcca_distance", "pwcca_distance_svcca"]
+DIM_METRICS = ["pcs_95", "participation_ratio", "pcs_95_per_unit"]
 
 
 def _read(folders: list[Path], name: str) -> pd.DataFrame | None:
@@ -62,9 +73,10 @@ def representation_tables(folders: list[Path], trials: pd.DataFrame) -> dict[str
     out: dict[str, pd.DataFrame] = {}
     dims = _read(folders, DIMENSIONALITY)
     if dims is not None:
-        dims = dims[dims["trial_id"].isin(condition.index)][["trial_id", "epoch", "layer", "n_units", "pcs_95", "participation_ratio"]]
+        # reindex: trials analysed before a column existed have NaN there
+        dims = dims[dims["trial_id"].isin(condition.index)].reindex(columns=["trial_id", "epoch", "layer", "n_units", *DIM_METRICS])
         dims = dims.join(condition["condition_id"], on="trial_id")
-        stats = summarize(dims, ["condition_id", "epoch", "layer"], ["pcs_95", "participation_ratio"])
+        stats = summarize(dims, ["condition_id", "epoch", "layer"], DIM_METRICS)
         stats.insert(0, "n_units", dims.groupby(["condition_id", "epoch", "layer"], sort=False)["n_units"].first())
         out[DIMENSIONALITY_TABLE] = _ordered(stats.reset_index().join(labels, on="condition_id"), trials)
     sims = _read(folders, SIMILARITY)
@@ -72,10 +84,17 @@ def representation_tables(folders: list[Path], trials: pd.DataFrame) -> dict[str
         known = condition.index
         sims = sims[sims["trial_id"].isin(known) & sims["reference_id"].isin(known)]
         keep = ["trial_id", "seed", "reference_id", "reference_seed", "reference_alpha", "pair", "epoch", "layer", "n_units", "n_images"]
-        sims = sims[[*keep, "cka", "pwcca_distance"]].join(condition, on="trial_id")
+        sims = sims.reindex(columns=[*keep, *SIM_METRICS]).join(condition, on="trial_id")
         out[PAIRS_TABLE] = sims.reset_index(drop=True)
-        stats = summarize(sims, ["condition_id", "pair", "epoch", "layer"], ["cka", "pwcca_distance"])
+        stats = summarize(sims, ["condition_id", "pair", "epoch", "layer"], SIM_METRICS)
         out[SIMILARITY_TABLE] = _ordered(stats.reset_index().join(labels, on="condition_id"), trials)
+    mb = _read(folders, MINIBATCH_CKA)
+    if mb is not None:
+        known = condition.index
+        mb = mb[mb["trial_id"].isin(known) & mb["reference_id"].isin(known)]
+        mb = mb[["trial_id", "reference_id", "pair", "epoch", "layer", "cka_batch_size", "cka_minibatch"]].join(condition, on="trial_id")
+        stats = summarize(mb, ["condition_id", "pair", "cka_batch_size", "epoch", "layer"], ["cka_minibatch"])
+        out[MINIBATCH_TABLE] = _ordered(stats.reset_index().join(labels, on="condition_id"), trials)
     return out
 
 
@@ -98,8 +117,14 @@ def representation_figures(tables: dict[str, pd.DataFrame], trials: pd.DataFrame
     out = []
     if sim is not None and not sim.empty:
         out.append(cka_over_epochs(sim, folder / FIGURES[0]))
-        out.append(metric_vs_alpha(_last_epoch(sim), "pwcca_distance", series, "PWCCA distance to the unregularized network",
-                                   "PWCCA distance vs alpha (at alpha 0: between unregularized seeds)", folder / FIGURES[1]))  # fmt: skip
+        last = _last_epoch(sim)
+        out.append(distance_vs_alpha(last, "pwcca_distance", series, "PWCCA distance (Morcos et al.'s formula)", folder / FIGURES[1]))
+        if "pwcca_distance_svcca_mean" in last.columns and last["pwcca_distance_svcca_mean"].notna().any():
+            out.append(distance_vs_alpha(last, "pwcca_distance_svcca", series, "PWCCA distance (svcca's code)", folder / FIGURES[3]))
+    mb = tables.get(MINIBATCH_TABLE)
+    if mb is not None and not mb.empty:
+        title = "Minibatch CKA (unbiased HSIC, flattened outputs; Ranadive et al.'s measure)"
+        out.append(cka_over_epochs(mb, folder / FIGURES[4], "cka_minibatch", title))
     if dims is not None and not dims.empty:
         out.append(metric_vs_alpha(_last_epoch(dims), "pcs_95", series, "principal components for 95% of the variance",
                                    "dimensionality vs alpha", folder / FIGURES[2]))  # fmt: skip
@@ -146,7 +171,7 @@ def _finish(fig: Any, axes: np.ndarray, n: int, title: str, path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def cka_over_epochs(sim: pd.DataFrame, path: Path) -> Path:
+def cka_over_epochs(sim: pd.DataFrame, path: Path, metric: str = "cka", what: str | None = None) -> Path:
     """One panel per layer: CKA over epochs, a line (mean, 95% CI band) per condition and pair."""
     from matplotlib import colormaps
 
@@ -159,17 +184,64 @@ def cka_over_epochs(sim: pd.DataFrame, path: Path) -> Path:
             g = sim[(sim["layer"] == layer) & (sim["condition_id"] == cid) & (sim["pair"] == pair)].sort_values("epoch")
             if g.empty:
                 continue
-            label = "unregularized, across seeds" if pair == "across_seeds" else f"{g['condition'].iloc[0]} vs unregularized"
-            style = "--" if pair == "across_seeds" else "-"
+            name = g["condition"].iloc[0]
+            label = {"across_seeds": "unregularized, across seeds", "vs_unregularized_other_seed": f"{name} vs other seeds"}.get(
+                pair, f"{name} vs unregularized"
+            )
+            style = {"across_seeds": "--", "vs_unregularized_other_seed": ":"}.get(pair, "-")
             x = g["epoch"].to_numpy(float)
-            ax.plot(x, g["cka_mean"], style, color=colours(i % 10), lw=1.3, label=label)
-            ax.fill_between(x, g["cka_ci95_low"], g["cka_ci95_high"], color=colours(i % 10), alpha=0.15, lw=0)
+            ax.plot(x, g[f"{metric}_mean"], style, color=colours(i % 10), lw=1.3, label=label)
+            ax.fill_between(x, g[f"{metric}_boot_low"], g[f"{metric}_boot_high"], color=colours(i % 10), alpha=0.15, lw=0)
         ax.set_title(layer, fontsize=9)
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("epoch", fontsize=8)
-        ax.set_ylabel("linear CKA", fontsize=8)
-    title = "Linear CKA with the unregularized network of the same seed (solid) and between unregularized seeds (dashed)"
-    return _finish(fig, axes, len(layers), f"{title}\nmean and 95% CI over seeds (seed pairs)", path)
+        ax.set_ylabel("minibatch CKA" if metric == "cka_minibatch" else "linear CKA", fontsize=8)
+    what = (
+        what or "Linear CKA on channels averaged over space, all images at once (not Ranadive et al.'s minibatch CKA on flattened outputs)"
+    )
+    title = f"{what}\nwith the unregularized network of the same seed (solid; other seeds: dotted) and between unregularized seeds (dashed)"
+    return _finish(fig, axes, len(layers), f"{title}\nmean and 95% bootstrap percentile interval over seeds (seed pairs)", path)
+
+
+def distance_vs_alpha(table: pd.DataFrame, metric: str, series: dict[str, str], what: str, path: Path) -> Path:
+    """One panel per layer: `metric` vs alpha for the regularized conditions, against the unregularized
+    network of the same seed (solid) and of other seeds (dashed), with 95% bootstrap intervals; the
+    baseline between unregularized seeds is a horizontal band (its interval) around a grey line."""
+    from orchestrator.collect.figures import alpha_axis
+
+    layers = list(dict.fromkeys(table["layer"]))
+    fig, axes = _grid(len(layers))
+    table = table.assign(_series=table["condition_id"].map(series).fillna(""))
+    reg, base = table[table["pair"] != "across_seeds"], table[table["pair"] == "across_seeds"]
+    names = list(dict.fromkeys(reg["_series"]))
+    styles = {"vs_unregularized": "-", "vs_unregularized_other_seed": "--"}
+    for ax, layer in zip(axes, layers):
+        for j, (_, b) in enumerate(base[base["layer"] == layer].iterrows()):
+            low, high = b[f"{metric}_boot_low"], b[f"{metric}_boot_high"]
+            if pd.notna(low) and pd.notna(high):
+                ax.axhspan(low, high, color="0.6", alpha=0.25, lw=0)
+            label = "between unregularized seeds (band: 95% interval)" if j == 0 else None
+            ax.axhline(b[f"{metric}_mean"], color="0.4", ls=":", lw=1.2, label=label)
+        for i, name in enumerate(names):
+            for pair, style in styles.items():
+                g = reg[(reg["layer"] == layer) & (reg["_series"] == name) & (reg["pair"] == pair)].sort_values("alpha")
+                if g.empty:
+                    continue
+                mean = g[f"{metric}_mean"].to_numpy(float)
+                err = [
+                    np.nan_to_num(mean - g[f"{metric}_boot_low"].to_numpy(float)),
+                    np.nan_to_num(g[f"{metric}_boot_high"].to_numpy(float) - mean),
+                ]
+                who = "same seed" if pair == "vs_unregularized" else "other seeds"
+                label = f"{name + ': ' if name else ''}vs unregularized, {who}"
+                ax.errorbar(g["alpha"].to_numpy(float), mean, yerr=err, marker="o", ms=3, capsize=2, lw=1.2, ls=style,
+                            color=f"C{i % 10}", label=label)  # fmt: skip
+        alpha_axis(ax, reg["alpha"] if not reg.empty else table["alpha"])
+        ax.xaxis.label.set_size(7)
+        ax.set_title(layer, fontsize=9)
+        ax.set_ylabel(what, fontsize=7)
+    title = f"{what} vs alpha; grey band: between unregularized seeds"
+    return _finish(fig, axes, len(layers), f"{title}\nlast compared epoch; mean and 95% bootstrap percentile interval over seeds", path)
 
 
 def metric_vs_alpha(table: pd.DataFrame, metric: str, series: dict[str, str], ylabel: str, title: str, path: Path) -> Path:
@@ -188,7 +260,7 @@ def metric_vs_alpha(table: pd.DataFrame, metric: str, series: dict[str, str], yl
         for i, name in enumerate(names):
             g = table[(table["layer"] == layer) & (table["_series"] == name)].sort_values("alpha")
             mean = g[f"{metric}_mean"].to_numpy(float)
-            low, high = g[f"{metric}_ci95_low"].to_numpy(float), g[f"{metric}_ci95_high"].to_numpy(float)
+            low, high = g[f"{metric}_boot_low"].to_numpy(float), g[f"{metric}_boot_high"].to_numpy(float)
             err = [np.nan_to_num(mean - low), np.nan_to_num(high - mean)]  # one seed: no interval
             ax.errorbar(g["alpha"].to_numpy(float), mean, yerr=err, marker="o", ms=3, capsize=2, lw=1.2,
                         ls=("-", "--", ":", "-.")[i % 4], label=name or None)  # fmt: skip
@@ -196,4 +268,4 @@ def metric_vs_alpha(table: pd.DataFrame, metric: str, series: dict[str, str], yl
         ax.xaxis.label.set_size(7)
         ax.set_title(layer, fontsize=9)
         ax.set_ylabel(ylabel, fontsize=7)
-    return _finish(fig, axes, len(layers), f"{title}\nlast analysed epoch; mean and 95% CI over seeds", path)
+    return _finish(fig, axes, len(layers), f"{title}\nlast analysed epoch; mean and 95% bootstrap percentile interval over seeds", path)

@@ -122,6 +122,8 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--count-steps", type=int, nargs=2, default=None, metavar=("A", "B"),
                    help="Ranadive et al.'s k: range(0, C/2, A) and range(C/2, C+1, B) per stage of C channels")  # fmt: skip
     p.add_argument("--draws", type=int, default=3, help="random draws per (epoch, stage, k)")
+    p.add_argument("--random-masks", choices=("fixed", "per_batch", "both"), default="fixed",
+                   help="random ablation: one fixed mask per draw, a new mask every batch (Ranadive et al.), or both")  # fmt: skip
 
 
 def plan_from_arguments(args: argparse.Namespace) -> AblationPlan:
@@ -132,7 +134,7 @@ def plan_from_arguments(args: argparse.Namespace) -> AblationPlan:
     if args.count_steps is not None and min(args.count_steps) < 1:
         raise UserError("--count-steps A B: both must be >= 1")
     steps = tuple(args.count_steps) if args.count_steps is not None else None
-    return AblationPlan(fractions, tuple(args.counts), steps, args.draws)
+    return AblationPlan(fractions, tuple(args.counts), steps, args.draws, random_masks=args.random_masks)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -205,6 +205,103 @@ def pwcca_distance(x: np.ndarray, y: np.ndarray, epsilon: float = DEFAULT_EPSILO
     return float(np.clip(distance, 0.0, 1.0))
 
 
+def pwcca_distance_svcca(x: np.ndarray, y: np.ndarray, epsilon: float = DEFAULT_EPSILON) -> float:
+    """PWCCA distance 1 - sum_i alpha_i rho_i as google/svcca's `pwcca.compute_pwcca` computes it
+    (the code Leavitt & Morcos's co-author published), x [N, U1], y [N, U2], with its else-branch fixed.
+
+    svcca's algorithm: covariances scaled by their largest entry; units whose scaled variance is
+    below `epsilon` dropped; epsilon added to the diagonals; CCA by the SVD of Sxx^-1/2 Sxy Syy^-1/2
+    (pseudo-inverses, square roots by eigendecomposition); the side with fewer kept units gives the
+    weights: its directions u_i^T (X - mean) + mean (in the whitened basis, the mean added back)
+    are orthonormalised (QR), and each weight is the summed absolute projection of the *uncentered*
+    units on one of them. svcca's else-branch (y has fewer kept units) projects x's units with y's
+    mask (an IndexError when the widths differ, silently shifted weights otherwise); here it uses
+    y's units, so the result is the if-branch's with x and y swapped.
+
+    This is not Morcos et al.'s formula (`pwcca_distance`): on ReLU activations it gives lower
+    distances, and the two can disagree on which of two pairs is closer (docs/analysis.md). NaN
+    when either representation has zero variance.
+    """
+    _check_epsilon(epsilon)
+    xa, ya = _activation_pair(x, y)
+    n = xa.shape[0]
+    mx, my = xa.mean(axis=0), ya.mean(axis=0)
+    xc, yc = xa - mx, ya - my
+    sxx, syy, sxy = xc.T @ xc / (n - 1), yc.T @ yc / (n - 1), xc.T @ yc / (n - 1)
+    xmax, ymax = np.abs(sxx).max(), np.abs(syy).max()
+    if xmax == 0.0 or ymax == 0.0:
+        return float("nan")
+    sxx, syy, sxy = sxx / xmax, syy / ymax, sxy / math.sqrt(xmax * ymax)
+    kx, ky = np.abs(np.diagonal(sxx)) >= epsilon, np.abs(np.diagonal(syy)) >= epsilon
+    sxx, syy, sxy = sxx[np.ix_(kx, kx)], syy[np.ix_(ky, ky)], sxy[np.ix_(kx, ky)]
+    wx = _inverse_sqrt(sxx + epsilon * np.eye(sxx.shape[0]))
+    wy = _inverse_sqrt(syy + epsilon * np.eye(syy.shape[0]))
+    u, rho, vh = np.linalg.svd(wx @ sxy @ wy)
+    rho = np.abs(rho)
+    if kx.sum() <= ky.sum():
+        directions, units, mean = u.T, xa[:, kx], mx[kx]
+    else:
+        directions, units, mean = vh, ya[:, ky], my[ky]
+    projected = directions @ (units - mean).T + mean[:, None]  # [K, N], as svcca adds the means back
+    q, _ = np.linalg.qr(projected.T)
+    weights = np.abs(q.T @ units).sum(axis=1)
+    weights = weights / weights.sum()
+    return float(np.clip(1.0 - float(weights @ rho), 0.0, 1.0))
+
+
+def _inverse_sqrt(a: np.ndarray) -> np.ndarray:
+    """(pinv a)^1/2 of a symmetric positive semi-definite matrix, by its eigendecomposition (as svcca)."""
+    w, v = np.linalg.eigh(np.linalg.pinv(a))
+    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+
+
+def unbiased_hsic(k: np.ndarray, l_: np.ndarray) -> float:
+    """The unbiased HSIC estimator of two n x n Gram matrices (Song et al. 2012; Nguyen, Raghu &
+    Kornblith 2021, eq. 3), n >= 4: with K~, L~ the Gram matrices with zeroed diagonals,
+
+        HSIC_1 = [tr(K~ L~) + 1^T K~ 1 1^T L~ 1 / ((n-1)(n-2)) - 2 1^T K~ L~ 1 / (n-2)] / (n (n-3))
+    """
+    n = k.shape[0]
+    if n < 4:
+        raise ValueError(f"the unbiased HSIC needs at least 4 samples, got {n}")
+    kt, lt = k.astype(np.float64), l_.astype(np.float64)
+    np.fill_diagonal(kt, 0.0)
+    np.fill_diagonal(lt, 0.0)
+    total = float(np.sum(kt * lt.T)) + float(kt.sum()) * float(lt.sum()) / ((n - 1) * (n - 2))
+    total -= 2.0 * float(kt.sum(axis=0) @ lt.sum(axis=1)) / (n - 2)
+    return total / (n * (n - 3))
+
+
+class MinibatchCKA:
+    """Minibatch CKA (Nguyen, Raghu & Kornblith 2021), as Ranadive et al. computed it with torch_cka:
+    per minibatch, the unbiased HSIC of the linear Gram matrices of the *flattened* outputs; over
+    the batches, CKA = mean HSIC(K, L) / sqrt(mean HSIC(K, K) mean HSIC(L, L)). Unlike `linear_cka`
+    (one Gram matrix over all images, on channels averaged over space), its value depends on the
+    batch size and on every spatial position; the two can differ widely (0.18 vs 0.79 on a digits
+    ResNet20's stage 1, issue 20's review)."""
+
+    def __init__(self) -> None:
+        self.xx = self.xy = self.yy = 0.0
+        self.batches = 0
+
+    def add(self, x: np.ndarray, y: np.ndarray) -> None:
+        """One minibatch: x [B, ...] and y [B, ...] (the same B images), flattened per image."""
+        xf, yf = np.asarray(x, np.float64).reshape(len(x), -1), np.asarray(y, np.float64).reshape(len(y), -1)
+        if xf.shape[0] != yf.shape[0]:
+            raise ValueError(f"x and y must hold the same images: {xf.shape[0]} vs {yf.shape[0]}")
+        k, l_ = xf @ xf.T, yf @ yf.T
+        self.xx += unbiased_hsic(k, k)
+        self.xy += unbiased_hsic(k, l_)
+        self.yy += unbiased_hsic(l_, l_)
+        self.batches += 1
+
+    def value(self) -> float:
+        """The CKA of the batches added (NaN when a side has no positive HSIC)."""
+        if self.batches == 0 or not (self.xx > 0 and self.yy > 0):
+            return float("nan")
+        return self.xy / math.sqrt(self.xx * self.yy)
+
+
 def _pca_variances(x: np.ndarray) -> np.ndarray:
     """Variances (up to a common factor) of the principal components of x, descending."""
     xc = _centered(_activations(x, "x"))

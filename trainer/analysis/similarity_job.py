@@ -12,15 +12,20 @@ Exit codes as trainer.run: 0 done, 2 user mistake, 75 busy.
     <trial>/activations/epoch_NNN.npz  one file per kept epoch (format below)
     <trial>/dimensionality.parquet     the trial's fields, then epoch, layer, n_units, n_images,
                                        pcs_95 (principal components for 95% of the variance),
-                                       participation_ratio
+                                       participation_ratio, pcs_95_per_unit (pcs_95 / min(n_units,
+                                       n_images - 1): comparable across layers of different widths)
     <trial>/similarity.parquet         the trial's fields, then reference_id, reference_seed,
                                        reference_alpha, pair, epoch, layer, n_units, n_images,
-                                       cka (linear CKA), pwcca_distance (weights from this trial)
+                                       cka (linear CKA), pwcca_distance (Morcos et al.'s formula,
+                                       weights from this trial), pwcca_distance_svcca (google/svcca's
+                                       code, its else-branch fixed: docs/analysis.md)
 
 A similarity row compares this trial (a) with a reference trial (b) at one epoch both kept, layer
 by layer; `pair` is "vs_unregularized" when a is regularized (b: the unregularized trial of the
-same seed) and "across_seeds" when both are unregularized (the baseline of how alike two seeds
-are). orchestrator.analysis.represent chooses the pairs.
+same seed), "vs_unregularized_other_seed" when b is the unregularized trial of another seed (no
+shared initialisation or batch order: read directly against the seed baseline), and
+"across_seeds" when both are unregularized (the baseline of how alike two seeds are).
+orchestrator.analysis.represent chooses the pairs.
 
 Storage format (one .npz per epoch, read lazily layer by layer): "layers" the layer names in
 order, "images" the test-set indices (the same for every trial of a data set, so rows align),
@@ -45,7 +50,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from trainer import results as R
-from trainer.analysis.representation import linear_cka, participation_ratio, pcs_for_variance, pwcca_distance
+from trainer.analysis.representation import linear_cka, participation_ratio, pcs_for_variance, pwcca_distance, pwcca_distance_svcca
 from trainer.cli import EXIT_DONE, ArgumentParser, command
 from trainer.errors import UserError
 from trainer.lock import TrialLock
@@ -54,22 +59,23 @@ from trainer.spec import TrialSpec
 ACTIVATIONS = "activations"
 DIMENSIONALITY = "dimensionality.parquet"
 SIMILARITY = "similarity.parquet"
+MINIBATCH_CKA = "minibatch_cka.parquet"  # written by trainer.analysis.minibatch_cka_job (torch), read by the collector
 VARIANCE_FRACTION = 0.95  # pcs_95: components for this fraction of a layer's variance
-PAIRS = ("vs_unregularized", "across_seeds")
+PAIRS = ("vs_unregularized", "across_seeds", "vs_unregularized_other_seed")
 DEFAULT_IMAGES = 10_000  # test images analysed, at most, for sets held in memory (CIFAR-10, Tiny ImageNet: all)
 STREAMED_IMAGES = 5_000  # ImageNet's validation set: a seeded subset of this many (storage: docs/analysis.md)
 
 DIMENSIONALITY_COLUMNS = pa.schema(
     [
         ("epoch", pa.int64()), ("layer", pa.string()), ("n_units", pa.int64()), ("n_images", pa.int64()),
-        ("pcs_95", pa.int64()), ("participation_ratio", pa.float64()),
+        ("pcs_95", pa.int64()), ("participation_ratio", pa.float64()), ("pcs_95_per_unit", pa.float64()),
     ]
 )  # fmt: skip
 SIMILARITY_COLUMNS = pa.schema(
     [
         ("reference_id", pa.string()), ("reference_seed", pa.int64()), ("reference_alpha", pa.float64()), ("pair", pa.string()),
         ("epoch", pa.int64()), ("layer", pa.string()), ("n_units", pa.int64()), ("n_images", pa.int64()),
-        ("cka", pa.float64()), ("pwcca_distance", pa.float64()),
+        ("cka", pa.float64()), ("pwcca_distance", pa.float64()), ("pwcca_distance_svcca", pa.float64()),
     ]
 )  # fmt: skip
 
@@ -173,8 +179,11 @@ def dimensionality_rows(epoch: int, layers: Sequence[str], acts: Sequence[np.nda
     rows: dict[str, list] = {c: [] for c in DIMENSIONALITY_COLUMNS.names}
     for name, a in zip(layers, acts):
         ok = _finite(a)
-        values = (epoch, name, a.shape[1], a.shape[0], pcs_for_variance(a, VARIANCE_FRACTION) if ok else None,
-                  participation_ratio(a) if ok else float("nan"))  # fmt: skip
+        pcs = pcs_for_variance(a, VARIANCE_FRACTION) if ok else None
+        # At most min(U, N - 1) components exist (N images, centered): a width-free share of them
+        most = max(1, min(a.shape[1], a.shape[0] - 1))
+        values = (epoch, name, a.shape[1], a.shape[0], pcs, participation_ratio(a) if ok else float("nan"),
+                  pcs / most if pcs is not None else float("nan"))  # fmt: skip
         for col, v in zip(rows, values):
             rows[col].append(v)
     return rows
@@ -191,15 +200,19 @@ def similarity_rows(a: StoredActivations, b: StoredActivations, epoch: int, refe
         x, y = a.layer(name), b.layer(name)
         ok = _finite(x) and _finite(y)
         values = (reference.trial_id, reference.seed, reference.alpha, pair, epoch, name, x.shape[1], x.shape[0],
-                  linear_cka(x, y) if ok else float("nan"), pwcca_distance(x, y) if ok else float("nan"))  # fmt: skip
+                  linear_cka(x, y) if ok else float("nan"), pwcca_distance(x, y) if ok else float("nan"),
+                  pwcca_distance_svcca(x, y) if ok else float("nan"))  # fmt: skip
         for col, v in zip(rows, values):
             rows[col].append(v)
     return rows
 
 
-def pair_kind(spec: TrialSpec) -> str:
-    """The pair a trial makes with its reference: regularized vs unregularized, or two unregularized seeds."""
-    return PAIRS[0] if spec.alpha != 0 else PAIRS[1]
+def pair_kind(spec: TrialSpec, reference: TrialSpec | None = None) -> str:
+    """The pair a trial makes with its reference: regularized vs the unregularized trial of its own
+    seed (or of another seed), or two unregularized seeds."""
+    if spec.alpha == 0:
+        return PAIRS[1]
+    return PAIRS[2] if reference is not None and reference.seed != spec.seed else PAIRS[0]
 
 
 def read_done(path: Path, keys: Sequence[str]) -> tuple[list[pa.Table], set[tuple]]:
@@ -222,13 +235,13 @@ def compare_trials(folder: Path, references: Sequence[Path]) -> int:
     spec = TrialSpec.from_dict(R.read_json(folder / R.SPEC), where=str(folder / R.SPEC))
     path = folder / SIMILARITY
     tables, done = read_done(path, ["reference_id", "epoch"])
-    pair = pair_kind(spec)
     mine = set(stored_epochs(folder))
     added = 0
     for ref_folder in references:
         reference = TrialSpec.from_dict(R.read_json(ref_folder / R.SPEC), where=str(ref_folder / R.SPEC))
         if reference.alpha != 0:
             raise UserError(f"{ref_folder}: a reference is an unregularized trial (alpha 0); this one has alpha {reference.alpha:g}")
+        pair = pair_kind(spec, reference)
         for epoch in sorted(mine & set(stored_epochs(ref_folder))):
             if (reference.trial_id, epoch) in done:
                 continue
