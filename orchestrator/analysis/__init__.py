@@ -1,5 +1,5 @@
 """Launchers of the after-training jobs over a finished sweep (trainer/analysis/ does the work).
 
-python -m orchestrator.analysis.ablate results/<sweep>      channel ablations of the kept checkpoints
-python -m orchestrator.analysis.represent results/<sweep>   CKA, PWCCA and dimensionality between trials
+python -m orchestrator.ablate results/<sweep>      channel ablations of the kept checkpoints
+python -m orchestrator.represent results/<sweep>   CKA, PWCCA and dimensionality between trials
 """

@@ -29,7 +29,7 @@ ABLATE_LOG = "ablate.log"
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = ArgumentParser(prog="python -m orchestrator.analysis.ablate", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m orchestrator.ablate", description=__doc__.split("\n\n")[0])
     p.add_argument("sweep", type=Path)
     add_plan_arguments(p)
     p.add_argument("--max-parallel", type=int, default=1)

@@ -130,7 +130,7 @@ def run_pool(module: str, jobs: list[tuple[Path, list[str]]], max_parallel: int,
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = ArgumentParser(prog="python -m orchestrator.analysis.represent", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m orchestrator.represent", description=__doc__.split("\n\n")[0])
     p.add_argument("sweep", type=Path)
     p.add_argument("--max-parallel", type=int, default=1)
     p.add_argument("--device", default=None, help="device of the activations phase (default: each trial's device field)")
