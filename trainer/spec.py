@@ -50,6 +50,7 @@ LR_SCHEDULES = ("step", "cosine")
 SI_POOLINGS = ("layers", "stages")
 SI_CLASS_STATS = ("mean", "sum")
 LOADERS = ("auto", "dali", "torchvision")
+TRACKERS = ("tensorboard", "wandb", "mlflow")
 INPUT_NORMS = ("dataset", "half")  # as trainer.data.INPUT_NORMS (this module does not import torch)
 MAX_EPOCHS = 10_000  # beyond any real run; a typo like 1000000000 must not allocate per-epoch state
 MAX_SEED = 2**32 - 1  # numpy's seed range; torch's generators take seed * 1_000_003 + epoch (< 2**64)
@@ -120,6 +121,9 @@ class TrialSpec:
     # worker processes), auto (dali when it is installed and the device is a GPU).
     loader: str = _field("auto", "resource")
     cache_dir: str | None = _field(None, "resource")  # data set manifests; None: $SWEEP_CACHE_DIR, else ~/.cache/selectivity-sweep
+    # Live curves in the tools users watch (trainer/trackers.py, docs/results.md): a copy of the
+    # rows, never the record; a resource, so switching them on never changes a trial id.
+    trackers: tuple[str, ...] = _field((), "resource")  # tensorboard | wandb | mlflow
 
     def __post_init__(self) -> None:
         _check_values(self)
@@ -154,7 +158,7 @@ class TrialSpec:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of every field (tuples become lists)."""
         out = {name: getattr(self, name) for name in _FIELD_NAMES}  # not asdict: it deep-copies (slow)
-        for key in ("lr_milestones", "keep_checkpoints", "ablation_fractions", "ablation_counts", "ablation_count_steps"):
+        for key in ("lr_milestones", "keep_checkpoints", "ablation_fractions", "ablation_counts", "ablation_count_steps", "trackers"):
             if out[key] is not None:
                 out[key] = list(out[key])
         return out
@@ -338,6 +342,10 @@ def _check_values(s: TrialSpec) -> None:
     ):  # fmt: skip
         if getattr(s, name) not in allowed:
             raise SpecError(f"field '{name}' is {quote(getattr(s, name))}; allowed: {', '.join(allowed)}")
+    for tracker in s.trackers:
+        if tracker not in TRACKERS or s.trackers.count(tracker) > 1:
+            twice = " twice" if tracker in TRACKERS else ""
+            raise SpecError(f"field 'trackers' has {quote(tracker)}{twice}; allowed: {', '.join(TRACKERS)}")
     for name in ("alpha", "lr", "momentum", "weight_decay", "lr_gamma"):
         if not math.isfinite(getattr(s, name)):
             raise SpecError(f"field '{name}' is {getattr(s, name)}; allowed: a finite number")
