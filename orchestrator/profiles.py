@@ -28,6 +28,7 @@ from typing import Any
 
 from orchestrator.strict import from_mapping, load_yaml
 from trainer.errors import UserError
+from trainer.spec import TRACKERS
 
 BACKENDS = ("local", "ray", "slurm")
 
@@ -218,12 +219,16 @@ class BaseProfile:
     compile: bool | None = None  # torch.compile the networks (worth it on GPUs); None: the grid's
     loader: str | None = None  # auto | dali | torchvision (image decoding); None: the grid's
     cache_dir: str | None = None  # data set manifests (a folder every node sees); None: the grid's
+    trackers: tuple[str, ...] | None = None  # tensorboard | wandb | mlflow (live curves; trainer/trackers.py); None: the grid's
     max_attempts: int = 3  # a trial that failed (not diverged) this often is left failed
     # Trials per fused group (trainer.group): trials differing only in alpha, onset and seed
     # train as one network, K at a time, in one worker / Tune trial / array task; 1: each alone.
     fuse: int = 16
 
     def __post_init__(self) -> None:
+        for tracker in self.trackers or ():
+            if tracker not in TRACKERS:
+                raise UserError(f"key 'trackers' has {tracker!r}; allowed: {', '.join(TRACKERS)}")
         hints = typing.get_type_hints(type(self))
         for f in fields(self):
             value = getattr(self, f.name)
@@ -243,7 +248,7 @@ class BaseProfile:
 
     def trial_overrides(self) -> dict[str, Any]:
         """The resource fields this profile sets on every trial."""
-        keys = ("device", "data_root", "num_workers", "compile", "loader", "cache_dir")
+        keys = ("device", "data_root", "num_workers", "compile", "loader", "cache_dir", "trackers")
         return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
 

@@ -1,4 +1,9 @@
-"""Where a sweep stands: `python -m orchestrator.status results/<sweep> [--json]`.
+"""Where a sweep stands: `python -m orchestrator.status results/<sweep> [--json] [--state S] [--watch N]`.
+
+One row per trial, with the fields that vary in the sweep (alpha, seed, onset_epoch, ...) as
+columns (and keys in --json), so a row says which trial it is; a failed, interrupted or
+unreadable trial says why and which log to read. `--state failed` shows only those (the counts
+stay whole); `--watch N` redraws every N seconds until no trial is running or queued.
 
 Reads the trial folders (status.json and the per-trial lock), so it is right whichever backend
 ran the trials and whether or not the launcher is still alive. For trials a SLURM launcher
@@ -11,8 +16,11 @@ part is skipped, with a note. Output into a closed pipe (`... | head -1`) ends q
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -20,6 +28,7 @@ from typing import Any
 from orchestrator.folders import load_spec, scan
 from trainer.cli import ArgumentParser, cli
 from trainer.errors import UserError
+from trainer.spec import RESOURCE_FIELDS
 from trainer.status import SEEN_STATES, TrialState
 
 
@@ -27,42 +36,101 @@ def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog="python -m orchestrator.status", description=__doc__.split("\n\n")[0])
     p.add_argument("sweep", type=Path, help="a sweep folder: <results>/<grid name>")
     p.add_argument("--json", action="store_true", help="one JSON object per trial")
+    p.add_argument(
+        "--state", action="append", default=[], help=f"only trials in this state (repeat or comma-separate): {', '.join(FILTERS)}"
+    )
+    p.add_argument("--watch", type=float, metavar="N", help="redraw every N seconds until no trial is running or queued")
     args = p.parse_args(argv)
     if not (args.sweep / "trials").is_dir():
         raise UserError(f"{args.sweep}: not a sweep folder (no trials/ inside); give <results>/<grid name>")
-    states = scan(args.sweep)
+    wanted = {w.strip() for arg in args.state for w in arg.split(",") if w.strip()}
+    if wanted - set(FILTERS):
+        raise UserError(f"--state {', '.join(sorted(wanted - set(FILTERS)))}: no such state; allowed: {', '.join(FILTERS)}")
+    if args.watch is not None and not (math.isfinite(args.watch) and args.watch > 0):
+        raise UserError(f"--watch {args.watch:g}: allowed: a number of seconds > 0")
+    while True:
+        rows = show(args.sweep, wanted, args.json, clear=args.watch is not None and sys.stdout.isatty())
+        if args.watch is None or not any(r["state"] == "running" or r["queue"] is not None for r in rows):
+            return 0
+        sys.stdout.flush()
+        time.sleep(args.watch)
+
+
+# What --state takes: the recorded states, and what a SLURM queue adds to pending trials.
+FILTERS = (*SEEN_STATES, "queued", "starting")
+
+
+def show(sweep: Path, wanted: set[str], as_json: bool, clear: bool = False) -> list[dict[str, Any]]:
+    """Print the sweep's trials once (the counts, then a row per trial in `wanted`, all if empty); returns every row."""
+    states = scan(sweep)
     jobs, notes = slurm_jobs(states)
     if notes:
-        states = scan(args.sweep)  # settling recorded outcomes: read them back
+        states = scan(sweep)  # settling recorded outcomes: read them back
     for note in notes:
         print(f"slurm: {note}", file=sys.stderr)
+    specs: dict[str, dict[str, Any]] = {}
+    for tid, st in states.items():
+        with contextlib.suppress(OSError, ValueError):  # an unreadable spec: its row says so (state unreadable)
+            specs[tid] = load_spec(st.folder).to_dict()
+    swept = swept_fields(list(specs.values()))
     rows: list[dict[str, Any]] = []
     for tid, st in states.items():
-        try:
-            epochs: int | str = load_spec(st.folder).epochs
-        except (OSError, ValueError):
-            epochs = "?"
+        spec = specs.get(tid)
         job, queue_state = jobs.get(tid, (None, None))
         rows.append(
-            {"trial_id": tid, "state": st.state, "epoch": st.epoch, "epochs": epochs, "attempts": st.attempts,
-             "host": st.host, "error": st.error, "job": job, "queue": queue_state, "label": _label(st.state, job, queue_state)}
+            {"trial_id": tid, **{k: spec[k] if spec else None for k in swept}, "state": st.state, "epoch": st.epoch,
+             "epochs": spec["epochs"] if spec else "?", "attempts": st.attempts, "host": st.host, "error": st.error,
+             "reason": reason(st), "log": st.status.log, "job": job, "queue": queue_state, "label": _label(st.state, job, queue_state)}
         )  # fmt: skip
-    if args.json:
-        for r in rows:
+    shown_rows = [r for r in rows if not wanted or r["state"] in wanted or r["label"].split(" ")[0] in wanted]
+    if as_json:
+        for r in shown_rows:
             print(json.dumps({k: v for k, v in r.items() if k != "label"}))
-        return 0
+        return rows
+    if clear:
+        print("\033[H\033[J", end="")  # --watch on a terminal: redraw in place
     counts = Counter(r["label"].split(" ")[0] for r in rows)
     shown = [s for s in SEEN_STATES if counts.get(s) or s != "unreadable"]
     shown[shown.index("pending") + 1 : shown.index("pending") + 1] = [s for s in ("queued", "starting") if counts.get(s)]
-    print(f"{args.sweep}: {len(states)} trials: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in shown))
+    print(f"{sweep}: {len(states)} trials: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in shown))
     width = max([11, *(len(r["label"]) for r in rows)])
-    print(f"{'trial_id':12}  {'state':{width}}  {'epoch':>9}  {'tries':>5}  {'host':12}  error")
-    for r in rows:
+    cols = {k: max(len(k), *(len(_cell(r[k])) for r in rows)) for k in swept}
+    swept_head = "".join(f"{k:>{w}}  " for k, w in cols.items())
+    print(f"{'trial_id':12}  {swept_head}{'state':{width}}  {'epoch':>9}  {'tries':>5}  {'host':12}  reason")
+    for r in shown_rows:
         progress = f"{'-' if r['epoch'] is None else r['epoch']}/{r['epochs']}"
-        error = (r["error"] or "")[:100]
+        cells = "".join(f"{_cell(r[k]):>{w}}  " for k, w in cols.items())
         host = str(r["host"] or "-")[:12]
-        print(f"{r['trial_id']:12}  {r['label']:{width}}  {progress:>9}  {r['attempts']:>5}  {host:12}  {error}")
-    return 0
+        print(f"{r['trial_id']:12}  {cells}{r['label']:{width}}  {progress:>9}  {r['attempts']:>5}  {host:12}  {(r['reason'] or '')[:160]}")
+    return rows
+
+
+def swept_fields(specs: list[dict[str, Any]]) -> list[str]:
+    """The trial fields whose values differ between the sweep's trials (alpha, seed, onset_epoch, ...), in spec order.
+
+    Resource fields (device, data root) are where a trial ran, not which trial it is.
+    """
+    if len(specs) < 2:
+        return []
+    return [k for k in specs[0] if k not in RESOURCE_FIELDS and len({json.dumps(s.get(k), sort_keys=True) for s in specs}) > 1]
+
+
+def reason(st: TrialState) -> str | None:
+    """Why a trial is failed, interrupted or unreadable, with the log to read (None otherwise)."""
+    if st.state == "failed" or st.state == "unreadable":
+        text = st.error
+    elif st.state == "interrupted":
+        text = st.status.last_interruption or st.status.error or "its process ended without a word (killed?)"
+    else:
+        return None
+    log = st.status.log
+    return f"{text} (log: {log})" if log and text and log not in text else text
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return "-" if value is None else str(value)
 
 
 def slurm_jobs(states: dict[str, TrialState]) -> tuple[dict[str, tuple[str, str | None]], list[str]]:

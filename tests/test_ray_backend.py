@@ -102,6 +102,7 @@ def test_ray_sweep_lands_in_the_trial_folders_and_never_runs_a_done_trial_twice(
     first = next(s.trial_id for s in load_grid(grid).specs)
     assert len(launches) == 1 and {p.name for p in launches[0].iterdir() if p.is_dir()} == {f"{first}+1"}
     assert "ray: 2 done" in out
+    assert "epochs 4/4" in err  # the progress line counts the trials' epochs (2 trials x 2), from their status.json
 
     before = {tid: (trials / tid / "status.json").read_bytes() for tid in expected}
     code, out, err = _finish(_start_sweep(grid, ray_profile, results))

@@ -69,6 +69,7 @@ def test_a_submit_limit_is_topped_up_until_every_trial_is_done(tmp_path: Path, s
     )  # fmt: skip
     assert second.returncode == 0, second.stderr
     assert "4 done, 0 failed of 4" in second.stdout
+    assert "2/2 done, 0 failed, 0 running, epochs 2/2" in second.stderr  # this launch ran the 2 trials left (1 epoch each)
     for trial in (sweep / "trials").iterdir():
         assert status(trial)["state"] == "done"
     said = log.read_text().splitlines()

@@ -39,6 +39,7 @@ from trainer.attempt import Attempt, StopRequest
 from trainer.checkpoint import drop_mid_checkpoint, load_checkpoint, load_mid_checkpoint, save_checkpoint, save_mid_checkpoint
 from trainer.data import Batch, Data, DataInfo, data_info, eval_batch_size, load_dataset
 from trainer.engine import Engine, ModelState, OptimizerState, initial_state, make_engine
+from trainer.epochlog import EpochWatch
 from trainer.errors import Checkpointed
 from trainer.loop import NonFiniteLoss, lr_at
 from trainer.metrics import TrainStats, combine
@@ -109,7 +110,11 @@ def train_members(attempts: list[Attempt], fused: bool, stop: StopRequest | None
         m.attempt.status.fused = len(members) if fused else False
         if loader := getattr(data, "loader", None):  # ImageNet: the loader "auto" resolved to (provenance)
             m.attempt.status.update(loader=loader)
-    EpochRun(members, data, info, device, fused, stop or StopRequest()).train()
+    run = EpochRun(members, data, info, device, fused, stop or StopRequest())
+    try:
+        run.train()
+    finally:
+        run.watch.close()  # the trackers drain, bounded in time
     return data
 
 
@@ -126,6 +131,7 @@ class EpochRun:
         self.steps = data.n_train // self.spec.batch_size
         self.slots: list[Member | None] = []
         self.engine: Engine | None = None
+        self.watch = EpochWatch(members, self.steps)  # the log line per epoch, and the trackers asked for
 
     # ---- the engine over the current slots ------------------------------------------------------
     def load_engine(self, members: list[Member], states: list[tuple[ModelState, OptimizerState]]) -> None:
@@ -159,6 +165,7 @@ class EpochRun:
                 m.log.add(0, 0, None, None, None, evals[self.slots.index(m)])
                 m.log.write()
                 self.checkpoint(m, 0, 0)
+            self.watch.epoch_end(0, fresh)
         for m in todo:
             m.attempt.status.epoch = m.done
             m.attempt.save_status()
@@ -262,6 +269,7 @@ class EpochRun:
             m.log.write()  # rows first, then the checkpoint: a resume drops rows the checkpoint lacks
             faults.point("rows-written")
             self.checkpoint(m, e + 1, step)
+        self.watch.epoch_end(e + 1, [m for k, m in enumerate(self.slots) if active[k] and m is not None])
 
     def evaluate(self) -> list[Any]:
         assert self.engine is not None

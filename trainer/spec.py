@@ -51,6 +51,17 @@ SI_POOLINGS = ("layers", "stages")
 SI_CLASS_STATS = ("mean", "sum")
 LOADERS = ("auto", "dali", "nvjpeg", "torchvision")
 ABLATION_RANDOM_MASKS = ("fixed", "per_batch", "both")  # as trainer.analysis.ablation.RANDOM_MASKS
+TRACKERS = ("tensorboard", "wandb", "mlflow")
+# Fields held as tuples in the spec and written as JSON lists.
+_TUPLE_FIELDS = (
+    "lr_milestones",
+    "keep_checkpoints",
+    "ablation_fractions",
+    "ablation_counts",
+    "ablation_count_steps",
+    "si_skip_stages",
+    "trackers",
+)
 INPUT_NORMS = ("dataset", "half")  # as trainer.data.INPUT_NORMS (this module does not import torch)
 MAX_EPOCHS = 10_000  # beyond any real run; a typo like 1000000000 must not allocate per-epoch state
 MAX_SEED = 2**32 - 1  # numpy's seed range; torch's generators take seed * 1_000_003 + epoch (< 2**64)
@@ -135,6 +146,9 @@ class TrialSpec:
     # trial's numbers do not depend on how many workers a launch put on a machine; None: 1 on
     # CPU, the launcher's count on a GPU (whose arithmetic does not use them).
     threads: int | None = _field(None, "resource")
+    # Live curves in the tools users watch (trainer/trackers.py, docs/results.md): a copy of the
+    # rows, never the record; a resource, so switching them on never changes a trial id.
+    trackers: tuple[str, ...] = _field((), "resource")  # tensorboard | wandb | mlflow
 
     def __post_init__(self) -> None:
         _check_values(self)
@@ -169,7 +183,15 @@ class TrialSpec:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of every field (tuples become lists)."""
         out = {name: getattr(self, name) for name in _FIELD_NAMES}  # not asdict: it deep-copies (slow)
-        for key in ("lr_milestones", "keep_checkpoints", "ablation_fractions", "ablation_counts", "ablation_count_steps", "si_skip_stages"):
+        for key in (
+            "lr_milestones",
+            "keep_checkpoints",
+            "ablation_fractions",
+            "ablation_counts",
+            "ablation_count_steps",
+            "si_skip_stages",
+            "trackers",
+        ):
             if out[key] is not None:
                 out[key] = list(out[key])
         return out
@@ -354,6 +376,10 @@ def _check_values(s: TrialSpec) -> None:
     ):  # fmt: skip
         if getattr(s, name) not in allowed:
             raise SpecError(f"field '{name}' is {quote(getattr(s, name))}; allowed: {', '.join(allowed)}")
+    for tracker in s.trackers:
+        if tracker not in TRACKERS or s.trackers.count(tracker) > 1:
+            twice = " twice" if tracker in TRACKERS else ""
+            raise SpecError(f"field 'trackers' has {quote(tracker)}{twice}; allowed: {', '.join(TRACKERS)}")
     for name in ("alpha", "lr", "momentum", "weight_decay", "lr_gamma"):
         if not math.isfinite(getattr(s, name)):
             raise SpecError(f"field '{name}' is {getattr(s, name)}; allowed: a finite number")

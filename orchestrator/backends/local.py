@@ -39,13 +39,14 @@ class LocalBackend:
 
     def run(self, groups: list[list[Path]], sweep: Path) -> Launch:
         total = sum(len(g) for g in groups)
-        progress = Progress(total, "local")
+        progress = Progress(total, "local", folders=[f for g in groups for f in g])
 
         def show(report: Report, running: int) -> None:
             progress.show(report.states.values(), running)
 
         runner = Runner(make_slots(self.profile.max_parallel), self.profile.max_attempts, fused=self.profile.fuse > 1, on_change=show)
-        with checkpoint_on_usr(runner):
+        # epochs move the line between worker events (a fused group is one worker)
+        with checkpoint_on_usr(runner), progress.ticking():
             report = runner.run(groups)
         for line in report.user_errors:
             print(f"error: {line}", file=sys.stderr)

@@ -98,6 +98,7 @@ def run_ray(groups: list[list[Path]], profile: RayProfile, sweep: Path) -> None:
     folder_groups = [[str(f.resolve()) for f in g] for g in groups]
     folders = [f for g in folder_groups for f in g]
     sweep = sweep.resolve()
+    progress = Progress(len(folders), "ray", folders=[Path(f) for f in folders])
     started, private_temp = _connect(profile, sweep)
     try:
         if profile.address is None:
@@ -121,11 +122,12 @@ def run_ray(groups: list[list[Path]], profile: RayProfile, sweep: Path) -> None:
                 name=f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",  # one per launch; launchers may share a sweep
                 storage_path=str(sweep / ".ray"),
                 failure_config=tune.FailureConfig(max_failures=profile.max_attempts),
-                callbacks=[_ProgressCallback(len(folders))],
+                callbacks=[_ProgressCallback(progress)],
                 verbose=0,  # our one-line progress, not Tune's status tables (it still prints a header)
             ),
         )
-        tuner.fit()
+        with progress.ticking():  # epochs move the line between Tune's events (a fused group is one Tune trial)
+            tuner.fit()
     finally:
         if started:
             ray.shutdown()  # a local Ray stops; a cluster only loses this driver
@@ -286,10 +288,10 @@ def _trial_id(trial: Any) -> str:
 class _ProgressCallback(tune.Callback):
     """The launcher's one-line progress, fed from the trial folders as Tune finishes trials."""
 
-    def __init__(self, total: int) -> None:
-        self.total = total
+    def __init__(self, progress: Progress) -> None:
+        self.total = progress.total
         self.finished: dict[str, TrialState] = {}
-        self.progress: Progress | None = Progress(total, "ray")
+        self.progress: Progress | None = progress
 
     def _update(self, trials: list[Any], trial: Any, event: str) -> None:
         self.progress = self.progress or Progress(self.total, "ray")

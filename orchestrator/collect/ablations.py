@@ -81,11 +81,11 @@ def ablation_figures(tables: dict[str, pd.DataFrame], folder: Path) -> list[Path
     curves = tables.get("ablation_curves.parquet")
     if curves is not None and len(curves):
         stages = sorted(curves["stage"].unique())
-        conds = list(dict.fromkeys(curves["condition"]))
+        conds = list(dict.fromkeys(_in_alpha_order(curves)["condition"]))
         epochs = sorted(curves["epoch"].unique())
         shown = sorted({epochs[0], epochs[len(epochs) // 2], epochs[-1]})
         fig = Figure(figsize=(4 * len(stages), 3.2 * len(conds)))
-        axes = fig.subplots(len(conds), len(stages), squeeze=False)
+        axes = fig.subplots(len(conds), len(stages), squeeze=False, sharey=True)  # one accuracy scale: panels compare by eye
         colors = dict(zip(shown, colormaps["viridis"](np.linspace(0, 0.85, len(shown)))))
         for i, cond in enumerate(conds):
             for j, stage in enumerate(stages):
@@ -104,10 +104,10 @@ def ablation_figures(tables: dict[str, pd.DataFrame], folder: Path) -> list[Path
     if auc is not None and len(auc):
         stages = sorted(auc["stage"].unique())
         fig = Figure(figsize=(4 * len(stages), 3.4))
-        axes = fig.subplots(1, len(stages), squeeze=False)
+        axes = fig.subplots(1, len(stages), squeeze=False, sharey=True)
         for j, stage in enumerate(stages):
             ax = axes[0][j]
-            for (cond, sel), g in auc[auc.stage == stage].groupby(["condition", "selection"], sort=False):
+            for (cond, sel), g in _in_alpha_order(auc[auc.stage == stage]).groupby(["condition", "selection"], sort=False):
                 g = g.sort_values("epoch")
                 yerr = [(g["auc_mean"] - g["auc_boot_low"]).fillna(0), (g["auc_boot_high"] - g["auc_mean"]).fillna(0)]
                 ax.errorbar(g["epoch"], g["auc_mean"], yerr=yerr, linestyle={"topk": "-", "random": "--"}.get(sel, ":"),
@@ -130,6 +130,12 @@ def ablation_figures(tables: dict[str, pd.DataFrame], folder: Path) -> list[Path
             ax.grid(alpha=0.3)
         out.append(_finish(fig, axes[1], "Early training at finer than epoch resolution (mean over seeds)", folder / "early_dynamics.png"))
     return out
+
+
+def _in_alpha_order(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows by alpha, then onset and offset (stable): panels and legends read from most negative alpha up."""
+    keys = [k for k in ("alpha", "onset_epoch", "offset_epoch") if k in table.columns]
+    return table.sort_values(keys, kind="stable", na_position="first") if keys else table
 
 
 def _labels(ax: object, title: str, xlabel: str, ylabel: str) -> None:

@@ -26,6 +26,20 @@ TABLES = {
 }
 
 
+# One screen on the tables' column names, so pandas users need not open the docs (docs/results.md has every column).
+LEGEND = [
+    "- Accuracies (`test_acc`, `train_acc`, `test_top5`) are **fractions** (0.926 = 92.6%); this report shows percent.",
+    "- `csi_mean`: a trial's class selectivity index averaged over its tracked units (each layer weighs equally), 0 to 1.",
+    "- `csi_mean.<layer>`: the same for one layer (`trials.parquet`, `conditions.parquet`).",
+    "- `<metric>_mean`, `_std`, `_sem`, `_ci95_low`, `_ci95_high`: statistics **over the seeds** of a condition:",
+    "  `csi_mean_mean` is the mean over seeds of each trial's `csi_mean`; `test_acc_ci95_high` the upper 95% bound of test_acc.",
+    "- `n`: trials (seeds) in the condition; `seeds`: which; `condition`: a readable label of its fields, `condition_id` its key.",
+    "- `epoch`: 0 is the initialised network; `epoch_end` false marks a mid-epoch (early dynamics) evaluation at `step`.",
+    "- `alpha_active`: the regularizer strength in force that epoch (0 before `onset_epoch`); `lr`: that epoch's learning rate.",
+    "- `train_selectivity`: the regularizer's selectivity term (null where it was off); `train_ce`: cross-entropy alone.",
+]
+
+
 def _cell(v: Any) -> str:
     return fmt(v).replace("|", "\\|").replace("\n", " ")
 
@@ -104,4 +118,5 @@ def render(
         lines += [f"![{p.stem}](figures/{p.name})\n" for p in figures]
     lines += ["## Excluded trials", "", *_excluded(excluded), "", "## Tables", ""]
     lines += [f"- `{name}`: {text}" for name, text in TABLES.items()]
+    lines += ["", "## Reading the columns", "", *LEGEND]
     return "\n".join(lines) + "\n"

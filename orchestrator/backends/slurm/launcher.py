@@ -346,7 +346,14 @@ def wait_for_jobs(submitter: Submitter, left: list[Task], folders: list[Path], n
     Tasks a submit limit held back go out as ours leave the queue (or every minute, in case the
     room came from the user's other jobs).
     """
-    progress = Progress(len(folders), "slurm")
+    progress = Progress(len(folders), "slurm", folders=folders)
+    with progress.ticking():  # epochs move the line between polls of the queue (which slow down to 30 s)
+        _wait(submitter, left, folders, name, queued, poll_s, progress)
+
+
+def _wait(
+    submitter: Submitter, left: list[Task], folders: list[Path], name: str, queued: list[str], poll_s: float, progress: Progress
+) -> None:
     shown: tuple[str, ...] | None = None
     start, failures = time.monotonic(), 0
     mark, last_try = None, time.monotonic()  # our tasks in the queue when the limit last refused, and when

@@ -1,0 +1,67 @@
+"""orchestrator.status says which trial is which (the swept fields), why one failed or stopped, and filters and redraws."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks.synthetic import write_trial
+from orchestrator.grid import load_grid
+from orchestrator.status import main as status_main
+from trainer import results as R
+from trainer.cli import cli
+
+GRID = "name: st\nfixed: {epochs: 2, batch_size: 256}\nsweep: {alpha: [-30, 0], seed: [0, 2]}\n"
+
+
+def sweep_with_outcomes(tmp_path: Path) -> tuple[Path, dict[tuple[float, int], str]]:
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(GRID)
+    specs = list(load_grid(grid).specs)
+    sweep = tmp_path / "results" / "st"
+    for spec in specs:
+        write_trial(sweep, spec, units=False)
+    ids = {(s.alpha, s.seed): s.trial_id for s in specs}
+    failed, stopped = sweep / "trials" / ids[(-30.0, 2)], sweep / "trials" / ids[(0.0, 0)]
+    for folder, changes in (
+        (failed, {"state": "failed", "error": "non-finite training loss (nan) in epoch 2", "log": str(failed / "log.txt")}),
+        (stopped, {"state": "interrupted", "last_interruption": "2026-01-01 00:00:00: SIGTERM", "log": str(stopped / "log.txt")}),
+    ):
+        status = json.loads((folder / R.STATUS).read_text())
+        (folder / R.STATUS).write_text(json.dumps({**status, **changes}))
+    return sweep, ids
+
+
+def test_json_and_table_have_the_swept_fields_and_reasons(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sweep, ids = sweep_with_outcomes(tmp_path)
+    assert cli(status_main, [str(sweep), "--json"]) == 0
+    rows = {r["trial_id"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert {(r["alpha"], r["seed"]) for r in rows.values()} == set(ids)
+    assert all(rows[tid]["alpha"] == a and rows[tid]["seed"] == s for (a, s), tid in ids.items())
+    assert "epochs" in rows[ids[(0.0, 2)]] and "batch_size" not in rows[ids[(0.0, 2)]]  # only what varies is a column
+    failed = rows[ids[(-30.0, 2)]]
+    assert failed["state"] == "failed" and failed["reason"].startswith("non-finite") and failed["log"].endswith("log.txt")
+    assert "SIGTERM" in rows[ids[(0.0, 0)]]["reason"] and "(log: " in rows[ids[(0.0, 0)]]["reason"]
+
+    assert cli(status_main, [str(sweep)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"{sweep}: 4 trials: 2 done, 0 running, 1 interrupted, 0 pending, 1 failed"
+    assert out[1].split()[:3] == ["trial_id", "alpha", "seed"]
+    row = next(line for line in out if line.startswith(ids[(-30.0, 2)]))
+    assert row.split()[1:4] == ["-30", "2", "failed"] and "non-finite training loss" in row and "log.txt" in row
+
+
+def test_state_filter_and_watch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sweep, ids = sweep_with_outcomes(tmp_path)
+    assert cli(status_main, [str(sweep), "--state", "failed,interrupted"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "2 done" in out[0]  # the counts stay whole
+    assert sorted(line[:12] for line in out[2:]) == sorted([ids[(-30.0, 2)], ids[(0.0, 0)]])
+    assert cli(status_main, [str(sweep), "--state", "broken"]) == 2
+    assert "--state broken: no such state; allowed: done, running" in capsys.readouterr().err
+    assert cli(status_main, [str(sweep), "--watch", "0"]) == 2
+    # Nothing running or queued: --watch draws once and ends (it would redraw while something runs).
+    assert cli(status_main, [str(sweep), "--watch", "0.1", "--state", "done"]) == 0
+    assert capsys.readouterr().out.count("4 trials:") == 1
