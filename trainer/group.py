@@ -29,6 +29,7 @@ import sys
 from contextlib import ExitStack
 from pathlib import Path
 
+from trainer.analysis.robust import robust_if_asked
 from trainer.attempt import Attempt, StopRequest, attempt, stop_on_signal
 from trainer.cli import EXIT_BUSY, EXIT_DONE, EXIT_FAILED, ArgumentParser, command
 from trainer.epochs import train_members
@@ -80,6 +81,7 @@ def run_group(specs: list[TrialSpec], folders: list[Path], fused: bool = True, s
             if a.final is None:  # not diverged
                 ablate_if_asked(a.spec, a.folder, data)
                 represent_if_asked(a.spec, a.folder, data)
+                robust_if_asked(a.spec, a.folder, data)
     for i, a in held:
         assert a.final is not None  # every attempt ended done or failed on the way out of the stack
         states[i] = a.final

@@ -21,6 +21,7 @@ from pathlib import Path
 from trainer import results as R
 from trainer.ablate import ablate_trial
 from trainer.ablation import ablation_plan_of
+from trainer.analysis.robust import robust_if_asked
 from trainer.attempt import StopRequest, attempt, stop_on_signal
 from trainer.cli import EXIT_DONE, EXIT_FAILED, ArgumentParser, command
 from trainer.data import Data
@@ -44,6 +45,7 @@ def run_trial(spec: TrialSpec, folder: str | Path, stop: StopRequest | None = No
             if a.final is None:  # not diverged
                 ablate_if_asked(spec, a.folder, data)
                 represent_if_asked(spec, a.folder, data)
+                robust_if_asked(spec, a.folder, data)
     assert a.final is not None
     return a.final
 

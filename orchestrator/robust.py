@@ -1,0 +1,51 @@
+"""Robustness job over a finished sweep: `python -m orchestrator.robust results/<sweep>`.
+
+    --all-kept --images N --epsilons E ... --pgd-steps S --source auto|official|generated
+    --gradient-images N --gradient-units U    as trainer.analysis.robust (its docstring has the defaults)
+    --max-parallel N                          N worker processes (default: one)
+    --device D                                default: each trial's device field
+
+Runs `python -m trainer.analysis.robust` (corruptions, FGSM / PGD, the dimensionality of the
+change, input-unit gradients; docs/analysis.md) on every done trial, in a pool of worker
+processes (orchestrator.runner.WorkerPool). Each trial's files grow piece by piece, so a killed job
+resumes where it stopped and a finished trial costs one read of its robustness.parquet. Then
+`python -m orchestrator.collect results/<sweep>` adds the robustness tables and figures.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from orchestrator.plan import scan
+from orchestrator.represent import run_pool
+from trainer.analysis.robust import add_plan_arguments, plan_arguments, plan_from_arguments
+from trainer.cli import ArgumentParser, cli
+from trainer.errors import UserError
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = ArgumentParser(prog="python -m orchestrator.robust", description=__doc__.split("\n\n")[0])
+    p.add_argument("sweep", type=Path)
+    add_plan_arguments(p)
+    p.add_argument("--max-parallel", type=int, default=1)
+    p.add_argument("--device", default=None, help="device of the job (default: each trial's device field)")
+    args = p.parse_args(argv)
+    plan = plan_from_arguments(args)
+    if not (args.sweep / "trials").is_dir():
+        raise UserError(f"{args.sweep}: not a sweep folder (no trials/ inside); give <results>/<grid name>")
+    if args.max_parallel < 1:
+        raise UserError(f"--max-parallel is {args.max_parallel}; allowed: >= 1")
+    folders = [s.folder for s in scan(args.sweep).values() if s.state == "done"]
+    if not folders:
+        raise UserError(f"{args.sweep}: no done trial to measure; see python -m orchestrator.status {args.sweep}")
+    extra = plan_arguments(plan) + (["--device", args.device] if args.device else [])
+    failed = run_pool("trainer.analysis.robust", [(f, extra) for f in folders], args.max_parallel, "robust", log="robust.log")
+    for line in failed:
+        print(f"failed: {line}", file=sys.stderr)
+    print(f"{args.sweep}: measured {len(folders) - len(failed)} trials; next: python -m orchestrator.collect {args.sweep}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli(main))

@@ -1,0 +1,1 @@
+"""After-training analyses of finished trials (ablation, representation, robustness)."""
