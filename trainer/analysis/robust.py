@@ -7,6 +7,7 @@
     --source auto              corrupted images: official (CIFAR-10-C / Tiny-ImageNet-C under the data
                                root), generated (trainer.analysis.corruptions), auto (official when present)
     --gradient-images 100 --gradient-units 32    the input-unit gradient's cost caps per layer
+    --corruptions NAME ...     a subset of the 15 (default: all)
     --device D
 
 Leavitt & Morcos (arXiv 2010.07693) on the sweeps this project trains (docs/analysis.md). For the
@@ -108,6 +109,7 @@ class RobustPlan:
     gradient_images: int = 100
     gradient_units: int = 32
     all_kept: bool = False
+    corruptions: tuple[str, ...] = CORRUPTIONS
 
 
 def _rows(columns: pa.Schema, records: list[tuple]) -> dict[str, list]:
@@ -257,7 +259,13 @@ def robust_trial(
     acc_path, dim_path, grad_path = folder / ROBUSTNESS, folder / ROBUST_DIMENSIONALITY, folder / ROBUST_GRADIENTS
     acc_tables, done = read_done(acc_path, ["epoch", "kind", "name"])
     grad_tables, grads_done = read_done(grad_path, ["epoch"])
-    pieces = [("clean", "clean"), *(("corruption", c) for c in CORRUPTIONS), ("fgsm", "fgsm"), ("pgd", "pgd"), ("gradients", "gradients")]
+    pieces = [
+        ("clean", "clean"),
+        *(("corruption", c) for c in plan.corruptions),
+        ("fgsm", "fgsm"),
+        ("pgd", "pgd"),
+        ("gradients", "gradients"),
+    ]
 
     def pending(epoch: int, piece: tuple[str, str]) -> bool:
         return (epoch,) not in grads_done if piece[0] == "gradients" else (epoch, *piece) not in done
@@ -323,6 +331,7 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pgd-steps", type=int, default=10)
     p.add_argument("--source", default="auto", help=f"corrupted images: one of {', '.join(SOURCES)}")
     p.add_argument("--gradient-images", type=int, default=100)
+    p.add_argument("--corruptions", nargs="+", default=list(CORRUPTIONS), help="which of the 15 (default: all)")
     p.add_argument("--gradient-units", type=int, default=32, help="units per layer whose input gradient is taken (evenly spaced)")
 
 
@@ -332,16 +341,20 @@ def plan_from_arguments(args: argparse.Namespace) -> RobustPlan:
         raise UserError(f"--source is {args.source!r}; allowed: {', '.join(SOURCES)}")
     if any(not 0 <= e <= 1 for e in args.epsilons):
         raise UserError(f"--epsilons {args.epsilons}: each must lie in [0, 1] (pixel units; 8/255 = 0.0314)")
+    unknown = sorted(set(args.corruptions) - set(CORRUPTIONS))
+    if unknown:
+        raise UserError(f"--corruptions: unknown {', '.join(unknown)}; allowed: {', '.join(CORRUPTIONS)}")
     if min(args.images, args.pgd_steps, args.gradient_images, args.gradient_units) < 1:
         raise UserError("--images, --pgd-steps, --gradient-images and --gradient-units must each be >= 1")
     return RobustPlan(tuple(sorted(set(args.epsilons))), args.pgd_steps, args.images, args.source, args.gradient_images,
-                      args.gradient_units, args.all_kept)  # fmt: skip
+                      args.gradient_units, args.all_kept, tuple(c for c in CORRUPTIONS if c in args.corruptions))  # fmt: skip
 
 
 def plan_arguments(plan: RobustPlan) -> list[str]:
     """The command-line form of `plan` (what orchestrator.robust passes to each trial's job)."""
     out = ["--images", str(plan.images), "--epsilons", *map(repr, plan.epsilons), "--pgd-steps", str(plan.pgd_steps)]
     out += ["--source", plan.source, "--gradient-images", str(plan.gradient_images), "--gradient-units", str(plan.gradient_units)]
+    out += ["--corruptions", *plan.corruptions]
     return out + (["--all-kept"] if plan.all_kept else [])
 
 
