@@ -223,7 +223,7 @@ def test_sweep_robust_collect(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     (tmp_path / "grid.yaml").write_text(GRID)
     assert cli(sweep_main, ["--grid", str(tmp_path / "grid.yaml"), "--results", str(tmp_path / "results")]) == 0
     sweep = tmp_path / "results" / "rob"
-    assert cli(robust_main, [str(sweep), *JOB]) == 0
+    assert cli(robust_main, [str(sweep), *JOB, "--max-parallel", "2"]) == 0
     trials = sorted((sweep / "trials").iterdir())
     rows = pd.read_parquet(trials[0] / ROBUSTNESS)
     assert sorted(set(rows.kind)) == ["clean", "corruption", "fgsm", "pgd"] and len(rows) == 1 + 2 * 5 + 2 * 2

@@ -5,7 +5,8 @@ From the done trials' robustness.parquet, robust_dimensionality.parquet and robu
 
     robust_trials.parquet          one row per trial and epoch: clean accuracy, mean corruption accuracy
                                    (15 corruptions x 5 severities), FGSM and PGD accuracy averaged over
-                                   the epsilons > 0, and the trial's final csi_mean
+                                   the epsilons > 0, each also relative to the clean accuracy (*_rel),
+                                   and the trial's final csi_mean
     robust_corruptions.parquet     condition x epoch x corruption x severity: accuracy over seeds (n,
                                    mean / std / sem / 95% CI); corruption "mean" = the 15 averaged
     robust_attacks.parquet         condition x epoch x attack x epsilon: accuracy (worst case up to
@@ -48,7 +49,7 @@ TABLES = {
 }
 LABELS = ["condition", "alpha"]
 # The paper's directions, as alpha rises (more selectivity): corruption accuracy falls, attack accuracy rises.
-EXPECTED = {"corruption_acc": -1, "fgsm_acc": 1, "pgd_acc": 1}
+EXPECTED = {"corruption_acc": -1, "fgsm_acc": 1, "pgd_acc": 1, "corruption_rel": -1, "fgsm_rel": 1, "pgd_rel": 1}
 
 
 def _read(folders: list[Path], name: str) -> pd.DataFrame | None:
@@ -98,8 +99,12 @@ def _per_trial(acc: pd.DataFrame, condition: pd.DataFrame) -> pd.DataFrame:
     corr = acc[acc["kind"] == "corruption"].groupby(keys)["accuracy"].mean().rename("corruption_acc")
     attacked = acc[acc["kind"].isin(["fgsm", "pgd"]) & (acc["epsilon"] > 0)]
     attack = attacked.pivot_table(index=keys, columns="kind", values="accuracy", aggfunc="mean").add_suffix("_acc")
-    table = pd.concat([clean, corr, attack], axis=1).reset_index()
-    return table.join(condition, on="trial_id")
+    table = pd.concat([clean, corr, attack], axis=1)
+    # Relative to the clean accuracy: robustness apart from how well the network classifies at all.
+    for m in ("corruption_acc", "fgsm_acc", "pgd_acc"):
+        if m in table.columns:
+            table[m.replace("_acc", "_rel")] = table[m] / table["clean_acc"]
+    return table.reset_index().join(condition, on="trial_id")
 
 
 # ---- the report ---------------------------------------------------------------------------------
@@ -134,7 +139,8 @@ def robustness_markdown(tables: dict[str, pd.DataFrame]) -> list[str]:
         lines.append(f"| {r['condition']} | {r['n']} | " + " | ".join(cells) + " |")
     lines += ["", "Direction over trials (Spearman rank correlation; the paper: corruption accuracy falls and attack accuracy "
               "rises with selectivity):", ""]  # fmt: skip
-    for m in metrics[1:]:
+    relative = [m for m in ("corruption_rel", "fgsm_rel", "pgd_rel") if m in final.columns]
+    for m in metrics[1:] + relative:
         rho_alpha, rho_csi = _spearman(final[m], final["alpha"]), _spearman(final[m], final["csi_mean"])
         found = "rises" if rho_alpha > 0 else "falls" if rho_alpha < 0 else "is flat"
         agrees = "" if math.isnan(rho_alpha) or m not in EXPECTED else (
@@ -229,7 +235,9 @@ def _save(fig: Any, axes: list[Any], title: str, path: Path, save: Any) -> Path:
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=7)
-    axes[-1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    labelled = [ax for ax in axes if ax.get_legend_handles_labels()[1]]
+    if labelled:
+        labelled[-1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return save(fig, path)

@@ -257,8 +257,8 @@ def robust_trial(
     if source == "official" and official_set(spec.dataset, root) is None:
         raise UserError(f"--source official: no published corrupted copy of '{spec.dataset}' under {root} (CIFAR-10-C/, Tiny-ImageNet-C/)")
     acc_path, dim_path, grad_path = folder / ROBUSTNESS, folder / ROBUST_DIMENSIONALITY, folder / ROBUST_GRADIENTS
-    acc_tables, done = read_done(acc_path, ["epoch", "kind", "name"])
-    grad_tables, grads_done = read_done(grad_path, ["epoch"])
+    acc_tables, done = _read_done(acc_path, ["epoch", "kind", "name"])
+    grad_tables, grads_done = _read_done(grad_path, ["epoch"])
     pieces = [
         ("clean", "clean"),
         *(("corruption", c) for c in plan.corruptions),
@@ -279,11 +279,10 @@ def robust_trial(
         data = load_dataset(spec.dataset, spec.resolved_data_root(), device, **spec.data_options())
     model = build_for(spec.model, spec.dataset).to(device).eval()
     model.requires_grad_(False)  # only input gradients are needed
-    dim_tables, _ = read_done(dim_path, ["epoch"])
+    dim_tables, _ = _read_done(dim_path, ["epoch"])
     added = 0
     for epoch, work in todo.items():
-        state = torch.load(checkpoints[epoch], map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
+        model.load_state_dict(_load_checkpoint(checkpoints[epoch], device))
         ctx = Context(spec, data, model, device, plan)
         for kind, name in work:
             if kind == "gradients":
@@ -305,6 +304,22 @@ def robust_trial(
             append_rows(acc_path, acc_tables, ROBUSTNESS_COLUMNS, _rows(ROBUSTNESS_COLUMNS, acc_rows), spec)
             added += 1
     return added
+
+
+def _read_done(path: Path, keys: list[str]) -> tuple[list[pa.Table], set[tuple]]:
+    """A table of this job written so far and its keys; a damaged one is one line naming it."""
+    try:
+        return read_done(path, keys)
+    except (OSError, pa.ArrowException) as err:
+        raise UserError(f"{path}: damaged ({str(err)[:80]}); remove it and run the job again to measure anew") from None
+
+
+def _load_checkpoint(path: Path, device: torch.device) -> dict:
+    """A checkpoint's model state; a damaged file is one line naming it (the job cannot go on without it)."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)["model"]
+    except (OSError, RuntimeError, EOFError, KeyError, ValueError) as err:
+        raise UserError(f"{path}: not a readable checkpoint ({type(err).__name__}: {str(err)[:80]})") from None
 
 
 def _without(table: pa.Table, epoch: int, kind: str, name: str) -> pa.Table:
