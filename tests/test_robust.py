@@ -25,6 +25,7 @@ from trainer.cli import cli
 from trainer.data import DATASETS, TensorData, read_digits
 from trainer.errors import UserError
 from trainer.models import TrackedNet
+from trainer.run import run_trial
 from trainer.spec import TrialSpec
 
 CPU = torch.device("cpu")
@@ -258,3 +259,20 @@ def test_orchestrator_mistakes_are_one_line(tmp_path: Path, capsys: pytest.Captu
     assert len(err) == 1 and "unknown rain" in err[0]
     assert cli(robust_main, [str(tmp_path)]) == 2
     assert "no done trial" in capsys.readouterr().err
+
+
+def test_robust_fields_are_labels() -> None:
+    assert TrialSpec(robust=True, robust_images=100).trial_id == TrialSpec().trial_id
+    with pytest.raises(UserError, match="robust_images"):
+        TrialSpec(robust_images=5)
+
+
+@pytest.mark.slow
+def test_robust_true_runs_the_job_where_the_trial_ran(tmp_path: Path) -> None:
+    spec = TrialSpec(epochs=1, keep_checkpoints=(1,), robust=True, robust_images=10)
+    folder = tmp_path / spec.trial_id
+    folder.mkdir()
+    assert run_trial(spec, folder) == "done"
+    rows = pd.read_parquet(folder / ROBUSTNESS)
+    assert len(rows) == 1 + 15 * 5 + 2 * 7 and set(rows[rows.kind == "pgd"].n_images) == {10}
+    assert (folder / ROBUST_DIMENSIONALITY).exists() and (folder / "robust_gradients.parquet").exists()
