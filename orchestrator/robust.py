@@ -19,9 +19,12 @@ from pathlib import Path
 
 from orchestrator.plan import scan
 from orchestrator.represent import run_pool
+from trainer import results as R
+from trainer.analysis.corruption_sets import official_set
 from trainer.analysis.robust import add_plan_arguments, plan_arguments, plan_from_arguments
 from trainer.cli import ArgumentParser, cli
 from trainer.errors import UserError
+from trainer.spec import TrialSpec
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,12 +42,28 @@ def main(argv: list[str] | None = None) -> int:
     folders = [s.folder for s in scan(args.sweep).values() if s.state == "done"]
     if not folders:
         raise UserError(f"{args.sweep}: no done trial to measure; see python -m orchestrator.status {args.sweep}")
+    if plan.source == "official":
+        _check_official(folders)
     extra = plan_arguments(plan) + (["--device", args.device] if args.device else [])
     failed = run_pool("trainer.analysis.robust", [(f, extra) for f in folders], args.max_parallel, "robust", log="robust.log")
     for line in failed:
         print(f"failed: {line}", file=sys.stderr)
     print(f"{args.sweep}: measured {len(folders) - len(failed)} trials; next: python -m orchestrator.collect {args.sweep}")
     return 1 if failed else 0
+
+
+def _check_official(folders: list[Path]) -> None:
+    """--source official: every trial's data set has its published corrupted copy under its data root."""
+    seen: set[tuple[str, str]] = set()
+    for folder in folders:
+        spec = TrialSpec.from_dict(R.read_json(folder / R.SPEC), where=str(folder / R.SPEC))
+        key = (spec.dataset, spec.resolved_data_root())
+        if key in seen:
+            continue
+        seen.add(key)
+        if official_set(spec.dataset, Path(key[1]).expanduser()) is None:
+            raise UserError(f"--source official: no CIFAR-10-C/ or Tiny-ImageNet-C/ for dataset '{spec.dataset}' under {key[1]}; "
+                            "allowed: --source generated or auto")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -245,9 +245,10 @@ def test_sweep_robust_collect(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     for name in ("robust_corruption_vs_alpha.png", "robust_attacks.png", "robust_change_dimensionality.png", "robust_gradients.png"):
         assert (summary / "figures" / name).stat().st_size > 5_000
     capsys.readouterr()
-    assert cli(robust_main, [str(sweep), "--source", "nope"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--source" in err[0]
+    for bad in ("nope", "official"):  # digits has no published corrupted copy
+        assert cli(robust_main, [str(sweep), "--source", bad]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--source" in err[0]
 
 
 def test_orchestrator_mistakes_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
