@@ -55,11 +55,12 @@ def test_corruptions_keep_shape_and_range_are_seeded_and_grow_with_severity(imag
     for name in CORRUPTIONS:
         distances = []
         for severity in range(1, 6):
-            out = corrupt(name, x, severity, generator_for(0, name, severity, 0))
+            # the same draws at every severity, so that only the severity's parameters differ
+            out = corrupt(name, x, severity, generator_for(0, name, 1, 0))
             assert out.shape == x.shape and out.dtype == torch.float32, name
             assert float(out.min()) >= 0 and float(out.max()) <= 1, name
-            assert torch.equal(out, corrupt(name, x, severity, generator_for(0, name, severity, 0))), f"{name}: not seeded"
-            assert torch.equal(out * 255, (out * 255).round()), f"{name}: not 8-bit"
+            assert torch.equal(out, corrupt(name, x, severity, generator_for(0, name, 1, 0))), f"{name}: not seeded"
+            assert torch.allclose(out * 255, (out * 255).round(), atol=1e-4), f"{name}: not 8-bit"
             distances.append(float((out - x).abs().mean()))
         assert min(distances) > 0, f"{name} leaves the images unchanged at some severity: {distances}"
         if name in MONOTONE:
