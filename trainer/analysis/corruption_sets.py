@@ -43,7 +43,7 @@ def _cifar(folder: Path, corruption: str, severity: int) -> tuple[np.ndarray, np
         raise UserError(f"{path}: shape {images.shape} with {len(labels)} labels; CIFAR-10-C holds [5 N, 32, 32, 3] uint8, as many labels")
     n = len(images) // 5
     part = slice((severity - 1) * n, severity * n)
-    return np.array(images[part]).transpose(0, 3, 1, 2), np.asarray(labels[part], dtype=np.int64), np.arange(n)
+    return np.array(images[part]).transpose(0, 3, 1, 2), np.array(labels[part], dtype=np.int64), np.arange(n)
 
 
 def _tiny(folder: Path, root: Path, corruption: str, severity: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
