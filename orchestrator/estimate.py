@@ -6,6 +6,7 @@ per trial:
     passes         = epoch 0 and every epoch + the mid-epoch evaluations + the ablation passes
                      (per kept checkpoint and stage: none for k = 0, one for a whole stage, top-k and
                      every random draw for any other k; trainer.analysis.ablation.AblationPlan.passes)
+                     + the robustness job's passes when `robust: true` (robust_passes)
 
 GPU images/s: training throughput of one trial on one H100, eager PyTorch with bf16 and
 channels_last, from published anchors (below); evaluation is forward only (about a third of a
@@ -97,7 +98,32 @@ def evaluation_passes(spec: TrialSpec) -> tuple[int, float]:
         ablation = len(spec.kept_epochs()) * plan.passes(MODELS[spec.model].stage_widths)
         passes += ablation
         full += ablation * min(plan.images or data.n_test, data.n_test) / data.n_test
+    if spec.robust:
+        extra = robust_passes(spec, data.n_test, _layer_units(spec.model))
+        passes += round(extra)
+        full += extra
     return passes, full
+
+
+def robust_passes(spec: TrialSpec, n_test: int, layer_units: list[int]) -> float:
+    """The robustness job (trainer.analysis.robustness_job, its defaults) in forward passes over the whole test set.
+
+    A backward pass costs about two forward ones. Corruptions: 75 full passes, plus the analysed
+    subset's units for each. Attacks on the subset, per epsilon: FGSM 1 + 2 + 1, PGD 10 x (1 + 2 + 1) + 1,
+    and the units of the perturbed images. Gradients: one backward per measured unit (at most 32 per layer)
+    over 100 images.
+    """
+    subset = min(spec.robust_images or 1000, n_test) / n_test
+    epsilons = 6  # the default grid's radii above 0
+    corruptions = 75 * (1 + subset)
+    attacks = epsilons * ((4 + 1) + (10 * 4 + 1 + 1)) * subset
+    gradients = sum(min(u, 32) for u in layer_units) * 3 * min(100, n_test) / n_test
+    return corruptions + attacks + gradients
+
+
+def _layer_units(model: str) -> list[int]:
+    info = MODELS[model]
+    return [w for w, n in zip(info.stage_widths, info.blocks_per_stage) for _ in range(n)]
 
 
 def trial_cost(spec: TrialSpec, cpus: int) -> TrialCost:

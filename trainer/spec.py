@@ -131,6 +131,11 @@ class TrialSpec:
     represent_images: int | None = _field(None, "label")
     # Images per minibatch of Ranadive et al.'s minibatch CKA (trainer/analysis/minibatch_cka_job.py; theirs: 64).
     cka_batch_size: int = _field(64, "label")
+    # Robustness job at the end of the trial (trainer/analysis/robustness_job.py, docs/analysis.md): the final
+    # network's accuracy under corruptions and attacks, and the dimensionality of the change, on
+    # robust_images test images (None: 1,000) for the attacks and the analyses.
+    robust: bool = _field(False, "label")
+    robust_images: int | None = _field(None, "label")
     device: str = _field("auto", "resource")  # auto | cpu | cuda | cuda:N
     num_workers: int = _field(0, "resource")  # DataLoader workers, streaming data sets only
     data_root: str | None = _field(None, "resource")  # None: $SWEEP_DATA_ROOT, else ./data
@@ -479,6 +484,8 @@ def _check_analysis(s: TrialSpec) -> None:
     if s.represent_images is not None:
         _in_range(s, "represent_images", 10, data.n_test, f" or null (test images of {s.dataset})")
     _in_range(s, "cka_batch_size", 4, data.n_test, f" (the unbiased HSIC needs 4 images; {s.dataset} has {data.n_test} test images)")
+    if s.robust_images is not None:
+        _in_range(s, "robust_images", 10, data.n_test, f" or null (test images of {s.dataset})")
     if s.represent and not s.kept_epochs():
         raise SpecError("field 'represent' is true but keep_checkpoints is []; allowed: keep the epochs to analyse, or represent: false")
 

@@ -38,6 +38,7 @@ from trainer import results as R
 from trainer.analysis.ablation import ablation_plan_of
 from trainer.analysis.ablation_job import ablate_trial
 from trainer.analysis.representation_job import represent_if_asked
+from trainer.analysis.robustness_job import robust_if_asked
 from trainer.attempt import Attempt, StopRequest, attempt
 from trainer.data import Data
 from trainer.epochs import train_members
@@ -101,6 +102,7 @@ def analyse_if_asked(a: Attempt, data: Data | None) -> None:
     if a.spec.ablates():
         ablate_trial(a.folder, ablation_plan_of(a.spec), a.spec.device, require_done=False, data=data)
     represent_if_asked(a.spec, a.folder, data)
+    robust_if_asked(a.spec, a.folder, data)
 
 
 def check_fusable(specs: list[TrialSpec]) -> None:

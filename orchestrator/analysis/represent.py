@@ -109,7 +109,7 @@ def needs_minibatch(folder: Path, refs: list[Path]) -> bool:
     return bool(expected - _table_keys(folder / MINIBATCH_CKA, ["reference_id", "epoch"]))
 
 
-def run_pool(module: str, jobs: list[tuple[Path, list[str]]], max_parallel: int, label: str) -> list[str]:
+def run_pool(module: str, jobs: list[tuple[Path, list[str]]], max_parallel: int, label: str, log: str = REPRESENT_LOG) -> list[str]:
     """`python -m <module> --trial <folder> <args>` per (folder, args); returns the failures, one line each."""
     pool = WorkerPool(make_slots(max_parallel))
     progress = Progress(len(jobs), label)
@@ -118,13 +118,13 @@ def run_pool(module: str, jobs: list[tuple[Path, list[str]]], max_parallel: int,
     while queue or pool.running:
         while queue and pool.free:
             folder, args = queue.pop(0)
-            pool.start([sys.executable, "-m", module, "--trial", str(folder), *args], folder, folder / REPRESENT_LOG)
+            pool.start([sys.executable, "-m", module, "--trial", str(folder), *args], folder, folder / log)
         key, code = pool.wait()
         folder = Path(str(key))
         if code in (EXIT_DONE, EXIT_BUSY):  # busy: another process works on it right now
             done += 1
         else:
-            failed.append(f"{folder.name}: {last_line(folder / REPRESENT_LOG)}")
+            failed.append(f"{folder.name}: {last_line(folder / log)}")
         progress.update(done, len(failed), len(pool.running), folder.name)
     return failed
 

@@ -41,6 +41,8 @@ from orchestrator.collect.ablations import ablation_figures, ablation_tables
 from orchestrator.collect.report import render
 from orchestrator.collect.representations import OUTPUTS as REPRESENTATION_OUTPUTS
 from orchestrator.collect.representations import representation_figures, representation_tables
+from orchestrator.collect.robustness import OUTPUTS as ROBUSTNESS_OUTPUTS
+from orchestrator.collect.robustness import robustness_figures, robustness_markdown, robustness_tables
 from orchestrator.collect.rows import Warn, read_rows, with_fields
 from orchestrator.collect.scan import KINDS, Trial, check_sweep, fields_schema, read_spec, read_trials
 from orchestrator.collect.stats import (
@@ -66,7 +68,7 @@ STALE_TEMP_S = 3600  # temp files of a killed collect older than this are remove
 OPTIONAL_OUTPUTS = (
     "condition_steps.parquet", "ablation_curves.parquet", "ablation_auc.parquet",
     *(f"figures/{name}" for name in (*FIGURES, "ablation_curves.png", "ablation_auc.png", "early_dynamics.png")),
-    *REPRESENTATION_OUTPUTS,
+    *REPRESENTATION_OUTPUTS, *ROBUSTNESS_OUTPUTS,
 )  # fmt: skip
 
 
@@ -254,6 +256,7 @@ def collect(path: str | Path, *, full: bool = False, figures: bool = True, warn:
         tables = _tables(rows, fields, usable)
         tables.update(ablation_tables([t.folder for t in usable], tables["trials.parquet"]))
         tables.update(representation_tables([t.folder for t in usable], tables["trials.parquet"]))
+        tables.update(robustness_tables([t.folder for t in usable], tables["trials.parquet"]))
         excluded = excluded_table([t for t in trials if t.state != "done"])
         clock("tables")
         summary.mkdir(exist_ok=True)
@@ -271,6 +274,7 @@ def collect(path: str | Path, *, full: bool = False, figures: bool = True, warn:
         # Ablations are added to done trials after the fact (orchestrator.analysis.ablate): always redrawn.
         shown = (figure_files if figures else []) + ablation_figures(tables, summary / "figures")
         shown += representation_figures(tables, tables["trials.parquet"], summary / "figures")
+        shown += robustness_figures(tables, summary / "figures")
         if not unchanged:
             writing.result()
         faults.point("collect-figures")
@@ -278,6 +282,7 @@ def collect(path: str | Path, *, full: bool = False, figures: bool = True, warn:
     counts, excluded_df = _counts(trials), excluded.to_pandas()
     when = datetime.now(timezone.utc).isoformat(timespec="seconds")
     text = render(sweep, tables["trials.parquet"], tables["conditions.parquet"], excluded_df, counts, shown, when)
+    text += "\n".join(robustness_markdown(tables))
     report = _replace(summary / "report.md", lambda tmp: _write_text(tmp, text))
     faults.point("collect-report")
     written = [summary / kind for kind in KINDS] + written + shown + [report]

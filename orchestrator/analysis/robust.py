@@ -1,0 +1,70 @@
+"""Robustness job over a finished sweep: `python -m orchestrator.robust results/<sweep>`.
+
+    --all-kept --images N --epsilons E ... --pgd-steps S --source auto|official|generated
+    --gradient-images N --gradient-units U    as trainer.analysis.robustness_job (its docstring has the defaults)
+    --max-parallel N                          N worker processes (default: one)
+    --device D                                default: each trial's device field
+
+Runs `python -m trainer.analysis.robustness_job` (corruptions, FGSM / PGD, the dimensionality of the
+change, input-unit gradients; docs/analysis.md) on every done trial, in a pool of worker
+processes (orchestrator.runner.WorkerPool). Each trial's files grow piece by piece, so a killed job
+resumes where it stopped and a finished trial costs one read of its robustness.parquet. Then
+`python -m orchestrator.collect results/<sweep>` adds the robustness tables and figures.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from orchestrator.analysis.represent import run_pool
+from orchestrator.folders import scan
+from trainer import results as R
+from trainer.analysis.corruption_sets import official_set
+from trainer.analysis.robustness_job import add_plan_arguments, plan_arguments, plan_from_arguments
+from trainer.cli import ArgumentParser, cli
+from trainer.errors import UserError
+from trainer.spec import TrialSpec
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = ArgumentParser(prog="python -m orchestrator.robust", description=__doc__.split("\n\n")[0])
+    p.add_argument("sweep", type=Path)
+    add_plan_arguments(p)
+    p.add_argument("--max-parallel", type=int, default=1)
+    p.add_argument("--device", default=None, help="device of the job (default: each trial's device field)")
+    args = p.parse_args(argv)
+    plan = plan_from_arguments(args)
+    if not (args.sweep / "trials").is_dir():
+        raise UserError(f"{args.sweep}: not a sweep folder (no trials/ inside); give <results>/<grid name>")
+    if args.max_parallel < 1:
+        raise UserError(f"--max-parallel is {args.max_parallel}; allowed: >= 1")
+    folders = [s.folder for s in scan(args.sweep).values() if s.state == "done"]
+    if not folders:
+        raise UserError(f"{args.sweep}: no done trial to measure; see python -m orchestrator.status {args.sweep}")
+    if plan.source == "official":
+        _check_official(folders)
+    extra = plan_arguments(plan) + (["--device", args.device] if args.device else [])
+    failed = run_pool("trainer.analysis.robustness_job", [(f, extra) for f in folders], args.max_parallel, "robust", log="robust.log")
+    for line in failed:
+        print(f"failed: {line}", file=sys.stderr)
+    print(f"{args.sweep}: measured {len(folders) - len(failed)} trials; next: python -m orchestrator.collect {args.sweep}")
+    return 1 if failed else 0
+
+
+def _check_official(folders: list[Path]) -> None:
+    """--source official: every trial's data set has its published corrupted copy under its data root."""
+    seen: set[tuple[str, str]] = set()
+    for folder in folders:
+        spec = TrialSpec.from_dict(R.read_json(folder / R.SPEC), where=str(folder / R.SPEC))
+        key = (spec.dataset, spec.resolved_data_root())
+        if key in seen:
+            continue
+        seen.add(key)
+        if official_set(spec.dataset, Path(key[1]).expanduser()) is None:
+            raise UserError(f"--source official: no CIFAR-10-C/ or Tiny-ImageNet-C/ for dataset '{spec.dataset}' under {key[1]}; "
+                            "allowed: --source generated or auto")  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.exit(cli(main))
