@@ -237,6 +237,8 @@ class Runner:
                 self.report.user_errors.append(f"{f.name}: {last_line(log)}")
                 continue
             if code == EXIT_USER:
+                # A user error met on the node (data missing there): the trial's log says the rest.
+                self._note_log(f, log)
                 self.report.user_errors.append(f"{f.name}: {now_.error}")
                 continue
             if not started and code != 0:
@@ -255,6 +257,19 @@ class Runner:
                     self.report.given_up.setdefault(f, f"{said}; not restarted (log: {log})")
             self.report.states[f] = after
         return again
+
+    def _note_log(self, folder: Path, log: Path) -> None:
+        """Add the log path (and the job, on SLURM) to an outcome the worker recorded without them."""
+        try:
+            with TrialLock(folder):
+                status = read_status(folder)
+                if status.log is None:
+                    status.log = str(log)
+                    if self.log_hint and status.error and self.log_hint not in status.error:
+                        status.error = f"{status.error} ({self.log_hint})"
+                    write_status(folder, status)
+        except (TrialBusy, OSError, ValueError):
+            return  # the outcome itself is recorded; only the pointer to its log is missing
 
     def _record(self, folder: Path, state: str, error: str, kind: str | None, count: bool) -> None:
         """Write an outcome the worker could not write (its process is gone, so the lock is free)."""

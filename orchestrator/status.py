@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         job, queue_state = jobs.get(tid, (None, None))
         rows.append(
             {"trial_id": tid, "state": st.state, "epoch": st.epoch, "epochs": epochs, "attempts": st.attempts,
-             "host": st.host, "error": st.error, "job": job, "queue": queue_state, "label": _label(st.state, job, queue_state)}
+             "host": st.host, "error": _reason(st), "job": job, "queue": queue_state, "log": st.status.log,
+             "label": _label(st.state, job, queue_state)}
         )  # fmt: skip
     if args.json:
         for r in rows:
@@ -82,6 +83,13 @@ def slurm_jobs(states: dict[str, TrialState]) -> tuple[dict[str, tuple[str, str 
         return {}, [f"{err}; queue states not shown"]
     notes = settle(folders, views)
     return {f.name: (v.job_id, v.queue_state) for f, v in views.items()}, notes
+
+
+def _reason(st: TrialState) -> str | None:
+    """The error column: a failure's error, or why an interrupted trial stopped (its last interruption)."""
+    if st.state == "interrupted" and not st.error:
+        return st.status.last_interruption or "no live process holds it (its process ended without a word)"
+    return st.error
 
 
 def _label(state: str, job: str | None, queue_state: str | None) -> str:

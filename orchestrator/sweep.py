@@ -18,7 +18,9 @@ engine's own checks) before the first file is written. Trial folders whose spec.
 repaired from the grid (orchestrator.plan.repair_specs). Exit code 0 when every trial of the
 grid is done (or submitted, for engines that do not wait), 1 when some failed, could not run, or
 are still running in other processes (another launcher, or the orphaned workers of a killed
-one: the summary counts them as running), 2 for a user mistake (one line, argument errors too).
+one: the summary counts them as running), 2 for a user mistake (one line, argument errors too), 3
+when an engine that does not wait (SLURM without `wait`) left trials unsubmitted under a submit
+limit: run the same command again to top up, until it exits 0.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from trainer.data import preflight_data
 from trainer.errors import UserError
 
 MAX_PARALLEL = 1024
+EXIT_UNSUBMITTED = 3  # submitted what the cluster took; the rest waits for the next run of the same command
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -183,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     if launch.note:
         print(launch.note)
     if not launch.waited:
-        return EXIT_DONE
+        return EXIT_UNSUBMITTED if launch.unsubmitted else EXIT_DONE
     final = make_plan(grid.specs, folder, max_attempts)
     print(summary(grid, final))
     return EXIT_DONE if final.count("done") == len(final.specs) else EXIT_UNFINISHED

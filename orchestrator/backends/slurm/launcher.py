@@ -98,8 +98,9 @@ class SlurmBackend:
         )
 
     def run(self, groups: list[list[Path]], sweep: Path) -> Launch:
-        waited = run_slurm(groups, self.profile, sweep)
-        return Launch(waited=waited, note="" if waited else f"submitted; follow with: python -m orchestrator.status {sweep}")
+        waited, left = run_slurm(groups, self.profile, sweep)
+        note = "" if waited else f"submitted; follow with: python -m orchestrator.status {sweep}"
+        return Launch(waited=waited, note=note, unsubmitted=left)
 
 
 # ---- the sbatch script ----------------------------------------------------------------------------
@@ -176,8 +177,8 @@ def preflight(profile: SlurmProfile) -> None:
         raise UserError(f"partition '{profile.partition}': {last_line(out.stderr or out.stdout)} (see `sinfo -s`)")
 
 
-def run_slurm(groups: list[list[Path]], profile: SlurmProfile, sweep: Path) -> bool:
-    """Submit the groups of trial folders; True if it also waited for every job to end."""
+def run_slurm(groups: list[list[Path]], profile: SlurmProfile, sweep: Path) -> tuple[bool, int]:
+    """Submit the groups of trial folders; (True if it also waited for every job to end, trials left unsubmitted)."""
     folder_groups = [[Path(f).absolute() for f in g] for g in groups]
     folders = [f for g in folder_groups for f in g]
     name = job_name(Path(sweep).name)
@@ -202,11 +203,11 @@ def run_slurm(groups: list[list[Path]], profile: SlurmProfile, sweep: Path) -> b
             file=sys.stderr,
         )
     if not profile.wait:
-        return False
+        return False, sum(len(g) for t in left for g in t)
     wait_for_jobs(submitter, left, folders, name, list(queued.values()))
     settle(folders)  # what the jobs could not record themselves; printed with every failure below
     _print_failures(folders)
-    return True
+    return True, 0
 
 
 def submit(groups: list[list[Path]], profile: SlurmProfile, sweep: Path) -> list[str]:
