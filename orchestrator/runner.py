@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
+from orchestrator.cancel import cancel_requested
 from trainer.cli import EXIT_BUSY, EXIT_CHECKPOINTED, EXIT_USER
 from trainer.lock import TrialBusy, TrialLock
 from trainer.provenance import now
@@ -104,9 +105,11 @@ class WorkerPool:
         self.running[proc] = (slot, key)
         return slot
 
-    def wait(self) -> tuple[object, int]:
-        """The key and exit code of the next command to end; its slot is free again."""
+    def wait(self, on_poll: Callable[[], None] | None = None) -> tuple[object, int]:
+        """The key and exit code of the next command to end; its slot is free again (`on_poll` runs meanwhile)."""
         while True:
+            if on_poll is not None:
+                on_poll()
             for proc, (slot, key) in list(self.running.items()):
                 code = proc.poll()
                 if code is not None:
@@ -144,12 +147,15 @@ class Runner:
         self.log_hint = log_hint  # e.g. "job 123_4": said in recorded reasons
         self.report = Report()
         self._stopping = False
+        self._probe: Path | None = None
 
     # ---- the loop ---------------------------------------------------------------------------
     def run(self, groups: list[list[Path]]) -> Report:
         queue = [list(g) for g in groups]
+        self._probe = next((f for g in groups for f in g), None)  # a trial folder: where to look for a cancel request
         try:
             while queue or self.pool.running:
+                self._check_cancel()
                 while queue and self.pool.free and not self._stopping:
                     group = queue.pop(0)
                     todo = self._startable(group)
@@ -160,7 +166,7 @@ class Runner:
                     break
                 if not self.pool.running:
                     continue
-                key, code = self.pool.wait()
+                key, code = self.pool.wait(on_poll=lambda: self._check_cancel())
                 members, before = cast("tuple[list[Path], dict[Path, TrialState]]", key)
                 again = self._ended(code, members, before)
                 if again and not self._stopping:
@@ -173,6 +179,14 @@ class Runner:
             for f in group:
                 self.report.states[f] = observe(f)
         return self.report
+
+    def _check_cancel(self) -> None:
+        """`orchestrator.cancel` asked (<sweep>/cancel.json): start nothing more, stop the workers as on a time limit."""
+        if self._stopping:
+            return
+        if self._probe is not None and cancel_requested(self._probe):
+            print("the sweep was cancelled (orchestrator.cancel): stopping the workers at their next step", file=sys.stderr, flush=True)
+            self.stop(signal.SIGUSR1)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         """Start no more workers and pass `sig` on to the running ones (they record themselves)."""

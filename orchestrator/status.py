@@ -75,13 +75,13 @@ def slurm_jobs(states: dict[str, TrialState]) -> tuple[dict[str, tuple[str, str 
     folders = [st.folder for st in states.values() if (st.folder / "slurm_job.json").exists()]
     if not folders:
         return {}, []
-    from orchestrator.backends.slurm.queue import job_views, settle  # only for SLURM sweeps
+    from orchestrator.backends.slurm.queue import job_views, settle, summarize  # only for SLURM sweeps
 
     try:
         views = job_views(folders, timeout_s=20)  # a controller that is down must not hold status up for long
     except UserError as err:
         return {}, [f"{err}; queue states not shown"]
-    notes = settle(folders, views)
+    notes = summarize(settle(folders, views))  # a few lines, however many trials
     return {f.name: (v.job_id, v.queue_state) for f, v in views.items()}, notes
 
 

@@ -32,6 +32,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from orchestrator.backends import backend_for
+from orchestrator.cancel import clear_request
 from orchestrator.estimate import estimate
 from orchestrator.grid import Grid, load_grid
 from orchestrator.pack import pack
@@ -177,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_UNFINISHED
     prepare(plan)
     record_grid(args.grid, folder)
+    clear_request(folder)  # an earlier orchestrator.cancel does not stop this launch
     print(
         f"{grid.name}: running {len(plan.to_run)} of {len(plan.specs)} trials as {len(groups)} groups (fuse {profile.fuse}) "
         f"on '{profile.backend}' into {folder}",

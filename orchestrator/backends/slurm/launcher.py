@@ -44,7 +44,7 @@ from submitit.slurm.slurm import _make_sbatch_string
 
 from orchestrator.backends import Launch
 from orchestrator.backends.slurm.job import SUBMITIT_MAX_TIMEOUTS, TrialJob
-from orchestrator.backends.slurm.queue import SUBMITTED, job_views, last_line, queue_info, settle, squeue, sweep_arrays
+from orchestrator.backends.slurm.queue import SUBMITTED, job_views, last_line, queue_info, settle, squeue, summarize, sweep_arrays
 from orchestrator.backends.slurm.sbatch import (
     SLURM_DEFAULT_MAX_ARRAY_SIZE,
     chunked,
@@ -183,8 +183,8 @@ def run_slurm(groups: list[list[Path]], profile: SlurmProfile, sweep: Path) -> t
     folders = [f for g in folder_groups for f in g]
     name = job_name(Path(sweep).name)
     views = job_views(folders)
-    for note in settle(folders, views):  # jobs that left without a word since the last look
-        print(f"slurm: {note}", file=sys.stderr)
+    for line in summarize(settle(folders, views)):  # jobs that left without a word since the last look
+        print(f"slurm: {line}", file=sys.stderr)
     queued = {f: v.job_id for f, v in views.items() if v.queue_state is not None}
     if queued:
         jobs = _array_ids(queued.values())
@@ -259,7 +259,7 @@ class Submitter:
             trials = sum(len(g) for t in tasks[: len(tasks) - len(left)] for g in t)
             print(
                 f"slurm: submitted {trials} trials as {len(new)} job array(s): {', '.join(new)}; logs in {self.folder}; "
-                f"at most {self.profile.running_tasks} tasks of the sweep at once; cancel with: scancel --name={self.name}",
+                f"at most {self.profile.running_tasks} tasks of the sweep at once; cancel with: python -m orchestrator.cancel {self.sweep}",
                 file=sys.stderr,
             )
         return left
@@ -298,7 +298,7 @@ class Submitter:
         except FailedJobError as err:
             kind = submit_refusal(str(err))
             if kind is None:
-                done = f"; already submitted: {', '.join(self.arrays)} (cancel with scancel)" if self.arrays else ""
+                done = f"; already submitted: {', '.join(self.arrays)} (cancel with: python -m orchestrator.cancel)" if self.arrays else ""
                 raise UserError(f"sbatch refused the jobs: {last_line(str(err))}{done}") from None
             if kind == "maybe" and len(tasks) == 1 and not sweep_arrays(self.name):
                 # Not one task fits while none of ours is queued: a size or time limit, not a count.
@@ -381,7 +381,8 @@ def wait_for_jobs(submitter: Submitter, left: list[Task], folders: list[Path], n
             waited = time.monotonic() - start
             time.sleep(poll_s if waited < 60 else 10 if waited < 600 else 30)
     except KeyboardInterrupt:
-        print(f"\nslurm: the jobs keep running; follow with orchestrator.status, cancel with: scancel --name={name}", file=sys.stderr)
+        cancel = f"python -m orchestrator.cancel {submitter.sweep}"
+        print(f"\nslurm: the jobs keep running; follow with orchestrator.status, cancel with: {cancel}", file=sys.stderr)
         raise
 
 
