@@ -63,3 +63,21 @@ def test_cancel_a_local_launch_then_relaunch_finishes_everything(tmp_path: Path)
     # One start each (the stopped trial's resume is its second start); the cancel itself used none.
     assert {t.name: s["attempts"] for t, s in finals.items()} == {t.name: 2 if t == stopped else 1 for t in finals}
     assert json.loads((stopped / "status.json").read_text())["epoch"] == epochs
+
+
+def test_job_outcomes_from_accounting_and_stderr() -> None:
+    from orchestrator.backends.slurm.queue import CANCELLED, FAILED, REQUEUE, _expand, outcome, summarize
+
+    assert outcome("CANCELLED by 0, exit code 0:0", None, False) == CANCELLED
+    assert outcome("PREEMPTED, exit code 0:0", None, False) == outcome("NODE_FAIL, exit code 0:0", None, False) == REQUEUE
+    assert outcome("OUT_OF_MEMORY, exit code 0:125", None, False) == outcome("FAILED, exit code 1:0", None, False) == FAILED
+    assert outcome("TIMEOUT, exit code 0:0", None, False) is None and outcome("COMPLETED, exit code 0:0", None, False) is None
+    assert outcome(None, None, True) == CANCELLED  # orchestrator.cancel's mark, no accounting
+    cancelled_line = "slurmstepd: error: *** JOB 12 ON node1 CANCELLED AT 2026-01-01T00:00:00 ***"
+    assert outcome(None, cancelled_line, False) == CANCELLED
+    assert outcome(None, cancelled_line.replace(" ***", " DUE TO TIME LIMIT ***"), False) is None
+    assert _expand("12_[0-2,5%2]") == ["12_0", "12_1", "12_2", "12_5"] and _expand("12_3") == ["12_3"]
+    notes = [f"t{i}: cancelled: job 1_{i} cancelled" for i in range(995)] + [f"f{i}: failed: job 2_{i} ended" for i in range(5)]
+    lines = summarize(notes)
+    assert len(lines) == 5 and lines[0].startswith("recorded what 1000 trials' jobs could not: 995 cancelled (no attempt used), 5 failed")
+    assert lines[-1] == "  ... and 2 more (orchestrator.status --json shows each)"

@@ -228,7 +228,8 @@ def _settle_one(folder: Path, rec: dict[str, Any], accounted: str | None) -> str
                 # Never ran (or had stopped already): back to where it was, no attempt used.
                 what = "cancelled" if meaning == CANCELLED else "ended before it ran"
                 said = f"{now()}: job {job} {what}: {reason}"
-                status.update(last_interruption=said)
+                # Keep what the trial said when it stopped ("checkpointed in epoch E at step S"): progress is measured from it.
+                status.update(last_interruption=f"{said}; {status.last_interruption}" if status.last_interruption else said)
                 write_status(folder, status)
                 note = f"{folder.name}: {meaning}: {said}"
             elif meaning in (CANCELLED, REQUEUE):
