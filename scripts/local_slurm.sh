@@ -206,6 +206,10 @@ cmd_install() {
     log "installed: $(slurmctld -V) / $(munged --version | head -n 1)"
 }
 
+# This machine's CPUs. GNU nproc also obeys OMP_NUM_THREADS, which a caller (a test) may have set
+# to 1: a node configured with fewer CPUs than it has is refused ("different slurm.conf").
+cpus() { env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc; }
+
 # Node memory in MB, leaving headroom for the OS: slurmd drains a node that reports less than
 # RealMemory, so this must stay below what the machine has.
 real_memory_mb() {
@@ -276,7 +280,7 @@ GresTypes=gpu
 EOF
     if ((NODES == 1)); then
         cat <<EOF
-NodeName=$NODE NodeAddr=127.0.0.1 NodeHostname=$NODE CPUs=$(nproc) RealMemory=$(real_memory_mb) Gres=gpu:2 State=UNKNOWN
+NodeName=$NODE NodeAddr=127.0.0.1 NodeHostname=$NODE CPUs=$(cpus) RealMemory=$(real_memory_mb) Gres=gpu:2 State=UNKNOWN
 PartitionName=debug Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
 EOF
         return
@@ -294,7 +298,7 @@ PreemptType=preempt/partition_prio
 PreemptMode=REQUEUE
 EOF
     for n in "${NODE_NAMES[@]}"; do
-        echo "NodeName=$n NodeAddr=$(node_addr "$n") NodeHostname=$n CPUs=$(nproc) RealMemory=$(real_memory_mb) Gres=gpu:2 State=UNKNOWN"
+        echo "NodeName=$n NodeAddr=$(node_addr "$n") NodeHostname=$n CPUs=$(cpus) RealMemory=$(real_memory_mb) Gres=gpu:2 State=UNKNOWN"
     done
     cat <<EOF
 PartitionName=debug Nodes=$all Default=YES MaxTime=INFINITE State=UP PriorityTier=1
