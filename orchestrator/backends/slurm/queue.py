@@ -110,7 +110,9 @@ def sacct_states(job_ids: Iterable[str]) -> dict[str, str]:
     ids = sorted(set(job_ids))
     if not ids:
         return {}
-    cmd = ["sacct", "--noheader", "--parsable2", "--jobs", ",".join(ids), "--format", "JobID,State,ExitCode"]
+    # By array: tasks cancelled before they started have no row of their own ("12_[1-2%1]"), and asking for 12_1 finds none.
+    arrays = sorted({j.split("_")[0] for j in ids})
+    cmd = ["sacct", "--noheader", "--parsable2", "--jobs", ",".join(arrays), "--format", "JobID,State,ExitCode"]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired):
@@ -123,7 +125,7 @@ def sacct_states(job_ids: Iterable[str]) -> dict[str, str]:
         if len(parts) == 3 and "." not in parts[0]:  # the job itself, not its steps
             for job in _expand(parts[0]):
                 states[job] = f"{parts[1]}, exit code {parts[2]}"
-    return states
+    return {j: states[j] for j in ids if j in states}
 
 
 def _expand(job_id: str) -> list[str]:
@@ -219,6 +221,8 @@ def _settle_one(folder: Path, rec: dict[str, Any], accounted: str | None) -> str
             started = (Path(rec.get("log_folder", "")) / STARTED.format(job_id=job)).exists()
             reason = job_end_reason(stderr, accounted)
             meaning = outcome(accounted, _tail(stderr), bool(rec.get("cancelled")))
+            if meaning == CANCELLED and _tail(stderr) is None:  # no log because it never ran: say just that
+                reason = "cancelled before it ran" + (f" (sacct: {accounted})" if accounted else "")
             note = None
             began_since = status.started is not None and status.started >= str(rec.get("submitted", ""))
             running = status.state == "running"  # its process is gone (we hold the lock)
