@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
+from orchestrator.cancel import cancel_requested
 from trainer.cli import EXIT_BUSY, EXIT_CHECKPOINTED, EXIT_USER, hold_signals, release_signals
 from trainer.lock import TrialBusy, TrialLock
 from trainer.provenance import now
@@ -105,9 +106,11 @@ class WorkerPool:
         self.running[proc] = (slot, key)
         return slot
 
-    def wait(self) -> tuple[object, int]:
-        """The key and exit code of the next command to end; its slot is free again."""
+    def wait(self, on_poll: Callable[[], None] | None = None) -> tuple[object, int]:
+        """The key and exit code of the next command to end; its slot is free again (`on_poll` runs meanwhile)."""
         while True:
+            if on_poll is not None:
+                on_poll()
             for proc, (slot, key) in list(self.running.items()):
                 code = proc.poll()
                 if code is not None:
@@ -145,12 +148,15 @@ class Runner:
         self.log_hint = log_hint  # e.g. "job 123_4": said in recorded reasons
         self.report = Report()
         self._stopping = False
+        self._probe: Path | None = None
 
     # ---- the loop ---------------------------------------------------------------------------
     def run(self, groups: list[list[Path]]) -> Report:
         queue = [list(g) for g in groups]
+        self._probe = next((f for g in groups for f in g), None)  # a trial folder: where to look for a cancel request
         try:
             while queue or self.pool.running:
+                self._check_cancel()
                 while queue and self.pool.free and not self._stopping:
                     group = queue.pop(0)
                     todo = self._startable(group)
@@ -161,7 +167,7 @@ class Runner:
                     break
                 if not self.pool.running:
                     continue
-                key, code = self.pool.wait()
+                key, code = self.pool.wait(on_poll=lambda: self._check_cancel())
                 members, before = cast("tuple[list[Path], dict[Path, TrialState]]", key)
                 again = self._ended(code, members, before)
                 if again and not self._stopping:
@@ -179,6 +185,14 @@ class Runner:
             for f in group:
                 self.report.states[f] = observe(f)
         return self.report
+
+    def _check_cancel(self) -> None:
+        """`orchestrator.cancel` asked (<sweep>/cancel.json): start nothing more, stop the workers as on a time limit."""
+        if self._stopping:
+            return
+        if self._probe is not None and cancel_requested(self._probe):
+            print("the sweep was cancelled (orchestrator.cancel): stopping the workers at their next step", file=sys.stderr, flush=True)
+            self.stop(signal.SIGUSR1)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         """Start no more workers and pass `sig` on to the running ones (they record themselves)."""
@@ -243,6 +257,8 @@ class Runner:
                 self.report.user_errors.append(f"{f.name}: {last_line(log)}")
                 continue
             if code == EXIT_USER:
+                # A user error met on the node (data missing there): the trial's log says the rest.
+                self._note_log(f, log)
                 self.report.user_errors.append(f"{f.name}: {now_.error}")
                 continue
             if not started and code != 0:
@@ -261,6 +277,19 @@ class Runner:
                     self.report.given_up.setdefault(f, f"{said}; not restarted (log: {log})")
             self.report.states[f] = after
         return again
+
+    def _note_log(self, folder: Path, log: Path) -> None:
+        """Add the log path (and the job, on SLURM) to an outcome the worker recorded without them."""
+        try:
+            with TrialLock(folder):
+                status = read_status(folder)
+                if status.log is None:
+                    status.log = str(log)
+                    if self.log_hint and status.error and self.log_hint not in status.error:
+                        status.error = f"{status.error} ({self.log_hint})"
+                    write_status(folder, status)
+        except (TrialBusy, OSError, ValueError):
+            return  # the outcome itself is recorded; only the pointer to its log is missing
 
     def _record(self, folder: Path, state: str, error: str, kind: str | None, count: bool) -> None:
         """Write an outcome the worker could not write (its process is gone, so the lock is free)."""

@@ -79,7 +79,7 @@ def show(sweep: Path, wanted: set[str], as_json: bool, clear: bool = False) -> l
         job, queue_state = jobs.get(tid, (None, None))
         rows.append(
             {"trial_id": tid, **{k: spec[k] if spec else None for k in swept}, "state": st.state, "epoch": st.epoch,
-             "epochs": spec["epochs"] if spec else "?", "attempts": st.attempts, "host": st.host, "error": st.error,
+             "epochs": spec["epochs"] if spec else "?", "attempts": st.attempts, "host": st.host, "error": _reason(st),
              "reason": reason(st), "log": st.status.log, "job": job, "queue": queue_state, "label": _label(st.state, job, queue_state)}
         )  # fmt: skip
     shown_rows = [r for r in rows if not wanted or r["state"] in wanted or r["label"].split(" ")[0] in wanted]
@@ -142,14 +142,21 @@ def slurm_jobs(states: dict[str, TrialState]) -> tuple[dict[str, tuple[str, str 
     folders = [st.folder for st in states.values() if (st.folder / "slurm_job.json").exists()]
     if not folders:
         return {}, []
-    from orchestrator.backends.slurm.queue import job_views, settle  # only for SLURM sweeps
+    from orchestrator.backends.slurm.queue import job_views, settle, summarize  # only for SLURM sweeps
 
     try:
         views = job_views(folders, timeout_s=20)  # a controller that is down must not hold status up for long
     except UserError as err:
         return {}, [f"{err}; queue states not shown"]
-    notes = settle(folders, views)
+    notes = summarize(settle(folders, views))  # a few lines, however many trials
     return {f.name: (v.job_id, v.queue_state) for f, v in views.items()}, notes
+
+
+def _reason(st: TrialState) -> str | None:
+    """The error column: a failure's error, or why an interrupted trial stopped (its last interruption)."""
+    if st.state == "interrupted" and not st.error:
+        return st.status.last_interruption or "no live process holds it (its process ended without a word)"
+    return st.error
 
 
 def _label(state: str, job: str | None, queue_state: str | None) -> str:

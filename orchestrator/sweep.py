@@ -22,7 +22,9 @@ written. Trial folders whose spec.json lies are repaired from the grid
 (orchestrator.prepare.repair_specs). Exit code 0 when every trial of the
 grid is done (or submitted, for engines that do not wait), 1 when some failed, could not run, or
 are still running in other processes (another launcher, or the orphaned workers of a killed
-one: the summary counts them as running), 2 for a user mistake (one line, argument errors too).
+one: the summary counts them as running), 2 for a user mistake (one line, argument errors too), 3
+when an engine that does not wait (SLURM without `wait`) left trials unsubmitted under a submit
+limit: run the same command again to top up, until it exits 0.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from orchestrator.backends import backend_for
+from orchestrator.cancel import clear_request
 from orchestrator.estimate import estimate
 from orchestrator.folders import scan, sweep_dir, trial_folder, trial_folders
 from orchestrator.grid import Grid, load_grid
@@ -46,6 +49,7 @@ from trainer.cli import EXIT_DONE, EXIT_UNFINISHED, ArgumentParser, cli
 from trainer.errors import UserError
 
 MAX_PARALLEL = 1024
+EXIT_UNSUBMITTED = 3  # submitted what the cluster took; the rest waits for the next run of the same command
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -164,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_UNFINISHED
     prepare(plan)
     record_grid(args.grid, folder)
+    clear_request(folder)  # an earlier orchestrator.cancel does not stop this launch
     print(
         f"{grid.name}: running {len(plan.to_run)} of {len(plan.specs)} trials as {len(groups)} groups (fuse {profile.fuse}) "
         f"on '{profile.backend}' into {folder}",
@@ -173,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     if launch.note:
         print(launch.note)
     if not launch.waited:
-        return EXIT_DONE
+        return EXIT_UNSUBMITTED if launch.unsubmitted else EXIT_DONE
     final = make_plan(grid.specs, folder, max_attempts)
     print(summary(grid, final))
     return EXIT_DONE if final.count("done") == len(final.specs) else EXIT_UNFINISHED

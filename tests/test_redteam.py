@@ -584,3 +584,16 @@ def test_checkpoint_sizes_cover_the_real_models() -> None:
             model = build_for(name, dataset)
             real = 4 * (2 * sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers()))
             assert real <= CHECKPOINT_BYTES[name][dataset] <= 1.05 * real, (name, dataset, real)
+
+
+def test_data_missing_on_the_node_records_the_log_path(tmp_path: Path) -> None:
+    """The launcher's data check passed elsewhere, the worker's failed: status.json points at the log."""
+    spec = TrialSpec(sweep="rt", epochs=1, dataset="cifar10", data_root=str(tmp_path / "not-here"), device="cpu")
+    folder = tmp_path / spec.trial_id
+    folder.mkdir()
+    (folder / R.SPEC).write_text(json.dumps(spec.to_dict()))
+    report = Runner(make_slots(1), max_attempts=3, log_hint="job 9_0").run([[folder]])
+    status = json.loads((folder / R.STATUS).read_text())
+    assert (status["state"], status["error_kind"], status["attempts"]) == ("failed", "user", 1), status
+    assert status["log"] == str(folder / "trainer.log") and "not found" in Path(status["log"]).read_text()
+    assert status["error"].endswith("(job 9_0)") and report.user_errors

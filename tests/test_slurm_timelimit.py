@@ -72,6 +72,19 @@ def test_requeues_count_against_the_cap_only_without_progress(tmp_path: Path, mo
     assert st.error.startswith("requeued 1 times (time limit / preemption) and hit the time limit again without progress")
 
 
+def test_a_first_stop_without_progress_says_so_without_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "8")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "0")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
+    trial = tmp_path / "trial"
+    trial.mkdir()
+    write_status(trial, Status(state="interrupted", epoch=2))
+    job = TrialJob(max_requeues=0, max_attempts=3)
+    assert job._count_start(trial) is None
+    assert job.checkpoint([[str(trial)]]) is None and job._why == "cap"
+    assert job._message == "hit the time limit without progress; max_requeues is 0"
+
+
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_time_limit_requeues_beyond_max_requeues_finish_a_long_trial(tmp_path: Path, sweep_name: str) -> None:

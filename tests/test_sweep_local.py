@@ -145,6 +145,21 @@ def test_interrupted_trial_is_planned_again(tmp_path: Path) -> None:
     assert spec in plan.to_run and len(plan.to_run) == 4
 
 
+def test_status_shows_why_an_interrupted_trial_stopped_and_its_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    grid = load_grid(write_grid(tmp_path))
+    sweep = tmp_path / "results" / "tiny"
+    folder = sweep / "trials" / grid.specs[0].trial_id
+    folder.mkdir(parents=True)
+    (folder / "spec.json").write_text(json.dumps(grid.specs[0].to_dict()))
+    why, log = "2026-01-01T00:00:00+00:00: worker killed by SIGKILL in epoch 2", str(folder / "trainer.log")
+    (folder / "status.json").write_text(json.dumps({"state": "interrupted", "attempts": 1, "last_interruption": why, "log": log}))
+    assert cli(status_main, [str(sweep)]) == 0
+    assert why in capsys.readouterr().out
+    assert cli(status_main, [str(sweep), "--json"]) == 0
+    (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert (row["state"], row["error"], row["log"]) == ("interrupted", why, log)
+
+
 @pytest.mark.slow
 def test_diverged_trial_fails_with_reason_and_the_sweep_goes_on(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     grid = write_grid(tmp_path, "name: div\nfixed: {epochs: 1, batch_size: 256}\nsweep: {lr: [1e6, 0.1]}\n")

@@ -32,6 +32,7 @@ class Launch:
 
     waited: bool
     note: str = ""  # what the user should know (e.g. how to follow submitted jobs)
+    unsubmitted: int = 0  # trials a submit limit held back (engines that do not wait): the launch is not finished
 
 
 class Backend(Protocol):

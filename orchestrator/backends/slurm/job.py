@@ -250,10 +250,9 @@ class TrialJob(submitit.helpers.Checkpointable):
         if open_ and len(capped) == len(open_):
             counted = max(int(_read_requeues(t).get("counted_requeues", 0)) for t in capped)
             self._why = "cap"
-            self._message = (
-                f"requeued {counted} times (time limit / preemption) and hit the time limit again without progress; "
-                f"max_requeues is {self.max_requeues}"
-            )
+            # "again" only when an earlier stop was counted: a first stop without progress says so plainly.
+            before = f"requeued {counted} times (time limit / preemption) and hit the time limit again" if counted else "hit the time limit"
+            self._message = f"{before} without progress; max_requeues is {self.max_requeues}"
             return None
         self._why, self._message = "requeued", "time limit: requeued"
         print(f"{', '.join(t.name for t in open_)}: time limit ahead; requeueing job {self._job_id}", flush=True)

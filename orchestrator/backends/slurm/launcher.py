@@ -44,7 +44,7 @@ from submitit.slurm.slurm import _make_sbatch_string
 
 from orchestrator.backends import Launch
 from orchestrator.backends.slurm.job import SUBMITIT_MAX_TIMEOUTS, TrialJob
-from orchestrator.backends.slurm.queue import SUBMITTED, job_views, last_line, queue_info, settle, squeue, sweep_arrays
+from orchestrator.backends.slurm.queue import SUBMITTED, job_views, last_line, queue_info, settle, squeue, summarize, sweep_arrays
 from orchestrator.backends.slurm.sbatch import (
     SLURM_DEFAULT_MAX_ARRAY_SIZE,
     chunked,
@@ -98,8 +98,9 @@ class SlurmBackend:
         )
 
     def run(self, groups: list[list[Path]], sweep: Path) -> Launch:
-        waited = run_slurm(groups, self.profile, sweep)
-        return Launch(waited=waited, note="" if waited else f"submitted; follow with: python -m orchestrator.status {sweep}")
+        waited, left = run_slurm(groups, self.profile, sweep)
+        note = "" if waited else f"submitted; follow with: python -m orchestrator.status {sweep}"
+        return Launch(waited=waited, note=note, unsubmitted=left)
 
 
 # ---- the sbatch script ----------------------------------------------------------------------------
@@ -176,14 +177,14 @@ def preflight(profile: SlurmProfile) -> None:
         raise UserError(f"partition '{profile.partition}': {last_line(out.stderr or out.stdout)} (see `sinfo -s`)")
 
 
-def run_slurm(groups: list[list[Path]], profile: SlurmProfile, sweep: Path) -> bool:
-    """Submit the groups of trial folders; True if it also waited for every job to end."""
+def run_slurm(groups: list[list[Path]], profile: SlurmProfile, sweep: Path) -> tuple[bool, int]:
+    """Submit the groups of trial folders; (True if it also waited for every job to end, trials left unsubmitted)."""
     folder_groups = [[Path(f).absolute() for f in g] for g in groups]
     folders = [f for g in folder_groups for f in g]
     name = job_name(Path(sweep).name)
     views = job_views(folders)
-    for note in settle(folders, views):  # jobs that left without a word since the last look
-        print(f"slurm: {note}", file=sys.stderr)
+    for line in summarize(settle(folders, views)):  # jobs that left without a word since the last look
+        print(f"slurm: {line}", file=sys.stderr)
     queued = {f: v.job_id for f, v in views.items() if v.queue_state is not None}
     if queued:
         jobs = _array_ids(queued.values())
@@ -202,11 +203,11 @@ def run_slurm(groups: list[list[Path]], profile: SlurmProfile, sweep: Path) -> b
             file=sys.stderr,
         )
     if not profile.wait:
-        return False
+        return False, sum(len(g) for t in left for g in t)
     wait_for_jobs(submitter, left, folders, name, list(queued.values()))
     settle(folders)  # what the jobs could not record themselves; printed with every failure below
     _print_failures(folders)
-    return True
+    return True, 0
 
 
 def submit(groups: list[list[Path]], profile: SlurmProfile, sweep: Path) -> list[str]:
@@ -258,7 +259,7 @@ class Submitter:
             trials = sum(len(g) for t in tasks[: len(tasks) - len(left)] for g in t)
             print(
                 f"slurm: submitted {trials} trials as {len(new)} job array(s): {', '.join(new)}; logs in {self.folder}; "
-                f"at most {self.profile.running_tasks} tasks of the sweep at once; cancel with: scancel --name={self.name}",
+                f"at most {self.profile.running_tasks} tasks of the sweep at once; cancel with: python -m orchestrator.cancel {self.sweep}",
                 file=sys.stderr,
             )
         return left
@@ -297,7 +298,7 @@ class Submitter:
         except FailedJobError as err:
             kind = submit_refusal(str(err))
             if kind is None:
-                done = f"; already submitted: {', '.join(self.arrays)} (cancel with scancel)" if self.arrays else ""
+                done = f"; already submitted: {', '.join(self.arrays)} (cancel with: python -m orchestrator.cancel)" if self.arrays else ""
                 raise UserError(f"sbatch refused the jobs: {last_line(str(err))}{done}") from None
             if kind == "maybe" and len(tasks) == 1 and not sweep_arrays(self.name):
                 # Not one task fits while none of ours is queued: a size or time limit, not a count.
@@ -387,7 +388,8 @@ def _wait(
             waited = time.monotonic() - start
             time.sleep(poll_s if waited < 60 else 10 if waited < 600 else 30)
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C; SIGTERM, SIGHUP, SIGUSR1/2 (trainer.cli)
-        print(f"\nslurm: the jobs keep running; follow with orchestrator.status, cancel with: scancel --name={name}", file=sys.stderr)
+        cancel = f"python -m orchestrator.cancel {submitter.sweep}"
+        print(f"\nslurm: the jobs keep running; follow with orchestrator.status, cancel with: {cancel}", file=sys.stderr)
         raise
 
 

@@ -17,8 +17,22 @@ the trial folders. A job that leaves the queue
   killed: OOM, node failure without requeue): the trial is `interrupted`, with the same reason.
 
 Each job is settled once: slurm_job.json gets `settled` (the trial's lock is held meanwhile).
-Where SLURM keeps accounting, `sacct` adds the job's final state (FAILED, OUT_OF_MEMORY,
-NODE_FAIL, ...) to the reason; without it (squeue only) the stderr line has to say it.
+
+Where SLURM keeps accounting, `sacct` says how the job ended, and that decides (outcome()):
+
+    CANCELLED               the trial goes back to where it was: a trial that had not started stays
+                            not started, a running one is `interrupted`; never an attempt
+    PREEMPTED, NODE_FAIL    (only seen here when SLURM did not requeue the job) `interrupted`, or
+                            back to not started; never an attempt: it resumes from its checkpoint
+    TIMEOUT                 as without accounting (the job requeues itself; a leftover is `interrupted`)
+    OUT_OF_MEMORY, FAILED   a trial that was running is `failed` with the state and the job's log
+                            (its attempt was counted when it started); one not started: as above
+
+Without accounting (squeue only) the stderr line has to say it, as described above; a job cancelled
+through `orchestrator.cancel` (slurm_job.json's `cancelled`) or whose stderr shows SLURM's
+"CANCELLED AT" line is a cancel all the same: no attempt. A job `scancel`led while it was still
+pending leaves no trace at all without accounting and reads as a setup failure: cancel sweeps with
+`python -m orchestrator.cancel`.
 """
 
 from __future__ import annotations
@@ -26,6 +40,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,7 +110,9 @@ def sacct_states(job_ids: Iterable[str]) -> dict[str, str]:
     ids = sorted(set(job_ids))
     if not ids:
         return {}
-    cmd = ["sacct", "--noheader", "--parsable2", "--jobs", ",".join(ids), "--format", "JobID,State,ExitCode"]
+    # By array: tasks cancelled before they started have no row of their own ("12_[1-2%1]"), and asking for 12_1 finds none.
+    arrays = sorted({j.split("_")[0] for j in ids})
+    cmd = ["sacct", "--noheader", "--parsable2", "--jobs", ",".join(arrays), "--format", "JobID,State,ExitCode"]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired):
@@ -106,8 +123,42 @@ def sacct_states(job_ids: Iterable[str]) -> dict[str, str]:
     for line in out.stdout.splitlines():
         parts = line.split("|")
         if len(parts) == 3 and "." not in parts[0]:  # the job itself, not its steps
-            states[parts[0]] = f"{parts[1]}, exit code {parts[2]}"
-    return states
+            for job in _expand(parts[0]):
+                states[job] = f"{parts[1]}, exit code {parts[2]}"
+    return {j: states[j] for j in ids if j in states}
+
+
+def _expand(job_id: str) -> list[str]:
+    """'12_[0-2,5%2]' (array tasks that never started, one row) -> 12_0, 12_1, 12_2, 12_5; others as they are."""
+    match = re.fullmatch(r"(\d+)_\[([0-9,\-]+)(%\d+)?\]", job_id)
+    if not match:
+        return [job_id]
+    out = []
+    for part in match.group(2).split(","):
+        lo, _, hi = part.partition("-")
+        out += [f"{match.group(1)}_{i}" for i in range(int(lo), int(hi or lo) + 1)]
+    return out
+
+
+# What a job's end means for its trials (see the module's doc).
+CANCELLED, REQUEUE, FAILED = "cancelled", "requeue", "failed"
+
+
+def outcome(accounted: str | None, stderr_text: str | None, cancel_mark: bool) -> str | None:
+    """cancelled | requeue | failed | None (unknown: read the trial folder as without accounting)."""
+    state = (accounted or "").split(",")[0].split(" ")[0]  # "CANCELLED by 0, exit code 0:0" -> CANCELLED
+    if cancel_mark or state == "CANCELLED":
+        return CANCELLED
+    if state in ("PREEMPTED", "NODE_FAIL", "REQUEUED", "BOOT_FAIL", "DEADLINE"):
+        return REQUEUE
+    if state in ("OUT_OF_MEMORY", "FAILED"):
+        return FAILED
+    if not state and stderr_text and _CANCELLED_AT.search(stderr_text):
+        return CANCELLED
+    return None
+
+
+_CANCELLED_AT = re.compile(r"\*\*\* (JOB|STEP) \S+ ON \S+ CANCELLED AT \S+ \*\*\*")
 
 
 # ---- one view per trial ----------------------------------------------------------------------------------
@@ -169,17 +220,39 @@ def _settle_one(folder: Path, rec: dict[str, Any], accounted: str | None) -> str
             stderr = Path(rec.get("stderr") or Path(rec.get("log_folder", "")) / f"{job}_0_log.err")
             started = (Path(rec.get("log_folder", "")) / STARTED.format(job_id=job)).exists()
             reason = job_end_reason(stderr, accounted)
+            meaning = outcome(accounted, _tail(stderr), bool(rec.get("cancelled")))
+            if meaning == CANCELLED and _tail(stderr) is None:  # no log because it never ran: say just that
+                reason = "cancelled before it ran" + (f" (sacct: {accounted})" if accounted else "")
             note = None
             began_since = status.started is not None and status.started >= str(rec.get("submitted", ""))
+            running = status.state == "running"  # its process is gone (we hold the lock)
             if status.final:
                 pass
+            elif meaning in (CANCELLED, REQUEUE) and not running:
+                # Never ran (or had stopped already): back to where it was, no attempt used.
+                what = "cancelled" if meaning == CANCELLED else "ended before it ran"
+                said = f"{now()}: job {job} {what}: {reason}"
+                # Keep what the trial said when it stopped ("checkpointed in epoch E at step S"): progress is measured from it.
+                status.update(last_interruption=f"{said}; {status.last_interruption}" if status.last_interruption else said)
+                write_status(folder, status)
+                note = f"{folder.name}: {meaning}: {said}"
+            elif meaning in (CANCELLED, REQUEUE):
+                said = f"{now()}: job {job} {'cancelled' if meaning == CANCELLED else 'ended'} while the trial was running: {reason}"
+                status.update(state="interrupted", last_interruption=said, ended=now(), log=str(stderr))
+                write_status(folder, status)
+                note = f"{folder.name}: {meaning}: {said}"
             elif not started and not began_since:
                 error = f"job {job} ended before its trials started: {reason} (log: {stderr})"
                 status.update(state="failed", error=error, error_kind="setup", retryable=True, ended=now(), log=str(stderr))
                 status.attempts += 1
                 write_status(folder, status)
                 note = f"{folder.name}: failed: {error}"
-            elif status.state == "running":  # its process is gone (we hold the lock)
+            elif running and meaning == FAILED:  # OUT_OF_MEMORY, FAILED: its attempt counted when it started
+                error = f"job {job} ended while the trial was running: {reason} (log: {stderr})"
+                status.update(state="failed", error=error, error_kind="job", retryable=True, ended=now(), log=str(stderr))
+                write_status(folder, status)
+                note = f"{folder.name}: failed: {error}"
+            elif running:
                 said = f"{now()}: job {job} ended while the trial was running: {reason} (log: {stderr})"
                 status.update(state="interrupted", last_interruption=said, ended=now(), log=str(stderr))
                 write_status(folder, status)
@@ -190,6 +263,21 @@ def _settle_one(folder: Path, rec: dict[str, Any], accounted: str | None) -> str
         return None
     except OSError as err:  # a full disk: say it, the trial stays as it is
         return f"{folder.name}: job {job} left the queue; could not record it ({err})"
+
+
+def summarize(notes: list[str], most: int = 3) -> list[str]:
+    """At most 1 + `most` lines for settle's notes: counts per outcome, then a few failures in full."""
+    if not notes:
+        return []
+    kinds = Counter(n.split(": ", 2)[1] if n.count(": ") >= 2 else "other" for n in notes)
+    label = {CANCELLED: "cancelled (no attempt used)", REQUEUE: "ended by SLURM before they ran (no attempt used)"}
+    counts = ", ".join(f"{k} {label.get(kind, kind)}" for kind, k in kinds.most_common())
+    lines = [f"recorded what {len(notes)} trials' jobs could not: {counts}"]
+    telling = [n for n in notes if (n.split(": ", 2) + ["", ""])[1] not in (CANCELLED, REQUEUE)]
+    lines += [f"  {n}" for n in telling[:most]]
+    if len(telling) > most:
+        lines.append(f"  ... and {len(telling) - most} more (orchestrator.status --json shows each)")
+    return lines
 
 
 # Lines of a job's stderr that say only that something failed, not what: srun's summary of a

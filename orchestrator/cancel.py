@@ -1,0 +1,154 @@
+"""Cancel a sweep on whatever engine runs it: `python -m orchestrator.cancel results/<sweep>`.
+
+    --wait-s S   how long to wait for running trials to checkpoint and stop (default 300)
+
+One request for every engine: `<sweep>/cancel.json`. Every orchestrator.runner (the local
+launcher's, each Ray trial's, each SLURM task's, on whichever node: the sweep folder is shared)
+looks for it while its workers train; once it is there the runner starts no more workers and
+sends the running ones SIGUSR1, as on a time limit: each saves a mid-epoch checkpoint at its next
+optimizer step, records itself `interrupted` and exits. So a local launcher returns, a Ray
+sweep's trials end (those not started yet end at once) and a SLURM task ends. SLURM jobs that
+wait in the queue are `scancel`led by the ids the launcher recorded (slurm_job.json); running ones
+are left to stop themselves as above, and `scancel`led (SIGTERM: a checkpoint at the last epoch)
+only if they have not within `--wait-s`. Each trial's slurm_job.json is marked `cancelled`, so
+the job's end is read as a cancel with or without accounting (queue.py): never an attempt.
+
+Then each trial that is not done says so: `interrupted` ones keep their checkpoint note,
+`last_interruption` names the cancel; trials that never started stay not started. One summary
+line. The next `orchestrator.sweep` of the grid removes the request and resubmits what is not done.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from trainer.cli import EXIT_DONE, EXIT_UNFINISHED, ArgumentParser, cli
+from trainer.errors import UserError
+from trainer.lock import TrialBusy, TrialLock
+from trainer.provenance import now
+from trainer.results import write_json
+from trainer.status import StatusUnreadable, observe, read_status, write_status
+
+CANCEL = "cancel.json"  # <sweep>/cancel.json: the request every runner looks for
+
+
+def cancel_requested(trial: Path) -> bool:
+    """Has the sweep of this trial folder (<sweep>/trials/<id>) been cancelled? One stat call."""
+    return (Path(trial).parent.parent / CANCEL).exists()
+
+
+def clear_request(sweep: Path) -> None:
+    """A new launch of the sweep: the old cancel request no longer applies."""
+    (Path(sweep) / CANCEL).unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = ArgumentParser(prog="python -m orchestrator.cancel", description=__doc__.split("\n\n")[0])
+    p.add_argument("sweep", type=Path, help="a sweep folder: <results>/<grid name>")
+    p.add_argument("--wait-s", type=float, default=300, help="how long running trials get to checkpoint and stop")
+    args = p.parse_args(argv)
+    sweep: Path = args.sweep.absolute()
+    if not (sweep / "trials").is_dir():
+        raise UserError(f"{args.sweep}: not a sweep folder (no trials/ inside); give <results>/<grid name>")
+    folders = sorted(f for f in (sweep / "trials").iterdir() if f.is_dir())
+    write_json({"requested": now()}, sweep / CANCEL)  # from here on no runner starts a worker
+    queued, running_jobs = _cancel_slurm_queue(folders)
+    deadline = time.monotonic() + args.wait_s
+    while time.monotonic() < deadline and (_busy(folders) or _still_queued(folders)):
+        time.sleep(1)
+    forced = _still_queued(folders)
+    if forced:  # jobs that did not stop on their own in time: SIGTERM (their trials checkpoint at the last epoch)
+        _scancel(sorted(forced))
+        wait = time.monotonic() + 60
+        while time.monotonic() < wait and _still_queued(folders):
+            time.sleep(1)
+    stopped, not_started, still = _record(folders)
+    slurm = f"{queued} queued and {running_jobs} running SLURM job(s) cancelled; " if queued + running_jobs else ""
+    print(
+        f"{sweep.name}: cancelled: {slurm}{stopped} trial(s) stopped at a checkpoint, {not_started} not started"
+        + (f", {still} still stopping (see orchestrator.status)" if still else "")
+        + "; no attempt used; run the sweep again to resume"
+    )
+    return EXIT_UNFINISHED if still else EXIT_DONE
+
+
+def _busy(folders: list[Path]) -> bool:
+    return any(observe(f).state == "running" for f in folders)
+
+
+def _jobs(folders: list[Path]) -> dict[Path, tuple[str, str | None]]:
+    """{trial: (its SLURM job, queue state or None)} of trials a SLURM launcher submitted; {} otherwise."""
+    if not any((f / "slurm_job.json").exists() for f in folders):
+        return {}
+    from orchestrator.backends.slurm.queue import job_views  # only for SLURM sweeps
+
+    try:
+        return {f: (v.job_id, v.queue_state) for f, v in job_views(folders, timeout_s=60).items()}
+    except UserError as err:
+        print(f"slurm: {err}; SLURM jobs not cancelled", file=sys.stderr)
+        return {}
+
+
+def _still_queued(folders: list[Path]) -> set[str]:
+    return {job for job, state in _jobs(folders).values() if state is not None}
+
+
+def _cancel_slurm_queue(folders: list[Path]) -> tuple[int, int]:
+    """Mark every queued trial's job cancelled and scancel those still pending; (pending, running) job counts."""
+    from orchestrator.backends.slurm.queue import SUBMITTED, read_submission
+
+    jobs = _jobs(folders)
+    pending: set[str] = set()
+    running: set[str] = set()
+    for f, (job, state) in jobs.items():
+        if state is None:
+            continue
+        rec = read_submission(f)
+        if rec is not None and rec.get("job_id") == job and not rec.get("cancelled"):
+            write_json({**rec, "cancelled": now()}, f / SUBMITTED)
+        (running if state in ("RUNNING", "COMPLETING", "CONFIGURING") else pending).add(job)
+    _scancel(sorted(pending))
+    return len(pending), len(running)
+
+
+def _scancel(jobs: list[str]) -> None:
+    if not jobs or shutil.which("scancel") is None:
+        return
+    out = subprocess.run(["scancel", *jobs], capture_output=True, text=True, timeout=120)
+    if out.returncode != 0:
+        print(f"slurm: scancel: {(out.stderr.strip().splitlines() or ['failed'])[-1]}", file=sys.stderr)
+
+
+def _record(folders: list[Path]) -> tuple[int, int, int]:
+    """Note the cancel in each open trial (no attempt): (stopped at a checkpoint, not started, still running)."""
+    if any((f / "slurm_job.json").exists() for f in folders):
+        from orchestrator.backends.slurm.queue import settle
+
+        settle(folders)  # the jobs that just left: read as cancels (their slurm_job.json says so)
+    stopped = not_started = still = 0
+    for f in folders:
+        try:
+            with TrialLock(f):
+                status = read_status(f)
+                if status.state not in ("interrupted", "running"):  # pending, done, failed: left as they are
+                    not_started += status.state == "pending" or (status.state == "failed" and not status.final)
+                    continue
+                note = f"{now()}: cancelled (orchestrator.cancel)"
+                previous = status.last_interruption or ""
+                if "cancelled" not in previous:
+                    status.update(state="interrupted", last_interruption=f"{note}; {previous}" if previous else note)
+                    write_status(f, status)
+                stopped += 1
+        except TrialBusy:
+            still += 1
+        except (StatusUnreadable, OSError) as err:
+            print(f"{f.name}: not recorded as cancelled ({err})", file=sys.stderr)
+    return stopped, not_started, still
+
+
+if __name__ == "__main__":
+    sys.exit(cli(main))

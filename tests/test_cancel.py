@@ -1,0 +1,83 @@
+"""`python -m orchestrator.cancel results/<sweep>` on a local launch: the running trial checkpoints
+and stops as on a time limit, the rest never start, no attempt is used, and the next launch
+finishes every trial. (SLURM's side runs on the multi-node cluster: tests/test_slurm_multinode.py.)
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from trainer.status import observe
+
+from helpers import ROOT, status, wait_until
+
+EPOCHS = 3  # digits epochs are short; the cancel comes right after the first one
+
+
+@pytest.mark.slow
+def test_cancel_a_local_launch_then_relaunch_finishes_everything(tmp_path: Path) -> None:
+    epochs = EPOCHS
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(
+        f"name: cancelme\nfixed: {{model: resnet20, dataset: digits, batch_size: 256, epochs: {epochs}}}\nsweep:\n  seed: [0, 1]\n"
+    )
+    cmd = [sys.executable, "-m", "orchestrator.sweep", "--grid", str(grid), "--results", str(tmp_path / "r"), "--max-parallel", "1"]
+    cmd += ["--fuse", "1"]
+    sweep = tmp_path / "r" / "cancelme"
+
+    def trials() -> list[Path]:
+        return sorted((sweep / "trials").iterdir()) if (sweep / "trials").is_dir() else []
+
+    with open(tmp_path / "launcher.log", "w") as log:  # a file, not a pipe nobody reads while it runs
+        launcher = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: any(status(t).get("epoch", 0) >= 1 for t in trials()), 180, "a trial trained an epoch")
+        out = subprocess.run([sys.executable, "-m", "orchestrator.cancel", str(sweep), "--wait-s", "120"], capture_output=True,
+                             text=True, cwd=ROOT, timeout=200)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.strip().splitlines()
+        assert len(lines) == 1 and "1 trial(s) stopped at a checkpoint, 1 not started; no attempt used" in lines[0], out.stdout
+        assert launcher.wait(timeout=120) == 1  # the launcher ended on its own: not every trial is done
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+        launcher.wait()
+    states = {t: status(t) for t in trials()}
+    (stopped,) = [t for t, st in states.items() if st.get("state") == "interrupted"]
+    st = states[stopped]
+    assert st["attempts"] == 1 and st["last_interruption"].startswith(tuple("0123456789")), st
+    assert "cancelled (orchestrator.cancel)" in st["last_interruption"] and "checkpointed in epoch" in st["last_interruption"]
+    assert all(observe(t).state in ("pending", "interrupted") for t in states)
+    assert (sweep / "cancel.json").exists()
+
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert not (sweep / "cancel.json").exists()
+    finals = {t: status(t) for t in trials()}
+    assert {s["state"] for s in finals.values()} == {"done"}
+    # One start each (the stopped trial's resume is its second start); the cancel itself used none.
+    assert {t.name: s["attempts"] for t, s in finals.items()} == {t.name: 2 if t == stopped else 1 for t in finals}
+    assert json.loads((stopped / "status.json").read_text())["epoch"] == epochs
+
+
+def test_job_outcomes_from_accounting_and_stderr() -> None:
+    from orchestrator.backends.slurm.queue import CANCELLED, FAILED, REQUEUE, _expand, outcome, summarize
+
+    assert outcome("CANCELLED by 0, exit code 0:0", None, False) == CANCELLED
+    assert outcome("PREEMPTED, exit code 0:0", None, False) == outcome("NODE_FAIL, exit code 0:0", None, False) == REQUEUE
+    assert outcome("OUT_OF_MEMORY, exit code 0:125", None, False) == outcome("FAILED, exit code 1:0", None, False) == FAILED
+    assert outcome("TIMEOUT, exit code 0:0", None, False) is None and outcome("COMPLETED, exit code 0:0", None, False) is None
+    assert outcome(None, None, True) == CANCELLED  # orchestrator.cancel's mark, no accounting
+    cancelled_line = "slurmstepd: error: *** JOB 12 ON node1 CANCELLED AT 2026-01-01T00:00:00 ***"
+    assert outcome(None, cancelled_line, False) == CANCELLED
+    assert outcome(None, cancelled_line.replace(" ***", " DUE TO TIME LIMIT ***"), False) is None
+    assert _expand("12_[0-2,5%2]") == ["12_0", "12_1", "12_2", "12_5"] and _expand("12_3") == ["12_3"]
+    notes = [f"t{i}: cancelled: job 1_{i} cancelled" for i in range(995)] + [f"f{i}: failed: job 2_{i} ended" for i in range(5)]
+    lines = summarize(notes)
+    assert len(lines) == 5 and lines[0].startswith("recorded what 1000 trials' jobs could not: 995 cancelled (no attempt used), 5 failed")
+    assert lines[-1] == "  ... and 2 more (orchestrator.status --json shows each)"
