@@ -30,8 +30,12 @@ def test_compiled_trials_train_alike_and_compile_once(tmp_path: Path) -> None:
     a, b = pd.read_parquet(tmp_path / "eager" / R.EPOCHS), pd.read_parquet(tmp_path / "compiled" / R.EPOCHS)
     for col in ("test_loss", "test_acc", "csi_mean"):  # the initialised network: compiled kernels only round differently
         assert b[col][0] == pytest.approx(a[col][0], rel=1e-4, abs=1e-5), col
-    for col in ("train_loss", "test_loss", "csi_mean"):  # training then drifts by rounding, as any two runs would
+    for col in ("train_loss", "csi_mean"):  # training then drifts by rounding, as any two runs would
         assert b[col][1] == pytest.approx(a[col][1], rel=0.05), col
+    # After one epoch the digits network is still in its transient (test loss 4, above chance's 2.3),
+    # where the held-out loss amplifies rounding: 4.09 eager vs 4.41 compiled with torch 2.14.1 on CPU
+    # (train loss 0.2% apart); one epoch later the two are 3.5% apart. Bound it at 15%.
+    assert b["test_loss"][1] == pytest.approx(a["test_loss"][1], rel=0.15)
     assert json.loads((tmp_path / "compiled" / R.SPEC).read_text())["compile"] is True
     # The next trial (another seed and alpha, same shapes) reuses the compiled graphs.
     other = TrialSpec.from_dict({**compiled.to_dict(), "seed": 1, "alpha": -3.0})

@@ -302,12 +302,13 @@ def test_a_stop_signal_to_the_local_launcher_never_orphans_its_worker(
         return [json.loads(p.read_text()) for p in results.glob("sig/trials/*/status.json")]
 
     workers: list[int] = []
+    before = set(children(os.getpid()))  # what earlier tests left (compile workers, Ray): not this launch's
 
     def send_when_training() -> None:
         deadline = time.monotonic() + 120
         while not (len(statuses()) == 2 and all(s["state"] == "running" for s in statuses())) and time.monotonic() < deadline:
             time.sleep(0.1)
-        workers.extend(children(os.getpid()))
+        workers.extend(pid for pid in children(os.getpid()) if pid not in before)
         os.kill(os.getpid(), getattr(signal, name))
 
     sender = threading.Thread(target=send_when_training, daemon=True)

@@ -107,8 +107,8 @@ def test_a_sweep_spreads_over_the_nodes_and_nodelist_exclude_steer_it(tmp_path: 
     assert [hosts[t] for t in trials(pinned, f"{name}p")] == ["node3"] and [hosts[t] for t in trials(avoided, f"{name}a")] == ["node1"]
     jobs = [job_of(t) for t in everything]
     wait_until(lambda: not any(in_queue(j) for j in jobs), 120, "the jobs leave the queue")
-    said = sacct_states(jobs)
-    assert all(said.get(j, "").startswith("COMPLETED") for j in jobs), said  # accounting answers
+    # slurmdbd records a job's end a moment after it leaves the queue: wait for the records, bounded.
+    wait_until(lambda: all(sacct_states(jobs).get(j, "").startswith("COMPLETED") for j in jobs), 90, "accounting records COMPLETED")
 
 
 def reference(tmp_path: Path, spec: Path) -> Path:
@@ -183,6 +183,8 @@ def test_cancel_midway_then_relaunch_uses_no_attempt(tmp_path: Path, name: str) 
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("\n") == 1 and "2 queued and 1 running SLURM job(s) cancelled; 1 trial(s) stopped" in out.stdout, out.stdout
     assert all(status(t).get("attempts", 0) <= 1 and status(t).get("state", "pending") in ("pending", "interrupted") for t in everything)
+    # slurmdbd records a cancel a moment after it happens: wait for the two records, bounded.
+    wait_until(lambda: sum(s.startswith("CANCELLED") for s in sacct_states(jobs).values()) >= 2, 90, "accounting records 2 CANCELLED")
     said = sacct_states(jobs)
     assert sum(s.startswith("CANCELLED") for s in said.values()) == 2, said
     stat = subprocess.run([sys.executable, "-m", "orchestrator.status", str(tmp_path / "r" / name)], capture_output=True, text=True,
