@@ -188,15 +188,7 @@ class TrialSpec:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of every field (tuples become lists)."""
         out = {name: getattr(self, name) for name in _FIELD_NAMES}  # not asdict: it deep-copies (slow)
-        for key in (
-            "lr_milestones",
-            "keep_checkpoints",
-            "ablation_fractions",
-            "ablation_counts",
-            "ablation_count_steps",
-            "si_skip_stages",
-            "trackers",
-        ):
+        for key in _TUPLE_FIELDS:
             if out[key] is not None:
                 out[key] = list(out[key])
         return out

@@ -1,4 +1,4 @@
-"""Channel-ablation job over a finished sweep: `python -m orchestrator.analysis.ablate results/<sweep>`.
+"""Channel-ablation job over a finished sweep: `python -m orchestrator.ablate results/<sweep>`.
 
     --fractions 0 0.125 0.25 0.5 0.75 1   fractions of each stage's channels to zero (the default)
     --counts 8 16 32                       absolute channel counts (above a stage's width: left out)
@@ -17,12 +17,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from orchestrator.analysis.pool import check_sweep, run_pool
 from orchestrator.analysis.represent import warn_missing_kept
 from orchestrator.folders import scan
-from orchestrator.progress import Progress
-from orchestrator.runner import WorkerPool, last_line, make_slots
 from trainer.analysis.ablation_job import KEPT, add_plan_arguments, plan_from_arguments
-from trainer.cli import EXIT_BUSY, EXIT_DONE, ArgumentParser, cli
+from trainer.cli import ArgumentParser, cli
 from trainer.errors import UserError
 
 ABLATE_LOG = "ablate.log"
@@ -35,10 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-parallel", type=int, default=1)
     args = p.parse_args(argv)
     plan = plan_from_arguments(args)
-    if not (args.sweep / "trials").is_dir():
-        raise UserError(f"{args.sweep}: not a sweep folder (no trials/ inside); give <results>/<grid name>")
-    if args.max_parallel < 1:
-        raise UserError(f"--max-parallel is {args.max_parallel}; allowed: >= 1")
+    check_sweep(args.sweep, args.max_parallel)
     folders = [s.folder for s in scan(args.sweep).values() if s.state == "done" and (s.folder / KEPT).is_dir()]
     if not folders:
         raise UserError(f"{args.sweep}: no done trial with kept checkpoints ({KEPT}/) to ablate")
@@ -47,21 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     extra += ["--counts", *map(str, plan.counts)] if plan.counts else []
     extra += ["--count-steps", *map(str, plan.count_steps)] if plan.count_steps else []
     extra += ["--draws", str(plan.draws), "--random-masks", plan.random_masks]
-    pool = WorkerPool(make_slots(args.max_parallel))
-    progress = Progress(len(folders), "ablate")
-    failed: list[str] = []
-    queue, done = list(folders), 0
-    while queue or pool.running:
-        while queue and pool.free:
-            folder = queue.pop(0)
-            pool.start([sys.executable, "-m", "trainer.analysis.ablation_job", "--trial", str(folder), *extra], folder, folder / ABLATE_LOG)
-        key, code = pool.wait()  # whichever ends first
-        folder = Path(str(key))
-        if code in (EXIT_DONE, EXIT_BUSY):  # busy: another process ablates it right now
-            done += 1
-        else:
-            failed.append(f"{folder.name}: {last_line(folder / ABLATE_LOG)}")
-        progress.update(done, len(failed), len(pool.running), folder.name)
+    failed = run_pool("trainer.analysis.ablation_job", [(f, extra) for f in folders], args.max_parallel, "ablate", ABLATE_LOG)
     for line in failed:
         print(f"failed: {line}", file=sys.stderr)
     more = f"; {len(failed)} failed, see above" if failed else ""

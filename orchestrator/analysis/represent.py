@@ -33,12 +33,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from orchestrator.analysis.pool import check_sweep, run_pool
 from orchestrator.folders import scan
-from orchestrator.progress import Progress
-from orchestrator.runner import WorkerPool, last_line, make_slots
 from trainer import results as R
 from trainer.analysis.similarity_job import DIMENSIONALITY, MINIBATCH_CKA, SIMILARITY, kept_checkpoint_epochs, stored_epochs
-from trainer.cli import EXIT_BUSY, EXIT_DONE, ArgumentParser, cli
+from trainer.cli import ArgumentParser, cli
 from trainer.errors import UserError
 from trainer.kept import missing_kept, missing_warning
 from trainer.spec import IN_TRIAL_ID, TrialSpec
@@ -109,26 +108,6 @@ def needs_minibatch(folder: Path, refs: list[Path]) -> bool:
     return bool(expected - _table_keys(folder / MINIBATCH_CKA, ["reference_id", "epoch"]))
 
 
-def run_pool(module: str, jobs: list[tuple[Path, list[str]]], max_parallel: int, label: str, log: str = REPRESENT_LOG) -> list[str]:
-    """`python -m <module> --trial <folder> <args>` per (folder, args); returns the failures, one line each."""
-    pool = WorkerPool(make_slots(max_parallel))
-    progress = Progress(len(jobs), label)
-    failed: list[str] = []
-    queue, done = list(jobs), 0
-    while queue or pool.running:
-        while queue and pool.free:
-            folder, args = queue.pop(0)
-            pool.start([sys.executable, "-m", module, "--trial", str(folder), *args], folder, folder / log)
-        key, code = pool.wait()
-        folder = Path(str(key))
-        if code in (EXIT_DONE, EXIT_BUSY):  # busy: another process works on it right now
-            done += 1
-        else:
-            failed.append(f"{folder.name}: {last_line(folder / log)}")
-        progress.update(done, len(failed), len(pool.running), folder.name)
-    return failed
-
-
 def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog="python -m orchestrator.represent", description=__doc__.split("\n\n")[0])
     p.add_argument("sweep", type=Path)
@@ -137,17 +116,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cross-seed", action="store_true", help="also pair regularized trials with other seeds' unregularized trials")
     p.add_argument("--minibatch-cka", action="store_true", help="also Ranadive et al.'s minibatch CKA of every pair (loads checkpoints)")
     args = p.parse_args(argv)
-    if not (args.sweep / "trials").is_dir():
-        raise UserError(f"{args.sweep}: not a sweep folder (no trials/ inside); give <results>/<grid name>")
-    if args.max_parallel < 1:
-        raise UserError(f"--max-parallel is {args.max_parallel}; allowed: >= 1")
+    check_sweep(args.sweep, args.max_parallel)
     done = {tid: s.folder for tid, s in scan(args.sweep).items() if s.state == "done" and kept_checkpoint_epochs(s.folder)}
     if not done:
         raise UserError(f"{args.sweep}: no done trial with kept checkpoints (checkpoints/) to analyse")
     device = ["--device", args.device] if args.device else []
     todo = [(folder, device) for folder in done.values() if needs_activations(folder)]
     warn_missing_kept(list(done.values()))
-    failed = run_pool("trainer.analysis.representation_job", todo, args.max_parallel, "activations") if todo else []
+    failed = run_pool("trainer.analysis.representation_job", todo, args.max_parallel, "activations", REPRESENT_LOG) if todo else []
     analysed = len(todo) - len(failed)  # the summary counts only what worked
     specs = {tid: TrialSpec.from_dict(R.read_json(f / R.SPEC), where=str(f / R.SPEC)) for tid, f in done.items()}
     compared = [
@@ -155,14 +131,18 @@ def main(argv: list[str] | None = None) -> int:
         for a, refs in pairs(specs, args.cross_seed).items()
         if needs_comparing(done[a], [done[b] for b in refs])
     ]
-    failed += run_pool("trainer.analysis.similarity_job", compared, args.max_parallel, "pairs") if compared else []
+    failed += run_pool("trainer.analysis.similarity_job", compared, args.max_parallel, "pairs", REPRESENT_LOG) if compared else []
     if args.minibatch_cka:
         minibatch = [
             (done[a], [*device, *(arg for b in refs for arg in ("--against", str(done[b])))])
             for a, refs in pairs(specs, args.cross_seed).items()
             if needs_minibatch(done[a], [done[b] for b in refs])
         ]
-        failed += run_pool("trainer.analysis.minibatch_cka_job", minibatch, args.max_parallel, "minibatch CKA") if minibatch else []
+        failed += (
+            run_pool("trainer.analysis.minibatch_cka_job", minibatch, args.max_parallel, "minibatch CKA", REPRESENT_LOG)
+            if minibatch
+            else []
+        )
     for line in failed:
         print(f"failed: {line}", file=sys.stderr)
     n_pairs = sum(len(refs) for refs in pairs(specs, args.cross_seed).values())

@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from orchestrator.analysis.represent import run_pool
+from orchestrator.analysis.pool import check_sweep, run_pool
 from orchestrator.folders import scan
 from trainer import results as R
 from trainer.analysis.corruption_sets import official_set
@@ -25,6 +25,8 @@ from trainer.analysis.robustness_job import add_plan_arguments, plan_arguments, 
 from trainer.cli import ArgumentParser, cli
 from trainer.errors import UserError
 from trainer.spec import TrialSpec
+
+ROBUST_LOG = "robust.log"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,17 +37,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default=None, help="device of the job (default: each trial's device field)")
     args = p.parse_args(argv)
     plan = plan_from_arguments(args)
-    if not (args.sweep / "trials").is_dir():
-        raise UserError(f"{args.sweep}: not a sweep folder (no trials/ inside); give <results>/<grid name>")
-    if args.max_parallel < 1:
-        raise UserError(f"--max-parallel is {args.max_parallel}; allowed: >= 1")
+    check_sweep(args.sweep, args.max_parallel)
     folders = [s.folder for s in scan(args.sweep).values() if s.state == "done"]
     if not folders:
         raise UserError(f"{args.sweep}: no done trial to measure; see python -m orchestrator.status {args.sweep}")
     if plan.source == "official":
         _check_official(folders)
     extra = plan_arguments(plan) + (["--device", args.device] if args.device else [])
-    failed = run_pool("trainer.analysis.robustness_job", [(f, extra) for f in folders], args.max_parallel, "robust", log="robust.log")
+    failed = run_pool("trainer.analysis.robustness_job", [(f, extra) for f in folders], args.max_parallel, "robust", ROBUST_LOG)
     for line in failed:
         print(f"failed: {line}", file=sys.stderr)
     print(f"{args.sweep}: measured {len(folders) - len(failed)} trials; next: python -m orchestrator.collect {args.sweep}")

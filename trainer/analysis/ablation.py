@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,39 +67,43 @@ def choose_channels(csi: np.ndarray, k: int, selection: str, rng: np.random.Gene
 @contextlib.contextmanager
 def ablated(model: TrackedNet, channels: Mapping[int, Sequence[int] | np.ndarray]) -> Iterator[None]:
     """Inside the `with`, the output of block i is zeroed at `channels[i]` (what the next block sees)."""
-    handles = []
-    for index, chans in channels.items():
-        if len(chans) == 0:
-            continue
+
+    def those(chans: Sequence[int] | np.ndarray) -> ChannelPick:
         idx = torch.as_tensor(np.asarray(chans), dtype=torch.long)
+        return lambda out: idx.to(out.device)
 
-        def zero(_module: torch.nn.Module, _inputs: object, output: torch.Tensor, idx: torch.Tensor = idx) -> torch.Tensor:
-            output = output.clone()
-            output[:, idx.to(output.device)] = 0
-            return output
-
-        handles.append(model.blocks[index].register_forward_hook(zero))
-    try:
+    with _zeroing(model, {i: those(c) for i, c in channels.items() if len(c)}):
         yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 @contextlib.contextmanager
 def ablated_per_batch(model: TrackedNet, widths: Mapping[int, int], k: int, rng: np.random.Generator) -> Iterator[None]:
     """Inside the `with`, every forward pass zeroes k channels of each block i in `widths` (block ->
     channels), drawn anew from `rng` for each pass and block (Ranadive et al.'s random ablation)."""
-    handles = []
-    for index, width in widths.items():
 
-        def zero(_module: torch.nn.Module, _inputs: object, output: torch.Tensor, width: int = width) -> torch.Tensor:
-            idx = torch.as_tensor(np.sort(rng.choice(width, size=k, replace=False)), dtype=torch.long, device=output.device)
+    def draw(width: int) -> ChannelPick:
+        return lambda out: torch.as_tensor(np.sort(rng.choice(width, size=k, replace=False)), dtype=torch.long, device=out.device)
+
+    with _zeroing(model, {i: draw(w) for i, w in widths.items()}):
+        yield
+
+
+ChannelPick = Callable[[torch.Tensor], torch.Tensor]  # a block's output -> the channel indices to zero in it
+
+
+@contextlib.contextmanager
+def _zeroing(model: TrackedNet, picks: Mapping[int, ChannelPick]) -> Iterator[None]:
+    """Forward hooks that zero, in block i's output, the channels `picks[i]` names; removed on exit."""
+
+    def hook(pick: ChannelPick) -> Callable[[torch.nn.Module, object, torch.Tensor], torch.Tensor]:
+        def zero(_module: torch.nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor:
             output = output.clone()
-            output[:, idx] = 0
+            output[:, pick(output)] = 0
             return output
 
-        handles.append(model.blocks[index].register_forward_hook(zero))
+        return zero
+
+    handles = [model.blocks[i].register_forward_hook(hook(pick)) for i, pick in picks.items()]
     try:
         yield
     finally:
