@@ -41,15 +41,20 @@ def _digits(n: int = 12) -> torch.Tensor:
     return x[:n].float() / 255
 
 
-def _colour(n: int = 4) -> torch.Tensor:
-    """Natural-looking 32 px colour images: digits upsampled and tinted."""
-    x = F.interpolate(_digits(n), size=(32, 32), mode="bilinear", align_corners=False).repeat(1, 3, 1, 1)
+def _colour(n: int = 4, side: int = 32) -> torch.Tensor:
+    """Natural-looking colour images (32 px: CIFAR-10-C's parameters): digits upsampled and tinted."""
+    x = F.interpolate(_digits(n), size=(side, side), mode="bilinear", align_corners=False).repeat(1, 3, 1, 1)
     return x * torch.tensor([0.9, 0.6, 0.3]).view(1, 3, 1, 1) + 0.05
+
+
+def _colour64() -> torch.Tensor:
+    """64 px colour images: Tiny-ImageNet-C's parameters."""
+    return _colour(3, 64)
 
 
 # ---- corruptions ----------------------------------------------------------------------------------
 @pytest.mark.slow
-@pytest.mark.parametrize("images", [_digits, _colour], ids=["digits-8px-grey", "32px-colour"])
+@pytest.mark.parametrize("images", [_digits, _colour, _colour64], ids=["digits-8px-grey", "32px-colour", "64px-colour"])
 def test_corruptions_keep_shape_and_range_are_seeded_and_grow_with_severity(images: object) -> None:
     x = images()  # type: ignore[operator]
     for name in CORRUPTIONS:
