@@ -96,6 +96,7 @@ def _param(side: int, name: str, s: int) -> object:
     return (MAKE_CIFAR_C if side < 64 else MAKE_TINYIMAGENET_C)[name][s - 1]
 
 
+@pytest.mark.slow  # the first of the file to read the digits and warm torch up: over a second on a loaded machine
 @pytest.mark.parametrize("side", SIZES)
 def test_contrast_and_brightness_are_the_published_formulas(side: int) -> None:
     x, imgs = _images(side)
