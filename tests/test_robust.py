@@ -41,15 +41,20 @@ def _digits(n: int = 12) -> torch.Tensor:
     return x[:n].float() / 255
 
 
-def _colour(n: int = 4) -> torch.Tensor:
-    """Natural-looking 32 px colour images: digits upsampled and tinted."""
-    x = F.interpolate(_digits(n), size=(32, 32), mode="bilinear", align_corners=False).repeat(1, 3, 1, 1)
+def _colour(n: int = 4, side: int = 32) -> torch.Tensor:
+    """Natural-looking colour images (32 px: CIFAR-10-C's parameters): digits upsampled and tinted."""
+    x = F.interpolate(_digits(n), size=(side, side), mode="bilinear", align_corners=False).repeat(1, 3, 1, 1)
     return x * torch.tensor([0.9, 0.6, 0.3]).view(1, 3, 1, 1) + 0.05
+
+
+def _colour64() -> torch.Tensor:
+    """64 px colour images: Tiny-ImageNet-C's parameters."""
+    return _colour(3, 64)
 
 
 # ---- corruptions ----------------------------------------------------------------------------------
 @pytest.mark.slow
-@pytest.mark.parametrize("images", [_digits, _colour], ids=["digits-8px-grey", "32px-colour"])
+@pytest.mark.parametrize("images", [_digits, _colour, _colour64], ids=["digits-8px-grey", "32px-colour", "64px-colour"])
 def test_corruptions_keep_shape_and_range_are_seeded_and_grow_with_severity(images: object) -> None:
     x = images()  # type: ignore[operator]
     for name in CORRUPTIONS:
@@ -207,6 +212,82 @@ def test_cifar10c_tree_is_read_and_used(tmp_path: Path, context: Context) -> Non
     np.save(folder / "fog.npy", stacked[:7].transpose(0, 2, 3, 1))
     with pytest.raises(UserError, match="fog.npy"):
         read_official("cifar10", tmp_path, "fog", 1)
+
+
+# ---- the official Tiny-ImageNet-C layout --------------------------------------------------------------
+TINY_WNIDS = ("n02124075", "n01443537", "n01629819")  # wnids.txt order; labels are their sorted order
+
+
+def _tiny_c_tree(root: Path) -> tuple[np.ndarray, np.ndarray]:
+    """<root>/tiny-imagenet-200/{wnids.txt, val/val_annotations.txt} and <root>/Tiny-ImageNet-C/{fog,contrast}/
+    <1-5>/<wnid>/val_<i>.JPEG (64 px RGB JPEGs; fog 3 also holds a grayscale and a CMYK JPEG). The clean test set
+    (uint8 [6, 3, 64, 64], labels) in val_annotations order."""
+    from tests.imagenet_tree import encode, smooth_image
+
+    rng = np.random.default_rng(0)
+    tiny = root / "tiny-imagenet-200"
+    (tiny / "val").mkdir(parents=True)
+    (tiny / "wnids.txt").write_text("\n".join(TINY_WNIDS) + "\n")
+    wnid_of = [TINY_WNIDS[i % 3] for i in range(6)]
+    (tiny / "val" / "val_annotations.txt").write_text("".join(f"val_{i}.JPEG\t{w}\t0\t0\t63\t63\n" for i, w in enumerate(wnid_of)))
+    clean = np.stack([smooth_image(rng, 64, 64) for _ in wnid_of])
+    for name in ("fog", "contrast"):
+        for severity in range(1, 6):
+            for i, wnid in enumerate(wnid_of):
+                moved = np.clip(clean[i].astype(int) + 25 * severity, 0, 255).astype(np.uint8)
+                mode = {(1, "fog", 3): "L", (2, "fog", 3): "CMYK"}.get((i, name, severity), "RGB")
+                path = root / "Tiny-ImageNet-C" / name / str(severity) / wnid / f"val_{i}.JPEG"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(encode(moved, mode=mode))
+    labels = np.array([sorted(TINY_WNIDS).index(w) for w in wnid_of])
+    return clean.transpose(0, 3, 1, 2), labels
+
+
+def _decoded(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB")).transpose(2, 0, 1)
+
+
+@pytest.mark.slow
+def test_tinyimagenet_c_tree_is_read_and_used(tmp_path: Path) -> None:
+    clean, test_y = _tiny_c_tree(tmp_path)
+    base = tmp_path / "Tiny-ImageNet-C" / "fog" / "3"
+    images, labels, where = read_official("tinyimagenet", tmp_path, "fog", 3)
+    # class folders in sorted order, files sorted within; labels by the sorted wnids; each image's clean index
+    assert images.shape == (6, 3, 64, 64) and images.dtype == np.uint8
+    assert where.tolist() == [1, 4, 2, 5, 0, 3] and labels.tolist() == test_y[where].tolist()
+    for image, i in zip(images, where):
+        assert np.array_equal(image, _decoded(base / TINY_WNIDS[i % 3] / f"val_{i}.JPEG")), i
+    assert np.allclose(images[0], images[0][:1])  # the grayscale JPEG comes back as RGB with equal channels
+    # the job's corruption piece on a Tiny ImageNet trial reads it: accuracy of the network on exactly those images
+    torch.manual_seed(0)
+    block = nn.Sequential(nn.Conv2d(4, 6, 3), nn.ReLU())
+    net = TrackedNet(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()), [("stage1.block1", block)], nn.Linear(6, 200)).eval()
+    info = DATASETS["tinyimagenet"][0]
+    test = (torch.from_numpy(clean), torch.from_numpy(test_y))
+    ctx = Context(TrialSpec(model="resnet18", dataset="tinyimagenet"), TensorData(info, test, test, CPU), net, CPU, RobustPlan(images=6))
+    acc_rows, dim_rows = corruption_piece(ctx, 1, "fog", "official", tmp_path)
+    space = InputSpace(info.mean, info.std, CPU)
+    for severity, row in zip(range(1, 6), acc_rows):
+        x, y, _ = read_official("tinyimagenet", tmp_path, "fog", severity)
+        expected = float((net(space.to_model(torch.from_numpy(x).float() / 255))[0].argmax(1) == torch.from_numpy(y)).float().mean())
+        assert row[3] == severity and row[5] == "official" and row[6] == 6 and row[7] == pytest.approx(expected)
+    assert len(dim_rows) == 5 and all(r[7] == 6 for r in dim_rows)  # one layer x 5 severities: every clean image matched
+    # what is not of the layout is one UserError naming it
+    bad = tmp_path / "Tiny-ImageNet-C" / "contrast" / "2" / TINY_WNIDS[0]
+    (bad / "val_9.JPEG").write_bytes((bad / "val_0.JPEG").read_bytes()[:300])  # truncated
+    with pytest.raises(UserError, match="val_9.JPEG"):
+        read_official("tinyimagenet", tmp_path, "contrast", 2)
+    (bad / "val_9.JPEG").write_bytes(b"")  # zero bytes
+    with pytest.raises(UserError, match="val_9.JPEG"):
+        read_official("tinyimagenet", tmp_path, "contrast", 2)
+    (tmp_path / "Tiny-ImageNet-C" / "contrast" / "4" / "n99999999").mkdir()
+    with pytest.raises(UserError, match="n99999999"):
+        read_official("tinyimagenet", tmp_path, "contrast", 4)
+    with pytest.raises(UserError, match="snow"):
+        read_official("tinyimagenet", tmp_path, "snow", 1)
 
 
 # ---- end to end: sweep -> robust -> collect ------------------------------------------------------------
