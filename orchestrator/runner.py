@@ -9,7 +9,8 @@ worker), a SLURM array task runs it on its node, a Ray Tune trial runs it for it
 A worker is `python -m trainer.group --spec A/spec.json --spec B/spec.json ...` on one slot (its
 threads, its GPU), for the members of a group that are runnable now; its output goes to the first
 member's `trainer.log`. When a worker ends, each member's status.json says what happened; what the
-worker could not record, the runner records (holding the trial's lock):
+worker could not record, the runner records (holding the trial's lock). `outcome_of`, a pure
+function, names each member's case (an `Outcome`); `Runner._settle` acts on it:
 - the worker died while training (a signal: the OOM killer, kill -9, a node in trouble): the trial
   is `interrupted`, with the signal and the log's path in `last_interruption`;
 - the worker ended before the trial's attempt began (python or a package missing, an unreadable
@@ -34,6 +35,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import cast
 
@@ -244,39 +246,43 @@ class Runner:
         again = []
         for f in members:
             now_ = observe(f)
-            started = now_.attempts > before[f].attempts  # the worker's attempt began (it counts one)
-            if code == EXIT_BUSY or now_.state == "running":  # another live process holds it
-                continue
-            if code == EXIT_CHECKPOINTED or (self._stopping and code < 0 and not started):
-                # Stopped on request (mid-epoch checkpoint, recorded by the worker), or our stop
-                # signal came before its attempt began: nothing failed, and it does not go again here.
+            outcome = outcome_of(code, now_, before[f], self._stopping)
+            self._settle(outcome, f, now_, log, why)
+            if outcome in MAY_GO_AGAIN and self._goes_again(f, before[f], why, log):
+                again.append(f)
+        return again
+
+    def _settle(self, outcome: Outcome, f: Path, now_: TrialState, log: Path, why: str) -> None:
+        """Write down what the worker left unsaid about member `f` (one case of `Outcome` each)."""
+        match outcome:
+            case Outcome.HELD | Outcome.RECORDED:
+                return
+            case Outcome.STOPPED:
                 self.report.states[f] = now_
-                continue
-            if code == EXIT_USER and not started:
+            case Outcome.USER_ERROR:
                 self._record(f, "failed", f"{last_line(log)} (log: {log})", "user", count=True)
                 self.report.user_errors.append(f"{f.name}: {last_line(log)}")
-                continue
-            if code == EXIT_USER:
-                # A user error met on the node (data missing there): the trial's log says the rest.
+            case Outcome.USER_ERROR_RECORDED:  # met on the node (data missing there): the trial's log says the rest
                 self._note_log(f, log)
                 self.report.user_errors.append(f"{f.name}: {now_.error}")
-                continue
-            if not started and code != 0:
+            case Outcome.SETUP_FAILED:
                 self._record(f, "failed", f"{why} before the trial started: {last_line(log)} (log: {log})", "setup", count=True)
-            elif now_.state == "interrupted" and code != 0 and now_.status.state == "running":
-                # Its process died without a word: say how, so the trial's folder tells the story.
+            case Outcome.DIED:  # its process died without a word: say how, so the trial's folder tells the story
                 self._record(f, "interrupted", f"{why} in epoch {(now_.epoch or 0) + 1} (log: {log})", None, count=False)
-            after = observe(f)
-            if after.runnable(self.max_attempts):
-                progressed = (after.epoch or -1) > (before[f].epoch or -1)
-                if after.state == "failed" or progressed:
-                    again.append(f)
-                    print(f"{f.name}: {after.state} ({after.error or why}); restarting from its checkpoint", file=sys.stderr, flush=True)
-                else:
-                    said = f"{why} ({last_line(log)[:160]}), no progress since its last start here"
-                    self.report.given_up.setdefault(f, f"{said}; not restarted (log: {log})")
-            self.report.states[f] = after
-        return again
+
+    def _goes_again(self, f: Path, before: TrialState, why: str, log: Path) -> bool:
+        """Whether member `f` runs again: failed with attempts left, or interrupted after progress; else given up."""
+        after = observe(f)
+        self.report.states[f] = after
+        if not after.runnable(self.max_attempts):
+            return False
+        progressed = (after.epoch or -1) > (before.epoch or -1)
+        if after.state == "failed" or progressed:
+            print(f"{f.name}: {after.state} ({after.error or why}); restarting from its checkpoint", file=sys.stderr, flush=True)
+            return True
+        said = f"{why} ({last_line(log)[:160]}), no progress since its last start here"
+        self.report.given_up.setdefault(f, f"{said}; not restarted (log: {log})")
+        return False
 
     def _note_log(self, folder: Path, log: Path) -> None:
         """Add the log path (and the job, on SLURM) to an outcome the worker recorded without them."""
@@ -312,6 +318,38 @@ class Runner:
         except (OSError, ValueError) as err:  # a full disk, a damaged status.json: say it here instead
             self.report.given_up[folder] = f"{error}; and its status.json could not be written ({err})"
             print(f"{folder.name}: {error}; status.json not written ({err})", file=sys.stderr, flush=True)
+
+
+class Outcome(Enum):
+    """How one member's worker ended, as the runner reads it (the cases of the module docstring)."""
+
+    HELD = "another live process holds the trial"
+    STOPPED = "stopped on request (a mid-epoch checkpoint), or our stop signal came before its attempt began"
+    USER_ERROR = "a user mistake before its attempt began: the runner records it"
+    USER_ERROR_RECORDED = "a user mistake met on the node, recorded by the worker"
+    SETUP_FAILED = "the worker ended before the trial's attempt began"
+    DIED = "the worker died while training, without a word"
+    RECORDED = "the worker recorded the outcome itself"
+
+
+# The outcomes after which a member may go again (the retry policy); the others never do here.
+MAY_GO_AGAIN = frozenset({Outcome.SETUP_FAILED, Outcome.DIED, Outcome.RECORDED})
+
+
+def outcome_of(code: int, now_: TrialState, before: TrialState, stopping: bool) -> Outcome:
+    """Classify a member from its worker's exit code and its state before and after (first match wins)."""
+    started = now_.attempts > before.attempts  # the worker's attempt began (it counts one)
+    if code == EXIT_BUSY or now_.state == "running":
+        return Outcome.HELD
+    if code == EXIT_CHECKPOINTED or (stopping and code < 0 and not started):
+        return Outcome.STOPPED
+    if code == EXIT_USER:
+        return Outcome.USER_ERROR_RECORDED if started else Outcome.USER_ERROR
+    if not started and code != 0:
+        return Outcome.SETUP_FAILED
+    if now_.state == "interrupted" and code != 0 and now_.status.state == "running":
+        return Outcome.DIED  # observe says interrupted (no live lock), status.json still says running
+    return Outcome.RECORDED
 
 
 def _exit_reason(code: int) -> str:

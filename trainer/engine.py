@@ -6,13 +6,15 @@
     evals = engine.evaluate(data, eval_batch)                             # one EvalStats per slot
     model_state, optimizer_state = engine.state_of(k, step)               # single-model layout
 
-`DenseEngine` is one network (K = 1: trainer.loop); `FusedEngine` is K resnet20s as one fused
-network (trainer.fused), and the path the default job runs: with fusing on, every ResNet20 trial
-trains fused, beside a throwaway twin when alone. Both sum their statistics with trainer.metrics.
-Both take and give states in the layout of a single model and its SGD optimizer, so a trial's
-checkpoint is the same whichever engine trained it, and trainer.epochs drives both with one
-protocol. A non-finite training loss is returned in the stats, never
-raised: the protocol fails that trial alone.
+Both engines train and evaluate through the same two loops, trainer.loop's `train_slots` and
+`evaluate_slots`, over K slots: `FusedEngine` holds K resnet20s as one fused network
+(trainer.fused's FusedResNet20) and is the path the default job runs (with fusing on, every
+ResNet20 trial trains fused, beside a throwaway twin when alone); `DenseEngine` holds one network
+as the K = 1 case (trainer.loop's DenseSlots): the other models and `--fuse 1`. What differs is
+only the network's layout and how its states are sliced. Both take and give states in the layout
+of a single model and its SGD optimizer, so a trial's checkpoint is the same whichever engine
+trained it, and trainer.epochs drives both with one protocol. A non-finite training loss is
+returned in the stats, never raised: the protocol fails that trial alone.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from typing import Any, Protocol
 import torch
 
 from trainer.data import Batch, Data, DataInfo
-from trainer.fused import FusedResNet20, fused_evaluate, fused_train_epoch
-from trainer.loop import evaluate, optimizer_for, si_form, train_epoch
+from trainer.fused import FusedResNet20
+from trainer.loop import DenseSlots, Slots, evaluate_slots, optimizer_for, si_form, train_slots
 from trainer.metrics import EvalStats, TrainStats
 from trainer.models import TrackedNet, build_for
 from trainer.spec import TrialSpec
@@ -83,17 +85,17 @@ class DenseEngine:
         self.optimizer.load_state_dict(state[1])
         self.layer_names = model.block_names
         self.num_classes, self.device, self.form = info.num_classes, device, si_form(spec)
+        self.slots: Slots = DenseSlots(self.model)
 
     def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
     def train(self, batches: list[Iterable[Batch]], alphas: list[float], carry: list[TrainStats] | None = None) -> list[TrainStats]:
-        c = carry[0] if carry else None
-        return [train_epoch(self.model, self.optimizer, batches[0], alphas[0], self.num_classes, self.device, self.form, c)]
+        return train_slots(self.slots, self.optimizer, batches, alphas, self.num_classes, self.device, self.form, carry)
 
     def evaluate(self, data: Data, batch_size: int) -> list[EvalStats]:
-        return [evaluate(self.model, data.test_batches(batch_size), self.num_classes, self.device)]
+        return evaluate_slots(self.slots, data.test_batches(batch_size), self.num_classes, self.device)
 
     def state_of(self, k: int, step: int | None = None) -> tuple[ModelState, OptimizerState]:
         return self.model.state_dict(), self.optimizer.state_dict()
@@ -126,10 +128,10 @@ class FusedEngine:
             group["lr"] = lr
 
     def train(self, batches: list[Iterable[Batch]], alphas: list[float], carry: list[TrainStats] | None = None) -> list[TrainStats]:
-        return fused_train_epoch(self.net, self.optimizer, batches, alphas, self.num_classes, self.device, self.form, carry)
+        return train_slots(self.net, self.optimizer, batches, alphas, self.num_classes, self.device, self.form, carry)
 
     def evaluate(self, data: Data, batch_size: int) -> list[EvalStats]:
-        return fused_evaluate(self.net, data, self.num_classes, self.device, batch_size)
+        return evaluate_slots(self.net, data.test_batches(batch_size), self.num_classes, self.device)
 
     def state_of(self, k: int, step: int | None = None) -> tuple[ModelState, OptimizerState]:
         model_state = self.net.state_for(k)

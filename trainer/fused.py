@@ -21,27 +21,34 @@ epochs (a grouped conv and a dense conv sum in different orders; see tests/test_
     opt = torch.optim.SGD(model.parameters(), lr, momentum=..., weight_decay=...)
     stats = fused_train_epoch(model, opt, [data.train_batches(e, seed_k, B, aug) for k], alphas, C, dev)
     evals = fused_evaluate(model, data, C, dev, eval_batch)
+
+The network is trainer.loop's `Slots` for K models (`join`, `replicate`, `forward_slots`,
+`forward_flat`): it trains and evaluates in trainer.loop's one step loop and evaluation loop, the
+same code a single dense network runs as K = 1; this module holds only the fused layout.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-from trainer import faults
 from trainer.data import Batch
-from trainer.loop import autocast
-from trainer.metrics import EvalStats, EvalSums, TrainStats, TrainSums, per_model_ce
+from trainer.loop import evaluate_slots, train_slots
+from trainer.metrics import EvalStats, TrainStats
 from trainer.models import BasicBlockA, TrackedNet, resnet20
 from trainer.registry import MODELS
-from trainer.selectivity import SIForm, batched_selectivity
+from trainer.selectivity import SIForm
 
 STAGES = MODELS["resnet20"].stage_widths
 DEPTHS = MODELS["resnet20"].blocks_per_stage
+
+
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    # A GPU's grouped convolutions are fastest channels-last; CPU keeps the layout (and its numbers).
+    return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
 
 
 # ---- the fused network ------------------------------------------------------------------------
@@ -102,6 +109,19 @@ class FusedResNet20(TrackedNet):
         if flat is None:
             return logits, None
         return logits, [f.view(f.shape[0], self.k, -1).transpose(0, 1) for f in flat]
+
+    # ---- the Slots of trainer.loop's step and evaluation loops ----------------------------------
+    def join(self, parts: Sequence[Batch]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The K models' batches as one input [B, K*C_in, H, W] and their labels [K, B]."""
+        x = torch.cat([p[0] for p in parts], dim=1)
+        return _channels_last(x), torch.stack([p[1] for p in parts])
+
+    def replicate(self, x: torch.Tensor) -> torch.Tensor:
+        """One test batch [B, C_in, H, W] as every model's input [B, K*C_in, H, W]."""
+        return _channels_last(x.repeat(1, self.k, 1, 1))
+
+    def forward_slots(self, x: torch.Tensor, capture: bool = False) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        return self(x, capture)  # through __call__: a compiled network runs compiled
 
     # ---- moving between the fused layout and K TrackedNets -----------------------------------
     def _slice(self, name: str, t: torch.Tensor, k: int) -> torch.Tensor:
@@ -180,7 +200,7 @@ class FusedResNet20(TrackedNet):
                 self._slice(names[int(idx)], buf, k).copy_(v)
 
 
-# ---- training and evaluation ------------------------------------------------------------------
+# ---- training and evaluation: trainer.loop's one step loop and evaluation loop, K slots -----------
 def fused_train_epoch(
     model: FusedResNet20,
     optimizer: torch.optim.Optimizer,
@@ -191,67 +211,10 @@ def fused_train_epoch(
     form: SIForm | None = None,
     carry: list[TrainStats] | None = None,
 ) -> list[TrainStats]:
-    """One epoch (or a stretch of one) of all K models; model k sees batches_per_model[k].
-
-    Returns per-model TrainStats as trainer.loop.train_epoch would; `carry` (a mid-epoch resume):
-    each model's stretch so far, whose sums it continues. A non-finite loss is NOT raised here:
-    the caller checks each model's `loss` (math.isfinite) and fails that trial only.
-    """
-    if len(batches_per_model) != model.k or len(alphas) != model.k:
-        raise ValueError(f"need K={model.k} batch iterators and alphas, got {len(batches_per_model)} and {len(alphas)}")
-    model.train()
-    k = model.k
-    regularize = [a != 0.0 for a in alphas]
-    any_reg = any(regularize)
-    alpha_t = torch.tensor(alphas, device=device, dtype=torch.float32)
-    sums = TrainSums(k, device, carry)
-    iterators: list[Iterator[Batch]] = [iter(b) for b in batches_per_model]
-    start = time.perf_counter()
-    for parts in zip(*iterators):
-        x = torch.cat([p[0] for p in parts], dim=1)  # [B, K*C_in, H, W]
-        y = torch.stack([p[1] for p in parts])  # [K, B]
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        si = None
-        with autocast(device):
-            logits, feats = model(x, capture=any_reg)
-            ce = per_model_ce(logits.float(), y, "mean")
-            if any_reg:
-                assert feats is not None
-                si = batched_selectivity(feats, y, num_classes, form=form, layer_names=model.block_names, strict=False)
-                loss = ce - alpha_t * si  # alpha_k = 0: exactly CE_k's gradient for model k
-            else:
-                loss = ce
-        optimizer.zero_grad(set_to_none=True)
-        loss.sum().backward()
-        optimizer.step()
-        faults.point("train-step")
-        sums.add(loss, ce, si, logits, y)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return sums.result(regularize, time.perf_counter() - start)
+    """One epoch (or a stretch of one) of all K models, model k on batches_per_model[k]: trainer.loop.train_slots."""
+    return train_slots(model, optimizer, batches_per_model, alphas, num_classes, device, form, carry)
 
 
-@torch.no_grad()
 def fused_evaluate(model: FusedResNet20, data: Any, num_classes: int, device: torch.device, batch: int) -> list[EvalStats]:
-    """Evaluate all K models on the same test batches; per-model EvalStats as trainer.loop.evaluate.
-
-    The class sums of all K models are one [C, K*U] float64 scatter-add per layer with the shared
-    labels, so each model's column arithmetic is the separate evaluation's; `seconds` is the
-    whole fused pass (shared by the K models).
-    """
-    model.eval()
-    k = model.k
-    start = time.perf_counter()
-    sums = EvalSums(k, num_classes, device)
-    for x, y in data.test_batches(batch):
-        xk = x.repeat(1, k, 1, 1)
-        if device.type == "cuda":
-            xk = xk.contiguous(memory_format=torch.channels_last)
-        with autocast(device):
-            logits, feats = model.forward_flat(xk, capture=True)
-        assert feats is not None
-        sums.add(logits.float(), y, feats)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return sums.result(time.perf_counter() - start)
+    """All K models on the same test batches, per-model EvalStats: trainer.loop.evaluate_slots."""
+    return evaluate_slots(model, data.test_batches(batch), num_classes, device)

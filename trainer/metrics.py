@@ -8,9 +8,10 @@
     ev.add(logits, labels, feats)                    # per test batch: logits [K, B, C]; labels [B]; feats [B, K*U] per layer
     evals = ev.result(seconds)                       # one EvalStats per model
 
-Both engines use them: the dense one (trainer.loop) with K = 1, the fused one (trainer.fused)
-with its K models, so a new per-evaluation metric is one more sum in `EvalSums.add` and one more
-field in `EvalStats` (then its column: docs/development.md). Sums stay on the device and are read
+trainer.loop's one step loop and one evaluation loop feed them, for both engines: the dense one
+with K = 1, the fused one with its K models. So a new per-evaluation metric is one more sum in
+`EvalSums.add` and one more field in `EvalStats`, a new step statistic one more sum in
+`TrainSums.add` and one more field in `TrainStats` (then its column: docs/development.md). Sums stay on the device and are read
 once per stretch: a per-step `.item()` would stall a GPU on every step.
 """
 

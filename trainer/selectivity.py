@@ -9,6 +9,11 @@ regularizer's SI_batch (mean over layers of the mean CSI over units), differenti
 sums over the whole test set with `ClassMeanAccumulator` and reads CSI from the class means with
 `csi_from_means`; that reported CSI is always the class-mean definition above.
 
+The statistic is written once: `class_statistic` (class means or sums) and `csi_formula` (CSI
+from mu_max and the other classes' statistic) serve all of them. SI_batch keeps two entry points
+over that core, for reasons that are numbers, not taste (see `batched_selectivity`); the training
+step picks between them in one place, trainer.loop.slot_selectivity (K = 1: `batch_selectivity`).
+
 The regularizer has more than one form in the literature, chosen by an `SIForm`:
 
     SIForm()           Leavitt & Morcos (ICLR 2021): class means, eps 1e-7, SI = mean over tracked
@@ -119,14 +124,33 @@ def present_classes(counts: torch.Tensor) -> torch.Tensor:
     return class_ids
 
 
-def _csi_from_stats(stats: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """CSI, arg of the max, mu_max and mu_-max per unit from a per-class statistic [P, U] of the P present classes.
+def class_statistic(sums: torch.Tensor, counts: torch.Tensor, class_stat: str = "mean") -> torch.Tensor:
+    """The per-class statistic from class sums [..., C, U] and counts [..., C]: means, or the sums themselves.
 
-    One place for the formula, whether the statistic is a class mean or a class sum.
+    One place for it, in every layout (one model [C, U], K models [K, C, U]). An absent class
+    (count 0) gets 0: its sum over no samples divided by 1, never 0 / 0, so no NaN reaches a
+    gradient; every caller leaves absent classes out (index_select) or masks them.
     """
+    if class_stat == "sum":  # Ranadive et al.: a class with more samples in the batch weighs more
+        return sums
+    return sums / counts.clamp_min(1).unsqueeze(-1).to(sums.dtype)
+
+
+def csi_formula(mu_max: torch.Tensor, total: torch.Tensor, n_rest: int | torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """CSI and mu_-max per unit from mu_max, the sum of the present classes' statistic and their number less one.
+
+    The one place for the formula: training (one model or K), evaluation (float64 class means),
+    class means or class sums alike. `n_rest` is an int (one model) or a tensor broadcasting
+    against mu_max (K models, each its own count); the division is the same float operation.
+    """
+    mu_rest = (total - mu_max) / n_rest
+    return (mu_max - mu_rest) / (mu_max + mu_rest + eps), mu_rest
+
+
+def _csi_from_stats(stats: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """CSI, arg of the max, mu_max and mu_-max per unit from a per-class statistic [P, U] of the P present classes."""
     mu_max, arg = stats.max(dim=0)
-    mu_rest = (stats.sum(dim=0) - mu_max) / (stats.shape[0] - 1)
-    csi = (mu_max - mu_rest) / (mu_max + mu_rest + eps)
+    csi, mu_rest = csi_formula(mu_max, stats.sum(dim=0), stats.shape[0] - 1, eps)
     return csi, arg, mu_max, mu_rest
 
 
@@ -138,7 +162,7 @@ def csi_from_means(sums: torch.Tensor, counts: torch.Tensor, eps: float = EPS, c
     """
     if class_ids is None:
         class_ids = present_classes(counts)
-    means = sums.index_select(0, class_ids) / counts.index_select(0, class_ids).unsqueeze(1).to(sums.dtype)  # [P, U]
+    means = class_statistic(sums, counts).index_select(0, class_ids)  # [P, U]
     csi, arg, mu_max, mu_rest = _csi_from_stats(means, eps)
     return UnitSelectivity(csi=csi, top_class=class_ids[arg], mu_max=mu_max, mu_rest=mu_rest)
 
@@ -221,7 +245,9 @@ def batch_selectivity(
     given, it sets the default form's eps (the old signature) and must agree with an explicit form.
 
     The max picks a class per unit; its gradient flows to that class's statistic, as in Leavitt &
-    Morcos. One host sync per call (the present-class check), whatever the form.
+    Morcos. One host sync per call (the present-class check), whatever the form. This is the one
+    model's SI_batch (K = 1 of the training step): absent classes are left out (index_select),
+    which the reference numbers (Leavitt & Morcos; Ranadive et al.'s code) pin bitwise.
     """
     if not layer_activations:
         raise ValueError("batch_selectivity needs at least one layer")
@@ -235,10 +261,7 @@ def batch_selectivity(
     for i in kept:
         a = layer_activations[i]
         sums = a.new_zeros(num_classes, a.shape[1]).index_add(0, labels, a)
-        if form.class_stat == "mean":
-            csis[i] = csi_from_means(sums, counts, form.eps, class_ids).csi
-        else:  # Ranadive et al.: the class sums themselves are the statistic
-            csis[i] = _csi_from_stats(sums.index_select(0, class_ids), form.eps)[0]
+        csis[i] = _csi_from_stats(class_statistic(sums, counts, form.class_stat).index_select(0, class_ids), form.eps)[0]
     if form.pooling == "layers":
         # The default form runs exactly these operations in this order: its numbers are unchanged bitwise.
         return torch.stack([csis[i].mean() for i in kept]).mean()
@@ -268,6 +291,16 @@ def batched_selectivity(
 
     Ties in the max (e.g. a dead unit whose class statistics are all 0) share the gradient evenly
     (amax), where batch_selectivity gives it to one class (max); the values agree.
+
+    Why this is not batch_selectivity with K = 1 (or that one this with K = 1): both share
+    `class_statistic` and `csi_formula`, but (1) absent classes are masked here, left out there,
+    so the class sum runs over C classes here and P there, a different float reduction; (2) amax
+    here and max there split a tie's gradient differently, and a dead unit is a tie every batch.
+    Either change moves numbers that tests pin bitwise: the dense path against Leavitt & Morcos's
+    arithmetic and Ranadive et al.'s reference gradients (tests/test_selectivity_forms.py,
+    tests/test_vgg_rplus.py, tests/test_reference_trial.py), this one against the fused trainer's
+    (test_batched_default_is_bitwise_fused). Only the selection of classes differs; no entry
+    point holds a formula of its own.
     """
     if not layer_feats:
         raise ValueError("batched_selectivity needs at least one layer")
@@ -296,15 +329,11 @@ def batched_selectivity(
     a = torch.cat(feats, dim=2)  # [K, B, U]
     u = a.shape[2]
     sums = a.new_zeros(k, num_classes, u).scatter_add(1, labels.unsqueeze(2).expand(k, b, u), a)
-    if form.class_stat == "mean":
-        stats = sums / counts.clamp_min(1).unsqueeze(2).to(a.dtype)  # absent classes: 0 / 1 = 0
-    else:
-        stats = sums  # absent classes: a sum over no samples, 0
+    stats = class_statistic(sums, counts, form.class_stat)  # [K, C, U]; absent classes 0
     # Absent classes are 0 in stats, so summing over all C classes sums the present ones.
     mu_max = stats.masked_fill(~present.unsqueeze(2), float("-inf")).amax(1)  # [K, U]
     rest_count = (n_present - 1).clamp_min(1) if undefined else n_present - 1
-    mu_rest = (stats.sum(1) - mu_max) / rest_count.unsqueeze(1).to(a.dtype)
-    csi = (mu_max - mu_rest) / (mu_max + mu_rest + form.eps)
+    csi, _ = csi_formula(mu_max, stats.sum(1), rest_count.unsqueeze(1).to(a.dtype), form.eps)
     if undefined:  # a model whose batch has one class: no SI (0, no gradient), the others exactly as always
         csi = torch.where((n_present >= 2).unsqueeze(1), csi, torch.zeros_like(csi))
     if form.pooling == "stages":
