@@ -19,8 +19,8 @@ and the minimum is the run least disturbed by them. On the synthetic sweep of be
 The figures are recorded in benchmarks/recorded.json per machine kind: the CPU model and the
 number of CPUs this process may use (`machine_kind`). A kind without figures is said and exits 0
 (record them with --record). A benchmark fails when its CPU time is above recorded x (1 + margin);
-the margin (recorded.json, --margin to override) is set from the measured run-to-run noise
-(docs/benchmarks.md). Exit status: 0 within the margin or nothing recorded, 1 slower, 2 usage.
+the margins (recorded.json: `margin`, and `margins` per benchmark; --margin overrides all) are
+set from the measured run-to-run noise (docs/benchmarks.md). Exit status: 0 within the margin or nothing recorded, 1 slower, 2 usage.
 
 For the guard's own test (tests/test_regress.py), BENCH_REGRESS_SLOW_SCAN=<seconds> makes the
 collect benchmark burn that much CPU in each of the collector's file scans (a deliberately slowed
@@ -43,7 +43,7 @@ from typing import Any
 
 RECORDS = Path(__file__).with_name("recorded.json")
 BENCHMARKS = ("collect", "status", "plan", "step")
-DEFAULT_MARGIN = 0.30
+DEFAULT_MARGIN = 0.40  # docs/benchmarks.md: above the run-to-run noise measured on the shared VM
 SLOW_ENV = "BENCH_REGRESS_SLOW_SCAN"
 
 
@@ -181,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     records = load_records(args.records)
     kind = machine_kind()
     margin = records.get("margin", DEFAULT_MARGIN) if args.margin is None else args.margin
+    margins = {n: margin if args.margin is not None else records.get("margins", {}).get(n, margin) for n in BENCHMARKS}
     setup = f"{args.trials} trials x {args.epochs} epochs"
     load = os.getloadavg()[0]
     print(f"machine kind: {kind}; load average {load:.1f}; sweep {setup}", flush=True)
@@ -207,12 +208,13 @@ def main(argv: list[str] | None = None) -> int:
         if ref is None:
             print(f"  {name:8} no recorded figure: not compared")
             continue
-        verdict = "ok" if m["cpu_s"] <= ref * (1 + margin) else "SLOWER"
-        print(f"  {name:8} {m['cpu_s']:7.2f} s CPU vs recorded {ref:.2f} s: {m['cpu_s'] / ref - 1:+.0%} (margin +{margin:.0%}) {verdict}")
+        allowed = margins[name]
+        verdict = "ok" if m["cpu_s"] <= ref * (1 + allowed) else "SLOWER"
+        print(f"  {name:8} {m['cpu_s']:7.2f} s CPU vs recorded {ref:.2f} s: {m['cpu_s'] / ref - 1:+.0%} (margin +{allowed:.0%}) {verdict}")
         if verdict != "ok":
-            slower.append(name)
+            slower.append(f"{name} (+{m['cpu_s'] / ref - 1:.0%}, margin +{allowed:.0%})")
     if slower:
-        print(f"regression: {', '.join(slower)} more than {margin:.0%} slower than recorded", file=sys.stderr)
+        print(f"regression: {', '.join(slower)} slower than recorded", file=sys.stderr)
         return 1
     return 0
 
