@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shutil
@@ -40,6 +41,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from trainer.cli import ArgumentParser, cli
+from trainer.errors import UserError
 
 RECORDS = Path(__file__).with_name("recorded.json")
 BENCHMARKS = ("collect", "status", "plan", "step")
@@ -140,16 +144,25 @@ def child_plan(sweep: str, n: int, epochs: int) -> int:
 def load_records(path: Path) -> dict[str, Any]:
     if not path.exists():
         return {"margin": DEFAULT_MARGIN, "kinds": {}}
-    return json.loads(path.read_text())
+    try:
+        records = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path}: not readable as the recorded figures ({str(err)[:80]}); fix it, or remove it and --record") from None
+    if not isinstance(records, dict) or not isinstance(records.get("kinds", {}), dict):
+        raise UserError(f"{path}: not the recorded figures (expected an object with 'kinds'); fix it, or remove it and --record")
+    return records
 
 
 def measure(args: argparse.Namespace, names: list[str]) -> dict[str, dict[str, float]]:
     sweep = _sweep(args)
     out = {}
     for name in names:
-        runs = []
-        for _ in range(args.repeat):
-            runs.append(run_child(COMMANDS[name](args, sweep)))
+        try:
+            runs = [run_child(COMMANDS[name](args, sweep)) for _ in range(args.repeat)]
+        except RuntimeError as err:  # a benchmark that no longer runs is a failure of the guard, said in one line
+            print(f"  {name:8} could not run: {str(err).splitlines()[0][:300]}", flush=True)
+            out[name] = {"cpu_s": math.inf}
+            continue
         best = min(runs)
         out[name] = {"cpu_s": round(best[0], 3), "wall_s": round(best[1], 3), "rss_mb": round(max(r[2] for r in runs)),
                      "cpu_s_max": round(max(r[0] for r in runs), 3)}  # fmt: skip
@@ -163,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     if raw[:1] == ["--child"]:  # a benchmark's process (see COMMANDS)
         what, rest = raw[1], raw[2:]
         return child_collect(*rest) if what == "collect" else child_plan(rest[0], int(rest[1]), int(rest[2]))
-    p = argparse.ArgumentParser(prog="python -m benchmarks.regress", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m benchmarks.regress", description=__doc__.split("\n\n")[0])
     p.add_argument("--record", action="store_true", help="record the measured figures for this machine kind")
     p.add_argument("--only", default=",".join(BENCHMARKS), help=f"comma-separated subset of {', '.join(BENCHMARKS)}")
     p.add_argument("--repeat", type=int, default=3, help="runs per benchmark; the best CPU time counts")
@@ -196,17 +209,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.record:
         entry = recorded if recorded.get("setup") == setup else {}
         entry.update({"setup": setup, "recorded": time.strftime("%Y-%m-%d"), "load": round(load, 1)})
-        entry.setdefault("figures", {}).update({n: m["cpu_s"] for n, m in measured.items()})
+        entry.setdefault("figures", {}).update({n: m["cpu_s"] for n, m in measured.items() if m["cpu_s"] != math.inf})
         records.setdefault("kinds", {})[kind] = entry
         records.setdefault("margin", margin)
         args.records.write_text(json.dumps(records, indent=1, sort_keys=True) + "\n")
         print(f"recorded for {kind!r} in {args.records}")
-        return 0
+        return 1 if any(m["cpu_s"] == math.inf for m in measured.values()) else 0
     slower = []
     for name, m in measured.items():
         ref = recorded.get("figures", {}).get(name)
         if ref is None:
             print(f"  {name:8} no recorded figure: not compared")
+            continue
+        if m["cpu_s"] == math.inf:
+            slower.append(f"{name} (could not run)")
             continue
         allowed = margins[name]
         verdict = "ok" if m["cpu_s"] <= ref * (1 + allowed) else "SLOWER"
@@ -220,4 +236,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli(main))
