@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from orchestrator.collect import unchanged
 from orchestrator.collect.scan import KINDS, Trial, expected_schema
 from trainer import results as R
 
@@ -101,8 +102,9 @@ def by_value(column: pa.ChunkedArray, fn: Callable[[pa.Array], pa.Array]) -> pa.
 
 
 def invalidate(summary: Path) -> None:
-    """Remove the manifest: from now until `save`, the summary files are being replaced."""
+    """Remove the manifest (and the fast path's record): from now until `save`, the summary files are being replaced."""
     (summary / MANIFEST).unlink(missing_ok=True)
+    unchanged.remove(summary)
 
 
 def save(summary: Path, trials: list[Trial], outputs: list[Path]) -> None:
