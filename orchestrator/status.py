@@ -25,7 +25,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from orchestrator.folders import load_spec, scan
+from orchestrator.folders import load_spec, scan_with_specs
 from trainer.cli import ArgumentParser, cli
 from trainer.errors import UserError
 from trainer.spec import RESOURCE_FIELDS
@@ -62,14 +62,17 @@ FILTERS = (*SEEN_STATES, "queued", "starting")
 
 def show(sweep: Path, wanted: set[str], as_json: bool, clear: bool = False) -> list[dict[str, Any]]:
     """Print the sweep's trials once (the counts, then a row per trial in `wanted`, all if empty); returns every row."""
-    states = scan(sweep)
+    states, proven = scan_with_specs(sweep)
     jobs, notes = slurm_jobs(states)
     if notes:
-        states = scan(sweep)  # settling recorded outcomes: read them back
+        states, proven = scan_with_specs(sweep)  # settling recorded outcomes: read them back
     for note in notes:
         print(f"slurm: {note}", file=sys.stderr)
     specs: dict[str, dict[str, Any]] = {}
     for tid, st in states.items():
+        if tid in proven:  # scan read it already: not read twice (issue 25)
+            specs[tid] = proven[tid].to_dict()
+            continue
         with contextlib.suppress(OSError, ValueError):  # an unreadable spec: its row says so (state unreadable)
             specs[tid] = load_spec(st.folder).to_dict()
     swept = swept_fields(list(specs.values()))
@@ -112,7 +115,20 @@ def swept_fields(specs: list[dict[str, Any]]) -> list[str]:
     """
     if len(specs) < 2:
         return []
-    return [k for k in specs[0] if k not in RESOURCE_FIELDS and len({json.dumps(s.get(k), sort_keys=True) for s in specs}) > 1]
+    return [k for k in specs[0] if k not in RESOURCE_FIELDS and _varies(specs, k)]
+
+
+def _varies(specs: list[dict[str, Any]], key: str) -> bool:
+    """Whether `key` takes more than one value (as JSON writes it: 1 and 1.0 differ).
+
+    Values all of one scalar type (the usual case) are compared in C, by value or, for floats,
+    by repr (-0.0, nan), which distinguishes exactly what JSON does; anything else by json.dumps.
+    """
+    values = [s.get(key) for s in specs]
+    kind = type(values[0])
+    if kind in (str, int, bool, type(None), float) and set(map(type, values)) == {kind}:
+        return len(set(map(repr, values)) if kind is float else set(values)) > 1
+    return len({json.dumps(v, sort_keys=True) for v in values}) > 1
 
 
 def reason(st: TrialState) -> str | None:

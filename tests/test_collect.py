@@ -423,3 +423,10 @@ def test_command_in_a_fresh_process_with_figures(tmp_path):
     base = conds[conds["onset_epoch"] == 0].sort_values("alpha")
     assert np.all(np.diff(base["csi_mean_mean"]) > 0)  # the synthetic truth: selectivity falls as alpha goes negative
     assert len(list((sweep / "summary" / "figures").glob("*.png"))) == 4
+
+
+def test_collector_does_not_import_torch():
+    """Importing torch (via an analysis job's constants) once made every collect 3 s slower (issue 25)."""
+    code = "import sys, orchestrator.collect.core; print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

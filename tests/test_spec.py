@@ -270,3 +270,21 @@ def test_mid_epoch_evaluation_steps() -> None:
     assert spec.eval_steps_in(1, 8) == [4]  # never at the epoch's end: that row exists anyway
     assert spec.eval_steps_in(2, 11) == []
     assert TrialSpec().eval_steps_in(0, 11) == []
+
+
+def test_coerce_fast_path_agrees_with_the_full_check():
+    """coerce's shortcut (value types kept unchanged, issue 25) returns what coerce_type returns, or fails as it does."""
+    from trainer.spec import _field_types, coerce, coerce_type
+
+    for key, tp in _field_types().items():
+        for value in (True, 0, 1, 10**400, 1.5, float("nan"), "x", None, [1], (1,), ["a"], {}):
+            try:
+                expected: object = coerce_type(tp, value)
+            except TypeError:
+                expected = TypeError
+            try:
+                got: object = coerce(key, value)
+            except SpecError:
+                got = TypeError
+            assert got == expected or (got != got and expected != expected), (key, value)
+            assert type(got) is type(expected), (key, value)

@@ -65,3 +65,18 @@ def test_state_filter_and_watch(tmp_path: Path, capsys: pytest.CaptureFixture[st
     # Nothing running or queued: --watch draws once and ends (it would redraw while something runs).
     assert cli(status_main, [str(sweep), "--watch", "0.1", "--state", "done"]) == 0
     assert capsys.readouterr().out.count("4 trials:") == 1
+
+
+def test_swept_fields_compare_values_as_json_writes_them() -> None:
+    """1 and 1.0, 0.0 and -0.0 differ (JSON writes them apart); nan equals nan; a list compared whole."""
+    from orchestrator.status import swept_fields
+
+    def rows(key: str, *values: object) -> list[dict[str, object]]:
+        return [{"same": "x", key: v} for v in values]
+
+    assert swept_fields(rows("a", 1, 1.0)) == ["a"]
+    assert swept_fields(rows("a", 0.0, -0.0)) == ["a"]
+    assert swept_fields(rows("a", float("nan"), float("nan"))) == []
+    assert swept_fields(rows("a", True, 1)) == ["a"]
+    assert swept_fields(rows("a", [1, 2], [1, 2])) == [] and swept_fields(rows("a", [1, 2], [2, 1])) == ["a"]
+    assert swept_fields(rows("a", "u", "u", "v")) == ["a"] and swept_fields(rows("a", None, None)) == []

@@ -26,6 +26,8 @@ from trainer.spec import TrialSpec
 EPOCHS, LAYERS, UNITS = "epochs.parquet", "layers.parquet", "units.parquet"
 SPEC, STATUS, CHECKPOINT = "spec.json", "status.json", "checkpoint.pt"
 ABLATIONS = "ablations.parquet"  # written by trainer.analysis.ablation_job, read by the collector
+# Written by trainer.analysis.robustness_job (torch), read by the collector, which must not import torch.
+ROBUSTNESS, ROBUST_DIMENSIONALITY, ROBUST_GRADIENTS = "robustness.parquet", "robust_dimensionality.parquet", "robust_gradients.parquet"
 TMP_MARK = ".tmp-"
 
 # Metric columns per file, in order; the trial's fields come first in every file.

@@ -174,12 +174,12 @@ class TrialSpec:
         """
         if not isinstance(data, Mapping):
             raise SpecError(f"{where}: a trial spec must be a mapping of field: value, got {type(data).__name__}")
-        allowed = field_names()
+        allowed, fast = _field_set(), _unchanged_types()
         kwargs: dict[str, Any] = {}
         for key, value in data.items():
             if key not in allowed:
-                raise SpecError(f"{where}: unknown field {quote(key)}; allowed: {', '.join(allowed)}")
-            kwargs[key] = coerce(key, value, where)
+                raise SpecError(f"{where}: unknown field {quote(key)}; allowed: {', '.join(field_names())}")
+            kwargs[key] = value if type(value) in fast[key] else coerce(key, value, where)  # see _unchanged_types
         try:
             return cls(**kwargs)
         except SpecError as err:
@@ -284,6 +284,11 @@ def field_names() -> list[str]:
 
 
 @functools.lru_cache(maxsize=1)
+def _field_set() -> frozenset[str]:
+    return frozenset(_FIELD_NAMES)
+
+
+@functools.lru_cache(maxsize=1)
 def _field_types() -> dict[str, Any]:
     return typing.get_type_hints(TrialSpec)
 
@@ -302,12 +307,39 @@ def coerce(key: str, value: Any, where: str = "spec") -> Any:
 
     Booleans are never numbers (YAML `yes` must not become alpha = 1).
     """
+    if type(value) in _unchanged_types()[key]:  # the common case (a spec.json as written): nothing to convert
+        return value
     tp = _field_types()[key]
     try:
         return coerce_type(tp, value)
     except TypeError:
         shown = _json_quote(value) if isinstance(value, (str, int, float, bool, type(None))) else type(value).__name__
         raise SpecError(f"{where}: field '{key}' must be {type_name(tp)}, got {shown}") from None
+
+
+@functools.lru_cache(maxsize=1)
+def _unchanged_types() -> dict[str, frozenset[type]]:
+    """Per field, the exact value types that `coerce_type` returns unchanged (a fast path, issue 25).
+
+    Scalar arms accept by type alone; a type an earlier arm takes and converts (an int in a float
+    arm, a list in a tuple arm) is left to `coerce_type`, as is everything after an arm of another kind.
+    """
+    accepts: dict[Any, tuple[type, ...]] = {bool: (bool,), int: (int,), float: (int, float), str: (str,), type(None): (type(None),)}
+    out = {}
+    for key, tp in _field_types().items():
+        arms = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+        seen: set[type] = set()
+        fast = set()
+        for arm in arms:
+            if typing.get_origin(arm) is tuple:  # takes lists and tuples, converting them: never unchanged
+                seen |= {list, tuple}
+                continue
+            if arm not in accepts:
+                break
+            fast |= {t for t in accepts[arm] if t is arm and t not in seen}  # identity only where the arm keeps the type
+            seen |= set(accepts[arm])
+        out[key] = frozenset(fast)
+    return out
 
 
 def _json_quote(value: str | int | float | bool | None) -> str:

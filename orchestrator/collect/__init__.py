@@ -4,7 +4,9 @@
     result = collect("results/<sweep>")            # CollectResult: counts, excluded trials, files written
 
 Modules, in the order a collect uses them:
-    core       collect() and the command (main): read, build the tables, write <sweep>/summary/
+    command    the command (main): the fast path of an unchanged sweep, else collect()
+    unchanged  that fast path: a stat-only check against summary/.cache/unchanged.json
+    core       collect(): read, build the tables, write <sweep>/summary/
     scan       the sweep folder, each trial's state (trainer.status.observe), spec fields and file
                fingerprints, and scan_files: one robust pyarrow dataset scan of many Parquet files
     cache      the incremental cache (summary/.cache/manifest.json): which rows need no new read
@@ -15,6 +17,21 @@ Modules, in the order a collect uses them:
     report     summary/report.md
 """
 
-from orchestrator.collect.core import CollectResult, collect, main
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from orchestrator.collect.core import CollectResult, collect, main
 
 __all__ = ["CollectResult", "collect", "main"]
+
+
+def __getattr__(name: str) -> Any:
+    """core (pyarrow, pandas) imported on first use: `python -m orchestrator.collect` over an
+    unchanged sweep never needs it (orchestrator.collect.command)."""
+    if name in __all__:
+        from orchestrator.collect import core
+
+        return getattr(core, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
+from orchestrator.collect import unchanged
 from orchestrator.collect.scan import KINDS, Trial, expected_schema
 from trainer import results as R
 
@@ -81,15 +83,28 @@ def reusable(done: list[Trial], cached: dict[str, dict[str, list[int]]]) -> set[
 
 
 def read(summary: Path, kind: str, trial_ids: set[str]) -> pa.Table:
-    """trial_id and the metric columns of the cached rows of `trial_ids` (raises if unreadable)."""
-    dataset = ds.dataset(summary / kind, format="parquet", schema=expected_schema(kind))
-    table = dataset.to_table(columns=["trial_id", *R.COLUMNS[kind].names])
-    return table.filter(pc.is_in(table["trial_id"], value_set=pa.array(sorted(trial_ids), type=pa.string())))
+    """trial_id (dictionary-encoded) and the metric columns of the cached rows of `trial_ids` (raises if unreadable).
+
+    `load` checked that the file is in the code's schema. trial_id is read as a dictionary, so the
+    filter (and the caller's ranks, `by_value`) look at each distinct id once, not at every row:
+    at 10,000 trials, 14 million strings fewer (issue 25).
+    """
+    table = pq.read_table(summary / kind, columns=["trial_id", *R.COLUMNS[kind].names], read_dictionary=["trial_id"])
+    keep = by_value(table["trial_id"], lambda ids: pc.is_in(ids, value_set=pa.array(sorted(trial_ids), type=pa.string())))
+    return table if pc.all(keep).as_py() else table.filter(keep)  # all: an unchanged sweep, nothing to copy
+
+
+def by_value(column: pa.ChunkedArray, fn: Callable[[pa.Array], pa.Array]) -> pa.ChunkedArray:
+    """fn applied to each distinct value of a dictionary column, spread back over its rows."""
+    if not column.num_chunks:  # no rows at all: fn's type still
+        return pa.chunked_array([fn(pa.array([], type=pa.string()))])
+    return pa.chunked_array([fn(chunk.dictionary).take(chunk.indices) for chunk in column.chunks])
 
 
 def invalidate(summary: Path) -> None:
-    """Remove the manifest: from now until `save`, the summary files are being replaced."""
+    """Remove the manifest (and the fast path's record): from now until `save`, the summary files are being replaced."""
     (summary / MANIFEST).unlink(missing_ok=True)
+    unchanged.remove(summary)
 
 
 def save(summary: Path, trials: list[Trial], outputs: list[Path]) -> None:

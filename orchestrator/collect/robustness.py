@@ -34,7 +34,7 @@ import pandas as pd
 import pyarrow.dataset as ds
 
 from orchestrator.collect.stats import summarize
-from trainer.analysis.robustness_job import ROBUST_DIMENSIONALITY, ROBUST_GRADIENTS, ROBUSTNESS
+from trainer.results import ROBUST_DIMENSIONALITY, ROBUST_GRADIENTS, ROBUSTNESS  # not robustness_job: it imports torch (3 s)
 
 TRIALS_TABLE, CORRUPTIONS_TABLE, ATTACKS_TABLE = "robust_trials.parquet", "robust_corruptions.parquet", "robust_attacks.parquet"
 CHANGE_TABLE, GRADIENTS_TABLE = "robust_change_dimensionality.parquet", "robust_gradients.parquet"

@@ -33,7 +33,7 @@ def cached_rows(summary: Path, done: list[Trial], reuse: set[str]) -> dict[str, 
     out = {}
     for kind in KINDS:
         table = cache.read(summary, kind, reuse)
-        rank = pc.index_in(table["trial_id"], value_set=ids).cast(pa.int32())
+        rank = cache.by_value(table["trial_id"], lambda tid: pc.index_in(tid, value_set=ids)).cast(pa.int32())
         out[kind] = table.drop_columns(["trial_id"]).append_column("_rank", rank)
     return out
 

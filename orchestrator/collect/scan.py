@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from orchestrator.folders import REPAIR_HINT, trial_folders
 from trainer import results as R
@@ -28,6 +30,7 @@ from trainer.spec import TrialSpec
 from trainer.status import Status, TrialState, observe
 
 KINDS = (R.EPOCHS, R.LAYERS)  # units.parquet is never aggregated (too big at scale)
+READ_THREADS = 2  # Arrow reads without the GIL: the machine's two cores
 Fingerprint = tuple[int, int, int]  # (size, mtime_ns, inode): changes whenever a file is replaced
 
 
@@ -164,10 +167,29 @@ def _not_done_reason(view: TrialState, recorded: bool) -> str:
 
 
 # ---- one robust dataset scan ---------------------------------------------------------------------
-def _read_metrics(paths: list[str], kind: str) -> pa.Table:
-    """The metric columns of `paths` and `__fragment_index` (the file's position in `paths`)."""
+def _read_dataset(paths: list[str], kind: str) -> pa.Table:
+    """The metric columns of `paths` and `__fragment_index` (the file's position in `paths`), cast to the code's schema."""
     dataset = ds.dataset(paths, format="parquet", schema=expected_schema(kind))
     return dataset.to_table(columns=[*R.COLUMNS[kind].names, "__fragment_index"])
+
+
+def _read_file(path: str, kind: str) -> pa.Table:
+    """One file's metric columns; a file not in the code's schema (an older trainer's) via the dataset's casts."""
+    table = pq.ParquetFile(path, pre_buffer=False).read(columns=R.COLUMNS[kind].names, use_threads=False)
+    return table if table.schema == R.COLUMNS[kind] else _read_dataset([path], kind).drop_columns(["__fragment_index"])
+
+
+def _read_metrics(paths: list[str], kind: str) -> pa.Table:
+    """As `_read_dataset`, file by file in READ_THREADS threads: half the CPU of one dataset scan over
+    10,000 small files (issue 25). Any error: the dataset scan again, whose errors scan_files knows."""
+    try:
+        with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
+            tables = list(pool.map(lambda p: _read_file(p, kind), paths))
+    except (pa.ArrowException, OSError):
+        return _read_dataset(paths, kind)
+    index = np.repeat(np.arange(len(paths), dtype=np.int32), [t.num_rows for t in tables])
+    empty = R.COLUMNS[kind].empty_table()
+    return pa.concat_tables(tables or [empty]).append_column("__fragment_index", pa.array(index, type=pa.int32()))
 
 
 def scan_files(

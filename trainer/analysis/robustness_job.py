@@ -71,7 +71,7 @@ from trainer.models import TrackedNet, build_for
 from trainer.spec import TrialSpec
 from trainer.status import read_status
 
-ROBUSTNESS, ROBUST_DIMENSIONALITY, ROBUST_GRADIENTS = "robustness.parquet", "robust_dimensionality.parquet", "robust_gradients.parquet"
+ROBUSTNESS, ROBUST_DIMENSIONALITY, ROBUST_GRADIENTS = R.ROBUSTNESS, R.ROBUST_DIMENSIONALITY, R.ROBUST_GRADIENTS  # the collector reads them
 KINDS = ("clean", "corruption", "fgsm", "pgd")
 DEFAULT_EPSILONS = tuple(k / 255 for k in (0, 1, 2, 4, 8, 16, 32))
 DEFAULT_IMAGES = 1000
