@@ -5,7 +5,7 @@ per trial:
     eval seconds   = passes x n_test / (3 x GPU images/s)  +  one decode of the test set (streamed sets)
     passes         = epoch 0 and every epoch + the mid-epoch evaluations + the ablation passes
                      (per kept checkpoint and stage: none for k = 0, one for a whole stage, top-k and
-                     every random draw for any other k; trainer.analysis.ablation.AblationPlan.passes)
+                     every random draw for any other k; trainer.analysis.ablation_plan.AblationPlan.passes)
                      + the robustness job's passes when `robust: true` (robust_passes)
 
 GPU images/s: training throughput of one trial on one H100, eager PyTorch with bf16 and
@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from trainer.analysis.ablation import AblationPlan, ablation_plan_of
+from trainer.analysis.ablation_plan import AblationPlan, ablation_plan_of
 from trainer.registry import DATASETS, MODELS
 from trainer.spec import TrialSpec
 

@@ -25,7 +25,6 @@ from pathlib import Path
 
 from orchestrator.backends import Backend
 from orchestrator.plan import Plan
-from trainer.data import preflight_data
 from trainer.errors import UserError
 from trainer.registry import CHECKPOINT_BYTES
 from trainer.spec import TrialSpec
@@ -35,6 +34,10 @@ ROWS_BYTES = 1_000_000
 
 def preflight(plan: Plan, backend: Backend) -> None:
     """Every check that can fail the launch of `plan` on `backend`, in the order of the module docstring."""
+    # trainer.data imports torch (1.5 s of CPU): here, not at the top, so that a --dry-run, which
+    # imports this module but checks nothing, does without it.
+    from trainer.data import preflight_data
+
     check_writable(plan.sweep)
     backend.preflight(plan)
     for dataset, root, cache in sorted({(s.dataset, s.resolved_data_root(), s.cache_dir or "") for s in plan.to_run}):

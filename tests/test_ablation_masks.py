@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from trainer.analysis.ablation import AblationPlan, ablated_per_batch, ablation_plan_of, ablation_rows, heldout_accuracy
+from trainer.analysis.ablation import AblationPlan, ablated_per_batch, ablation_rows, heldout_accuracy
+from trainer.analysis.ablation_plan import ablation_plan_of
 from trainer.data import load_dataset
 from trainer.models import build_model
 from trainer.spec import SpecError, TrialSpec

@@ -71,6 +71,17 @@ def test_dry_run_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert not results.exists()
 
 
+def test_dry_run_does_not_import_torch(tmp_path: Path) -> None:
+    """torch's import was 3 of the 5 s of CPU of a 10,000-trial SLURM dry run (issue 25); ablation passes counted too."""
+    grid = write_grid(tmp_path, GRID.replace("batch_size: 256}", "batch_size: 256, ablation_fractions: [0, 0.5]}"))
+    profile = Path(__file__).resolve().parent.parent / "cluster_configs" / "slurm" / "local-test.yaml"
+    args = ["--grid", str(grid), "--cluster", str(profile), "--results", str(tmp_path / "r"), "--dry-run"]
+    code = f"import sys; from orchestrator.sweep import main; main({args!r}); print('torch' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "sbatch script of the first job array" in proc.stdout and "test-set passes per trial: 26;" in proc.stdout
+    assert proc.stdout.splitlines()[-1] == "False"
+
+
 def test_imagenet_grid_dry_run_shows_the_papers_design(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     grid = Path(__file__).resolve().parent.parent / "grids" / "imagenet.yaml"
     assert cli(sweep_main, ["--grid", str(grid), "--dry-run", "--results", str(tmp_path)]) == 0

@@ -35,8 +35,8 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from trainer import results as R
-from trainer.analysis.ablation import ablation_plan_of
 from trainer.analysis.ablation_job import ablate_trial
+from trainer.analysis.ablation_plan import ablation_plan_of
 from trainer.analysis.representation_job import represent_if_asked
 from trainer.analysis.robustness_job import robust_if_asked
 from trainer.attempt import Attempt, StopRequest, attempt

@@ -241,11 +241,16 @@ class Submitter:
         self.job_ids: list[str] = []
         self.arrays: list[str] = []  # submitted by this launcher, in order: the chain
         self.refusal = ""  # sbatch's message when a submit limit stopped the last submission
+        self.queued: list[str] = []  # the sweep's arrays in the queue: squeue's answer when submit began, then ours
 
     def submit(self, tasks: list[Task]) -> list[Task]:
         """Submit as many of `tasks` as the cluster takes, in order; returns those left over."""
         left = list(tasks)
         before = len(self.arrays)
+        # One squeue per call, not per array (at 900 arrays that was 900 squeue processes, most of the
+        # launcher's CPU); an array that leaves the queue meanwhile stays listed, and SLURM takes
+        # afterany on a job that ended, even one it has forgotten, as met.
+        self.queued = sweep_arrays(self.name)
         while left:
             n = min(len(left), self.size)
             taken = self._largest_that_fits(left[:n])
@@ -316,14 +321,15 @@ class Submitter:
                     write_json(record, trial / SUBMITTED)
             self.job_ids.append(j.job_id)
         array = jobs[0].job_id.split("_")[0]
+        self.queued.append(array)
         n = sum(len(g) for t in tasks for g in t)
         self.arrays.append(f"{array} ({n} trial{'s' if n > 1 else ''} in {len(jobs)} task{'s' if len(jobs) > 1 else ''})")
         return True
 
     def _dependency(self) -> str | None:
-        """afterany on every job of the sweep still queued (earlier launches, earlier arrays): the throttle holds sweep-wide."""
-        queued = sweep_arrays(self.name)
-        return f"afterany:{':'.join(queued)}" if queued else None
+        """afterany on every job of the sweep queued when this submit began (earlier launches) and on this launch's earlier
+        arrays: the throttle holds sweep-wide."""
+        return f"afterany:{':'.join(self.queued)}" if self.queued else None
 
 
 @contextlib.contextmanager
