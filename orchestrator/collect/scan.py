@@ -30,7 +30,7 @@ from trainer.spec import TrialSpec
 from trainer.status import Status, TrialState, observe
 
 KINDS = (R.EPOCHS, R.LAYERS)  # units.parquet is never aggregated (too big at scale)
-READ_THREADS = 2  # Arrow reads without the GIL: the machine's two cores
+READ_THREADS = 2  # measured: the per-file work holds the GIL most of the time, so more threads gain nothing (docs/benchmarks.md)
 Fingerprint = tuple[int, int, int]  # (size, mtime_ns, inode): changes whenever a file is replaced
 
 
