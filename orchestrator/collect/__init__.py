@@ -8,7 +8,7 @@ Modules, in the order a collect uses them:
     unchanged  that fast path: a stat-only check against summary/.cache/unchanged.json
     core       collect(): read, build the tables, write <sweep>/summary/
     scan       the sweep folder, each trial's state (trainer.status.observe), spec fields and file
-               fingerprints, and scan_files: one robust pyarrow dataset scan of many Parquet files
+               fingerprints, and scan_files: one robust scan of many Parquet files (polars, pyarrow on errors)
     cache      the incremental cache (summary/.cache/manifest.json): which rows need no new read
     rows       the done trials' rows: cached + freshly scanned, checked for completeness, ordered
     stats      the trials and condition tables: mean / std / sem / 95% CI over seeds

@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from orchestrator.collect import unchanged
 from orchestrator.collect.scan import KINDS, Trial, expected_schema
@@ -82,23 +80,29 @@ def reusable(done: list[Trial], cached: dict[str, dict[str, list[int]]]) -> set[
     }  # fmt: skip
 
 
-def read(summary: Path, kind: str, trial_ids: set[str]) -> pa.Table:
-    """trial_id (dictionary-encoded) and the metric columns of the cached rows of `trial_ids` (raises if unreadable).
+def read(summary: Path, kind: str, ids: list[str], reuse: set[str]) -> pa.Table:
+    """The metric columns and `_rank` (the position of the row's trial in `ids`) of the cached rows
+    of the trials `reuse`; raises pa.ArrowInvalid if the summary file cannot be read.
 
-    `load` checked that the file is in the code's schema. trial_id is read as a dictionary, so the
-    filter (and the caller's ranks, `by_value`) look at each distinct id once, not at every row:
-    at 10,000 trials, 14 million strings fewer (issue 25).
+    `load` checked that the file is in the code's schema. Read by polars, on every core without
+    the GIL, with trial_id turned into ranks by an enum over `ids`: at 10,000 trials the layers
+    file takes 2.2 s CPU instead of pyarrow's 5.9 (issue 25).
     """
-    table = pq.read_table(summary / kind, columns=["trial_id", *R.COLUMNS[kind].names], read_dictionary=["trial_id"])
-    keep = by_value(table["trial_id"], lambda ids: pc.is_in(ids, value_set=pa.array(sorted(trial_ids), type=pa.string())))
-    return table if pc.all(keep).as_py() else table.filter(keep)  # all: an unchanged sweep, nothing to copy
+    import polars as pl  # imported here: only a collect that reads rows needs it
 
-
-def by_value(column: pa.ChunkedArray, fn: Callable[[pa.Array], pa.Array]) -> pa.ChunkedArray:
-    """fn applied to each distinct value of a dictionary column, spread back over its rows."""
-    if not column.num_chunks:  # no rows at all: fn's type still
-        return pa.chunked_array([fn(pa.array([], type=pa.string()))])
-    return pa.chunked_array([fn(chunk.dictionary).take(chunk.indices) for chunk in column.chunks])
+    columns = R.COLUMNS[kind]
+    try:
+        frame = (
+            pl.scan_parquet(summary / kind, glob=False, hive_partitioning=False)
+            .select(["trial_id", *columns.names])
+            .filter(pl.col("trial_id").is_in(sorted(reuse)))
+            .collect()
+        )
+        rank = frame["trial_id"].cast(pl.Enum(ids)).to_physical().to_numpy().astype(np.int32)
+        table = frame.select(columns.names).rechunk().to_arrow().cast(columns)  # large_string -> string
+    except Exception as err:  # polars raises its own kinds; the caller knows Arrow's
+        raise pa.ArrowInvalid(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__) from err
+    return table.append_column("_rank", pa.array(rank, type=pa.int32()))
 
 
 def invalidate(summary: Path) -> None:

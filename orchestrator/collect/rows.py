@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from orchestrator.collect import cache
 from orchestrator.collect.scan import KINDS, Trial, incomplete, scan_files
@@ -29,13 +28,8 @@ def mark(trial: Trial, state: str, reason: str, warn: Warn) -> None:
 
 def cached_rows(summary: Path, done: list[Trial], reuse: set[str]) -> dict[str, pa.Table]:
     """Metric columns and `_rank` (position in `done`) of the cached rows of `reuse`."""
-    ids = pa.array([t.trial_id for t in done], type=pa.string())
-    out = {}
-    for kind in KINDS:
-        table = cache.read(summary, kind, reuse)
-        rank = cache.by_value(table["trial_id"], lambda tid: pc.index_in(tid, value_set=ids)).cast(pa.int32())
-        out[kind] = table.drop_columns(["trial_id"]).append_column("_rank", rank)
-    return out
+    ids = [t.trial_id for t in done]
+    return {kind: cache.read(summary, kind, ids, reuse) for kind in KINDS}
 
 
 def fresh_rows(new: list[tuple[int, Trial]], warn: Warn) -> dict[str, pa.Table]:
