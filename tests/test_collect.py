@@ -5,6 +5,7 @@ synthetic trial folders (benchmarks.synthetic.write_trial, the trainer's schemas
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import shutil
@@ -20,7 +21,8 @@ import pytest
 
 from benchmarks.synthetic import write_trial
 from orchestrator.collect import core as C
-from orchestrator.collect.scan import expected_schema, scan_files
+from orchestrator.collect import rows_file
+from orchestrator.collect.scan import KINDS, expected_schema, fields_schema, scan_files
 from orchestrator.collect.stats import summarize, t975, t_quantile_975
 from trainer import results as R
 from trainer.cli import cli
@@ -430,3 +432,26 @@ def test_collector_does_not_import_torch():
     code = "import sys, orchestrator.collect.core; print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("most_coded", [2, 256])
+def test_rows_file_bytes_equal_the_plain_write(tmp_path, monkeypatch, most_coded):
+    """The summary's rows files (trial fields written as dictionary arrays, orchestrator.collect.rows_file)
+    are byte for byte what pyarrow writes for the plain table: over several row groups, with null
+    fields (offset_epoch), list and bool fields, and fields both coded and plain (most_coded=2)."""
+    monkeypatch.setattr(rows_file, "ROW_GROUP", 30)
+    monkeypatch.setattr(rows_file, "MOST_CODED", most_coded)
+    sweep = tmp_path / "s"
+    synthetic(sweep, alphas=(-10.0, -1.0, 0.0, 1.0, 5.0), seeds=(0, 1, 2))
+    synthetic(sweep, alphas=(2.0,), seeds=(0,), offset_epoch=3)
+    collect(sweep)
+    for kind in KINDS:
+        written = (sweep / "summary" / kind).read_bytes()
+        plain = pq.read_table(io.BytesIO(written))  # read back, lists name their items "element": as written
+        plain = plain.cast(expected_schema(kind).with_metadata(plain.schema.metadata))
+        assert plain.num_rows > 60 and plain.schema.field("trial_id").type == pa.string()  # row groups; plain types
+        assert plain.column("offset_epoch").null_count > 0
+        few = [c for c in plain.column_names if c in rows_file.FEW_VALUED or c in fields_schema().names]
+        again = io.BytesIO()
+        pq.write_table(plain, again, use_dictionary=few, row_group_size=30)
+        assert written == again.getvalue(), kind
