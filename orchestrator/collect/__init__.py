@@ -11,6 +11,7 @@ Modules, in the order a collect uses them:
                fingerprints, and scan_files: one robust scan of many Parquet files (polars, pyarrow on errors)
     cache      the incremental cache (summary/.cache/manifest.json): which rows need no new read
     rows       the done trials' rows: cached + freshly scanned, checked for completeness, ordered
+    rows_file  the summary's epochs and layers files: the rows with their trial fields, written fast
     stats      the trials and condition tables: mean / std / sem / 95% CI over seeds
     ablations  ablation curves and areas from the trials' ablations.parquet, and their figures
     figures    the PNG figures (matplotlib, imported only when drawing)

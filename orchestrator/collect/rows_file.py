@@ -20,6 +20,7 @@ of hundreds) is written plain, as are bool and list fields.
 from __future__ import annotations
 
 import base64
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -48,9 +49,19 @@ def write(rows: pa.Table, fields: pa.Table, path: Path, dictionary: list[str]) -
     plain = pandas_schema(_with_fields(rows.slice(0, 0), fields))
     coded = _coded(rows["_rank"].to_numpy(), fields, dictionary)
     schema = pa.schema([pa.field(f.name, pa.dictionary(pa.int32(), f.type)) if f.name in coded else f for f in plain])
-    with pq.ParquetWriter(path, schema, use_dictionary=dictionary, store_schema=False) as writer:
-        for start in range(0, max(rows.num_rows, 1), ROW_GROUP):  # an empty table: one empty write, as write_table
-            writer.write_table(_with_fields(rows.slice(start, ROW_GROUP), fields, coded))
+    starts = range(0, max(rows.num_rows, 1), ROW_GROUP)  # an empty table: one empty write, as write_table
+
+    def part(start: int) -> pa.Table:
+        return _with_fields(rows.slice(start, ROW_GROUP), fields, coded)
+
+    # The next row group's field columns are built while this one is encoded (both release the GIL);
+    # one ahead only, so at most two row groups' columns exist at once.
+    with pq.ParquetWriter(path, schema, use_dictionary=dictionary, store_schema=False) as writer, ThreadPoolExecutor(1) as ahead:
+        coming = ahead.submit(part, starts[0])
+        for start in starts[1:]:
+            table, coming = coming.result(), ahead.submit(part, start)
+            writer.write_table(table)
+        writer.write_table(coming.result())
         # What store_schema=True would add, in its order: the Arrow schema, then the schema's own metadata.
         writer.add_key_value_metadata({b"ARROW:schema": base64.b64encode(plain.serialize().to_pybytes())})
         for key, value in (plain.metadata or {}).items():
