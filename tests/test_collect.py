@@ -455,3 +455,27 @@ def test_rows_file_bytes_equal_the_plain_write(tmp_path, monkeypatch, most_coded
         again = io.BytesIO()
         pq.write_table(plain, again, use_dictionary=few, row_group_size=30)
         assert written == again.getvalue(), kind
+
+
+def test_files_read_before_the_states_are_used_only_if_unchanged(tmp_path):
+    """A cold collect reads the trial files while it looks at the states (rows.prescan). A file
+    replaced after that read (a trial finishing meanwhile) is read again, never taken stale."""
+    from orchestrator.collect import rows as RW
+    from orchestrator.collect.scan import parse_spec, read_spec, read_trials
+
+    sweep = tmp_path / "s"
+    specs = synthetic(sweep, alphas=(0.0, 1.0), seeds=(0,), epochs=3)
+    folders = sorted((sweep / "trials").iterdir())
+    early = RW.prescan(folders)
+    changed = sweep / "trials" / specs[1].trial_id / R.EPOCHS
+    epochs = pq.read_table(changed)
+    pq.write_table(epochs.set_column(epochs.schema.get_field_index("test_acc"), "test_acc", pa.array([0.5] * 4)), changed)
+    trials = read_trials(folders)
+    for t in trials:
+        read_spec(t, parse_spec(t.folder))
+    new = list(enumerate(trials))
+    assert RW._from_prescan(early[R.EPOCHS], new, R.EPOCHS) is None  # replaced since: not taken
+    assert RW._from_prescan(early[R.LAYERS], new, R.LAYERS) is not None  # unchanged: taken
+    rows = RW.fresh_rows(new, print, early)[R.EPOCHS]
+    test_acc = dict(zip(rows["_rank"].to_pylist(), rows["test_acc"].to_pylist()))
+    assert test_acc[[t.trial_id for t in trials].index(specs[1].trial_id)] == 0.5

@@ -47,9 +47,9 @@ from orchestrator.collect.representations import OUTPUTS as REPRESENTATION_OUTPU
 from orchestrator.collect.representations import representation_figures, representation_tables
 from orchestrator.collect.robustness import OUTPUTS as ROBUSTNESS_OUTPUTS
 from orchestrator.collect.robustness import robustness_figures, robustness_markdown, robustness_tables
-from orchestrator.collect.rows import Warn, read_rows, with_fields
+from orchestrator.collect.rows import Warn, prescan, read_rows, with_fields
 from orchestrator.collect.rows_file import FEW_VALUED
-from orchestrator.collect.scan import KINDS, Trial, check_sweep, fields_schema, read_spec, read_trials
+from orchestrator.collect.scan import KINDS, Trial, check_sweep, fields_schema, parse_spec, read_spec, read_trials
 from orchestrator.collect.stats import (
     EPOCH_METRICS,
     condition_epochs_table,
@@ -59,6 +59,7 @@ from orchestrator.collect.stats import (
     trial_sort_key,
     trials_table,
 )  # fmt: skip
+from orchestrator.folders import trial_folders
 from trainer import faults
 from trainer import results as R
 from trainer.errors import UserError
@@ -247,22 +248,28 @@ def collect(path: str | Path, *, full: bool = False, figures: bool = True, warn:
         warned.append(message)
         warn(message)
 
-    trials = read_trials(sweep, noting)
-    _require_done(sweep, trials)
-    for t in trials:
-        read_spec(t)
-    done = sorted((t for t in trials if t.state == "done"), key=lambda t: trial_sort_key(t.fields))
+    folders = trial_folders(sweep, noting)
     manifest = cache.Manifest() if full else cache.load(summary)
-    reuse = cache.reusable(done, manifest.trials)
-    pngs = [summary / "figures" / f for f in FIGURES]
-    same_trials = reuse == set(manifest.trials) == {t.trial_id for t in done}
-    figures_current = same_trials and manifest.current(summary, pngs)
-    draw = figures and not figures_current
-    clock("status")
+    specs = [parse_spec(folder) for folder in folders]
     with ThreadPoolExecutor(max_workers=2) as background:
+        early = None
+        if not manifest.trials:  # cold: every trial's files are read, so read them while the states are looked at
+            keys = {f: trial_sort_key(s) for f, s in zip(folders, specs) if isinstance(s, dict)}
+            early = background.submit(prescan, sorted(keys, key=keys.__getitem__))  # the order of `done` below
+        trials = read_trials(folders)
+        _require_done(sweep, trials)
+        for t, parsed in zip(trials, specs):
+            read_spec(t, parsed)
+        done = sorted((t for t in trials if t.state == "done"), key=lambda t: trial_sort_key(t.fields))
+        reuse = cache.reusable(done, manifest.trials)
+        pngs = [summary / "figures" / f for f in FIGURES]
+        same_trials = reuse == set(manifest.trials) == {t.trial_id for t in done}
+        figures_current = same_trials and manifest.current(summary, pngs)
+        draw = figures and not figures_current
+        clock("status")
         if draw:
             background.submit(importlib.import_module, "orchestrator.collect.figures")
-        rows, read, n_cached = read_rows(summary, done, reuse, noting)
+        rows, read, n_cached = read_rows(summary, done, reuse, noting, early.result() if early else None)
         usable = [t for t in done if t.state == "done"]
         if not usable:
             raise UserError(f"{sweep}: no readable finished trial (see the warnings above)")

@@ -9,13 +9,14 @@ from thousands of files.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
 from orchestrator.collect import cache
-from orchestrator.collect.scan import KINDS, Trial, incomplete, scan_files
+from orchestrator.collect.scan import KINDS, Fingerprint, Trial, fingerprint, incomplete, scan_files
 
 Warn = Callable[[str], None]
 
@@ -32,14 +33,64 @@ def cached_rows(summary: Path, done: list[Trial], reuse: set[str]) -> dict[str, 
     return {kind: cache.read(summary, kind, ids, reuse) for kind in KINDS}
 
 
-def fresh_rows(new: list[tuple[int, Trial]], warn: Warn) -> dict[str, pa.Table]:
-    """Metric columns and `_rank` of the `new` trials' files (one scan per kind); bad ones marked."""
+@dataclass(frozen=True)
+class Prescan:
+    """The files of one kind read before the trials' states were known (`prescan`): in order, each
+    with the fingerprint taken before it was read; the rows (`_file`: index into `paths`); bad files."""
+
+    paths: list[Path]
+    fingerprints: list[Fingerprint]
+    rows: pa.Table
+    bad: dict[Path, str]
+
+
+def prescan(folders: list[Path]) -> dict[str, Prescan]:
+    """Every `kind` file in `folders`, read in that order (the collector's order of trials) while the
+    main thread looks at the trials' states: on a cold collect the scan, on every core, and the
+    status phase, on one, overlap (issue 25). Files of trials that turn out not done are dropped
+    by `fresh_rows`, which uses a file only if it is still the one read."""
+    out = {}
+    for kind in KINDS:
+        paths, fingerprints = [], []
+        for folder in folders:
+            fp = fingerprint(folder / kind)
+            if fp is not None:
+                paths.append(folder / kind)
+                fingerprints.append(fp)
+        rows, bad = scan_files(paths, kind)
+        out[kind] = Prescan(paths, fingerprints, rows, bad)
+    return out
+
+
+def _from_prescan(early: Prescan, new: list[tuple[int, Trial]], kind: str) -> tuple[pa.Table, dict[Path, str]] | None:
+    """scan_files' answer for the `new` trials' `kind` files, taken from `early`; None if any of them
+    was not read there, was replaced since, or came in another order."""
+    where = {path: i for i, path in enumerate(early.paths)}
+    index = [where.get(t.folder / kind, -1) for _, t in new]
+    if any(i < 0 or early.fingerprints[i] != t.files.get(kind) for i, (_, t) in zip(index, new)):
+        return None
+    if any(b <= a for a, b in zip(index, index[1:])):
+        return None
+    remap = np.full(len(early.paths), -1, dtype=np.int32)
+    remap[index] = np.arange(len(index), dtype=np.int32)
+    file = remap[early.rows["_file"].to_numpy()]
+    rows = early.rows
+    if (file < 0).any():  # files of trials not done (or already cached): not theirs to give
+        rows, file = rows.filter(pa.array(file >= 0)), file[file >= 0]
+    rows = rows.set_column(rows.schema.get_field_index("_file"), "_file", pa.array(file, type=pa.int32()))
+    mine = {t.folder / kind for _, t in new}
+    return rows, {path: reason for path, reason in early.bad.items() if path in mine}
+
+
+def fresh_rows(new: list[tuple[int, Trial]], warn: Warn, early: dict[str, Prescan] | None = None) -> dict[str, pa.Table]:
+    """Metric columns and `_rank` of the `new` trials' files (one scan per kind, or `early`'s); bad ones marked."""
     ranks = np.array([i for i, _ in new], dtype=np.int32)
     by_folder = {t.folder: t for _, t in new}
     epochs = np.array([t.fields["epochs"] for _, t in new], dtype=np.int64)
     out = {}
     for kind in KINDS:
-        table, bad = scan_files([t.folder / kind for _, t in new], kind)
+        found = _from_prescan(early[kind], new, kind) if early else None
+        table, bad = found or scan_files([t.folder / kind for _, t in new], kind)
         for path, reason in bad.items():
             mark(by_folder[path.parent], "unreadable", f"{kind} unreadable: {reason}", warn)
         for i, reason in incomplete(table, kind, epochs).items():
@@ -50,8 +101,11 @@ def fresh_rows(new: list[tuple[int, Trial]], warn: Warn) -> dict[str, pa.Table]:
     return out
 
 
-def read_rows(summary: Path, done: list[Trial], reuse: set[str], warn: Warn) -> tuple[dict[str, pa.Table], list[str], int]:
-    """Rows (metrics, `_rank`) of the usable done trials in `done` order; the ids read; n cached."""
+def read_rows(
+    summary: Path, done: list[Trial], reuse: set[str], warn: Warn, early: dict[str, Prescan] | None = None
+) -> tuple[dict[str, pa.Table], list[str], int]:
+    """Rows (metrics, `_rank`) of the usable done trials in `done` order; the ids read; n cached.
+    `early`: the files `prescan` read, used where they are the new trials' own."""
     parts: dict[str, list[pa.Table]] = {kind: [] for kind in KINDS}
     if reuse:
         try:
@@ -61,7 +115,7 @@ def read_rows(summary: Path, done: list[Trial], reuse: set[str], warn: Warn) -> 
             warn(f"{summary}: cached summary unreadable ({str(err).splitlines()[0]}); reading every trial again")
             reuse, parts = set(), {kind: [] for kind in KINDS}
     new = [(i, t) for i, t in enumerate(done) if t.trial_id not in reuse]
-    for kind, table in fresh_rows(new, warn).items():
+    for kind, table in fresh_rows(new, warn, early).items():
         parts[kind].append(table)
     usable = np.array([t.state == "done" for t in done])
     return {kind: keep_sorted(pa.concat_tables(p), usable) for kind, p in parts.items()}, [t.trial_id for _, t in new], len(reuse)

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from orchestrator.folders import REPAIR_HINT, trial_folders
+from orchestrator.folders import REPAIR_HINT
 from trainer import results as R
 from trainer.errors import UserError
 from trainer.spec import TrialSpec
@@ -88,7 +88,7 @@ def check_sweep(path: Path) -> Path:
     raise UserError(f"{path}: not a sweep folder (no trials/ inside); expected <results>/<sweep>/trials/<trial_id>/")
 
 
-def _fingerprint(path: Path) -> Fingerprint | None:
+def fingerprint(path: Path) -> Fingerprint | None:
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -96,14 +96,12 @@ def _fingerprint(path: Path) -> Fingerprint | None:
     return (st.st_size, st.st_mtime_ns, st.st_ino)
 
 
-def read_trials(sweep: Path, warn: Callable[[str], None] | None = None) -> list[Trial]:
-    """Every trial folder under trials/, with its state (`trainer.status.observe`; no status.json: pending).
-
-    Only folders named by a trial id count (orchestrator.folders.trial_folders: a stray `notes/`
-    is ignored, `warn` says so once). Done trials get the fingerprints of their epochs and
-    layers files; a done trial missing one of them is `unreadable`.
+def read_trials(folders: list[Path]) -> list[Trial]:
+    """The trials in `folders` (orchestrator.folders.trial_folders), with their states
+    (`trainer.status.observe`; no status.json: pending). Done trials get the fingerprints of their
+    epochs and layers files; a done trial missing one of them is `unreadable`.
     """
-    return [_read_trial(folder) for folder in trial_folders(sweep, warn)]
+    return [_read_trial(folder) for folder in folders]
 
 
 def _read_trial(folder: Path) -> Trial:
@@ -114,7 +112,7 @@ def _read_trial(folder: Path) -> Trial:
         trial.reason = _not_done_reason(view, recorded)
         return trial
     for kind in KINDS:
-        fp = _fingerprint(folder / kind)
+        fp = fingerprint(folder / kind)
         if fp is None:
             trial.state, trial.reason = "unreadable", f"done but {kind} is missing"
             return trial
@@ -122,24 +120,33 @@ def _read_trial(folder: Path) -> Trial:
     return trial
 
 
-def read_spec(trial: Trial) -> None:
-    """Set `trial.fields` from its spec.json; a done trial whose spec is unusable becomes unreadable.
-
-    The fields every result row carries are the spec's (`TrialSpec.row_fields`), so the collector
-    takes them from here once per trial instead of decoding 17 constant columns of every file.
-    """
-    path = trial.folder / R.SPEC
+def parse_spec(folder: Path) -> dict[str, Any] | Exception:
+    """The row fields (`TrialSpec.row_fields`) of the trial in `folder`, from its spec.json, or the
+    error that makes the spec unusable. The collector takes the fields from here once per trial
+    instead of decoding 17 constant columns of every file."""
+    path = folder / R.SPEC
     try:
         spec = TrialSpec.from_dict(R.read_json(path), str(path))
-        if spec.trial_id != trial.trial_id:
+        if spec.trial_id != folder.name:
             raise ValueError(f"{path} is the spec of trial {spec.trial_id}, not of its folder's")
-        trial.fields = spec.row_fields()
+        return spec.row_fields()
     except (OSError, ValueError) as err:
-        # As orchestrator.status (folders.scan): whatever its status says, a folder whose spec.json does not
-        # prove its trial is unreadable; only a live attempt, or a folder with neither file yet, is not.
-        fresh = not path.exists() and not (trial.folder / R.STATUS).exists()
-        if trial.state != "running" and not fresh:
-            trial.state, trial.reason = "unreadable", f"spec.json unusable ({_one_line(err)[:160]}); {REPAIR_HINT}"
+        return err
+
+
+def read_spec(trial: Trial, parsed: dict[str, Any] | Exception | None = None) -> None:
+    """Set `trial.fields` from its spec.json (`parsed`: parse_spec's answer, taken before the state
+    was looked at); a done trial whose spec is unusable becomes unreadable."""
+    if not isinstance(parsed, dict):  # an error is checked again: the spec may have been written since
+        parsed = parse_spec(trial.folder)
+    if isinstance(parsed, dict):
+        trial.fields = parsed
+        return
+    # As orchestrator.status (folders.scan): whatever its status says, a folder whose spec.json does not
+    # prove its trial is unreadable; only a live attempt, or a folder with neither file yet, is not.
+    fresh = not (trial.folder / R.SPEC).exists() and not (trial.folder / R.STATUS).exists()
+    if trial.state != "running" and not fresh:
+        trial.state, trial.reason = "unreadable", f"spec.json unusable ({_one_line(parsed)[:160]}); {REPAIR_HINT}"
 
 
 def _one_line(err: BaseException) -> str:
