@@ -42,7 +42,7 @@ VERSION = 1
 RECORD = Path(".cache") / "unchanged.json"
 MANIFEST = Path(".cache") / "manifest.json"  # cache.MANIFEST (not imported: cache imports pyarrow)
 PACKAGES = ("orchestrator", "trainer")  # the project's modules a collect runs: their content is the code version
-LIBRARIES = ("pyarrow", "pandas", "numpy", "matplotlib")  # their versions shape the bytes written
+LIBRARIES = ("pyarrow", "polars", "pandas", "numpy", "matplotlib")  # their versions shape what is read and written
 ROOT = Path(__file__).resolve().parents[2]
 
 
