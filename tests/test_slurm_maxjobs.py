@@ -9,6 +9,8 @@ counts one per task, a finished job MinJobAge more), so a sweep of five one-tria
 fit: the first array is refused with SLURM's own "Resource temporarily unavailable", the launcher
 submits the 3 that fit (halving, then bisecting) and the 2 others as jobs leave. Every trial ends
 done, once, with one attempt; sbatch's own two minutes of retries per refusal are cut short.
+A controller kept full by other jobs (held, so they never leave) is tried a bounded number of
+times, and the launcher then stops waiting with exit 3, having submitted and touched nothing.
 """
 
 from __future__ import annotations
@@ -26,7 +28,11 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.backends.slurm.queue import read_submission
+from orchestrator.backends.slurm import launcher
+from orchestrator.backends.slurm.queue import SUBMITTED, read_submission
+from orchestrator.sweep import EXIT_UNSUBMITTED
+from orchestrator.sweep import main as sweep_main
+from trainer.cli import cli
 
 from helpers import ROOT, status, write_grid, write_profile
 
@@ -46,7 +52,7 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def full_slurm() -> Iterator[dict[str, str]]:
     """A cluster of its own with MaxJobCount=4; yields the environment that reaches it, stops it afterwards."""
     if os.geteuid() != 0 or shutil.which("slurmctld") is None or shutil.which("munged") is None:
@@ -89,3 +95,28 @@ def test_a_full_controller_is_topped_up_until_every_trial_is_done_once(tmp_path:
     # Every task that went out has its pickle: five, so no task was submitted twice (or lost).
     assert len(list((sweep / "slurm").glob("*/*_submitted.pkl"))) == 5
     print(f"launcher took {took:.0f} s")
+
+
+def test_a_controller_full_of_other_jobs_is_tried_a_bounded_number_of_times(
+    tmp_path: Path, full_slurm: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SLURM_CONF", full_slurm["SLURM_CONF"])
+    monkeypatch.setattr(launcher, "TOPUP_EVERY_S", 0)  # a try at every poll of the queue (2 s) instead of every minute
+    monkeypatch.setattr(launcher, "TOPUP_TRIES_WITHOUT_ROOM", 2)
+    other = f"o{uuid.uuid4().hex[:8]}"
+    for _ in range(3):  # 3 records: the controller (MaxJobCount=4) takes no more, and held jobs never leave
+        subprocess.run(["sbatch", "--hold", "-J", other, "-o", "/dev/null", "--wrap", "true"], check=True, capture_output=True, timeout=60)
+    try:
+        name = f"t{uuid.uuid4().hex[:8]}"
+        grid = write_grid(tmp_path, name, "epochs: 1", "  seed: [0, 1]\n")
+        profile = write_profile(tmp_path, wait=True)
+        assert cli(sweep_main, ["--grid", str(grid), "--cluster", str(profile), "--results", str(tmp_path / "r")]) == EXIT_UNSUBMITTED
+        err = capsys.readouterr().err
+        assert "slurm: 2 trials (2 tasks) wait in the launcher: the SLURM controller is full (MaxJobCount" in err, err
+        assert "slurm: stopped waiting for room: 2 tries 0 s apart found none" in err, err
+        assert "2 trials (2 tasks) not submitted: run the same command again later to top up" in err
+        trials = list((tmp_path / "r" / name / "trials").iterdir())
+        assert len(trials) == 2 and not any((t / SUBMITTED).exists() for t in trials)
+        assert all(status(t).get("attempts", 0) == 0 for t in trials)
+    finally:
+        subprocess.run(["scancel", "--name", other], capture_output=True, timeout=60)

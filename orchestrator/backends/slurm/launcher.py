@@ -15,10 +15,11 @@
 - Submit limits: when sbatch refuses for a per-user / QOS / association submit limit, or because
   the controller holds MaxJobCount jobs (everyone's), the launcher submits the largest array that
   fits (halving, then bisecting); with `wait: true` it tops the queue up as tasks leave until
-  every task is submitted (a try a minute besides, at most TOPUP_TRIES_WITHOUT_ROOM in a row
-  while none of the sweep's jobs is queued); without, it says how many trials are left and that
-  running the command again tops up. sbatch's own retries on a full controller (two minutes per
-  refused array) are cut short by sbatch_once.py.
+  every task is submitted (a try every TOPUP_EVERY_S besides; it stops waiting after
+  TOPUP_TRIES_WITHOUT_ROOM fruitless ones in a row while none of the sweep's jobs is queued);
+  without, it says how many trials are left and that running the command again tops up.
+  sbatch's own retries on a full controller (two minutes per refused array) are cut short by
+  sbatch_once.py.
 - Each trial folder gets `slurm_job.json` (its task's job id, log folder and stderr path);
   running the sweep again does not submit a trial whose job is still queued or running, and
   first records the outcome of jobs that left the queue without one (queue.settle): a trial
@@ -69,8 +70,10 @@ from trainer.results import write_json
 from trainer.status import observe
 
 Task = list[list[Path]]  # the groups of one array task
-# With `wait: true`, tries a minute apart that find no room while none of the sweep's jobs is in
-# the queue (so none of ours can leave and make room): after this many the launcher stops waiting.
+# With `wait: true`, a try every TOPUP_EVERY_S besides those that follow our jobs out of the queue
+# (room may come from other jobs); after TOPUP_TRIES_WITHOUT_ROOM in a row find none while none of
+# the sweep's jobs is in the queue (so none of ours can leave and make room), the launcher stops waiting.
+TOPUP_EVERY_S = 60
 TOPUP_TRIES_WITHOUT_ROOM = 10
 
 __all__ = ["SUBMITTED", "SlurmBackend", "render_sbatch", "squeue", "submit"]
@@ -298,7 +301,7 @@ class Submitter:
         if left and self.profile.wait and (new or not self.waiting):  # a wait begins: say it once, not at every fruitless try
             print(
                 f"slurm: {_trials(left)} trials ({len(left)} tasks) wait in the launcher: {self.limit_words()} ({self.refusal}); "
-                "they go out as the sweep's jobs leave the queue (and at a try a minute)",
+                f"they go out as the sweep's jobs leave the queue (and at a try every {TOPUP_EVERY_S} s)",
                 file=sys.stderr,
             )
         self.waiting = bool(left)
@@ -351,7 +354,8 @@ class Submitter:
                 # Not one task fits while none of ours is queued: a size or time limit, not a count.
                 why = last_line(str(err))
                 raise UserError(f"sbatch refused even one task: {why} (check time_min, GPUs and memory against the QOS)") from None
-            self.refusal = " ".join(line.removeprefix("sbatch: error: ") for line in str(err).strip().splitlines()[-2:])
+            lines = str(err).strip().splitlines()[-1 if kind == "full" else -2 :]  # 'full': the first says "retrying"
+            self.refusal = " ".join(line.removeprefix("sbatch: error: ") for line in lines)
             self.kind = kind
             return False
         for task, j in zip(tasks, jobs):
@@ -375,7 +379,7 @@ class Submitter:
         return f"afterany:{':'.join(self.queued)}" if self.queued else None
 
 
-_SBATCH_ONCE_DIR: list[str] = []  # the folder holding the `sbatch` of _sbatch_once, made once per process
+_SBATCH_ONCE_DIR: list[str] = []  # the folder holding the `sbatch` of _sbatch_once, made once per process ("" if it cannot run)
 
 
 @contextlib.contextmanager
@@ -386,23 +390,38 @@ def _sbatch_once() -> Iterator[None]:
     making, so a subclass cannot change the command); PATH is the one hook it offers.
     """
     real = shutil.which("sbatch")
-    if real is None or not _SBATCH_ONCE_DIR:
-        if real is None:
-            yield  # submitit's own error names the missing command
-            return
-        folder = tempfile.mkdtemp(prefix="sweep-sbatch-")
-        atexit.register(shutil.rmtree, folder, True)
-        script = Path(folder) / "sbatch"
-        once = Path(__file__).with_name("sbatch_once.py")
-        script.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} {shlex.quote(str(once))} {shlex.quote(real)} "$@"\n')
-        script.chmod(0o755)
-        _SBATCH_ONCE_DIR.append(folder)
+    if real is not None and not _SBATCH_ONCE_DIR:
+        _SBATCH_ONCE_DIR.append(_write_sbatch_once(real))
+    if real is None or not _SBATCH_ONCE_DIR[0]:
+        yield  # no sbatch: submitit's own error names it; no wrapper: sbatch's own retries apply
+        return
     path = os.environ.get("PATH", "")
     os.environ["PATH"] = f"{_SBATCH_ONCE_DIR[0]}{os.pathsep}{path}"
     try:
         yield
     finally:
         os.environ["PATH"] = path
+
+
+_OWN_RETRIES = "each refusal by a full controller costs sbatch's own 2 minutes of retries"
+
+
+def _write_sbatch_once(real: str) -> str:
+    """A temporary folder with an `sbatch` that runs sbatch_once.py in front of `real`; "" where none can run."""
+    try:
+        folder = tempfile.mkdtemp(prefix="sweep-sbatch-")
+        atexit.register(shutil.rmtree, folder, True)
+        script = Path(folder) / "sbatch"
+        once = Path(__file__).with_name("sbatch_once.py")
+        script.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} {shlex.quote(str(once))} {shlex.quote(real)} "$@"\n')
+        script.chmod(0o755)
+    except OSError as err:
+        print(f"slurm: cannot write a wrapper for sbatch ({err}); {_OWN_RETRIES}", file=sys.stderr)
+        return ""
+    if not os.access(script, os.X_OK):  # a temporary folder mounted noexec (Linux's access() says so)
+        print(f"slurm: {folder} does not allow running programs; {_OWN_RETRIES}", file=sys.stderr)
+        return ""
+    return folder
 
 
 @contextlib.contextmanager
@@ -458,7 +477,7 @@ def _wait(
                 live = dict.fromkeys(ids, (name, "UNKNOWN"))
             if left and failures == 0:
                 due = recheck is not None and time.monotonic() >= recheck
-                if mark is not None and (len(live) < mark or due or time.monotonic() - last_try > 60):
+                if mark is not None and (len(live) < mark or due or time.monotonic() - last_try > TOPUP_EVERY_S):
                     before, left_queue = len(left), len(live) < mark
                     left = submitter.submit(left)
                     idle = idle + 1 if len(left) == before and not live else 0
@@ -468,9 +487,9 @@ def _wait(
                         recheck = time.monotonic() + min_job_age + 5  # the controller purges a little after MinJobAge
                     if idle >= TOPUP_TRIES_WITHOUT_ROOM:
                         print(
-                            f"slurm: stopped waiting for room: {idle} tries a minute apart found none with none of the sweep's jobs "
-                            f"in the queue ({submitter.limit_words()}); {_trials(left)} trials ({len(left)} tasks) not submitted: "
-                            "run the same command again later to top up",
+                            f"slurm: stopped waiting for room: {idle} tries {TOPUP_EVERY_S} s apart found none while none of the "
+                            f"sweep's jobs was queued ({submitter.limit_words()}); {_trials(left)} trials ({len(left)} tasks) "
+                            "not submitted: run the same command again later to top up",
                             file=sys.stderr,
                         )
                         return left
