@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.backends.slurm import launcher, sbatch_once
+from orchestrator.backends.slurm import launcher
 from orchestrator.backends.slurm.queue import SUBMITTED, read_submission
 from orchestrator.sweep import EXIT_UNSUBMITTED
 from orchestrator.sweep import main as sweep_main
@@ -125,6 +125,8 @@ def test_a_controller_full_of_other_jobs_is_tried_a_bounded_number_of_times(
         assert len(trials) == 2 and not any((t / SUBMITTED).exists() for t in trials)
         assert all(status(t).get("attempts", 0) == 0 for t in trials)
         # The safety net of a late stop: the job sent from that script (and only it) is cancelled.
+        from orchestrator.backends.slurm import sbatch_once  # here: the first test also runs on a launcher without it
+
         sbatch_once._cancel_orphan(str(late))
         queued = subprocess.run(["squeue", "-h", "--name", other, "-o", "%i"], capture_output=True, text=True, timeout=60).stdout.split()
         assert sorted(queued) == sorted(held[1:]), (held, queued)
