@@ -13,6 +13,8 @@
 # Environment:
 #   LOCAL_SLURM_DIR             state folder (default /tmp/sweep-slurm)
 #   LOCAL_SLURM_MAX_ARRAY_SIZE  MaxArraySize (default 11: small on purpose, so array chunking gets tested)
+#   LOCAL_SLURM_MAX_JOB_COUNT   MaxJobCount: job records the controller holds at once (default: SLURM's, 10000)
+#   LOCAL_SLURM_MIN_JOB_AGE     MinJobAge: seconds a finished job's record is kept (default: SLURM's, 300)
 #   LOCAL_SLURM_START_TIMEOUT   seconds `start` waits for each daemon (default 30)
 #   LOCAL_SLURM_CTLD_PORT       slurmctld port (default 6817)
 #   LOCAL_SLURM_SLURMD_PORT     slurmd port (default 6818)
@@ -40,6 +42,9 @@ shopt -s extglob
 # Slurm wants absolute paths in its config.
 STATE_DIR=$(realpath -m "${LOCAL_SLURM_DIR:-/tmp/sweep-slurm}")
 MAX_ARRAY_SIZE=${LOCAL_SLURM_MAX_ARRAY_SIZE:-11}
+# Written to slurm.conf only when set, so clusters started without them keep the same config text.
+MAX_JOB_COUNT=${LOCAL_SLURM_MAX_JOB_COUNT:-}
+MIN_JOB_AGE=${LOCAL_SLURM_MIN_JOB_AGE:-}
 START_TIMEOUT=${LOCAL_SLURM_START_TIMEOUT:-30}
 CTLD_PORT=${LOCAL_SLURM_CTLD_PORT:-6817}
 SLURMD_PORT=${LOCAL_SLURM_SLURMD_PORT:-6818}
@@ -278,6 +283,9 @@ MaxArraySize=$MAX_ARRAY_SIZE
 # Fake GPUs for GRES tests. Do not add AccountingStorageTRES=gres/gpu: fatal without slurmdbd.
 GresTypes=gpu
 EOF
+    # A full controller (MaxJobCount records; a finished job's is kept MinJobAge seconds) refuses new jobs.
+    [[ -z $MAX_JOB_COUNT ]] || echo "MaxJobCount=$MAX_JOB_COUNT"
+    [[ -z $MIN_JOB_AGE ]] || echo "MinJobAge=$MIN_JOB_AGE"
     if ((NODES == 1)); then
         cat <<EOF
 NodeName=$NODE NodeAddr=127.0.0.1 NodeHostname=$NODE CPUs=$(cpus) RealMemory=$(real_memory_mb) Gres=gpu:2 State=UNKNOWN
@@ -771,7 +779,7 @@ cmd_env() {
     printf 'export SLURM_CONF=%q\n' "$CONF"
 }
 
-for value in "$MAX_ARRAY_SIZE" "$START_TIMEOUT" "$CTLD_PORT" "$SLURMD_PORT" "$NODES" "$ACCOUNTING" "$DBD_PORT"; do
+for value in "$MAX_ARRAY_SIZE" "${MAX_JOB_COUNT:-0}" "${MIN_JOB_AGE:-0}" "$START_TIMEOUT" "$CTLD_PORT" "$SLURMD_PORT" "$NODES" "$ACCOUNTING" "$DBD_PORT"; do
     [[ $value =~ ^[0-9]+$ ]] || die "LOCAL_SLURM_* settings must be whole numbers, got '$value'"
 done
 ((NODES >= 1 && NODES <= 9)) || die "LOCAL_SLURM_NODES must be 1 to 9, got '$NODES'"

@@ -21,7 +21,7 @@ import pytest
 
 from orchestrator.backends.slurm import TrialJob, render_sbatch
 from orchestrator.backends.slurm.job import _groups, position, task_slots
-from orchestrator.backends.slurm.sbatch import chunked, sbatch_parameters, submit_refusal
+from orchestrator.backends.slurm.sbatch import chunked, parse_min_job_age, sbatch_parameters, submit_refusal
 from orchestrator.profiles import SlurmProfile, check_constraint, load_profile
 from orchestrator.sweep import main as sweep_main
 from trainer.cli import cli
@@ -173,6 +173,27 @@ def test_submit_limit_refusals_are_told_from_other_refusals() -> None:
     assert submit_refusal(f"sbatch: error: QOSMaxWallDurationPerJobLimit\n{generic}") is None  # a time limit: no array fits
     assert submit_refusal(f"sbatch: error: QOSGrpGRES\n{generic}") is None
     assert submit_refusal("sbatch: error: Batch job submission failed: Invalid partition name specified") is None
+
+
+def test_a_full_controller_is_a_count_limit_and_sbatch_does_not_retry_for_minutes(tmp_path: Path) -> None:
+    # MaxJobCount reached: SLURM 22.05's text (from a real cluster with MaxJobCount=5), and the older "queue full".
+    full = "sbatch: error: Slurm temporarily unable to accept job, sleeping and retrying\n"
+    assert submit_refusal(f"{full}sbatch: error: Batch job submission failed: Resource temporarily unavailable") == "full"
+    assert submit_refusal("sbatch: error: Slurm job queue full, sleeping and retrying.") == "full"
+    assert parse_min_job_age("MaxJobCount             = 5\nMinJobAge               = 2 sec\n") == 2
+    assert parse_min_job_age("nothing") == 300
+    # An sbatch that would sleep and retry is stopped at its first retry line, and says SLURM's final refusal.
+    fake = tmp_path / "sbatch"
+    fake.write_text(f"#!/bin/sh\nprintf '{full}' >&2\nexec sleep 60\n")
+    fake.chmod(0o755)
+    once = [sys.executable, str(ROOT / "orchestrator" / "backends" / "slurm" / "sbatch_once.py")]
+    out = subprocess.run([*once, str(fake), "job.sh"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1 and submit_refusal(out.stderr) == "full", out.stderr
+    assert out.stderr.splitlines()[-1].startswith("sbatch: error: Batch job submission failed: Resource temporarily unavailable")
+    # Anything else passes through as sbatch said it.
+    fake.write_text("#!/bin/sh\necho 'Submitted batch job 7'\necho 'sbatch: warning: x' >&2\n")
+    out = subprocess.run([*once, str(fake), "job.sh"], capture_output=True, text=True, timeout=30)
+    assert (out.returncode, out.stdout, out.stderr) == (0, "Submitted batch job 7\n", "sbatch: warning: x\n")
 
 
 # ---- orchestrator.status ------------------------------------------------------------------------------

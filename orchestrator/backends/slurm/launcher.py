@@ -12,10 +12,14 @@
   with `%N` (N = max_running_tasks, or max_gpus / GPUs per task), and each array waits for the
   previous one and for every job of the sweep already queued (`--dependency=afterany:...`), so
   at most N tasks of the sweep run at once however many arrays and launches it takes.
-- Submit limits: when sbatch refuses for a per-user / QOS / association submit limit, the
-  launcher submits the largest array that fits (halving, then bisecting); with `wait: true` it
-  tops the queue up as tasks leave until every task is submitted; without, it says how many
-  trials are left and that running the command again tops up.
+- Submit limits: when sbatch refuses for a per-user / QOS / association submit limit, or because
+  the controller holds MaxJobCount jobs (everyone's), the launcher submits the largest array that
+  fits (halving, then bisecting); with `wait: true` it tops the queue up as tasks leave until
+  every task is submitted (a try every TOPUP_EVERY_S besides; it stops waiting after
+  TOPUP_TRIES_WITHOUT_ROOM fruitless ones in a row while none of the sweep's jobs is queued);
+  without, it says how many trials are left and that running the command again tops up.
+  sbatch's own retries on a full controller (two minutes per refused array) are cut short by
+  sbatch_once.py.
 - Each trial folder gets `slurm_job.json` (its task's job id, log folder and stderr path);
   running the sweep again does not submit a trial whose job is still queued or running, and
   first records the outcome of jobs that left the queue without one (queue.settle): a trial
@@ -27,12 +31,15 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import io
+import os
 import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,6 +57,7 @@ from orchestrator.backends.slurm.sbatch import (
     chunked,
     job_name,
     parse_max_array_size,
+    parse_min_job_age,
     sbatch_parameters,
     submit_refusal,
 )
@@ -62,6 +70,11 @@ from trainer.results import write_json
 from trainer.status import observe
 
 Task = list[list[Path]]  # the groups of one array task
+# With `wait: true`, a try every TOPUP_EVERY_S besides those that follow our jobs out of the queue
+# (room may come from other jobs); after TOPUP_TRIES_WITHOUT_ROOM in a row find none while none of
+# the sweep's jobs is in the queue (so none of ours can leave and make room), the launcher stops waiting.
+TOPUP_EVERY_S = 60
+TOPUP_TRIES_WITHOUT_ROOM = 10
 
 __all__ = ["SUBMITTED", "SlurmBackend", "render_sbatch", "squeue", "submit"]
 
@@ -99,8 +112,9 @@ class SlurmBackend:
 
     def run(self, groups: list[list[Path]], sweep: Path) -> Launch:
         waited, left = run_slurm(groups, self.profile, sweep)
-        note = "" if waited else f"submitted; follow with: python -m orchestrator.status {sweep}"
-        return Launch(waited=waited, note=note, unsubmitted=left)
+        note = "" if waited and not left else f"submitted; follow with: python -m orchestrator.status {sweep}"
+        # Trials still unsubmitted after a wait: the launch is not finished (exit 3, like without wait).
+        return Launch(waited=waited and not left, note=note, unsubmitted=left)
 
 
 # ---- the sbatch script ----------------------------------------------------------------------------
@@ -139,6 +153,18 @@ def _check_one_line(value: str, what: str) -> None:
 
 def cluster_max_array_size(timeout_s: float = 60) -> int:
     """MaxArraySize of the cluster, from `scontrol show config`."""
+    return parse_max_array_size(_cluster_config(timeout_s))
+
+
+def cluster_min_job_age() -> int:
+    """MinJobAge of the cluster (SLURM's default when `scontrol show config` does not answer: it only times top-ups)."""
+    try:
+        return parse_min_job_age(_cluster_config(30))
+    except UserError:
+        return parse_min_job_age("")
+
+
+def _cluster_config(timeout_s: float) -> str:
     try:
         out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=timeout_s)
     except (OSError, subprocess.TimeoutExpired) as err:
@@ -146,7 +172,7 @@ def cluster_max_array_size(timeout_s: float = 60) -> int:
     if out.returncode != 0:
         why = (out.stderr.strip().splitlines() or ["no output"])[-1]
         raise UserError(f"`scontrol show config` failed ({why}); is SLURM up and SLURM_CONF right? or set max_array_size in the profile")
-    return parse_max_array_size(out.stdout)
+    return out.stdout
 
 
 def _known_max_array_size(profile: SlurmProfile) -> tuple[int, str]:
@@ -196,18 +222,21 @@ def run_slurm(groups: list[list[Path]], profile: SlurmProfile, sweep: Path) -> t
     tasks = chunked(runnable, profile.groups_per_task)
     left = submitter.submit(tasks) if tasks else []
     if left and not profile.wait:
-        n = sum(len(g) for t in left for g in t)
         print(
-            f"slurm: {n} trials ({len(left)} tasks) not submitted: the cluster's submit limit is reached "
+            f"slurm: {_trials(left)} trials ({len(left)} tasks) not submitted: {submitter.limit_words()} "
             f"({submitter.refusal}); run the same command again later to top up (it submits only what is neither done nor queued)",
             file=sys.stderr,
         )
     if not profile.wait:
-        return False, sum(len(g) for t in left for g in t)
-    wait_for_jobs(submitter, left, folders, name, list(queued.values()))
+        return False, _trials(left)
+    left = wait_for_jobs(submitter, left, folders, name, list(queued.values()))
     settle(folders)  # what the jobs could not record themselves; printed with every failure below
     _print_failures(folders)
-    return True, 0
+    return True, _trials(left)
+
+
+def _trials(tasks: list[Task]) -> int:
+    return sum(len(g) for t in tasks for g in t)
 
 
 def submit(groups: list[list[Path]], profile: SlurmProfile, sweep: Path) -> list[str]:
@@ -218,7 +247,7 @@ def submit(groups: list[list[Path]], profile: SlurmProfile, sweep: Path) -> list
     submitter = Submitter(profile, Path(sweep))
     left = submitter.submit(chunked([[Path(f).absolute() for f in g] for g in groups], profile.groups_per_task))
     if left:
-        raise UserError(f"sbatch refused {len(left)} tasks for a submit limit: {submitter.refusal}")
+        raise UserError(f"sbatch refused {len(left)} tasks: {submitter.limit_words()}: {submitter.refusal}")
     return submitter.job_ids
 
 
@@ -241,6 +270,8 @@ class Submitter:
         self.job_ids: list[str] = []
         self.arrays: list[str] = []  # submitted by this launcher, in order: the chain
         self.refusal = ""  # sbatch's message when a submit limit stopped the last submission
+        self.kind = ""  # its kind (sbatch.submit_refusal): 'full' for MaxJobCount, else a submit limit
+        self.waiting = False  # the last submission left tasks waiting for room
         self.queued: list[str] = []  # the sweep's arrays in the queue: squeue's answer when submit began, then ours
 
     def submit(self, tasks: list[Task]) -> list[Task]:
@@ -261,13 +292,26 @@ class Submitter:
                 break
         new = self.arrays[before:]
         if new:
-            trials = sum(len(g) for t in tasks[: len(tasks) - len(left)] for g in t)
+            trials = _trials(tasks[: len(tasks) - len(left)])
             print(
                 f"slurm: submitted {trials} trials as {len(new)} job array(s): {', '.join(new)}; logs in {self.folder}; "
                 f"at most {self.profile.running_tasks} tasks of the sweep at once; cancel with: python -m orchestrator.cancel {self.sweep}",
                 file=sys.stderr,
             )
+        if left and self.profile.wait and (new or not self.waiting):  # a wait begins: say it once, not at every fruitless try
+            print(
+                f"slurm: {_trials(left)} trials ({len(left)} tasks) wait in the launcher: {self.limit_words()} ({self.refusal}); "
+                f"they go out as the sweep's jobs leave the queue (and at a try every {TOPUP_EVERY_S} s)",
+                file=sys.stderr,
+            )
+        self.waiting = bool(left)
         return left
+
+    def limit_words(self) -> str:
+        """What stopped the last submission, for the user."""
+        if self.kind == "full":
+            return "the SLURM controller is full (MaxJobCount: it takes no more jobs, anyone's, until some leave)"
+        return "the cluster's submit limit is reached"
 
     def _largest_that_fits(self, tasks: list[Task]) -> int:
         """Submit the longest prefix of `tasks` that sbatch accepts (one array, or a few when a limit
@@ -298,18 +342,21 @@ class Submitter:
         self.executor.update_parameters(**self.params, dependency=self._dependency())
         payloads = [[[str(f) for f in group] for group in task] for task in tasks]
         try:
-            with _quiet_submitit(self.folder):  # submitit prints every refusal; the launcher says it once
+            with _quiet_submitit(self.folder), _sbatch_once():  # submitit prints every refusal; the launcher says it once
                 jobs = self.executor.map_array(self.job, payloads)
         except FailedJobError as err:
             kind = submit_refusal(str(err))
             if kind is None:
                 done = f"; already submitted: {', '.join(self.arrays)} (cancel with: python -m orchestrator.cancel)" if self.arrays else ""
                 raise UserError(f"sbatch refused the jobs: {last_line(str(err))}{done}") from None
+            # (Not for 'full': the controller may be full of other users' jobs; room comes as they leave.)
             if kind == "maybe" and len(tasks) == 1 and not sweep_arrays(self.name):
                 # Not one task fits while none of ours is queued: a size or time limit, not a count.
                 why = last_line(str(err))
                 raise UserError(f"sbatch refused even one task: {why} (check time_min, GPUs and memory against the QOS)") from None
-            self.refusal = " ".join(line.removeprefix("sbatch: error: ") for line in str(err).strip().splitlines()[-2:])
+            lines = str(err).strip().splitlines()[-1 if kind == "full" else -2 :]  # 'full': the first says "retrying"
+            self.refusal = " ".join(line.removeprefix("sbatch: error: ") for line in lines)
+            self.kind = kind
             return False
         for task, j in zip(tasks, jobs):
             record = {
@@ -332,6 +379,51 @@ class Submitter:
         return f"afterany:{':'.join(self.queued)}" if self.queued else None
 
 
+_SBATCH_ONCE_DIR: list[str] = []  # the folder holding the `sbatch` of _sbatch_once, made once per process ("" if it cannot run)
+
+
+@contextlib.contextmanager
+def _sbatch_once() -> Iterator[None]:
+    """While submitit submits, `sbatch` on PATH is sbatch_once.py in front of the real one (see there why).
+
+    submitit runs the bare command `sbatch` (its array submissions through an executor of its own
+    making, so a subclass cannot change the command); PATH is the one hook it offers.
+    """
+    real = shutil.which("sbatch")
+    if real is not None and not _SBATCH_ONCE_DIR:
+        _SBATCH_ONCE_DIR.append(_write_sbatch_once(real))
+    if real is None or not _SBATCH_ONCE_DIR[0]:
+        yield  # no sbatch: submitit's own error names it; no wrapper: sbatch's own retries apply
+        return
+    path = os.environ.get("PATH", "")
+    os.environ["PATH"] = f"{_SBATCH_ONCE_DIR[0]}{os.pathsep}{path}"
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = path
+
+
+_OWN_RETRIES = "each refusal by a full controller costs sbatch's own 2 minutes of retries"
+
+
+def _write_sbatch_once(real: str) -> str:
+    """A temporary folder with an `sbatch` that runs sbatch_once.py in front of `real`; "" where none can run."""
+    try:
+        folder = tempfile.mkdtemp(prefix="sweep-sbatch-")
+        atexit.register(shutil.rmtree, folder, True)
+        script = Path(folder) / "sbatch"
+        once = Path(__file__).with_name("sbatch_once.py")
+        script.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} {shlex.quote(str(once))} {shlex.quote(real)} "$@"\n')
+        script.chmod(0o755)
+    except OSError as err:
+        print(f"slurm: cannot write a wrapper for sbatch ({err}); {_OWN_RETRIES}", file=sys.stderr)
+        return ""
+    if not os.access(script, os.X_OK):  # a temporary folder mounted noexec (Linux's access() says so)
+        print(f"slurm: {folder} does not allow running programs; {_OWN_RETRIES}", file=sys.stderr)
+        return ""
+    return folder
+
+
 @contextlib.contextmanager
 def _quiet_submitit(folder: Path) -> Iterator[None]:
     """Silence submitit's echo of a refused sbatch, and remove the pickles and script it left behind."""
@@ -347,23 +439,31 @@ def _quiet_submitit(folder: Path) -> Iterator[None]:
         raise
 
 
-def wait_for_jobs(submitter: Submitter, left: list[Task], folders: list[Path], name: str, queued: list[str], poll_s: float = 2.0) -> None:
+def wait_for_jobs(
+    submitter: Submitter, left: list[Task], folders: list[Path], name: str, queued: list[str], poll_s: float = 2.0
+) -> list[Task]:
     """Block until every task is submitted and none of the jobs is in the queue; show progress from the trial folders.
 
     Tasks a submit limit held back go out as ours leave the queue (or every minute, in case the
-    room came from the user's other jobs).
+    room came from other jobs). Returns the tasks still unsubmitted when it stopped waiting for
+    room: after TOPUP_TRIES_WITHOUT_ROOM fruitless tries in a row with none of ours in the queue.
     """
     progress = Progress(len(folders), "slurm", folders=folders)
     with progress.ticking():  # epochs move the line between polls of the queue (which slow down to 30 s)
-        _wait(submitter, left, folders, name, queued, poll_s, progress)
+        return _wait(submitter, left, folders, name, queued, poll_s, progress)
 
 
 def _wait(
     submitter: Submitter, left: list[Task], folders: list[Path], name: str, queued: list[str], poll_s: float, progress: Progress
-) -> None:
+) -> list[Task]:
     shown: tuple[str, ...] | None = None
     start, failures = time.monotonic(), 0
     mark, last_try = None, time.monotonic()  # our tasks in the queue when the limit last refused, and when
+    idle = 0  # tries in a row that found no room while none of ours was queued
+    # A full controller (MaxJobCount) frees a finished job's record MinJobAge after it ends, not when it
+    # leaves squeue: a try triggered by ours leaving is repeated once then (read when first needed).
+    recheck: float | None = None
+    min_job_age: int | None = None
     try:
         while True:
             ids = submitter.job_ids + queued
@@ -376,20 +476,35 @@ def _wait(
                     print(f"slurm: {err}; still waiting", file=sys.stderr)
                 live = dict.fromkeys(ids, (name, "UNKNOWN"))
             if left and failures == 0:
-                if mark is not None and (len(live) < mark or time.monotonic() - last_try > 60):
+                due = recheck is not None and time.monotonic() >= recheck
+                if mark is not None and (len(live) < mark or due or time.monotonic() - last_try > TOPUP_EVERY_S):
+                    before, left_queue = len(left), len(live) < mark
                     left = submitter.submit(left)
-                    mark, last_try = None, time.monotonic()
+                    idle = idle + 1 if len(left) == before and not live else 0
+                    mark, last_try, recheck = None, time.monotonic(), None
+                    if left and left_queue and submitter.kind == "full":
+                        min_job_age = cluster_min_job_age() if min_job_age is None else min_job_age
+                        recheck = time.monotonic() + min_job_age + 5  # the controller purges a little after MinJobAge
+                    if idle >= TOPUP_TRIES_WITHOUT_ROOM:
+                        print(
+                            f"slurm: stopped waiting for room: {idle} tries {TOPUP_EVERY_S} s apart found none while none of the "
+                            f"sweep's jobs was queued ({submitter.limit_words()}); {_trials(left)} trials ({len(left)} tasks) "
+                            "not submitted: run the same command again later to top up",
+                            file=sys.stderr,
+                        )
+                        return left
                     continue
                 if mark is None:
                     mark = len(live)
             states = [observe(f) for f in folders]
             counts = (*sorted(s.state for s in states), str(len(live)), str(len(left)))
             if counts != shown:
-                more = f", {sum(len(g) for t in left for g in t)} trials waiting for room under the submit limit" if left else ""
+                limit = "MaxJobCount" if submitter.kind == "full" else "submit limit"
+                more = f", {_trials(left)} trials waiting for room ({limit})" if left else ""
                 progress.show(states, sum(s.state == "running" for s in states), f"{len(live)} jobs in the queue{more}")
                 shown = counts
             if not live and not left:
-                return
+                return left
             # Poll gently on big clusters: every 2 s for a minute, then every 10 s, then 30 s.
             waited = time.monotonic() - start
             time.sleep(poll_s if waited < 60 else 10 if waited < 600 else 30)

@@ -3,7 +3,8 @@
     sbatch_parameters(profile, sweep_name)  the keyword arguments of submitit's sbatch rendering
     chunked(items, size)                    groups -> tasks (G groups each), tasks -> job arrays the cluster accepts
     parse_max_array_size(text)              MaxArraySize from `scontrol show config`
-    submit_refusal(text)                    is an sbatch error a per-user / QOS submit limit?
+    parse_min_job_age(text)                 MinJobAge (how long a finished job still counts against MaxJobCount)
+    submit_refusal(text)                    is an sbatch error a submit limit (per-user / QOS, MaxJobCount)?
 
 Only the profile's resources and the validated sweep name reach the sbatch script; trial settings
 (grid values) travel in each trial's spec.json and never pass through a shell. The rendered
@@ -127,6 +128,16 @@ def parse_max_array_size(config_text: str) -> int:
     return int(match.group(1)) if match else SLURM_DEFAULT_MAX_ARRAY_SIZE
 
 
+# SLURM's default: a finished job's record stays this long, and counts against MaxJobCount meanwhile.
+SLURM_DEFAULT_MIN_JOB_AGE_S = 300
+
+
+def parse_min_job_age(config_text: str) -> int:
+    """MinJobAge in seconds from the output of `scontrol show config` ("MinJobAge = 300 sec"; SLURM's default if absent)."""
+    match = re.search(r"^\s*MinJobAge\s*=\s*(\d+)", config_text, re.MULTILINE)
+    return int(match.group(1)) if match else SLURM_DEFAULT_MIN_JOB_AGE_S
+
+
 # ---- sbatch refusals ---------------------------------------------------------------------------------
 # What sbatch prints when a QOS or association limit refuses a job, e.g.
 #   sbatch: error: QOSMaxSubmitJobPerUserLimit
@@ -138,9 +149,20 @@ _REASON_CODE = re.compile(r"\b((?:QOS|Assoc)(?:Max|Grp|Min)\w*)")
 _POLICY = "violates accounting/QOS policy"
 
 
+# What sbatch prints when the controller holds MaxJobCount job records (every user's, an array
+# counting one per task, a finished job's kept MinJobAge seconds), after its own retries:
+#   sbatch: error: Slurm temporarily unable to accept job, sleeping and retrying
+#   sbatch: error: Batch job submission failed: Resource temporarily unavailable
+# ("Slurm job queue full" on older versions). Room frees as jobs leave, anyone's: a count limit too.
+_FULL = ("Resource temporarily unavailable", "temporarily unable to accept job", "job queue full")
+
+
 def submit_refusal(text: str) -> str | None:
-    """'limit' when sbatch refused for a submit-count limit, 'maybe' for the bare policy message,
-    None for anything else (a size or time limit, a bad option: smaller arrays cannot help)."""
+    """'limit' when sbatch refused for a submit-count limit, 'full' when the controller holds
+    MaxJobCount jobs, 'maybe' for the bare policy message, None for anything else (a size or time
+    limit, a bad option: smaller arrays cannot help)."""
+    if any(marker in text for marker in _FULL):
+        return "full"
     codes = _REASON_CODE.findall(text)
     if codes:
         return "limit" if any("Submit" in c for c in codes) else None

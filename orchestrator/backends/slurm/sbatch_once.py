@@ -1,0 +1,69 @@
+"""sbatch without its own retry loop: `python sbatch_once.py REAL_SBATCH ARGS...` (standard library only).
+
+When the controller answers EAGAIN (MaxJobCount reached: "Slurm temporarily unable to accept
+job, sleeping and retrying") or "job queue full", sbatch sleeps 1, 2, ... 15 s between 15 more
+tries before it gives up: two minutes per refused array, and the launcher's halving tries
+several arrays in a row. SLURM 22.05 has no option or variable for that loop, so this stands in
+for sbatch (the launcher puts it first on PATH while submitit submits): it runs the real sbatch,
+and at its first "sleeping and retrying" line (printed just before the first 1 s sleep, when no
+request is in flight) kills it and fails at once with SLURM's final refusal. The launcher then
+tops up later, as room frees, instead of sbatch.
+
+The kill can only miss the sleep if this process is slower than that second to read the line;
+then the retry may have created the job without anyone learning its id. Such a job is found by
+its script (squeue's command column: the path submitit wrote, a new uuid for each submission)
+and cancelled, so no trial ever runs under a job the launcher does not know.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+
+RETRYING = "sleeping and retrying"  # sbatch's line before its first sleep (EAGAIN, job queue full)
+REFUSED = "sbatch: error: Batch job submission failed: Resource temporarily unavailable (sbatch stopped before its retries)"
+
+
+def run(sbatch: str, args: list[str]) -> int:
+    with subprocess.Popen([sbatch, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        assert proc.stderr is not None and proc.stdout is not None
+        said = []
+        for line in proc.stderr:
+            said.append(line)
+            if RETRYING in line:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                sys.stderr.write("".join(said) + REFUSED + "\n")
+                _cancel_orphan(args[-1] if args else "")
+                return 1
+        out = proc.stdout.read()
+        code = proc.wait()
+    sys.stdout.write(out)
+    sys.stderr.write("".join(said))
+    return code
+
+
+def _cancel_orphan(script: str) -> None:
+    """Cancel a job submitted from `script` by the retry the kill came too late for (best effort).
+
+    Only a script submitit wrote (`.submission_file_<uuid4 hex>.sh`, a new name for each
+    submission): no other job can have been submitted from it.
+    """
+    if not re.fullmatch(r"\.submission_file_[0-9a-f]{32}\.sh", os.path.basename(script)):
+        return
+    try:
+        out = subprocess.run(["squeue", "--me", "--noheader", "--format", "%F %o"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return
+    script = os.path.abspath(script)
+    jobs = {job for job, _, command in (line.strip().partition(" ") for line in out.stdout.splitlines()) if command.strip() == script}
+    for job in sorted(j for j in jobs if j.isdigit()):
+        subprocess.run(["scancel", job], capture_output=True, timeout=60)
+        sys.stderr.write(f"sbatch: job {job} went out as sbatch was stopped; cancelled\n")
+
+
+if __name__ == "__main__":
+    sys.exit(run(sys.argv[1], sys.argv[2:]))
