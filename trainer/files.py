@@ -63,7 +63,7 @@ def read_bytes(path: str) -> bytes:
     Unbuffered (os.open, os.read): no file object, which was a tenth of `orchestrator.status` over
     10,000 trials' status.json and spec.json (issue 25). Raises what os.open raises (FileNotFoundError...).
     """
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    fd = os.open(path, os.O_RDONLY)
     try:
         data = os.read(fd, 1 << 16)
         if len(data) < 1 << 16:

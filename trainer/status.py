@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from trainer import files as R  # not trainer.results: that imports pyarrow (~0.3 s of every `status`)
+from trainer.files import STATUS, read_bytes, write_json  # not trainer.results: it imports pyarrow (~0.3 s of every `status`)
 from trainer.lock import is_locked
 
 State = Literal["pending", "running", "interrupted", "done", "failed"]
@@ -111,22 +111,22 @@ def read_status(folder: Path) -> Status:
 
 
 def _read_status(folder: Path) -> Status:
-    # A str path to open: a pathlib join per trial was a tenth of `status` at 10,000 trials (issue 25).
+    """read_status of a Path. A str path to open: a pathlib join per trial was a tenth of `status` at 10,000 trials (issue 25)."""
     try:
-        text = R.read_bytes(f"{os.fspath(folder)}/{R.STATUS}")
+        text = read_bytes(f"{os.fspath(folder)}/{STATUS}")
     except FileNotFoundError:
         return Status()
     except OSError as err:
-        raise StatusUnreadable(f"{folder / R.STATUS}: {err.strerror or err}") from None
+        raise StatusUnreadable(f"{folder / STATUS}: {err.strerror or err}") from None
     try:
         return Status.from_dict(json.loads(text))
     except (ValueError, UnicodeDecodeError) as err:
-        raise StatusUnreadable(f"{folder / R.STATUS}: {str(err)[:120]}") from None
+        raise StatusUnreadable(f"{folder / STATUS}: {str(err)[:120]}") from None
 
 
 def write_status(folder: Path, status: Status) -> None:
     """Replace status.json atomically (the caller holds the trial's lock)."""
-    R.write_json(status.to_dict(), Path(folder) / R.STATUS)
+    write_json(status.to_dict(), Path(folder) / STATUS)
 
 
 @dataclass(frozen=True)
