@@ -25,7 +25,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from trainer.results import SPEC, STATUS
+from trainer.files import SPEC, STATUS, read_bytes
 from trainer.spec import SpecError, TrialSpec
 from trainer.status import TrialState, observe
 
@@ -42,8 +42,12 @@ def sweep_dir(results_root: str | Path, name: str) -> Path:
     return Path(results_root) / name
 
 
+def trials_dir(sweep: Path) -> Path:
+    return sweep / "trials"
+
+
 def trial_folder(sweep: Path, trial_id: str) -> Path:
-    return sweep / "trials" / trial_id
+    return trials_dir(sweep) / trial_id
 
 
 def is_trial_id(name: str) -> bool:
@@ -52,12 +56,13 @@ def is_trial_id(name: str) -> bool:
 
 def trial_folders(sweep: Path, warn: Warn | None = _warn) -> list[Path]:
     """The folders under `<sweep>/trials/` named like a trial id, sorted; one warning names the others."""
-    trials = sweep / "trials"
+    trials = trials_dir(sweep)
     if not trials.is_dir():
         return []
     with os.scandir(trials) as it:
         entries = [(e.name, e.is_dir()) for e in it]
-    folders = sorted(trials / name for name, is_dir in entries if is_dir and is_trial_id(name))
+    # Sorted by name, then made paths: the order of sorted paths, without ~120,000 Path comparisons at 10,000 trials.
+    folders = [trials / name for name in sorted(name for name, is_dir in entries if is_dir and is_trial_id(name))]
     others = sorted(name for name, is_dir in entries if not (is_dir and is_trial_id(name)) and not name.startswith("."))
     if others and warn is not None:
         shown = ", ".join(repr(n)[:40] for n in others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
@@ -77,7 +82,7 @@ def spec_problem(folder: Path) -> str | None:
 def _proven_spec(folder: Path) -> tuple[TrialSpec | None, str | None]:
     """(the spec that proves the folder's trial, None) or (None, why there is none: `spec_problem`)."""
     try:
-        spec = _read_spec(folder / SPEC)
+        spec = _read_spec(f"{os.fspath(folder)}/{SPEC}")  # a str path: no pathlib join per trial (issue 25)
     except FileNotFoundError:
         return None, "no spec.json"
     except OSError as err:
@@ -137,9 +142,9 @@ def load_spec(folder: Path) -> TrialSpec:
     return spec
 
 
-def _read_spec(path: Path) -> TrialSpec:
-    """The spec in `path`; raises what reading, json.loads and TrialSpec.from_dict (where: "spec.json") raise."""
-    return _parse_spec(path.read_text())
+def _read_spec(path: str | Path) -> TrialSpec:
+    """The spec in `path`; raises what reading, decoding (UTF-8), json.loads and TrialSpec.from_dict (where: "spec.json") raise."""
+    return _parse_spec(read_bytes(os.fspath(path)).decode())
 
 
 @functools.lru_cache(maxsize=1 << 15)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import sys
 import time
 from collections import Counter
@@ -155,7 +156,7 @@ def slurm_jobs(states: dict[str, TrialState]) -> tuple[dict[str, tuple[str, str 
     Only for trials with a slurm_job.json; one squeue call for all of them. SLURM unreachable:
     nothing, and a note saying so.
     """
-    folders = [st.folder for st in states.values() if (st.folder / "slurm_job.json").exists()]
+    folders = [st.folder for st in states.values() if os.path.exists(f"{st.folder}/slurm_job.json")]  # no Path join per trial
     if not folders:
         return {}, []
     from orchestrator.backends.slurm.queue import job_views, settle, summarize  # only for SLURM sweeps

@@ -288,3 +288,38 @@ def test_coerce_fast_path_agrees_with_the_full_check():
                 got = TypeError
             assert got == expected or (got != got and expected != expected), (key, value)
             assert type(got) is type(expected), (key, value)
+
+
+def test_from_dict_and_trial_id_agree_with_their_plain_forms() -> None:
+    """from_dict fills a spec without calling __init__, and trial_id uses precomputed fields and one
+    encoder (issue 25: status reads 10,000 specs); both must give what the plain forms give."""
+    import hashlib
+    import json
+
+    from trainer.spec import IN_TRIAL_ID, LATER_DEFAULTS, coerce
+
+    def plain_id(spec: TrialSpec) -> str:  # trial_id as first written
+        d = spec.to_dict()
+        science = {k: v for k, v in d.items() if k in IN_TRIAL_ID and not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])}
+        return hashlib.sha256(json.dumps(science, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
+
+    cases: list[dict[str, object]] = [
+        {},
+        {"alpha": -2, "lr": 1},
+        {"alpha": 0, "onset_epoch": 3, "offset_epoch": 5, "epochs": 10},  # canonical form: onset dropped
+        {"alpha": -0.0, "sweep": "s", "device": "cpu"},
+        {"lr_milestones": [3, 6], "trackers": ["wandb"], "keep_checkpoints": [], "seed": 7, "threads": 2},
+        {"si_skip_stages": [1], "si_pooling": "stages", "si_class_stat": "sum", "input_norm": "half", "alpha": -1.5},
+        TrialSpec(alpha=-5.0, eval_every_steps=2, eval_until_epoch=1, ablation_fractions=(0.5,)).to_dict(),
+    ]
+    for data in cases:
+        built = TrialSpec.from_dict(data)
+        made = TrialSpec(**{k: coerce(k, v) for k, v in data.items()})
+        assert list(vars(built).items()) == list(vars(made).items()) and built == made, data  # same fields, same order
+        assert built.trial_id == made.trial_id == plain_id(made), data
+    for bad in ({"epochs": 0}, {"alpha": 0.0, "model": "nope"}, {"onset_epoch": 20, "epochs": 10}):
+        with pytest.raises(SpecError) as via_dict:
+            TrialSpec.from_dict(bad, where="w")
+        with pytest.raises(SpecError) as direct:
+            TrialSpec(**bad)
+        assert str(via_dict.value) == f"w: {direct.value}"

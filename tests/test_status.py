@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,64 @@ def test_swept_fields_compare_values_as_json_writes_them() -> None:
     assert swept_fields(rows("a", True, 1)) == ["a"]
     assert swept_fields(rows("a", [1, 2], [1, 2])) == [] and swept_fields(rows("a", [1, 2], [2, 1])) == ["a"]
     assert swept_fields(rows("a", "u", "u", "v")) == ["a"] and swept_fields(rows("a", None, None)) == []
+
+
+def test_observe_reads_the_lock_with_the_status(tmp_path: Path) -> None:
+    """A recorded state seen with the trial's lock: a done trial is done whoever holds its lock
+    (observe skips probing it, issue 25); every other state is what the lock makes of it."""
+    from trainer.lock import TrialLock
+    from trainer.status import observe
+
+    expected = {  # recorded state: (seen with no live holder, seen with the lock held)
+        "done": ("done", "done"),
+        "running": ("interrupted", "running"),
+        "failed": ("failed", "running"),
+        "interrupted": ("interrupted", "running"),
+        "pending": ("pending", "running"),
+        None: ("pending", "running"),  # no status.json
+        "garbage": ("unreadable", "running"),
+    }
+    for recorded, (free, held) in expected.items():
+        folder = tmp_path / str(recorded)
+        folder.mkdir()
+        if recorded == "garbage":
+            (folder / R.STATUS).write_text("{not json")
+        elif recorded is not None:
+            (folder / R.STATUS).write_text(json.dumps({"state": recorded, "attempts": 1}))
+        assert observe(folder).state == free, recorded  # no lock file yet
+        with TrialLock(folder):  # another open file description: a live holder
+            assert observe(folder).state == held, recorded
+        assert observe(folder).state == free, recorded  # the lock file stays, nobody holds it
+    missing = observe(tmp_path / "never-made")
+    assert (missing.state, missing.status.attempts) == ("pending", 0)
+
+
+def test_status_and_plan_import_neither_pyarrow_nor_torch(tmp_path: Path) -> None:
+    """Importing pyarrow (via the trial-folder file names in trainer.results) was ~0.3 s of every
+    `status` and rerun plan at any size (issue 25); torch would be seconds."""
+    import subprocess
+    import sys
+
+    sweep, _ = sweep_with_outcomes(tmp_path)
+    code = (
+        "import sys; from orchestrator.status import main; from orchestrator.plan import make_plan; "
+        f"main([{str(sweep)!r}]); print(sorted({{'pyarrow', 'pandas', 'torch'}} & set(sys.modules)))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "4 trials" in proc.stdout and proc.stdout.splitlines()[-1] == "[]"
+
+
+def test_read_bytes_reads_small_and_large_files_whole(tmp_path: Path) -> None:
+    from trainer.files import read_bytes
+
+    for size in (0, 10, (1 << 16) - 1, 1 << 16, 3 * (1 << 20) + 7):
+        path = tmp_path / f"f{size}"
+        data = os.urandom(size)
+        path.write_bytes(data)
+        assert read_bytes(str(path)) == data, size
+    with pytest.raises(FileNotFoundError):
+        read_bytes(str(tmp_path / "missing"))
+    with pytest.raises(IsADirectoryError):
+        read_bytes(str(tmp_path))

@@ -1,15 +1,12 @@
 """Result files of one trial (docs/results.md): Parquet schemas and atomic writes.
 
-Every file appears atomically: written beside its final name (a dot-file ending in .tmp-<pid>),
-flushed to disk, then renamed over it. A job killed at any moment leaves the previous complete
-file, never a half one. Every row carries the trial's fields (`TrialSpec.row_fields`), so the
-files of many trials concatenate without joins.
+Every file appears atomically (trainer.files, whose file names and JSON writes this module
+re-exports: they need no pyarrow). Every row carries the trial's fields (`TrialSpec.row_fields`),
+so the files of many trials concatenate without joins.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -21,14 +18,25 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from trainer import faults
+from trainer.files import (  # noqa: F401  (re-exported: trainer.files holds them without pyarrow)
+    ABLATIONS,
+    CHECKPOINT,
+    EPOCHS,
+    LAYERS,
+    ROBUST_DIMENSIONALITY,
+    ROBUST_GRADIENTS,
+    ROBUSTNESS,
+    SPEC,
+    STATUS,
+    TMP_MARK,
+    UNITS,
+    _tmp_path,
+    read_json,
+    remove_temp_files,
+    replace_atomically,
+    write_json,
+)
 from trainer.spec import TrialSpec
-
-EPOCHS, LAYERS, UNITS = "epochs.parquet", "layers.parquet", "units.parquet"
-SPEC, STATUS, CHECKPOINT = "spec.json", "status.json", "checkpoint.pt"
-ABLATIONS = "ablations.parquet"  # written by trainer.analysis.ablation_job, read by the collector
-# Written by trainer.analysis.robustness_job (torch), read by the collector, which must not import torch.
-ROBUSTNESS, ROBUST_DIMENSIONALITY, ROBUST_GRADIENTS = "robustness.parquet", "robust_dimensionality.parquet", "robust_gradients.parquet"
-TMP_MARK = ".tmp-"
 
 # Metric columns per file, in order; the trial's fields come first in every file.
 EPOCH_COLUMNS = pa.schema(
@@ -115,51 +123,12 @@ def make_table(name: str | pa.Schema, rows: Mapping[str, Any], row_fields: dict[
     return pa.Table.from_arrays(arrays, schema=pa.schema(list(trial_schema) + list(columns)))
 
 
-# ---- atomic files ---------------------------------------------------------------------------
-def _tmp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def replace_atomically(tmp: Path, path: Path) -> None:
-    """Flush `tmp` to disk and rename it over `path` (same folder, so the rename is atomic)."""
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
+# ---- atomic files (trainer.files) -------------------------------------------------------------
 def write_parquet(table: pa.Table, path: Path) -> None:
     tmp = _tmp_path(path)
     pq.write_table(table, tmp)
     faults.point("parquet-tmp")
     replace_atomically(tmp, path)
-
-
-def write_json(data: dict[str, Any], path: Path) -> None:
-    tmp = _tmp_path(path)
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    faults.point("json-tmp")
-    replace_atomically(tmp, path)
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text())
-
-
-def remove_temp_files(folder: Path) -> list[Path]:
-    """Delete what a killed writer left behind (its temp files); returns what was removed."""
-    removed = [p for p in folder.glob(f".*{TMP_MARK}*") if p.is_file()]
-    for p in removed:
-        p.unlink(missing_ok=True)
-    return removed
 
 
 def read_rows_until(path: Path, step: int) -> pa.Table | None:
