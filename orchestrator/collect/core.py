@@ -252,15 +252,15 @@ def collect(path: str | Path, *, full: bool = False, figures: bool = True, warn:
     manifest = cache.Manifest() if full else cache.load(summary)
     specs = [parse_spec(folder) for folder in folders]
     with ThreadPoolExecutor(max_workers=2) as background:
+        keys = {f: trial_sort_key(s) for f, s in zip(folders, specs) if isinstance(s, dict)}
         early = None
         if not manifest.trials:  # cold: every trial's files are read, so read them while the states are looked at
-            keys = {f: trial_sort_key(s) for f, s in zip(folders, specs) if isinstance(s, dict)}
             early = background.submit(prescan, sorted(keys, key=keys.__getitem__))  # the order of `done` below
         trials = read_trials(folders)
         _require_done(sweep, trials)
         for t, parsed in zip(trials, specs):
             read_spec(t, parsed)
-        done = sorted((t for t in trials if t.state == "done"), key=lambda t: trial_sort_key(t.fields))
+        done = sorted((t for t in trials if t.state == "done"), key=lambda t: keys.get(t.folder) or trial_sort_key(t.fields))
         reuse = cache.reusable(done, manifest.trials)
         pngs = [summary / "figures" / f for f in FIGURES]
         same_trials = reuse == set(manifest.trials) == {t.trial_id for t in done}

@@ -159,12 +159,17 @@ def varying_fields(conditions: pd.DataFrame) -> list[str]:
 
 def trial_sort_key(fields: dict[str, Any]) -> tuple:
     """Order of trials: alpha, onset, offset (none first), model, dataset, the other fields, seed."""
+    return tuple(_sort_value(fields.get(k)) for k in _sort_order())
 
-    def key(v: Any) -> tuple:
-        return (0,) if _is_missing(v) else (1, tuple(v) if isinstance(v, (list, tuple)) else v)
 
+@functools.cache
+def _sort_order() -> tuple[str, ...]:
     rest = [k for k in condition_fields() if k not in SORT_FIRST]
-    return tuple(key(fields.get(k)) for k in (*SORT_FIRST, *rest, "seed", "trial_id"))
+    return (*SORT_FIRST, *rest, "seed", "trial_id")
+
+
+def _sort_value(v: Any) -> tuple:
+    return (0,) if _is_missing(v) else (1, tuple(v) if isinstance(v, (list, tuple)) else v)
 
 
 def trials_table(final: pd.DataFrame, totals: pd.DataFrame, final_layers: pd.DataFrame, status: dict[str, dict]) -> pd.DataFrame:
