@@ -476,6 +476,8 @@ def test_files_read_before_the_states_are_used_only_if_unchanged(tmp_path):
     new = list(enumerate(trials))
     assert RW._from_prescan(early[R.EPOCHS], new, R.EPOCHS) is None  # replaced since: not taken
     assert RW._from_prescan(early[R.LAYERS], new, R.LAYERS) is not None  # unchanged: taken
+    backwards = RW.prescan(folders[::-1])  # read in another order than the trials': not taken
+    assert RW._from_prescan(backwards[R.LAYERS], new, R.LAYERS) is None
     rows = RW.fresh_rows(new, print, early)[R.EPOCHS]
     test_acc = dict(zip(rows["_rank"].to_pylist(), rows["test_acc"].to_pylist()))
     assert test_acc[[t.trial_id for t in trials].index(specs[1].trial_id)] == 0.5

@@ -49,7 +49,7 @@ from orchestrator.collect.robustness import OUTPUTS as ROBUSTNESS_OUTPUTS
 from orchestrator.collect.robustness import robustness_figures, robustness_markdown, robustness_tables
 from orchestrator.collect.rows import Warn, prescan, read_rows, with_fields
 from orchestrator.collect.rows_file import FEW_VALUED
-from orchestrator.collect.scan import KINDS, Trial, check_sweep, fields_schema, parse_spec, read_spec, read_trials
+from orchestrator.collect.scan import KINDS, Trial, check_sweep, fields_schema, load_spec, parse_spec, read_spec, read_trials
 from orchestrator.collect.stats import (
     EPOCH_METRICS,
     condition_epochs_table,
@@ -58,6 +58,7 @@ from orchestrator.collect.stats import (
     to_pandas,
     trial_sort_key,
     trials_table,
+    written_sort_key,
 )  # fmt: skip
 from orchestrator.folders import trial_folders
 from trainer import faults
@@ -250,17 +251,21 @@ def collect(path: str | Path, *, full: bool = False, figures: bool = True, warn:
 
     folders = trial_folders(sweep, noting)
     manifest = cache.Manifest() if full else cache.load(summary)
-    specs = [parse_spec(folder) for folder in folders]
+    raws = [load_spec(folder) for folder in folders]
     with ThreadPoolExecutor(max_workers=2) as background:
-        keys = {f: trial_sort_key(s) for f, s in zip(folders, specs) if isinstance(s, dict)}
         early = None
-        if not manifest.trials:  # cold: every trial's files are read, so read them while the states are looked at
-            early = background.submit(prescan, sorted(keys, key=keys.__getitem__))  # the order of `done` below
+        if not manifest.trials:  # cold: every trial's files are read, so read them while the states are looked at,
+            # in the order of `done` below as the written specs give it (a file out of that order is read again)
+            keys = {f: written_sort_key(r, f.name) for f, r in zip(folders, raws) if isinstance(r, dict)}
+            try:
+                early = background.submit(prescan, sorted(keys, key=keys.__getitem__))
+            except TypeError:  # a spec with a value of the wrong type (it will be unreadable): no early read
+                early = None
         trials = read_trials(folders)
         _require_done(sweep, trials)
-        for t, parsed in zip(trials, specs):
-            read_spec(t, parsed)
-        done = sorted((t for t in trials if t.state == "done"), key=lambda t: keys.get(t.folder) or trial_sort_key(t.fields))
+        for t, raw in zip(trials, raws):
+            read_spec(t, parse_spec(t.folder, raw))
+        done = sorted((t for t in trials if t.state == "done"), key=lambda t: trial_sort_key(t.fields))
         reuse = cache.reusable(done, manifest.trials)
         pngs = [summary / "figures" / f for f in FIGURES]
         same_trials = reuse == set(manifest.trials) == {t.trial_id for t in done}

@@ -12,6 +12,7 @@ reported and skipped, and the rest of the scan stands.
 from __future__ import annotations
 
 import functools
+import json
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,7 @@ import pyarrow.parquet as pq
 from orchestrator.folders import REPAIR_HINT
 from trainer import results as R
 from trainer.errors import UserError
+from trainer.files import read_bytes
 from trainer.spec import TrialSpec
 from trainer.status import Status, TrialState, observe
 
@@ -120,13 +122,22 @@ def _read_trial(folder: Path) -> Trial:
     return trial
 
 
-def parse_spec(folder: Path) -> dict[str, Any] | Exception:
-    """The row fields (`TrialSpec.row_fields`) of the trial in `folder`, from its spec.json, or the
-    error that makes the spec unusable. The collector takes the fields from here once per trial
-    instead of decoding 17 constant columns of every file."""
+def load_spec(folder: Path) -> dict[str, Any] | Exception:
+    """The JSON object in the trial's spec.json as written (not yet checked), or why it cannot be read."""
+    try:
+        raw = json.loads(read_bytes(os.path.join(folder, R.SPEC)))
+    except (OSError, ValueError) as err:
+        return err
+    return raw if isinstance(raw, dict) else ValueError(f"{folder / R.SPEC}: not a JSON object")
+
+
+def parse_spec(folder: Path, raw: dict[str, Any] | Exception | None = None) -> dict[str, Any] | Exception:
+    """The row fields (`TrialSpec.row_fields`) of the trial in `folder`, from its spec.json (`raw`:
+    load_spec's answer, if already read), or the error that makes the spec unusable. The collector
+    takes the fields from here once per trial instead of decoding 17 constant columns of every file."""
     path = folder / R.SPEC
     try:
-        spec = TrialSpec.from_dict(R.read_json(path), str(path))
+        spec = TrialSpec.from_dict(raw if isinstance(raw, dict) else R.read_json(path), str(path))
         if spec.trial_id != folder.name:
             raise ValueError(f"{path} is the spec of trial {spec.trial_id}, not of its folder's")
         return spec.row_fields()
@@ -275,12 +286,15 @@ def incomplete(rows: pa.Table, kind: str, epochs: np.ndarray) -> dict[int, str]:
     """
     n = len(epochs)
     end = rows["epoch_end"].to_numpy(zero_copy_only=False)  # mid-epoch evaluations are extra rows
-    file = rows["_file"].to_numpy()[end]
-    epoch = rows["epoch"].to_numpy(zero_copy_only=False)[end]
+    file, epoch = rows["_file"].to_numpy(), rows["epoch"].to_numpy(zero_copy_only=False)
+    if not end.all():  # else no copies: at 10,000 trials the layers are 14.5 million rows (issue 25)
+        file, epoch = file[end], epoch[end]
     counts = np.bincount(file, minlength=n)
     width = np.bincount(file[epoch == 0], minlength=n) if kind == R.LAYERS else np.ones(n, dtype=np.int64)
-    pos = np.arange(len(file)) - np.repeat(np.cumsum(counts) - counts, counts)  # row number within its file
-    wrong = np.bincount(file[epoch != pos // np.maximum(width, 1)[file]], minlength=n)
+    index = np.int32 if len(file) < 2**31 else np.int64  # half the memory to touch, in the usual case
+    first = (np.cumsum(counts) - counts).astype(index)
+    pos = np.arange(len(file), dtype=index) - first[file]  # row number within its file
+    wrong = np.bincount(file[epoch != pos // np.maximum(width, 1).astype(index)[file]], minlength=n)
     bad: dict[int, str] = {}
     for i in np.flatnonzero((counts != (epochs + 1) * width) | (wrong > 0) | (width == 0)):
         layers = f" x {width[i]} layers" if kind == R.LAYERS else ""

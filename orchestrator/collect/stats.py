@@ -162,6 +162,12 @@ def trial_sort_key(fields: dict[str, Any]) -> tuple:
     return tuple(_sort_value(fields.get(k)) for k in _sort_order())
 
 
+def written_sort_key(raw: dict[str, Any], trial_id: str) -> tuple:
+    """`trial_sort_key` from a spec.json as written (load_spec), before it is checked: the same key
+    for a spec the project wrote (spec.json holds every field; the rows call `lr` `base_lr`)."""
+    return trial_sort_key({"base_lr" if k == "lr" else k: v for k, v in raw.items()} | {"trial_id": trial_id})
+
+
 @functools.cache
 def _sort_order() -> tuple[str, ...]:
     rest = [k for k in condition_fields() if k not in SORT_FIRST]
