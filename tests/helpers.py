@@ -16,6 +16,7 @@ import pickle
 import shutil
 import struct
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -275,3 +276,14 @@ def submit_long_trial(tmp_path: Path, sweep_name: str, seconds: float, **profile
     sweep = tmp_path / "r" / sweep_name
     (trial,) = (sweep / "trials").iterdir()
     return sweep, trial, job_of(trial), epochs
+
+
+def imported_by(code: str, modules: tuple[str, ...]) -> tuple[str, list[str]]:
+    """Run `code` in a fresh interpreter (this checkout first on the path): its stdout, and which of
+    `modules` it left imported. The import tests of the status and collect paths (issue 25)."""
+    probe = f"{code}\nimport sys as _s; print(sorted(m for m in {modules!r} if m in _s.modules))"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 0, proc.stderr
+    *out, imported = proc.stdout.splitlines()
+    return "\n".join(out), json.loads(imported.replace("'", '"'))

@@ -29,6 +29,8 @@ from trainer.cli import cli
 from trainer.lock import TrialLock
 from trainer.spec import TrialSpec
 
+from helpers import imported_by
+
 TABLES = ("trials", "epochs", "layers", "conditions", "condition_epochs", "condition_layers", "excluded")
 
 
@@ -429,9 +431,7 @@ def test_command_in_a_fresh_process_with_figures(tmp_path):
 
 def test_collector_does_not_import_torch():
     """Importing torch (via an analysis job's constants) once made every collect 3 s slower (issue 25)."""
-    code = "import sys, orchestrator.collect.core; print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
+    assert imported_by("import orchestrator.collect.core", ("torch", "torchvision"))[1] == []
 
 
 @pytest.mark.parametrize("most_coded", [2, 256])

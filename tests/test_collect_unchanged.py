@@ -12,8 +12,6 @@ import fcntl
 import json
 import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +23,8 @@ from trainer import results as R
 from trainer.cli import cli
 from trainer.lock import LOCK
 from trainer.spec import TrialSpec
+
+from helpers import imported_by
 
 FAST = "unchanged since the last collect"
 
@@ -82,14 +82,9 @@ def test_unchanged_sweep_takes_the_fast_path(tmp_path: Path, capsys: pytest.Capt
 def test_fast_path_imports_neither_pyarrow_nor_pandas(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     sweep, _ = make_sweep(tmp_path)
     run(capsys, str(sweep), "--no-figures")
-    code = (
-        "import sys; from orchestrator.collect.command import main; "
-        f"main([{str(sweep)!r}, '--no-figures']); print(sorted({{'pyarrow', 'pandas'}} & set(sys.modules)))"
-    )
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
-    assert proc.returncode == 0, proc.stderr
-    assert FAST in proc.stdout and proc.stdout.splitlines()[-1] == "[]"
+    code = f"from orchestrator.collect.command import main; main([{str(sweep)!r}, '--no-figures'])"
+    out, imported = imported_by(code, ("pyarrow", "pandas"))
+    assert FAST in out and imported == []
 
 
 def _touch(path: Path) -> None:

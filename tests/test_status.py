@@ -14,6 +14,8 @@ from orchestrator.status import main as status_main
 from trainer import results as R
 from trainer.cli import cli
 
+from helpers import imported_by
+
 GRID = "name: st\nfixed: {epochs: 2, batch_size: 256}\nsweep: {alpha: [-30, 0], seed: [0, 2]}\n"
 
 
@@ -116,18 +118,10 @@ def test_observe_reads_the_lock_with_the_status(tmp_path: Path) -> None:
 def test_status_and_plan_import_neither_pyarrow_nor_torch(tmp_path: Path) -> None:
     """Importing pyarrow (via the trial-folder file names in trainer.results) was ~0.3 s of every
     `status` and rerun plan at any size (issue 25); torch would be seconds."""
-    import subprocess
-    import sys
-
     sweep, _ = sweep_with_outcomes(tmp_path)
-    code = (
-        "import sys; from orchestrator.status import main; from orchestrator.plan import make_plan; "
-        f"main([{str(sweep)!r}]); print(sorted({{'pyarrow', 'pandas', 'torch'}} & set(sys.modules)))"
-    )
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
-    assert proc.returncode == 0, proc.stderr
-    assert "4 trials" in proc.stdout and proc.stdout.splitlines()[-1] == "[]"
+    code = f"from orchestrator.status import main; from orchestrator.plan import make_plan; main([{str(sweep)!r}])"
+    out, imported = imported_by(code, ("pyarrow", "pandas", "torch"))
+    assert "4 trials" in out and imported == []
 
 
 def test_read_bytes_reads_small_and_large_files_whole(tmp_path: Path) -> None:
