@@ -131,9 +131,24 @@ def keep_sorted(table: pa.Table, usable: np.ndarray) -> pa.Table:
     return table.combine_chunks()  # one chunk, not one per file: later kernels pay per chunk
 
 
-def with_fields(rows: pa.Table, fields: pa.Table) -> pa.Table:
-    """`rows` (metrics, `_rank`) with the trial's fields in front: the trainer's file schema."""
+def with_fields(rows: pa.Table, fields: pa.Table, coded: frozenset[str] = frozenset()) -> pa.Table:
+    """`rows` (metrics, `_rank`) with the trial's fields in front: the trainer's file schema. The
+    `coded` fields come as dictionary arrays (dictionary in the order the trials first appear), as
+    the summary's rows files are written (orchestrator.collect.rows_file)."""
     rank = rows["_rank"]
-    columns = [fields[name].take(rank) for name in fields.column_names]
+    if coded:
+        ranks = rank.to_numpy()
+        trials, first = np.unique(ranks, return_index=True)
+        order = pa.array(trials[np.argsort(first, kind="stable")])  # the trials in the order their rows first appear
+        position = np.zeros(int(ranks.max()) + 1 if ranks.size else 0, dtype=np.int32)
+        position[order.to_numpy()] = np.arange(len(order), dtype=np.int32)
+        at = pa.array(position[ranks])  # each row's trial, as an index into `order`
+    columns = []
+    for name in fields.column_names:
+        if name in coded:
+            encoded = fields[name].take(order).combine_chunks().dictionary_encode()
+            columns.append(pa.DictionaryArray.from_arrays(encoded.indices.take(at), encoded.dictionary))
+        else:
+            columns.append(fields[name].take(rank))
     metrics = rows.drop_columns(["_rank"])
     return pa.Table.from_arrays(columns + metrics.columns, names=fields.column_names + metrics.column_names)

@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from orchestrator.collect.rows import with_fields
 from orchestrator.collect.stats import to_pandas
 
 ROW_GROUP = 1024 * 1024  # pyarrow's default row group length: writing slices of it makes the same file
@@ -46,13 +47,13 @@ def write(rows: pa.Table, fields: pa.Table, path: Path, dictionary: list[str]) -
 
     `dictionary`: the columns Parquet dictionary-encodes (the few-valued ones).
     """
-    plain = pandas_schema(_with_fields(rows.slice(0, 0), fields))
+    plain = pandas_schema(with_fields(rows.slice(0, 0), fields))
     coded = _coded(rows["_rank"].to_numpy(), fields, dictionary)
     schema = pa.schema([pa.field(f.name, pa.dictionary(pa.int32(), f.type)) if f.name in coded else f for f in plain])
     starts = range(0, max(rows.num_rows, 1), ROW_GROUP)  # an empty table: one empty write, as write_table
 
     def part(start: int) -> pa.Table:
-        return _with_fields(rows.slice(start, ROW_GROUP), fields, coded)
+        return with_fields(rows.slice(start, ROW_GROUP), fields, coded)
 
     # The next row group's field columns are built while this one is encoded (both release the GIL);
     # one ahead only, so at most two row groups' columns exist at once.
@@ -77,22 +78,3 @@ def _coded(rank: np.ndarray, fields: pa.Table, dictionary: list[str]) -> frozens
         present = pa.array(np.unique(rank[start : start + ROW_GROUP]))
         names = [n for n in names if len(pc.unique(fields[n].take(present))) <= MOST_CODED]
     return frozenset(names)
-
-
-def _with_fields(rows: pa.Table, fields: pa.Table, coded: frozenset[str] = frozenset()) -> pa.Table:
-    """`rows` with the trial's fields in front; the `coded` ones as dictionary arrays (see the module)."""
-    rank = rows["_rank"].to_numpy()
-    trials, first = np.unique(rank, return_index=True)
-    order = trials[np.argsort(first, kind="stable")]  # the trials in the order their rows first appear
-    position = np.zeros(int(rank.max()) + 1 if rank.size else 0, dtype=np.int32)
-    position[order] = np.arange(len(order), dtype=np.int32)
-    at = pa.array(position[rank])  # each row's trial, as an index into `order`
-    columns = []
-    for name in fields.column_names:
-        if name in coded:
-            encoded = fields[name].take(pa.array(order)).combine_chunks().dictionary_encode()
-            columns.append(pa.DictionaryArray.from_arrays(encoded.indices.take(at), encoded.dictionary))
-        else:
-            columns.append(fields[name].take(pa.array(rank)))
-    metrics = rows.drop_columns(["_rank"])
-    return pa.Table.from_arrays(columns + metrics.columns, names=fields.column_names + metrics.column_names)
