@@ -22,7 +22,7 @@ import pytest
 from benchmarks.synthetic import write_trial
 from orchestrator.collect import core as C
 from orchestrator.collect import rows_file
-from orchestrator.collect.scan import KINDS, expected_schema, fields_schema, scan_files
+from orchestrator.collect.scan import KINDS, expected_schema, scan_files
 from orchestrator.collect.stats import summarize, t975, t_quantile_975
 from trainer import results as R
 from trainer.cli import cli
@@ -451,7 +451,7 @@ def test_rows_file_bytes_equal_the_plain_write(tmp_path, monkeypatch, most_coded
         plain = plain.cast(expected_schema(kind).with_metadata(plain.schema.metadata))
         assert plain.num_rows > 60 and plain.schema.field("trial_id").type == pa.string()  # row groups; plain types
         assert plain.column("offset_epoch").null_count > 0
-        few = [c for c in plain.column_names if c in rows_file.FEW_VALUED or c in fields_schema().names]
+        few = rows_file.dictionary_columns(plain.column_names)
         again = io.BytesIO()
         pq.write_table(plain, again, use_dictionary=few, row_group_size=30)
         assert written == again.getvalue(), kind

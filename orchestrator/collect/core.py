@@ -48,7 +48,6 @@ from orchestrator.collect.representations import representation_figures, represe
 from orchestrator.collect.robustness import OUTPUTS as ROBUSTNESS_OUTPUTS
 from orchestrator.collect.robustness import robustness_figures, robustness_markdown, robustness_tables
 from orchestrator.collect.rows import Warn, prescan, read_rows, with_fields
-from orchestrator.collect.rows_file import FEW_VALUED
 from orchestrator.collect.scan import KINDS, Trial, check_sweep, fields_schema, load_spec, parse_spec, read_spec, read_trials
 from orchestrator.collect.stats import (
     EPOCH_METRICS,
@@ -181,18 +180,13 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def write_table(table: pa.Table | pd.DataFrame, path: Path) -> Path:
-    """Write atomically; Arrow tables get the pandas metadata the DataFrames carry (ints stay Int64).
-
-    Dictionary encoding only for the few-valued columns: trying it on millions of distinct
-    metric values costs a third of the write time for nothing.
-    """
+    """Write atomically; Arrow tables get the pandas metadata the DataFrames carry (ints stay Int64)
+    and dictionary encoding for the few-valued columns only (rows_file.dictionary_columns)."""
     if isinstance(table, pd.DataFrame):
         table = pa.Table.from_pandas(table.drop(columns=["_rank"], errors="ignore"), preserve_index=False)
         return _replace(path, lambda tmp: pq.write_table(table, tmp))
-    empty = to_pandas(table.slice(0, 0))
-    table = table.replace_schema_metadata(pa.Schema.from_pandas(empty, preserve_index=False).metadata)
-    few = [c for c in table.column_names if c in FEW_VALUED or c in fields_schema().names]
-    return _replace(path, lambda tmp: pq.write_table(table, tmp, use_dictionary=few))
+    table = table.replace_schema_metadata(rows_file.pandas_schema(table).metadata)
+    return _replace(path, lambda tmp: pq.write_table(table, tmp, use_dictionary=rows_file.dictionary_columns(table.column_names)))
 
 
 def _remove_stale_temp(summary: Path) -> None:
@@ -213,9 +207,7 @@ def write_rows(rows: pa.Table, fields: pa.Table, path: Path) -> Path:
     """`write_table(with_fields(rows, fields), path)`, the same bytes, written a row group at a time
     with the trial fields as dictionary columns (orchestrator.collect.rows_file): at 10,000 trials the
     field columns of all 14.5 million rows never exist, and their values are not hashed row by row."""
-    head = rows.slice(0, 0)
-    few = [c for c in [*fields.column_names, *head.column_names] if c in FEW_VALUED or c in fields_schema().names]
-    return _replace(path, lambda tmp: rows_file.write(rows, fields, tmp, few))
+    return _replace(path, lambda tmp: rows_file.write(rows, fields, tmp))
 
 
 def _drop_stale(summary: Path, kept: list[Path]) -> None:
