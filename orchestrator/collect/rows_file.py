@@ -2,9 +2,9 @@
 
 Used by `python -m orchestrator.collect` (core.write_rows). The file is the one
 `pq.write_table(with_fields(rows, fields), use_dictionary=<few-valued columns>)` writes, byte for
-byte, at a fraction of the cost (issue 25): at 10,000 trials the layers file has 14.5 million
-rows, and building the 23 field columns row by row and hashing every value into Parquet's
-dictionaries took 9 of its 10 s of CPU.
+byte, for less (issue 25): at 10,000 trials the layers file has 14.5 million rows, and it took
+8.7-12.4 s of CPU written plain, 6.9-9.0 s so (docs/benchmarks.md). Most of what is left is
+Parquet's encoding, ~0.2-0.28 s per column whatever its values.
 
 A field is constant over its trial's rows, so a row group's field column is written as an Arrow
 dictionary array: its dictionary the values of the trials present, in the order they first
