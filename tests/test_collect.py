@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -481,3 +482,42 @@ def test_files_read_before_the_states_are_used_only_if_unchanged(tmp_path):
     rows = RW.fresh_rows(new, print, early)[R.EPOCHS]
     test_acc = dict(zip(rows["_rank"].to_pylist(), rows["test_acc"].to_pylist()))
     assert test_acc[[t.trial_id for t in trials].index(specs[1].trial_id)] == 0.5
+
+
+@pytest.mark.parametrize("max_runs", [4096, 2])
+def test_rows_are_put_in_trial_order_from_their_runs(monkeypatch, max_runs):
+    """rows.keep_sorted orders rows by trial, stably, by slicing the sorted runs they come in (the
+    cached rows, then the new trials'), or by one take where there are many runs (max_runs=2)."""
+    from orchestrator.collect import rows as RW
+
+    monkeypatch.setattr(RW, "MAX_RUNS", max_runs)
+    rank = np.array([0, 0, 2, 2, 3, 5, 5, 6, 1, 1, 4, 7, 7], dtype=np.int32)  # cached trials, then the new 1, 4, 7
+    table = pa.concat_tables([
+        pa.table({"row": pa.array(np.arange(8)), "_rank": pa.array(rank[:8])}),
+        pa.table({"row": pa.array(np.arange(8, 13)), "_rank": pa.array(rank[8:])}),
+    ])  # fmt: skip
+    usable = np.ones(8, dtype=bool)
+    usable[5] = False  # trial 5 turned unreadable: its rows go
+    out = RW.keep_sorted(table, usable)
+    assert out["_rank"].to_pylist() == [0, 0, 1, 1, 2, 2, 3, 4, 6, 7, 7]
+    assert out["row"].to_pylist() == [0, 1, 8, 9, 2, 3, 4, 10, 7, 11, 12]  # each trial's rows in their order
+    assert all(c.num_chunks == 1 for c in out.columns)
+
+
+def test_unreadable_cached_rows_are_read_again_from_the_trials(tmp_path):
+    """A summary rows file the manifest vouches for but that cannot be read (damaged in place,
+    same size, mtime and inode) is said in one warning, and every trial is read again."""
+    sweep = tmp_path / "s"
+    synthetic(sweep)
+    collect(sweep)
+    expected = {name: table(sweep, name) for name in ("epochs", "layers", "conditions")}
+    path = sweep / "summary" / R.LAYERS
+    st = path.stat()
+    with open(path, "r+b") as f:  # the footer's metadata zeroed in place
+        f.seek(st.st_size - 300)
+        f.write(bytes(290))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    result, warnings = collect(sweep)
+    assert [w for w in warnings if "cached summary unreadable" in w] and len(result.read) == 12 and result.cached == 0
+    for name, frame in expected.items():
+        pd.testing.assert_frame_equal(table(sweep, name), frame)

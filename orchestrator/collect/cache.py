@@ -80,29 +80,41 @@ def reusable(done: list[Trial], cached: dict[str, dict[str, list[int]]]) -> set[
     }  # fmt: skip
 
 
-def read(summary: Path, kind: str, ids: list[str], reuse: set[str]) -> pa.Table:
-    """The metric columns and `_rank` (the position of the row's trial in `ids`) of the cached rows
-    of the trials `reuse`; raises pa.ArrowInvalid if the summary file cannot be read.
+def load_rows(summary: Path, kind: str) -> Any:
+    """Every cached row of `kind` (trial_id and the metric columns), as a polars DataFrame; raises
+    pa.ArrowInvalid if the summary file cannot be read.
 
     `load` checked that the file is in the code's schema. Read by polars, on every core without
-    the GIL, with trial_id turned into ranks by an enum over `ids`: at 10,000 trials the layers
-    file takes 2.2 s CPU instead of pyarrow's 5.9 (issue 25).
+    the GIL: at 10,000 trials the layers file takes 2.2 s CPU instead of pyarrow's 5.9 (issue 25).
+    An incremental collect reads it in the background while it looks at the trials' states, so
+    it needs nothing that only those states tell (`rows_of` picks the rows and their ranks).
     """
     import polars as pl  # imported here: only a collect that reads rows needs it
 
-    columns = R.COLUMNS[kind]
     try:
-        frame = (
-            pl.scan_parquet(summary / kind, glob=False, hive_partitioning=False)
-            .select(["trial_id", *columns.names])
-            .filter(pl.col("trial_id").is_in(sorted(reuse)))
-            .collect()
-        )
-        rank = frame["trial_id"].cast(pl.Enum(ids)).to_physical().to_numpy().astype(np.int32)
-        table = frame.select(columns.names).rechunk().to_arrow().cast(columns)  # large_string -> string
+        return pl.scan_parquet(summary / kind, glob=False, hive_partitioning=False).select(["trial_id", *R.COLUMNS[kind].names]).collect()
     except Exception as err:  # polars raises its own kinds; the caller knows Arrow's
-        raise pa.ArrowInvalid(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__) from err
+        raise _arrow_error(err) from err
+
+
+def rows_of(frame: Any, kind: str, ids: list[str], reuse: set[str], every: bool) -> pa.Table:
+    """The metric columns and `_rank` (the position of the row's trial in `ids`) of the rows of the
+    trials `reuse` in `frame` (`load_rows`); `every`: `reuse` is every trial the frame holds (no filter)."""
+    import polars as pl
+
+    try:
+        if not every:
+            frame = frame.filter(pl.col("trial_id").is_in(sorted(reuse)))
+        rank = frame["trial_id"].cast(pl.Enum(ids)).to_physical().to_numpy().astype(np.int32)
+        table = frame.select(R.COLUMNS[kind].names).rechunk().to_arrow().cast(R.COLUMNS[kind])  # large_string -> string
+    except Exception as err:
+        raise _arrow_error(err) from err
     return table.append_column("_rank", pa.array(rank, type=pa.int32()))
+
+
+def _arrow_error(err: Exception) -> pa.ArrowInvalid:
+    text = str(err).strip()
+    return pa.ArrowInvalid(text.splitlines()[0] if text else type(err).__name__)
 
 
 def invalidate(summary: Path) -> None:

@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timings", action="store_true", help="print the time of each phase to stderr")
     args = parser.parse_args(argv)
     start = (time.perf_counter(), time.process_time())
-    lines = None if args.full else unchanged.check(args.sweep, figures=not args.no_figures)
+    lines, inputs = (None, None) if args.full else unchanged.probe(args.sweep, figures=not args.no_figures)
     if lines is not None:
         print(lines.text(args.sweep))
         if args.timings:
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from orchestrator.collect import core  # pyarrow, pandas: only when collecting
 
-    result = core.collect(args.sweep, full=args.full, figures=not args.no_figures)
+    result = core.collect(args.sweep, full=args.full, figures=not args.no_figures, inputs=inputs)
     print(core.summary_text(result))
     if args.timings:
         phases = ", ".join(f"{k} {wall:.2f}/{cpu:.2f}" for k, (wall, cpu) in result.timings.items())

@@ -47,7 +47,7 @@ from orchestrator.collect.representations import OUTPUTS as REPRESENTATION_OUTPU
 from orchestrator.collect.representations import representation_figures, representation_tables
 from orchestrator.collect.robustness import OUTPUTS as ROBUSTNESS_OUTPUTS
 from orchestrator.collect.robustness import robustness_figures, robustness_markdown, robustness_tables
-from orchestrator.collect.rows import Warn, prescan, read_rows, with_fields
+from orchestrator.collect.rows import Cached, Warn, load_cached, prescan, read_rows, with_fields
 from orchestrator.collect.scan import KINDS, Trial, check_sweep, fields_schema, load_spec, parse_spec, read_spec, read_trials
 from orchestrator.collect.stats import (
     EPOCH_METRICS,
@@ -219,7 +219,7 @@ def _drop_stale(summary: Path, kept: list[Path]) -> None:
 
 
 # ---- the collector ------------------------------------------------------------------------------
-def collect(path: str | Path, *, full: bool = False, figures: bool = True, warn: Warn = _warn) -> CollectResult:
+def collect(path: str | Path, *, full: bool = False, figures: bool = True, warn: Warn = _warn, inputs: str | None = None) -> CollectResult:
     """Collect the sweep folder `path` into <path>/summary/ (see the module docstring).
 
     Polars reads the trial files on every core; Arrow releases the GIL while it writes, so two
@@ -228,24 +228,29 @@ def collect(path: str | Path, *, full: bool = False, figures: bool = True, warn:
     Crash consistency (orchestrator.collect.cache): the manifest goes before the first summary
     file is replaced and comes back after the last, so tables, report and figures that the
     manifest vouches for always describe one set of trials.
+    `inputs`: the sweep's `unchanged.snapshot`, if the caller took one just before (the command's
+    `unchanged.probe` does: 0.3 s at 10,000 trials not spent twice).
     """
     clock = _Clock()
     sweep = check_sweep(Path(path))
     summary = sweep / "summary"
     if not os.access(summary if summary.exists() else sweep, os.W_OK):
         raise UserError(f"{summary}: not writable; collect where you may write, or copy the sweep folder")
-    inputs = unchanged.snapshot(sweep)  # before anything is read: a change from here on fails the next check
     warned: list[str] = []
 
     def noting(message: str) -> None:  # warnings counted: a collect that warned records no fast path
         warned.append(message)
         warn(message)
 
-    folders = trial_folders(sweep, noting)
     manifest = cache.Manifest() if full else cache.load(summary)
-    raws = [load_spec(folder) for folder in folders]
     with ThreadPoolExecutor(max_workers=2) as background:
-        early = None
+        early, cached = None, None
+        if manifest.trials:  # incremental: the summary's rows are read while the states are looked at
+            cached = Cached(background.submit(load_cached, summary).result, frozenset(manifest.trials))
+        if inputs is None:  # before any trial file is read: a change from here on fails the next check
+            inputs = unchanged.snapshot(sweep)
+        folders = trial_folders(sweep, noting)
+        raws = [load_spec(folder) for folder in folders]
         if not manifest.trials:  # cold: every trial's files are read, so read them while the states are looked at,
             # in the order of `done` below as the written specs give it (a file out of that order is read again)
             keys = {f: written_sort_key(r, f.name) for f, r in zip(folders, raws) if isinstance(r, dict)}
@@ -266,7 +271,7 @@ def collect(path: str | Path, *, full: bool = False, figures: bool = True, warn:
         clock("status")
         if draw:
             background.submit(importlib.import_module, "orchestrator.collect.figures")
-        rows, read, n_cached = read_rows(summary, done, reuse, noting, early.result() if early else None)
+        rows, read, n_cached = read_rows(summary, done, reuse, noting, early.result() if early else None, cached)
         usable = [t for t in done if t.state == "done"]
         if not usable:
             raise UserError(f"{sweep}: no readable finished trial (see the warnings above)")

@@ -167,20 +167,28 @@ def check(sweep: Path, figures: bool) -> Lines | None:
 
     The cheap comparisons first; the stat of every trial folder's entries last.
     """
+    return probe(sweep, figures)[0]
+
+
+def probe(sweep: Path, figures: bool) -> tuple[Lines | None, str | None]:
+    """`check`'s answer, and the sweep's `snapshot` if it took one (the collect that follows a
+    changed sweep uses it as its own: it was taken before any trial file was read)."""
+    taken: str | None = None
     summary = sweep / "summary"
     try:
         data = json.loads((summary / RECORD).read_bytes())
         if not isinstance(data, dict) or data.get("version") != VERSION:
-            return None
+            return None, None
         if data["sweep"] != str(sweep) or data["figures"] != figures or not os.access(summary, os.W_OK):
-            return None
+            return None, None
         if data["outputs"] != _outputs(summary) or data["environment"] != _environment():
-            return None
+            return None, None
         if data["code"] != _code(list(data["code"])) or data["locks"] != _locks(sweep, data["locks"]):
-            return None
-        if data["inputs"] != snapshot(sweep):
-            return None
+            return None, None
+        taken = snapshot(sweep)
+        if data["inputs"] != taken:
+            return None, taken
         lines = data["lines"]
-        return Lines(str(lines["counted"]), int(lines["cached"]), [str(x) for x in lines["excluded"]], str(lines["outputs"]))
+        return Lines(str(lines["counted"]), int(lines["cached"]), [str(x) for x in lines["excluded"]], str(lines["outputs"])), taken
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None  # no record, an unreadable one, or a folder gone: the full collect says what is wrong
+        return None, taken  # no record, an unreadable one, or a folder gone: the full collect says what is wrong
