@@ -48,7 +48,8 @@ def cached_rows(summary: Path, done: list[Trial], reuse: set[str], cached: Cache
     ids = [t.trial_id for t in done]
     frames = cached.load() if cached else load_cached(summary)
     every = cached is not None and reuse == cached.trials
-    return {kind: cache.rows_of(frames[kind], kind, ids, reuse, every) for kind in KINDS}
+    # popped: each frame goes once its rows are converted, before the next kind's are
+    return {kind: cache.rows_of(frames.pop(kind), kind, ids, reuse, every) for kind in KINDS}
 
 
 @dataclass(frozen=True)
