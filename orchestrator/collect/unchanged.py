@@ -5,7 +5,7 @@ disk (issue 25). After every collect, `record` writes summary/.cache/unchanged.j
 the stat of every entry of every trial folder (size, mtime_ns, inode; taken by `snapshot` before
 the collect read anything), the lock state of the trials whose state depends on it, the stat of
 every summary file (the manifest included), the collector's code and library versions, the
-options, and the lines the command printed. `check` redoes the stats (os.scandir and stat only: no
+options, and the lines the command printed. `probe` redoes the stats (os.scandir and stat only: no
 JSON, no spec.json, no Parquet) and, if every one is identical, the command prints the recorded
 lines and stops. Anything different, or anything it cannot vouch for, is a full collect:
 
@@ -135,7 +135,7 @@ def _locks(sweep: Path, trial_ids: dict[str, bool]) -> dict[str, bool]:
 
 
 def record(sweep: Path, summary: Path, figures: bool, inputs: str, locks: dict[str, bool], lines: Lines) -> None:
-    """After a complete collect (the manifest saved): what `check` needs to vouch for the next one.
+    """After a complete collect (the manifest saved): what `probe` needs to vouch for the next one.
 
     `inputs` is the `snapshot` taken before the collect read anything (a change while it ran makes
     the next collect a full one); `locks` {trial_id: locked} for each trial the collect saw as not
@@ -162,17 +162,13 @@ def remove(summary: Path) -> None:
     (summary / RECORD).unlink(missing_ok=True)
 
 
-def check(sweep: Path, figures: bool) -> Lines | None:
-    """The recorded lines if nothing the last collect read or wrote has changed since (see the module); else None.
+def probe(sweep: Path, figures: bool) -> tuple[Lines | None, str | None]:
+    """The recorded lines if nothing the last collect read or wrote has changed since (see the
+    module), else None; and the sweep's `snapshot` if it took one (the collect that follows a
+    changed sweep uses it as its own: it was taken before any trial file was read).
 
     The cheap comparisons first; the stat of every trial folder's entries last.
     """
-    return probe(sweep, figures)[0]
-
-
-def probe(sweep: Path, figures: bool) -> tuple[Lines | None, str | None]:
-    """`check`'s answer, and the sweep's `snapshot` if it took one (the collect that follows a
-    changed sweep uses it as its own: it was taken before any trial file was read)."""
     taken: str | None = None
     summary = sweep / "summary"
     try:
