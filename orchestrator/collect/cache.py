@@ -22,11 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
 from orchestrator.collect import unchanged
-from orchestrator.collect.scan import KINDS, Trial, expected_schema
+from orchestrator.collect.scan import KINDS, Trial, expected_schema, from_polars, one_line
 from trainer import results as R
 
 VERSION = 2  # 2: outputs cover every summary file (the manifest is the commit record)
@@ -94,7 +93,7 @@ def load_rows(summary: Path, kind: str) -> Any:
     try:
         return pl.scan_parquet(summary / kind, glob=False, hive_partitioning=False).select(["trial_id", *R.COLUMNS[kind].names]).collect()
     except Exception as err:  # polars raises its own kinds; the caller knows Arrow's
-        raise _arrow_error(err) from err
+        raise pa.ArrowInvalid(one_line(err)) from err
 
 
 def rows_of(frame: Any, kind: str, ids: list[str], reuse: set[str], every: bool) -> pa.Table:
@@ -105,16 +104,10 @@ def rows_of(frame: Any, kind: str, ids: list[str], reuse: set[str], every: bool)
     try:
         if not every:
             frame = frame.filter(pl.col("trial_id").is_in(sorted(reuse)))
-        rank = frame["trial_id"].cast(pl.Enum(ids)).to_physical().to_numpy().astype(np.int32)
-        table = frame.select(R.COLUMNS[kind].names).rechunk().to_arrow().cast(R.COLUMNS[kind])  # large_string -> string
+        table, rank = from_polars(frame, kind, "trial_id", ids)
     except Exception as err:
-        raise _arrow_error(err) from err
+        raise pa.ArrowInvalid(one_line(err)) from err
     return table.append_column("_rank", pa.array(rank, type=pa.int32()))
-
-
-def _arrow_error(err: Exception) -> pa.ArrowInvalid:
-    text = str(err).strip()
-    return pa.ArrowInvalid(text.splitlines()[0] if text else type(err).__name__)
 
 
 def invalidate(summary: Path) -> None:

@@ -157,10 +157,10 @@ def read_spec(trial: Trial, parsed: dict[str, Any] | Exception | None = None) ->
     # prove its trial is unreadable; only a live attempt, or a folder with neither file yet, is not.
     fresh = not (trial.folder / R.SPEC).exists() and not (trial.folder / R.STATUS).exists()
     if trial.state != "running" and not fresh:
-        trial.state, trial.reason = "unreadable", f"spec.json unusable ({_one_line(parsed)[:160]}); {REPAIR_HINT}"
+        trial.state, trial.reason = "unreadable", f"spec.json unusable ({one_line(parsed)[:160]}); {REPAIR_HINT}"
 
 
-def _one_line(err: BaseException) -> str:
+def one_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return text[0] if text else type(err).__name__
 
@@ -230,16 +230,25 @@ def _read_polars(paths: list[str], kind: str) -> pa.Table:
             .select([*columns.names, "__path"])
             .collect()
         )
-        index = frame["__path"].cast(pl.Enum(paths)).to_physical().to_numpy().astype(np.int32)
-        # One chunk, not one per file: the conversion and every later kernel pay per chunk.
-        table = frame.select(columns.names).rechunk().to_arrow().cast(columns)  # polars' large_string -> string
+        table, index = from_polars(frame, kind, "__path", paths)
     except Exception as err:  # polars raises its own kinds; pyarrow says what is wrong
         if len(paths) <= PYARROW_GROUP:
             return _read_metrics(paths, kind)
-        raise pa.ArrowInvalid(f"polars could not read the group ({_one_line(err)[:200]})") from err
+        raise pa.ArrowInvalid(f"polars could not read the group ({one_line(err)[:200]})") from err
     if index.size > 1 and (np.diff(index) < 0).any():  # rows must come in the order of `paths`
         return _read_metrics(paths, kind)
     return table.append_column("__fragment_index", pa.array(index, type=pa.int32()))
+
+
+def from_polars(frame: Any, kind: str, key: str, values: list[str]) -> tuple[pa.Table, np.ndarray]:
+    """The `kind` metric columns of the polars `frame` in the code's Arrow schema (polars' large_string
+    -> string), in one chunk: the conversion and every later kernel pay per chunk; and each row's
+    `key` as an int32 index into `values` (a polars enum over them: each distinct value looked up once).
+    Raises polars' errors."""
+    import polars as pl
+
+    index = frame[key].cast(pl.Enum(values)).to_physical().to_numpy().astype(np.int32)
+    return frame.select(R.COLUMNS[kind].names).rechunk().to_arrow().cast(R.COLUMNS[kind]), index
 
 
 def scan_files(paths: list[Path], kind: str, read: Callable[[list[str], str], pa.Table] = _read_polars) -> tuple[pa.Table, dict[Path, str]]:
@@ -259,7 +268,7 @@ def scan_files(paths: list[Path], kind: str, read: Callable[[list[str], str], pa
         try:
             table = read(names, kind)
         except (pa.ArrowException, OSError) as err:
-            reason = _one_line(err)
+            reason = one_line(err)
         else:
             where = np.asarray(group, dtype=np.int32)[table["__fragment_index"].to_numpy()]
             tables.append(table.drop_columns(["__fragment_index"]).append_column("_file", pa.array(where)))
