@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from orchestrator.collect.rows import with_fields
+from orchestrator.collect.rows import contiguous, with_fields
 from orchestrator.collect.scan import fields_schema
 from orchestrator.collect.stats import to_pandas
 
@@ -61,9 +61,7 @@ def write(rows: pa.Table, fields: pa.Table, path: Path) -> None:
         # Contiguous, as the plain write's row group is: Parquet's writer batches values chunk by
         # chunk, so chunk boundaries (a +10 collect's rows are slices of sorted runs) may move its
         # page boundaries. Not seen with pyarrow 26, not promised either; one row group's copy.
-        piece = rows.slice(start, ROW_GROUP)
-        piece = pa.Table.from_arrays([c if c.num_chunks <= 1 else c.combine_chunks() for c in piece.columns], schema=piece.schema)
-        return with_fields(piece, fields, coded)
+        return with_fields(contiguous(rows.slice(start, ROW_GROUP)), fields, coded)
 
     # The next row group's field columns are built while this one is encoded (both release the GIL);
     # one ahead only, so at most two row groups' columns exist at once.
