@@ -16,6 +16,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -272,3 +273,78 @@ def test_preflight_names_a_missing_partition(slurm: None, tmp_path: Path) -> Non
     preflight(load_profile(write_profile(tmp_path)))
     with pytest.raises(UserError, match="partition 'nope': Partition nope not found"):
         preflight(load_profile(write_profile(tmp_path, partition="nope")))
+
+
+@pytest.mark.slurm
+def test_a_task_that_starts_at_once_finds_its_log_folder(tmp_path: Path, sweep_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # submitit makes each task's log folder (slurm/<array>_<i>) only after sbatch answers; a task an
+    # idle node takes first cannot open its stdout and fails to launch (JobLaunchFailure, 0:53). Here
+    # submitit is slowed to make that certain: the array must wait, held, until its folders exist.
+    from submitit.core.utils import JobPaths
+
+    reasons: list[str] = []
+    make = JobPaths.move_temporary_file
+
+    def slowly(self: JobPaths, tmp_path: Path | str, name: str, keep_as_symlink: bool = False) -> None:
+        time.sleep(4)  # the scheduler runs every 2 s on the test SLURM, and at once on a submission
+        out = subprocess.run(["squeue", "-h", "-j", self.job_id, "-o", "%T %r"], capture_output=True, text=True, timeout=30)
+        reasons.append(out.stdout.strip())
+        make(self, tmp_path, name, keep_as_symlink)
+
+    monkeypatch.setattr(JobPaths, "move_temporary_file", slowly)
+    grid = write_grid(tmp_path, sweep_name, "epochs: 1", "  seed: [0, 1]\n")
+    args = ["--grid", str(grid), "--cluster", str(write_profile(tmp_path, max_running_tasks=2)), "--results", str(tmp_path / "r")]
+    assert cli(sweep_main, args) == 0
+    trials = sorted((tmp_path / "r" / sweep_name / "trials").iterdir())
+    assert reasons and all(r == "PENDING JobHeldUser" for r in reasons), reasons  # held while submitit made the folders
+    jobs = [job_of(t) for t in trials]
+    wait_until(lambda: not squeue(jobs), 240, "both tasks run and leave the queue")
+    assert [status(t).get("state") for t in trials] == ["done", "done"], [status(t) for t in trials]
+    assert [status(t)["attempts"] for t in trials] == [1, 1]
+
+
+def test_a_release_slurm_keeps_refusing_cancels_the_array_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A fault no real controller gives on demand: scontrol refuses the release (a stand-in on PATH
+    # that records its calls). The held array must not be left in the queue.
+    from orchestrator.backends.slurm.launcher import release
+
+    calls = tmp_path / "calls"
+    for name, said in (("scontrol", "scontrol: error: Unable to contact slurm controller (connect failure)"), ("scancel", "")):
+        tool = tmp_path / name
+        tool.write_text(f'#!/bin/sh\necho "{name} $*" >> {calls}\n' + (f'echo "{said}" >&2; exit 1\n' if said else "exit 0\n"))
+        tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    with pytest.raises(UserError) as err:
+        release("4242", ["4241 (3 trials in 3 tasks)"], tries=2)
+    said = str(err.value)
+    assert "job array 4242 was submitted held, but `scontrol release 4242` failed 2 times" in said
+    assert "Unable to contact slurm controller" in said and "cancelled it; already submitted: 4241" in said
+    assert calls.read_text().splitlines() == ["scontrol release 4242", "scontrol release 4242", "scancel 4242"]
+    # A job gone meanwhile (cancelled between submit and release) needs no release and is no error.
+    (tmp_path / "scontrol").write_text('#!/bin/sh\necho "Invalid job id specified for job 4243" >&2; exit 1\n')
+    release("4243", [], tries=2)
+
+
+@pytest.mark.slurm
+def test_a_submission_that_fails_after_sbatch_leaves_no_job_behind(
+    tmp_path: Path, sweep_name: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # submitit writes a task's folder only after sbatch took the array (held): if it cannot (a full
+    # disk, a quota), the array would wait in the queue for ever, the sweep's later arrays behind it.
+    from submitit.core.utils import JobPaths
+
+    def full_disk(self: JobPaths, tmp_path: Path | str, name: str, keep_as_symlink: bool = False) -> None:
+        raise OSError(28, "No space left on device", str(self.folder))
+
+    monkeypatch.setattr(JobPaths, "move_temporary_file", full_disk)
+    grid = write_grid(tmp_path, sweep_name, "epochs: 1", "  seed: [0, 1]\n")
+    args = ["--grid", str(grid), "--cluster", str(write_profile(tmp_path)), "--results", str(tmp_path / "r")]
+    assert cli(sweep_main, args) == 2
+    err = capsys.readouterr().err
+    assert "went out, but its submission did not finish; cancelled" in err, err
+    assert "cannot write submitit's files in " in err and "No space left on device" in err, err
+    queued = subprocess.run(["squeue", "-h", "--name", job_name(sweep_name), "-o", "%i %T"], capture_output=True, text=True, timeout=60)
+    assert queued.stdout.strip() == "", queued.stdout
+    trials = list((tmp_path / "r" / sweep_name / "trials").iterdir())
+    assert len(trials) == 2 and not any((t / "slurm_job.json").exists() for t in trials)
+    assert all(status(t).get("attempts", 0) == 0 for t in trials)

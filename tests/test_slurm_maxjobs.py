@@ -127,7 +127,7 @@ def test_a_controller_full_of_other_jobs_is_tried_a_bounded_number_of_times(
         # The safety net of a late stop: the job sent from that script (and only it) is cancelled.
         from orchestrator.backends.slurm import sbatch_once  # here: the first test also runs on a launcher without it
 
-        sbatch_once._cancel_orphan(str(late))
+        sbatch_once.cancel_orphans([str(late)])
         queued = subprocess.run(["squeue", "-h", "--name", other, "-o", "%i"], capture_output=True, text=True, timeout=60).stdout.split()
         assert sorted(queued) == sorted(held[1:]), (held, queued)
     finally:

@@ -154,7 +154,7 @@ def test_constraint_syntax() -> None:
 def test_site_options_reach_sbatch_only_when_set(tmp_path: Path) -> None:
     plain = load_profile(write(tmp_path, "backend: slurm\n"))
     params = sbatch_parameters(plain, "x")
-    assert params["mem"] == "4GB" and params["cpus_per_task"] == 1 and params["additional_parameters"] == {"requeue": True}
+    assert params["mem"] == "4GB" and params["cpus_per_task"] == 1 and params["additional_parameters"] == {"requeue": True, "hold": True}
     assert {"gres", "gpus_per_node", "exclusive", "exclude", "comment", "mail_type", "setup", "dependency"}.isdisjoint(params)
     assert params["array_parallelism"] == 64  # the default sweep-wide throttle
     old = load_profile(write(tmp_path, "backend: slurm\narray_parallelism: 5\n"))

@@ -20,6 +20,9 @@
   without, it says how many trials are left and that running the command again tops up.
   sbatch's own retries on a full controller (two minutes per refused array) are cut short by
   sbatch_once.py.
+- Held until its log folders exist: submitit makes each task's log folder (`%A_%a`) only after
+  sbatch has answered, and a task that starts before its folder exists fails to launch. So every
+  array is submitted with `--hold` and released (`scontrol release`) once submitit has returned.
 - Each trial folder gets `slurm_job.json` (its task's job id, log folder and stderr path);
   running the sweep again does not submit a trial whose job is still queued or running, and
   first records the outcome of jobs that left the queue without one (queue.settle): a trial
@@ -61,6 +64,7 @@ from orchestrator.backends.slurm.sbatch import (
     sbatch_parameters,
     submit_refusal,
 )
+from orchestrator.backends.slurm.sbatch_once import cancel_orphans
 from orchestrator.plan import Plan
 from orchestrator.profiles import SlurmProfile
 from orchestrator.progress import Progress
@@ -106,7 +110,8 @@ class SlurmBackend:
             f"slurm: {len(groups)} groups in {len(tasks)} tasks ({p.groups_per_task} group(s) per task"
             + (f", one per GPU, {gpus} GPU(s) per task" if gpus else "")
             + f"), {len(arrays)} job array(s) of at most {size} tasks ({source}); at most {held} of the sweep at once, "
-            f"later arrays chained with --dependency=afterany\n"
+            f"later arrays chained with --dependency=afterany; each submitted held (--hold) and released once submitit has made "
+            f"its tasks' log folders\n"
             f"sbatch script of the first job array ({n} tasks):\n{script}"
         )
 
@@ -344,11 +349,12 @@ class Submitter:
         try:
             with _quiet_submitit(self.folder), _sbatch_once():  # submitit prints every refusal; the launcher says it once
                 jobs = self.executor.map_array(self.job, payloads)
+        except OSError as err:  # after sbatch took the array, or before: either way nothing of it runs (see _quiet_submitit)
+            raise UserError(f"cannot write submitit's files in {self.folder}: {err}{already_submitted(self.arrays)}") from None
         except FailedJobError as err:
             kind = submit_refusal(str(err))
             if kind is None:
-                done = f"; already submitted: {', '.join(self.arrays)} (cancel with: python -m orchestrator.cancel)" if self.arrays else ""
-                raise UserError(f"sbatch refused the jobs: {last_line(str(err))}{done}") from None
+                raise UserError(f"sbatch refused the jobs: {last_line(str(err))}{already_submitted(self.arrays)}") from None
             # (Not for 'full': the controller may be full of other users' jobs; room comes as they leave.)
             if kind == "maybe" and len(tasks) == 1 and not sweep_arrays(self.name):
                 # Not one task fits while none of ours is queued: a size or time limit, not a count.
@@ -358,6 +364,8 @@ class Submitter:
             self.refusal = " ".join(line.removeprefix("sbatch: error: ") for line in lines)
             self.kind = kind
             return False
+        array = jobs[0].job_id.split("_")[0]
+        release(array, self.arrays)
         for task, j in zip(tasks, jobs):
             record = {
                 "job_id": j.job_id, "job_name": self.name, "submitted": now(),
@@ -367,7 +375,6 @@ class Submitter:
                 for trial in group:
                     write_json(record, trial / SUBMITTED)
             self.job_ids.append(j.job_id)
-        array = jobs[0].job_id.split("_")[0]
         self.queued.append(array)
         n = sum(len(g) for t in tasks for g in t)
         self.arrays.append(f"{array} ({n} trial{'s' if n > 1 else ''} in {len(jobs)} task{'s' if len(jobs) > 1 else ''})")
@@ -377,6 +384,51 @@ class Submitter:
         """afterany on every job of the sweep queued when this submit began (earlier launches) and on this launch's earlier
         arrays: the throttle holds sweep-wide."""
         return f"afterany:{':'.join(self.queued)}" if self.queued else None
+
+
+RELEASE_TRIES = 3
+_GONE = ("Invalid job id", "already completing or completed")  # scontrol's words for a job no longer in the queue
+
+
+def release(array: str, submitted: list[str], tries: int = RELEASE_TRIES) -> None:
+    """Let the held `array` run: submitit has made its tasks' log folders (see the module's docstring).
+
+    A release SLURM keeps refusing cancels the array (held, it would sit in the queue for ever,
+    its trials not yet recorded as submitted) and ends the launch with what scontrol said. A job
+    already gone (cancelled meanwhile) needs no release: settle records what became of it.
+    """
+    why = ""
+    try:
+        for attempt in range(tries):
+            try:
+                out = subprocess.run(["scontrol", "release", array], capture_output=True, text=True, timeout=60)
+            except (OSError, subprocess.TimeoutExpired) as err:
+                why = str(err)
+            else:
+                said = last_line(out.stderr or out.stdout)
+                if out.returncode == 0 or any(words in said for words in _GONE):
+                    return
+                why = said
+            if attempt + 1 < tries:
+                time.sleep(1 + attempt)
+    except BaseException:  # interrupted before the trials were recorded: leave no job behind
+        _cancel_quietly(array)
+        raise
+    _cancel_quietly(array)
+    raise UserError(
+        f"job array {array} was submitted held, but `scontrol release {array}` failed {tries} times ({why}); "
+        f"cancelled it{already_submitted(submitted)}"
+    )
+
+
+def already_submitted(arrays: list[str]) -> str:
+    """The tail of a message that ends a launch midway: what went out before, and how to take it back."""
+    return f"; already submitted: {', '.join(arrays)} (cancel with: python -m orchestrator.cancel)" if arrays else ""
+
+
+def _cancel_quietly(job: str) -> None:
+    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+        subprocess.run(["scancel", job], capture_output=True, timeout=60)
 
 
 _SBATCH_ONCE_DIR: list[str] = []  # the folder holding the `sbatch` of _sbatch_once, made once per process ("" if it cannot run)
@@ -426,7 +478,13 @@ def _write_sbatch_once(real: str) -> str:
 
 @contextlib.contextmanager
 def _quiet_submitit(folder: Path) -> Iterator[None]:
-    """Silence submitit's echo of a refused sbatch, and remove the pickles and script it left behind."""
+    """Silence submitit's echo of a refused sbatch, and clean up after a submission that failed.
+
+    A refused sbatch leaves pickles and a script behind: removed. A submission that failed after
+    sbatch took the job (submitit could not write its files: a full disk, a quota; or an
+    interrupt) leaves that job held and unknown to the launcher, and the sweep's later arrays
+    would wait on it (afterany) for ever: cancelled, found by its script.
+    """
     base = JobPaths.get_first_id_independent_folder(folder)
     before = set(base.glob("*.pkl")) | set(base.glob(".submission_file_*.sh")) if base.is_dir() else set()
     try:
@@ -436,6 +494,12 @@ def _quiet_submitit(folder: Path) -> Iterator[None]:
         if base.is_dir():
             for leftover in (set(base.glob("*.pkl")) | set(base.glob(".submission_file_*.sh"))) - before:
                 leftover.unlink(missing_ok=True)
+        raise
+    except BaseException:
+        scripts = set(base.glob(".submission_file_*.sh")) - before if base.is_dir() else set()
+        cancelled = cancel_orphans([str(s) for s in scripts])
+        if cancelled:
+            print(f"slurm: job {', '.join(cancelled)} went out, but its submission did not finish; cancelled", file=sys.stderr)
         raise
 
 

@@ -66,9 +66,13 @@ def sbatch_parameters(profile: SlurmProfile, sweep_name: str) -> dict[str, Any]:
     them, so a site's defaults apply otherwise. `--requeue` lets SLURM requeue a job whose node
     failed; the trials resume from their folders. `array_parallelism` is the sweep-wide throttle:
     every array gets `%N` with N = max_running_tasks, and the launcher chains the arrays
-    (`--dependency=afterany`) so that at most N tasks of the sweep run at once.
+    (`--dependency=afterany`) so that at most N tasks of the sweep run at once. `--hold`: see below.
     """
-    extra: dict[str, Any] = {"requeue": True}
+    # Held at submission; the launcher releases each array once submitit has made its tasks' log
+    # folders (`<sweep>/slurm/%A_%a`, made only after sbatch answers). A task that starts first
+    # cannot open its stdout and fails to launch (JobLaunchFailure, exit code 0:53): seen on the
+    # test SLURM when an idle node took a task within milliseconds of the submission.
+    extra: dict[str, Any] = {"requeue": True, "hold": True}
     params: dict[str, Any] = {
         "job_name": job_name(sweep_name),
         "nodes": 1,

@@ -37,7 +37,8 @@ def run(sbatch: str, args: list[str]) -> int:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
                 sys.stderr.write("".join(said) + REFUSED + "\n")
-                _cancel_orphan(args[-1] if args else "")
+                for job in cancel_orphans([args[-1]] if args else []):
+                    sys.stderr.write(f"sbatch: job {job} went out as sbatch was stopped; cancelled\n")
                 return 1
         out = proc.stdout.read()
         code = proc.wait()
@@ -46,23 +47,25 @@ def run(sbatch: str, args: list[str]) -> int:
     return code
 
 
-def _cancel_orphan(script: str) -> None:
-    """Cancel a job submitted from `script` by the retry the kill came too late for (best effort).
+def cancel_orphans(scripts: list[str]) -> list[str]:
+    """Cancel the jobs submitted from `scripts` that nobody learned the ids of (best effort); returns their ids.
 
-    Only a script submitit wrote (`.submission_file_<uuid4 hex>.sh`, a new name for each
-    submission): no other job can have been submitted from it.
+    Here: the retry the kill came too late for. In the launcher: a job sbatch took before
+    submitit failed to write its files. Only scripts submitit wrote (`.submission_file_<uuid4
+    hex>.sh`, a new name for each submission): no other job can have been submitted from them.
     """
-    if not re.fullmatch(r"\.submission_file_[0-9a-f]{32}\.sh", os.path.basename(script)):
-        return
+    wanted = {os.path.abspath(s) for s in scripts if re.fullmatch(r"\.submission_file_[0-9a-f]{32}\.sh", os.path.basename(s))}
+    if not wanted:
+        return []
     try:
         out = subprocess.run(["squeue", "--me", "--noheader", "--format", "%F %o"], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired):
-        return
-    script = os.path.abspath(script)
-    jobs = {job for job, _, command in (line.strip().partition(" ") for line in out.stdout.splitlines()) if command.strip() == script}
-    for job in sorted(j for j in jobs if j.isdigit()):
+        return []
+    jobs = {job for job, _, command in (line.strip().partition(" ") for line in out.stdout.splitlines()) if command.strip() in wanted}
+    cancelled = sorted(j for j in jobs if j.isdigit())
+    for job in cancelled:
         subprocess.run(["scancel", job], capture_output=True, timeout=60)
-        sys.stderr.write(f"sbatch: job {job} went out as sbatch was stopped; cancelled\n")
+    return cancelled
 
 
 if __name__ == "__main__":
