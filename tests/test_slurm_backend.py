@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.backends.slurm import REQUEUES, TrialJob, render_sbatch, squeue, submit
+from orchestrator.backends.slurm.queue import sweep_arrays, unreleased
 from orchestrator.backends.slurm.sbatch import chunked, job_name, parse_max_array_size, sbatch_parameters, signal_delay_s
 from orchestrator.folders import scan
 from orchestrator.grid import load_grid
@@ -322,7 +323,7 @@ def test_a_release_slurm_keeps_refusing_cancels_the_array_and_says_so(tmp_path: 
     assert calls.read_text().splitlines() == ["scontrol release 4242", "scontrol release 4242", "scancel 4242"]
     # A job gone meanwhile (cancelled between submit and release) needs no release and is no error.
     (tmp_path / "scontrol").write_text('#!/bin/sh\necho "Invalid job id specified for job 4243" >&2; exit 1\n')
-    release("4243", [], tries=2)
+    assert release("4243", [], tries=2) is False
 
 
 @pytest.mark.slurm
@@ -348,3 +349,72 @@ def test_a_submission_that_fails_after_sbatch_leaves_no_job_behind(
     trials = list((tmp_path / "r" / sweep_name / "trials").iterdir())
     assert len(trials) == 2 and not any((t / "slurm_job.json").exists() for t in trials)
     assert all(status(t).get("attempts", 0) == 0 for t in trials)
+
+
+class _Killed(BaseException):
+    """The launcher's death at the worst moment (SIGKILL, a hang-up): nothing of it runs after."""
+
+
+@pytest.mark.slurm
+def test_a_launch_killed_before_its_release_leaves_nothing_that_blocks_the_next(
+    tmp_path: Path, sweep_name: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Killed between sbatch and `scontrol release`, a launcher leaves a held array that no trial
+    # records; the next launch's arrays would wait on it (afterany) for ever.
+    from orchestrator.backends.slurm import launcher
+
+    def killed(array: str, submitted: list[str], tries: int = 3) -> bool:
+        raise _Killed
+
+    grid = write_grid(tmp_path, sweep_name, "epochs: 1", "  seed: [0, 1]\n")
+    args = ["--grid", str(grid), "--cluster", str(write_profile(tmp_path)), "--results", str(tmp_path / "r")]
+    monkeypatch.setattr(launcher, "release", killed)
+    with pytest.raises(_Killed):
+        cli(sweep_main, args)
+    monkeypatch.undo()
+    left = subprocess.run(["squeue", "-h", "--name", job_name(sweep_name), "-o", "%F %r"], capture_output=True, text=True, timeout=60)
+    (orphan,) = {line.split()[0] for line in left.stdout.splitlines() if line.endswith(" JobHeldUser")}
+    sweep = tmp_path / "r" / sweep_name
+    trials = sorted((sweep / "trials").iterdir())
+    assert not any((t / "slurm_job.json").exists() for t in trials)
+    assert unreleased(sweep_arrays(job_name(sweep_name)), sweep / "slurm", sweep / "trials") == [orphan]
+    capsys.readouterr()
+
+    assert cli(sweep_main, args) == 0
+    err = capsys.readouterr().err
+    assert f"slurm: cancelled job array {orphan}: held since a launch that stopped before releasing it (no trial records it)" in err, err
+    jobs = [job_of(t) for t in trials]
+    assert orphan not in {j.split("_")[0] for j in jobs}
+    wait_until(lambda: not squeue(jobs), 240, "the new array runs, chained after nothing that never ends")
+    assert [status(t).get("state") for t in trials] == ["done", "done"] and [status(t)["attempts"] for t in trials] == [1, 1]
+    assert not squeue([orphan])
+    # A held array that a trial records (the user held it) is not an orphan.
+    (tmp_path / "later").mkdir()
+    later = load_profile(write_profile(tmp_path / "later", sbatch_extra=["--begin=now+1hour"]))  # pending, so the hold holds it
+    (held,) = submit([[trials[0]]], later, sweep)
+    scontrol("hold", held)
+    assert unreleased(sweep_arrays(job_name(sweep_name)), sweep / "slurm", sweep / "trials") == []
+
+
+@pytest.mark.slurm
+def test_an_array_cancelled_while_held_uses_no_attempt(tmp_path: Path, sweep_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Cancelled before its release (by another launch that took it for an orphan, or by hand):
+    # its trials never ran, so they are recorded as cancelled and the next launch runs them.
+    from orchestrator.backends.slurm import launcher
+
+    release = launcher.release
+
+    def cancelled_first(array: str, submitted: list[str], tries: int = 3) -> bool:
+        subprocess.run(["scancel", array], check=True, timeout=60)
+        return release(array, submitted, tries)
+
+    monkeypatch.setattr(launcher, "release", cancelled_first)
+    grid = write_grid(tmp_path, sweep_name, "epochs: 1", "  seed: [0, 1]\n")
+    args = ["--grid", str(grid), "--cluster", str(write_profile(tmp_path)), "--results", str(tmp_path / "r")]
+    assert cli(sweep_main, args) == 0
+    monkeypatch.undo()
+    trials = sorted((tmp_path / "r" / sweep_name / "trials").iterdir())
+    assert all("cancelled" in json.loads((t / "slurm_job.json").read_text()) for t in trials)
+    args[3] = str(write_profile(tmp_path, wait=True))
+    assert cli(sweep_main, args) == 0
+    assert [status(t).get("state") for t in trials] == ["done", "done"] and [status(t)["attempts"] for t in trials] == [1, 1]

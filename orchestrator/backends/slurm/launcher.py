@@ -22,7 +22,8 @@
   sbatch_once.py.
 - Held until its log folders exist: submitit makes each task's log folder (`%A_%a`) only after
   sbatch has answered, and a task that starts before its folder exists fails to launch. So every
-  array is submitted with `--hold` and released (`scontrol release`) once submitit has returned.
+  array is submitted with `--hold` and released (`scontrol release`) once submitit has returned;
+  a held array that a killed launcher left unreleased is cancelled by the next launch (queue.unreleased).
 - Each trial folder gets `slurm_job.json` (its task's job id, log folder and stderr path);
   running the sweep again does not submit a trial whose job is still queued or running, and
   first records the outcome of jobs that left the queue without one (queue.settle): a trial
@@ -54,7 +55,17 @@ from submitit.slurm.slurm import _make_sbatch_string
 
 from orchestrator.backends import Launch
 from orchestrator.backends.slurm.job import SUBMITIT_MAX_TIMEOUTS, TrialJob
-from orchestrator.backends.slurm.queue import SUBMITTED, job_views, last_line, queue_info, settle, squeue, summarize, sweep_arrays
+from orchestrator.backends.slurm.queue import (
+    SUBMITTED,
+    job_views,
+    last_line,
+    queue_info,
+    settle,
+    squeue,
+    summarize,
+    sweep_arrays,
+    unreleased,
+)
 from orchestrator.backends.slurm.sbatch import (
     SLURM_DEFAULT_MAX_ARRAY_SIZE,
     chunked,
@@ -286,7 +297,13 @@ class Submitter:
         # One squeue per call, not per array (at 900 arrays that was 900 squeue processes, most of the
         # launcher's CPU); an array that leaves the queue meanwhile stays listed, and SLURM takes
         # afterany on a job that ended, even one it has forgotten, as met.
-        self.queued = sweep_arrays(self.name)
+        queued = sweep_arrays(self.name)
+        orphans = unreleased(queued, JobPaths.get_first_id_independent_folder(self.folder), self.sweep / "trials")
+        for array in orphans:
+            _cancel_quietly(array)
+            print(f"slurm: cancelled job array {array}: held since a launch that stopped before releasing it (no trial records it)",
+                  file=sys.stderr)  # fmt: skip
+        self.queued = [q.array for q in queued if q.array not in orphans]
         while left:
             n = min(len(left), self.size)
             taken = self._largest_that_fits(left[:n])
@@ -365,11 +382,12 @@ class Submitter:
             self.kind = kind
             return False
         array = jobs[0].job_id.split("_")[0]
-        release(array, self.arrays)
+        # Cancelled while held (see unreleased): recorded as cancelled, so its trials use no attempt.
+        cancelled = {} if release(array, self.arrays) else {"cancelled": now()}
         for task, j in zip(tasks, jobs):
             record = {
                 "job_id": j.job_id, "job_name": self.name, "submitted": now(),
-                "log_folder": str(j.paths.folder), "stderr": str(j.paths.stderr),
+                "log_folder": str(j.paths.folder), "stderr": str(j.paths.stderr), **cancelled,
             }  # fmt: skip
             for group in task:
                 for trial in group:
@@ -387,15 +405,15 @@ class Submitter:
 
 
 RELEASE_TRIES = 3
-_GONE = ("Invalid job id", "already completing or completed")  # scontrol's words for a job no longer in the queue
+_GONE = ("Invalid job id", "already completing or completed", "already finished")  # scontrol's words for a job no longer in the queue
 
 
-def release(array: str, submitted: list[str], tries: int = RELEASE_TRIES) -> None:
+def release(array: str, submitted: list[str], tries: int = RELEASE_TRIES) -> bool:
     """Let the held `array` run: submitit has made its tasks' log folders (see the module's docstring).
 
-    A release SLURM keeps refusing cancels the array (held, it would sit in the queue for ever,
-    its trials not yet recorded as submitted) and ends the launch with what scontrol said. A job
-    already gone (cancelled meanwhile) needs no release: settle records what became of it.
+    False if it had left the queue already (cancelled while held: it never ran). A release SLURM
+    keeps refusing cancels the array (held, it would sit in the queue for ever, its trials not
+    yet recorded as submitted) and ends the launch with what scontrol said.
     """
     why = ""
     try:
@@ -406,8 +424,10 @@ def release(array: str, submitted: list[str], tries: int = RELEASE_TRIES) -> Non
                 why = str(err)
             else:
                 said = last_line(out.stderr or out.stdout)
-                if out.returncode == 0 or any(words in said for words in _GONE):
-                    return
+                if out.returncode == 0:
+                    return True
+                if any(words in said for words in _GONE):
+                    return False
                 why = said
             if attempt + 1 < tries:
                 time.sleep(1 + attempt)

@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from orchestrator.backends.slurm.sbatch_once import SUBMITIT_SCRIPT
 from trainer.errors import UserError
 from trainer.lock import TrialBusy, TrialLock
 from trainer.provenance import now
@@ -93,16 +94,51 @@ def squeue(job_ids: Iterable[Any]) -> dict[str, str]:
     return {j: name for j, (name, _) in queue_info(job_ids).items()}
 
 
-def sweep_arrays(name: str) -> list[str]:
-    """The array (or plain) job ids of the user's jobs named `name` still in the queue: what new arrays chain after."""
-    cmd = ["squeue", "--noheader", "--me", "--name", name, "--format", "%F"]
+@dataclass(frozen=True)
+class QueuedArray:
+    """A job array (or plain job) of the sweep in the queue, as `squeue --me --name` tells it."""
+
+    array: str
+    never_released: bool  # every entry pending as JobHeldUser: submitted held, not released since
+    script: str  # the script sbatch was given (submitit's `.submission_file_<uuid>.sh`)
+
+
+def sweep_arrays(name: str) -> list[QueuedArray]:
+    """The user's job arrays (or plain jobs) named `name` still in the queue: what new arrays chain after."""
+    cmd = ["squeue", "--noheader", "--me", "--name", name, "--format", "%F|%T|%r|%o"]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as err:
         raise UserError(f"squeue failed ({err}); is SLURM reachable from here?") from None
     if out.returncode != 0:
         raise UserError(f"squeue failed: {last_line(out.stderr)}")
-    return sorted({line.strip() for line in out.stdout.splitlines() if line.strip().isdigit()}, key=int)
+    held: dict[str, bool] = {}
+    scripts: dict[str, str] = {}
+    for line in out.stdout.splitlines():
+        array, state, reason, script = (line.strip().split("|", 3) + ["", "", ""])[:4]
+        if array.isdigit():
+            held[array] = held.get(array, True) and state == "PENDING" and reason == "JobHeldUser"
+            scripts[array] = script
+    return [QueuedArray(a, held[a], scripts[a]) for a in sorted(held, key=int)]
+
+
+def unreleased(arrays: list[QueuedArray], script_folder: Path, trials: Path) -> list[str]:
+    """The arrays a launcher submitted held from `script_folder` and stopped before releasing.
+
+    Killed between sbatch and its release (SIGKILL, a hang-up, a lost login node), a launcher
+    leaves a held array that no trial records, and every later array of the sweep would wait on
+    it (afterany) for ever. An array some trial under `trials` records is never one of them (it
+    was released, or the user held it). The trials' records are read only when a candidate exists.
+    """
+    folder = os.path.abspath(script_folder)
+    candidates = {
+        q.array for q in arrays
+        if q.never_released and os.path.dirname(q.script) == folder and SUBMITIT_SCRIPT.fullmatch(os.path.basename(q.script))
+    }  # fmt: skip
+    if not candidates:
+        return []
+    recorded = {rec["job_id"].split("_")[0] for f in (trials.iterdir() if trials.is_dir() else []) if (rec := read_submission(f))}
+    return sorted(candidates - recorded, key=int)
 
 
 def sacct_states(job_ids: Iterable[str]) -> dict[str, str]:

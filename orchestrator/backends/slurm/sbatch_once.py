@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 
+SUBMITIT_SCRIPT = re.compile(r"\.submission_file_[0-9a-f]{32}\.sh")  # submitit's name for a submission's script, new for each
 RETRYING = "sleeping and retrying"  # sbatch's line before its first sleep (EAGAIN, job queue full)
 REFUSED = "sbatch: error: Batch job submission failed: Resource temporarily unavailable (sbatch stopped before its retries)"
 
@@ -54,7 +55,7 @@ def cancel_orphans(scripts: list[str]) -> list[str]:
     submitit failed to write its files. Only scripts submitit wrote (`.submission_file_<uuid4
     hex>.sh`, a new name for each submission): no other job can have been submitted from them.
     """
-    wanted = {os.path.abspath(s) for s in scripts if re.fullmatch(r"\.submission_file_[0-9a-f]{32}\.sh", os.path.basename(s))}
+    wanted = {os.path.abspath(s) for s in scripts if SUBMITIT_SCRIPT.fullmatch(os.path.basename(s))}
     if not wanted:
         return []
     try:
