@@ -21,7 +21,6 @@ line. The next `orchestrator.sweep` of the grid removes the request and resubmit
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ from trainer.results import write_json
 from trainer.status import StatusUnreadable, observe, read_status, write_status
 
 CANCEL = "cancel.json"  # <sweep>/cancel.json: the request every runner looks for
+MAX_WAIT_S = 7 * 24 * 3600.0
 
 
 def cancel_requested(trial: Path) -> bool:
@@ -51,12 +51,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("sweep", type=Path, help="a sweep folder: <results>/<grid name>")
     p.add_argument("--wait-s", type=float, default=300, help="how long running trials get to checkpoint and stop")
     args = p.parse_args(argv)
+    if not 0 <= args.wait_s <= MAX_WAIT_S:  # NaN too; every wait is bounded
+        raise UserError(f"--wait-s {args.wait_s}: allowed: seconds from 0 to {MAX_WAIT_S:.0f} (a week)")
     sweep: Path = args.sweep.absolute()
     if not (sweep / "trials").is_dir():
         raise UserError(f"{args.sweep}: not a sweep folder (no trials/ inside); give <results>/<grid name>")
     folders = sorted(f for f in (sweep / "trials").iterdir() if f.is_dir())
-    write_json({"requested": now()}, sweep / CANCEL)  # from here on no runner starts a worker
-    queued, running_jobs = _cancel_slurm_queue(folders)
+    write_json({"requested": now()}, sweep / CANCEL)  # from here on no runner starts a worker, no launcher submits
+    queued, running_jobs = _cancel_slurm_queue(sweep, folders)
     deadline = time.monotonic() + args.wait_s
     while time.monotonic() < deadline and (_busy(folders) or _still_queued(folders)):
         time.sleep(1)
@@ -97,8 +99,18 @@ def _still_queued(folders: list[Path]) -> set[str]:
     return {job for job, state in _jobs(folders).values() if state is not None}
 
 
-def _cancel_slurm_queue(folders: list[Path]) -> tuple[int, int]:
+def _cancel_slurm_queue(sweep: Path, folders: list[Path]) -> tuple[int, int]:
     """Mark every queued trial's job cancelled and scancel those still pending; (pending, running) job counts."""
+    if not shutil.which("squeue"):  # no SLURM here: no launcher of the sweep can be submitting from here
+        return _cancel_recorded(folders)
+    from orchestrator.backends.slurm.submit_lock import submitting
+
+    # After a launcher's submission round that is under way (its jobs then recorded), before any later one.
+    with submitting(sweep, doing="cancel"):
+        return _cancel_recorded(folders)
+
+
+def _cancel_recorded(folders: list[Path]) -> tuple[int, int]:
     from orchestrator.backends.slurm.queue import SUBMITTED, read_submission
 
     jobs = _jobs(folders)
@@ -118,9 +130,11 @@ def _cancel_slurm_queue(folders: list[Path]) -> tuple[int, int]:
 def _scancel(jobs: list[str]) -> None:
     if not jobs or shutil.which("scancel") is None:
         return
-    out = subprocess.run(["scancel", *jobs], capture_output=True, text=True, timeout=120)
-    if out.returncode != 0:
-        print(f"slurm: scancel: {(out.stderr.strip().splitlines() or ['failed'])[-1]}", file=sys.stderr)
+    from orchestrator.backends.slurm.sbatch_once import scancel
+
+    error = scancel(jobs, timeout_s=120)
+    if error:
+        print(f"slurm: {error}", file=sys.stderr)
 
 
 def _record(folders: list[Path]) -> tuple[int, int, int]:

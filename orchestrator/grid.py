@@ -39,8 +39,9 @@ class Grid:
     n_expanded: int  # before duplicates collapsed
 
 
-def load_grid(path: str | Path, overrides: dict[str, Any] | None = None) -> Grid:
-    """Load and validate a grid file; `overrides` are resource fields (e.g. from a cluster profile)."""
+def load_grid(path: str | Path, overrides: dict[str, Any] | None = None, overrides_from: str | Path | None = None) -> Grid:
+    """Load and validate a grid file; `overrides` are resource fields (e.g. from a cluster profile,
+    the file `overrides_from`: a value of its own that no trial takes is named there, not in the grid)."""
     path = Path(path)
     raw = load_yaml(path, "grid")
     if not isinstance(raw, dict):
@@ -83,6 +84,9 @@ def load_grid(path: str | Path, overrides: dict[str, Any] | None = None) -> Grid
         try:
             spec = TrialSpec(**data)
         except SpecError as err:
+            said = re.match(r"field '(\w+)' (.*)", str(err), re.S)
+            if overrides_from is not None and said and said[1] in (overrides or {}):
+                raise UserError(f"{overrides_from}: key '{said[1]}' {said[2]}") from None
             at = ", ".join(f"{k}={quote(v, 40) if isinstance(v, (str, tuple)) else v}" for k, v in point.items())
             raise UserError(f"{path}: trial ({at or 'fixed only'}): {err}") from None
         specs.setdefault(spec.trial_id, spec)

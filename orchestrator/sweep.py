@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     profile = resolve_profile(args)
     backend = backend_for(profile)
-    grid = load_grid(args.grid, overrides=profile.trial_overrides())
+    grid = load_grid(args.grid, overrides=profile.trial_overrides(), overrides_from=args.cluster)
     folder = sweep_dir(args.results, grid.name)
     trial_folders(folder)  # warns once about folders under trials/ that are not trials
     if args.retry_failed:

@@ -81,3 +81,17 @@ def test_job_outcomes_from_accounting_and_stderr() -> None:
     lines = summarize(notes)
     assert len(lines) == 5 and lines[0].startswith("recorded what 1000 trials' jobs could not: 995 cancelled (no attempt used), 5 failed")
     assert lines[-1] == "  ... and 2 more (orchestrator.status --json shows each)"
+
+
+@pytest.mark.parametrize("wait", ["-5", "nan", "inf"])
+def test_a_wait_that_is_not_a_bounded_number_of_seconds_is_refused_before_anything_is_written(
+    wait: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from orchestrator.cancel import main
+    from trainer.cli import cli
+
+    (tmp_path / "trials").mkdir()
+    assert cli(main, [str(tmp_path), "--wait-s", wait]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: --wait-s {float(wait)}: allowed: seconds from 0 to "), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["trials"]  # no cancel request, no lock

@@ -227,6 +227,25 @@ def test_cuda_device_missing_here_is_refused_before_writing(tmp_path: Path, caps
     assert f"field 'device' is '{device}' but this machine has" in line
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "allowed"),
+    [
+        ("device", "'tpu'", "allowed: auto, cpu, cuda, cuda:N"),
+        ("cache_dir", "''", "allowed: null or a path"),
+        ("data_root", "''", "allowed: null or a path"),
+    ],
+)
+def test_a_profile_value_no_trial_takes_names_the_profile_not_the_grid(
+    key: str, value: str, allowed: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The profile's resource fields override every trial's: a bad one is the profile's mistake.
+    grid = write(tmp_path, SMALL)
+    profile = write(tmp_path, f"backend: local\n{key}: {value}\n", "profile.yaml")
+    line = one_line_error(capsys, ["--grid", str(grid), "--cluster", str(profile)], tmp_path / "results")
+    assert line.startswith(f"error: {profile}: key '{key}' is "), line
+    assert allowed in line and str(grid) not in line, line
+
+
 def test_cpu_and_auto_devices_need_no_torch_in_the_launcher(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` would raise now
     check_local_devices((TrialSpec(device="cpu"), TrialSpec(device="auto")), "grid.yaml")

@@ -2,21 +2,45 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
+from orchestrator.backends.local import missing_here
 from orchestrator.progress import Progress
 from orchestrator.runner import WorkerPool, last_line, make_slots
 from trainer.cli import EXIT_BUSY, EXIT_DONE
 from trainer.errors import UserError
+from trainer.spec import TrialSpec, quote
+
+MAX_PARALLEL = 1024  # as orchestrator.sweep's --max-parallel
+DEVICE = re.compile(r"auto|cpu|cuda|cuda:\d{1,3}")  # a spec's `device` field (trainer.spec)
 
 
-def check_sweep(sweep: Path, max_parallel: int) -> None:
-    """One line, before anything runs, for a folder that is no sweep or a worker count below 1."""
+def check_sweep(sweep: Path, max_parallel: int, device: str | None = None) -> None:
+    """One line, before anything runs, for a folder that is no sweep, a worker count out of range,
+    or a --device that is no device or is not on this machine (the jobs run here)."""
     if not (sweep / "trials").is_dir():
         raise UserError(f"{sweep}: not a sweep folder (no trials/ inside); give <results>/<grid name>")
-    if max_parallel < 1:
-        raise UserError(f"--max-parallel is {max_parallel}; allowed: >= 1")
+    if not 1 <= max_parallel <= MAX_PARALLEL:
+        raise UserError(f"--max-parallel is {max_parallel}; allowed: 1 to {MAX_PARALLEL}")
+    if device is None:
+        return
+    if not DEVICE.fullmatch(device):
+        raise UserError(f"--device is {quote(device)}; allowed: auto, cpu, cuda, cuda:N")
+    missing = missing_here(device)
+    if missing:
+        also = ", or one of those" if "cuda:0" in missing else ""
+        raise UserError(f"--device is {quote(device)} but {missing} (the jobs run here); allowed here: auto, cpu{also}")
+
+
+def check_trial_devices(specs: list[TrialSpec]) -> None:
+    """Without --device each job runs on its trial's `device`: one this machine lacks is one line, before
+    anything runs, rather than a failure per trial (a sweep trained on a GPU cluster, analysed on a laptop)."""
+    for device in sorted({s.device for s in specs if s.device.startswith("cuda")}):
+        missing = missing_here(device)
+        if missing:
+            raise UserError(f"the trials' field 'device' is {quote(device)} but {missing}; pass --device cpu (or auto)")
 
 
 def run_pool(module: str, jobs: list[tuple[Path, list[str]]], max_parallel: int, label: str, log: str) -> list[str]:

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from orchestrator.analysis.pool import check_sweep, run_pool
+from orchestrator.analysis.pool import check_sweep, check_trial_devices, run_pool
 from orchestrator.folders import scan
 from trainer import results as R
 from trainer.analysis.similarity_job import DIMENSIONALITY, MINIBATCH_CKA, SIMILARITY, kept_checkpoint_epochs, stored_epochs
@@ -116,16 +116,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cross-seed", action="store_true", help="also pair regularized trials with other seeds' unregularized trials")
     p.add_argument("--minibatch-cka", action="store_true", help="also Ranadive et al.'s minibatch CKA of every pair (loads checkpoints)")
     args = p.parse_args(argv)
-    check_sweep(args.sweep, args.max_parallel)
+    check_sweep(args.sweep, args.max_parallel, args.device)
     done = {tid: s.folder for tid, s in scan(args.sweep).items() if s.state == "done" and kept_checkpoint_epochs(s.folder)}
     if not done:
         raise UserError(f"{args.sweep}: no done trial with kept checkpoints (checkpoints/) to analyse")
+    specs = {tid: TrialSpec.from_dict(R.read_json(f / R.SPEC), where=str(f / R.SPEC)) for tid, f in done.items()}
+    if args.device is None:
+        check_trial_devices(list(specs.values()))
     device = ["--device", args.device] if args.device else []
     todo = [(folder, device) for folder in done.values() if needs_activations(folder)]
     warn_missing_kept(list(done.values()))
     failed = run_pool("trainer.analysis.representation_job", todo, args.max_parallel, "activations", REPRESENT_LOG) if todo else []
     analysed = len(todo) - len(failed)  # the summary counts only what worked
-    specs = {tid: TrialSpec.from_dict(R.read_json(f / R.SPEC), where=str(f / R.SPEC)) for tid, f in done.items()}
     compared = [
         (done[a], [arg for b in refs for arg in ("--against", str(done[b]))])
         for a, refs in pairs(specs, args.cross_seed).items()

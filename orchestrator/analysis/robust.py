@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from orchestrator.analysis.pool import check_sweep, run_pool
+from orchestrator.analysis.pool import check_sweep, check_trial_devices, run_pool
 from orchestrator.folders import scan
 from trainer import results as R
 from trainer.analysis.corruption_sets import official_set
@@ -37,10 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default=None, help="device of the job (default: each trial's device field)")
     args = p.parse_args(argv)
     plan = plan_from_arguments(args)
-    check_sweep(args.sweep, args.max_parallel)
+    check_sweep(args.sweep, args.max_parallel, args.device)
     folders = [s.folder for s in scan(args.sweep).values() if s.state == "done"]
     if not folders:
         raise UserError(f"{args.sweep}: no done trial to measure; see python -m orchestrator.status {args.sweep}")
+    if args.device is None:
+        check_trial_devices([TrialSpec.from_dict(R.read_json(f / R.SPEC), where=str(f / R.SPEC)) for f in folders])
     if plan.source == "official":
         _check_official(folders)
     extra = plan_arguments(plan) + (["--device", args.device] if args.device else [])

@@ -83,20 +83,29 @@ def check_local_devices(specs: tuple[TrialSpec, ...], where: str) -> None:
     torch is imported only when some trial asks for CUDA (cpu and auto need no check: auto
     falls back to the CPU). SLURM and Ray nodes are other machines, so they are not checked here.
     """
-    wanted = sorted({s.device for s in specs if s.device.startswith("cuda")})
-    if not wanted:
-        return
+    for device in sorted({s.device for s in specs if s.device.startswith("cuda")}):
+        missing = missing_here(device)
+        if missing and "no CUDA" in missing:
+            raise UserError(
+                f"{where}: field 'device' is {quote(device)} but {missing}, and the local backend "
+                "trains here; allowed here: auto, cpu (or a cluster backend whose nodes have GPUs)"
+            )
+        if missing:
+            raise UserError(f"{where}: field 'device' is {quote(device)} but {missing}")
+
+
+def missing_here(device: str) -> str | None:
+    """Why `device` (auto, cpu, cuda, cuda:N) is not on this machine, in words; None if it is.
+
+    torch is imported only for a CUDA device (cpu and auto are always here: auto falls back to the CPU).
+    """
+    if not device.startswith("cuda"):
+        return None
     import torch
 
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    for device in wanted:
-        index = int(device.partition(":")[2] or 0)
-        if count == 0:
-            raise UserError(
-                f"{where}: field 'device' is {quote(device)} but this machine has no CUDA device, and the local backend "
-                "trains here; allowed here: auto, cpu (or a cluster backend whose nodes have GPUs)"
-            )
-        if index >= count:
-            raise UserError(
-                f"{where}: field 'device' is {quote(device)} but this machine has {count} CUDA device(s): cuda:0 to cuda:{count - 1}"
-            )
+    if count == 0:
+        return "this machine has no CUDA device"
+    if int(device.partition(":")[2] or 0) >= count:
+        return f"this machine has {count} CUDA device(s): cuda:0 to cuda:{count - 1}"
+    return None

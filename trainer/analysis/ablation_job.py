@@ -27,7 +27,7 @@ from trainer.errors import UserError
 from trainer.kept import load_kept, missing_kept, missing_warning
 from trainer.lock import TrialLock
 from trainer.models import build_for
-from trainer.spec import TrialSpec
+from trainer.spec import MAX_DRAWS, TrialSpec
 from trainer.status import read_status
 
 DEFAULT_FRACTIONS = (0.0, 0.125, 0.25, 0.5, 0.75, 1.0)
@@ -129,10 +129,16 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
 def plan_from_arguments(args: argparse.Namespace) -> AblationPlan:
     """The plan the arguments ask for; one line for values outside their range."""
     fractions = tuple(args.fractions) if args.fractions is not None else (() if args.counts or args.count_steps else DEFAULT_FRACTIONS)
-    if any(not 0 <= f <= 1 for f in fractions) or any(k < 0 for k in args.counts) or args.draws < 1:
-        raise UserError("--fractions must lie in [0, 1], --counts be >= 0 and --draws >= 1")
+    for f in fractions:
+        if not 0 <= f <= 1:  # NaN too
+            raise UserError(f"--fractions has {f}; allowed: fractions of a stage's width in [0, 1]")
+    for k in args.counts:
+        if k < 0:
+            raise UserError(f"--counts has {k}; allowed: channel counts >= 0")
+    if not 1 <= args.draws <= MAX_DRAWS:
+        raise UserError(f"--draws is {args.draws}; allowed: 1 to {MAX_DRAWS}")
     if args.count_steps is not None and min(args.count_steps) < 1:
-        raise UserError("--count-steps A B: both must be >= 1")
+        raise UserError(f"--count-steps is {' '.join(map(str, args.count_steps))}; allowed: A B, both >= 1")
     steps = tuple(args.count_steps) if args.count_steps is not None else None
     return AblationPlan(fractions, tuple(args.counts), steps, args.draws, random_masks=args.random_masks)
 

@@ -350,6 +350,10 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gradient-units", type=int, default=32, help="units per layer whose input gradient is taken (evenly spaced)")
 
 
+# Beyond these a job would run for days: images and gradient images are capped by the test set anyway.
+FLAG_LIMITS = {"--images": 1_000_000, "--pgd-steps": 1_000, "--gradient-images": 1_000_000, "--gradient-units": 100_000}
+
+
 def plan_from_arguments(args: argparse.Namespace) -> RobustPlan:
     """The plan the arguments ask for; one line for values outside their range."""
     if args.source not in SOURCES:
@@ -359,8 +363,10 @@ def plan_from_arguments(args: argparse.Namespace) -> RobustPlan:
     unknown = sorted(set(args.corruptions) - set(CORRUPTIONS))
     if unknown:
         raise UserError(f"--corruptions: unknown {', '.join(unknown)}; allowed: {', '.join(CORRUPTIONS)}")
-    if min(args.images, args.pgd_steps, args.gradient_images, args.gradient_units) < 1:
-        raise UserError("--images, --pgd-steps, --gradient-images and --gradient-units must each be >= 1")
+    for flag, most in FLAG_LIMITS.items():  # every job's work is bounded
+        value = getattr(args, flag.removeprefix("--").replace("-", "_"))
+        if not 1 <= value <= most:
+            raise UserError(f"{flag} is {value}; allowed: 1 to {most:,}")
     return RobustPlan(tuple(sorted(set(args.epsilons))), args.pgd_steps, args.images, args.source, args.gradient_images,
                       args.gradient_units, args.all_kept, tuple(c for c in CORRUPTIONS if c in args.corruptions))  # fmt: skip
 

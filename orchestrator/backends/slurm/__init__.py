@@ -4,6 +4,8 @@
     job.py       TrialJob: what an array task runs on its node (a worker per GPU, requeues, signals)
     queue.py     squeue / sacct, and the outcome of jobs that left the queue without one
     sbatch.py    the sbatch parameters and chunking as pure functions (no SLURM needed)
+    sbatch_once.py  sbatch without its two-minute retry loop (standard library only), and the one scancel helper
+    submit_lock.py  one launcher at a time submits a sweep (a flock on <sweep>/.submit.lock)
 
 Queued jobs pickled `orchestrator.backends.slurm.TrialJob` by reference: it stays importable here.
 """

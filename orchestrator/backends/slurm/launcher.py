@@ -75,10 +75,13 @@ from orchestrator.backends.slurm.sbatch import (
     sbatch_parameters,
     submit_refusal,
 )
-from orchestrator.backends.slurm.sbatch_once import cancel_orphans
+from orchestrator.backends.slurm.sbatch_once import GONE, cancel_orphans, scancel
+from orchestrator.backends.slurm.submit_lock import submitting
+from orchestrator.cancel import CANCEL
 from orchestrator.plan import Plan
 from orchestrator.profiles import SlurmProfile
 from orchestrator.progress import Progress
+from trainer import faults
 from trainer.errors import UserError
 from trainer.provenance import now
 from trainer.results import write_json
@@ -224,19 +227,22 @@ def run_slurm(groups: list[list[Path]], profile: SlurmProfile, sweep: Path) -> t
     folder_groups = [[Path(f).absolute() for f in g] for g in groups]
     folders = [f for g in folder_groups for f in g]
     name = job_name(Path(sweep).name)
-    views = job_views(folders)
-    for line in summarize(settle(folders, views)):  # jobs that left without a word since the last look
-        print(f"slurm: {line}", file=sys.stderr)
-    queued = {f: v.job_id for f, v in views.items() if v.queue_state is not None}
-    if queued:
-        jobs = _array_ids(queued.values())
-        print(f"slurm: {len(queued)} trials already queued or running (jobs {jobs}): not submitted again", file=sys.stderr)
-    # A trial whose job just turned out to have failed runs again only while it has attempts left.
-    ok = lambda f: f not in queued and observe(f).runnable(profile.max_attempts)
-    runnable = [g for g in ([f for f in group if ok(f)] for group in folder_groups) if g]
     submitter = Submitter(profile, Path(sweep))
-    tasks = chunked(runnable, profile.groups_per_task)
-    left = submitter.submit(tasks) if tasks else []
+    with submitting(sweep):  # what is unsubmitted is read and submitted by one launcher at a time
+        views = job_views(folders)
+        for line in summarize(settle(folders, views)):  # jobs that left without a word since the last look
+            print(f"slurm: {line}", file=sys.stderr)
+        queued = {f: v.job_id for f, v in views.items() if v.queue_state is not None}
+        if queued:
+            jobs = _array_ids(queued.values())
+            print(f"slurm: {len(queued)} trials already queued or running (jobs {jobs}): not submitted again", file=sys.stderr)
+        # A trial whose job just turned out to have failed runs again only while it has attempts left.
+        ok = lambda f: f not in queued and observe(f).runnable(profile.max_attempts)
+        runnable = [g for g in ([f for f in group if ok(f)] for group in folder_groups) if g]
+        tasks = chunked(runnable, profile.groups_per_task)
+        if tasks and submitter.cancelled(tasks):
+            tasks = []
+        left = submitter.submit(tasks) if tasks else []
     if left and not profile.wait:
         print(
             f"slurm: {_trials(left)} trials ({len(left)} tasks) not submitted: {submitter.limit_words()} "
@@ -261,7 +267,8 @@ def submit(groups: list[list[Path]], profile: SlurmProfile, sweep: Path) -> list
     Raises UserError if a submit limit leaves some unsubmitted (callers that can top up use Submitter).
     """
     submitter = Submitter(profile, Path(sweep))
-    left = submitter.submit(chunked([[Path(f).absolute() for f in g] for g in groups], profile.groups_per_task))
+    with submitting(sweep):
+        left = submitter.submit(chunked([[Path(f).absolute() for f in g] for g in groups], profile.groups_per_task))
     if left:
         raise UserError(f"sbatch refused {len(left)} tasks: {submitter.limit_words()}: {submitter.refusal}")
     return submitter.job_ids
@@ -299,10 +306,12 @@ class Submitter:
         # afterany on a job that ended, even one it has forgotten, as met.
         queued = sweep_arrays(self.name)
         orphans = unreleased(queued, JobPaths.get_first_id_independent_folder(self.folder), self.sweep / "trials")
-        for array in orphans:
-            _cancel_quietly(array)
-            print(f"slurm: cancelled job array {array}: held since a launch that stopped before releasing it (no trial records it)",
-                  file=sys.stderr)  # fmt: skip
+        if orphans:
+            # Dropped from the chain below either way: one that could not be cancelled holds nothing back then.
+            error = scancel(orphans)
+            done = f"could not cancel ({error}; cancel with: scancel {' '.join(orphans)})" if error else "cancelled"
+            print(f"slurm: {done} job array {', '.join(orphans)}: held since a launch that stopped before releasing it "
+                  "(no trial records it)", file=sys.stderr)  # fmt: skip
         self.queued = [q.array for q in queued if q.array not in orphans]
         while left:
             n = min(len(left), self.size)
@@ -328,6 +337,31 @@ class Submitter:
             )
         self.waiting = bool(left)
         return left
+
+    def top_up(self, left: list[Task]) -> list[Task]:
+        """A later round of `wait: true`: submit what of `left` is still unsubmitted; returns what is left then.
+
+        Under the sweep's submit lock, like the first round. Meanwhile another launcher of the sweep
+        may have submitted some of these trials, or their jobs run them: those are dropped. After
+        `orchestrator.cancel` nothing more goes out.
+        """
+        with submitting(self.sweep):
+            if self.cancelled(left):
+                return []
+            views = job_views(f for t in left for g in t for f in g)
+            ok = lambda f: (f not in views or views[f].queue_state is None) and observe(f).runnable(self.profile.max_attempts)
+            still = [t for t in ([g for g in ([f for f in group if ok(f)] for group in task) if g] for task in left) if t]
+            if _trials(still) < _trials(left):
+                print(f"slurm: {_trials(left) - _trials(still)} of the trials waiting for room were submitted or run by another "
+                      "launcher meanwhile: not submitted again", file=sys.stderr)  # fmt: skip
+            return self.submit(still) if still else []
+
+    def cancelled(self, tasks: list[Task]) -> bool:
+        """Has `orchestrator.cancel` asked (since this launch began) that nothing more goes out? Says so if it has."""
+        if not (self.sweep / CANCEL).exists():
+            return False
+        print(f"slurm: the sweep was cancelled (orchestrator.cancel); {_trials(tasks)} trials not submitted", file=sys.stderr)
+        return True
 
     def limit_words(self) -> str:
         """What stopped the last submission, for the user."""
@@ -382,6 +416,7 @@ class Submitter:
             self.kind = kind
             return False
         array = jobs[0].job_id.split("_")[0]
+        faults.point("slurm-release")
         # Cancelled while held (see unreleased): recorded as cancelled, so its trials use no attempt.
         cancelled = {} if release(array, self.arrays) else {"cancelled": now()}
         for task, j in zip(tasks, jobs):
@@ -405,7 +440,6 @@ class Submitter:
 
 
 RELEASE_TRIES = 3
-_GONE = ("Invalid job id", "already completing or completed", "already finished")  # scontrol's words for a job no longer in the queue
 
 
 def release(array: str, submitted: list[str], tries: int = RELEASE_TRIES) -> bool:
@@ -426,29 +460,25 @@ def release(array: str, submitted: list[str], tries: int = RELEASE_TRIES) -> boo
                 said = last_line(out.stderr or out.stdout)
                 if out.returncode == 0:
                     return True
-                if any(words in said for words in _GONE):
+                if any(words in said for words in GONE):
                     return False
                 why = said
             if attempt + 1 < tries:
                 time.sleep(1 + attempt)
     except BaseException:  # interrupted before the trials were recorded: leave no job behind
-        _cancel_quietly(array)
+        scancel([array])
         raise
-    _cancel_quietly(array)
+    error = scancel([array])
+    cancelled = f"could not cancel it ({error}; cancel with: scancel {array})" if error else "cancelled it"
     raise UserError(
         f"job array {array} was submitted held, but `scontrol release {array}` failed {tries} times ({why}); "
-        f"cancelled it{already_submitted(submitted)}"
+        f"{cancelled}{already_submitted(submitted)}"
     )
 
 
 def already_submitted(arrays: list[str]) -> str:
     """The tail of a message that ends a launch midway: what went out before, and how to take it back."""
     return f"; already submitted: {', '.join(arrays)} (cancel with: python -m orchestrator.cancel)" if arrays else ""
-
-
-def _cancel_quietly(job: str) -> None:
-    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-        subprocess.run(["scancel", job], capture_output=True, timeout=60)
 
 
 _SBATCH_ONCE_DIR: list[str] = []  # the folder holding the `sbatch` of _sbatch_once, made once per process ("" if it cannot run)
@@ -516,10 +546,15 @@ def _quiet_submitit(folder: Path) -> Iterator[None]:
                 leftover.unlink(missing_ok=True)
         raise
     except BaseException:
-        scripts = set(base.glob(".submission_file_*.sh")) - before if base.is_dir() else set()
-        cancelled = cancel_orphans([str(s) for s in scripts])
-        if cancelled:
-            print(f"slurm: job {', '.join(cancelled)} went out, but its submission did not finish; cancelled", file=sys.stderr)
+        leftovers = (set(base.glob("*.pkl")) | set(base.glob(".submission_file_*.sh"))) - before if base.is_dir() else set()
+        jobs, error = cancel_orphans([str(s) for s in leftovers])
+        if jobs:
+            done = f"could not cancel it ({error}; cancel with: scancel {' '.join(jobs)})" if error else "cancelled"
+            print(f"slurm: job {', '.join(jobs)} went out, but its submission did not finish; {done}", file=sys.stderr)
+        if not error:  # its files: nothing will run them (kept while a job could still need them)
+            for leftover in leftovers:
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
         raise
 
 
@@ -563,7 +598,7 @@ def _wait(
                 due = recheck is not None and time.monotonic() >= recheck
                 if mark is not None and (len(live) < mark or due or time.monotonic() - last_try > TOPUP_EVERY_S):
                     before, left_queue = len(left), len(live) < mark
-                    left = submitter.submit(left)
+                    left = submitter.top_up(left)
                     idle = idle + 1 if len(left) == before and not live else 0
                     mark, last_try, recheck = None, time.monotonic(), None
                     if left and left_queue and submitter.kind == "full":

@@ -38,8 +38,10 @@ def run(sbatch: str, args: list[str]) -> int:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
                 sys.stderr.write("".join(said) + REFUSED + "\n")
-                for job in cancel_orphans([args[-1]] if args else []):
-                    sys.stderr.write(f"sbatch: job {job} went out as sbatch was stopped; cancelled\n")
+                jobs, error = cancel_orphans([args[-1]] if args else [])
+                done = f"not cancelled ({error})" if error else "cancelled"
+                for job in jobs:
+                    sys.stderr.write(f"sbatch: job {job} went out as sbatch was stopped; {done}\n")
                 return 1
         out = proc.stdout.read()
         code = proc.wait()
@@ -48,8 +50,8 @@ def run(sbatch: str, args: list[str]) -> int:
     return code
 
 
-def cancel_orphans(scripts: list[str]) -> list[str]:
-    """Cancel the jobs submitted from `scripts` that nobody learned the ids of (best effort); returns their ids.
+def cancel_orphans(scripts: list[str]) -> tuple[list[str], str | None]:
+    """Cancel the jobs submitted from `scripts` that nobody learned the ids of; (their ids, scancel's error or None).
 
     Here: the retry the kill came too late for. In the launcher: a job sbatch took before
     submitit failed to write its files. Only scripts submitit wrote (`.submission_file_<uuid4
@@ -57,16 +59,39 @@ def cancel_orphans(scripts: list[str]) -> list[str]:
     """
     wanted = {os.path.abspath(s) for s in scripts if SUBMITIT_SCRIPT.fullmatch(os.path.basename(s))}
     if not wanted:
-        return []
+        return [], None
     try:
         out = subprocess.run(["squeue", "--me", "--noheader", "--format", "%F %o"], capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return []
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return [], f"squeue: {err}"
     jobs = {job for job, _, command in (line.strip().partition(" ") for line in out.stdout.splitlines()) if command.strip() in wanted}
-    cancelled = sorted(j for j in jobs if j.isdigit())
-    for job in cancelled:
-        subprocess.run(["scancel", job], capture_output=True, timeout=60)
-    return cancelled
+    found = sorted((j for j in jobs if j.isdigit()), key=int)
+    return found, scancel(found)
+
+
+GONE = ("Invalid job id", "already completing or completed", "already finished")  # SLURM's words for a job no longer queued
+
+
+def scancel(jobs: list[str], timeout_s: float = 60) -> str | None:
+    """`scancel` the jobs in one call; None when each is cancelled or already gone, else what went wrong (one line).
+
+    The one place the project runs scancel: the launcher (a held array it must not leave behind),
+    sbatch_once (a retry that went through) and orchestrator.cancel.
+    """
+    if not jobs:
+        return None
+    try:
+        out = subprocess.run(["scancel", *jobs], capture_output=True, text=True, timeout=timeout_s)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return f"scancel: {err}"
+    if out.returncode == 0:
+        return None
+    # One line per job it could not cancel; a job that left the queue meanwhile needs no cancel.
+    said = (out.stderr or out.stdout).strip()
+    errors = [line.strip() for line in said.splitlines() if line.strip() and not any(w in line for w in GONE)]
+    if said and not errors:
+        return None
+    return f"scancel: {errors[-1] if errors else f'failed (exit code {out.returncode})'}"
 
 
 if __name__ == "__main__":
