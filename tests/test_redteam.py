@@ -306,6 +306,20 @@ def test_garbage_spec_in_a_done_trial_is_shown_then_repaired(tmp_path: Path, cap
     assert C.collect(sweep, figures=False, warn=lambda m: None).counts["done"] == 4
 
 
+@pytest.mark.parametrize("where", ["summary", "summary/figures", "summary/.cache"])
+def test_a_file_where_the_summary_goes_is_one_line(where: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from orchestrator.collect.command import main as collect_main
+
+    _, sweep, _ = synthetic_sweep(tmp_path, SMALL)
+    (sweep / where).parent.mkdir(exist_ok=True)
+    (sweep / where).write_text("notes")
+    assert cli(collect_main, [str(sweep)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {sweep / where}: a file, not a folder; the collector writes the summary there: move that file away"]
+    assert (sweep / where).read_text() == "notes"  # left as it was, and nothing written beside it
+    assert where == "summary" or sorted(p.name for p in (sweep / "summary").iterdir()) == [Path(where).name]
+
+
 def test_unreadable_status_is_shown_with_the_fix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _, sweep, specs = synthetic_sweep(tmp_path, SMALL)
     status = sweep / "trials" / specs[2].trial_id / R.STATUS

@@ -234,6 +234,9 @@ def collect(path: str | Path, *, full: bool = False, figures: bool = True, warn:
     clock = _Clock()
     sweep = check_sweep(Path(path))
     summary = sweep / "summary"
+    for folder in (summary, summary / "figures", summary / cache.MANIFEST.parent):
+        if folder.exists() and not folder.is_dir():  # before anything is read or written
+            raise UserError(f"{folder}: a file, not a folder; the collector writes the summary there: move that file away")
     if not os.access(summary if summary.exists() else sweep, os.W_OK):
         raise UserError(f"{summary}: not writable; collect where you may write, or copy the sweep folder")
     warned: list[str] = []
