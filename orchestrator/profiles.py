@@ -95,6 +95,11 @@ RAY_LIMITS: dict[str, Limit] = {
     ),
 }
 RAY_TEMP_DIR_MAX = 40
+# `address`: what ray.init joins. A head's GCS (host:port, 6379 by default) or Ray Client (ray://host:port,
+# 10001); host a name, an IPv4 address or a bracketed IPv6 one. Anything else makes ray.init raise after
+# the trial folders are written.
+RAY_ADDRESS = re.compile(r"(ray://)?([A-Za-z0-9]([A-Za-z0-9.-]{0,252})?|\[[0-9A-Fa-f:.]+\]):(\d{1,5})")
+RAY_ADDRESS_ALLOWED = "auto, host:port (the head's GCS, port 6379 by default) or ray://host:port (Ray Client, port 10001)"
 SLURM_GPUS_PER_TRIAL = Limit(
     0, 1, words="0 or 1 (a group trains on one GPU; for G GPUs per job running G groups side by side, set gpus_per_task: G)"
 )
@@ -277,6 +282,10 @@ class RayProfile(BaseProfile):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.address is not None and self.address != "auto":
+            match = RAY_ADDRESS.fullmatch(self.address)
+            if not match or not 1 <= int(match[4]) <= 65535:
+                raise UserError(f"key 'address' is {self.address!r}; allowed: {RAY_ADDRESS_ALLOWED}; leave it out for a private local Ray")
         # Ray puts its sockets at <temp_dir>/session_<date>_<time>_<us>_<pid>/sockets/<name>: about
         # 65 characters below temp_dir, and an AF_UNIX path stops at 107 bytes.
         if self.temp_dir is not None and len(self.temp_dir) > RAY_TEMP_DIR_MAX:

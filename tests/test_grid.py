@@ -124,6 +124,11 @@ BAD_PROFILES = {
     "injection": ("backend: slurm\npartition: 'gpu --wrap=evil'\n", "key 'partition'"),
     "ray key in slurm": ("backend: slurm\naddress: auto\n", "unknown key 'address'"),
     "fuse zero": ("backend: local\nfuse: 0\n", "key 'fuse' is 0; allowed: >= 1"),
+    # ray.init would raise (a traceback, after the trial folders were written)
+    "ray address not one": ("backend: ray\naddress: 'not a url'\n", "key 'address' is 'not a url'; allowed: auto, host:port"),
+    "ray address no port": ("backend: ray\naddress: head-node\n", "key 'address' is 'head-node'; allowed: auto"),
+    "ray address port 0": ("backend: ray\naddress: 'head:0'\n", "key 'address' is 'head:0'; allowed"),
+    "ray address http": ("backend: ray\naddress: 'http://head:8265'\n", "or ray://host:port (Ray Client, port 10001)"),
 }
 
 

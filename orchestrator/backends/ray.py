@@ -233,7 +233,7 @@ def _check_reachable(address: str) -> None:
     host, _, port = address.rpartition(":")
     if host and port.isdigit() and "://" not in address:
         try:
-            socket.create_connection((host, int(port)), timeout=10).close()
+            socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()  # [IPv6]:port
         except OSError as err:
             raise UserError(f"ray cluster {address}: nothing answers there ({err}); is it up (`ray status` on its head)?") from None
 
