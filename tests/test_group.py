@@ -157,3 +157,17 @@ def test_unfusable_trials_are_a_user_mistake(tmp_path: Path) -> None:
     wide = TrialSpec(sweep="grp", model="resnet18", dataset="cifar10", device="cpu")
     with pytest.raises(UserError, match="no fused form"):
         run_group([wide, wide], [tmp_path / "x", tmp_path / "y"])
+
+
+def test_one_trial_given_twice_is_one_line_not_a_wait_on_its_own_lock(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from trainer.cli import cli
+    from trainer.group import main as group_main
+
+    (folder,) = folders(tmp_path, [A])
+    folder.mkdir()
+    (folder / R.SPEC).write_text(json.dumps(A.to_dict()))
+    again = folder.parent / "." / folder.name / "spec.json"
+    assert cli(group_main, ["--spec", str(folder / "spec.json"), "--spec", str(again)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: --spec {again}: the same trial folder as --spec {folder / 'spec.json'}; allowed: each trial once"]
+    assert sorted(p.name for p in folder.iterdir()) == ["spec.json"]  # nothing ran

@@ -13,11 +13,13 @@ its status.json), 75 some member is held by another live process (the others ran
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 from trainer.attempt import stop_on_signal
 from trainer.cli import EXIT_BUSY, EXIT_DONE, EXIT_FAILED, ArgumentParser, command
+from trainer.errors import UserError
 from trainer.trial import outcome_line, read_spec, run_group
 
 
@@ -28,6 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def body() -> int:
+        seen: dict[str, Path] = {}
+        for p in args.spec:  # one trial twice would wait on its own lock
+            first = seen.setdefault(os.path.realpath(p.parent), p)
+            if first is not p:
+                raise UserError(f"--spec {p}: the same trial folder as --spec {first}; allowed: each trial once")
         specs = [read_spec(p) for p in args.spec]
         folders = [p.parent for p in args.spec]
         states = run_group(specs, folders, fused=not args.no_fuse, stop=stop_on_signal())
