@@ -17,14 +17,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from orchestrator.analysis.pool import check_sweep, check_trial_devices, run_pool
+from orchestrator.analysis.pool import check_sweep, check_trial_devices, run_pool, trial_specs
 from orchestrator.analysis.represent import warn_missing_kept
 from orchestrator.folders import scan
-from trainer import results as R
 from trainer.analysis.ablation_job import KEPT, add_plan_arguments, plan_from_arguments
 from trainer.cli import ArgumentParser, cli
 from trainer.errors import UserError
-from trainer.spec import TrialSpec
 
 ABLATE_LOG = "ablate.log"
 
@@ -40,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     folders = [s.folder for s in scan(args.sweep).values() if s.state == "done" and (s.folder / KEPT).is_dir()]
     if not folders:
         raise UserError(f"{args.sweep}: no done trial with kept checkpoints ({KEPT}/) to ablate")
-    check_trial_devices([TrialSpec.from_dict(R.read_json(f / R.SPEC), where=str(f / R.SPEC)) for f in folders])
+    check_trial_devices(trial_specs(folders))
     warn_missing_kept(folders)
     extra = ["--fractions", *map(str, plan.fractions)] if plan.fractions else []
     extra += ["--counts", *map(str, plan.counts)] if plan.counts else []

@@ -9,6 +9,7 @@ from pathlib import Path
 from orchestrator.backends.local import missing_here
 from orchestrator.progress import Progress
 from orchestrator.runner import WorkerPool, last_line, make_slots
+from trainer import results as R
 from trainer.cli import EXIT_BUSY, EXIT_DONE
 from trainer.errors import UserError
 from trainer.spec import TrialSpec, quote
@@ -32,6 +33,11 @@ def check_sweep(sweep: Path, max_parallel: int, device: str | None = None) -> No
     if missing:
         also = ", or one of those" if "cuda:0" in missing else ""
         raise UserError(f"--device is {quote(device)} but {missing} (the jobs run here); allowed here: auto, cpu{also}")
+
+
+def trial_specs(folders: list[Path]) -> list[TrialSpec]:
+    """The trials' specs (done trials: their spec.json was checked when they ran)."""
+    return [TrialSpec.from_dict(R.read_json(f / R.SPEC), where=str(f / R.SPEC)) for f in folders]
 
 
 def check_trial_devices(specs: list[TrialSpec]) -> None:

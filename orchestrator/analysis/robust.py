@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from orchestrator.analysis.pool import check_sweep, check_trial_devices, run_pool
+from orchestrator.analysis.pool import check_sweep, check_trial_devices, run_pool, trial_specs
 from orchestrator.folders import scan
 from trainer import results as R
 from trainer.analysis.corruption_sets import official_set
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     if not folders:
         raise UserError(f"{args.sweep}: no done trial to measure; see python -m orchestrator.status {args.sweep}")
     if args.device is None:
-        check_trial_devices([TrialSpec.from_dict(R.read_json(f / R.SPEC), where=str(f / R.SPEC)) for f in folders])
+        check_trial_devices(trial_specs(folders))
     if plan.source == "official":
         _check_official(folders)
     extra = plan_arguments(plan) + (["--device", args.device] if args.device else [])
