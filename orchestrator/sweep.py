@@ -46,7 +46,7 @@ from orchestrator.preflight import preflight
 from orchestrator.prepare import prepare, record_grid, repair_specs
 from orchestrator.profiles import BACKENDS, Profile, default_profile, load_profile
 from trainer.cli import EXIT_DONE, EXIT_UNFINISHED, ArgumentParser, cli
-from trainer.errors import UserError
+from trainer.errors import ProfileError, UserError
 
 MAX_PARALLEL = 1024
 EXIT_UNSUBMITTED = 3  # submitted what the cluster took; the rest waits for the next run of the same command
@@ -156,7 +156,10 @@ def main(argv: list[str] | None = None) -> int:
         if groups and (text := backend.describe(groups, folder)):
             print(text)
         return EXIT_DONE
-    preflight(plan, backend)  # every launch check, in the order orchestrator.preflight documents
+    try:
+        preflight(plan, backend)  # every launch check, in the order orchestrator.preflight documents
+    except ProfileError as err:  # the engine refused a setting of the profile: name its file
+        raise UserError(f"{args.cluster}: {err}" if args.cluster else str(err)) from None
     for line in repair_specs(plan):
         print(f"repaired: {line}", file=sys.stderr)
     if not plan.to_run:

@@ -277,6 +277,34 @@ def test_preflight_names_a_missing_partition(slurm: None, tmp_path: Path) -> Non
 
 
 @pytest.mark.slurm
+def test_a_setting_slurm_refuses_is_one_line_naming_the_profile_before_anything_is_written(
+    slurm: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Asked of the controller with `sbatch --test-only` (nothing is queued), not left to the submission.
+    from orchestrator.backends.slurm.launcher import preflight
+
+    grid = write_grid(tmp_path, "refused", "epochs: 1", "  seed: [0]\n")
+    for key, value, said in (
+        ("reservation", "nosuch", "key 'reservation' is 'nosuch': SLURM refuses it (Requested reservation is invalid); allowed: "),
+        ("constraint", "nosuchfeature", "key 'constraint' is 'nosuchfeature': SLURM refuses it (Invalid feature specification); allowed: "),
+    ):
+        profile = write_profile(tmp_path, **{key: value})
+        results = tmp_path / "r"
+        assert cli(sweep_main, ["--grid", str(grid), "--cluster", str(profile), "--results", str(results)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: {profile}: {said}"), err
+        assert not results.exists()
+    # Its other refusals are not final: with every node drained it says "Requested node configuration
+    # is not available", while a real submission queues and waits for a node. No refusal then.
+    nodes = subprocess.run(["sinfo", "-h", "-o", "%N"], capture_output=True, text=True, timeout=60).stdout.split()
+    scontrol("update", f"nodename={','.join(nodes)}", "state=drain", "reason=test-preflight")
+    try:
+        preflight(load_profile(write_profile(tmp_path)))
+    finally:
+        scontrol("update", f"nodename={','.join(nodes)}", "state=resume")
+
+
+@pytest.mark.slurm
 def test_a_task_that_starts_at_once_finds_its_log_folder(tmp_path: Path, sweep_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # submitit makes each task's log folder (slurm/<array>_<i>) only after sbatch answers; a task an
     # idle node takes first cannot open its stdout and fails to launch (JobLaunchFailure, 0:53). Here

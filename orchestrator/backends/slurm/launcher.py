@@ -82,7 +82,7 @@ from orchestrator.plan import Plan
 from orchestrator.profiles import SlurmProfile
 from orchestrator.progress import Progress
 from trainer import faults
-from trainer.errors import UserError
+from trainer.errors import ProfileError, UserError
 from trainer.provenance import now
 from trainer.results import write_json
 from trainer.status import observe
@@ -212,14 +212,50 @@ def preflight(profile: SlurmProfile) -> None:
     missing = [c for c in ("sbatch", "srun", "squeue", "scontrol") if shutil.which(c) is None]
     if missing:
         raise UserError(f"the slurm backend needs SLURM's commands on PATH; missing: {', '.join(missing)}")
-    if profile.partition is None:
-        return
+    if profile.partition is not None:
+        try:
+            out = subprocess.run(["scontrol", "show", "partition", profile.partition], capture_output=True, text=True, timeout=60)
+        except subprocess.TimeoutExpired:
+            raise UserError("`scontrol show partition` timed out; is the SLURM controller up?") from None
+        if out.returncode != 0:
+            raise ProfileError(f"partition '{profile.partition}': {last_line(out.stderr or out.stdout)} (see `sinfo -s`)")
+    _test_submit(profile)
+
+
+# What `sbatch --test-only` says of a setting no job of the profile could ever be submitted with, and
+# the profile key that holds it. Only these: its other refusals are not final (all nodes drained or
+# down: "Requested node configuration is not available", while a real submission queues and waits).
+_REFUSED_KEYS = (
+    ("Requested reservation is invalid", ("reservation",), "a reservation of this cluster (`scontrol show reservation`)"),
+    ("Invalid feature specification", ("constraint",), "features the partition's nodes have (`sinfo -o '%P %f'`)"),
+    ("Invalid account", ("account", "partition"), "an account you may use on that partition (`sacctmgr show assoc user=$USER`)"),
+    ("Invalid qos", ("qos", "account"), "a QOS of your association (`sacctmgr show assoc user=$USER format=account,qos`)"),
+    ("Invalid generic resource", ("gres", "gpus_per_task", "gpus_per_trial"), "GPUs the partition's nodes have (`sinfo -o '%P %G'`)"),
+    ("Requested time limit is invalid", ("time_min", "partition"), "at most the partition's MaxTime (`sinfo -o '%P %l'`)"),
+)
+
+
+def _test_submit(profile: SlurmProfile) -> None:
+    """Ask the controller (`sbatch --test-only`: nothing is queued) whether the profile's sbatch script
+    could be submitted at all, so a misspelt reservation or feature is one line before anything is written."""
+    script = render_sbatch(profile, "preflight", Path(tempfile.gettempdir()) / "sweep-preflight" / "%j", 1)
     try:
-        out = subprocess.run(["scontrol", "show", "partition", profile.partition], capture_output=True, text=True, timeout=60)
-    except subprocess.TimeoutExpired:
-        raise UserError("`scontrol show partition` timed out; is the SLURM controller up?") from None
-    if out.returncode != 0:
-        raise UserError(f"partition '{profile.partition}': {last_line(out.stderr or out.stdout)} (see `sinfo -s`)")
+        out = subprocess.run(["sbatch", "--test-only"], input=script, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return  # the submission itself will say what is wrong
+    if out.returncode == 0:
+        return
+    said = last_line(out.stderr or out.stdout).removeprefix("allocation failure: ").removeprefix("sbatch: error: ")
+    for words, keys, allowed in _REFUSED_KEYS:
+        if words in said:
+            given = {k: v for k in keys if (v := getattr(profile, k, None)) not in (None, 0)}
+            if not given:
+                raise ProfileError(f"SLURM refuses the cluster's default {keys[0]} ({said}); set key '{keys[0]}': {allowed}")
+            if len(given) == 1:
+                ((key, value),) = given.items()
+                raise ProfileError(f"key '{key}' is {value!r}: SLURM refuses it ({said}); allowed: {allowed}")
+            both = " and ".join(f"'{k}' ({v!r})" for k, v in given.items())
+            raise ProfileError(f"keys {both}: SLURM refuses them ({said}); allowed: {allowed}")
 
 
 def run_slurm(groups: list[list[Path]], profile: SlurmProfile, sweep: Path) -> tuple[bool, int]:
