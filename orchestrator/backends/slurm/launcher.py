@@ -235,12 +235,25 @@ _REFUSED_KEYS = (
 )
 
 
+_SITE_NAMES = ("reservation", "constraint", "account", "qos", "gres")  # settings that name the site's own objects
+
+
 def _test_submit(profile: SlurmProfile) -> None:
     """Ask the controller (`sbatch --test-only`: nothing is queued) whether the profile's sbatch script
-    could be submitted at all, so a misspelt reservation or feature is one line before anything is written."""
+    could be submitted at all, so a misspelt reservation or feature is one line before anything is written.
+
+    Only for a profile that names such objects of the site (_SITE_NAMES): the other settings are
+    checked by the profile itself, and a site's sbatch wrapper (accounting, quotas) then sees no
+    call that is not a submission. The script goes as a file, the last argument, as for a submission.
+    """
+    if not any(getattr(profile, key) for key in _SITE_NAMES):
+        return
     script = render_sbatch(profile, "preflight", Path(tempfile.gettempdir()) / "sweep-preflight" / "%j", 1)
     try:
-        out = subprocess.run(["sbatch", "--test-only"], input=script, capture_output=True, text=True, timeout=60)
+        with tempfile.NamedTemporaryFile("w", prefix="sweep-preflight-", suffix=".sh") as file:
+            file.write(script)
+            file.flush()
+            out = subprocess.run(["sbatch", "--test-only", file.name], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired):
         return  # the submission itself will say what is wrong
     if out.returncode == 0:
