@@ -65,6 +65,7 @@ _TUPLE_FIELDS = (
 INPUT_NORMS = ("dataset", "half")  # as trainer.data.INPUT_NORMS (this module does not import torch)
 MAX_EPOCHS = 10_000  # beyond any real run; a typo like 1000000000 must not allocate per-epoch state
 MAX_SEED = 2**32 - 1  # numpy's seed range; torch's generators take seed * 1_000_003 + epoch (< 2**64)
+DEVICE = re.compile(r"auto|cpu|cuda|cuda:\d{1,3}")  # the `device` field (the after-training commands' --device too)
 MAX_DRAWS = 1_000  # random ablation draws per (epoch, stage, k)
 MAX_WORKERS = 256  # DataLoader workers per trial
 MAX_THREADS = 1_024  # torch intra-op threads per trial
@@ -502,7 +503,7 @@ def _check_values(s: TrialSpec) -> None:
     _in_range(s, "num_workers", 0, MAX_WORKERS)
     if s.threads is not None:
         _in_range(s, "threads", 1, MAX_THREADS, " or null (1 on CPU)")
-    if not (s.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d{1,3}", s.device)):
+    if not DEVICE.fullmatch(s.device):
         raise SpecError(f"field 'device' is {quote(s.device)}; allowed: auto, cpu, cuda, cuda:N")
     if not s.sweep or any(c in s.sweep for c in "/\\") or s.sweep in (".", "..") or not s.sweep.isprintable():
         raise SpecError(f"field 'sweep' is {quote(s.sweep)}; allowed: a plain printable name without path separators")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 
@@ -12,10 +11,9 @@ from orchestrator.runner import WorkerPool, last_line, make_slots
 from trainer import results as R
 from trainer.cli import EXIT_BUSY, EXIT_DONE
 from trainer.errors import UserError
-from trainer.spec import TrialSpec, quote
+from trainer.spec import DEVICE, TrialSpec, quote
 
 MAX_PARALLEL = 1024  # as orchestrator.sweep's --max-parallel
-DEVICE = re.compile(r"auto|cpu|cuda|cuda:\d{1,3}")  # a spec's `device` field (trainer.spec)
 
 
 def check_sweep(sweep: Path, max_parallel: int, device: str | None = None) -> None:

@@ -45,7 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -286,8 +286,7 @@ def run_slurm(groups: list[list[Path]], profile: SlurmProfile, sweep: Path) -> t
             jobs = _array_ids(queued.values())
             print(f"slurm: {len(queued)} trials already queued or running (jobs {jobs}): not submitted again", file=sys.stderr)
         # A trial whose job just turned out to have failed runs again only while it has attempts left.
-        ok = lambda f: f not in queued and observe(f).runnable(profile.max_attempts)
-        runnable = [g for g in ([f for f in group if ok(f)] for group in folder_groups) if g]
+        runnable = _keep(folder_groups, lambda f: f not in queued and observe(f).runnable(profile.max_attempts))
         tasks = chunked(runnable, profile.groups_per_task)
         if tasks and submitter.cancelled(tasks):
             tasks = []
@@ -304,6 +303,11 @@ def run_slurm(groups: list[list[Path]], profile: SlurmProfile, sweep: Path) -> t
     settle(folders)  # what the jobs could not record themselves; printed with every failure below
     _print_failures(folders)
     return True, _trials(left)
+
+
+def _keep(groups: list[list[Path]], ok: Callable[[Path], bool]) -> list[list[Path]]:
+    """The trials of `groups` that are `ok`, in their groups; groups left empty go."""
+    return [g for g in ([f for f in group if ok(f)] for group in groups) if g]
 
 
 def _trials(tasks: list[Task]) -> int:
@@ -399,7 +403,7 @@ class Submitter:
                 return []
             views = job_views(f for t in left for g in t for f in g)
             ok = lambda f: (f not in views or views[f].queue_state is None) and observe(f).runnable(self.profile.max_attempts)
-            still = [t for t in ([g for g in ([f for f in group if ok(f)] for group in task) if g] for task in left) if t]
+            still = [t for t in (_keep(task, ok) for task in left) if t]
             if _trials(still) < _trials(left):
                 print(f"slurm: {_trials(left) - _trials(still)} of the trials waiting for room were submitted or run by another "
                       "launcher meanwhile: not submitted again", file=sys.stderr)  # fmt: skip
