@@ -13,9 +13,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.backends.slurm.sbatch import job_name
-
-from helpers import slurm_down_reason
+from helpers import cancel_sweep_jobs, slurm_down_reason
 
 # One intra-op thread unless told otherwise: on a shared 2-core machine, two busy-waiting OpenMP
 # threads per process made a 3-epoch digits trial 8x slower (54 s vs 7 s) under load. Set before
@@ -87,7 +85,7 @@ def slurm() -> None:
 
 @pytest.fixture
 def sweep_name(slurm: None) -> Iterator[str]:
-    """A unique sweep name; its jobs (job name sweep-<name>) are cancelled after the test."""
+    """A unique sweep name; its jobs (job names sweep-<name>...) are cancelled after the test."""
     name = f"t{uuid.uuid4().hex[:8]}"
     yield name
-    subprocess.run(["scancel", f"--name={job_name(name)}"], capture_output=True, timeout=60)
+    cancel_sweep_jobs(name)

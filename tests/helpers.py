@@ -183,6 +183,14 @@ def write_profile(tmp_path: Path, **extra: object) -> Path:
     return path
 
 
+def cancel_sweep_jobs(name: str) -> None:
+    """Cancel the user's jobs of every sweep named `name`, in any results folder (job names `sweep-<name>-<key>`)."""
+    out = subprocess.run(["squeue", "-h", "--me", "-o", "%F %j"], capture_output=True, text=True, timeout=60)
+    ids = sorted({job for job, _, jname in (line.partition(" ") for line in out.stdout.splitlines()) if jname.startswith(f"sweep-{name}")})
+    if ids:
+        subprocess.run(["scancel", *ids], capture_output=True, timeout=60)
+
+
 def wait_until(cond: Callable[[], object], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not cond():

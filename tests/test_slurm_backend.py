@@ -57,7 +57,7 @@ GOLDEN = Path(__file__).resolve().parent / "golden" / "slurm_example_site.sbatch
 # ---- no SLURM needed ----------------------------------------------------------------------------------
 def test_golden_sbatch_script_of_example_site() -> None:
     profile = load_profile(ROOT / "cluster_configs" / "slurm" / "example-site.yaml")
-    text = render_sbatch(profile, "imagenet", Path("/results/imagenet/slurm/%j"), n_tasks=15)
+    text = render_sbatch(profile, Path("/results/imagenet"), Path("/results/imagenet/slurm/%j"), n_tasks=15)
     text = text.replace(sys.executable, "<PYTHON>")
     if os.environ.get("UPDATE_GOLDEN"):
         GOLDEN.parent.mkdir(exist_ok=True)
@@ -67,16 +67,17 @@ def test_golden_sbatch_script_of_example_site() -> None:
 
 def test_sbatch_parameters_only_what_the_profile_sets(tmp_path: Path) -> None:
     profile = load_profile(write_profile(tmp_path, gpus_per_task=2, time_min=1, setup=["module load x"]))
-    params = sbatch_parameters(profile, "digits")
+    params = sbatch_parameters(profile, tmp_path / "digits")
     assert {"account", "qos", "constraint"}.isdisjoint(params) and params["gpus_per_node"] == 2
-    text = render_sbatch(profile, "digits", tmp_path / "%j", n_tasks=1)
+    text = render_sbatch(profile, tmp_path / "digits", tmp_path / "%j", n_tasks=1)
     assert "--array" not in text and "#SBATCH --signal=USR2@7\n" in text and "\nmodule load x\n" in text
-    assert "#SBATCH --job-name=sweep-digits\n" in text and "wckey" not in text
+    assert f"#SBATCH --job-name={job_name(tmp_path / 'digits')}\n" in text and "wckey" not in text
+    assert re.fullmatch(r"sweep-digits-[0-9a-f]{6}", job_name(tmp_path / "digits"))
     assert [signal_delay_s(m) for m in (1, 2, 10, 60, 600)] == [7, 15, 75, 90, 90]
     with pytest.raises(UserError, match="line break"):
-        render_sbatch(profile, "digits", tmp_path / "a\nrm -rf x", n_tasks=2)
+        render_sbatch(profile, tmp_path / "digits", tmp_path / "a\nrm -rf x", n_tasks=2)
     with pytest.raises(UserError, match="cannot name a SLURM job"):
-        job_name("x; rm -rf ~")
+        job_name(tmp_path / "x; rm -rf ~")
 
 
 def test_chunks_stay_within_max_array_size() -> None:
@@ -120,7 +121,7 @@ def test_sweep_in_two_arrays_lands_in_trial_folders_and_runs_once(tmp_path: Path
     scripts = sorted(sweep.glob("slurm/*/*_submission.sh"))
     assert len(scripts) == 2
     texts = [s.read_text() for s in scripts]
-    assert all(f"#SBATCH --job-name=sweep-{sweep_name}\n" in t for t in texts)
+    assert all(f"#SBATCH --job-name={job_name(sweep)}\n" in t for t in texts)
     assert sum("#SBATCH --array=0-10%2\n" in t for t in texts) == 1  # 11 tasks, 2 at a time
     assert all("pwned" not in t and "seed" not in t for t in texts)
     assert not list(tmp_path.glob("pwned*"))
@@ -234,7 +235,7 @@ def test_stale_jobs_never_rerun_a_trial(tmp_path: Path, sweep_name: str, capsys:
     args = ["--grid", str(grid), "--cluster", str(write_profile(tmp_path)), "--results", str(results)]
     # A job holding both CPUs keeps ours pending until the test lets it go.
     blocker = subprocess.run(
-        ["sbatch", "--parsable", "-c", "2", f"--job-name={job_name(sweep_name)}", "-o", "/dev/null", "--wrap", "sleep 300"],
+        ["sbatch", "--parsable", "-c", "2", f"--job-name={job_name(results / sweep_name)}", "-o", "/dev/null", "--wrap", "sleep 300"],
         capture_output=True, text=True, check=True, timeout=60,
     ).stdout.strip()  # fmt: skip
     assert cli(sweep_main, args) == 0
@@ -306,6 +307,28 @@ def test_a_setting_slurm_refuses_is_one_line_naming_the_profile_before_anything_
 
 
 @pytest.mark.slurm
+def test_two_sweeps_of_one_grid_in_different_results_folders_do_not_wait_for_each_other(tmp_path: Path, sweep_name: str) -> None:
+    # One grid run into two results folders is two sweeps: each chains (afterany) and throttles
+    # only its own arrays. With the job named after the grid alone, the second waited for the first.
+    grid = write_grid(tmp_path, sweep_name, "epochs: 1", "  seed: [0, 1]\n")
+    profile = write_profile(tmp_path, sbatch_extra=["--begin=now+1hour"])  # nothing runs: the scripts are what is checked
+
+    def launch(results: Path, grid: Path = grid) -> str:
+        assert cli(sweep_main, ["--grid", str(grid), "--cluster", str(profile), "--results", str(results)]) == 0
+        (script,) = sorted((results / sweep_name).glob("slurm/*/*_submission.sh"), key=lambda s: int(s.parent.name))[-1:]
+        return script.read_text()
+
+    first, second = launch(tmp_path / "a"), launch(tmp_path / "b")
+    assert "--dependency" not in first and "--dependency" not in second, second
+    assert job_name(tmp_path / "a" / sweep_name) != job_name(tmp_path / "b" / sweep_name)
+    # The same sweep launched again (a trial added) still waits for its own queued array.
+    (array_a,) = {job_of(t).split("_")[0] for t in (tmp_path / "a" / sweep_name / "trials").iterdir()}
+    (tmp_path / "more").mkdir()
+    more = write_grid(tmp_path / "more", sweep_name, "epochs: 1", "  seed: [0, 1, 2]\n")
+    assert f"#SBATCH --dependency=afterany:{array_a}\n" in launch(tmp_path / "a", more)
+
+
+@pytest.mark.slurm
 def test_a_task_that_starts_at_once_finds_its_log_folder(tmp_path: Path, sweep_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # submitit makes each task's log folder (slurm/<array>_<i>) only after sbatch answers; a task an
     # idle node takes first cannot open its stdout and fails to launch (JobLaunchFailure, 0:53). Here
@@ -373,7 +396,8 @@ def test_a_submission_that_fails_after_sbatch_leaves_no_job_behind(
     err = capsys.readouterr().err
     assert "went out, but its submission did not finish; cancelled" in err, err
     assert "cannot write submitit's files in " in err and "No space left on device" in err, err
-    queued = subprocess.run(["squeue", "-h", "--name", job_name(sweep_name), "-o", "%i %T"], capture_output=True, text=True, timeout=60)
+    name = job_name(tmp_path / "r" / sweep_name)
+    queued = subprocess.run(["squeue", "-h", "--name", name, "-o", "%i %T"], capture_output=True, text=True, timeout=60)
     assert queued.stdout.strip() == "", queued.stdout
     trials = list((tmp_path / "r" / sweep_name / "trials").iterdir())
     assert len(trials) == 2 and not any((t / "slurm_job.json").exists() for t in trials)
@@ -401,12 +425,12 @@ def test_a_launch_killed_before_its_release_leaves_nothing_that_blocks_the_next(
     with pytest.raises(_Killed):
         cli(sweep_main, args)
     monkeypatch.undo()
-    left = subprocess.run(["squeue", "-h", "--name", job_name(sweep_name), "-o", "%F %r"], capture_output=True, text=True, timeout=60)
-    (orphan,) = {line.split()[0] for line in left.stdout.splitlines() if line.endswith(" JobHeldUser")}
     sweep = tmp_path / "r" / sweep_name
+    left = subprocess.run(["squeue", "-h", "--name", job_name(sweep), "-o", "%F %r"], capture_output=True, text=True, timeout=60)
+    (orphan,) = {line.split()[0] for line in left.stdout.splitlines() if line.endswith(" JobHeldUser")}
     trials = sorted((sweep / "trials").iterdir())
     assert not any((t / "slurm_job.json").exists() for t in trials)
-    assert unreleased(sweep_arrays(job_name(sweep_name)), sweep / "slurm", sweep / "trials") == [orphan]
+    assert unreleased(sweep_arrays(job_name(sweep)), sweep / "slurm", sweep / "trials") == [orphan]
     capsys.readouterr()
 
     assert cli(sweep_main, args) == 0
@@ -422,7 +446,7 @@ def test_a_launch_killed_before_its_release_leaves_nothing_that_blocks_the_next(
     later = load_profile(write_profile(tmp_path / "later", sbatch_extra=["--begin=now+1hour"]))  # pending, so the hold holds it
     (held,) = submit([[trials[0]]], later, sweep)
     scontrol("hold", held)
-    assert unreleased(sweep_arrays(job_name(sweep_name)), sweep / "slurm", sweep / "trials") == []
+    assert unreleased(sweep_arrays(job_name(sweep)), sweep / "slurm", sweep / "trials") == []
 
 
 @pytest.mark.slurm

@@ -136,7 +136,7 @@ def test_site_options_are_accepted_by_sbatch(slurm: None, tmp_path: Path) -> Non
         sbatch_extra=["--gpu-bind=closest", "--nice=10"], constraint=None, setup=["echo ready"],
     )  # fmt: skip
     script = tmp_path / "site.sbatch"
-    script.write_text(render_sbatch(load_profile(profile), "site", tmp_path / "%j", 3))
+    script.write_text(render_sbatch(load_profile(profile), tmp_path / "site", tmp_path / "%j", 3))
     out = subprocess.run(["sbatch", "--test-only", str(script)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "to start at" in out.stderr, out.stderr
 

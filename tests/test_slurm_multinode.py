@@ -26,9 +26,8 @@ import pandas as pd
 import pytest
 
 from orchestrator.backends.slurm.queue import sacct_states
-from orchestrator.backends.slurm.sbatch import job_name
 
-from helpers import FILES, ROOT, assert_same_results, frames, job_of, status, wait_until, write_grid, write_profile
+from helpers import FILES, ROOT, assert_same_results, cancel_sweep_jobs, frames, job_of, status, wait_until, write_grid, write_profile
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -68,11 +67,7 @@ def multi() -> Iterator[None]:
 def name(multi: None) -> Iterator[str]:
     sweep = f"m{uuid.uuid4().hex[:8]}"
     yield sweep
-    for suffix in SUFFIXES:  # every sweep and job a test made from this name
-        subprocess.run(["scancel", f"--name={job_name(sweep + suffix)}"], capture_output=True, timeout=60)
-
-
-SUFFIXES = ("", "p", "a", "k", "-hi")  # one sweep name each: sweeps of one name are chained (afterany)
+    cancel_sweep_jobs(sweep)  # every sweep and job a test made from this name
 
 
 def sweep(
@@ -153,11 +148,11 @@ def test_a_killed_node_and_a_preemption_requeue_the_trials_and_they_finish_equal
         (p,) = trials(preempted, name)
         wait_until(lambda: running(p), 300, "the trial to preempt trained an epoch")
         # A job of the high partition that needs both CPUs of node3 preempts the sweep's task there.
-        subprocess.run(["sbatch", "-p", "high", "-w", "node3", "-c", "2", "-o", "/dev/null", f"--job-name={job_name(name + '-hi')}",
+        subprocess.run(["sbatch", "-p", "high", "-w", "node3", "-c", "2", "-o", "/dev/null", f"--job-name=sweep-{name}-hi",
                         "--wrap", "sleep 5"], check=True, capture_output=True, timeout=60)  # fmt: skip
         wait_until(lambda: status(k).get("state") == "done" and status(p).get("state") == "done", 600, "both trials done")
     finally:
-        subprocess.run(["scancel", f"--name={job_name(name + '-hi')}"], capture_output=True, timeout=60)
+        subprocess.run(["scancel", f"--name=sweep-{name}-hi"], capture_output=True, timeout=60)
         assert local_slurm("start").returncode == 0  # the killed node comes back
     assert status(k)["host"] != victim
     for t in (k, p):

@@ -44,7 +44,7 @@ def test_golden_sbatch_script_of_a_gpu_site_with_whole_nodes() -> None:
     assert isinstance(profile, SlurmProfile)
     # gres gpu:a100:4: a task holds 4 GPUs and trains 4 groups (packing makes at least 4); max_gpus 64 -> 16 tasks at once.
     assert (profile.gpus_per_task_, profile.groups_per_task, profile.running_tasks, profile.workers()) == (4, 4, 16, 4)
-    text = render_sbatch(profile, "imagenet", Path("/results/imagenet/slurm/%j"), n_tasks=40, dependency="afterany:1001")
+    text = render_sbatch(profile, Path("/results/imagenet"), Path("/results/imagenet/slurm/%j"), n_tasks=40, dependency="afterany:1001")
     golden = GOLDEN / "slurm_gpu_site.sbatch"
     if os.environ.get("UPDATE_GOLDEN"):
         golden.write_text(text)
@@ -70,7 +70,7 @@ def test_the_example_site_shows_every_site_option_commented_and_loads() -> None:
 def test_a_setup_line_that_fails_ends_the_job(tmp_path: Path) -> None:
     # The rendered setup block, run by bash as sbatch would: the failing line stops it, with its text on stderr.
     profile = load_profile(write(tmp_path, "backend: slurm\nsetup: ['echo one', 'false', 'echo never']\n"))
-    setup = sbatch_parameters(profile, "x")["setup"]
+    setup = sbatch_parameters(profile, tmp_path / "x")["setup"]
     out = subprocess.run(["bash", "-c", "\n".join([*setup, "echo command"])], capture_output=True, text=True, timeout=30)
     assert out.returncode == 1 and out.stdout == "one\n"
     assert out.stderr.strip() == "sweep: setup failed (exit code 1): false"
@@ -153,12 +153,12 @@ def test_constraint_syntax() -> None:
 
 def test_site_options_reach_sbatch_only_when_set(tmp_path: Path) -> None:
     plain = load_profile(write(tmp_path, "backend: slurm\n"))
-    params = sbatch_parameters(plain, "x")
+    params = sbatch_parameters(plain, tmp_path / "x")
     assert params["mem"] == "4GB" and params["cpus_per_task"] == 1 and params["additional_parameters"] == {"requeue": True, "hold": True}
     assert {"gres", "gpus_per_node", "exclusive", "exclude", "comment", "mail_type", "setup", "dependency"}.isdisjoint(params)
     assert params["array_parallelism"] == 64  # the default sweep-wide throttle
     old = load_profile(write(tmp_path, "backend: slurm\narray_parallelism: 5\n"))
-    assert old.running_tasks == 5 and sbatch_parameters(old, "x")["array_parallelism"] == 5  # the old name still works
+    assert old.running_tasks == 5 and sbatch_parameters(old, tmp_path / "x")["array_parallelism"] == 5  # the old name still works
 
 
 # ---- how sbatch refusals are read ---------------------------------------------------------------------
@@ -253,5 +253,5 @@ def test_job_callable_still_pickles_without_run_state() -> None:
 
 def test_python_command_of_the_launcher_by_default(tmp_path: Path) -> None:
     profile = load_profile(write(tmp_path, "backend: slurm\n"))
-    text = render_sbatch(profile, "x", tmp_path / "%j", 1)
+    text = render_sbatch(profile, tmp_path / "x", tmp_path / "%j", 1)
     assert f"{sys.executable} -u -m submitit.core._submit" in text

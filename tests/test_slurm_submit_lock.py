@@ -94,9 +94,9 @@ def test_scancel_reads_a_job_already_gone_as_cancelled_and_names_any_other_failu
     assert scancel([]) is None
 
 
-def _queue(name: str) -> list[str]:
+def _queue(sweep: Path) -> list[str]:
     """The sweep's tasks in the queue (one id per task)."""
-    out = subprocess.run(["squeue", "-h", "--array", "--name", job_name(name), "-o", "%i"], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(["squeue", "-h", "--array", "--name", job_name(sweep), "-o", "%i"], capture_output=True, text=True, timeout=60)
     return sorted(out.stdout.split())
 
 
@@ -143,7 +143,8 @@ def test_two_launchers_started_together_submit_each_trial_once(tmp_path: Path, s
     assert "cancelled" not in err_a + err_b, (err_a, err_b)
     trials = sorted((tmp_path / "r" / sweep_name / "trials").iterdir())
     arrays = {job_of(t).split("_")[0] for t in trials}
-    assert len(arrays) == 1 and _queue(sweep_name) == sorted(job_of(t) for t in trials), (arrays, _queue(sweep_name))
+    queue = _queue(tmp_path / "r" / sweep_name)
+    assert len(arrays) == 1 and queue == sorted(job_of(t) for t in trials), (arrays, queue)
 
 
 @pytest.mark.slurm
@@ -165,7 +166,7 @@ def test_a_top_up_leaves_out_what_another_launcher_submitted_and_nothing_goes_ou
     assert submitter.top_up([[[t]] for t in trials]) == []
     err = capsys.readouterr().err
     assert "slurm: 3 of the trials waiting for room were submitted or run by another launcher meanwhile" in err, err
-    assert _queue(sweep_name) == jobs and submitter.job_ids == []
+    assert _queue(sweep) == jobs and submitter.job_ids == []
 
     # orchestrator.cancel waits for a submission under way (it would miss its jobs), then cancels.
     proc, go = _holder(sweep, tmp_path)
@@ -174,14 +175,14 @@ def test_a_top_up_leaves_out_what_another_launcher_submitted_and_nothing_goes_ou
     cancel = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(3)
-        assert cancel.poll() is None and _queue(sweep_name) == jobs
+        assert cancel.poll() is None and _queue(sweep) == jobs
     finally:
         go.touch()
         proc.wait(timeout=60)
     out, errs = cancel.communicate(timeout=120)
     assert cancel.returncode == 0, errs
     assert "another launcher is submitting this sweep's trials" in errs and "3 queued and 0 running SLURM job(s) cancelled" in out, out
-    wait_until(lambda: not _queue(sweep_name), 60, "the jobs leave the queue")
+    wait_until(lambda: not _queue(sweep), 60, "the jobs leave the queue")
     # Waiting for room when the cancel came: the launcher submits nothing more.
     capsys.readouterr()
     assert submitter.top_up([[[t]] for t in trials]) == []

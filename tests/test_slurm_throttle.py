@@ -52,7 +52,7 @@ def test_at_most_n_tasks_of_the_sweep_run_at_once_across_arrays_and_launches(tmp
     assert f"#SBATCH --dependency=afterany:{arrays[0]}\n" in texts[1]  # the second array waits for the first
     assert f"#SBATCH --dependency=afterany:{arrays[0]}:{arrays[1]}\n" in texts[2]  # the next launch waits for all queued
 
-    name, most, deadline = job_name(sweep_name), 0, time.monotonic() + 420
+    name, most, deadline = job_name(sweep), 0, time.monotonic() + 420
     while queued_tasks(name) and time.monotonic() < deadline:
         most = max(most, running_tasks(name))
         time.sleep(0.3)

@@ -4,14 +4,15 @@
 
 - Tasks: a task holds `groups_per_task` groups (one per GPU of `gpus_per_task` / `gres`; one on
   a CPU-only or one-GPU task) and trains them side by side (job.py). The sbatch script carries
-  the profile's resources and the job name `sweep-<sweep name>` only (sbatch.py); each task gets
-  its groups' trial folders through submitit's pickle, and the trials' settings are read from
-  their spec.json: no grid value ever reaches a shell.
+  the profile's resources and the job name `sweep-<sweep name>-<key of its folder>` only
+  (sbatch.py); each task gets its groups' trial folders through submitit's pickle, and the
+  trials' settings are read from their spec.json: no grid value ever reaches a shell.
 - Arrays and the sweep-wide throttle: tasks go out as job arrays of at most the cluster's
   MaxArraySize (read from `scontrol show config` unless the profile sets `max_array_size`), each
   with `%N` (N = max_running_tasks, or max_gpus / GPUs per task), and each array waits for the
-  previous one and for every job of the sweep already queued (`--dependency=afterany:...`), so
-  at most N tasks of the sweep run at once however many arrays and launches it takes.
+  previous one and for every job of the sweep (its folder's job name) already queued
+  (`--dependency=afterany:...`), so at most N tasks of the sweep run at once however many
+  arrays and launches it takes.
 - Submit limits: when sbatch refuses for a per-user / QOS / association submit limit, or because
   the controller holds MaxJobCount jobs (everyone's), the launcher submits the largest array that
   fits (halving, then bisecting); with `wait: true` it tops the queue up as tasks leave until
@@ -118,7 +119,7 @@ class SlurmBackend:
         arrays = chunked(tasks, size)
         n = len(arrays[0]) if arrays else 0
         gpus = p.gpus_per_task_
-        script = render_sbatch(p, Path(sweep).name, log_folder(p, Path(sweep)), n)
+        script = render_sbatch(p, Path(sweep), log_folder(p, Path(sweep)), n)
         held = f"{p.running_tasks} tasks" + (f" ({p.running_tasks * gpus} GPUs)" if gpus else "")
         return (
             f"slurm: {len(groups)} groups in {len(tasks)} tasks ({p.groups_per_task} group(s) per task"
@@ -149,7 +150,7 @@ def python_command(profile: SlurmProfile) -> str:
 
 
 def render_sbatch(
-    profile: SlurmProfile, sweep_name: str, folder: Path, n_tasks: int, python: str | None = None, dependency: str | None = None
+    profile: SlurmProfile, sweep: Path, folder: Path, n_tasks: int, python: str | None = None, dependency: str | None = None
 ) -> str:
     """The sbatch script submitit writes for an array of `n_tasks` tasks (a plain job for one).
 
@@ -158,7 +159,7 @@ def render_sbatch(
     _check_one_line(str(folder), "log folder")
     command = " ".join([python or python_command(profile), "-u -m submitit.core._submit", shlex.quote(str(folder))])
     map_count = n_tasks if n_tasks > 1 else None
-    params = sbatch_parameters(profile, sweep_name)
+    params = sbatch_parameters(profile, sweep)
     if dependency:
         params["dependency"] = dependency
     return _make_sbatch_string(command=command, folder=folder, map_count=map_count, **params)
@@ -248,7 +249,8 @@ def _test_submit(profile: SlurmProfile) -> None:
     """
     if not any(getattr(profile, key) for key in _SITE_NAMES):
         return
-    script = render_sbatch(profile, "preflight", Path(tempfile.gettempdir()) / "sweep-preflight" / "%j", 1)
+    scratch = Path(tempfile.gettempdir())
+    script = render_sbatch(profile, scratch / "preflight", scratch / "sweep-preflight" / "%j", 1)
     try:
         with tempfile.NamedTemporaryFile("w", prefix="sweep-preflight-", suffix=".sh") as file:
             file.write(script)
@@ -275,7 +277,7 @@ def run_slurm(groups: list[list[Path]], profile: SlurmProfile, sweep: Path) -> t
     """Submit the groups of trial folders; (True if it also waited for every job to end, trials left unsubmitted)."""
     folder_groups = [[Path(f).absolute() for f in g] for g in groups]
     folders = [f for g in folder_groups for f in g]
-    name = job_name(Path(sweep).name)
+    name = job_name(Path(sweep))
     submitter = Submitter(profile, Path(sweep))
     with submitting(sweep):  # what is unsubmitted is read and submitted by one launcher at a time
         views = job_views(folders)
@@ -332,7 +334,7 @@ class Submitter:
 
     def __init__(self, profile: SlurmProfile, sweep: Path) -> None:
         self.profile, self.sweep = profile, sweep
-        self.name = job_name(sweep.name)
+        self.name = job_name(sweep)
         self.folder = log_folder(profile, sweep)
         _check_one_line(str(self.folder), "log folder")
         try:
@@ -340,7 +342,7 @@ class Submitter:
             self.executor = submitit.SlurmExecutor(folder=self.folder, max_num_timeout=SUBMITIT_MAX_TIMEOUTS, python=python)
         except RuntimeError as err:  # 'Could not detect "srun", are you indeed on a slurm cluster?'
             raise UserError(f"the slurm backend needs SLURM's commands (sbatch, srun, squeue, scontrol) on PATH ({err})") from None
-        self.params = sbatch_parameters(profile, sweep.name)
+        self.params = sbatch_parameters(profile, sweep)
         self.size = profile.max_array_size or cluster_max_array_size()
         self.job = TrialJob(profile.max_requeues, profile.max_attempts, fused=profile.fuse > 1)
         self.job_ids: list[str] = []

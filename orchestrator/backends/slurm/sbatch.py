@@ -1,20 +1,25 @@
 """What the SLURM backend asks of sbatch, as pure functions (no SLURM, no submitit needed).
 
-    sbatch_parameters(profile, sweep_name)  the keyword arguments of submitit's sbatch rendering
+    job_name(sweep)                         the name of every job of a sweep (folder name and a key of its path)
+    sbatch_parameters(profile, sweep)       the keyword arguments of submitit's sbatch rendering
     chunked(items, size)                    groups -> tasks (G groups each), tasks -> job arrays the cluster accepts
     parse_max_array_size(text)              MaxArraySize from `scontrol show config`
     parse_min_job_age(text)                 MinJobAge (how long a finished job still counts against MaxJobCount)
     submit_refusal(text)                    is an sbatch error a submit limit (per-user / QOS, MaxJobCount)?
 
-Only the profile's resources and the validated sweep name reach the sbatch script; trial settings
-(grid values) travel in each trial's spec.json and never pass through a shell. The rendered
+Only the profile's resources and the job name (the validated sweep name and a hex key) reach the
+sbatch script; trial settings (grid values) travel in each trial's spec.json and never pass
+through a shell. The rendered
 script itself is `orchestrator.backends.slurm.render_sbatch` (it needs submitit).
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 from orchestrator.grid import NAME_RE
@@ -27,11 +32,19 @@ T = TypeVar("T")
 SLURM_DEFAULT_MAX_ARRAY_SIZE = 1001
 
 
-def job_name(sweep_name: str) -> str:
-    """`sweep-<name>`; the name is the grid's (letters, digits, '.', '_', '-'), checked again here."""
-    if not NAME_RE.match(sweep_name):
-        raise UserError(f"sweep name {sweep_name!r} cannot name a SLURM job; allowed: letters, digits, '.', '_', '-'")
-    return f"sweep-{sweep_name}"
+def job_name(sweep: Path) -> str:
+    """`sweep-<name>-<key>`: the sweep folder's name (the grid's: letters, digits, '.', '_', '-',
+    checked again here) and 6 hex digits of its real path.
+
+    The name is what the launcher finds the sweep's queued arrays by (the afterany chain, the
+    sweep-wide throttle): two sweeps of one grid in different results folders are different sweeps,
+    and with the name alone the second one's arrays waited for every array of the first.
+    """
+    name = Path(sweep).name
+    if not NAME_RE.match(name):
+        raise UserError(f"sweep name {name!r} cannot name a SLURM job; allowed: letters, digits, '.', '_', '-'")
+    key = hashlib.sha256(os.path.realpath(sweep).encode()).hexdigest()[:6]
+    return f"sweep-{name}-{key}"
 
 
 def signal_delay_s(time_min: int) -> int:
@@ -58,7 +71,7 @@ SETUP_TRAP = "trap 'echo \"sweep: setup failed (exit code $?): $BASH_COMMAND\" >
 SETUP_END = "trap - ERR"
 
 
-def sbatch_parameters(profile: SlurmProfile, sweep_name: str) -> dict[str, Any]:
+def sbatch_parameters(profile: SlurmProfile, sweep: Path) -> dict[str, Any]:
     """The parameters of every job of a sweep, named as submitit's `_make_sbatch_string` takes them.
 
     One task per job, `profile.groups_per_task` groups per task (one per GPU). Account, QOS,
@@ -74,7 +87,7 @@ def sbatch_parameters(profile: SlurmProfile, sweep_name: str) -> dict[str, Any]:
     # test SLURM when an idle node took a task within milliseconds of the submission.
     extra: dict[str, Any] = {"requeue": True, "hold": True}
     params: dict[str, Any] = {
-        "job_name": job_name(sweep_name),
+        "job_name": job_name(sweep),
         "nodes": 1,
         "ntasks_per_node": 1,
         "time": profile.time_min,
