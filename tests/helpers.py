@@ -179,7 +179,8 @@ def write_profile(tmp_path: Path, **extra: object) -> Path:
     keys = {"partition": "debug", "cpus_per_trial": 1, "mem_gb": 1, "time_min": 10, "max_running_tasks": 2,
             "max_requeues": 3, "device": "cpu", "wait": False, "fuse": 1, **extra}  # fmt: skip
     path = tmp_path / "profile.yaml"
-    path.write_text("backend: slurm\n" + "".join(f"{k}: {json.dumps(v)}\n" for k, v in keys.items()))
+    # A key given as None is left out (the profile's default: e.g. no partition, the cluster's default one).
+    path.write_text("backend: slurm\n" + "".join(f"{k}: {json.dumps(v)}\n" for k, v in keys.items() if v is not None))
     return path
 
 

@@ -307,6 +307,41 @@ def test_a_setting_slurm_refuses_is_one_line_naming_the_profile_before_anything_
 
 
 @pytest.mark.slurm
+def test_a_profile_over_the_partitions_time_or_memory_limit_is_one_line_before_anything_is_written(
+    tmp_path: Path, sweep_name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # With EnforcePartLimits=NO (SLURM's default, and this cluster's) sbatch takes such jobs and they
+    # pend for ever (PartitionTimeLimit, MaxMemPerLimit): the whole sweep queued, never started.
+    grid = write_grid(tmp_path, sweep_name, "epochs: 1", "  seed: [0]\n")
+    (part,) = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=60).stdout.split()
+    part = part.rstrip("*")
+    scontrol("update", f"PartitionName={part}", "MaxTime=5", "MaxMemPerNode=1000")
+    try:
+        cases = [
+            ({"time_min": 10}, f"key 'time_min' is 10: over partition {part}'s MaxTime (00:05:00)", "allowed: 1 to 5"),
+            ({"time_min": 5, "mem_gb": 2}, f"key 'mem_gb' asks for 2048 MB per node: over partition {part}'s MaxMemPerNode (1000 MB)",
+             "allowed: at most 0.976562 GB per task"),
+            ({"time_min": 5, "mem_gb": None, "mem_per_cpu_gb": 0.5, "cpus_per_trial": 2}, "key 'mem_per_cpu_gb' asks for 1024 MB", ""),
+            ({"time_min": 10, "partition": None}, f"key 'time_min' is 10: over partition {part}'s MaxTime", ""),  # the default one
+            ({"time_min": 5, "mem_gb": None, "partition": None}, "key 'mem_gb' asks for 4096 MB", ""),  # the default, 4 GB
+        ]  # fmt: skip
+        for i, (keys, said, allowed) in enumerate(cases):
+            (tmp_path / str(i)).mkdir()
+            profile = write_profile(tmp_path / str(i), **keys)
+            results = tmp_path / str(i) / "r"
+            assert cli(sweep_main, ["--grid", str(grid), "--cluster", str(profile), "--results", str(results)]) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and err[0].startswith(f"error: {profile}: {said}") and allowed in err[0], err
+            assert not results.exists()
+        # Within the limits the sweep goes out as before.
+        (tmp_path / "ok").mkdir()
+        profile = write_profile(tmp_path / "ok", time_min=5, mem_gb=0.9, sbatch_extra=["--begin=now+1hour"])
+        assert cli(sweep_main, ["--grid", str(grid), "--cluster", str(profile), "--results", str(tmp_path / "ok" / "r")]) == 0
+    finally:
+        scontrol("reconfigure")  # the partition as slurm.conf has it
+
+
+@pytest.mark.slurm
 def test_two_sweeps_of_one_grid_in_different_results_folders_do_not_wait_for_each_other(tmp_path: Path, sweep_name: str) -> None:
     # One grid run into two results folders is two sweeps: each chains (afterany) and throttles
     # only its own arrays. With the job named after the grid alone, the second waited for the first.

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.backends.slurm import TrialJob, render_sbatch
+from orchestrator.backends.slurm import TrialJob, partition, render_sbatch
 from orchestrator.backends.slurm.job import _groups, position, task_slots
 from orchestrator.backends.slurm.sbatch import chunked, parse_min_job_age, sbatch_parameters, submit_refusal
 from orchestrator.profiles import SlurmProfile, check_constraint, load_profile
@@ -255,3 +255,35 @@ def test_python_command_of_the_launcher_by_default(tmp_path: Path) -> None:
     profile = load_profile(write(tmp_path, "backend: slurm\n"))
     text = render_sbatch(profile, tmp_path / "x", tmp_path / "%j", 1)
     assert f"{sys.executable} -u -m submitit.core._submit" in text
+
+
+SHOW_PARTITION = """PartitionName=gpu
+   AllowGroups=ALL AllowAccounts=ALL AllowQos=ALL
+   AllocNodes=ALL Default=NO QoS=N/A
+   MaxNodes=UNLIMITED MaxTime=2-00:00:00 MinNodes=0 LLN=NO MaxCPUsPerNode=UNLIMITED
+   DefMemPerNode=UNLIMITED MaxMemPerNode=UNLIMITED
+
+PartitionName=short
+   AllocNodes=ALL Default=YES QoS=N/A
+   MaxNodes=UNLIMITED MaxTime=00:30:00 MinNodes=0 LLN=NO MaxCPUsPerNode=UNLIMITED
+   DefMemPerNode=UNLIMITED MaxMemPerNode=8192
+"""
+
+
+def test_the_partitions_limits_are_read_from_scontrol_and_rule_out_a_profile_over_them(tmp_path: Path) -> None:
+    parts = partition.records(SHOW_PARTITION)
+    assert [p["PartitionName"] for p in parts] == ["gpu", "short"]
+    assert partition.pick(parts, None) is parts[1] and partition.pick(parts, "gpu") is parts[0] and partition.pick(parts, "x") is None
+    assert [partition.minutes(v) for v in ("UNLIMITED", "INFINITE", "2-00:00:00", "00:30:00", "45", "1:30", "1-2", "1-2:30", "?")] == [
+        None, None, 2880, 30, 45, 1.5, 1560, 1590, None,
+    ]  # fmt: skip
+    short, gpu = parts[1], parts[0]
+    ok = load_profile(write(tmp_path, "backend: slurm\ntime_min: 30\nmem_gb: 8\n"))
+    assert partition.refusal(short, ok) is None
+    long = load_profile(write(tmp_path, "backend: slurm\ntime_min: 31\n"))
+    assert (why := partition.refusal(short, long)) and why.startswith("key 'time_min' is 31: over partition short's MaxTime (00:30:00)")
+    assert partition.refusal(gpu, long) is None
+    big = load_profile(write(tmp_path, "backend: slurm\ntime_min: 30\nmem_gb: 8.5\n"))
+    assert (why := partition.refusal(short, big)) and "key 'mem_gb' asks for 8704 MB per node" in why and "at most 8 GB" in why
+    per_cpu = load_profile(write(tmp_path, "backend: slurm\ntime_min: 30\nmem_per_cpu_gb: 3\ncpus_per_trial: 3\n"))
+    assert (why := partition.refusal(short, per_cpu)) and "key 'mem_per_cpu_gb' asks for 9216 MB per node" in why

@@ -55,6 +55,7 @@ from submitit.core.utils import FailedJobError, JobPaths
 from submitit.slurm.slurm import _make_sbatch_string
 
 from orchestrator.backends import Launch
+from orchestrator.backends.slurm import partition
 from orchestrator.backends.slurm.job import SUBMITIT_MAX_TIMEOUTS, TrialJob
 from orchestrator.backends.slurm.queue import (
     SUBMITTED,
@@ -209,17 +210,21 @@ def _known_max_array_size(profile: SlurmProfile) -> tuple[int, str]:
 
 # ---- launcher ------------------------------------------------------------------------------------
 def preflight(profile: SlurmProfile) -> None:
-    """Cheap checks before any trial folder is written: SLURM's commands, the controller, the partition."""
+    """Cheap checks before any trial folder is written: SLURM's commands, the controller, the partition and its limits."""
     missing = [c for c in ("sbatch", "srun", "squeue", "scontrol") if shutil.which(c) is None]
     if missing:
         raise UserError(f"the slurm backend needs SLURM's commands on PATH; missing: {', '.join(missing)}")
-    if profile.partition is not None:
-        try:
-            out = subprocess.run(["scontrol", "show", "partition", profile.partition], capture_output=True, text=True, timeout=60)
-        except subprocess.TimeoutExpired:
-            raise UserError("`scontrol show partition` timed out; is the SLURM controller up?") from None
-        if out.returncode != 0:
-            raise ProfileError(f"partition '{profile.partition}': {last_line(out.stderr or out.stdout)} (see `sinfo -s`)")
+    # The profile's partition, or every partition to find the default one: one controller call either way.
+    try:
+        which = [profile.partition] if profile.partition is not None else []
+        out = subprocess.run(["scontrol", "show", "partition", *which], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        raise UserError("`scontrol show partition` timed out; is the SLURM controller up?") from None
+    if out.returncode != 0 and profile.partition is not None:
+        raise ProfileError(f"partition '{profile.partition}': {last_line(out.stderr or out.stdout)} (see `sinfo -s`)")
+    part = partition.pick(partition.records(out.stdout), profile.partition) if out.returncode == 0 else None
+    if part is not None and (why := partition.refusal(part, profile)):
+        raise ProfileError(why)
     _test_submit(profile)
 
 
