@@ -80,13 +80,16 @@ def show(sweep: Path, wanted: set[str], as_json: bool, clear: bool = False) -> l
     rows: list[dict[str, Any]] = []
     for tid, st in states.items():
         spec = specs.get(tid)
-        job, queue_state = jobs.get(tid, (None, None))
+        job, queue_state, waits = jobs.get(tid, (None, None, None))
         rows.append(
             {"trial_id": tid, **{k: spec[k] if spec else None for k in swept}, "state": st.state, "epoch": st.epoch,
              "epochs": spec["epochs"] if spec else "?", "attempts": st.attempts, "host": st.host, "error": _reason(st),
-             "reason": reason(st), "log": st.status.log, "job": job, "queue": queue_state, "label": _label(st.state, job, queue_state)}
+             "reason": reason(st), "log": st.status.log, "job": job, "queue": queue_state, "queue_reason": waits,
+             "label": _label(st.state, job, queue_state)}
         )  # fmt: skip
     shown_rows = [r for r in rows if not wanted or r["state"] in wanted or r["label"].split(" ")[0] in wanted]
+    for line in _stuck_lines(rows):
+        print(f"slurm: {line}", file=sys.stderr)
     if as_json:
         for r in shown_rows:
             print(json.dumps({k: v for k, v in r.items() if k != "label"}))
@@ -105,8 +108,33 @@ def show(sweep: Path, wanted: set[str], as_json: bool, clear: bool = False) -> l
         progress = f"{'-' if r['epoch'] is None else r['epoch']}/{r['epochs']}"
         cells = "".join(f"{_cell(r[k]):>{w}}  " for k, w in cols.items())
         host = str(r["host"] or "-")[:12]
-        print(f"{r['trial_id']:12}  {cells}{r['label']:{width}}  {progress:>9}  {r['attempts']:>5}  {host:12}  {(r['reason'] or '')[:160]}")
+        why = "; ".join(filter(None, [_waits(r), r["reason"]]))
+        print(f"{r['trial_id']:12}  {cells}{r['label']:{width}}  {progress:>9}  {r['attempts']:>5}  {host:12}  {why[:160]}")
     return rows
+
+
+def _waits(row: dict[str, Any]) -> str | None:
+    """A queued trial's reason cell: why its job waits in SLURM (squeue's reason), and whether that clears."""
+    if not row["label"].startswith("queued") or not row["queue_reason"]:
+        return None
+    from orchestrator.backends.slurm.queue import stuck  # imported already: only SLURM sweeps have queue reasons
+
+    why = row["queue_reason"]
+    return f"SLURM: {why}, cannot start as it is: {stuck(why)}" if stuck(why) else f"SLURM: {why}"
+
+
+def _stuck_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per pending reason that does not clear by waiting, with how many trials it holds."""
+    if not any(r["queue_reason"] for r in rows):
+        return []
+    from orchestrator.backends.slurm.queue import stuck  # imported already: only SLURM sweeps have queue reasons
+
+    held = Counter(r["queue_reason"] for r in rows if r["label"].startswith("queued") and stuck(r["queue_reason"]))
+    return [
+        f"{n} queued trial(s) cannot start as they are: {why}: {stuck(why)}; cancel with orchestrator.cancel, change the profile, "
+        "launch again"
+        for why, n in sorted(held.items())
+    ]
 
 
 def swept_fields(specs: list[dict[str, Any]]) -> list[str]:
@@ -150,8 +178,9 @@ def _cell(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
-def slurm_jobs(states: dict[str, TrialState]) -> tuple[dict[str, tuple[str, str | None]], list[str]]:
-    """{trial_id: (its SLURM job, state in the queue or None)} and the outcomes just recorded for vanished jobs.
+def slurm_jobs(states: dict[str, TrialState]) -> tuple[dict[str, tuple[str, str | None, str | None]], list[str]]:
+    """{trial_id: (its SLURM job, state in the queue or None, squeue's reason while pending)} and the outcomes just
+    recorded for vanished jobs.
 
     Only for trials with a slurm_job.json; one squeue call for all of them. SLURM unreachable:
     nothing, and a note saying so.
@@ -166,7 +195,7 @@ def slurm_jobs(states: dict[str, TrialState]) -> tuple[dict[str, tuple[str, str 
     except UserError as err:
         return {}, [f"{err}; queue states not shown"]
     notes = summarize(settle(folders, views))  # a few lines, however many trials
-    return {f.name: (v.job_id, v.queue_state) for f, v in views.items()}, notes
+    return {f.name: (v.job_id, v.queue_state, v.reason) for f, v in views.items()}, notes
 
 
 def _reason(st: TrialState) -> str | None:

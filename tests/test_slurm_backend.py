@@ -342,6 +342,42 @@ def test_a_profile_over_the_partitions_time_or_memory_limit_is_one_line_before_a
 
 
 @pytest.mark.slurm
+def test_status_says_why_a_queued_trial_waits_and_when_its_job_cannot_start_as_it_is(
+    tmp_path: Path, sweep_name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A partition limit lowered under a queued sweep (an administrator, or a profile written for another
+    # cluster under EnforcePartLimits=NO): the jobs pend for ever. `status` and `status --watch` say so.
+    grid = write_grid(tmp_path, sweep_name, "epochs: 1", "  seed: [0, 1]\n")
+    profile = write_profile(tmp_path, time_min=10, sbatch_extra=["--begin=now+1hour"])
+    results = tmp_path / "r"
+    assert cli(sweep_main, ["--grid", str(grid), "--cluster", str(profile), "--results", str(results)]) == 0
+    sweep = results / sweep_name
+    (array,) = {job_of(t).split("_")[0] for t in (sweep / "trials").iterdir()}
+    wait_until(lambda: "BeginTime" in job_state_reason(array), 60, "the scheduler gives the reason")
+    capsys.readouterr()
+    assert cli(status_main, [str(sweep)]) == 0
+    out, err = capsys.readouterr()
+    assert out.count("SLURM: BeginTime") == 2 and "cannot start" not in out + err, out + err  # it clears by waiting
+    scontrol("update", "PartitionName=debug", "MaxTime=5")
+    try:
+        scontrol("update", f"jobid={array}", "StartTime=now")
+        wait_until(lambda: "PartitionTimeLimit" in job_state_reason(array), 60, "the scheduler gives the reason")
+        assert cli(status_main, [str(sweep)]) == 0
+        out, err = capsys.readouterr()
+        assert out.count("SLURM: PartitionTimeLimit, cannot start as it is: its time limit is over the partition's MaxTime") == 2, out
+        assert "slurm: 2 queued trial(s) cannot start as they are: PartitionTimeLimit" in err, err
+        assert cli(status_main, [str(sweep), "--json"]) == 0
+        rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert [r["queue_reason"] for r in rows] == ["PartitionTimeLimit"] * 2 and {r["queue"] for r in rows} == {"PENDING"}
+    finally:
+        scontrol("reconfigure")
+
+
+def job_state_reason(job: str) -> str:
+    return subprocess.run(["squeue", "-h", "-j", job, "-o", "%r"], capture_output=True, text=True, timeout=60).stdout
+
+
+@pytest.mark.slurm
 def test_two_sweeps_of_one_grid_in_different_results_folders_do_not_wait_for_each_other(tmp_path: Path, sweep_name: str) -> None:
     # One grid run into two results folders is two sweeps: each chains (afterany) and throttles
     # only its own arrays. With the job named after the grid alone, the second waited for the first.

@@ -287,3 +287,22 @@ def test_the_partitions_limits_are_read_from_scontrol_and_rule_out_a_profile_ove
     assert (why := partition.refusal(short, big)) and "key 'mem_gb' asks for 8704 MB per node" in why and "at most 8 GB" in why
     per_cpu = load_profile(write(tmp_path, "backend: slurm\ntime_min: 30\nmem_per_cpu_gb: 3\ncpus_per_trial: 3\n"))
     assert (why := partition.refusal(short, per_cpu)) and "key 'mem_per_cpu_gb' asks for 9216 MB per node" in why
+
+
+def test_pending_reasons_that_do_not_clear_by_waiting_are_said_once_each(capsys: pytest.CaptureFixture[str]) -> None:
+    from orchestrator.backends.slurm.launcher import _say_stuck
+    from orchestrator.backends.slurm.queue import stuck
+
+    clears = ("Priority", "Resources", "Dependency", "BeginTime", "JobArrayTaskLimit", "QOSGrpCpuLimit", None)
+    assert [stuck(r) for r in clears] == [None] * 7
+    assert all(stuck(r) for r in ("PartitionTimeLimit", "MaxMemPerLimit", "QOSMaxWallDurationPerJobLimit", "AssocMaxCpuPerJobLimit"))
+    assert stuck("QOSMaxJobsPerUserLimit") is None  # a count: clears as the user's other jobs end
+    live = {"1_0": ("n", "PENDING", "PartitionTimeLimit"), "1_1": ("n", "PENDING", "PartitionTimeLimit"), "2": ("n", "RUNNING", "None")}
+    said = _say_stuck(live, frozenset(), Path("/r/s"))
+    err = capsys.readouterr().err
+    assert err.startswith("slurm: 2 queued job(s) of the sweep cannot start as they are: PartitionTimeLimit: its time limit")
+    assert "python -m orchestrator.cancel /r/s" in err and err.count("\n") == 1
+    assert _say_stuck(live, said, Path("/r/s")) == said and capsys.readouterr().err == ""  # once
+    live["3"] = ("n", "PENDING", "Priority")
+    _say_stuck(live, said, Path("/r/s"))
+    assert capsys.readouterr().err == ""

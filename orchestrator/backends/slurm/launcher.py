@@ -46,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,7 @@ from orchestrator.backends.slurm.queue import (
     queue_info,
     settle,
     squeue,
+    stuck,
     summarize,
     sweep_arrays,
     unreleased,
@@ -636,6 +638,7 @@ def _wait(
     submitter: Submitter, left: list[Task], folders: list[Path], name: str, queued: list[str], poll_s: float, progress: Progress
 ) -> list[Task]:
     shown: tuple[str, ...] | None = None
+    said_stuck: frozenset[str] = frozenset()  # the reasons for jobs that cannot start, said once each
     start, failures = time.monotonic(), 0
     mark, last_try = None, time.monotonic()  # our tasks in the queue when the limit last refused, and when
     idle = 0  # tries in a row that found no room while none of ours was queued
@@ -653,7 +656,7 @@ def _wait(
                 failures += 1
                 if failures == 1 or failures % 30 == 0:
                     print(f"slurm: {err}; still waiting", file=sys.stderr)
-                live = dict.fromkeys(ids, (name, "UNKNOWN"))
+                live = dict.fromkeys(ids, (name, "UNKNOWN", ""))
             if left and failures == 0:
                 due = recheck is not None and time.monotonic() >= recheck
                 if mark is not None and (len(live) < mark or due or time.monotonic() - last_try > TOPUP_EVERY_S):
@@ -675,6 +678,7 @@ def _wait(
                     continue
                 if mark is None:
                     mark = len(live)
+            said_stuck = _say_stuck(live, said_stuck, submitter.sweep)
             states = [observe(f) for f in folders]
             counts = (*sorted(s.state for s in states), str(len(live)), str(len(left)))
             if counts != shown:
@@ -691,6 +695,18 @@ def _wait(
         cancel = f"python -m orchestrator.cancel {submitter.sweep}"
         print(f"\nslurm: the jobs keep running; follow with orchestrator.status, cancel with: {cancel}", file=sys.stderr)
         raise
+
+
+def _say_stuck(live: dict[str, tuple[str, str, str]], said: frozenset[str], sweep: Path) -> frozenset[str]:
+    """Say once per reason that queued jobs of the sweep cannot start as they are; returns the reasons said."""
+    reasons = Counter(why for _, state, why in live.values() if state == "PENDING" and stuck(why))
+    for why in sorted(set(reasons) - said):
+        print(
+            f"slurm: {reasons[why]} queued job(s) of the sweep cannot start as they are: {why}: {stuck(why)}; "
+            f"they wait until that changes: cancel with python -m orchestrator.cancel {sweep}, change the profile, launch again",
+            file=sys.stderr,
+        )
+    return said | frozenset(reasons)
 
 
 def _print_failures(folders: list[Path]) -> None:

@@ -1,7 +1,8 @@
 """What SLURM's queue says about a sweep's jobs, and what the trial folders must learn from it.
 
-    live = queue_info(job_ids)          # {job id: (name, state)} of those still queued: one squeue call
-    views = job_views(folders)          # per trial: its recorded job (slurm_job.json) and queue state
+    live = queue_info(job_ids)          # {job id: (name, state, reason)} of those still queued: one squeue call
+    views = job_views(folders)          # per trial: its recorded job (slurm_job.json), queue state and reason
+    stuck(reason)                       # what a pending reason means when the job cannot start as it is
     notes = settle(folders)             # jobs that left the queue without their trials' outcome: recorded
 
 Used by the launcher (before it submits, and after `wait: true` has waited) and by
@@ -66,13 +67,16 @@ def read_submission(folder: Path) -> dict[str, Any] | None:
     return rec if isinstance(rec, dict) and isinstance(rec.get("job_id"), str) else None
 
 
-def queue_info(job_ids: Iterable[Any], timeout_s: float = 60) -> dict[str, tuple[str, str]]:
-    """{job id: (job name, state)} of those of `job_ids` still in the queue (pending, running, completing)."""
+def queue_info(job_ids: Iterable[Any], timeout_s: float = 60) -> dict[str, tuple[str, str, str]]:
+    """{job id: (job name, state, reason)} of those of `job_ids` still in the queue (pending, running, completing).
+
+    The reason is squeue's: why a pending job waits (Priority, Resources, Dependency, ...), 'None' once it runs.
+    """
     ids = [str(j) for j in job_ids]
     arrays = sorted({j.split("_")[0] for j in ids})
     if not arrays:
         return {}
-    cmd = ["squeue", "--noheader", "--array", "--jobs", ",".join(arrays), "--format", "%i %j %T"]
+    cmd = ["squeue", "--noheader", "--array", "--jobs", ",".join(arrays), "--format", "%i|%j|%T|%r"]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
     except (OSError, subprocess.TimeoutExpired) as err:
@@ -81,17 +85,17 @@ def queue_info(job_ids: Iterable[Any], timeout_s: float = 60) -> dict[str, tuple
         if "Invalid job id" in out.stderr:  # every job has left the queue (and the controller forgot them)
             return {}
         raise UserError(f"squeue failed: {last_line(out.stderr)}")
-    live: dict[str, tuple[str, str]] = {}
+    live: dict[str, tuple[str, str, str]] = {}
     for line in out.stdout.splitlines():
-        parts = line.split()
-        if len(parts) == 3:
-            live[parts[0]] = (parts[1], parts[2])
+        parts = line.strip().split("|", 3)
+        if len(parts) == 4:
+            live[parts[0]] = (parts[1], parts[2], parts[3])
     return {j: live[j] for j in ids if j in live}
 
 
 def squeue(job_ids: Iterable[Any]) -> dict[str, str]:
     """{job id: job name} of those of `job_ids` still in the queue."""
-    return {j: name for j, (name, _) in queue_info(job_ids).items()}
+    return {j: name for j, (name, _, _) in queue_info(job_ids).items()}
 
 
 @dataclass(frozen=True)
@@ -202,6 +206,7 @@ _CANCELLED_AT = re.compile(r"\*\*\* (JOB|STEP) \S+ ON \S+ CANCELLED AT \S+ \*\*\
 class JobView:
     job_id: str
     queue_state: str | None  # PENDING, RUNNING, ... while queued; None once it has left the queue
+    reason: str | None = None  # squeue's reason while it is pending (Priority, Resources, PartitionTimeLimit, ...)
 
 
 def job_views(folders: Iterable[Path], timeout_s: float = 60) -> dict[Path, JobView]:
@@ -215,10 +220,44 @@ def job_views(folders: Iterable[Path], timeout_s: float = 60) -> dict[Path, JobV
     live = queue_info((rec["job_id"] for rec in recs.values()), timeout_s)
     views = {}
     for f, rec in recs.items():
-        name, state = live.get(rec["job_id"], (None, None))
+        name, state, why = live.get(rec["job_id"], (None, None, None))
         # Job ids are reused after a controller's state is wiped: the name must match too.
-        views[f] = JobView(rec["job_id"], state if name == rec.get("job_name") else None)
+        ours = name == rec.get("job_name")
+        waits = ours and state == "PENDING" and why not in ("", "None")  # 'None': not yet looked at by the scheduler
+        views[f] = JobView(rec["job_id"], state if ours else None, why if waits else None)
     return views
+
+
+# Pending reasons that do not clear by waiting: the job cannot start as submitted until its request,
+# a limit or the partition changes (SLURM's job reason codes). Priority, Resources, Dependency,
+# BeginTime, JobArrayTaskLimit and the aggregate (Grp) limits clear as other jobs end.
+_STUCK = {
+    "PartitionTimeLimit": "its time limit is over the partition's MaxTime (lower time_min)",
+    "PartitionNodeLimit": "it asks for more nodes than the partition allows",
+    "PartitionConfig": "it asks for more than the partition's nodes have, or for an account or QOS it does not take",
+    "MaxMemPerLimit": "its memory is over the partition's (or QOS's) per-node or per-CPU limit (lower mem_gb)",
+    "BadConstraints": "no node has the features (constraint) it asks for",
+    "DependencyNeverSatisfied": "a job it depends on cannot make the dependency true",
+    "InvalidAccount": "its account is not valid",
+    "InvalidQOS": "its QOS is not valid",
+    "AccountNotAllowed": "the partition does not take its account",
+    "QOSNotAllowed": "the partition does not take its QOS",
+    "PartitionDown": "its partition is down (an administrator brings it up)",
+    "PartitionInactive": "its partition is inactive (an administrator brings it up)",
+    "JobHeldAdmin": "an administrator holds it",
+    "JobHeldUser": "it is held (scontrol release <job> lets it go)",
+}
+
+
+def stuck(reason: str | None) -> str | None:
+    """Why a pending job cannot start as it is (a reason that does not clear by waiting), or None."""
+    if not reason:
+        return None
+    if reason in _STUCK:
+        return _STUCK[reason]
+    if reason.startswith(("QOSMax", "AssocMax")) and reason.endswith("PerJobLimit"):
+        return "it asks for more than its QOS or association allows one job (lower the request or change qos/account)"
+    return None
 
 
 # ---- jobs that left without a word ---------------------------------------------------------------------
