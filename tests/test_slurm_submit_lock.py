@@ -60,6 +60,7 @@ def test_the_submit_lock_waits_for_its_holder_names_it_and_is_bounded(tmp_path: 
         with submitting(sweep, wait_s=60), submitting(sweep, wait_s=0):  # re-entrant within one process
             assert json.loads((sweep / LOCK).read_text())["pid"] == os.getpid()
         assert time.monotonic() - start < 30
+        assert (sweep / LOCK).read_text() == ""  # released: no later waiter names this process as the holder
     finally:
         go.touch()
         proc.wait(timeout=60)

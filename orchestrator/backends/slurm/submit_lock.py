@@ -37,6 +37,8 @@ from trainer.provenance import now
 LOCK = ".submit.lock"
 WAIT_S = 900.0  # far longer than a round takes (a submit of 10,000 trials: ~40 s of CPU on the test SLURM)
 POLL_S = 0.2
+NAME_WAIT_S = 1.0  # how long a waiter waits for the holder to write its name before saying it waits
+UNKNOWN = "holder unknown"
 _held: dict[str, int] = {}  # lock path -> depth, for this process
 
 
@@ -64,12 +66,15 @@ def submitting(sweep: Path, wait_s: float = WAIT_S, doing: str = "submit") -> It
             yield
         finally:
             del _held[path]
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)  # released: the next waiter must not name this process as the holder
     finally:
         os.close(fd)  # closing drops the flock
 
 
 def _acquire(fd: int, path: str, wait_s: float, doing: str) -> None:
-    deadline = time.monotonic() + wait_s
+    start = time.monotonic()
+    deadline = start + wait_s
     said = False
     while True:
         try:
@@ -77,7 +82,8 @@ def _acquire(fd: int, path: str, wait_s: float, doing: str) -> None:
             return
         except BlockingIOError:
             pass
-        if not said:
+        # A holder writes who it is just after taking the lock: give it a moment before naming it.
+        if not said and (holder(path) != UNKNOWN or time.monotonic() - start >= NAME_WAIT_S):
             print(f"slurm: another launcher is submitting this sweep's trials ({holder(path)}); waiting for it to finish", file=sys.stderr)
             said = True
         if time.monotonic() >= deadline:
@@ -94,7 +100,7 @@ def holder(path: str) -> str:
         with open(path, encoding="utf-8") as f:
             info = json.loads(f.read() or "{}")
     except (OSError, ValueError):
-        return "holder unknown"
+        return UNKNOWN
     if not isinstance(info, dict) or "pid" not in info:
-        return "holder unknown"
+        return UNKNOWN
     return f"pid {info.get('pid')} on {info.get('host')} since {info.get('since')}"
