@@ -4,15 +4,16 @@
 
 - Tasks: a task holds `groups_per_task` groups (one per GPU of `gpus_per_task` / `gres`; one on
   a CPU-only or one-GPU task) and trains them side by side (job.py). The sbatch script carries
-  the profile's resources and the job name `sweep-<sweep name>-<key of its folder>` only
-  (sbatch.py); each task gets its groups' trial folders through submitit's pickle, and the
-  trials' settings are read from their spec.json: no grid value ever reaches a shell.
+  the profile's resources and the job name `sweep-<sweep name>` only (sbatch.py); each task
+  gets its groups' trial folders through submitit's pickle, and the trials' settings are read
+  from their spec.json: no grid value ever reaches a shell.
 - Arrays and the sweep-wide throttle: tasks go out as job arrays of at most the cluster's
   MaxArraySize (read from `scontrol show config` unless the profile sets `max_array_size`), each
   with `%N` (N = max_running_tasks, or max_gpus / GPUs per task), and each array waits for the
-  previous one and for every job of the sweep (its folder's job name) already queued
-  (`--dependency=afterany:...`), so at most N tasks of the sweep run at once however many
-  arrays and launches it takes.
+  previous one and for every job of the sweep already queued (`--dependency=afterany:...`: its
+  job name, and its sbatch script in the sweep's log folder, so that the same grid run into
+  another results folder is another sweep), so at most N tasks of the sweep run at once however
+  many arrays and launches it takes.
 - Submit limits: when sbatch refuses for a per-user / QOS / association submit limit, or because
   the controller holds MaxJobCount jobs (everyone's), the launcher submits the largest array that
   fits (halving, then bisecting); with `wait: true` it tops the queue up as tasks leave until
@@ -153,7 +154,7 @@ def python_command(profile: SlurmProfile) -> str:
 
 
 def render_sbatch(
-    profile: SlurmProfile, sweep: Path, folder: Path, n_tasks: int, python: str | None = None, dependency: str | None = None
+    profile: SlurmProfile, sweep: str | Path, folder: Path, n_tasks: int, python: str | None = None, dependency: str | None = None
 ) -> str:
     """The sbatch script submitit writes for an array of `n_tasks` tasks (a plain job for one).
 
@@ -344,6 +345,7 @@ class Submitter:
         self.name = job_name(sweep)
         self.folder = log_folder(profile, sweep)
         _check_one_line(str(self.folder), "log folder")
+        self.scripts = JobPaths.get_first_id_independent_folder(self.folder)  # where submitit writes the sbatch scripts
         try:
             python = python_command(profile)
             self.executor = submitit.SlurmExecutor(folder=self.folder, max_num_timeout=SUBMITIT_MAX_TIMEOUTS, python=python)
@@ -366,8 +368,8 @@ class Submitter:
         # One squeue per call, not per array (at 900 arrays that was 900 squeue processes, most of the
         # launcher's CPU); an array that leaves the queue meanwhile stays listed, and SLURM takes
         # afterany on a job that ended, even one it has forgotten, as met.
-        queued = sweep_arrays(self.name)
-        orphans = unreleased(queued, JobPaths.get_first_id_independent_folder(self.folder), self.sweep / "trials")
+        queued = sweep_arrays(self.name, self.scripts)
+        orphans = unreleased(queued, self.scripts, self.sweep / "trials")
         if orphans:
             # Dropped from the chain below either way: one that could not be cancelled holds nothing back then.
             error = scancel(orphans)
@@ -469,7 +471,7 @@ class Submitter:
             if kind is None:
                 raise UserError(f"sbatch refused the jobs: {last_line(str(err))}{already_submitted(self.arrays)}") from None
             # (Not for 'full': the controller may be full of other users' jobs; room comes as they leave.)
-            if kind == "maybe" and len(tasks) == 1 and not sweep_arrays(self.name):
+            if kind == "maybe" and len(tasks) == 1 and not sweep_arrays(self.name, self.scripts):
                 # Not one task fits while none of ours is queued: a size or time limit, not a count.
                 why = last_line(str(err))
                 raise UserError(f"sbatch refused even one task: {why} (check time_min, GPUs and memory against the QOS)") from None

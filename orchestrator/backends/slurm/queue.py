@@ -107,8 +107,14 @@ class QueuedArray:
     script: str  # the script sbatch was given (submitit's `.submission_file_<uuid>.sh`)
 
 
-def sweep_arrays(name: str) -> list[QueuedArray]:
-    """The user's job arrays (or plain jobs) named `name` still in the queue: what new arrays chain after."""
+def sweep_arrays(name: str, scripts: Path | None = None) -> list[QueuedArray]:
+    """The user's job arrays (or plain jobs) named `name` still in the queue: what new arrays chain after.
+
+    With `scripts` (the folder submitit writes the sweep's sbatch scripts to), only those whose script
+    is there: the same grid run into another results folder is another sweep of the same job name,
+    and its arrays must not hold this one's back (afterany) nor share its throttle. (Sweeps that share
+    a profile's `log_dir` cannot be told apart this way and chain as one.)
+    """
     cmd = ["squeue", "--noheader", "--me", "--name", name, "--format", "%F|%T|%r|%o"]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
@@ -117,13 +123,17 @@ def sweep_arrays(name: str) -> list[QueuedArray]:
     if out.returncode != 0:
         raise UserError(f"squeue failed: {last_line(out.stderr)}")
     held: dict[str, bool] = {}
-    scripts: dict[str, str] = {}
+    script_of: dict[str, str] = {}
     for line in out.stdout.splitlines():
         array, state, reason, script = (line.strip().split("|", 3) + ["", "", ""])[:4]
         if array.isdigit():
             held[array] = held.get(array, True) and state == "PENDING" and reason == "JobHeldUser"
-            scripts[array] = script
-    return [QueuedArray(a, held[a], scripts[a]) for a in sorted(held, key=int)]
+            script_of[array] = script
+    arrays = [QueuedArray(a, held[a], script_of[a]) for a in sorted(held, key=int)]
+    if scripts is not None:
+        folder = os.path.abspath(scripts)
+        arrays = [q for q in arrays if os.path.dirname(q.script) == folder]
+    return arrays
 
 
 def unreleased(arrays: list[QueuedArray], script_folder: Path, trials: Path) -> list[str]:

@@ -1,22 +1,20 @@
 """What the SLURM backend asks of sbatch, as pure functions (no SLURM, no submitit needed).
 
-    job_name(sweep)                         the name of every job of a sweep (folder name and a key of its path)
+    job_name(sweep)                         the name of every job of a sweep: sweep-<folder name>
     sbatch_parameters(profile, sweep)       the keyword arguments of submitit's sbatch rendering
     chunked(items, size)                    groups -> tasks (G groups each), tasks -> job arrays the cluster accepts
     parse_max_array_size(text)              MaxArraySize from `scontrol show config`
     parse_min_job_age(text)                 MinJobAge (how long a finished job still counts against MaxJobCount)
     submit_refusal(text)                    is an sbatch error a submit limit (per-user / QOS, MaxJobCount)?
 
-Only the profile's resources and the job name (the validated sweep name and a hex key) reach the
-sbatch script; trial settings (grid values) travel in each trial's spec.json and never pass
-through a shell. The rendered
+Only the profile's resources and the job name (from the validated sweep name) reach the sbatch
+script; trial settings (grid values) travel in each trial's spec.json and never pass through a
+shell. The rendered
 script itself is `orchestrator.backends.slurm.render_sbatch` (it needs submitit).
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,19 +30,16 @@ T = TypeVar("T")
 SLURM_DEFAULT_MAX_ARRAY_SIZE = 1001
 
 
-def job_name(sweep: Path) -> str:
-    """`sweep-<name>-<key>`: the sweep folder's name (the grid's: letters, digits, '.', '_', '-',
-    checked again here) and 6 hex digits of its real path.
+def job_name(sweep: str | Path) -> str:
+    """`sweep-<name>`: the sweep folder's name (the grid's: letters, digits, '.', '_', '-'), checked again here.
 
-    The name is what the launcher finds the sweep's queued arrays by (the afterany chain, the
-    sweep-wide throttle): two sweeps of one grid in different results folders are different sweeps,
-    and with the name alone the second one's arrays waited for every array of the first.
+    Two sweeps of one grid in different results folders share it; the launcher tells their arrays
+    apart by where their sbatch scripts live (queue.sweep_arrays).
     """
     name = Path(sweep).name
     if not NAME_RE.match(name):
         raise UserError(f"sweep name {name!r} cannot name a SLURM job; allowed: letters, digits, '.', '_', '-'")
-    key = hashlib.sha256(os.path.realpath(sweep).encode()).hexdigest()[:6]
-    return f"sweep-{name}-{key}"
+    return f"sweep-{name}"
 
 
 def signal_delay_s(time_min: int) -> int:
@@ -71,7 +66,7 @@ SETUP_TRAP = "trap 'echo \"sweep: setup failed (exit code $?): $BASH_COMMAND\" >
 SETUP_END = "trap - ERR"
 
 
-def sbatch_parameters(profile: SlurmProfile, sweep: Path) -> dict[str, Any]:
+def sbatch_parameters(profile: SlurmProfile, sweep: str | Path) -> dict[str, Any]:
     """The parameters of every job of a sweep, named as submitit's `_make_sbatch_string` takes them.
 
     One task per job, `profile.groups_per_task` groups per task (one per GPU). Account, QOS,
