@@ -72,6 +72,7 @@ def test_ray_cluster_in_an_allocation_runs_a_grid_and_stops_cleanly(slurm: None,
         shutil.rmtree(bystander_temp, ignore_errors=True)
     log = out.read_text()
     assert saw_ray, log  # the job's Ray really ran (its processes carried its temp dir)
+    assert (results / "ray-in-slurm" / "trials").is_dir(), log  # the sweep wrote its trials
     trials = list((results / "ray-in-slurm" / "trials").iterdir())
     assert len(trials) == 2 and all(status(t)["state"] == "done" for t in trials), log
     assert "ray_in_slurm: 1 node(s) up" in log and "ray: 2 done" in log and "sweep exited with 0" in log, log
