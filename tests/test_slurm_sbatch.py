@@ -283,6 +283,8 @@ def test_the_partitions_limits_are_read_from_scontrol_and_rule_out_a_profile_ove
     long = load_profile(write(tmp_path, "backend: slurm\ntime_min: 31\n"))
     assert (why := partition.refusal(short, long)) and why.startswith("key 'time_min' is 31: over partition short's MaxTime (00:30:00)")
     assert partition.refusal(gpu, long) is None
+    lifted = load_profile(write(tmp_path, "backend: slurm\ntime_min: 31\nqos: long\n"))
+    assert partition.refusal(short, lifted) is None  # a QOS may lift the partition's limits (OverPartQOS)
     big = load_profile(write(tmp_path, "backend: slurm\ntime_min: 30\nmem_gb: 8.5\n"))
     assert (why := partition.refusal(short, big)) and "key 'mem_gb' asks for 8704 MB per node" in why and "at most 8 GB" in why
     per_cpu = load_profile(write(tmp_path, "backend: slurm\ntime_min: 30\nmem_per_cpu_gb: 3\ncpus_per_trial: 3\n"))

@@ -5,8 +5,9 @@ With SLURM's default `EnforcePartLimits=NO`, sbatch accepts a job over its parti
 or MaxMemPerNode and the job then pends for ever (reason `PartitionTimeLimit`, `MaxMemPerLimit`;
 seen on the test SLURM): a whole sweep queued that never starts, with nothing said at
 submission. So the launcher's preflight reads the partition once (the profile's, or the
-cluster's default) and refuses such a profile in one line. Sites that
-enforce the limits at submission refuse it in sbatch too (launcher._REFUSED_KEYS).
+cluster's default) and refuses such a profile in one line. Sites that enforce the limits at
+submission refuse it in sbatch too (launcher._REFUSED_KEYS). Not for a profile that names a
+`qos`: a QOS with the OverPartQOS or PartitionTimeLimit flag lifts the partition's limits.
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ def minutes(value: str) -> float | None:
 
 def refusal(part: dict[str, str], profile: SlurmProfile) -> str | None:
     """Why no job of `profile` could ever start on `part` (over its MaxTime or MaxMemPerNode), or None."""
+    if profile.qos is not None:  # its flags may lift the partition's limits (OverPartQOS): the queue will tell
+        return None
     name = part["PartitionName"]
     most = minutes(part.get("MaxTime", "UNLIMITED"))
     if most is not None and profile.time_min > most:
