@@ -120,21 +120,18 @@ def _waits(row: dict[str, Any]) -> str | None:
     from orchestrator.backends.slurm.queue import stuck  # imported already: only SLURM sweeps have queue reasons
 
     why = row["queue_reason"]
-    return f"SLURM: {why}, cannot start as it is: {stuck(why)}" if stuck(why) else f"SLURM: {why}"
+    meaning = stuck(why)
+    return f"SLURM: {why}, cannot start as it is: {meaning}" if meaning else f"SLURM: {why}"
 
 
 def _stuck_lines(rows: list[dict[str, Any]]) -> list[str]:
     """One line per pending reason that does not clear by waiting, with how many trials it holds."""
     if not any(r["queue_reason"] for r in rows):
         return []
-    from orchestrator.backends.slurm.queue import stuck  # imported already: only SLURM sweeps have queue reasons
+    from orchestrator.backends.slurm.queue import stuck_lines  # imported already: only SLURM sweeps have queue reasons
 
-    held = Counter(r["queue_reason"] for r in rows if r["label"].startswith("queued") and stuck(r["queue_reason"]))
-    return [
-        f"{n} queued trial(s) cannot start as they are: {why}: {stuck(why)}; cancel with orchestrator.cancel, change the profile, "
-        "launch again"
-        for why, n in sorted(held.items())
-    ]
+    queued = (r["queue_reason"] for r in rows if r["label"].startswith("queued"))
+    return [f"{line}; cancel with orchestrator.cancel, change the profile, launch again" for line in stuck_lines(queued, "queued trial(s)")]
 
 
 def swept_fields(specs: list[dict[str, Any]]) -> list[str]:

@@ -47,7 +47,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -67,6 +66,7 @@ from orchestrator.backends.slurm.queue import (
     settle,
     squeue,
     stuck,
+    stuck_lines,
     summarize,
     sweep_arrays,
     unreleased,
@@ -701,14 +701,14 @@ def _wait(
 
 def _say_stuck(live: dict[str, tuple[str, str, str]], said: frozenset[str], sweep: Path) -> frozenset[str]:
     """Say once per reason that queued jobs of the sweep cannot start as they are; returns the reasons said."""
-    reasons = Counter(why for _, state, why in live.values() if state == "PENDING" and stuck(why))
-    for why in sorted(set(reasons) - said):
+    pending = [why for _, state, why in live.values() if state == "PENDING" and why not in said]
+    for line in stuck_lines(pending, "queued job(s) of the sweep"):
         print(
-            f"slurm: {reasons[why]} queued job(s) of the sweep cannot start as they are: {why}: {stuck(why)}; "
-            f"they wait until that changes: cancel with python -m orchestrator.cancel {sweep}, change the profile, launch again",
+            f"slurm: {line}; they wait until that changes: cancel with python -m orchestrator.cancel {sweep}, change the profile, "
+            "launch again",
             file=sys.stderr,
         )
-    return said | frozenset(reasons)
+    return said | {why for why in pending if stuck(why)}
 
 
 def _print_failures(folders: list[Path]) -> None:

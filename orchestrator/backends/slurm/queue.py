@@ -259,6 +259,12 @@ _STUCK = {
 }
 
 
+def stuck_lines(reasons: Iterable[str | None], what: str) -> list[str]:
+    """One line per pending reason among `reasons` that does not clear by waiting, counting the `what` it holds."""
+    held = Counter(r for r in reasons if stuck(r))
+    return [f"{n} {what} cannot start as they are: {why}: {stuck(why)}" for why, n in sorted(held.items())]
+
+
 def stuck(reason: str | None) -> str | None:
     """Why a pending job cannot start as it is (a reason that does not clear by waiting), or None."""
     if not reason:
