@@ -270,7 +270,7 @@ def test_stale_jobs_never_rerun_a_trial(tmp_path: Path, sweep_name: str, capsys:
 
 @pytest.mark.slurm
 def test_preflight_names_a_missing_partition(slurm: None, tmp_path: Path) -> None:
-    from orchestrator.backends.slurm.launcher import preflight
+    from orchestrator.backends.slurm.preflight import preflight
 
     preflight(load_profile(write_profile(tmp_path)))
     with pytest.raises(UserError, match="partition 'nope': Partition nope not found"):
@@ -282,7 +282,7 @@ def test_a_setting_slurm_refuses_is_one_line_naming_the_profile_before_anything_
     slurm: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Asked of the controller with `sbatch --test-only` (nothing is queued), not left to the submission.
-    from orchestrator.backends.slurm.launcher import preflight
+    from orchestrator.backends.slurm.preflight import preflight
 
     grid = write_grid(tmp_path, "refused", "epochs: 1", "  seed: [0]\n")
     for key, value, said in (

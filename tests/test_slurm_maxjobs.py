@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.backends.slurm import launcher
+from orchestrator.backends.slurm import wait
 from orchestrator.backends.slurm.queue import SUBMITTED, read_submission
 from orchestrator.sweep import EXIT_UNSUBMITTED
 from orchestrator.sweep import main as sweep_main
@@ -101,8 +101,8 @@ def test_a_controller_full_of_other_jobs_is_tried_a_bounded_number_of_times(
     tmp_path: Path, full_slurm: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("SLURM_CONF", full_slurm["SLURM_CONF"])
-    monkeypatch.setattr(launcher, "TOPUP_EVERY_S", 0)  # a try at every poll of the queue (2 s) instead of every minute
-    monkeypatch.setattr(launcher, "TOPUP_TRIES_WITHOUT_ROOM", 2)
+    monkeypatch.setattr(wait, "TOPUP_EVERY_S", 0)  # a try at every poll of the queue (2 s) instead of every minute
+    monkeypatch.setattr(wait, "TOPUP_TRIES_WITHOUT_ROOM", 2)
     other = f"o{uuid.uuid4().hex[:8]}"
     # 2 records: the controller (MaxJobCount=3) takes no more, and held jobs never leave. One is
     # sent from a script named like submitit's, as a retry that sbatch_once stopped too late would be.

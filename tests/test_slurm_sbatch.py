@@ -292,8 +292,8 @@ def test_the_partitions_limits_are_read_from_scontrol_and_rule_out_a_profile_ove
 
 
 def test_pending_reasons_that_do_not_clear_by_waiting_are_said_once_each(capsys: pytest.CaptureFixture[str]) -> None:
-    from orchestrator.backends.slurm.launcher import _say_stuck
     from orchestrator.backends.slurm.queue import stuck
+    from orchestrator.backends.slurm.wait import _say_stuck
 
     clears = ("Priority", "Resources", "Dependency", "BeginTime", "JobArrayTaskLimit", "QOSGrpCpuLimit", None)
     assert [stuck(r) for r in clears] == [None] * 7

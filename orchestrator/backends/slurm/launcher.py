@@ -37,15 +37,10 @@
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import io
-import os
-import shlex
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -53,51 +48,26 @@ from typing import Any
 
 import submitit
 from submitit.core.utils import FailedJobError, JobPaths
-from submitit.slurm.slurm import _make_sbatch_string
 
 from orchestrator.backends import Launch
-from orchestrator.backends.slurm import partition
+from orchestrator.backends.slurm import sbatch_once
+from orchestrator.backends.slurm.cluster import cluster_max_array_size, known_max_array_size
 from orchestrator.backends.slurm.job import SUBMITIT_MAX_TIMEOUTS, TrialJob
-from orchestrator.backends.slurm.queue import (
-    SUBMITTED,
-    job_views,
-    last_line,
-    queue_info,
-    settle,
-    squeue,
-    stuck,
-    stuck_lines,
-    summarize,
-    sweep_arrays,
-    unreleased,
-)
-from orchestrator.backends.slurm.sbatch import (
-    SLURM_DEFAULT_MAX_ARRAY_SIZE,
-    chunked,
-    job_name,
-    parse_max_array_size,
-    parse_min_job_age,
-    sbatch_parameters,
-    submit_refusal,
-)
+from orchestrator.backends.slurm.preflight import preflight
+from orchestrator.backends.slurm.queue import SUBMITTED, job_views, last_line, settle, squeue, summarize, sweep_arrays, unreleased
+from orchestrator.backends.slurm.sbatch import Task, chunked, count_trials, job_name, sbatch_parameters, submit_refusal
 from orchestrator.backends.slurm.sbatch_once import GONE, cancel_orphans, scancel
+from orchestrator.backends.slurm.script import check_one_line, log_folder, python_command, render_sbatch
 from orchestrator.backends.slurm.submit_lock import submitting
+from orchestrator.backends.slurm.wait import TOPUP_EVERY_S, print_failures, wait_for_jobs
 from orchestrator.cancel import CANCEL
 from orchestrator.plan import Plan
 from orchestrator.profiles import SlurmProfile
-from orchestrator.progress import Progress
 from trainer import faults
-from trainer.errors import ProfileError, UserError
+from trainer.errors import UserError
 from trainer.provenance import now
 from trainer.results import write_json
 from trainer.status import observe
-
-Task = list[list[Path]]  # the groups of one array task
-# With `wait: true`, a try every TOPUP_EVERY_S besides those that follow our jobs out of the queue
-# (room may come from other jobs); after TOPUP_TRIES_WITHOUT_ROOM in a row find none while none of
-# the sweep's jobs is in the queue (so none of ours can leave and make room), the launcher stops waiting.
-TOPUP_EVERY_S = 60
-TOPUP_TRIES_WITHOUT_ROOM = 10
 
 __all__ = ["SUBMITTED", "SlurmBackend", "render_sbatch", "squeue", "submit"]
 
@@ -118,7 +88,7 @@ class SlurmBackend:
     def describe(self, groups: list[list[Path]], sweep: Path) -> str:
         """How the groups would go out (tasks, arrays, throttle) and the first array's sbatch script."""
         p = self.profile
-        size, source = _known_max_array_size(p)
+        size, source = known_max_array_size(p)
         tasks = chunked(groups, p.groups_per_task)
         arrays = chunked(tasks, size)
         n = len(arrays[0]) if arrays else 0
@@ -141,146 +111,7 @@ class SlurmBackend:
         return Launch(waited=waited and not left, note=note, unsubmitted=left)
 
 
-# ---- the sbatch script ----------------------------------------------------------------------------
-def log_folder(profile: SlurmProfile, sweep: Path) -> Path:
-    """submitit's folder (pickles, logs, scripts); `%j` becomes each job's id."""
-    folder = Path(profile.log_dir) if profile.log_dir else sweep / "slurm" / "%j"
-    return folder.absolute()
-
-
-def python_command(profile: SlurmProfile) -> str:
-    """The interpreter the jobs run: the profile's (a shell word or command), else the launcher's."""
-    return profile.python if profile.python is not None else shlex.quote(sys.executable)
-
-
-def render_sbatch(
-    profile: SlurmProfile, sweep: str | Path, folder: Path, n_tasks: int, python: str | None = None, dependency: str | None = None
-) -> str:
-    """The sbatch script submitit writes for an array of `n_tasks` tasks (a plain job for one).
-
-    Pure: the same text as the submitted `*_submission.sh`, for review and the golden-file tests.
-    """
-    _check_one_line(str(folder), "log folder")
-    command = " ".join([python or python_command(profile), "-u -m submitit.core._submit", shlex.quote(str(folder))])
-    map_count = n_tasks if n_tasks > 1 else None
-    params = sbatch_parameters(profile, sweep)
-    if dependency:
-        params["dependency"] = dependency
-    return _make_sbatch_string(command=command, folder=folder, map_count=map_count, **params)
-
-
-def _check_one_line(value: str, what: str) -> None:
-    # A newline would end an `#SBATCH` comment line and turn the rest into a shell command.
-    if "\n" in value or "\r" in value:
-        raise UserError(f"{what} {value!r} contains a line break; it goes into an sbatch script")
-
-
-def cluster_max_array_size(timeout_s: float = 60) -> int:
-    """MaxArraySize of the cluster, from `scontrol show config`."""
-    return parse_max_array_size(_cluster_config(timeout_s))
-
-
-def cluster_min_job_age() -> int:
-    """MinJobAge of the cluster (SLURM's default when `scontrol show config` does not answer: it only times top-ups)."""
-    try:
-        return parse_min_job_age(_cluster_config(30))
-    except UserError:
-        return parse_min_job_age("")
-
-
-def _cluster_config(timeout_s: float) -> str:
-    try:
-        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=timeout_s)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        raise UserError(f"cannot ask SLURM for MaxArraySize (`scontrol show config`: {err}); set max_array_size in the profile") from None
-    if out.returncode != 0:
-        why = (out.stderr.strip().splitlines() or ["no output"])[-1]
-        raise UserError(f"`scontrol show config` failed ({why}); is SLURM up and SLURM_CONF right? or set max_array_size in the profile")
-    return out.stdout
-
-
-def _known_max_array_size(profile: SlurmProfile) -> tuple[int, str]:
-    """For --dry-run: the profile's, else the cluster's when SLURM answers here, else SLURM's default."""
-    if profile.max_array_size:
-        return profile.max_array_size, "the profile's max_array_size"
-    if shutil.which("scontrol"):
-        try:
-            return cluster_max_array_size(timeout_s=10), "the cluster's MaxArraySize"
-        except UserError:
-            pass
-    return SLURM_DEFAULT_MAX_ARRAY_SIZE, "SLURM's default MaxArraySize: no cluster answered here; set max_array_size"
-
-
 # ---- launcher ------------------------------------------------------------------------------------
-def preflight(profile: SlurmProfile) -> None:
-    """Cheap checks before any trial folder is written: SLURM's commands, the controller, the partition and its limits."""
-    missing = [c for c in ("sbatch", "srun", "squeue", "scontrol") if shutil.which(c) is None]
-    if missing:
-        raise UserError(f"the slurm backend needs SLURM's commands on PATH; missing: {', '.join(missing)}")
-    # The profile's partition, or every partition to find the default one: one controller call either way.
-    try:
-        which = [profile.partition] if profile.partition is not None else []
-        out = subprocess.run(["scontrol", "show", "partition", *which], capture_output=True, text=True, timeout=60)
-    except subprocess.TimeoutExpired:
-        raise UserError("`scontrol show partition` timed out; is the SLURM controller up?") from None
-    if out.returncode != 0 and profile.partition is not None:
-        raise ProfileError(f"partition '{profile.partition}': {last_line(out.stderr or out.stdout)} (see `sinfo -s`)")
-    part = partition.pick(partition.records(out.stdout), profile.partition) if out.returncode == 0 else None
-    if part is not None and (why := partition.refusal(part, profile)):
-        raise ProfileError(why)
-    _test_submit(profile)
-
-
-# What `sbatch --test-only` says of a setting no job of the profile could ever be submitted with, and
-# the profile key that holds it. Only these: its other refusals are not final (all nodes drained or
-# down: "Requested node configuration is not available", while a real submission queues and waits).
-_REFUSED_KEYS = (
-    ("Requested reservation is invalid", ("reservation",), "a reservation of this cluster (`scontrol show reservation`)"),
-    ("Invalid feature specification", ("constraint",), "features the partition's nodes have (`sinfo -o '%P %f'`)"),
-    ("Invalid account", ("account", "partition"), "an account you may use on that partition (`sacctmgr show assoc user=$USER`)"),
-    ("Invalid qos", ("qos", "account"), "a QOS of your association (`sacctmgr show assoc user=$USER format=account,qos`)"),
-    ("Invalid generic resource", ("gres", "gpus_per_task", "gpus_per_trial"), "GPUs the partition's nodes have (`sinfo -o '%P %G'`)"),
-    ("Requested time limit is invalid", ("time_min", "partition"), "at most the partition's MaxTime (`sinfo -o '%P %l'`)"),
-)
-
-
-_SITE_NAMES = ("reservation", "constraint", "account", "qos", "gres")  # settings that name the site's own objects
-
-
-def _test_submit(profile: SlurmProfile) -> None:
-    """Ask the controller (`sbatch --test-only`: nothing is queued) whether the profile's sbatch script
-    could be submitted at all, so a misspelt reservation or feature is one line before anything is written.
-
-    Only for a profile that names such objects of the site (_SITE_NAMES): the other settings are
-    checked by the profile itself, and a site's sbatch wrapper (accounting, quotas) then sees no
-    call that is not a submission. The script goes as a file, the last argument, as for a submission.
-    """
-    if not any(getattr(profile, key) for key in _SITE_NAMES):
-        return
-    scratch = Path(tempfile.gettempdir())
-    script = render_sbatch(profile, scratch / "preflight", scratch / "sweep-preflight" / "%j", 1)
-    try:
-        with tempfile.NamedTemporaryFile("w", prefix="sweep-preflight-", suffix=".sh") as file:
-            file.write(script)
-            file.flush()
-            out = subprocess.run(["sbatch", "--test-only", file.name], capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return  # the submission itself will say what is wrong
-    if out.returncode == 0:
-        return
-    said = last_line(out.stderr or out.stdout).removeprefix("allocation failure: ").removeprefix("sbatch: error: ")
-    for words, keys, allowed in _REFUSED_KEYS:
-        if words in said:
-            given = {k: v for k in keys if (v := getattr(profile, k, None)) not in (None, 0)}
-            if not given:
-                raise ProfileError(f"SLURM refuses the cluster's default {keys[0]} ({said}); set key '{keys[0]}': {allowed}")
-            if len(given) == 1:
-                ((key, value),) = given.items()
-                raise ProfileError(f"key '{key}' is {value!r}: SLURM refuses it ({said}); allowed: {allowed}")
-            both = " and ".join(f"'{k}' ({v!r})" for k, v in given.items())
-            raise ProfileError(f"keys {both}: SLURM refuses them ({said}); allowed: {allowed}")
-
-
 def run_slurm(groups: list[list[Path]], profile: SlurmProfile, sweep: Path) -> tuple[bool, int]:
     """Submit the groups of trial folders; (True if it also waited for every job to end, trials left unsubmitted)."""
     folder_groups = [[Path(f).absolute() for f in g] for g in groups]
@@ -303,25 +134,21 @@ def run_slurm(groups: list[list[Path]], profile: SlurmProfile, sweep: Path) -> t
         left = submitter.submit(tasks) if tasks else []
     if left and not profile.wait:
         print(
-            f"slurm: {_trials(left)} trials ({len(left)} tasks) not submitted: {submitter.limit_words()} "
+            f"slurm: {count_trials(left)} trials ({len(left)} tasks) not submitted: {submitter.limit_words()} "
             f"({submitter.refusal}); run the same command again later to top up (it submits only what is neither done nor queued)",
             file=sys.stderr,
         )
     if not profile.wait:
-        return False, _trials(left)
+        return False, count_trials(left)
     left = wait_for_jobs(submitter, left, folders, name, list(queued.values()))
     settle(folders)  # what the jobs could not record themselves; printed with every failure below
-    _print_failures(folders)
-    return True, _trials(left)
+    print_failures(folders)
+    return True, count_trials(left)
 
 
 def _keep(groups: list[list[Path]], ok: Callable[[Path], bool]) -> list[list[Path]]:
     """The trials of `groups` that are `ok`, in their groups; groups left empty go."""
     return [g for g in ([f for f in group if ok(f)] for group in groups) if g]
-
-
-def _trials(tasks: list[Task]) -> int:
-    return sum(len(g) for t in tasks for g in t)
 
 
 def submit(groups: list[list[Path]], profile: SlurmProfile, sweep: Path) -> list[str]:
@@ -344,7 +171,7 @@ class Submitter:
         self.profile, self.sweep = profile, sweep
         self.name = job_name(sweep)
         self.folder = log_folder(profile, sweep)
-        _check_one_line(str(self.folder), "log folder")
+        check_one_line(str(self.folder), "log folder")
         self.scripts = JobPaths.get_first_id_independent_folder(self.folder)  # where submitit writes the sbatch scripts
         try:
             python = python_command(profile)
@@ -387,7 +214,7 @@ class Submitter:
                 break
         new = self.arrays[before:]
         if new:
-            trials = _trials(tasks[: len(tasks) - len(left)])
+            trials = count_trials(tasks[: len(tasks) - len(left)])
             print(
                 f"slurm: submitted {trials} trials as {len(new)} job array(s): {', '.join(new)}; logs in {self.folder}; "
                 f"at most {self.profile.running_tasks} tasks of the sweep at once; cancel with: python -m orchestrator.cancel {self.sweep}",
@@ -395,7 +222,7 @@ class Submitter:
             )
         if left and self.profile.wait and (new or not self.waiting):  # a wait begins: say it once, not at every fruitless try
             print(
-                f"slurm: {_trials(left)} trials ({len(left)} tasks) wait in the launcher: {self.limit_words()} ({self.refusal}); "
+                f"slurm: {count_trials(left)} trials ({len(left)} tasks) wait in the launcher: {self.limit_words()} ({self.refusal}); "
                 f"they go out as the sweep's jobs leave the queue (and at a try every {TOPUP_EVERY_S} s)",
                 file=sys.stderr,
             )
@@ -415,8 +242,8 @@ class Submitter:
             views = job_views(f for t in left for g in t for f in g)
             ok = lambda f: (f not in views or views[f].queue_state is None) and observe(f).runnable(self.profile.max_attempts)
             still = [t for t in (_keep(task, ok) for task in left) if t]
-            if _trials(still) < _trials(left):
-                print(f"slurm: {_trials(left) - _trials(still)} of the trials waiting for room were submitted or run by another "
+            if count_trials(still) < count_trials(left):
+                print(f"slurm: {count_trials(left) - count_trials(still)} of the trials waiting for room were submitted or run by another "
                       "launcher meanwhile: not submitted again", file=sys.stderr)  # fmt: skip
             return self.submit(still) if still else []
 
@@ -424,7 +251,7 @@ class Submitter:
         """Has `orchestrator.cancel` asked (since this launch began) that nothing more goes out? Says so if it has."""
         if not (self.sweep / CANCEL).exists():
             return False
-        print(f"slurm: the sweep was cancelled (orchestrator.cancel); {_trials(tasks)} trials not submitted", file=sys.stderr)
+        print(f"slurm: the sweep was cancelled (orchestrator.cancel); {count_trials(tasks)} trials not submitted", file=sys.stderr)
         return True
 
     def limit_words(self) -> str:
@@ -462,7 +289,7 @@ class Submitter:
         self.executor.update_parameters(**self.params, dependency=self._dependency())
         payloads = [[[str(f) for f in group] for group in task] for task in tasks]
         try:
-            with _quiet_submitit(self.folder), _sbatch_once():  # submitit prints every refusal; the launcher says it once
+            with _quiet_submitit(self.folder), sbatch_once.on_path():  # submitit prints every refusal; the launcher says it once
                 jobs = self.executor.map_array(self.job, payloads)
         except OSError as err:  # after sbatch took the array, or before: either way nothing of it runs (see _quiet_submitit)
             raise UserError(f"cannot write submitit's files in {self.folder}: {err}{already_submitted(self.arrays)}") from None
@@ -545,51 +372,6 @@ def already_submitted(arrays: list[str]) -> str:
     return f"; already submitted: {', '.join(arrays)} (cancel with: python -m orchestrator.cancel)" if arrays else ""
 
 
-_SBATCH_ONCE_DIR: list[str] = []  # the folder holding the `sbatch` of _sbatch_once, made once per process ("" if it cannot run)
-
-
-@contextlib.contextmanager
-def _sbatch_once() -> Iterator[None]:
-    """While submitit submits, `sbatch` on PATH is sbatch_once.py in front of the real one (see there why).
-
-    submitit runs the bare command `sbatch` (its array submissions through an executor of its own
-    making, so a subclass cannot change the command); PATH is the one hook it offers.
-    """
-    real = shutil.which("sbatch")
-    if real is not None and not _SBATCH_ONCE_DIR:
-        _SBATCH_ONCE_DIR.append(_write_sbatch_once(real))
-    if real is None or not _SBATCH_ONCE_DIR[0]:
-        yield  # no sbatch: submitit's own error names it; no wrapper: sbatch's own retries apply
-        return
-    path = os.environ.get("PATH", "")
-    os.environ["PATH"] = f"{_SBATCH_ONCE_DIR[0]}{os.pathsep}{path}"
-    try:
-        yield
-    finally:
-        os.environ["PATH"] = path
-
-
-_OWN_RETRIES = "each refusal by a full controller costs sbatch's own 2 minutes of retries"
-
-
-def _write_sbatch_once(real: str) -> str:
-    """A temporary folder with an `sbatch` that runs sbatch_once.py in front of `real`; "" where none can run."""
-    try:
-        folder = tempfile.mkdtemp(prefix="sweep-sbatch-")
-        atexit.register(shutil.rmtree, folder, True)
-        script = Path(folder) / "sbatch"
-        once = Path(__file__).with_name("sbatch_once.py")
-        script.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} {shlex.quote(str(once))} {shlex.quote(real)} "$@"\n')
-        script.chmod(0o755)
-    except OSError as err:
-        print(f"slurm: cannot write a wrapper for sbatch ({err}); {_OWN_RETRIES}", file=sys.stderr)
-        return ""
-    if not os.access(script, os.X_OK):  # a temporary folder mounted noexec (Linux's access() says so)
-        print(f"slurm: {folder} does not allow running programs; {_OWN_RETRIES}", file=sys.stderr)
-        return ""
-    return folder
-
-
 @contextlib.contextmanager
 def _quiet_submitit(folder: Path) -> Iterator[None]:
     """Silence submitit's echo of a refused sbatch, and clean up after a submission that failed.
@@ -620,104 +402,6 @@ def _quiet_submitit(folder: Path) -> Iterator[None]:
                 with contextlib.suppress(OSError):
                     leftover.unlink()
         raise
-
-
-def wait_for_jobs(
-    submitter: Submitter, left: list[Task], folders: list[Path], name: str, queued: list[str], poll_s: float = 2.0
-) -> list[Task]:
-    """Block until every task is submitted and none of the jobs is in the queue; show progress from the trial folders.
-
-    Tasks a submit limit held back go out as ours leave the queue (or every minute, in case the
-    room came from other jobs). Returns the tasks still unsubmitted when it stopped waiting for
-    room: after TOPUP_TRIES_WITHOUT_ROOM fruitless tries in a row with none of ours in the queue.
-    """
-    progress = Progress(len(folders), "slurm", folders=folders)
-    with progress.ticking():  # epochs move the line between polls of the queue (which slow down to 30 s)
-        return _wait(submitter, left, folders, name, queued, poll_s, progress)
-
-
-def _wait(
-    submitter: Submitter, left: list[Task], folders: list[Path], name: str, queued: list[str], poll_s: float, progress: Progress
-) -> list[Task]:
-    shown: tuple[str, ...] | None = None
-    said_stuck: frozenset[str] = frozenset()  # the reasons for jobs that cannot start, said once each
-    start, failures = time.monotonic(), 0
-    mark, last_try = None, time.monotonic()  # our tasks in the queue when the limit last refused, and when
-    idle = 0  # tries in a row that found no room while none of ours was queued
-    # A full controller (MaxJobCount) frees a finished job's record MinJobAge after it ends, not when it
-    # leaves squeue: a try triggered by ours leaving is repeated once then (read when first needed).
-    recheck: float | None = None
-    min_job_age: int | None = None
-    try:
-        while True:
-            ids = submitter.job_ids + queued
-            try:
-                live = queue_info(ids)
-                failures = 0
-            except UserError as err:  # the controller may be restarting: keep waiting
-                failures += 1
-                if failures == 1 or failures % 30 == 0:
-                    print(f"slurm: {err}; still waiting", file=sys.stderr)
-                live = dict.fromkeys(ids, (name, "UNKNOWN", ""))
-            if left and failures == 0:
-                due = recheck is not None and time.monotonic() >= recheck
-                if mark is not None and (len(live) < mark or due or time.monotonic() - last_try > TOPUP_EVERY_S):
-                    before, left_queue = len(left), len(live) < mark
-                    left = submitter.top_up(left)
-                    idle = idle + 1 if len(left) == before and not live else 0
-                    mark, last_try, recheck = None, time.monotonic(), None
-                    if left and left_queue and submitter.kind == "full":
-                        min_job_age = cluster_min_job_age() if min_job_age is None else min_job_age
-                        recheck = time.monotonic() + min_job_age + 5  # the controller purges a little after MinJobAge
-                    if idle >= TOPUP_TRIES_WITHOUT_ROOM:
-                        print(
-                            f"slurm: stopped waiting for room: {idle} tries {TOPUP_EVERY_S} s apart found none while none of the "
-                            f"sweep's jobs was queued ({submitter.limit_words()}); {_trials(left)} trials ({len(left)} tasks) "
-                            "not submitted: run the same command again later to top up",
-                            file=sys.stderr,
-                        )
-                        return left
-                    continue
-                if mark is None:
-                    mark = len(live)
-            said_stuck = _say_stuck(live, said_stuck, submitter.sweep)
-            states = [observe(f) for f in folders]
-            counts = (*sorted(s.state for s in states), str(len(live)), str(len(left)))
-            if counts != shown:
-                limit = "MaxJobCount" if submitter.kind == "full" else "submit limit"
-                more = f", {_trials(left)} trials waiting for room ({limit})" if left else ""
-                progress.show(states, sum(s.state == "running" for s in states), f"{len(live)} jobs in the queue{more}")
-                shown = counts
-            if not live and not left:
-                return left
-            # Poll gently on big clusters: every 2 s for a minute, then every 10 s, then 30 s.
-            waited = time.monotonic() - start
-            time.sleep(poll_s if waited < 60 else 10 if waited < 600 else 30)
-    except (KeyboardInterrupt, SystemExit):  # Ctrl-C; SIGTERM, SIGHUP, SIGUSR1/2 (trainer.cli)
-        cancel = f"python -m orchestrator.cancel {submitter.sweep}"
-        print(f"\nslurm: the jobs keep running; follow with orchestrator.status, cancel with: {cancel}", file=sys.stderr)
-        raise
-
-
-def _say_stuck(live: dict[str, tuple[str, str, str]], said: frozenset[str], sweep: Path) -> frozenset[str]:
-    """Say once per reason that queued jobs of the sweep cannot start as they are; returns the reasons said."""
-    pending = [why for _, state, why in live.values() if state == "PENDING" and why not in said]
-    for line in stuck_lines(pending, "queued job(s) of the sweep"):
-        print(
-            f"slurm: {line}; they wait until that changes: cancel with python -m orchestrator.cancel {sweep}, change the profile, "
-            "launch again",
-            file=sys.stderr,
-        )
-    return said | {why for why in pending if stuck(why)}
-
-
-def _print_failures(folders: list[Path]) -> None:
-    for st in (observe(f) for f in folders):
-        if st.state == "failed":
-            print(f"  {st.trial_id} failed after {st.attempts} attempt(s): {st.error}", file=sys.stderr)
-        elif st.state in ("interrupted", "pending"):
-            why = st.status.last_interruption or "not run"
-            print(f"  {st.trial_id} is {st.state}: {why}; run the sweep again to go on", file=sys.stderr)
 
 
 def _array_ids(ids: Any) -> str:

@@ -6,7 +6,7 @@ or MaxMemPerNode and the job then pends for ever (reason `PartitionTimeLimit`, `
 seen on the test SLURM): a whole sweep queued that never starts, with nothing said at
 submission. So the launcher's preflight reads the partition once (the profile's, or the
 cluster's default) and refuses such a profile in one line. Sites that enforce the limits at
-submission refuse it in sbatch too (launcher._REFUSED_KEYS). Not for a profile that names a
+submission refuse it in sbatch too (preflight._REFUSED_KEYS). Not for a profile that names a
 `qos`: a QOS with the OverPartQOS or PartitionTimeLimit flag lifts the partition's limits.
 """
 

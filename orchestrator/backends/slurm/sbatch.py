@@ -3,14 +3,14 @@
     job_name(sweep)                         the name of every job of a sweep: sweep-<folder name>
     sbatch_parameters(profile, sweep)       the keyword arguments of submitit's sbatch rendering
     chunked(items, size)                    groups -> tasks (G groups each), tasks -> job arrays the cluster accepts
+    count_trials(tasks)                     the trial folders in tasks
     parse_max_array_size(text)              MaxArraySize from `scontrol show config`
     parse_min_job_age(text)                 MinJobAge (how long a finished job still counts against MaxJobCount)
     submit_refusal(text)                    is an sbatch error a submit limit (per-user / QOS, MaxJobCount)?
 
 Only the profile's resources and the job name (from the validated sweep name) reach the sbatch
 script; trial settings (grid values) travel in each trial's spec.json and never pass through a
-shell. The rendered
-script itself is `orchestrator.backends.slurm.render_sbatch` (it needs submitit).
+shell. The rendered script itself is script.py's `render_sbatch` (it needs submitit).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from orchestrator.profiles import SlurmProfile
 from trainer.errors import UserError
 
 T = TypeVar("T")
+Task = list[list[Path]]  # the groups of one array task (one group per GPU), each a list of trial folders
 
 # SLURM's own default, used when `scontrol show config` does not mention MaxArraySize.
 SLURM_DEFAULT_MAX_ARRAY_SIZE = 1001
@@ -132,6 +133,11 @@ def chunked(items: Sequence[T], max_array_size: int) -> list[list[T]]:
     if max_array_size < 1:
         raise UserError(f"max_array_size is {max_array_size}; allowed: >= 1")
     return [list(items[i : i + max_array_size]) for i in range(0, len(items), max_array_size)]
+
+
+def count_trials(tasks: list[Task]) -> int:
+    """The trial folders in `tasks`."""
+    return sum(len(g) for t in tasks for g in t)
 
 
 def parse_max_array_size(config_text: str) -> int:

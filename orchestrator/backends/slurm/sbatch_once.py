@@ -17,11 +17,18 @@ and cancelled, so no trial ever runs under a job the launcher does not know.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
 import re
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 SUBMITIT_SCRIPT = re.compile(r"\.submission_file_[0-9a-f]{32}\.sh")  # submitit's name for a submission's script, new for each
 RETRYING = "sleeping and retrying"  # sbatch's line before its first sleep (EAGAIN, job queue full)
@@ -92,6 +99,52 @@ def scancel(jobs: list[str], timeout_s: float = 60) -> str | None:
     if said and not errors:
         return None
     return f"scancel: {errors[-1] if errors else f'failed (exit code {out.returncode})'}"
+
+
+# ---- in the launcher: this script first on PATH while submitit submits ---------------------------
+_WRAPPER_DIR: list[str] = []  # the folder holding the `sbatch` of on_path, made once per process ("" if it cannot run)
+
+
+@contextlib.contextmanager
+def on_path() -> Iterator[None]:
+    """While submitit submits, `sbatch` on PATH is this script in front of the real one (the module docstring says why).
+
+    submitit runs the bare command `sbatch` (its array submissions through an executor of its own
+    making, so a subclass cannot change the command); PATH is the one hook it offers.
+    """
+    real = shutil.which("sbatch")
+    if real is not None and not _WRAPPER_DIR:
+        _WRAPPER_DIR.append(_write_wrapper(real))
+    if real is None or not _WRAPPER_DIR[0]:
+        yield  # no sbatch: submitit's own error names it; no wrapper: sbatch's own retries apply
+        return
+    path = os.environ.get("PATH", "")
+    os.environ["PATH"] = f"{_WRAPPER_DIR[0]}{os.pathsep}{path}"
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = path
+
+
+_OWN_RETRIES = "each refusal by a full controller costs sbatch's own 2 minutes of retries"
+
+
+def _write_wrapper(real: str) -> str:
+    """A temporary folder with an `sbatch` that runs sbatch_once.py in front of `real`; "" where none can run."""
+    try:
+        folder = tempfile.mkdtemp(prefix="sweep-sbatch-")
+        atexit.register(shutil.rmtree, folder, True)
+        script = Path(folder) / "sbatch"
+        once = Path(__file__)
+        script.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} {shlex.quote(str(once))} {shlex.quote(real)} "$@"\n')
+        script.chmod(0o755)
+    except OSError as err:
+        print(f"slurm: cannot write a wrapper for sbatch ({err}); {_OWN_RETRIES}", file=sys.stderr)
+        return ""
+    if not os.access(script, os.X_OK):  # a temporary folder mounted noexec (Linux's access() says so)
+        print(f"slurm: {folder} does not allow running programs; {_OWN_RETRIES}", file=sys.stderr)
+        return ""
+    return folder
 
 
 if __name__ == "__main__":

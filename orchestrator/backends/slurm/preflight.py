@@ -1,0 +1,88 @@
+"""The SLURM launcher's checks before anything is written: SLURM's commands, the controller, the
+partition and its limits (partition.py), and the site's own names in the profile (`sbatch --test-only`).
+
+Each refusal is one line naming the profile key (ProfileError, exit 2); a check SLURM cannot
+answer here is left to the submission, which says what the site thinks.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from orchestrator.backends.slurm import partition
+from orchestrator.backends.slurm.queue import last_line
+from orchestrator.backends.slurm.script import render_sbatch
+from orchestrator.profiles import SlurmProfile
+from trainer.errors import ProfileError, UserError
+
+
+def preflight(profile: SlurmProfile) -> None:
+    """Cheap checks before any trial folder is written: SLURM's commands, the controller, the partition and its limits."""
+    missing = [c for c in ("sbatch", "srun", "squeue", "scontrol") if shutil.which(c) is None]
+    if missing:
+        raise UserError(f"the slurm backend needs SLURM's commands on PATH; missing: {', '.join(missing)}")
+    # The profile's partition, or every partition to find the default one: one controller call either way.
+    try:
+        which = [profile.partition] if profile.partition is not None else []
+        out = subprocess.run(["scontrol", "show", "partition", *which], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        raise UserError("`scontrol show partition` timed out; is the SLURM controller up?") from None
+    if out.returncode != 0 and profile.partition is not None:
+        raise ProfileError(f"partition '{profile.partition}': {last_line(out.stderr or out.stdout)} (see `sinfo -s`)")
+    part = partition.pick(partition.records(out.stdout), profile.partition) if out.returncode == 0 else None
+    if part is not None and (why := partition.refusal(part, profile)):
+        raise ProfileError(why)
+    _test_submit(profile)
+
+
+# What `sbatch --test-only` says of a setting no job of the profile could ever be submitted with, and
+# the profile key that holds it. Only these: its other refusals are not final (all nodes drained or
+# down: "Requested node configuration is not available", while a real submission queues and waits).
+_REFUSED_KEYS = (
+    ("Requested reservation is invalid", ("reservation",), "a reservation of this cluster (`scontrol show reservation`)"),
+    ("Invalid feature specification", ("constraint",), "features the partition's nodes have (`sinfo -o '%P %f'`)"),
+    ("Invalid account", ("account", "partition"), "an account you may use on that partition (`sacctmgr show assoc user=$USER`)"),
+    ("Invalid qos", ("qos", "account"), "a QOS of your association (`sacctmgr show assoc user=$USER format=account,qos`)"),
+    ("Invalid generic resource", ("gres", "gpus_per_task", "gpus_per_trial"), "GPUs the partition's nodes have (`sinfo -o '%P %G'`)"),
+    ("Requested time limit is invalid", ("time_min", "partition"), "at most the partition's MaxTime (`sinfo -o '%P %l'`)"),
+)
+
+
+_SITE_NAMES = ("reservation", "constraint", "account", "qos", "gres")  # settings that name the site's own objects
+
+
+def _test_submit(profile: SlurmProfile) -> None:
+    """Ask the controller (`sbatch --test-only`: nothing is queued) whether the profile's sbatch script
+    could be submitted at all, so a misspelt reservation or feature is one line before anything is written.
+
+    Only for a profile that names such objects of the site (_SITE_NAMES): the other settings are
+    checked by the profile itself, and a site's sbatch wrapper (accounting, quotas) then sees no
+    call that is not a submission. The script goes as a file, the last argument, as for a submission.
+    """
+    if not any(getattr(profile, key) for key in _SITE_NAMES):
+        return
+    scratch = Path(tempfile.gettempdir())
+    script = render_sbatch(profile, scratch / "preflight", scratch / "sweep-preflight" / "%j", 1)
+    try:
+        with tempfile.NamedTemporaryFile("w", prefix="sweep-preflight-", suffix=".sh") as file:
+            file.write(script)
+            file.flush()
+            out = subprocess.run(["sbatch", "--test-only", file.name], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return  # the submission itself will say what is wrong
+    if out.returncode == 0:
+        return
+    said = last_line(out.stderr or out.stdout).removeprefix("allocation failure: ").removeprefix("sbatch: error: ")
+    for words, keys, allowed in _REFUSED_KEYS:
+        if words in said:
+            given = {k: v for k in keys if (v := getattr(profile, k, None)) not in (None, 0)}
+            if not given:
+                raise ProfileError(f"SLURM refuses the cluster's default {keys[0]} ({said}); set key '{keys[0]}': {allowed}")
+            if len(given) == 1:
+                ((key, value),) = given.items()
+                raise ProfileError(f"key '{key}' is {value!r}: SLURM refuses it ({said}); allowed: {allowed}")
+            both = " and ".join(f"'{k}' ({v!r})" for k, v in given.items())
+            raise ProfileError(f"keys {both}: SLURM refuses them ({said}); allowed: {allowed}")
