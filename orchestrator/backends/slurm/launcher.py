@@ -289,7 +289,7 @@ class Submitter:
         self.executor.update_parameters(**self.params, dependency=self._dependency())
         payloads = [[[str(f) for f in group] for group in task] for task in tasks]
         try:
-            with _quiet_submitit(self.folder), sbatch_once.on_path():  # submitit prints every refusal; the launcher says it once
+            with _quiet_submitit(self.scripts), sbatch_once.on_path():  # submitit prints every refusal; the launcher says it once
                 jobs = self.executor.map_array(self.job, payloads)
         except OSError as err:  # after sbatch took the array, or before: either way nothing of it runs (see _quiet_submitit)
             raise UserError(f"cannot write submitit's files in {self.folder}: {err}{already_submitted(self.arrays)}") from None
@@ -373,15 +373,15 @@ def already_submitted(arrays: list[str]) -> str:
 
 
 @contextlib.contextmanager
-def _quiet_submitit(folder: Path) -> Iterator[None]:
+def _quiet_submitit(base: Path) -> Iterator[None]:
     """Silence submitit's echo of a refused sbatch, and clean up after a submission that failed.
 
     A refused sbatch leaves pickles and a script behind: removed. A submission that failed after
     sbatch took the job (submitit could not write its files: a full disk, a quota; or an
     interrupt) leaves that job held and unknown to the launcher, and the sweep's later arrays
-    would wait on it (afterany) for ever: cancelled, found by its script.
+    would wait on it (afterany) for ever: cancelled, found by its script. `base`: the folder
+    submitit writes its pickles and scripts to (Submitter.scripts).
     """
-    base = JobPaths.get_first_id_independent_folder(folder)
     before = set(base.glob("*.pkl")) | set(base.glob(".submission_file_*.sh")) if base.is_dir() else set()
     try:
         with contextlib.redirect_stderr(io.StringIO()):
