@@ -168,6 +168,51 @@ def test_a_killed_node_and_a_preemption_requeue_the_trials_and_they_finish_equal
     assert_same_numbers(ref, p)  # the same trial in a sweep of another name
 
 
+def sacctmgr(*args: str) -> None:
+    out = subprocess.run(["sacctmgr", "-i", *args], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, f"sacctmgr {' '.join(args)}: {out.stderr or out.stdout}"
+
+
+def test_a_profile_over_its_qos_or_association_limits_is_one_line_before_anything_is_written(tmp_path: Path, name: str) -> None:
+    # The cluster enforces QOS limits (AccountingStorageEnforce=...,limits): a job over its QOS's MaxWall
+    # or MaxTRESPerJob would pend for ever, and `sbatch --test-only` takes it.
+    qos = f"q{uuid.uuid4().hex[:8]}"
+    sacctmgr("add", "qos", qos, "MaxWall=00:05:00", "MaxTRESPerJob=cpu=1,mem=2G")
+    try:
+        sacctmgr("modify", "user", "root", "set", f"qos+={qos}")
+        over = {
+            "key 'time_min' is 10: over QOS {q}'s MaxWall (00:05:00), where its jobs would pend for ever (QOSMaxWallDurationPerJobLimit)": {
+                "qos": qos,
+                "time_min": 10,
+            },
+            "key 'cpus_per_trial' asks for 2 per job: over QOS {q}'s MaxTRESPerJob (cpu=1)": {
+                "qos": qos,
+                "time_min": 5,
+                "cpus_per_trial": 2,
+            },
+            "key 'mem_gb' asks for 3 GB per job: over QOS {q}'s MaxTRESPerJob (mem=2G)": {"qos": qos, "time_min": 5, "mem_gb": 3},
+        }
+        for said, profile in over.items():
+            run = sweep(tmp_path, name, "0", **profile)
+            assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
+            assert run.stderr.startswith(f"error: {tmp_path / 'profile.yaml'}: {said.format(q=qos)}"), run.stderr
+            assert not (tmp_path / "r").exists()
+        # A profile that names no qos runs under the association's default QOS: the same limits hold.
+        sacctmgr("modify", "user", "root", "set", f"defaultqos={qos}")
+        run = sweep(tmp_path, name, "0", time_min=10)
+        assert run.returncode == 2 and f"over QOS {qos}'s MaxWall" in run.stderr and not (tmp_path / "r").exists(), run.stderr
+        sacctmgr("modify", "user", "root", "set", "defaultqos=-1")
+        # Within the limits the job goes out, starts and runs the trial.
+        run = sweep(tmp_path, name, "0", wait=True, qos=qos, time_min=5, mem_gb=1)
+        assert run.returncode == 0, run.stderr
+        assert [status(t)["state"] for t in trials(tmp_path, name)] == ["done"]
+    finally:
+        cancel_sweep_jobs(name)
+        sacctmgr("modify", "user", "root", "set", "defaultqos=-1")
+        sacctmgr("modify", "user", "root", "set", f"qos-={qos}")
+        sacctmgr("delete", "qos", qos)
+
+
 def test_cancel_midway_then_relaunch_uses_no_attempt(tmp_path: Path, name: str) -> None:
     assert sweep(tmp_path, name, "0, 1, 2", epochs=3, max_running_tasks=1).returncode == 0  # one runs, two wait
     everything = trials(tmp_path, name)

@@ -289,6 +289,60 @@ def test_the_partitions_limits_are_read_from_scontrol_and_rule_out_a_profile_ove
     assert (why := partition.refusal(short, big)) and "key 'mem_gb' asks for 8704 MB per node" in why and "at most 8 GB" in why
     per_cpu = load_profile(write(tmp_path, "backend: slurm\ntime_min: 30\nmem_per_cpu_gb: 3\ncpus_per_trial: 3\n"))
     assert (why := partition.refusal(short, per_cpu)) and "key 'mem_per_cpu_gb' asks for 9216 MB per node" in why
+    # The job QOS's flags, where sacctmgr told them: PartitionTimeLimit lifts MaxTime, nothing lifts MaxMemPerNode.
+    assert partition.refusal(short, lifted, frozenset({"PartitionTimeLimit"})) is None
+    assert (why := partition.refusal(short, lifted, frozenset())) and why.startswith("key 'time_min' is 31")
+    big_qos = load_profile(write(tmp_path, "backend: slurm\ntime_min: 30\nmem_gb: 8.5\nqos: long\n"))
+    assert partition.refusal(short, big_qos) is None and partition.refusal(short, big_qos, frozenset({"PartitionTimeLimit"}))
+
+
+def test_qos_and_association_limits_hold_as_slurmctld_picks_them_and_rule_out_a_profile_over_them(tmp_path: Path) -> None:
+    from orchestrator.backends.slurm import qos
+
+    assert qos.enforced("AccountingStorageEnforce = associations,limits,qos\n")
+    assert qos.enforced("AccountingStorageEnforce = safe\n") and not qos.enforced("AccountingStorageEnforce = associations,qos\n")
+    assert not qos.enforced("AccountingStorageEnforce = none\n") and not qos.enforced("")
+    assert qos.tres("cpu=4,mem=2G,gres/gpu=1,node=1") == {"cpu": (4, "4"), "mem": (2048, "2G"), "gres/gpu": (1, "1"), "node": (1, "1")}
+    assert qos.tres("mem=3000M") == {"mem": (3000, "3000M")} and qos.tres("") == {}
+    plain = load_profile(write(tmp_path, "backend: slurm\n"))
+    named = load_profile(write(tmp_path, "backend: slurm\nqos: long\n"))
+    # The job's QOS: the profile's, else the association's default, else its only one, else normal.
+    assert qos.job_qos(named, "def", "a,b") == "long" and qos.job_qos(plain, "def", "a,b") == "def"
+    assert qos.job_qos(plain, "", "only") == "only" and qos.job_qos(plain, "", "a,b") == "normal"
+    job = qos.limits("QOS long", "QOS", "2-00:00:00", "cpu=8")
+    part = qos.limits("partition p's QOS pq", "QOS", "01:00:00", "")
+    assoc = qos.limits("your association (account a)", "Assoc", "00:30:00", "cpu=2,mem=4G")
+    held = {key: whose.owner for key, whose in qos.effective(job, part, assoc)}
+    # A partition QOS overrides the job's limit by limit; the association's hold where no QOS sets one.
+    assert held == {"wall": "partition p's QOS pq", "cpu": "QOS long", "mem": "your association (account a)"}
+    over = qos.limits("QOS long", "QOS", "2-00:00:00", "cpu=8", "OverPartQOS")
+    assert {key: w.owner for key, w in qos.effective(over, part, assoc)}["wall"] == "QOS long"  # OverPartQOS: the other way
+    short = [("wall", qos.limits("QOS short", "QOS", "00:05:00", "cpu=1,mem=3000M,gres/gpu=1"))]
+    short += [(k, short[0][1]) for k in ("cpu", "mem", "gres/gpu")]
+    ok = load_profile(write(tmp_path, "backend: slurm\ntime_min: 5\nmem_gb: 2\n"))
+    assert qos.refusal(short, ok) is None
+    cases = {
+        "time_min: 6\nmem_gb: 2\n": "key 'time_min' is 6: over QOS short's MaxWall (00:05:00), where its jobs would pend for ever "
+        "(QOSMaxWallDurationPerJobLimit); allowed: 1 to 5, or another qos",
+        "time_min: 5\nmem_gb: 2\ncpus_per_trial: 2\n": "key 'cpus_per_trial' asks for 2 per job: over QOS short's MaxTRESPerJob "
+        "(cpu=1), where its jobs would pend for ever (QOSMaxCpuPerJobLimit); allowed: at most 1, or another qos",
+        "time_min: 5\n": "key 'mem_gb' (its default) asks for 4 GB per job: over QOS short's MaxTRESPerJob (mem=3000M), where its "
+        "jobs would pend for ever (QOSMaxMemoryPerJob); allowed: at most 2.92969 GB",
+    }
+    for text, said in cases.items():
+        assert (why := qos.refusal(short, load_profile(write(tmp_path, f"backend: slurm\n{text}")))) and why.startswith(said), why
+    gpus = [("gres/gpu", qos.limits("QOS gpu", "QOS", "", "gres/gpu=1"))]
+    two = load_profile(write(tmp_path, "backend: slurm\ngpus_per_task: 2\n"))
+    assert (why := qos.refusal(gpus, two)) and why.startswith(
+        "key 'gpus_per_task' asks for 2 per job: over QOS gpu's MaxTRESPerJob (gres/gpu=1), where its jobs would pend for ever "
+        "(QOSMaxGRESPerJob)"
+    )
+    assert qos.refusal(gpus, load_profile(write(tmp_path, "backend: slurm\ngpus_per_trial: 1\n"))) is None
+    whole = load_profile(write(tmp_path, "backend: slurm\ntime_min: 5\nexclusive: true\ncpus_per_trial: 4\n"))
+    assert qos.refusal(short, whole) is None  # a whole node's CPUs and memory: its size is not known here
+    wall = [("wall", assoc)]
+    assert (why := qos.refusal(wall, plain)) and "over your association (account a)'s MaxWall (00:30:00)" in why
+    assert "(AssocMaxWallDurationPerJobLimit)" in why
 
 
 def test_pending_reasons_that_do_not_clear_by_waiting_are_said_once_each(capsys: pytest.CaptureFixture[str]) -> None:

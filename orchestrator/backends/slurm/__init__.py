@@ -5,6 +5,7 @@
     wait.py      `wait: true`: follow the jobs out of the queue, top up, say why a job cannot start
     script.py    the sbatch script submitit writes (render_sbatch, pure)
     cluster.py   the controller's config (MaxArraySize, MinJobAge); partition.py its partitions' limits
+    qos.py       the QOS and association limits a job runs under (sacctmgr), where the site enforces them
     job.py       TrialJob: what an array task runs on its node (a worker per GPU, requeues, signals)
     queue.py     squeue / sacct, and the outcome of jobs that left the queue without one
     sbatch.py    the sbatch parameters and chunking as pure functions (no SLURM needed)

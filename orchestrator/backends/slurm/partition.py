@@ -6,8 +6,9 @@ or MaxMemPerNode and the job then pends for ever (reason `PartitionTimeLimit`, `
 seen on the test SLURM): a whole sweep queued that never starts, with nothing said at
 submission. So the launcher's preflight reads the partition once (the profile's, or the
 cluster's default) and refuses such a profile in one line. Sites that enforce the limits at
-submission refuse it in sbatch too (preflight._REFUSED_KEYS). Not for a profile that names a
-`qos`: a QOS with the OverPartQOS or PartitionTimeLimit flag lifts the partition's limits.
+submission refuse it in sbatch too (preflight._REFUSED_KEYS). A job QOS with the
+PartitionTimeLimit flag lifts the partition's MaxTime (qos.py reads the flags); where they cannot
+be read, a profile that names a `qos` is not checked against the partition at all.
 """
 
 from __future__ import annotations
@@ -56,13 +57,17 @@ def minutes(value: str) -> float | None:
     return int(days or 0) * 1440 + h * 60 + m + s / 60
 
 
-def refusal(part: dict[str, str], profile: SlurmProfile) -> str | None:
-    """Why no job of `profile` could ever start on `part` (over its MaxTime or MaxMemPerNode), or None."""
-    if profile.qos is not None:  # its flags may lift the partition's limits (OverPartQOS): the queue will tell
+def refusal(part: dict[str, str], profile: SlurmProfile, qos_flags: frozenset[str] | None = None) -> str | None:
+    """Why no job of `profile` could ever start on `part` (over its MaxTime or MaxMemPerNode), or None.
+
+    `qos_flags`: those of the job's QOS, None where they could not be read.
+    """
+    if qos_flags is None and profile.qos is not None:  # its flags may lift the partition's MaxTime: the queue will tell
         return None
     name = part["PartitionName"]
     most = minutes(part.get("MaxTime", "UNLIMITED"))
-    if most is not None and profile.time_min > most:
+    lifted = qos_flags is not None and "PartitionTimeLimit" in qos_flags
+    if most is not None and profile.time_min > most and not lifted:
         return (
             f"key 'time_min' is {profile.time_min}: over partition {name}'s MaxTime ({part['MaxTime']}), where its jobs "
             f"would pend for ever (PartitionTimeLimit); allowed: 1 to {int(most)}, or another partition (`sinfo -o '%P %l'`); "

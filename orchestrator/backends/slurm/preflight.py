@@ -1,5 +1,6 @@
 """The SLURM launcher's checks before anything is written: SLURM's commands, the controller, the
-partition and its limits (partition.py), and the site's own names in the profile (`sbatch --test-only`).
+partition and its limits (partition.py), the QOS and association limits (qos.py), and the site's
+own names in the profile (`sbatch --test-only`).
 
 Each refusal is one line naming the profile key (ProfileError, exit 2); a check SLURM cannot
 answer here is left to the submission, which says what the site thinks.
@@ -12,7 +13,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from orchestrator.backends.slurm import partition
+from orchestrator.backends.slurm import partition, qos
 from orchestrator.backends.slurm.queue import last_line
 from orchestrator.backends.slurm.script import render_sbatch
 from orchestrator.profiles import SlurmProfile
@@ -33,9 +34,22 @@ def preflight(profile: SlurmProfile) -> None:
     if out.returncode != 0 and profile.partition is not None:
         raise ProfileError(f"partition '{profile.partition}': {last_line(out.stderr or out.stdout)} (see `sinfo -s`)")
     part = partition.pick(partition.records(out.stdout), profile.partition) if out.returncode == 0 else None
-    if part is not None and (why := partition.refusal(part, profile)):
+    # The QOS and association limits, where the site enforces them and sacctmgr answers (qos.py).
+    found = qos.lookup(profile, part, _config()) if shutil.which("sacctmgr") else None
+    if part is not None and (why := partition.refusal(part, profile, found[1].flags if found else None)):
+        raise ProfileError(why)
+    if found is not None and (why := qos.refusal(found[0], profile)):
         raise ProfileError(why)
     _test_submit(profile)
+
+
+def _config() -> str:
+    """`scontrol show config`, or "" where it does not answer (the checks that need it are skipped)."""
+    try:
+        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return out.stdout if out.returncode == 0 else ""
 
 
 # What `sbatch --test-only` says of a setting no job of the profile could ever be submitted with, and
