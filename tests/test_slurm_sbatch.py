@@ -352,7 +352,9 @@ def test_pending_reasons_that_do_not_clear_by_waiting_are_said_once_each(capsys:
     clears = ("Priority", "Resources", "Dependency", "BeginTime", "JobArrayTaskLimit", "QOSGrpCpuLimit", None)
     assert [stuck(r) for r in clears] == [None] * 7
     assert all(stuck(r) for r in ("PartitionTimeLimit", "MaxMemPerLimit", "QOSMaxWallDurationPerJobLimit", "AssocMaxCpuPerJobLimit"))
+    assert all(stuck(r) for r in ("QOSMaxMemoryPerJob", "QOSMaxGRESPerJob", "AssocMaxMemPerJob", "QOSMaxCpuPerNode", "QOSMinGRES"))
     assert stuck("QOSMaxJobsPerUserLimit") is None  # a count: clears as the user's other jobs end
+    assert stuck("QOSMaxSubmitJobPerUserLimit") is None and stuck("QOSMaxNodePerUserLimit") is None
     live = {"1_0": ("n", "PENDING", "PartitionTimeLimit"), "1_1": ("n", "PENDING", "PartitionTimeLimit"), "2": ("n", "RUNNING", "None")}
     said = _say_stuck(live, frozenset(), Path("/r/s"))
     err = capsys.readouterr().err

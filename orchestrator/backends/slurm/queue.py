@@ -271,8 +271,12 @@ def stuck(reason: str | None) -> str | None:
         return None
     if reason in _STUCK:
         return _STUCK[reason]
-    if reason.startswith(("QOSMax", "AssocMax")) and reason.endswith("PerJobLimit"):
+    # Per job or per node (QOSMaxCpuPerJobLimit, QOSMaxMemoryPerJob, QOSMaxGRESPerNode, AssocMaxMemPerJob, ...);
+    # not the per-user and aggregate ones (QOSMaxJobsPerUserLimit, QOSGrpCpuLimit), which clear as other jobs end.
+    if reason.startswith(("QOSMax", "AssocMax")) and ("PerJob" in reason or "PerNode" in reason):
         return "it asks for more than its QOS or association allows one job (lower the request or change qos/account)"
+    if reason.startswith("QOSMin"):  # QOSMinCpuNotSatisfied, QOSMinGRES, QOSMinMemory, ...
+        return "it asks for less than its QOS requires of one job (raise the request or change qos)"
     return None
 
 
