@@ -164,7 +164,10 @@ def lookup(profile: SlurmProfile, part: dict[str, str] | None, config: str) -> t
     cluster = cluster_name(config)
     if not enforced(config) or cluster is None:
         return None
-    user = getpass.getuser()
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):  # no login name (a container's bare uid): nothing to look up
+        return None
     account = profile.account
     if account is None:
         rows = _sacctmgr("user", user, "format=DefaultAccount")
