@@ -1,4 +1,5 @@
-"""What the SLURM controller says of itself (`scontrol show config`): MaxArraySize and MinJobAge.
+"""What the SLURM controller says of itself (`scontrol show config`): MaxArraySize, MinJobAge, and
+the accounting settings the preflight's QOS check reads (qos.py).
 
 MaxArraySize caps the tasks of one job array (the launcher cuts longer sweeps into several);
 MinJobAge is how long a finished job still counts against MaxJobCount (the waiting launcher's
@@ -26,6 +27,14 @@ def cluster_min_job_age() -> int:
         return parse_min_job_age(_cluster_config(30))
     except UserError:
         return parse_min_job_age("")
+
+
+def config_or_empty(timeout_s: float = 60) -> str:
+    """`scontrol show config`, or "" where it does not answer (the checks that need it are skipped)."""
+    try:
+        return _cluster_config(timeout_s)
+    except UserError:
+        return ""
 
 
 def _cluster_config(timeout_s: float) -> str:

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from orchestrator.backends.slurm import partition, qos
+from orchestrator.backends.slurm.cluster import config_or_empty
 from orchestrator.backends.slurm.queue import last_line
 from orchestrator.backends.slurm.script import render_sbatch
 from orchestrator.profiles import SlurmProfile
@@ -21,7 +22,7 @@ from trainer.errors import ProfileError, UserError
 
 
 def preflight(profile: SlurmProfile) -> None:
-    """Cheap checks before any trial folder is written: SLURM's commands, the controller, the partition and its limits."""
+    """Cheap checks before any trial folder is written: SLURM's commands, the controller, the partition's and the QOS's limits."""
     missing = [c for c in ("sbatch", "srun", "squeue", "scontrol") if shutil.which(c) is None]
     if missing:
         raise UserError(f"the slurm backend needs SLURM's commands on PATH; missing: {', '.join(missing)}")
@@ -35,21 +36,12 @@ def preflight(profile: SlurmProfile) -> None:
         raise ProfileError(f"partition '{profile.partition}': {last_line(out.stderr or out.stdout)} (see `sinfo -s`)")
     part = partition.pick(partition.records(out.stdout), profile.partition) if out.returncode == 0 else None
     # The QOS and association limits, where the site enforces them and sacctmgr answers (qos.py).
-    found = qos.lookup(profile, part, _config()) if shutil.which("sacctmgr") else None
+    found = qos.lookup(profile, part, config_or_empty()) if shutil.which("sacctmgr") else None
     if part is not None and (why := partition.refusal(part, profile, found[1].flags if found else None)):
         raise ProfileError(why)
     if found is not None and (why := qos.refusal(found[0], profile)):
         raise ProfileError(why)
     _test_submit(profile)
-
-
-def _config() -> str:
-    """`scontrol show config`, or "" where it does not answer (the checks that need it are skipped)."""
-    try:
-        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-    return out.stdout if out.returncode == 0 else ""
 
 
 # What `sbatch --test-only` says of a setting no job of the profile could ever be submitted with, and
