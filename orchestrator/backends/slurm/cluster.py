@@ -23,10 +23,7 @@ def cluster_max_array_size(timeout_s: float = 60) -> int:
 
 def cluster_min_job_age() -> int:
     """MinJobAge of the cluster (SLURM's default when `scontrol show config` does not answer: it only times top-ups)."""
-    try:
-        return parse_min_job_age(_cluster_config(30))
-    except UserError:
-        return parse_min_job_age("")
+    return parse_min_job_age(config_or_empty(30))
 
 
 def config_or_empty(timeout_s: float = 60) -> str:

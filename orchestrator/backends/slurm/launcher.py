@@ -55,7 +55,15 @@ from orchestrator.backends.slurm.cluster import cluster_max_array_size, known_ma
 from orchestrator.backends.slurm.job import SUBMITIT_MAX_TIMEOUTS, TrialJob
 from orchestrator.backends.slurm.preflight import preflight
 from orchestrator.backends.slurm.queue import SUBMITTED, job_views, last_line, settle, squeue, summarize, sweep_arrays, unreleased
-from orchestrator.backends.slurm.sbatch import Task, chunked, count_trials, job_name, sbatch_parameters, submit_refusal
+from orchestrator.backends.slurm.sbatch import (
+    Task,
+    chunked,
+    count_trials,
+    job_name,
+    parse_max_array_size,
+    sbatch_parameters,
+    submit_refusal,
+)
 from orchestrator.backends.slurm.sbatch_once import GONE, cancel_orphans, scancel
 from orchestrator.backends.slurm.script import check_one_line, log_folder, python_command, render_sbatch
 from orchestrator.backends.slurm.submit_lock import submitting
@@ -75,9 +83,10 @@ __all__ = ["SUBMITTED", "SlurmBackend", "render_sbatch", "squeue", "submit"]
 class SlurmBackend:
     def __init__(self, profile: SlurmProfile) -> None:
         self.profile = profile
+        self.config = ""  # the cluster's `scontrol show config`, as the preflight read it
 
     def preflight(self, plan: Plan) -> None:
-        preflight(self.profile)
+        self.config = preflight(self.profile)
         if self.profile.array_parallelism is not None:
             print(
                 f"slurm: profile key 'array_parallelism' is now sweep-wide (at most {self.profile.array_parallelism} tasks of the "
@@ -105,19 +114,22 @@ class SlurmBackend:
         )
 
     def run(self, groups: list[list[Path]], sweep: Path) -> Launch:
-        waited, left = run_slurm(groups, self.profile, sweep)
+        waited, left = run_slurm(groups, self.profile, sweep, self.config)
         note = "" if waited and not left else f"submitted; follow with: python -m orchestrator.status {sweep}"
         # Trials still unsubmitted after a wait: the launch is not finished (exit 3, like without wait).
         return Launch(waited=waited and not left, note=note, unsubmitted=left)
 
 
 # ---- launcher ------------------------------------------------------------------------------------
-def run_slurm(groups: list[list[Path]], profile: SlurmProfile, sweep: Path) -> tuple[bool, int]:
-    """Submit the groups of trial folders; (True if it also waited for every job to end, trials left unsubmitted)."""
+def run_slurm(groups: list[list[Path]], profile: SlurmProfile, sweep: Path, config: str = "") -> tuple[bool, int]:
+    """Submit the groups of trial folders; (True if it also waited for every job to end, trials left unsubmitted).
+
+    `config`: the cluster's `scontrol show config` if the caller read it already (the preflight did).
+    """
     folder_groups = [[Path(f).absolute() for f in g] for g in groups]
     folders = [f for g in folder_groups for f in g]
     name = job_name(Path(sweep))
-    submitter = Submitter(profile, Path(sweep))
+    submitter = Submitter(profile, Path(sweep), config)
     with submitting(sweep):  # what is unsubmitted is read and submitted by one launcher at a time
         views = job_views(folders)
         for line in summarize(settle(folders, views)):  # jobs that left without a word since the last look
@@ -167,7 +179,7 @@ def submit(groups: list[list[Path]], profile: SlurmProfile, sweep: Path) -> list
 class Submitter:
     """Submits tasks as chained, throttled job arrays, as many as the cluster's submit limits take."""
 
-    def __init__(self, profile: SlurmProfile, sweep: Path) -> None:
+    def __init__(self, profile: SlurmProfile, sweep: Path, config: str = "") -> None:
         self.profile, self.sweep = profile, sweep
         self.name = job_name(sweep)
         self.folder = log_folder(profile, sweep)
@@ -179,7 +191,8 @@ class Submitter:
         except RuntimeError as err:  # 'Could not detect "srun", are you indeed on a slurm cluster?'
             raise UserError(f"the slurm backend needs SLURM's commands (sbatch, srun, squeue, scontrol) on PATH ({err})") from None
         self.params = sbatch_parameters(profile, sweep)
-        self.size = profile.max_array_size or cluster_max_array_size()
+        # MaxArraySize: the profile's, else from the config the preflight read, else asked now.
+        self.size = profile.max_array_size or (parse_max_array_size(config) if config else cluster_max_array_size())
         self.job = TrialJob(profile.max_requeues, profile.max_attempts, fused=profile.fuse > 1)
         self.job_ids: list[str] = []
         self.arrays: list[str] = []  # submitted by this launcher, in order: the chain

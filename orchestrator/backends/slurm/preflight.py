@@ -21,8 +21,11 @@ from orchestrator.profiles import SlurmProfile
 from trainer.errors import ProfileError, UserError
 
 
-def preflight(profile: SlurmProfile) -> None:
-    """Cheap checks before any trial folder is written: SLURM's commands, the controller, the partition's and the QOS's limits."""
+def preflight(profile: SlurmProfile) -> str:
+    """Cheap checks before any trial folder is written: SLURM's commands, the controller, the partition's and the QOS's limits.
+
+    Returns the cluster's `scontrol show config` ("" where it did not answer), which the launch reuses.
+    """
     missing = [c for c in ("sbatch", "srun", "squeue", "scontrol") if shutil.which(c) is None]
     if missing:
         raise UserError(f"the slurm backend needs SLURM's commands on PATH; missing: {', '.join(missing)}")
@@ -35,13 +38,15 @@ def preflight(profile: SlurmProfile) -> None:
     if out.returncode != 0 and profile.partition is not None:
         raise ProfileError(f"partition '{profile.partition}': {last_line(out.stderr or out.stdout)} (see `sinfo -s`)")
     part = partition.pick(partition.records(out.stdout), profile.partition) if out.returncode == 0 else None
+    config = config_or_empty()
     # The QOS and association limits, where the site enforces them and sacctmgr answers (qos.py).
-    found = qos.lookup(profile, part, config_or_empty()) if shutil.which("sacctmgr") else None
+    found = qos.lookup(profile, part, config) if shutil.which("sacctmgr") else None
     if part is not None and (why := partition.refusal(part, profile, found[1].flags if found else None)):
         raise ProfileError(why)
     if found is not None and (why := qos.refusal(found[0], profile)):
         raise ProfileError(why)
     _test_submit(profile)
+    return config
 
 
 # What `sbatch --test-only` says of a setting no job of the profile could ever be submitted with, and

@@ -6,7 +6,7 @@ with accounting run), sbatch takes a job over its QOS's MaxWall or MaxTRESPerJob
 pends for ever (reason `QOSMaxWallDurationPerJobLimit`, `QOSMaxCpuPerJobLimit`,
 `QOSMaxMemoryPerJob`, `AssocMaxWallDurationPerJobLimit`, ...: seen on the project's 3-node test
 SLURM with accounting). `sbatch --test-only` says nothing of it. So the launcher's preflight
-looks the limits up once (`sacctmgr`, three calls) and refuses such a profile in one line.
+looks the limits up once (`sacctmgr`, two or three calls) and refuses such a profile in one line.
 
 Which limits hold, as slurmctld decides them:
 - the job's QOS: the profile's `qos`, else the association's DefaultQOS, else its one allowed
