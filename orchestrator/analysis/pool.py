@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
+
+import pyarrow as pa
 
 from orchestrator.backends.local import missing_here
 from orchestrator.progress import Progress
 from orchestrator.runner import WorkerPool, last_line, make_slots
 from trainer import results as R
+from trainer.analysis.plan_record import PlanMismatch
 from trainer.cli import EXIT_BUSY, EXIT_DONE
 from trainer.errors import UserError
 from trainer.spec import DEVICE, TrialSpec, quote
@@ -66,3 +70,25 @@ def run_pool(module: str, jobs: list[tuple[Path, list[str]]], max_parallel: int,
             failed.append(f"{folder.name}: {last_line(folder / log)}")
         progress.update(done, len(failed), len(pool.running), folder.name)
     return failed
+
+
+def to_do(folders: list[Path], work: Callable[[int], int]) -> list[Path]:
+    """The folders with something left to measure (`work(i)`: how much, for folders[i]), asked
+    before any worker starts, so that a rerun over finished trials starts none (each start imports
+    torch: seconds per trial). Trials whose files hold rows of other settings are one line for the
+    whole launch (the first named, the others counted); a trial whose files cannot be read here is
+    left to its job, which says why."""
+    todo: list[Path] = []
+    other: list[PlanMismatch] = []
+    for i, folder in enumerate(folders):
+        try:
+            if work(i) > 0:
+                todo.append(folder)
+        except PlanMismatch as err:
+            other.append(err)
+        except (UserError, OSError, ValueError, pa.ArrowException):
+            todo.append(folder)
+    if other:
+        more = f" ({len(other) - 1} more trials likewise)" if len(other) > 1 else ""
+        raise PlanMismatch(f"{other[0]}{more}")
+    return todo

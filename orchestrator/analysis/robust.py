@@ -2,14 +2,18 @@
 
     --all-kept --images N --epsilons E ... --pgd-steps S --source auto|official|generated
     --gradient-images N --gradient-units U    as trainer.analysis.robustness_job (its docstring has the defaults)
+    --replace                                 trials measured with other settings: measure them anew
     --max-parallel N                          N worker processes (default: one)
     --device D                                default: each trial's device field
 
 Runs `python -m trainer.analysis.robustness_job` (corruptions, FGSM / PGD, the dimensionality of the
-change, input-unit gradients; docs/analysis.md) on every done trial, in a pool of worker
-processes (orchestrator.runner.WorkerPool). Each trial's files grow piece by piece, so a killed job
-resumes where it stopped and a finished trial costs one read of its robustness.parquet. Then
-`python -m orchestrator.collect results/<sweep>` adds the robustness tables and figures.
+change, input-unit gradients; docs/analysis.md) on every done trial that lacks some of it, in a
+pool of worker processes (orchestrator.runner.WorkerPool). Each trial's files grow piece by piece,
+so a killed job resumes where it stopped, and a trial with nothing left to measure costs a read of
+its files here and starts no worker. The files record the settings they were measured with: a
+trial measured with other settings is one line before anything runs (unless --replace), never
+silently left as it was. Then `python -m orchestrator.collect results/<sweep>` adds the
+robustness tables and figures.
 """
 
 from __future__ import annotations
@@ -17,11 +21,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from orchestrator.analysis.pool import check_sweep, check_trial_devices, run_pool, trial_specs
+from orchestrator.analysis.pool import check_sweep, check_trial_devices, run_pool, to_do, trial_specs
 from orchestrator.folders import scan
 from trainer import results as R
 from trainer.analysis.corruption_sets import official_set
-from trainer.analysis.robustness_job import add_plan_arguments, plan_arguments, plan_from_arguments
+from trainer.analysis.robustness_job import add_plan_arguments, plan_arguments, plan_for, plan_overrides, to_measure
 from trainer.cli import ArgumentParser, cli
 from trainer.errors import UserError
 from trainer.spec import TrialSpec
@@ -36,20 +40,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-parallel", type=int, default=1)
     p.add_argument("--device", default=None, help="device of the job (default: each trial's device field)")
     args = p.parse_args(argv)
-    plan = plan_from_arguments(args)
+    overrides = plan_overrides(args)
     check_sweep(args.sweep, args.max_parallel, args.device)
     folders = [s.folder for s in scan(args.sweep).values() if s.state == "done"]
     if not folders:
         raise UserError(f"{args.sweep}: no done trial to measure; see python -m orchestrator.status {args.sweep}")
+    specs = trial_specs(folders)
     if args.device is None:
-        check_trial_devices(trial_specs(folders))
-    if plan.source == "official":
+        check_trial_devices(specs)
+    if overrides.get("source") == "official":
         _check_official(folders)
-    extra = plan_arguments(plan) + (["--device", args.device] if args.device else [])
-    failed = run_pool("trainer.analysis.robustness_job", [(f, extra) for f in folders], args.max_parallel, "robust", ROBUST_LOG)
+    todo = to_do(folders, lambda i: len(to_measure(folders[i], specs[i], plan_for(specs[i], overrides), args.replace).work))
+    extra = plan_arguments(overrides) + (["--replace"] if args.replace else []) + (["--device", args.device] if args.device else [])
+    failed = run_pool("trainer.analysis.robustness_job", [(f, extra) for f in todo], args.max_parallel, "robust", ROBUST_LOG)
     for line in failed:
         print(f"failed: {line}", file=sys.stderr)
-    print(f"{args.sweep}: measured {len(folders) - len(failed)} trials; next: python -m orchestrator.collect {args.sweep}")
+    already = f" ({len(folders) - len(todo)} of {len(folders)} had nothing left to measure)" if len(todo) < len(folders) else ""
+    print(f"{args.sweep}: measured {len(todo) - len(failed)} trials{already}; next: python -m orchestrator.collect {args.sweep}")
     return 1 if failed else 0
 
 

@@ -20,6 +20,7 @@ import pandas as pd
 import pyarrow.dataset as ds
 
 from orchestrator.collect.stats import summarize
+from trainer.analysis.plan_record import warn_mixed
 from trainer.results import ABLATIONS
 
 KEYS = ["condition_id", "epoch", "stage", "selection"]
@@ -30,6 +31,7 @@ def read_ablations(folders: list[Path]) -> pd.DataFrame | None:
     paths = [str(f / ABLATIONS) for f in folders if (f / ABLATIONS).exists()]
     if not paths:
         return None
+    warn_mixed([Path(p) for p in paths])
     table = ds.dataset(paths, format="parquet").to_table(
         columns=["trial_id", "epoch", "stage", "k", "fraction", "selection", "draw", "accuracy"]
     )

@@ -34,6 +34,7 @@ import pandas as pd
 import pyarrow.dataset as ds
 
 from orchestrator.collect.stats import summarize
+from trainer.analysis.plan_record import warn_mixed
 from trainer.results import ROBUST_DIMENSIONALITY, ROBUST_GRADIENTS, ROBUSTNESS  # not robustness_job: it imports torch (3 s)
 
 TRIALS_TABLE, CORRUPTIONS_TABLE, ATTACKS_TABLE = "robust_trials.parquet", "robust_corruptions.parquet", "robust_attacks.parquet"
@@ -56,6 +57,8 @@ def _read(folders: list[Path], name: str) -> pd.DataFrame | None:
     paths = [str(f / name) for f in folders if (f / name).exists()]
     if not paths:
         return None
+    if name == ROBUSTNESS:  # the three files of a trial share their settings: one warning, not three
+        warn_mixed([Path(p) for p in paths])
     return ds.dataset(paths, format="parquet").to_table().to_pandas()
 
 

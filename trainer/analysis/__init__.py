@@ -7,6 +7,7 @@
     corruptions.py        15 corruptions x 5 severities   robustness_job.py      python -m trainer.analysis.robustness_job
     corruption_sets.py    CIFAR-10-C / Tiny-ImageNet-C
     attacks.py            FGSM, PGD
+    plan_record.py        the settings a job's rows were measured with (resume only under them)
 
 The orchestrator's launchers over a whole sweep are in orchestrator/analysis/.
 """

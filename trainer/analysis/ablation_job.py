@@ -2,15 +2,20 @@
 
 Runs trainer.analysis.ablation over every kept checkpoint (`<trial>/checkpoints/epoch_NNN.pt`) and writes
 `<trial>/ablations.parquet` after each epoch (atomically), so a killed job resumes at the first
-epoch not yet in the file. Exit codes as trainer.run: 0 done, 2 user mistake, 75 busy.
+epoch not yet in the file. The file records the plan its rows were measured with
+(trainer.analysis.plan_record): a rerun under another plan is one line, unless `--replace`.
+Without plan flags a trial is ablated with its own plan (its ablation_* fields, else the defaults);
+each flag given replaces that part of it. Exit codes as trainer.run: 0 done, 2 user mistake, 75 busy.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -19,6 +24,8 @@ import pyarrow.parquet as pq
 
 from trainer import results as R
 from trainer.analysis.ablation import AblationPlan, ablation_rows
+from trainer.analysis.ablation_plan import ablation_plan_of
+from trainer.analysis.plan_record import measured_anew, plan_text, with_plan
 from trainer.attempt import pick_device
 from trainer.checkpoint import KEPT
 from trainer.cli import EXIT_DONE, ArgumentParser, command
@@ -75,35 +82,53 @@ def unit_csi(folder: Path, epochs: list[int]) -> dict[int, dict[str, np.ndarray]
 
 
 def ablate_trial(
-    folder: Path, plan: AblationPlan, device_name: str | None = None, require_done: bool = True, data: Data | None = None
+    folder: Path,
+    plan: AblationPlan,
+    device_name: str | None = None,
+    require_done: bool = True,
+    data: Data | None = None,
+    replace: bool = False,
 ) -> int:
     """Ablate every kept checkpoint of a trial not yet in ablations.parquet; returns epochs added.
 
     `require_done=False`: called at the end of training, in the same attempt, with the training's
-    `data` (so a streamed validation set decoded once serves every pass of the job).
+    `data` (so a streamed validation set decoded once serves every pass of the job). Rows of
+    another plan are a PlanMismatch line, or with `replace` measured anew.
     """
     spec, epochs = finished_trial(folder, require_done, "ablate")
+    path = folder / R.ABLATIONS
+    text = plan_text(dataclasses.asdict(plan))
+    tables = [pq.read_table(path)] if path.exists() and not measured_anew([path], text, replace) else []
+    done = set(tables[0]["epoch"].to_pylist()) if tables else set()
+    todo = [e for e in epochs if e not in done]
+    if not todo:
+        return 0
     device = pick_device(device_name or spec.device)
     if data is None:
         data = load_dataset(spec.dataset, spec.resolved_data_root(), device, **spec.data_options())
     model = build_for(spec.model, spec.dataset).to(device)
-    path = folder / R.ABLATIONS
     schema = R.trial_schema(spec)
-    tables = [pq.read_table(path)] if path.exists() else []
-    done = set(tables[0]["epoch"].to_pylist()) if tables else set()
     batch = eval_batch_size(data, spec.batch_size, device)
-    added = 0
-    todo = [e for e in epochs if e not in done]
-    csi = unit_csi(folder, todo) if todo else {}
-    base = epoch_evaluations(folder, todo) if todo else {}
+    csi = unit_csi(folder, todo)
+    base = epoch_evaluations(folder, todo)
     for epoch in todo:
         state = load_kept(folder, epoch, device)
         model.load_state_dict(state["model"])
         rows = ablation_rows(model, data, csi[epoch], epoch, spec.seed, plan, base[epoch], batch, device)
         tables.append(R.make_table(ABLATION_COLUMNS, rows, spec.row_fields(), schema))
-        R.write_parquet(R.concat(tables, promote=True), path)
-        added += 1
-    return added
+        R.write_parquet(with_plan(R.concat(tables, promote=True), text), path)
+    return len(todo)
+
+
+def epochs_to_ablate(folder: Path, plan: AblationPlan, replace: bool) -> int:
+    """How many kept epochs `ablate_trial` would ablate, without torch or the data (what
+    orchestrator.ablate asks before starting a worker); PlanMismatch as ablate_trial."""
+    path = folder / R.ABLATIONS
+    epochs = kept_epochs(folder)
+    if not path.exists() or measured_anew([path], plan_text(dataclasses.asdict(plan)), replace):
+        return len(epochs)
+    done = set(pq.read_table(path, columns=["epoch"])["epoch"].to_pylist())
+    return len([e for e in epochs if e not in done])
 
 
 def epoch_evaluations(folder: Path, epochs: list[int]) -> dict[int, tuple[float, float, float | None]]:
@@ -114,33 +139,62 @@ def epoch_evaluations(folder: Path, epochs: list[int]) -> dict[int, tuple[float,
 
 
 def add_plan_arguments(p: argparse.ArgumentParser) -> None:
-    """--fractions / --counts / --count-steps / --draws (trainer.analysis.ablation_job and orchestrator.analysis.ablate)."""
+    """--fractions / --counts / --count-steps / --draws / --random-masks / --replace
+    (trainer.analysis.ablation_job and orchestrator.analysis.ablate). A flag not given keeps the
+    trial's own plan (its ablation_* fields, else DEFAULT_FRACTIONS, 3 draws, fixed masks)."""
     p.add_argument(
         "--fractions", type=float, nargs="+", default=None, help=f"fractions of each stage's width (default {DEFAULT_FRACTIONS})"
     )
-    p.add_argument("--counts", type=int, nargs="+", default=(), help="absolute channel counts k (those above a stage's width are left out)")
+    p.add_argument("--counts", type=int, nargs="+", default=None, help="absolute channel counts k (above a stage's width: left out)")
     p.add_argument("--count-steps", type=int, nargs=2, default=None, metavar=("A", "B"),
                    help="Ranadive et al.'s k: range(0, C/2, A) and range(C/2, C+1, B) per stage of C channels")  # fmt: skip
-    p.add_argument("--draws", type=int, default=3, help="random draws per (epoch, stage, k)")
-    p.add_argument("--random-masks", choices=("fixed", "per_batch", "both"), default="fixed",
+    p.add_argument("--draws", type=int, default=None, help="random draws per (epoch, stage, k) (default 3)")
+    p.add_argument("--random-masks", choices=("fixed", "per_batch", "both"), default=None,
                    help="random ablation: one fixed mask per draw, a new mask every batch (Ranadive et al.), or both")  # fmt: skip
+    p.add_argument("--replace", action="store_true", help="ablations measured with another plan: measure them anew")
 
 
-def plan_from_arguments(args: argparse.Namespace) -> AblationPlan:
-    """The plan the arguments ask for; one line for values outside their range."""
-    fractions = tuple(args.fractions) if args.fractions is not None else (() if args.counts or args.count_steps else DEFAULT_FRACTIONS)
-    for f in fractions:
-        if not 0 <= f <= 1:  # NaN too
-            raise UserError(f"--fractions has {f}; allowed: fractions of a stage's width in [0, 1]")
-    for k in args.counts:
-        if k < 0:
-            raise UserError(f"--counts has {k}; allowed: channel counts >= 0")
-    if not 1 <= args.draws <= MAX_DRAWS:
-        raise UserError(f"--draws is {args.draws}; allowed: 1 to {MAX_DRAWS}")
-    if args.count_steps is not None and min(args.count_steps) < 1:
-        raise UserError(f"--count-steps is {' '.join(map(str, args.count_steps))}; allowed: A B, both >= 1")
-    steps = tuple(args.count_steps) if args.count_steps is not None else None
-    return AblationPlan(fractions, tuple(args.counts), steps, args.draws, random_masks=args.random_masks)
+def plan_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The parts of the plan the flags give (checked); one line for values outside their range.
+    Any of --fractions / --counts / --count-steps gives which k, together (the others none)."""
+    out: dict[str, Any] = {}
+    if args.fractions is not None or args.counts is not None or args.count_steps is not None:
+        for f in args.fractions or ():
+            if not 0 <= f <= 1:  # NaN too
+                raise UserError(f"--fractions has {f}; allowed: fractions of a stage's width in [0, 1]")
+        for k in args.counts or ():
+            if k < 0:
+                raise UserError(f"--counts has {k}; allowed: channel counts >= 0")
+        if args.count_steps is not None and min(args.count_steps) < 1:
+            raise UserError(f"--count-steps is {' '.join(map(str, args.count_steps))}; allowed: A B, both >= 1")
+        out["fractions"] = tuple(args.fractions or ())
+        out["counts"] = tuple(args.counts or ())
+        out["count_steps"] = tuple(args.count_steps) if args.count_steps is not None else None
+    if args.draws is not None:
+        if not 1 <= args.draws <= MAX_DRAWS:
+            raise UserError(f"--draws is {args.draws}; allowed: 1 to {MAX_DRAWS}")
+        out["draws"] = args.draws
+    if args.random_masks is not None:
+        out["random_masks"] = args.random_masks
+    return out
+
+
+def plan_for(spec: TrialSpec, overrides: dict[str, Any]) -> AblationPlan:
+    """The plan a trial is ablated with: its own (its ablation_* fields when it ablates, else the
+    defaults), with the parts the flags give replaced."""
+    own = ablation_plan_of(spec) if spec.ablates() else AblationPlan(DEFAULT_FRACTIONS)
+    return dataclasses.replace(own, **overrides)
+
+
+def plan_arguments(overrides: dict[str, Any]) -> list[str]:
+    """The command-line form of `overrides` (what orchestrator.analysis.ablate passes to each trial's job)."""
+    out: list[str] = []
+    if "fractions" in overrides:
+        out += ["--fractions", *map(repr, overrides["fractions"])] if overrides["fractions"] else []
+        out += ["--counts", *map(str, overrides["counts"])] if overrides["counts"] else []
+        out += ["--count-steps", *map(str, overrides["count_steps"])] if overrides["count_steps"] else []
+    out += ["--draws", str(overrides["draws"])] if "draws" in overrides else []
+    return out + (["--random-masks", overrides["random_masks"]] if "random_masks" in overrides else [])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,11 +205,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def body() -> int:
-        plan = plan_from_arguments(args)
+        overrides = plan_overrides(args)
         if not (args.trial / R.SPEC).is_file():
             raise UserError(f"{args.trial}: not a trial folder (no spec.json)")
         with TrialLock(args.trial):
-            added = ablate_trial(args.trial, plan, args.device)
+            spec = TrialSpec.from_dict(R.read_json(args.trial / R.SPEC), where=str(args.trial / R.SPEC))
+            added = ablate_trial(args.trial, plan_for(spec, overrides), args.device, replace=args.replace)
         print(f"{args.trial.name}: ablated {added} more epochs -> {args.trial / R.ABLATIONS}")
         return EXIT_DONE
 

@@ -31,16 +31,25 @@ first and replaced when the piece is redone):
 For attacks `accuracy` is the worst case over the epsilons up to this one (the ball of a larger
 epsilon holds the smaller ones, so an image broken at 2/255 is broken at 4/255: non-increasing by
 construction); `accuracy_single` is the attack run at this epsilon alone. Also run at the end of
-every trial with `robust: true`. Exit codes as trainer.run: 0 done, 2 user mistake, 75 busy.
+every trial with `robust: true`.
+
+Each file records the settings its rows were measured with (images, epsilons, PGD steps, the
+source actually used, the gradient caps; trainer.analysis.plan_record): a rerun under other
+settings is one line, unless `--replace` measures the trial anew. Corruptions and `--all-kept` say
+which pieces to measure, so a rerun with more of them adds pieces. Without a flag, a setting is
+the trial's own (the defaults, on `robust_images` images). Exit codes as trainer.run: 0 done, 2
+user mistake, 75 busy.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -60,6 +69,7 @@ from trainer.analysis.attacks import (
 )
 from trainer.analysis.corruption_sets import official_set, read_official
 from trainer.analysis.corruptions import CORRUPTIONS, SEVERITIES, corrupt, generator_for
+from trainer.analysis.plan_record import measured_anew, plan_text, with_plan
 from trainer.analysis.similarity_job import append_rows, image_subset, kept_checkpoint_epochs, read_done
 from trainer.attempt import pick_device
 from trainer.checkpoint import KEPT
@@ -244,22 +254,38 @@ def robust_epochs(folder: Path, spec: TrialSpec, all_kept: bool) -> dict[int, Pa
     return {spec.epochs: final}
 
 
-def robust_trial(
-    folder: Path, plan: RobustPlan, device_name: str | None = None, require_done: bool = True, data: Data | None = None
-) -> int:
-    """Measure every piece not yet in robustness.parquet; returns the pieces added."""
-    spec = TrialSpec.from_dict(R.read_json(folder / R.SPEC), where=str(folder / R.SPEC))
-    if require_done and read_status(folder).state != "done":
-        raise UserError(f"{folder}: the trial is not done; the robustness job takes finished trials only")
+Piece = tuple[str, str]  # (kind, name): ("clean", "clean"), ("corruption", "fog"), ("fgsm", "fgsm"), ...
+
+
+@dataclass
+class Todo:
+    """What a trial still lacks under a plan, and the files' rows that stand."""
+
+    checkpoints: dict[int, Path]
+    work: dict[int, list[Piece]]  # epoch -> pieces not yet measured
+    source: str  # the corrupted images actually used: official or generated
+    settings: bytes  # plan_record.plan_text of what the rows are measured with
+    anew: bool  # the files' rows (if any) are of other settings and are replaced
+    acc_tables: list[pa.Table]
+    grad_tables: list[pa.Table]
+
+
+def to_measure(folder: Path, spec: TrialSpec, plan: RobustPlan, replace: bool) -> Todo:
+    """The pieces of `plan` not yet in the trial's files (all of them where the files hold other
+    settings and `replace`; PlanMismatch without it). Reads no checkpoint and imports no data."""
     checkpoints = robust_epochs(folder, spec, plan.all_kept)
     root = Path(spec.resolved_data_root()).expanduser()
     source = plan.source if plan.source != "auto" else ("official" if official_set(spec.dataset, root) else "generated")
     if source == "official" and official_set(spec.dataset, root) is None:
         raise UserError(f"--source official: no published corrupted copy of '{spec.dataset}' under {root} (CIFAR-10-C/, Tiny-ImageNet-C/)")
-    acc_path, dim_path, grad_path = folder / ROBUSTNESS, folder / ROBUST_DIMENSIONALITY, folder / ROBUST_GRADIENTS
-    acc_tables, done = _read_done(acc_path, ["epoch", "kind", "name"])
-    grad_tables, grads_done = _read_done(grad_path, ["epoch"])
-    pieces = [
+    # Corruptions and all_kept choose the pieces; the rest is how each piece is measured.
+    settings = {k: v for k, v in dataclasses.asdict(plan).items() if k not in ("corruptions", "all_kept")}
+    text = plan_text({**settings, "source": source})
+    paths = [folder / ROBUSTNESS, folder / ROBUST_DIMENSIONALITY, folder / ROBUST_GRADIENTS]
+    anew = measured_anew(paths, text, replace)
+    acc_tables, done = _read_done(paths[0], ["epoch", "kind", "name"]) if not anew else ([], set())
+    grad_tables, grads_done = _read_done(paths[2], ["epoch"]) if not anew else ([], set())
+    pieces: list[Piece] = [
         ("clean", "clean"),
         *(("corruption", c) for c in plan.corruptions),
         ("fgsm", "fgsm"),
@@ -267,26 +293,48 @@ def robust_trial(
         ("gradients", "gradients"),
     ]
 
-    def pending(epoch: int, piece: tuple[str, str]) -> bool:
+    def pending(epoch: int, piece: Piece) -> bool:
         return (epoch,) not in grads_done if piece[0] == "gradients" else (epoch, *piece) not in done
 
-    todo = {e: [p for p in pieces if pending(e, p)] for e in checkpoints}
-    todo = {e: p for e, p in todo.items() if p}
-    if not todo:
+    work = {e: [p for p in pieces if pending(e, p)] for e in checkpoints}
+    return Todo(checkpoints, {e: p for e, p in work.items() if p}, source, text, anew, acc_tables, grad_tables)
+
+
+def robust_trial(
+    folder: Path,
+    plan: RobustPlan,
+    device_name: str | None = None,
+    require_done: bool = True,
+    data: Data | None = None,
+    replace: bool = False,
+) -> int:
+    """Measure every piece not yet in robustness.parquet; returns the pieces added."""
+    spec = TrialSpec.from_dict(R.read_json(folder / R.SPEC), where=str(folder / R.SPEC))
+    if require_done and read_status(folder).state != "done":
+        raise UserError(f"{folder}: the trial is not done; the robustness job takes finished trials only")
+    todo = to_measure(folder, spec, plan, replace)
+    if not todo.work:
         return 0
+    source, root = todo.source, Path(spec.resolved_data_root()).expanduser()
+    acc_path, dim_path, grad_path = folder / ROBUSTNESS, folder / ROBUST_DIMENSIONALITY, folder / ROBUST_GRADIENTS
+    acc_tables, grad_tables = todo.acc_tables, todo.grad_tables
     device = pick_device(device_name or spec.device)
     if data is None:
         data = load_dataset(spec.dataset, spec.resolved_data_root(), device, **spec.data_options())
     model = build_for(spec.model, spec.dataset).to(device).eval()
     model.requires_grad_(False)  # only input gradients are needed
-    dim_tables, _ = _read_done(dim_path, ["epoch"])
+    dim_tables = [] if todo.anew else _read_done(dim_path, ["epoch"])[0]
+
+    def append(path: Path, tables: list[pa.Table], columns: pa.Schema, rows: list[tuple]) -> None:
+        append_rows(path, tables, columns, _rows(columns, rows), spec, lambda t: with_plan(t, todo.settings))
+
     added = 0
-    for epoch, work in todo.items():
-        model.load_state_dict(_load_checkpoint(checkpoints[epoch], device))
+    for epoch, work in todo.work.items():
+        model.load_state_dict(_load_checkpoint(todo.checkpoints[epoch], device))
         ctx = Context(spec, data, model, device, plan)
         for kind, name in work:
             if kind == "gradients":
-                append_rows(grad_path, grad_tables, GRADIENT_COLUMNS, _rows(GRADIENT_COLUMNS, gradient_rows(ctx, epoch)), spec)
+                append(grad_path, grad_tables, GRADIENT_COLUMNS, gradient_rows(ctx, epoch))
                 added += 1
                 continue
             if kind == "clean":
@@ -300,8 +348,8 @@ def robust_trial(
                 acc_rows, dim_rows = attack_piece(ctx, epoch, kind)
             # Dimensionality first (replacing rows of an earlier, killed try), then the accuracy rows that mark the piece done.
             dim_tables = [_without(t, epoch, kind, name) for t in dim_tables]
-            append_rows(dim_path, dim_tables, DIMENSIONALITY_COLUMNS, _rows(DIMENSIONALITY_COLUMNS, dim_rows), spec)
-            append_rows(acc_path, acc_tables, ROBUSTNESS_COLUMNS, _rows(ROBUSTNESS_COLUMNS, acc_rows), spec)
+            append(dim_path, dim_tables, DIMENSIONALITY_COLUMNS, dim_rows)
+            append(acc_path, acc_tables, ROBUSTNESS_COLUMNS, acc_rows)
             added += 1
     return added
 
@@ -339,44 +387,68 @@ def robust_if_asked(spec: TrialSpec, folder: Path, data: Data | None = None) -> 
 
 
 def add_plan_arguments(p: argparse.ArgumentParser) -> None:
-    """The plan's options (trainer.analysis.robustness_job and orchestrator.robust)."""
+    """The plan's options (trainer.analysis.robustness_job and orchestrator.robust); a setting not
+    given is the trial's own (robust_plan_of)."""
     p.add_argument("--all-kept", action="store_true", help="every kept checkpoint, not only the final network")
-    p.add_argument("--images", type=int, default=DEFAULT_IMAGES, help=f"test images attacked and analysed (default {DEFAULT_IMAGES})")
-    p.add_argument("--epsilons", type=float, nargs="+", default=list(DEFAULT_EPSILONS), help="L-inf radii, pixel units in [0, 1]")
-    p.add_argument("--pgd-steps", type=int, default=10)
-    p.add_argument("--source", default="auto", help=f"corrupted images: one of {', '.join(SOURCES)}")
-    p.add_argument("--gradient-images", type=int, default=100)
-    p.add_argument("--corruptions", nargs="+", default=list(CORRUPTIONS), help="which of the 15 (default: all)")
-    p.add_argument("--gradient-units", type=int, default=32, help="units per layer whose input gradient is taken (evenly spaced)")
+    p.add_argument("--images", type=int, default=None, help=f"test images attacked (default: robust_images, else {DEFAULT_IMAGES})")
+    p.add_argument("--epsilons", type=float, nargs="+", default=None, help="L-inf radii, pixel units in [0, 1]")
+    p.add_argument("--pgd-steps", type=int, default=None, help="PGD iterations (default 10)")
+    p.add_argument("--source", default=None, help=f"corrupted images: one of {', '.join(SOURCES)} (default auto)")
+    p.add_argument("--gradient-images", type=int, default=None, help="default 100")
+    p.add_argument("--corruptions", nargs="+", default=None, help="which of the 15 (default: all)")
+    p.add_argument("--gradient-units", type=int, default=None, help="units per layer whose input gradient is taken (default 32)")
+    p.add_argument("--replace", action="store_true", help="a trial measured with other settings: measure it anew")
 
 
 # Beyond these a job would run for days: images and gradient images are capped by the test set anyway.
 FLAG_LIMITS = {"--images": 1_000_000, "--pgd-steps": 1_000, "--gradient-images": 1_000_000, "--gradient-units": 100_000}
 
 
-def plan_from_arguments(args: argparse.Namespace) -> RobustPlan:
-    """The plan the arguments ask for; one line for values outside their range."""
-    if args.source not in SOURCES:
-        raise UserError(f"--source is {args.source!r}; allowed: {', '.join(SOURCES)}")
-    if any(not 0 <= e <= 1 for e in args.epsilons):
-        raise UserError(f"--epsilons {args.epsilons}: each must lie in [0, 1] (pixel units; 8/255 = 0.0314)")
-    unknown = sorted(set(args.corruptions) - set(CORRUPTIONS))
-    if unknown:
-        raise UserError(f"--corruptions: unknown {', '.join(unknown)}; allowed: {', '.join(CORRUPTIONS)}")
+def plan_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings the flags give (checked; RobustPlan's field names); one line for values outside their range."""
+    out: dict[str, Any] = {}
+    if args.source is not None:
+        if args.source not in SOURCES:
+            raise UserError(f"--source is {args.source!r}; allowed: {', '.join(SOURCES)}")
+        out["source"] = args.source
+    if args.epsilons is not None:
+        if any(not 0 <= e <= 1 for e in args.epsilons):
+            raise UserError(f"--epsilons {args.epsilons}: each must lie in [0, 1] (pixel units; 8/255 = 0.0314)")
+        out["epsilons"] = tuple(sorted(set(args.epsilons)))
+    if args.corruptions is not None:
+        unknown = sorted(set(args.corruptions) - set(CORRUPTIONS))
+        if unknown:
+            raise UserError(f"--corruptions: unknown {', '.join(unknown)}; allowed: {', '.join(CORRUPTIONS)}")
+        out["corruptions"] = tuple(c for c in CORRUPTIONS if c in args.corruptions)
     for flag, most in FLAG_LIMITS.items():  # every job's work is bounded
-        value = getattr(args, flag.removeprefix("--").replace("-", "_"))
-        if not 1 <= value <= most:
-            raise UserError(f"{flag} is {value}; allowed: 1 to {most:,}")
-    return RobustPlan(tuple(sorted(set(args.epsilons))), args.pgd_steps, args.images, args.source, args.gradient_images,
-                      args.gradient_units, args.all_kept, tuple(c for c in CORRUPTIONS if c in args.corruptions))  # fmt: skip
+        name = flag.removeprefix("--").replace("-", "_")
+        value = getattr(args, name)
+        if value is not None:
+            if not 1 <= value <= most:
+                raise UserError(f"{flag} is {value}; allowed: 1 to {most:,}")
+            out[name] = value
+    if args.all_kept:
+        out["all_kept"] = True
+    return out
 
 
-def plan_arguments(plan: RobustPlan) -> list[str]:
-    """The command-line form of `plan` (what orchestrator.robust passes to each trial's job)."""
-    out = ["--images", str(plan.images), "--epsilons", *map(repr, plan.epsilons), "--pgd-steps", str(plan.pgd_steps)]
-    out += ["--source", plan.source, "--gradient-images", str(plan.gradient_images), "--gradient-units", str(plan.gradient_units)]
-    out += ["--corruptions", *plan.corruptions]
-    return out + (["--all-kept"] if plan.all_kept else [])
+def plan_for(spec: TrialSpec, overrides: dict[str, Any]) -> RobustPlan:
+    """The plan a trial is measured with: its own (robust_plan_of), with the settings the flags give."""
+    return dataclasses.replace(robust_plan_of(spec), **overrides)
+
+
+def plan_arguments(overrides: dict[str, Any]) -> list[str]:
+    """The command-line form of `overrides` (what orchestrator.robust passes to each trial's job)."""
+    out: list[str] = []
+    for name, value in overrides.items():
+        flag = "--" + name.replace("_", "-")
+        if name == "all_kept":
+            out.append(flag)
+        elif isinstance(value, tuple):
+            out += [flag, *map(repr if name == "epsilons" else str, value)]
+        else:
+            out += [flag, str(value)]
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -387,11 +459,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def body() -> int:
-        plan = plan_from_arguments(args)
+        overrides = plan_overrides(args)
         if not (args.trial / R.SPEC).is_file():
             raise UserError(f"{args.trial}: not a trial folder (no spec.json)")
         with TrialLock(args.trial):
-            added = robust_trial(args.trial, plan, args.device)
+            spec = TrialSpec.from_dict(R.read_json(args.trial / R.SPEC), where=str(args.trial / R.SPEC))
+            added = robust_trial(args.trial, plan_for(spec, overrides), args.device, replace=args.replace)
         print(f"{args.trial.name}: {added} more pieces -> {args.trial / ROBUSTNESS}")
         return EXIT_DONE
 

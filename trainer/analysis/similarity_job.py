@@ -42,7 +42,7 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -223,10 +223,19 @@ def read_done(path: Path, keys: Sequence[str]) -> tuple[list[pa.Table], set[tupl
     return [table], set(zip(*(table[k].to_pylist() for k in keys)))
 
 
-def append_rows(path: Path, tables: list[pa.Table], columns: pa.Schema, rows: dict[str, list], spec: TrialSpec) -> None:
-    """Add `rows` to the trial's table at `path` and rewrite it atomically (so a killed job resumes after the last write)."""
+def append_rows(
+    path: Path,
+    tables: list[pa.Table],
+    columns: pa.Schema,
+    rows: dict[str, list],
+    spec: TrialSpec,
+    finish: Callable[[pa.Table], pa.Table] | None = None,
+) -> None:
+    """Add `rows` to the trial's table at `path` and rewrite it atomically (so a killed job resumes
+    after the last write); `finish` makes the table written of the whole (e.g. adds metadata)."""
     tables.append(R.make_table(columns, rows, spec.row_fields(), R.trial_schema(spec)))
-    R.write_parquet(R.concat(tables, promote=True), path)
+    table = R.concat(tables, promote=True)
+    R.write_parquet(finish(table) if finish else table, path)
 
 
 def compare_trials(folder: Path, references: Sequence[Path]) -> int:
