@@ -25,7 +25,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from trainer.files import SPEC, STATUS, read_bytes
+from trainer.files import SPEC, STATUS, damaged_results, read_bytes
 from trainer.spec import SpecError, TrialSpec
 from trainer.status import TrialState, observe
 
@@ -98,13 +98,25 @@ def _proven_spec(folder: Path) -> tuple[TrialSpec | None, str | None]:
 
 REPAIR_HINT = "rerun the sweep to repair it from the grid"
 STATUS_HINT = "rerun the sweep, the trial's next attempt rebuilds it"
+RETRAIN_HINT = "rerun the sweep: it sets the trial's files aside and trains it anew"
+
+
+def results_checked(state: TrialState) -> TrialState:
+    """A done trial whose result files are missing or damaged (trainer.files.damaged_results) is
+    not done: it is `unreadable`, with the fix. Its rows are gone, so nothing but training it again
+    brings them back; the launcher does that (orchestrator.prepare.set_aside_damaged), keeping the
+    old files. Without this the trial stayed `done` for ever, skipped by every collect."""
+    if state.state != "done" or (problem := damaged_results(state.folder)) is None:
+        return state
+    return TrialState(state.trial_id, state.folder, "unreadable", state.status, reason=f"done, but {problem}; {RETRAIN_HINT}")
 
 
 def scan(sweep: Path, warn: Warn | None = _warn) -> dict[str, TrialState]:
     """States of every trial folder of a sweep, by trial_id (what `orchestrator.status` shows).
 
     A folder whose spec.json does not prove its trial is `unreadable`, with the reason and the
-    fix, whatever its status.json says: a done trial whose spec is garbage is not done.
+    fix, whatever its status.json says: a done trial whose spec is garbage is not done, nor is one
+    whose result files are missing or damaged (`results_checked`).
     """
     return scan_with_specs(sweep, warn)[0]
 
@@ -127,7 +139,7 @@ def scan_with_specs(sweep: Path, warn: Warn | None = _warn) -> tuple[dict[str, T
             detail = (state.reason or "").replace(f"{folder / STATUS}: ", "").removeprefix("status.json unreadable ")
             reason = f"status.json unreadable: {STATUS_HINT} {detail[:80]}"
             state = TrialState(folder.name, folder, "unreadable", state.status, reason=reason)
-        out[folder.name] = state
+        out[folder.name] = results_checked(state)
     return out, specs
 
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.folders import trials_dir
+from orchestrator.folders import results_checked, trials_dir
 from trainer.spec import TrialSpec
 from trainer.status import TrialState, observe
 
@@ -33,12 +33,13 @@ class Plan:
 
 
 def make_plan(specs: Iterable[TrialSpec], sweep: Path, max_attempts: int = DEFAULT_MAX_ATTEMPTS, source: str = "grid") -> Plan:
-    """Which of `specs` still need running, given the trial folders on disk."""
+    """Which of `specs` still need running, given the trial folders on disk (a done trial whose
+    result files are damaged runs again: orchestrator.folders.results_checked)."""
     specs = tuple(specs)
     states = {}
     trials = trials_dir(sweep)  # one join per trial below, not two (issue 25)
     for spec in specs:
         folder = trials / spec.trial_id
-        states[spec.trial_id] = observe(folder) if folder.exists() else TrialState(spec.trial_id, folder, "pending")
+        states[spec.trial_id] = results_checked(observe(folder)) if folder.exists() else TrialState(spec.trial_id, folder, "pending")
     to_run = tuple(s for s in specs if states[s.trial_id].runnable(max_attempts))
     return Plan(sweep, specs, states, to_run, source)

@@ -1,6 +1,7 @@
 """The launcher's writes into a sweep folder, each one line on failure (a full disk, a read-only mount).
 
     repair_specs(plan)        rewrite, from the grid, the spec.json of trial folders whose spec.json lies
+    set_aside_damaged(plan)   move aside the files of done trials whose result files are damaged
     prepare(plan)             the folders and spec.json of the trials to run
     record_grid(grid, sweep)  the grid file beside the trials (provenance)
 
@@ -11,6 +12,7 @@ found before anything is written.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,8 +21,10 @@ from orchestrator.folders import spec_problem, trial_folder
 from orchestrator.plan import Plan
 from orchestrator.preflight import check_writable
 from trainer.errors import UserError
-from trainer.lock import is_locked
+from trainer.files import damaged_results
+from trainer.lock import LOCK, TrialBusy, TrialLock, is_locked
 from trainer.results import SPEC, STATUS, replace_atomically, write_json
+from trainer.status import StatusUnreadable, read_status
 
 
 def prepare(plan: Plan) -> list[Path]:
@@ -61,6 +65,38 @@ def repair_specs(plan: Plan) -> list[str]:
             write_json(spec.to_dict(), folder / SPEC)
         repaired.append(f"{folder}: {problem}; rewrote spec.json from the grid")
     return repaired
+
+
+def set_aside_damaged(plan: Plan) -> list[str]:
+    """Move the files of each trial to run that is done but whose result files are damaged (the
+    plan sees it unreadable: orchestrator.folders.results_checked) into `<trial>/damaged-<time>/`,
+    so that it trains anew from epoch 0; returns one line per trial set aside.
+
+    Its rows are gone, so training it again is the only way to have them (on the CPU the same
+    numbers; seeded). Nothing is deleted: everything but spec.json and the lock moves, checkpoints
+    included. Done under the trial's lock, after looking again: a trial another process holds (an
+    analysis job) is left for the next launch.
+    """
+    lines = []
+    for spec in plan.to_run:
+        state = plan.states[spec.trial_id]
+        if state.state != "unreadable" or state.status.state != "done":
+            continue
+        folder = state.folder
+        try:
+            with TrialLock(folder):
+                if read_status(folder).state != "done" or (problem := damaged_results(folder)) is None:
+                    continue  # changed since the plan looked
+                aside = folder / f"damaged-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+                with _writing(aside):
+                    aside.mkdir()
+                    for name in os.listdir(folder):
+                        if name not in (SPEC, LOCK, aside.name):
+                            os.rename(folder / name, aside / name)
+        except (TrialBusy, StatusUnreadable):
+            continue
+        lines.append(f"{folder}: done, but {problem}; its files are now in {aside.name}/ and it trains anew")
+    return lines
 
 
 @contextmanager

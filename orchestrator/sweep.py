@@ -43,7 +43,7 @@ from orchestrator.grid import Grid, load_grid
 from orchestrator.pack import pack
 from orchestrator.plan import Plan, make_plan
 from orchestrator.preflight import preflight
-from orchestrator.prepare import prepare, record_grid, repair_specs
+from orchestrator.prepare import prepare, record_grid, repair_specs, set_aside_damaged
 from orchestrator.profiles import BACKENDS, Profile, default_profile, load_profile
 from trainer.cli import EXIT_DONE, EXIT_UNFINISHED, ArgumentParser, cli
 from trainer.errors import ProfileError, UserError
@@ -162,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"{args.cluster}: {err}" if args.cluster else str(err)) from None
     for line in repair_specs(plan):
         print(f"repaired: {line}", file=sys.stderr)
+    for line in set_aside_damaged(plan):
+        print(f"set aside: {line}", file=sys.stderr)
     if not plan.to_run:
         print_plan(grid, plan, profile, groups)
         if plan.count("done") == len(plan.specs):

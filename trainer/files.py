@@ -76,6 +76,36 @@ def read_bytes(path: str) -> bytes:
         os.close(fd)
 
 
+RESULTS = (EPOCHS, LAYERS)  # what every finished trial wrote, and what the collector needs of it
+PARQUET_MAGIC = b"PAR1"  # at both ends of every whole Parquet file
+
+
+def damaged_results(folder: str | Path) -> str | None:
+    """Why a done trial's result files cannot be what it finished with (None: they may be): one is
+    missing, or is not a whole Parquet file (cut short, emptied, overwritten: its magic is not at
+    both ends). The trainer writes them atomically, so this is damage from outside (a disk, a
+    hand). A few bytes read from each, an open and two preads: what `orchestrator.status` and the
+    plan can afford for every done trial (issue 25); damage inside a page is the collector's to find.
+    """
+    for name in RESULTS:
+        try:
+            fd = os.open(f"{os.fspath(folder)}/{name}", os.O_RDONLY)
+        except FileNotFoundError:
+            return f"{name} is missing"
+        except OSError as err:
+            return f"{name} is unreadable ({err.strerror or err})"
+        try:
+            size = os.fstat(fd).st_size
+            whole = size >= 12 and os.pread(fd, 4, 0) == PARQUET_MAGIC and os.pread(fd, 4, size - 4) == PARQUET_MAGIC
+        except OSError as err:
+            return f"{name} is unreadable ({err.strerror or err})"
+        finally:
+            os.close(fd)
+        if not whole:
+            return f"{name} is damaged ({size} bytes, not a whole Parquet file)"
+    return None
+
+
 def remove_temp_files(folder: Path) -> list[Path]:
     """Delete what a killed writer left behind (its temp files); returns what was removed."""
     removed = [p for p in folder.glob(f".*{TMP_MARK}*") if p.is_file()]
