@@ -101,6 +101,13 @@ STATUS_HINT = "rerun the sweep, the trial's next attempt rebuilds it"
 RETRAIN_HINT = "rerun the sweep: it sets the trial's files aside and trains it anew"
 
 
+def retrain_hint(folder: Path) -> str:
+    """ "; " and the fix, for a done trial whose rows the collector cannot use, where the launcher
+    sees the damage too (`results_checked`) and so trains the trial anew on a rerun; "" where it
+    does not (damage inside a page, rows missing from a whole file: rare, and left to the user)."""
+    return f"; {RETRAIN_HINT}" if damaged_results(folder) is not None else ""
+
+
 def results_checked(state: TrialState) -> TrialState:
     """A done trial whose result files are missing or damaged (trainer.files.damaged_results) is
     not done: it is `unreadable`, with the fix. Its rows are gone, so nothing but training it again

@@ -342,9 +342,10 @@ def test_other_unusable_done_trials(tmp_path):
     (sweep / "trials" / specs[3].trial_id / R.SPEC).write_text(json.dumps({"alpha": "x"}))
     result, warnings = collect(sweep)
     reasons = dict(zip(result.excluded["trial_id"], result.excluded["reason"]))
-    assert reasons[specs[0].trial_id] == "done but layers.parquet is missing"
+    hint = "rerun the sweep: it sets the trial's files aside and trains it anew"  # the launcher sees this damage
+    assert reasons[specs[0].trial_id] == f"done but layers.parquet is missing; {hint}"
     assert reasons[specs[1].trial_id].startswith("status.json unreadable")
-    assert reasons[specs[2].trial_id] == "epochs.parquet incomplete: 3 rows, expected epochs 0..4 in order"
+    assert reasons[specs[2].trial_id] == "epochs.parquet incomplete: 3 rows, expected epochs 0..4 in order"  # no hint: unseen there
     assert reasons[specs[3].trial_id].startswith("spec.json unusable")
     assert len(warnings) == 1 and "incomplete" in warnings[0]  # the others show in excluded, not as file errors
     assert table(sweep, "trials")["trial_id"].tolist() == [specs[4].trial_id]

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from benchmarks.synthetic import write_trial
+from orchestrator.collect import collect
 from orchestrator.folders import scan
 from orchestrator.grid import load_grid
 from orchestrator.plan import make_plan
@@ -70,6 +71,9 @@ def test_status_and_the_plan_see_a_damaged_done_trial_as_unreadable_to_run_again
     assert "1 done" in out and "2 unreadable" in out and "done, but epochs.parquet is damaged" in out
     plan = make_plan(specs, sweep)
     assert [s.trial_id for s in plan.to_run] == [s.trial_id for s in specs[1:]]
+    excluded = collect(sweep, figures=False).excluded  # the collector names the fix too
+    assert all(r.endswith("; rerun the sweep: it sets the trial's files aside and trains it anew") for r in excluded.reason)
+    assert len(excluded) == 2 and excluded.reason.str.startswith("epochs.parquet unreadable: ").sum() == 1
 
     # The launcher's set-aside: everything but spec.json (and the lock) moves, nothing is deleted.
     held = sweep / "trials" / specs[2].trial_id

@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from orchestrator.collect import cache
 from orchestrator.collect.scan import KINDS, Fingerprint, Trial, fingerprint, incomplete, scan_files
+from orchestrator.folders import retrain_hint
 
 Warn = Callable[[str], None]
 MAX_RUNS = 4096  # more sorted runs (or chunks) than this: one take, one chunk (later kernels pay per chunk)
@@ -111,7 +112,7 @@ def fresh_rows(new: list[tuple[int, Trial]], warn: Warn, early: dict[str, Presca
         found = _from_prescan(early[kind], new, kind) if early else None
         table, bad = found or scan_files([t.folder / kind for _, t in new], kind)
         for path, reason in bad.items():
-            mark(by_folder[path.parent], "unreadable", f"{kind} unreadable: {reason}", warn)
+            mark(by_folder[path.parent], "unreadable", f"{kind} unreadable: {reason}{retrain_hint(path.parent)}", warn)
         for i, reason in incomplete(table, kind, epochs).items():
             if new[i][1].state == "done":
                 mark(new[i][1], "incomplete", reason, warn)

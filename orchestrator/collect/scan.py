@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from orchestrator.folders import REPAIR_HINT
+from orchestrator.folders import REPAIR_HINT, retrain_hint
 from trainer import results as R
 from trainer.errors import UserError
 from trainer.files import read_bytes
@@ -116,7 +116,7 @@ def _read_trial(folder: Path) -> Trial:
     for kind in KINDS:
         fp = fingerprint(folder / kind)
         if fp is None:
-            trial.state, trial.reason = "unreadable", f"done but {kind} is missing"
+            trial.state, trial.reason = "unreadable", f"done but {kind} is missing{retrain_hint(folder)}"
             return trial
         trial.files[kind] = fp
     return trial
