@@ -69,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         while time.monotonic() < wait and _still_queued(folders):
             time.sleep(1)
     stopped, not_started, still = _record(folders)
+    if not queued + running_jobs + stopped + not_started + still:  # every trial done, or failed for good
+        print(f"{sweep.name}: nothing to cancel: no trial was running, queued or waiting to start")
+        return EXIT_DONE
     slurm = f"{queued} queued and {running_jobs} running SLURM job(s) cancelled; " if queued + running_jobs else ""
     print(
         f"{sweep.name}: cancelled: {slurm}{stopped} trial(s) stopped at a checkpoint, {not_started} not started"

@@ -95,3 +95,19 @@ def test_a_wait_that_is_not_a_bounded_number_of_seconds_is_refused_before_anythi
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: --wait-s {float(wait)}: allowed: seconds from 0 to "), err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["trials"]  # no cancel request, no lock
+
+
+def test_a_finished_sweep_has_nothing_to_cancel(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.synthetic import write_trial
+    from orchestrator.cancel import main
+    from orchestrator.grid import load_grid
+    from trainer.cli import cli
+
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("name: fin\nfixed: {epochs: 2}\nsweep: {alpha: [0, 1]}\n")
+    sweep = tmp_path / "fin"
+    for spec in load_grid(grid).specs:
+        write_trial(sweep, spec, units=False)
+    assert cli(main, [str(sweep), "--wait-s", "0"]) == 0
+    assert capsys.readouterr().out.strip() == "fin: nothing to cancel: no trial was running, queued or waiting to start"
+    assert all(observe(f).state == "done" for f in (sweep / "trials").iterdir())
