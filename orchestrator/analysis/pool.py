@@ -89,6 +89,7 @@ def to_do(folders: list[Path], work: Callable[[int], int]) -> list[Path]:
         except (UserError, OSError, ValueError, pa.ArrowException):
             todo.append(folder)
     if other:
-        more = f" ({len(other) - 1} more trials likewise)" if len(other) > 1 else ""
+        n = len(other) - 1
+        more = f" ({n} more trial{'s' if n > 1 else ''} likewise)" if n else ""
         raise PlanMismatch(f"{other[0]}{more}")
     return todo
