@@ -25,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+from orchestrator.folders import sweep_folder
 from trainer.cli import EXIT_DONE, EXIT_UNFINISHED, ArgumentParser, cli
 from trainer.errors import UserError
 from trainer.lock import TrialBusy, TrialLock
@@ -54,8 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 <= args.wait_s <= MAX_WAIT_S:  # NaN too; every wait is bounded
         raise UserError(f"--wait-s {args.wait_s}: allowed: seconds from 0 to {MAX_WAIT_S:.0f} (a week)")
     sweep: Path = args.sweep.absolute()
-    if not (sweep / "trials").is_dir():
-        raise UserError(f"{args.sweep}: not a sweep folder (no trials/ inside); give <results>/<grid name>")
+    sweep_folder(args.sweep)
     folders = sorted(f for f in (sweep / "trials").iterdir() if f.is_dir())
     write_json({"requested": now()}, sweep / CANCEL)  # from here on no runner starts a worker, no launcher submits
     queued, running_jobs = _cancel_slurm_queue(sweep, folders)

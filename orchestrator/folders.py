@@ -25,6 +25,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from trainer.errors import UserError
 from trainer.files import SPEC, STATUS, damaged_results, read_bytes
 from trainer.spec import SpecError, TrialSpec
 from trainer.status import TrialState, observe
@@ -52,6 +53,28 @@ def trial_folder(sweep: Path, trial_id: str) -> Path:
 
 def is_trial_id(name: str) -> bool:
     return TRIAL_ID.fullmatch(name) is not None
+
+
+def sweep_folder(path: Path) -> Path:
+    """`path` if it is a sweep folder (it holds trials/), else one UserError line that says what to
+    pass: the sweep above a trial folder, the sweeps inside a results root (every command that takes
+    a sweep folder: status, collect, cancel, ablate, represent, robust)."""
+    if not path.exists():
+        raise UserError(f"{path}: no such folder; pass a sweep folder, e.g. results/<sweep>")
+    if not path.is_dir():
+        raise UserError(f"{path}: not a folder; pass a sweep folder, e.g. results/<sweep>")
+    if (path / "trials").is_dir():
+        return path
+    if (path / SPEC).is_file() or path.name == "trials":
+        hint = path.parent.parent if path.name != "trials" else path.parent
+        what = "the trials folder" if path.name == "trials" else "a trial folder"
+        raise UserError(f"{path}: {what}, not a sweep; pass the sweep folder {hint}")
+    with os.scandir(path) as it:
+        sweeps = sorted(e.name for e in it if e.is_dir() and os.path.isdir(os.path.join(e.path, "trials")))
+    if sweeps:
+        shown = ", ".join(str(path / s) for s in sweeps[:5]) + (" ..." if len(sweeps) > 5 else "")
+        raise UserError(f"{path}: a results root, not a sweep folder; pass one of: {shown}")
+    raise UserError(f"{path}: not a sweep folder (no trials/ inside); expected <results>/<sweep>/trials/<trial_id>/")
 
 
 def trial_folders(sweep: Path, warn: Warn | None = _warn) -> list[Path]:

@@ -26,7 +26,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from orchestrator.folders import load_spec, scan_with_specs
+from orchestrator.folders import load_spec, scan_with_specs, sweep_folder
 from trainer.cli import ArgumentParser, cli
 from trainer.errors import UserError
 from trainer.spec import RESOURCE_FIELDS
@@ -42,8 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--watch", type=float, metavar="N", help="redraw every N seconds until no trial is running or queued")
     args = p.parse_args(argv)
-    if not (args.sweep / "trials").is_dir():
-        raise UserError(f"{args.sweep}: not a sweep folder (no trials/ inside); give <results>/<grid name>")
+    sweep_folder(args.sweep)
     wanted = {w.strip() for arg in args.state for w in arg.split(",") if w.strip()}
     if wanted - set(FILTERS):
         raise UserError(f"--state {', '.join(sorted(wanted - set(FILTERS)))}: no such state; allowed: {', '.join(FILTERS)}")

@@ -48,7 +48,7 @@ from orchestrator.collect.representations import representation_figures, represe
 from orchestrator.collect.robustness import OUTPUTS as ROBUSTNESS_OUTPUTS
 from orchestrator.collect.robustness import robustness_figures, robustness_markdown, robustness_tables
 from orchestrator.collect.rows import Cached, Warn, load_cached, prescan, read_rows, with_fields
-from orchestrator.collect.scan import KINDS, Trial, check_sweep, fields_schema, load_spec, parse_spec, read_spec, read_trials
+from orchestrator.collect.scan import KINDS, Trial, fields_schema, load_spec, parse_spec, read_spec, read_trials
 from orchestrator.collect.stats import (
     EPOCH_METRICS,
     condition_epochs_table,
@@ -59,7 +59,7 @@ from orchestrator.collect.stats import (
     trials_table,
     written_sort_key,
 )  # fmt: skip
-from orchestrator.folders import trial_folders
+from orchestrator.folders import sweep_folder, trial_folders
 from trainer import faults
 from trainer import results as R
 from trainer.errors import UserError
@@ -232,7 +232,7 @@ def collect(path: str | Path, *, full: bool = False, figures: bool = True, warn:
     `unchanged.probe` does: 0.3 s at 10,000 trials not spent twice).
     """
     clock = _Clock()
-    sweep = check_sweep(Path(path))
+    sweep = sweep_folder(Path(path))
     summary = sweep / "summary"
     for folder in (summary, summary / "figures", summary / cache.MANIFEST.parent):
         if folder.exists() and not folder.is_dir():  # before anything is read or written

@@ -27,7 +27,6 @@ import pyarrow.parquet as pq
 
 from orchestrator.folders import REPAIR_HINT, retrain_hint
 from trainer import results as R
-from trainer.errors import UserError
 from trainer.files import read_bytes
 from trainer.spec import TrialSpec
 from trainer.status import Status, TrialState, observe
@@ -69,25 +68,6 @@ def fields_schema() -> pa.Schema:
 def trial_fields() -> list[str]:
     """The trial's fields as carried by every result row (trial_id, sweep, model, ..., augment)."""
     return fields_schema().names
-
-
-# ---- the sweep folder --------------------------------------------------------------------------
-def check_sweep(path: Path) -> Path:
-    """`path` if it is a sweep folder (it holds trials/), else a UserError that says what to pass."""
-    if not path.exists():
-        raise UserError(f"{path}: no such folder; pass a sweep folder, e.g. results/<sweep>")
-    if not path.is_dir():
-        raise UserError(f"{path}: not a folder; pass a sweep folder, e.g. results/<sweep>")
-    if (path / "trials").is_dir():
-        return path
-    if (path / R.SPEC).is_file() or path.name == "trials":
-        hint = path.parent.parent if path.name != "trials" else path.parent
-        raise UserError(f"{path}: a trial folder, not a sweep; pass the sweep folder {hint}")
-    sweeps = sorted(p.name for p in path.iterdir() if (p / "trials").is_dir())
-    if sweeps:
-        shown = ", ".join(str(path / s) for s in sweeps[:5]) + (" ..." if len(sweeps) > 5 else "")
-        raise UserError(f"{path}: a results root, not a sweep folder; pass one of: {shown}")
-    raise UserError(f"{path}: not a sweep folder (no trials/ inside); expected <results>/<sweep>/trials/<trial_id>/")
 
 
 def fingerprint(path: Path) -> Fingerprint | None:
