@@ -481,6 +481,9 @@ def load_profile(path: str | Path) -> Profile:
     if not isinstance(raw, dict):
         raise UserError(f"{path}: a cluster profile must be a mapping with a 'backend' key ({', '.join(BACKENDS)})")
     backend = raw.get("backend")
+    if "backend" not in raw:
+        grid = " (this looks like a grid: pass it with --grid)" if {"sweep", "fixed"} & raw.keys() else ""
+        raise UserError(f"{path}: key 'backend' is missing; allowed: {', '.join(BACKENDS)}{grid}")
     if backend not in PROFILES:
         raise UserError(f"{path}: key 'backend' is {backend!r}; allowed: {', '.join(BACKENDS)}")
     _check_raw_numbers(PROFILES[backend], raw, str(path))
