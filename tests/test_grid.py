@@ -119,7 +119,7 @@ BAD_PROFILES = {
     "unknown key": ("backend: slurm\npartiton: gpu\n", "unknown key 'partiton'; allowed: backend, device"),
     "bad backend": ("backend: kubernetes\n", "key 'backend' is 'kubernetes'; allowed: local, ray, slurm"),
     "no backend": ("max_parallel: 2\n", "key 'backend' is missing; allowed: local, ray, slurm"),
-    "a grid as the profile": ("name: g\nsweep: {alpha: [0]}\n", "key 'backend' is missing; allowed: local, ray, slurm (this looks like a grid"),
+    "a grid as the profile": ("name: g\nsweep: {alpha: [0]}\n", "'backend' is missing; allowed: local, ray, slurm (this looks like a grid"),
     "wrong type": ("backend: slurm\ngpus_per_trial: one\n", "key 'gpus_per_trial' must be int"),
     "negative": ("backend: ray\ncpus_per_trial: -1\n", "key 'cpus_per_trial' is -1.0; allowed: > 0"),
     "multi-line setup": ('backend: slurm\nsetup: ["echo a\\necho b"]\n', "key 'setup'"),
