@@ -48,7 +48,8 @@ def load_grid(path: str | Path, overrides: dict[str, Any] | None = None, overrid
         raise UserError(f"{path}: a grid must be a mapping with keys {', '.join(GRID_KEYS)}")
     for key in raw:
         if key not in GRID_KEYS:
-            raise UserError(f"{path}: unknown top-level key {quote(key)}; allowed: {', '.join(GRID_KEYS)}")
+            profile = " (this looks like a cluster profile: pass it with --cluster)" if "backend" in raw else ""
+            raise UserError(f"{path}: unknown top-level key {quote(key)}; allowed: {', '.join(GRID_KEYS)}{profile}")
     name = _name(raw.get("name"), path)
     description = raw.get("description", "")
     if not isinstance(description, str):
