@@ -60,7 +60,7 @@ def test_overrides_do_not_change_trial_ids(tmp_path: Path) -> None:
 BAD_GRIDS = {
     "duplicate key": ("name: g\nsweep:\n  alpha: [1]\n  alpha: [2]\n", "key 'alpha' appears twice"),
     "unknown top key": ("name: g\nsweeps: {alpha: [1]}\n", "unknown top-level key 'sweeps'; allowed: name"),
-    "a profile as the grid": ("backend: local\nmax_parallel: 2\n", "allowed: name, description, fixed, sweep (this looks like a cluster profile"),
+    "a profile as the grid": ("backend: local\nmax_parallel: 2\n", "fixed, sweep (this looks like a cluster profile"),
     "unknown field": ("name: g\nfixed: {alhpa: 1}\n", "unknown field 'fixed.alhpa'; allowed: model"),
     "wrong type": ("name: g\nfixed: {epochs: ten}\n", "field 'epochs' must be int"),
     "quoted number": ("name: g\nfixed: {lr: '1e-5'}\n", "field 'lr' must be float"),
