@@ -152,6 +152,16 @@ def test_ablate_again_with_another_plan_is_one_line_and_replace_measures_it(
     pq.write_table(pq.read_table(path).replace_schema_metadata(None), path)
     assert cli(ablate_main, [str(sweep), "--fractions", "0", "1"]) == 0 and started[-1] == 0
 
+    # A damaged file: the trial's job fails in one line with the fix; --replace measures it anew.
+    path.write_bytes(path.read_bytes()[:200])
+    assert cli(ablate_main, [str(sweep), "--fractions", "0", "1"]) == 1
+    assert (
+        f"{path}: damaged (" in capsys.readouterr().err
+        and "measure the trial anew with --replace" in (path.parent / "ablate.log").read_text()
+    )
+    assert cli(ablate_main, [str(sweep), "--fractions", "0", "1", "--replace"]) == 0
+    assert set(pd.read_parquet(path).fraction) == {0.0, 1.0}
+
 
 @pytest.mark.slow
 def test_robust_again_with_other_settings_is_one_line_and_replace_measures_them(
@@ -212,3 +222,13 @@ def test_the_collector_says_when_trials_were_measured_with_different_settings(tm
     pq.write_table(with_plan(table, plan_text({"draws": 3, "fractions": [0.0, 0.5]})), sweep / "trials" / specs[3].trial_id / R.ABLATIONS)
     collect(sweep)  # alike again: no warning
     assert "measured with other settings" not in capsys.readouterr().err
+
+    # A damaged file is one warning naming it, left out; the collect goes on (it was a traceback).
+    damaged = sweep / "trials" / specs[0].trial_id / R.ABLATIONS
+    damaged.write_bytes(damaged.read_bytes()[:300])
+    collect(sweep)
+    warned = [line for line in capsys.readouterr().err.splitlines() if str(damaged) in line]
+    assert len(warned) == 1 and "unreadable (" in warned[0], warned
+    assert warned[0].endswith("left out of the tables; to measure it anew: python -m orchestrator.ablate <sweep> --replace")
+    curves = pd.read_parquet(sweep / "summary" / "ablation_curves.parquet")
+    assert sorted(curves.n.unique()) == [1, 2]  # alpha -5: seed 1 only; alpha 0: both seeds

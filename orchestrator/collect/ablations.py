@@ -17,25 +17,19 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.dataset as ds
 
+from orchestrator.collect.analysis_files import Warn, read_files
 from orchestrator.collect.stats import summarize
-from trainer.analysis.plan_record import warn_mixed
 from trainer.results import ABLATIONS
 
 KEYS = ["condition_id", "epoch", "stage", "selection"]
 
 
-def read_ablations(folders: list[Path]) -> pd.DataFrame | None:
+def read_ablations(folders: list[Path], warn: Warn) -> pd.DataFrame | None:
     """All done trials' ablation rows in one dataset scan (None if no trial has any)."""
-    paths = [str(f / ABLATIONS) for f in folders if (f / ABLATIONS).exists()]
-    if not paths:
-        return None
-    warn_mixed([Path(p) for p in paths])
-    table = ds.dataset(paths, format="parquet").to_table(
-        columns=["trial_id", "epoch", "stage", "k", "fraction", "selection", "draw", "accuracy"]
-    )
-    return table.to_pandas()
+    columns = ["trial_id", "epoch", "stage", "k", "fraction", "selection", "draw", "accuracy"]
+    again = "python -m orchestrator.ablate <sweep> --replace"
+    return read_files(folders, ABLATIONS, warn, again, columns, settings=True)
 
 
 def normalised_auc(fraction: np.ndarray, accuracy: np.ndarray) -> float:
@@ -48,8 +42,8 @@ def normalised_auc(fraction: np.ndarray, accuracy: np.ndarray) -> float:
     return float(np.sum((y[1:] + y[:-1]) / 2 * np.diff(x)) / (top * span))
 
 
-def ablation_tables(folders: list[Path], trials: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    rows = read_ablations(folders)
+def ablation_tables(folders: list[Path], trials: pd.DataFrame, warn: Warn) -> dict[str, pd.DataFrame]:
+    rows = read_ablations(folders, warn)
     if rows is None:
         return {}
     condition = trials.set_index("trial_id")[["condition_id", "condition", "alpha", "onset_epoch"]]

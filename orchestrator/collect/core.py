@@ -290,9 +290,9 @@ def collect(path: str | Path, *, full: bool = False, figures: bool = True, warn:
         # epochs and layers files already hold these rows.
         writing = [] if rows_current else [background.submit(write_rows, rows[k], fields, summary / k) for k in KINDS]
         tables = _tables(rows, fields, usable)
-        tables.update(ablation_tables([t.folder for t in usable], tables["trials.parquet"]))
-        tables.update(representation_tables([t.folder for t in usable], tables["trials.parquet"]))
-        tables.update(robustness_tables([t.folder for t in usable], tables["trials.parquet"]))
+        tables.update(ablation_tables([t.folder for t in usable], tables["trials.parquet"], noting))
+        tables.update(representation_tables([t.folder for t in usable], tables["trials.parquet"], noting))
+        tables.update(robustness_tables([t.folder for t in usable], tables["trials.parquet"], noting))
         excluded = excluded_table([t for t in trials if t.state != "done"])
         clock("tables")
         written = [write_table(t, summary / name) for name, t in tables.items()]

@@ -38,8 +38,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow.dataset as ds
 
+from orchestrator.collect.analysis_files import Warn, read_files
 from orchestrator.collect.stats import fmt, summarize, varying_fields
 from trainer.analysis.similarity_job import DIMENSIONALITY, MINIBATCH_CKA, SIMILARITY
 
@@ -56,22 +56,15 @@ OUTPUTS = (PAIRS_TABLE, SIMILARITY_TABLE, DIMENSIONALITY_TABLE, MINIBATCH_TABLE,
 LABELS = ["condition", "alpha", "onset_epoch"]
 SIM_METRICS = ["cka", "pwcca_distance", "pwcca_distance_svcca"]
 DIM_METRICS = ["pcs_95", "participation_ratio", "pcs_95_per_unit"]
+AGAIN = "remove it and run python -m orchestrator.represent <sweep>"  # the represent jobs have no settings to replace
 
 
-def _read(folders: list[Path], name: str) -> pd.DataFrame | None:
-    """The rows of every trial's `name` file in one dataset scan (None if no trial has one)."""
-    paths = [str(f / name) for f in folders if (f / name).exists()]
-    if not paths:
-        return None
-    return ds.dataset(paths, format="parquet").to_table().to_pandas()
-
-
-def representation_tables(folders: list[Path], trials: pd.DataFrame) -> dict[str, pd.DataFrame]:
+def representation_tables(folders: list[Path], trials: pd.DataFrame, warn: Warn) -> dict[str, pd.DataFrame]:
     """The three tables from the trials in `folders` (the collected, done ones); {} if none has any."""
     condition = trials.set_index("trial_id")[["condition_id", *LABELS]]
     labels = condition.drop_duplicates("condition_id").set_index("condition_id")
     out: dict[str, pd.DataFrame] = {}
-    dims = _read(folders, DIMENSIONALITY)
+    dims = read_files(folders, DIMENSIONALITY, warn, AGAIN)
     if dims is not None:
         # reindex: trials analysed before a column existed have NaN there
         dims = dims[dims["trial_id"].isin(condition.index)].reindex(columns=["trial_id", "epoch", "layer", "n_units", *DIM_METRICS])
@@ -79,7 +72,7 @@ def representation_tables(folders: list[Path], trials: pd.DataFrame) -> dict[str
         stats = summarize(dims, ["condition_id", "epoch", "layer"], DIM_METRICS)
         stats.insert(0, "n_units", dims.groupby(["condition_id", "epoch", "layer"], sort=False)["n_units"].first())
         out[DIMENSIONALITY_TABLE] = _ordered(stats.reset_index().join(labels, on="condition_id"), trials)
-    sims = _read(folders, SIMILARITY)
+    sims = read_files(folders, SIMILARITY, warn, AGAIN)
     if sims is not None:
         known = condition.index
         sims = sims[sims["trial_id"].isin(known) & sims["reference_id"].isin(known)]
@@ -88,7 +81,7 @@ def representation_tables(folders: list[Path], trials: pd.DataFrame) -> dict[str
         out[PAIRS_TABLE] = sims.reset_index(drop=True)
         stats = summarize(sims, ["condition_id", "pair", "epoch", "layer"], SIM_METRICS)
         out[SIMILARITY_TABLE] = _ordered(stats.reset_index().join(labels, on="condition_id"), trials)
-    mb = _read(folders, MINIBATCH_CKA)
+    mb = read_files(folders, MINIBATCH_CKA, warn, AGAIN)
     if mb is not None:
         known = condition.index
         mb = mb[mb["trial_id"].isin(known) & mb["reference_id"].isin(known)]

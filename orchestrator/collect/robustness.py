@@ -31,10 +31,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow.dataset as ds
 
+from orchestrator.collect.analysis_files import Warn, read_files
 from orchestrator.collect.stats import summarize
-from trainer.analysis.plan_record import warn_mixed
 from trainer.results import ROBUST_DIMENSIONALITY, ROBUST_GRADIENTS, ROBUSTNESS  # not robustness_job: it imports torch (3 s)
 
 TRIALS_TABLE, CORRUPTIONS_TABLE, ATTACKS_TABLE = "robust_trials.parquet", "robust_corruptions.parquet", "robust_attacks.parquet"
@@ -53,18 +52,11 @@ LABELS = ["condition", "alpha"]
 EXPECTED = {"corruption_acc": -1, "fgsm_acc": 1, "pgd_acc": 1, "corruption_rel": -1, "fgsm_rel": 1, "pgd_rel": 1}
 
 
-def _read(folders: list[Path], name: str) -> pd.DataFrame | None:
-    paths = [str(f / name) for f in folders if (f / name).exists()]
-    if not paths:
-        return None
-    if name == ROBUSTNESS:  # the three files of a trial share their settings: one warning, not three
-        warn_mixed([Path(p) for p in paths])
-    return ds.dataset(paths, format="parquet").to_table().to_pandas()
-
-
-def robustness_tables(folders: list[Path], trials: pd.DataFrame) -> dict[str, pd.DataFrame]:
+def robustness_tables(folders: list[Path], trials: pd.DataFrame, warn: Warn) -> dict[str, pd.DataFrame]:
     """The tables from the collected trials' files; {} when no trial has robustness results."""
-    acc = _read(folders, ROBUSTNESS)
+    again = "python -m orchestrator.robust <sweep> --replace"
+    # The three files of a trial share their settings: one warning if they differ, not three.
+    acc = read_files(folders, ROBUSTNESS, warn, again, settings=True)
     if acc is None:
         return {}
     condition = trials.set_index("trial_id")[["condition_id", *LABELS, "seed", "csi_mean"]]
@@ -80,7 +72,7 @@ def robustness_tables(folders: list[Path], trials: pd.DataFrame) -> dict[str, pd
     stats = summarize(attacks, ["condition_id", "epoch", "kind", "epsilon"], ["accuracy", "accuracy_single"]).reset_index()
     out[ATTACKS_TABLE] = stats.rename(columns={"kind": "attack"}).join(labels, on="condition_id")
     out[TRIALS_TABLE] = _per_trial(acc, condition)
-    dims = _read(folders, ROBUST_DIMENSIONALITY)
+    dims = read_files(folders, ROBUST_DIMENSIONALITY, warn, again)
     if dims is not None:
         dims = dims[dims["trial_id"].isin(condition.index)].join(condition[["condition_id"]], on="trial_id")
         mean = dims.groupby(["trial_id", "condition_id", "epoch", "kind", "layer"], sort=False, as_index=False)[
@@ -88,7 +80,7 @@ def robustness_tables(folders: list[Path], trials: pd.DataFrame) -> dict[str, pd
         ].mean()
         stats = summarize(mean, ["condition_id", "epoch", "kind", "layer"], ["pcs_95", "participation_ratio"]).reset_index()
         out[CHANGE_TABLE] = stats.join(labels, on="condition_id")
-    grads = _read(folders, ROBUST_GRADIENTS)
+    grads = read_files(folders, ROBUST_GRADIENTS, warn, again)
     if grads is not None:
         grads = grads[grads["trial_id"].isin(condition.index)].join(condition[["condition_id"]], on="trial_id")
         stats = summarize(grads, ["condition_id", "epoch", "layer"], ["grad_mean", "cv_samples", "cv_units"]).reset_index()

@@ -98,7 +98,7 @@ def ablate_trial(
     spec, epochs = finished_trial(folder, require_done, "ablate")
     path = folder / R.ABLATIONS
     text = plan_text(dataclasses.asdict(plan))
-    tables = [pq.read_table(path)] if path.exists() and not measured_anew([path], text, replace) else []
+    tables = [_read(path)] if path.exists() and not measured_anew([path], text, replace) else []
     done = set(tables[0]["epoch"].to_pylist()) if tables else set()
     todo = [e for e in epochs if e not in done]
     if not todo:
@@ -127,8 +127,16 @@ def epochs_to_ablate(folder: Path, plan: AblationPlan, replace: bool) -> int:
     epochs = kept_epochs(folder)
     if not path.exists() or measured_anew([path], plan_text(dataclasses.asdict(plan)), replace):
         return len(epochs)
-    done = set(pq.read_table(path, columns=["epoch"])["epoch"].to_pylist())
+    done = set(_read(path, ["epoch"])["epoch"].to_pylist())
     return len([e for e in epochs if e not in done])
+
+
+def _read(path: Path, columns: list[str] | None = None) -> pa.Table:
+    """The ablations measured so far; a damaged file is one line naming it and the fix."""
+    try:
+        return pq.read_table(path, columns=columns)
+    except (OSError, pa.ArrowException) as err:
+        raise UserError(f"{path}: damaged ({str(err)[:80]}); measure the trial anew with --replace") from None
 
 
 def epoch_evaluations(folder: Path, epochs: list[int]) -> dict[int, tuple[float, float, float | None]]:

@@ -15,7 +15,6 @@ renamed file keeps it) and is written in the same atomic replace.
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -43,10 +42,13 @@ def with_plan(table: pa.Table, text: bytes) -> pa.Table:
 
 
 def recorded(path: Path) -> dict[str, Any] | None:
-    """The settings recorded in the file at `path`; None when it has none (no file, or written before the record)."""
-    if not path.exists():
+    """The settings recorded in the file at `path`; None when it has none: no file, one written
+    before the record, or one too damaged to read its footer (the job's own read of it says so;
+    `--replace` measures it anew)."""
+    try:
+        text = (pq.read_schema(path).metadata or {}).get(PLAN_KEY)
+    except (OSError, pa.ArrowException, ValueError):
         return None
-    text = (pq.read_schema(path).metadata or {}).get(PLAN_KEY)
     return json.loads(text) if text else None
 
 
@@ -77,11 +79,10 @@ def mixed(paths: list[Path]) -> str | None:
     """A line for the collector when the trials' files of one kind were measured with different
     recorded settings (which its tables would average together), naming one of the minority; None
     when they agree (files without a record are not counted)."""
-    groups: dict[bytes, list[Path]] = {}
+    groups: dict[str, list[Path]] = {}
     for path in paths:
-        text = (pq.read_schema(path).metadata or {}).get(PLAN_KEY)
-        if text:
-            groups.setdefault(text, []).append(path)
+        if (settings := recorded(path)) is not None:
+            groups.setdefault(json.dumps(settings, sort_keys=True), []).append(path)
     if len(groups) < 2:
         return None
     by_size = sorted(groups.items(), key=lambda kv: len(kv[1]), reverse=True)
@@ -92,13 +93,6 @@ def mixed(paths: list[Path]) -> str | None:
         f"than the other {len(most)} (e.g. {few[0]}: {there}; the others: {here}), and the tables average them "
         "together; measure them alike (the job's --replace with the settings wanted)"
     )
-
-
-def warn_mixed(paths: list[Path]) -> None:
-    """`mixed`'s line as a warning on stderr (the collector's tables stand; the user decides)."""
-    line = mixed(paths)
-    if line:
-        print(f"warning: {line}", file=sys.stderr, flush=True)
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> tuple[str, str]:

@@ -359,7 +359,7 @@ def _read_done(path: Path, keys: list[str]) -> tuple[list[pa.Table], set[tuple]]
     try:
         return read_done(path, keys)
     except (OSError, pa.ArrowException) as err:
-        raise UserError(f"{path}: damaged ({str(err)[:80]}); remove it and run the job again to measure anew") from None
+        raise UserError(f"{path}: damaged ({str(err)[:80]}); measure the trial anew with --replace") from None
 
 
 def _load_checkpoint(path: Path, device: torch.device) -> dict:
