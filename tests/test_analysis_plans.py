@@ -229,6 +229,6 @@ def test_the_collector_says_when_trials_were_measured_with_different_settings(tm
     collect(sweep)
     warned = [line for line in capsys.readouterr().err.splitlines() if str(damaged) in line]
     assert len(warned) == 1 and "unreadable (" in warned[0], warned
-    assert warned[0].endswith("left out of the tables; to measure it anew: python -m orchestrator.ablate <sweep> --replace")
+    assert warned[0].endswith(f"left out of the tables; to measure it anew: python -m orchestrator.ablate {sweep} --replace")
     curves = pd.read_parquet(sweep / "summary" / "ablation_curves.parquet")
     assert sorted(curves.n.unique()) == [1, 2]  # alpha -5: seed 1 only; alpha 0: both seeds

@@ -48,6 +48,8 @@ def _one_by_one(paths: list[Path], columns: list[str] | None, warn: Warn, again:
             tables.append(pq.read_table(path, columns=columns))
             good.append(path)
         except (OSError, pa.ArrowException) as err:
-            first = (str(err).splitlines() or [type(err).__name__])[0][:120]
-            warn(f"{path}: unreadable ({first}); left out of the tables; to measure it anew: {again}")
+            first = (str(err).splitlines() or [type(err).__name__])[0]
+            first = first.replace(f"Could not open Parquet input source '{path}': ", "")[:120]  # the path is named already
+            sweep = path.parent.parent.parent  # <sweep>/trials/<id>/<file>
+            warn(f"{path}: unreadable ({first}); left out of the tables; to measure it anew: {again.replace('<sweep>', str(sweep))}")
     return (pa.concat_tables(tables, promote_options="default") if tables else None), good
