@@ -23,7 +23,6 @@ from pathlib import Path
 
 from orchestrator.analysis.pool import check_sweep, check_trial_devices, run_pool, to_do, trial_specs
 from orchestrator.folders import scan
-from trainer import results as R
 from trainer.analysis.corruption_sets import official_set
 from trainer.analysis.robustness_job import add_plan_arguments, plan_arguments, plan_for, plan_overrides, to_measure
 from trainer.cli import ArgumentParser, cli
@@ -49,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.device is None:
         check_trial_devices(specs)
     if overrides.get("source") == "official":
-        _check_official(folders)
+        _check_official(specs)
     todo = to_do(folders, lambda i: len(to_measure(folders[i], specs[i], plan_for(specs[i], overrides), args.replace).work))
     extra = plan_arguments(overrides) + (["--replace"] if args.replace else []) + (["--device", args.device] if args.device else [])
     failed = run_pool("trainer.analysis.robustness_job", [(f, extra) for f in todo], args.max_parallel, "robust", ROBUST_LOG)
@@ -60,17 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-def _check_official(folders: list[Path]) -> None:
+def _check_official(specs: list[TrialSpec]) -> None:
     """--source official: every trial's data set has its published corrupted copy under its data root."""
-    seen: set[tuple[str, str]] = set()
-    for folder in folders:
-        spec = TrialSpec.from_dict(R.read_json(folder / R.SPEC), where=str(folder / R.SPEC))
-        key = (spec.dataset, spec.resolved_data_root())
-        if key in seen:
-            continue
-        seen.add(key)
-        if official_set(spec.dataset, Path(key[1]).expanduser()) is None:
-            raise UserError(f"--source official: no CIFAR-10-C/ or Tiny-ImageNet-C/ for dataset '{spec.dataset}' under {key[1]}; "
+    for dataset, root in sorted({(spec.dataset, spec.resolved_data_root()) for spec in specs}):
+        if official_set(dataset, Path(root).expanduser()) is None:
+            raise UserError(f"--source official: no CIFAR-10-C/ or Tiny-ImageNet-C/ for dataset '{dataset}' under {root}; "
                             "allowed: --source generated or auto")  # fmt: skip
 
 

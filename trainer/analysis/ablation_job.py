@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from trainer import results as R
 from trainer.analysis.ablation import AblationPlan, ablation_rows
 from trainer.analysis.ablation_plan import ablation_plan_of
-from trainer.analysis.plan_record import measured_anew, plan_text, with_plan
+from trainer.analysis.plan_record import damaged, measured_anew, plan_text, with_plan
 from trainer.attempt import pick_device
 from trainer.checkpoint import KEPT
 from trainer.cli import EXIT_DONE, ArgumentParser, command
@@ -97,10 +97,8 @@ def ablate_trial(
     """
     spec, epochs = finished_trial(folder, require_done, "ablate")
     path = folder / R.ABLATIONS
-    text = plan_text(dataclasses.asdict(plan))
-    tables = [_read(path)] if path.exists() and not measured_anew([path], text, replace) else []
-    done = set(tables[0]["epoch"].to_pylist()) if tables else set()
-    todo = [e for e in epochs if e not in done]
+    tables, text = _standing(path, plan, replace)
+    todo = _not_ablated(epochs, tables)
     if not todo:
         return 0
     device = pick_device(device_name or spec.device)
@@ -123,20 +121,24 @@ def ablate_trial(
 def epochs_to_ablate(folder: Path, plan: AblationPlan, replace: bool) -> int:
     """How many kept epochs `ablate_trial` would ablate, without torch or the data (what
     orchestrator.ablate asks before starting a worker); PlanMismatch as ablate_trial."""
-    path = folder / R.ABLATIONS
-    epochs = kept_epochs(folder)
-    if not path.exists() or measured_anew([path], plan_text(dataclasses.asdict(plan)), replace):
-        return len(epochs)
-    done = set(_read(path, ["epoch"])["epoch"].to_pylist())
-    return len([e for e in epochs if e not in done])
+    return len(_not_ablated(kept_epochs(folder), _standing(folder / R.ABLATIONS, plan, replace)[0]))
 
 
-def _read(path: Path, columns: list[str] | None = None) -> pa.Table:
-    """The ablations measured so far; a damaged file is one line naming it and the fix."""
+def _standing(path: Path, plan: AblationPlan, replace: bool) -> tuple[list[pa.Table], bytes]:
+    """The ablations at `path` that stand under `plan` (none without a file, or where `replace`
+    drops rows of other settings; PlanMismatch where they are of others), and the plan's record."""
+    text = plan_text(dataclasses.asdict(plan))
+    if not path.exists() or measured_anew([path], text, replace):
+        return [], text
     try:
-        return pq.read_table(path, columns=columns)
+        return [pq.read_table(path)], text
     except (OSError, pa.ArrowException) as err:
-        raise UserError(f"{path}: damaged ({str(err)[:80]}); measure the trial anew with --replace") from None
+        raise damaged(path, err) from None
+
+
+def _not_ablated(epochs: list[int], tables: list[pa.Table]) -> list[int]:
+    done = set(tables[0]["epoch"].to_pylist()) if tables else set()
+    return [e for e in epochs if e not in done]
 
 
 def epoch_evaluations(folder: Path, epochs: list[int]) -> dict[int, tuple[float, float, float | None]]:

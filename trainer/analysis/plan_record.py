@@ -47,9 +47,9 @@ def recorded(path: Path) -> dict[str, Any] | None:
     `--replace` measures it anew)."""
     try:
         text = (pq.read_schema(path).metadata or {}).get(PLAN_KEY)
-    except (OSError, pa.ArrowException, ValueError):
+        return json.loads(text) if text else None
+    except (OSError, pa.ArrowException, ValueError):  # ValueError: a record that is not JSON counts as none
         return None
-    return json.loads(text) if text else None
 
 
 def measured_anew(paths: list[Path], text: bytes, replace: bool) -> bool:
@@ -73,6 +73,12 @@ def measured_anew(paths: list[Path], text: bytes, replace: bool) -> bool:
             "allowed: the same settings (the job resumes), or --replace to measure anew"
         )
     return False
+
+
+def damaged(path: Path, err: Exception) -> UserError:
+    """The line for a job's file that cannot be read: `--replace` measures it anew (its settings
+    cannot be read, so `measured_anew` says so)."""
+    return UserError(f"{path}: damaged ({str(err)[:80]}); measure the trial anew with --replace")
 
 
 def mixed(paths: list[Path]) -> str | None:

@@ -69,7 +69,7 @@ from trainer.analysis.attacks import (
 )
 from trainer.analysis.corruption_sets import official_set, read_official
 from trainer.analysis.corruptions import CORRUPTIONS, SEVERITIES, corrupt, generator_for
-from trainer.analysis.plan_record import measured_anew, plan_text, with_plan
+from trainer.analysis.plan_record import damaged, measured_anew, plan_text, with_plan
 from trainer.analysis.similarity_job import append_rows, image_subset, kept_checkpoint_epochs, read_done
 from trainer.attempt import pick_device
 from trainer.checkpoint import KEPT
@@ -275,8 +275,9 @@ def to_measure(folder: Path, spec: TrialSpec, plan: RobustPlan, replace: bool) -
     settings and `replace`; PlanMismatch without it). Reads no checkpoint and imports no data."""
     checkpoints = robust_epochs(folder, spec, plan.all_kept)
     root = Path(spec.resolved_data_root()).expanduser()
-    source = plan.source if plan.source != "auto" else ("official" if official_set(spec.dataset, root) else "generated")
-    if source == "official" and official_set(spec.dataset, root) is None:
+    official = official_set(spec.dataset, root) is not None
+    source = plan.source if plan.source != "auto" else ("official" if official else "generated")
+    if source == "official" and not official:
         raise UserError(f"--source official: no published corrupted copy of '{spec.dataset}' under {root} (CIFAR-10-C/, Tiny-ImageNet-C/)")
     # Corruptions and all_kept choose the pieces; the rest is how each piece is measured.
     settings = {k: v for k, v in dataclasses.asdict(plan).items() if k not in ("corruptions", "all_kept")}
@@ -359,7 +360,7 @@ def _read_done(path: Path, keys: list[str]) -> tuple[list[pa.Table], set[tuple]]
     try:
         return read_done(path, keys)
     except (OSError, pa.ArrowException) as err:
-        raise UserError(f"{path}: damaged ({str(err)[:80]}); measure the trial anew with --replace") from None
+        raise damaged(path, err) from None
 
 
 def _load_checkpoint(path: Path, device: torch.device) -> dict:

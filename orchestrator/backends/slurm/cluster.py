@@ -16,14 +16,15 @@ from orchestrator.profiles import SlurmProfile
 from trainer.errors import UserError
 
 
-def cluster_max_array_size(timeout_s: float = 60) -> int:
-    """MaxArraySize of the cluster, from `scontrol show config`."""
-    return parse_max_array_size(_cluster_config(timeout_s))
+def cluster_max_array_size(timeout_s: float = 60, config: str = "") -> int:
+    """MaxArraySize of the cluster, from `config` (`scontrol show config` as the preflight read it), else asked now."""
+    return parse_max_array_size(config or _cluster_config(timeout_s))
 
 
-def cluster_min_job_age() -> int:
-    """MinJobAge of the cluster (SLURM's default when `scontrol show config` does not answer: it only times top-ups)."""
-    return parse_min_job_age(config_or_empty(30))
+def cluster_min_job_age(config: str = "") -> int:
+    """MinJobAge of the cluster, from `config` as above, else asked now (SLURM's default when
+    `scontrol show config` does not answer: it only times top-ups)."""
+    return parse_min_job_age(config or config_or_empty(30))
 
 
 def config_or_empty(timeout_s: float = 60) -> str:

@@ -55,15 +55,7 @@ from orchestrator.backends.slurm.cluster import cluster_max_array_size, known_ma
 from orchestrator.backends.slurm.job import SUBMITIT_MAX_TIMEOUTS, TrialJob
 from orchestrator.backends.slurm.preflight import preflight
 from orchestrator.backends.slurm.queue import SUBMITTED, job_views, last_line, settle, squeue, summarize, sweep_arrays, unreleased
-from orchestrator.backends.slurm.sbatch import (
-    Task,
-    chunked,
-    count_trials,
-    job_name,
-    parse_max_array_size,
-    sbatch_parameters,
-    submit_refusal,
-)
+from orchestrator.backends.slurm.sbatch import Task, chunked, count_trials, job_name, sbatch_parameters, submit_refusal
 from orchestrator.backends.slurm.sbatch_once import GONE, cancel_orphans, scancel
 from orchestrator.backends.slurm.script import check_one_line, log_folder, python_command, render_sbatch
 from orchestrator.backends.slurm.submit_lock import submitting
@@ -191,8 +183,8 @@ class Submitter:
         except RuntimeError as err:  # 'Could not detect "srun", are you indeed on a slurm cluster?'
             raise UserError(f"the slurm backend needs SLURM's commands (sbatch, srun, squeue, scontrol) on PATH ({err})") from None
         self.params = sbatch_parameters(profile, sweep)
-        # MaxArraySize: the profile's, else from the config the preflight read, else asked now.
-        self.size = profile.max_array_size or (parse_max_array_size(config) if config else cluster_max_array_size())
+        self.config = config  # the cluster's `scontrol show config` if the preflight read it ("": ask when needed)
+        self.size = profile.max_array_size or cluster_max_array_size(config=config)
         self.job = TrialJob(profile.max_requeues, profile.max_attempts, fused=profile.fuse > 1)
         self.job_ids: list[str] = []
         self.arrays: list[str] = []  # submitted by this launcher, in order: the chain

@@ -74,7 +74,7 @@ def _wait(
                     idle = idle + 1 if len(left) == before and not live else 0
                     mark, last_try, recheck = None, time.monotonic(), None
                     if left and left_queue and submitter.kind == "full":
-                        min_job_age = cluster_min_job_age() if min_job_age is None else min_job_age
+                        min_job_age = cluster_min_job_age(submitter.config) if min_job_age is None else min_job_age
                         recheck = time.monotonic() + min_job_age + 5  # the controller purges a little after MinJobAge
                     if idle >= TOPUP_TRIES_WITHOUT_ROOM:
                         print(
