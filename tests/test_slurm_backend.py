@@ -342,6 +342,34 @@ def test_a_profile_over_the_partitions_time_or_memory_limit_is_one_line_before_a
 
 
 @pytest.mark.slurm
+def test_a_task_bigger_than_every_node_is_one_line_before_anything_is_written(
+    slurm: None, tmp_path: Path, sweep_name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # This SLURM takes `--mem=500G` on a 21 GB node and the job pends for ever (BadConstraints), and a
+    # site that checks at submission refuses it there: the preflight reads the partition's nodes
+    # (sinfo: CPUs, RealMemory, GPUs) and names the key before anything is written or queued.
+    grid = write_grid(tmp_path, sweep_name, "epochs: 1", "  seed: [0]\n")
+    line = subprocess.run(["sinfo", "-h", "-N", "-p", "debug", "-o", "%c %m"], capture_output=True, text=True, timeout=60).stdout
+    cpus, mem_mb = (max(int(v) for v in column) for column in zip(*(row.split() for row in line.splitlines())))
+    for i, (keys, said) in enumerate((
+        ({"mem_gb": mem_mb // 1024 + 2}, f"key 'mem_gb' asks for {(mem_mb // 1024 + 2) * 1024} MB per task, more than any node of "
+         f"partition debug has (the most: {mem_mb} MB"),
+        ({"cpus_per_trial": cpus + 1}, f"key 'cpus_per_trial' asks for {cpus + 1} CPUs per task"),
+        ({"gpus_per_task": 3}, "key 'gpus_per_task' asks for 3 GPUs per task, more than any node of partition debug has (the most: 2 GPUs"),
+        ({"gres": "gpu:a100:1"}, "key 'gres' asks for 1 a100 GPUs per task"),
+    )):  # fmt: skip
+        (tmp_path / str(i)).mkdir()
+        profile = write_profile(tmp_path / str(i), **keys)
+        results = tmp_path / str(i) / "r"
+        assert cli(sweep_main, ["--grid", str(grid), "--cluster", str(profile), "--results", str(results)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: {profile}: {said}") and "allowed: " in err[0], err
+        assert not results.exists()
+    queued = subprocess.run(["squeue", "-h", "--me", "-o", "%j"], capture_output=True, text=True, timeout=60).stdout
+    assert f"sweep-{sweep_name}" not in queued
+
+
+@pytest.mark.slurm
 def test_status_says_why_a_queued_trial_waits_and_when_its_job_cannot_start_as_it_is(
     tmp_path: Path, sweep_name: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

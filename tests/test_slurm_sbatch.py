@@ -21,6 +21,8 @@ import pytest
 
 from orchestrator.backends.slurm import TrialJob, partition, render_sbatch
 from orchestrator.backends.slurm.job import _groups, position, task_slots
+from orchestrator.backends.slurm.nodes import parse as parse_nodes
+from orchestrator.backends.slurm.nodes import refusal as node_refusal
 from orchestrator.backends.slurm.sbatch import chunked, parse_min_job_age, sbatch_parameters, submit_refusal
 from orchestrator.profiles import SlurmProfile, check_constraint, load_profile
 from orchestrator.sweep import main as sweep_main
@@ -294,6 +296,63 @@ def test_the_partitions_limits_are_read_from_scontrol_and_rule_out_a_profile_ove
     assert (why := partition.refusal(short, lifted, frozenset())) and why.startswith("key 'time_min' is 31")
     big_qos = load_profile(write(tmp_path, "backend: slurm\ntime_min: 30\nmem_gb: 8.5\nqos: long\n"))
     assert partition.refusal(short, big_qos) is None and partition.refusal(short, big_qos, frozenset({"PartitionTimeLimit"}))
+
+
+SINFO_NODES = """gpu01|64|515000|gpu:a100:4(S:0-1)
+gpu02|64|515000|gpu:a100:4(S:0-1)
+big01|128|1030000|gpu:h100:8(S:0,1),shard:16
+cpu01|32|190000|(null)
+bad line
+"""
+
+
+def test_a_task_no_node_of_the_partition_could_hold_is_refused_naming_the_key(tmp_path: Path) -> None:
+    # sinfo -N -o '%N|%c|%m|%G': CPUs, RealMemory (MB) and GPUs per node, each node once.
+    nodes = parse_nodes(SINFO_NODES + "gpu01|64|515000|gpu:a100:4\n")
+    assert [(n.name, n.cpus, n.mem_mb, n.gpus) for n in nodes] == [
+        ("gpu01", 64, 515000, {"": 4, "a100": 4}), ("gpu02", 64, 515000, {"": 4, "a100": 4}),
+        ("big01", 128, 1030000, {"": 8, "h100": 8}), ("cpu01", 32, 190000, {}),
+    ]  # fmt: skip
+
+    def why(text: str) -> str | None:
+        return node_refusal(nodes, load_profile(write(tmp_path, "backend: slurm\n" + text)), "main")
+
+    # What some node holds: no refusal, whether the request is typed, per GPU, per CPU or whole-node.
+    for fits in (
+        "mem_gb: 180\ncpus_per_trial: 32\n",
+        "gres: gpu:h100:8\ncpus_per_gpu: 16\nmem_per_gpu_gb: 120\n",
+        "gpus_per_task: 4\ncpus_per_trial: 16\nmem_gb: 500\n",
+        "mem_per_cpu_gb: 7.5\ncpus_per_trial: 128\n",
+        "gpus_per_task: 4\ncpus_per_trial: 32\nmem_gb: 600\n",  # only big01 holds it
+        "mem_gb: 1005.8\n",
+        "gres: gpu:h100:8\nmem_per_gpu_gb: 125.7\n",
+    ):  # fmt: skip  (the allowed values below)
+        assert why(fits) is None, fits
+    # One key over every node: that key, the most a node has, and the allowed value in the key's own unit.
+    for text, said, allowed in (
+        ("mem_gb: 1024\n", "key 'mem_gb' asks for 1048576 MB per task, more than any node of partition main has (the most: 1030000 MB",
+         "allowed: at most 1005.8 GB, or another partition"),
+        ("cpus_per_trial: 129\n", "key 'cpus_per_trial' asks for 129 CPUs per task", "allowed: at most 128, or"),
+        ("gpus_per_task: 4\ncpus_per_trial: 40\n", "key 'cpus_per_trial' asks for 160 CPUs per task", "at most 32 (a task has 4 groups)"),
+        ("gpus_per_task: 16\n", "key 'gpus_per_task' asks for 16 GPUs per task", "at most 8 (the nodes have gpu:4, gpu:8, gpu:a100:4"),
+        ("gres: gpu:v100:1\n", "key 'gres' asks for 1 v100 GPUs per task", "allowed: GPUs the nodes have (the nodes have gpu:4"),
+        ("gres: gpu:a100:8\n", "key 'gres' asks for 8 a100 GPUs per task", "allowed: at most 4 ("),
+        ("gres: gpu:h100:8\ncpus_per_gpu: 17\n", "key 'cpus_per_gpu' asks for 136 CPUs per task", "at most 16 (a task has 8 GPUs)"),
+        ("gres: gpu:h100:8\nmem_per_gpu_gb: 126\n", "key 'mem_per_gpu_gb' asks for 1032192 MB per task",
+         "at most 125.7 GB (a task has 8 GPUs)"),
+        ("mem_per_cpu_gb: 16\ncpus_per_trial: 64\n", "key 'mem_per_cpu_gb' asks for 1048576 MB per task", "(a task has 64 CPUs)"),
+    ):  # fmt: skip
+        got = why(text)
+        assert got is not None and got.startswith(said) and allowed in got and "\n" not in got, (text, got)
+    # Each within some node, but no node holds all of it: every key named.
+    got = why("gres: gpu:a100:4\nmem_gb: 600\n")
+    both = "keys 'gres' (4 a100 GPUs) and 'cpus_per_trial' (4 CPUs) and 'mem_gb' (614400 MB): no single node"
+    assert got is not None and got.startswith(both), got
+    # Nothing known (sinfo did not answer), or memory not configured (RealMemory=1): no refusal on that ground.
+    assert node_refusal([], load_profile(write(tmp_path, "backend: slurm\nmem_gb: 9999\n")), "main") is None
+    unset = parse_nodes("n1|8|1|(null)\n")
+    assert node_refusal(unset, load_profile(write(tmp_path, "backend: slurm\nmem_gb: 9999\n")), "main") is None
+    assert node_refusal(unset, load_profile(write(tmp_path, "backend: slurm\ncpus_per_trial: 9\n")), "main") is not None
 
 
 def test_qos_and_association_limits_hold_as_slurmctld_picks_them_and_rule_out_a_profile_over_them(tmp_path: Path) -> None:

@@ -93,10 +93,11 @@ def node_mb(profile: SlurmProfile) -> tuple[str, int] | None:
     if profile.mem_per_gpu_gb is not None:
         return None
     if profile.mem_per_cpu_gb is not None:
-        return "mem_per_cpu_gb", _mb(profile.mem_per_cpu_gb) * profile.task_cpus
-    return "mem_gb", _mb(profile.mem_gb if profile.mem_gb is not None else DEFAULT_MEM_GB)
+        return "mem_per_cpu_gb", flag_mb(profile.mem_per_cpu_gb) * profile.task_cpus
+    return "mem_gb", flag_mb(profile.mem_gb if profile.mem_gb is not None else DEFAULT_MEM_GB)
 
 
-def _mb(gb: float) -> int:
-    flag = mem_flag(gb)  # "4GB" or "1536MB": SLURM's GB are 1024 MB
+def flag_mb(gb: float) -> int:
+    """MB of `gb` as the sbatch script renders it (mem_flag: \"4GB\" or \"1536MB\"; SLURM's GB are 1024 MB)."""
+    flag = mem_flag(gb)
     return int(flag[:-2]) * (1024 if flag.endswith("GB") else 1)

@@ -13,7 +13,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from orchestrator.backends.slurm import partition, qos
+from orchestrator.backends.slurm import nodes, partition, qos
 from orchestrator.backends.slurm.cluster import config_or_empty
 from orchestrator.backends.slurm.queue import last_line
 from orchestrator.backends.slurm.script import render_sbatch
@@ -45,6 +45,8 @@ def preflight(profile: SlurmProfile) -> str:
         raise ProfileError(why)
     if found is not None and (why := qos.refusal(found[0], profile)):
         raise ProfileError(why)
+    if part is not None and (why := nodes.refusal(nodes.read(part["PartitionName"]), profile, part["PartitionName"])):
+        raise ProfileError(why)  # a task bigger than every node of the partition
     _test_submit(profile)
     return config
 

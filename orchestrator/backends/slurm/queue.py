@@ -246,7 +246,7 @@ _STUCK = {
     "PartitionNodeLimit": "it asks for more nodes than the partition allows",
     "PartitionConfig": "it asks for more than the partition's nodes have, or for an account or QOS it does not take",
     "MaxMemPerLimit": "its memory is over the partition's (or QOS's) per-node or per-CPU limit (lower mem_gb)",
-    "BadConstraints": "no node has the features (constraint) it asks for",
+    "BadConstraints": "no node has what it asks for (the features of constraint, or as many CPUs, memory or GPUs)",
     "DependencyNeverSatisfied": "a job it depends on cannot make the dependency true",
     "InvalidAccount": "its account is not valid",
     "InvalidQOS": "its QOS is not valid",

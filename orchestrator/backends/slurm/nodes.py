@@ -1,0 +1,145 @@
+"""The nodes of a sweep's partition, as `sinfo` tells them, and a task that none of them could hold.
+
+A job asking more CPUs, memory or GPUs per task than any node of its partition has can never
+start. Sites that check this at submission refuse it there ("Requested node configuration is not
+available"); others (the test SLURM: `mem_gb: 500` on a 21 GB node) queue it and it pends for ever
+(BadConstraints, PartitionConfig): a whole sweep queued that never runs, with nothing said at
+submission. So the preflight reads the partition's nodes once and refuses such a profile in one line
+naming the key. Only what no node has is refused: a node that is down or drained still counts (it may
+come back), and node features (`constraint`) are left to `sbatch --test-only` (preflight.py).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import subprocess
+from dataclasses import dataclass, field
+
+from orchestrator.backends.slurm.partition import flag_mb, node_mb
+from orchestrator.profiles import SlurmProfile
+
+FORMAT = "%N|%c|%m|%G"  # name, CPUs, RealMemory (MB), generic resources
+UNSET_MB = 1  # SLURM's RealMemory when a site does not configure it: memory is not checked then
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    cpus: int
+    mem_mb: int
+    gpus: dict[str, int] = field(default_factory=dict)  # GPU type ("" for all of them) -> count
+
+    def has_gpus(self, kind: str) -> int:
+        return self.gpus.get(kind, 0)
+
+
+def read(partition: str, timeout_s: float = 60) -> list[Node]:
+    """The nodes of `partition` (each once), or [] where sinfo does not answer (the submission says then)."""
+    try:
+        out = subprocess.run(
+            ["sinfo", "--partition", partition, "--noheader", "--Node", "--format", FORMAT],
+            capture_output=True, text=True, timeout=timeout_s,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return parse(out.stdout) if out.returncode == 0 else []
+
+
+def parse(text: str) -> list[Node]:
+    """`sinfo --Node --format '%N|%c|%m|%G'` lines as nodes; a line that does not read is left out."""
+    nodes: dict[str, Node] = {}
+    for line in text.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) != 4 or not parts[1].isdigit() or not parts[2].rstrip("+").isdigit():
+            continue
+        nodes.setdefault(parts[0], Node(parts[0], int(parts[1]), int(parts[2].rstrip("+")), gpus(parts[3])))
+    return list(nodes.values())
+
+
+def gpus(gres: str) -> dict[str, int]:
+    """A node's GPUs from sinfo's %G: 'gpu:a100:4(S:0-1),gpu:v100:2' -> {'': 6, 'a100': 4, 'v100': 2}."""
+    counts: dict[str, int] = {}
+    for entry in re.sub(r"\([^)]*\)", "", gres).split(","):
+        parts = entry.strip().split(":")
+        if parts[0] != "gpu":
+            continue
+        n = int(parts[-1]) if len(parts) > 1 and parts[-1].isdigit() else 1
+        counts[""] = counts.get("", 0) + n
+        if len(parts) == 3:
+            counts[parts[1]] = counts.get(parts[1], 0) + n
+    return counts
+
+
+@dataclass(frozen=True)
+class _Need:
+    key: str  # the profile key that sets it
+    unit: str  # "GPUs", "a100 GPUs", "CPUs", "MB"
+    amount: int  # per task
+    has: str  # the Node attribute, or "gpu:<type>"
+    per: int = 1  # a task asks for the key's value times this many ...
+    per_what: str = ""  # ... groups, CPUs or GPUs
+
+    def on(self, node: Node) -> int:
+        return node.has_gpus(self.has[4:]) if self.has.startswith("gpu:") else int(getattr(node, self.has))
+
+    def allowed(self, most: int, nodes: list[Node]) -> str:
+        """What the key may say for a task to fit on a node with `most` of the resource."""
+        times = f" (a task has {self.per} {self.per_what})" if self.per > 1 else ""
+        if self.has == "mem_mb":
+            mb = most // self.per  # rounded down, so that the value given fits
+            return f"at most {math.floor(mb / 102.4) / 10:g} GB{times}" if mb >= 1024 else f"at most {mb / 1024:.4f} GB ({mb} MB){times}"
+        if self.has.startswith("gpu:"):
+            kinds = sorted({f"gpu:{k}:{n}" if k else f"gpu:{n}" for node in nodes for k, n in node.gpus.items()})
+            have = f"the nodes have {', '.join(kinds)}" if kinds else "the nodes have no GPU"
+            return f"at most {most} ({have})" if most else f"GPUs the nodes have ({have})"
+        if most // self.per == 0:
+            return f"fewer {self.per_what} per task: each of its {self.per} {self.per_what} needs a CPU"
+        return f"at most {most // self.per}{times}"
+
+
+def _needs(profile: SlurmProfile, nodes: list[Node]) -> list[_Need]:
+    """What one array task asks of its node, each with the key that sets it: GPUs, CPUs, memory."""
+    needs = []
+    gpus_asked = profile.gpus_per_task_
+    if gpus_asked:
+        key = "gres" if profile.gres else "gpus_per_task" if profile.gpus_per_task is not None else "gpus_per_trial"
+        typed = [e.split(":") for e in (profile.gres or "").split(",") if e.startswith("gpu:")]
+        kind = typed[0][1] if typed and len(typed[0]) == 3 else ""  # gpu:a100:4 asks for a100s
+        needs.append(_Need(key, f"{kind} GPUs" if kind else "GPUs", gpus_asked, f"gpu:{kind}"))
+    if profile.cpus_per_gpu is not None:
+        needs.append(_Need("cpus_per_gpu", "CPUs", profile.task_cpus, "cpus", max(1, gpus_asked), "GPUs"))
+    else:
+        needs.append(_Need("cpus_per_trial", "CPUs", profile.task_cpus, "cpus", profile.groups_per_task, "groups"))
+    if max(n.mem_mb for n in nodes) <= UNSET_MB:  # RealMemory not configured anywhere: nothing to compare with
+        return needs
+    if profile.mem_per_gpu_gb is not None:  # per GPU: a task holds gpus_asked of them
+        per = max(1, gpus_asked)
+        needs.append(_Need("mem_per_gpu_gb", "MB", flag_mb(profile.mem_per_gpu_gb) * per, "mem_mb", per, "GPUs"))
+    elif (asked := node_mb(profile)) is not None:
+        per = profile.task_cpus if asked[0] == "mem_per_cpu_gb" else 1
+        needs.append(_Need(asked[0], "MB", asked[1], "mem_mb", per, "CPUs"))
+    return needs
+
+
+def refusal(nodes: list[Node], profile: SlurmProfile, partition: str) -> str | None:
+    """Why no node of `partition` could ever run one task of `profile`, or None (also when no node is known)."""
+    if not nodes:
+        return None
+    needs = _needs(profile, nodes)
+    if any(all(need.on(node) >= need.amount for need in needs) for node in nodes):
+        return None
+    see = f"`sinfo -N -p {partition} -o '%N %c %m %G'`"
+    for need in needs:
+        most = max(need.on(node) for node in nodes)
+        if most < need.amount:
+            return (
+                f"key '{need.key}' asks for {need.amount} {need.unit} per task, more than any node of partition {partition} "
+                f"has (the most: {most} {need.unit}; {see}), so its jobs would never start; allowed: {need.allowed(most, nodes)}, "
+                "or another partition"
+            )
+    asked = " and ".join(f"'{need.key}' ({need.amount} {need.unit})" for need in needs)
+    return (
+        f"keys {asked}: no single node of partition {partition} has all of that per task ({see}), so its jobs would "
+        "never start; allowed: what one node has, or another partition"
+    )
