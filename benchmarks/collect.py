@@ -18,7 +18,6 @@ Targets (docs/benchmarks.md): 1,000 x 160 collected in <= 5 s and <= 2 GB peak m
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import statistics
@@ -29,6 +28,7 @@ from pathlib import Path
 
 from benchmarks.synthetic import write_trial
 from trainer import results as R
+from trainer.cli import ArgumentParser
 from trainer.spec import TrialSpec
 
 ALPHAS = (-100.0, -50.0, -30.0, -20.0, -10.0, -5.0, -2.5, -1.0, -0.5, -0.1, 0.0, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 50.0, 100.0)
@@ -68,13 +68,15 @@ def run_collect(sweep: Path) -> tuple[float, float, float, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.collect", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m benchmarks.collect", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("/tmp/bench-collect"), help="where the synthetic results root goes")
     parser.add_argument("--trials", type=int, default=1000)
     parser.add_argument("--epochs", type=int, default=160)
     parser.add_argument("--units", action="store_true", help="also write units.parquet (the collector never reads it)")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args(argv)
+    if args.trials < 1 or args.epochs < 1 or args.repeat < 1:
+        parser.error("--trials, --epochs and --repeat must be >= 1")
     sweep = args.out / "bench"
     start = time.perf_counter()
     build_tree(sweep, args.trials, args.epochs, args.units)

@@ -7,7 +7,6 @@ Targets: each <= 2 s.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
@@ -18,15 +17,19 @@ import pyarrow.parquet as pq
 from orchestrator.folders import scan, trial_folder
 from orchestrator.grid import load_grid
 from orchestrator.plan import make_plan
+from trainer.cli import ArgumentParser
 from trainer.files import RESULTS
 from trainer.results import write_json
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.plan", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m benchmarks.plan", description=__doc__.split("\n\n")[0])
     p.add_argument("--trials", type=int, default=10_000)
     p.add_argument("--done", type=int, default=1_000)
     args = p.parse_args(argv)
+    planned = max(1, args.trials // 100) * 100  # the grid below: alphas x 100 seeds
+    if args.trials < 1 or not 0 <= args.done <= planned:
+        p.error(f"--trials must be >= 1 and --done from 0 to the grid's {planned} trials")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         n_alpha = max(1, args.trials // 100)
