@@ -44,7 +44,7 @@ from trainer.errors import UserError
 from trainer.registry import CHECKPOINT_BYTES
 from trainer.spec import MAX_EPOCHS, MAX_SEED, SpecError, TrialSpec, quote
 
-from helpers import make_cifar, make_tinyimagenet
+from helpers import make_cifar, make_tinyimagenet, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
@@ -401,6 +401,45 @@ def test_collect_killed_leaves_only_work_to_redo(site: str, tmp_path: Path) -> N
         assert (summary / "figures" / png).stat().st_mtime_ns > before_kill, png
     manifest = cache.load(summary)
     assert set(manifest.trials) == ids and manifest.current(summary, [summary / "report.md", *summary.glob("*.parquet")])
+
+
+def _stopped(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rpartition(")")[2].split()[0] == "T"
+
+
+@pytest.mark.slow
+def test_two_collects_of_one_sweep_take_turns(tmp_path: Path) -> None:
+    # A collect paused after writing its tables (SIGSTOP at collect-tables), trials finishing, and a
+    # second collect meanwhile: before the lock, the second wrote the 6-trial summary, the first then
+    # its 4-trial tables and a manifest for those 4 beside 6-trial rows files, and the next collect
+    # stopped on a pandas traceback (duplicate entries). Now the second waits, saying for whom.
+    sweep = tmp_path / "s"
+    for spec in (TrialSpec(sweep="s", alpha=a, seed=s, epochs=3) for a in (-1.0, 0.0) for s in (0, 1)):
+        write_trial(sweep, spec, units=False)
+    command = [sys.executable, "-m", "orchestrator.collect", str(sweep)]
+    first = subprocess.Popen(command, env={**ENV, "SWEEP_FAULT": "collect-tables:1:STOP"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_until(lambda: _stopped(first.pid), 120, "the first collect pauses after its tables")
+        for spec in (TrialSpec(sweep="s", alpha=1.0, seed=s, epochs=3) for s in (0, 1)):
+            write_trial(sweep, spec, units=False)
+        second = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert second.stderr is not None
+        said = second.stderr.readline()
+        assert said.startswith(f"another collect of this sweep is running (pid {first.pid} on "), said
+        assert said.rstrip().endswith("; waiting for it to finish") and second.poll() is None
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    assert first.wait(timeout=120) == 0
+    out, err = second.communicate(timeout=120)
+    assert second.returncode == 0, err
+    assert "6 done" in out and "(read 2 trials, 4 from the cache)" in out, out
+    summary = sweep / "summary"
+    ids = set(pd.read_parquet(summary / "trials.parquet")["trial_id"])
+    assert len(ids) == 6 and set(pd.read_parquet(summary / "layers.parquet")["trial_id"]) == ids == set(cache.load(summary).trials)
+    again = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "unchanged since the last collect" in again.stdout, again.stderr
+    assert err.strip() == "", err  # the wait was its one line
 
 
 @pytest.mark.slow

@@ -35,7 +35,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from orchestrator.collect import core  # pyarrow, pandas: only when collecting
 
-    result = core.collect(args.sweep, full=args.full, figures=not args.no_figures, inputs=inputs)
+    with core.collecting(core.checked_sweep(args.sweep)) as waited:
+        if waited and not args.full:  # the other collect may have brought the summary up to date meanwhile
+            lines, inputs = unchanged.probe(args.sweep, figures=not args.no_figures)
+            if lines is not None:
+                print(lines.text(args.sweep))
+                return 0
+        result = core.collect(args.sweep, full=args.full, figures=not args.no_figures, inputs=inputs)
     print(core.summary_text(result))
     if args.timings:
         phases = ", ".join(f"{k} {wall:.2f}/{cpu:.2f}" for k, (wall, cpu) in result.timings.items())

@@ -25,11 +25,12 @@ the same lines, saying "unchanged", and derives nothing.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -60,6 +61,7 @@ from orchestrator.collect.stats import (
     written_sort_key,
 )  # fmt: skip
 from orchestrator.folders import sweep_folder, trial_folders
+from orchestrator.sweep_lock import holding
 from trainer import faults
 from trainer import results as R
 from trainer.errors import UserError
@@ -68,6 +70,8 @@ STATES = ("done", "failed", "running", "pending", "interrupted", "unreadable", "
 FIGURES = ("test_acc_vs_alpha.png", "csi_vs_alpha.png", "csi_over_epochs.png", "layer_csi_vs_alpha.png")
 SHOWN_EXCLUDED = 10  # trials listed on stdout; all of them are in excluded.parquet and report.md
 STALE_TEMP_S = 3600  # temp files of a killed collect older than this are removed
+COLLECT_LOCK = ".collect.lock"  # in the sweep folder, beside the SLURM launcher's .submit.lock
+COLLECT_WAIT_S = 3600.0  # far longer than a collect takes (~20 s cold at 10,000 trials); then one line naming the holder
 # Outputs that only some collects write: one that this collect did not write is removed.
 OPTIONAL_OUTPUTS = (
     "condition_steps.parquet", "ablation_curves.parquet", "ablation_auc.parquet",
@@ -230,8 +234,15 @@ def collect(path: str | Path, *, full: bool = False, figures: bool = True, warn:
     manifest vouches for always describe one set of trials.
     `inputs`: the sweep's `unchanged.snapshot`, if the caller took one just before (the command's
     `unchanged.probe` does: 0.3 s at 10,000 trials not spent twice).
+    One collect of a sweep at a time (`collecting`): a second waits for the first.
     """
-    clock = _Clock()
+    sweep = checked_sweep(path)
+    with collecting(sweep):
+        return _collect(sweep, sweep / "summary", full, figures, warn, inputs)
+
+
+def checked_sweep(path: str | Path) -> Path:
+    """The sweep folder `path`, once it is one whose summary the collector may write (else one line)."""
     sweep = sweep_folder(Path(path))
     summary = sweep / "summary"
     for folder in (summary, summary / "figures", summary / cache.MANIFEST.parent):
@@ -239,6 +250,24 @@ def collect(path: str | Path, *, full: bool = False, figures: bool = True, warn:
             raise UserError(f"{folder}: a file, not a folder; the collector writes the summary there: move that file away")
     if not os.access(summary if summary.exists() else sweep, os.W_OK):
         raise UserError(f"{summary}: not writable; collect where you may write, or copy the sweep folder")
+    return sweep
+
+
+@contextlib.contextmanager
+def collecting(sweep: Path) -> Iterator[bool]:
+    """One collect of a sweep at a time (`<sweep>/.collect.lock`; yields whether it waited for another).
+
+    Two at once (a second terminal, a cron job, a job's epilogue) interleave their writes: one's
+    tables beside the other's rows files under a manifest that vouches for neither, and the next
+    collect stopped on the rows the manifest did not list (seen with a collect paused mid-write).
+    """
+    waiting = "another collect of this sweep is running"
+    with holding(sweep / COLLECT_LOCK, wait_s=COLLECT_WAIT_S, waiting=waiting, doing="collect") as waited:
+        yield waited
+
+
+def _collect(sweep: Path, summary: Path, full: bool, figures: bool, warn: Warn, inputs: str | None) -> CollectResult:
+    clock = _Clock()
     warned: list[str] = []
 
     def noting(message: str) -> None:  # warnings counted: a collect that warned records no fast path
