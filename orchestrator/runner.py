@@ -22,7 +22,8 @@ function, names each member's case (an `Outcome`); `Runner._settle` acts on it:
   or a stop signal of ours ended it before its attempt began: nothing failed, it is not restarted.
 A group goes again with its members that can still run: failed ones while they have attempts
 left (each start counts one), interrupted ones only if they made progress (a new epoch) since
-their previous start here. A user mistake never goes again. So the loop always ends, even when
+their previous start here; a member that ran out of device memory goes again alone
+(`split_out_of_memory`), since the same group would run out again. A user mistake never goes again. So the loop always ends, even when
 nothing can be recorded (a full disk): a trial that makes no progress is given up, and said so.
 """
 
@@ -44,7 +45,7 @@ from trainer.cli import EXIT_BUSY, EXIT_CHECKPOINTED, EXIT_USER, hold_signals, r
 from trainer.lock import TrialBusy, TrialLock
 from trainer.provenance import now
 from trainer.results import SPEC
-from trainer.status import TrialState, observe, read_status, write_status
+from trainer.status import OUT_OF_MEMORY, TrialState, observe, read_status, write_status
 
 LOG = "trainer.log"
 POLL_S = 0.2
@@ -173,7 +174,7 @@ class Runner:
                 members, before = cast("tuple[list[Path], dict[Path, TrialState]]", key)
                 again = self._ended(code, members, before)
                 if again and not self._stopping:
-                    queue.append(again)
+                    queue.extend(split_out_of_memory(again, self.report.states))
                 self._changed()
         finally:
             # Never orphan a worker: stop them and wait (bounded), a second Ctrl-C or signal held meanwhile.
@@ -330,6 +331,19 @@ class Outcome(Enum):
     SETUP_FAILED = "the worker ended before the trial's attempt began"
     DIED = "the worker died while training, without a word"
     RECORDED = "the worker recorded the outcome itself"
+
+
+def split_out_of_memory(members: list[Path], states: dict[Path, TrialState]) -> list[list[Path]]:
+    """The groups `members` go again in: each member whose attempt ran out of device memory alone.
+
+    A fused group of K trials holds K networks' activations on one device: the same group again would
+    run out again (a retry without progress). Alone, a trial needs a Kth of that memory.
+    """
+    if len(members) < 2:
+        return [members]
+    alone = [f for f in members if (st := states.get(f)) is not None and st.status.error_kind == OUT_OF_MEMORY]
+    rest = [f for f in members if f not in alone]
+    return [[f] for f in alone] + ([rest] if rest else [])
 
 
 # The outcomes after which a member may go again (the retry policy); the others never do here.

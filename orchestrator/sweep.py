@@ -47,6 +47,7 @@ from orchestrator.prepare import prepare, record_grid, repair_specs, set_aside_d
 from orchestrator.profiles import BACKENDS, Profile, default_profile, load_profile
 from trainer.cli import EXIT_DONE, EXIT_UNFINISHED, ArgumentParser, cli
 from trainer.errors import ProfileError, UserError
+from trainer.status import OUT_OF_MEMORY
 
 MAX_PARALLEL = 1024
 EXIT_UNSUBMITTED = 3  # submitted what the cluster took; the rest waits for the next run of the same command
@@ -82,7 +83,8 @@ def resolve_profile(args: argparse.Namespace) -> Profile:
 
 def groups_of(plan: Plan, profile: Profile) -> list[list[Path]]:
     """The trials to run as fused groups of trial folders: exactly what the backend gets (and --dry-run shows)."""
-    groups = pack(plan.to_run, profile.fuse, min_groups=profile.workers())
+    out_of_memory = {tid for tid, st in plan.states.items() if st.state == "failed" and st.status.error_kind == OUT_OF_MEMORY}
+    groups = pack(plan.to_run, profile.fuse, min_groups=profile.workers(), alone=out_of_memory)
     return [[trial_folder(plan.sweep, s.trial_id) for s in g] for g in groups]
 
 

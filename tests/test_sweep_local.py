@@ -14,6 +14,7 @@ import pytest
 from orchestrator.folders import scan
 from orchestrator.grid import load_grid
 from orchestrator.plan import make_plan
+from orchestrator.runner import LOG
 from orchestrator.status import main as status_main
 from orchestrator.sweep import main as sweep_main
 from trainer.cli import cli
@@ -187,6 +188,41 @@ def test_diverged_trial_fails_with_reason_and_the_sweep_goes_on(tmp_path: Path, 
     assert "nothing to run" in capsys.readouterr().out
     assert cli(status_main, [str(results / "div")]) == 0
     assert "non-finite training loss" in capsys.readouterr().out
+
+
+def test_a_group_out_of_device_memory_goes_again_with_each_trial_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # torch.OutOfMemoryError at the first step of every worker (SWEEP_FAULT ...:OOM; no GPU here): the
+    # fused group of two fails, then each trial goes again alone, not the same group (which would run
+    # out again); a relaunch packs them alone too, and the trial records say what to do.
+    grid = write_grid(tmp_path, "name: oom\nfixed: {epochs: 1}\nsweep: {alpha: [0, 3]}\n")
+    profile = tmp_path / "p.yaml"
+    profile.write_text("backend: local\nfuse: 2\nmax_parallel: 1\nmax_attempts: 2\n")
+    results = tmp_path / "results"
+    monkeypatch.setenv("SWEEP_FAULT", "train-step:1:OOM")
+    assert cli(sweep_main, ["--grid", str(grid), "--cluster", str(profile), "--results", str(results)]) == 1
+    first, second = (results / "oom" / "trials" / s.trial_id for s in load_grid(grid).specs)
+    started = [line.split("trainer.group ")[1].split() for line in (first / LOG).read_text().splitlines() if "trainer.group " in line]
+    assert started == [[first.name, second.name], [first.name]]  # the group, then the first trial alone
+    assert [line.split("trainer.group ")[1].split() for line in (second / LOG).read_text().splitlines() if "trainer.group " in line] == [
+        [second.name]
+    ]  # its own start, alone
+    for folder in (first, second):
+        st = scan(results / "oom")[folder.name]
+        assert st.state == "failed" and st.attempts == 2 and st.retryable and st.status.error_kind == "out_of_memory"
+        assert (st.error or "").startswith(
+            "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB of which "
+            "1.06 GiB is free. (out of device memory: a fused group goes again with each trial alone"
+        ), st.error
+        assert "--retry-failed" in (st.error or "") and "Including non-PyTorch" not in (st.error or "")
+    capsys.readouterr()
+    # The next launch (a bigger GPU, say) packs them alone as well, and they finish.
+    monkeypatch.delenv("SWEEP_FAULT")
+    assert cli(sweep_main, ["--grid", str(grid), "--cluster", str(profile), "--results", str(results), "--retry-failed", "--dry-run"]) == 0
+    assert "packing: 0 of 2 trials train fused" in capsys.readouterr().out
+    assert cli(sweep_main, ["--grid", str(grid), "--cluster", str(profile), "--results", str(results), "--retry-failed"]) == 0
+    assert all(scan(results / "oom")[f.name].state == "done" for f in (first, second))
 
 
 def test_grid_values_never_reach_a_shell(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

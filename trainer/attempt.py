@@ -34,7 +34,7 @@ from trainer.lock import TrialLock
 from trainer.loop import NonFiniteLoss
 from trainer.provenance import device_name, now, provenance
 from trainer.spec import TrialSpec
-from trainer.status import Status, StatusUnreadable, read_status, write_status
+from trainer.status import OUT_OF_MEMORY, Status, StatusUnreadable, read_status, write_status
 from trainer.threads import use_threads
 
 
@@ -126,6 +126,21 @@ def _read_or_rebuild(folder: Path, spec: TrialSpec) -> Status:
         return status
 
 
+OOM_HINT = (
+    "out of device memory: a fused group goes again with each trial alone (orchestrator.runner, orchestrator.pack); "
+    "a trial that runs out alone needs a smaller batch_size (another trial) or a GPU with more memory (the profile), "
+    "then python -m orchestrator.sweep --retry-failed"
+)
+
+
+def out_of_memory(err: BaseException) -> str:
+    """The error of an attempt out of device memory: torch's first sentences (what it tried to allocate,
+    the device's total and free memory; not its allocator advice) and what the launchers do about it."""
+    said = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    said = said.split(" Including non-PyTorch memory")[0].split(" Of the allocated memory")[0][:300]
+    return f"{type(err).__name__}: {said} ({OOM_HINT})"
+
+
 @contextmanager
 def attempt(spec: TrialSpec, folder: Path) -> Iterator[Attempt]:
     """Lock `folder`, check it holds `spec`'s trial, record a new attempt; record how it ended.
@@ -173,6 +188,9 @@ def attempt(spec: TrialSpec, folder: Path) -> Iterator[Attempt]:
         except (KeyboardInterrupt, SystemExit) as err:  # stopped from outside (Ctrl-C, a launcher's signal)
             why = interrupted_by(err)
             a._end(state="interrupted", error=why, error_kind=None, last_interruption=f"{now()}: {why}")
+            raise
+        except torch.OutOfMemoryError as err:  # the device's memory, not the trial's science: retried smaller
+            a._end(state="failed", error=out_of_memory(err), error_kind=OUT_OF_MEMORY, retryable=True)
             raise
         except BaseException as err:
             summary = "".join(traceback.format_exception_only(type(err), err)).strip()

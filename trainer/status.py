@@ -43,6 +43,9 @@ class StatusUnreadable(ValueError):
     """status.json exists but is not a readable status record (the message says why)."""
 
 
+OUT_OF_MEMORY = "out_of_memory"  # the error_kind of an attempt that ran out of device memory (torch.OutOfMemoryError)
+
+
 @dataclass
 class Status:
     """The contents of status.json. Keys written by newer code are kept in `extra`, untouched."""
@@ -52,7 +55,7 @@ class Status:
     trial_id: str | None = None
     epoch: int | None = None  # last finished epoch (0 = only the initial evaluation)
     error: str | None = None
-    error_kind: str | None = None  # diverged | user | exception | requeues | setup (a killed process is `interrupted`)
+    error_kind: str | None = None  # diverged, user, exception, out_of_memory, requeues, setup, job (killed: `interrupted`)
     retryable: bool = True
     started: str | None = None
     ended: str | None = None
