@@ -213,6 +213,30 @@ def test_a_profile_over_its_qos_or_association_limits_is_one_line_before_anythin
         sacctmgr("delete", "qos", qos)
 
 
+def test_a_limit_inherited_from_a_parent_account_holds_too(tmp_path: Path, name: str) -> None:
+    # Limits set on an account hold for its sub-accounts and their users, however deep; sacctmgr prints
+    # them on the user's association (the effective value, updated when the parent's changes), so the
+    # preflight refuses a profile over them as over the user's own.
+    lab, sub = f"l{uuid.uuid4().hex[:8]}", f"s{uuid.uuid4().hex[:8]}"
+    sacctmgr("add", "account", lab, "parent=root", "MaxWall=00:05:00")
+    try:
+        sacctmgr("add", "account", sub, f"parent={lab}")
+        sacctmgr("add", "user", "root", f"account={sub}")
+        sacctmgr("modify", "account", "where", f"name={lab}", "set", "MaxWall=00:07:00", "MaxTRES=cpu=1")  # after the user was added
+        for profile, said in (
+            ({"account": sub, "time_min": 10}, f"key 'time_min' is 10: over your association (account {sub})'s MaxWall (00:07:00)"),
+            ({"account": sub, "time_min": 7, "cpus_per_trial": 2}, "key 'cpus_per_trial' asks for 2 per job: over your association"),
+        ):
+            run = sweep(tmp_path, name, "0", **profile)
+            assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
+            assert run.stderr.startswith(f"error: {tmp_path / 'profile.yaml'}: {said}"), run.stderr
+            assert not (tmp_path / "r").exists()
+    finally:
+        sacctmgr("delete", "user", "root", f"account={sub}")
+        sacctmgr("delete", "account", sub)
+        sacctmgr("delete", "account", lab)
+
+
 def test_cancel_midway_then_relaunch_uses_no_attempt(tmp_path: Path, name: str) -> None:
     assert sweep(tmp_path, name, "0, 1, 2", epochs=3, max_running_tasks=1).returncode == 0  # one runs, two wait
     everything = trials(tmp_path, name)
