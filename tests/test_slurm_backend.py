@@ -342,7 +342,7 @@ def test_a_profile_over_the_partitions_time_or_memory_limit_is_one_line_before_a
 
 
 @pytest.mark.slurm
-def test_a_task_bigger_than_every_node_is_one_line_before_anything_is_written(
+def test_a_task_bigger_than_every_node_or_on_no_node_is_one_line_before_anything_is_written(
     slurm: None, tmp_path: Path, sweep_name: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # This SLURM takes `--mem=500G` on a 21 GB node and the job pends for ever (BadConstraints), and a
@@ -351,12 +351,18 @@ def test_a_task_bigger_than_every_node_is_one_line_before_anything_is_written(
     grid = write_grid(tmp_path, sweep_name, "epochs: 1", "  seed: [0]\n")
     line = subprocess.run(["sinfo", "-h", "-N", "-p", "debug", "-o", "%c %m"], capture_output=True, text=True, timeout=60).stdout
     cpus, mem_mb = (max(int(v) for v in column) for column in zip(*(row.split() for row in line.splitlines())))
+    names = subprocess.run(["sinfo", "-h", "-N", "-p", "debug", "-o", "%N"], capture_output=True, text=True, timeout=60).stdout.split()
     for i, (keys, said) in enumerate((
         ({"mem_gb": mem_mb // 1024 + 2}, f"key 'mem_gb' asks for {(mem_mb // 1024 + 2) * 1024} MB per task, more than any node of "
          f"partition debug has (the most: {mem_mb} MB"),
         ({"cpus_per_trial": cpus + 1}, f"key 'cpus_per_trial' asks for {cpus + 1} CPUs per task"),
         ({"gpus_per_task": 3}, "key 'gpus_per_task' asks for 3 GPUs per task, more than any node of partition debug has (the most: 2 GPUs"),
         ({"gres": "gpu:a100:1"}, "key 'gres' asks for 1 a100 GPUs per task"),
+        # The nodes named in nodelist / exclude: sbatch refused "Invalid node name specified" after the
+        # trial folders were written, and an exclude of every node queued jobs that never start.
+        ({"nodelist": "nosuch[1-2]"}, "key 'nodelist' names nosuch1, nosuch2: not a node of partition debug; allowed: nodes of"),
+        ({"exclude": "nosuch7"}, "key 'exclude' names nosuch7: no node of this cluster"),
+        ({"exclude": ",".join(names)}, f"key 'exclude' is '{','.join(names)}': it leaves no node of partition debug"),
     )):  # fmt: skip
         (tmp_path / str(i)).mkdir()
         profile = write_profile(tmp_path / str(i), **keys)

@@ -7,6 +7,10 @@ available"); others (the test SLURM: `mem_gb: 500` on a 21 GB node) queue it and
 submission. So the preflight reads the partition's nodes once and refuses such a profile in one line
 naming the key. Only what no node has is refused: a node that is down or drained still counts (it may
 come back), and node features (`constraint`) are left to `sbatch --test-only` (preflight.py).
+
+The profile's `nodelist` and `exclude` are read against the same nodes: a name that is no node of
+the partition made sbatch refuse the array after the trial folders were written ("Invalid node
+name specified"), and an `exclude` that leaves no node queued jobs that never start.
 """
 
 from __future__ import annotations
@@ -122,10 +126,44 @@ def _needs(profile: SlurmProfile, nodes: list[Node]) -> list[_Need]:
     return needs
 
 
+def cluster_nodes(timeout_s: float = 60) -> set[str] | None:
+    """Every node of the cluster, whatever its partition; None where sinfo does not answer."""
+    try:
+        out = subprocess.run(["sinfo", "--noheader", "--Node", "--format", "%N"], capture_output=True, text=True, timeout=timeout_s)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return set(out.stdout.split()) if out.returncode == 0 else None
+
+
+def hostnames(hostlist: str, timeout_s: float = 60) -> list[str] | None:
+    """SLURM's expansion of a hostlist (`node[01-03],gpu7`), by `scontrol show hostnames`; None where it cannot."""
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", hostlist], capture_output=True, text=True, timeout=timeout_s)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.split() if out.returncode == 0 else None
+
+
 def refusal(nodes: list[Node], profile: SlurmProfile, partition: str) -> str | None:
     """Why no node of `partition` could ever run one task of `profile`, or None (also when no node is known)."""
     if not nodes:
         return None
+    names = [n.name for n in nodes]
+    shown = ", ".join(names[:8]) + (f" ... ({len(names)} nodes)" if len(names) > 8 else "")
+    listed = hostnames(profile.nodelist) if profile.nodelist else None
+    if listed is not None and (unknown := [h for h in listed if h not in names]):
+        said = ", ".join(unknown[:5])
+        return f"key 'nodelist' names {said}: not a node of partition {partition}; allowed: nodes of that partition ({shown})"
+    excluded = hostnames(profile.exclude) if profile.exclude else None
+    if excluded is not None:
+        # A node of another partition may be excluded; one that is no node at all makes sbatch refuse the array.
+        unknown = [h for h in excluded if h not in names]
+        if unknown and (everywhere := cluster_nodes()) is not None and (missing := [h for h in unknown if h not in everywhere]):
+            return f"key 'exclude' names {', '.join(missing[:5])}: no node of this cluster; allowed: node names (`sinfo -N -o %N`)"
+        nodes = [n for n in nodes if n.name not in set(excluded)]
+        if not nodes:
+            said = repr(profile.exclude)
+            return f"key 'exclude' is {said}: it leaves no node of partition {partition} ({shown}); allowed: a hostlist leaving one"
     needs = _needs(profile, nodes)
     if any(all(need.on(node) >= need.amount for need in needs) for node in nodes):
         return None
