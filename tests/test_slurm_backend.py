@@ -288,6 +288,10 @@ def test_a_setting_slurm_refuses_is_one_line_naming_the_profile_before_anything_
     for key, value, said in (
         ("reservation", "nosuch", "key 'reservation' is 'nosuch': SLURM refuses it (Requested reservation is invalid); allowed: "),
         ("constraint", "nosuchfeature", "key 'constraint' is 'nosuchfeature': SLURM refuses it (Invalid feature specification); allowed: "),
+        # Raw sbatch options: sbatch refused these only after the trial folders were written.
+        ("sbatch_extra", ["--licenses=nosuch:1"], "key 'sbatch_extra' (--licenses=nosuch:1): sbatch refuses it (Invalid license"),
+        ("sbatch_extra", ["--mem-bind=bogus"], "key 'sbatch_extra' (--mem-bind=bogus): sbatch refuses it (unrecognized --mem-bind"),
+        ("sbatch_extra", ["--begin=notatime"], "key 'sbatch_extra' (--begin=notatime): sbatch refuses it (Invalid --begin specification)"),
     ):
         profile = write_profile(tmp_path, **{key: value})
         results = tmp_path / "r"
@@ -302,6 +306,7 @@ def test_a_setting_slurm_refuses_is_one_line_naming_the_profile_before_anything_
     scontrol("update", f"nodename={','.join(nodes)}", "state=drain", "reason=test-preflight")
     try:
         preflight(load_profile(write_profile(tmp_path, account="anyone")))
+        preflight(load_profile(write_profile(tmp_path, sbatch_extra=["--begin=now+1hour"])))  # valid options: no refusal either
     finally:
         scontrol("update", f"nodename={','.join(nodes)}", "state=resume")
 

@@ -64,7 +64,9 @@ _REFUSED_KEYS = (
 )
 
 
-_SITE_NAMES = ("reservation", "constraint", "account", "qos", "gres")  # settings that name the site's own objects
+# Settings that name the site's own objects, and the raw sbatch options (sbatch_extra: the profile
+# cannot check their values; sbatch refused a bad one only after the trial folders were written).
+_SITE_NAMES = ("reservation", "constraint", "account", "qos", "gres", "sbatch_extra")
 
 
 def _test_submit(profile: SlurmProfile) -> None:
@@ -88,7 +90,9 @@ def _test_submit(profile: SlurmProfile) -> None:
         return  # the submission itself will say what is wrong
     if out.returncode == 0:
         return
-    said = last_line(out.stderr or out.stdout).removeprefix("allocation failure: ").removeprefix("sbatch: error: ")
+    text = out.stderr or out.stdout
+    lines = [line for line in text.splitlines() if line.strip() and not line.startswith("Try ")]  # "Try sbatch --help"
+    said = last_line("\n".join(lines) or text).removeprefix("allocation failure: ").removeprefix("sbatch: error: ")
     for words, keys, allowed in _REFUSED_KEYS:
         if words in said:
             given = {k: v for k in keys if (v := getattr(profile, k, None)) not in (None, 0)}
@@ -99,3 +103,8 @@ def _test_submit(profile: SlurmProfile) -> None:
                 raise ProfileError(f"key '{key}' is {value!r}: SLURM refuses it ({said}); allowed: {allowed}")
             both = " and ".join(f"'{k}' ({v!r})" for k, v in given.items())
             raise ProfileError(f"keys {both}: SLURM refuses them ({said}); allowed: {allowed}")
+    # sbatch's own parsing (no "allocation failure": the controller was not asked) is final, and so is
+    # a license the controller does not know; only sbatch_extra can carry either past the profile's checks.
+    if profile.sbatch_extra and ("allocation failure" not in text or "Invalid license specification" in said):
+        extras = ", ".join(profile.sbatch_extra)
+        raise ProfileError(f"key 'sbatch_extra' ({extras}): sbatch refuses it ({said}); allowed: what sbatch takes (`man sbatch`)")
