@@ -23,8 +23,9 @@ function, names each member's case (an `Outcome`); `Runner._settle` acts on it:
 A group goes again with its members that can still run: failed ones while they have attempts
 left (each start counts one), interrupted ones only if they made progress (a new epoch) since
 their previous start here; a member that ran out of device memory goes again alone
-(`split_out_of_memory`), since the same group would run out again. A user mistake never goes again. So the loop always ends, even when
-nothing can be recorded (a full disk): a trial that makes no progress is given up, and said so.
+(`split_out_of_memory`), since the same group would run out again. A user mistake never goes
+again. So the loop always ends, even when nothing can be recorded (a full disk): a trial that
+makes no progress is given up, and said so.
 """
 
 from __future__ import annotations

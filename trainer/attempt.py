@@ -127,7 +127,7 @@ def _read_or_rebuild(folder: Path, spec: TrialSpec) -> Status:
 
 
 OOM_HINT = (
-    "out of device memory: a fused group goes again with each trial alone (orchestrator.runner, orchestrator.pack); "
+    "out of device memory: a fused group goes again with each trial alone; "
     "a trial that runs out alone needs a smaller batch_size (another trial) or a GPU with more memory (the profile), "
     "then python -m orchestrator.sweep --retry-failed"
 )
