@@ -214,6 +214,15 @@ def gres_gpus(gres: str) -> int | None:
     return None
 
 
+def gres_gpu_type(gres: str) -> str:
+    """The GPU type a --gres value asks for (`gpu:a100:2` and `gpu:a100` -> 'a100'), '' for any GPU."""
+    for entry in gres.split(","):
+        parts = entry.split(":")
+        if parts[0] == "gpu":
+            return parts[1] if len(parts) == 3 or (len(parts) == 2 and not parts[1].isdigit()) else ""
+    return ""
+
+
 # ---- the profiles ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class BaseProfile:

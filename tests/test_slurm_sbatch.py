@@ -336,6 +336,7 @@ def test_a_task_no_node_of_the_partition_could_hold_is_refused_naming_the_key(tm
         ("gpus_per_task: 4\ncpus_per_trial: 40\n", "key 'cpus_per_trial' asks for 160 CPUs per task", "at most 32 (a task has 4 groups)"),
         ("gpus_per_task: 16\n", "key 'gpus_per_task' asks for 16 GPUs per task", "at most 8 (the nodes have gpu:4, gpu:8, gpu:a100:4"),
         ("gres: gpu:v100:1\n", "key 'gres' asks for 1 v100 GPUs per task", "allowed: GPUs the nodes have (the nodes have gpu:4"),
+        ("gres: gpu:v100\n", "key 'gres' asks for 1 v100 GPUs per task", "allowed: GPUs the nodes have (the nodes have gpu:4"),
         ("gres: gpu:a100:8\n", "key 'gres' asks for 8 a100 GPUs per task", "allowed: at most 4 ("),
         ("gres: gpu:h100:8\ncpus_per_gpu: 17\n", "key 'cpus_per_gpu' asks for 136 CPUs per task", "at most 16 (a task has 8 GPUs)"),
         ("gres: gpu:h100:8\nmem_per_gpu_gb: 126\n", "key 'mem_per_gpu_gb' asks for 1032192 MB per task",

@@ -21,7 +21,7 @@ import subprocess
 from dataclasses import dataclass, field
 
 from orchestrator.backends.slurm.partition import flag_mb, node_mb
-from orchestrator.profiles import SlurmProfile
+from orchestrator.profiles import SlurmProfile, gres_gpu_type
 
 FORMAT = "%N|%c|%m|%G"  # name, CPUs, RealMemory (MB), generic resources
 UNSET_MB = 1  # SLURM's RealMemory when a site does not configure it: memory is not checked then
@@ -108,8 +108,7 @@ def _needs(profile: SlurmProfile, nodes: list[Node]) -> list[_Need]:
     gpus_asked = profile.gpus_per_task_
     if gpus_asked:
         key = "gres" if profile.gres else "gpus_per_task" if profile.gpus_per_task is not None else "gpus_per_trial"
-        typed = [e.split(":") for e in (profile.gres or "").split(",") if e.startswith("gpu:")]
-        kind = typed[0][1] if typed and len(typed[0]) == 3 else ""  # gpu:a100:4 asks for a100s
+        kind = gres_gpu_type(profile.gres or "")  # gpu:a100:4 asks for a100s
         needs.append(_Need(key, f"{kind} GPUs" if kind else "GPUs", gpus_asked, f"gpu:{kind}"))
     if profile.cpus_per_gpu is not None:
         needs.append(_Need("cpus_per_gpu", "CPUs", profile.task_cpus, "cpus", max(1, gpus_asked), "GPUs"))
