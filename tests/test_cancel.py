@@ -66,7 +66,7 @@ def test_cancel_a_local_launch_then_relaunch_finishes_everything(tmp_path: Path)
 
 
 def test_job_outcomes_from_accounting_and_stderr() -> None:
-    from orchestrator.backends.slurm.queue import CANCELLED, FAILED, REQUEUE, _expand, outcome, summarize
+    from orchestrator.backends.slurm.queue import CANCELLED, FAILED, REQUEUE, _expand, outcome, parse_sacct, summarize
 
     assert outcome("CANCELLED by 0, exit code 0:0", None, False) == CANCELLED
     assert outcome("PREEMPTED, exit code 0:0", None, False) == outcome("NODE_FAIL, exit code 0:0", None, False) == REQUEUE
@@ -77,6 +77,11 @@ def test_job_outcomes_from_accounting_and_stderr() -> None:
     assert outcome(None, cancelled_line, False) == CANCELLED
     assert outcome(None, cancelled_line.replace(" ***", " DUE TO TIME LIMIT ***"), False) is None
     assert _expand("12_[0-2,5%2]") == ["12_0", "12_1", "12_2", "12_5"] and _expand("12_3") == ["12_3"]
+    # As the test SLURM's slurmdbd listed an array whose running task ended on its own after its two
+    # waiting tasks were cancelled: the array's row kept its range as submitted, the task's own row wins.
+    rows = "146_0|COMPLETED|0:0\n146_0.batch|COMPLETED|0:0\n146_[0-2%1]|CANCELLED by 0|0:0\n"
+    assert parse_sacct(rows) == {"146_0": "COMPLETED, exit code 0:0", "146_1": "CANCELLED by 0, exit code 0:0",
+                                 "146_2": "CANCELLED by 0, exit code 0:0"}  # fmt: skip
     notes = [f"t{i}: cancelled: job 1_{i} cancelled" for i in range(995)] + [f"f{i}: failed: job 2_{i} ended" for i in range(5)]
     lines = summarize(notes)
     assert len(lines) == 5 and lines[0].startswith("recorded what 1000 trials' jobs could not: 995 cancelled (no attempt used), 5 failed")

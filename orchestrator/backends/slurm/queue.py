@@ -169,13 +169,23 @@ def sacct_states(job_ids: Iterable[str]) -> dict[str, str]:
         return {}
     if out.returncode != 0 or "disabled" in out.stdout + out.stderr:
         return {}
-    states = {}
-    for line in out.stdout.splitlines():
+    states = parse_sacct(out.stdout)
+    return {j: states[j] for j in ids if j in states}
+
+
+def parse_sacct(text: str) -> dict[str, str]:
+    """{job id: 'STATE, exit code X:Y'} from `sacct --parsable2 --format JobID,State,ExitCode` rows."""
+    own: dict[str, str] = {}
+    ranged: dict[str, str] = {}
+    for line in text.splitlines():
         parts = line.split("|")
         if len(parts) == 3 and "." not in parts[0]:  # the job itself, not its steps
             for job in _expand(parts[0]):
-                states[job] = f"{parts[1]}, exit code {parts[2]}"
-    return {j: states[j] for j in ids if j in states}
+                (ranged if "[" in parts[0] else own)[job] = f"{parts[1]}, exit code {parts[2]}"
+    # A task's own row wins over the array's row of tasks that never started: slurmdbd may keep that
+    # row's range as submitted (seen on the test SLURM: "146_[0-2%1] CANCELLED by 0" listed after
+    # "146_0 COMPLETED" when 146_1 and 146_2 were cancelled while 146_0 ran).
+    return {**ranged, **own}
 
 
 def _expand(job_id: str) -> list[str]:
