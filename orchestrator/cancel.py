@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(1)
     stopped, not_started, still = _record(folders)
     if not queued + running_jobs + stopped + not_started + still:  # every trial done, or failed for good
+        # Withdraw the request: it would otherwise stay behind in a sweep that had nothing left to stop.
+        clear_request(sweep)
         print(f"{sweep.name}: nothing to cancel: no trial was running, queued or waiting to start")
         return EXIT_DONE
     slurm = f"{queued} queued and {running_jobs} running SLURM job(s) cancelled; " if queued + running_jobs else ""

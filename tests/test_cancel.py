@@ -116,3 +116,4 @@ def test_a_finished_sweep_has_nothing_to_cancel(tmp_path: Path, capsys: pytest.C
     assert cli(main, [str(sweep), "--wait-s", "0"]) == 0
     assert capsys.readouterr().out.strip() == "fin: nothing to cancel: no trial was running, queued or waiting to start"
     assert all(observe(f).state == "done" for f in (sweep / "trials").iterdir())
+    assert not (sweep / "cancel.json").exists()  # the request is withdrawn
