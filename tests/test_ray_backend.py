@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,9 @@ import pytest
 pytest.importorskip("ray", reason="ray is not installed (pip install 'ray[tune]'); the Ray backend tests need it")
 
 from orchestrator.grid import load_grid
+from trainer.status import observe
+
+from helpers import wait_until
 
 pytestmark = pytest.mark.ray
 CLI_TIMEOUT_S = 150
@@ -178,3 +182,103 @@ def test_a_diverged_trial_fails_once_and_is_not_retried(fault_sweep: dict[str, A
     assert "non-finite" in status["error"]
     assert f["code"] == 1, f["err"]  # not every trial is done; the launcher itself did not crash
     assert f"{f['diverging']} failed after 1 attempt(s)" in f["out"]
+
+
+# ---- a trial that no node can hold --------------------------------------------------------------------
+GRID = "name: ray-fit\nfixed: {model: resnet20, dataset: digits, epochs: 1, batch_size: 256}\nsweep: {alpha: [0]}\n"
+
+
+@pytest.mark.parametrize(
+    ("profile", "env", "said"),
+    [
+        ("cpus_per_trial: 64\n", {}, "key 'cpus_per_trial' is 64: more CPUs than the local Ray has ({cpus}, what this machine has)"),
+        ("num_cpus: 1\ncpus_per_trial: 2\n", {}, "key 'cpus_per_trial' is 2: more CPUs than the local Ray has (1, key 'num_cpus')"),
+        ("gpus_per_trial: 1\n", {"CUDA_VISIBLE_DEVICES": ""}, "key 'gpus_per_trial' is 1: more GPUs than the local Ray has (0, "),
+        (
+            "num_gpus: 2\n",
+            {"CUDA_VISIBLE_DEVICES": "0"},
+            "key 'num_gpus' is 2: more GPUs than CUDA_VISIBLE_DEVICES shows (1)",
+        ),
+        ("address: auto\nnum_cpus: 2\n", {}, "key(s) 'num_cpus' apply to a local Ray only, and key 'address' joins a cluster"),
+        ("device: cuda\n", {}, "key 'gpus_per_trial' is 0 but the trials' device is cuda"),
+    ],
+)
+def test_a_trial_no_local_ray_could_hold_is_one_line_before_anything_is_written(
+    tmp_path: Path, profile: str, env: dict[str, str], said: str
+) -> None:
+    # Before, such a trial was refused only after its folders were written and Ray started (or, for
+    # num_gpus, ray.init failed with a traceback): now the preflight asks what the local Ray would get.
+    from ray._private.utils import get_num_cpus
+
+    grid, path = _write(tmp_path / "grid.yaml", GRID), _write(tmp_path / "ray.yaml", "backend: ray\n" + profile)
+    cmd = [sys.executable, "-m", "orchestrator.sweep", "--grid", str(grid), "--cluster", str(path), "--results", str(tmp_path / "r")]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=CLI_TIMEOUT_S, cwd=tmp_path,
+                         env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONWARNINGS": "ignore", **env})  # fmt: skip
+    assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
+    assert run.stderr.startswith(f"error: {path}: {said.format(cpus=get_num_cpus())}"), run.stderr
+    assert "allowed: " in run.stderr and not (tmp_path / "r").exists()
+
+
+def test_too_small_names_what_a_trial_needs_and_what_the_nodes_have() -> None:
+    from orchestrator.backends.ray import too_small
+
+    nodes = [{"CPU": 1.0}, {"CPU": 1.0, "GPU": 1.0}, {"CPU": 1.0}]
+    assert too_small({"CPU": 1, "GPU": 1}, nodes) is None and too_small({"CPU": 1, "GPU": 0.25}, nodes) is None
+    assert (
+        too_small({"CPU": 2, "GPU": 0}, nodes)
+        == "no live node has 2 CPU and 0 GPU for one trial (the nodes: 2 x 1 CPU and 0 GPU; 1 x 1 CPU and 1 GPU)"
+    )
+    assert too_small({"CPU": 1, "GPU": 0}, []) == "no live node has 1 CPU and 0 GPU for one trial (the nodes: none)"
+
+
+def test_on_a_cluster_whose_nodes_are_all_too_small_the_launch_says_so_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    # A cluster may grow (an autoscaler adds nodes for waiting trials), so the launch is not refused:
+    # it says in one line why nothing starts, and Ctrl-C ends it with every trial still to run.
+    head, temp, port = _start_head(num_cpus=1)
+    try:
+        grid = _write(tmp_path / "grid.yaml", GRID)
+        profile = _write(tmp_path / "ray.yaml", f"backend: ray\naddress: 127.0.0.1:{port}\ncpus_per_trial: 2\ndevice: cpu\n")
+        proc = _start_sweep(grid, profile, tmp_path / "results")
+        lines: list[str] = []
+        assert proc.stderr is not None
+        reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)  # type: ignore[union-attr]
+        reader.start()
+        wait_until(lambda: any("no live node has" in line for line in lines) or proc.poll() is not None, 120, "the launcher's line")
+        said = next((line for line in lines if "no live node has" in line), "".join(lines))
+        why = "no live node has 2 CPU and 0 GPU for one trial (the nodes: 1 x 1 CPU and 0 GPU)"
+        assert said.startswith(f"ray: cluster 127.0.0.1:{port}: {why}") and "Ctrl-C" in said, said
+        time.sleep(3)  # Tune is waiting for room
+        proc.send_signal(signal.SIGINT)
+        try:
+            code = proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        out = proc.stdout.read() if proc.stdout else ""
+        reader.join(timeout=10)
+        assert code == 1 and "Traceback" not in "".join(lines), "".join(lines)  # unfinished, not a crash
+        trial = next((tmp_path / "results" / "ray-fit" / "trials").iterdir())
+        assert observe(trial).state == "pending" and not (trial / "status.json").exists()  # never started, no attempt used
+        assert "0 done, 0 failed, 1 not started of 1" in out, out
+    finally:
+        head.terminate()  # `ray start --block` stops its own processes on SIGTERM
+        head.wait(timeout=60)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _start_head(num_cpus: int) -> tuple[subprocess.Popen[bytes], str, int]:
+    """A Ray head of this test's own (own ports, short temp dir), blocking in the foreground; never `ray stop`."""
+    temp = tempfile.mkdtemp(prefix="rh-", dir="/tmp")
+    port = 28000 + os.getpid() % 100 * 10
+    ray = str(Path(sys.executable).parent / "ray")
+    cmd = [ray, "start", "--head", f"--port={port}", f"--dashboard-agent-listen-port={port + 2}",
+           f"--dashboard-agent-grpc-port={port + 3}", f"--runtime-env-agent-port={port + 4}", f"--metrics-export-port={port + 5}",
+           f"--num-cpus={num_cpus}", "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats", "--block",
+           f"--temp-dir={temp}"]  # fmt: skip
+    env = {**os.environ, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env)
+    deadline = time.monotonic() + 60
+    while not any((Path(temp) / "session_latest" / "sockets").glob("raylet*")):
+        assert proc.poll() is None and time.monotonic() < deadline, "the Ray head did not start"
+        time.sleep(0.5)
+    return proc, temp, port

@@ -33,6 +33,7 @@ import socket
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,7 @@ from orchestrator.backends import Launch
 from orchestrator.plan import Plan
 from orchestrator.profiles import RayProfile
 from orchestrator.progress import Progress
-from trainer.errors import UserError
+from trainer.errors import ProfileError, UserError
 from trainer.results import EPOCHS
 from trainer.status import TrialState, observe
 
@@ -75,9 +76,11 @@ class RayBackend:
         self.profile = profile
 
     def preflight(self, plan: Plan) -> None:
-        """The profile's mistakes, and an unreachable cluster address, before anything is written."""
+        """The profile's mistakes, a trial bigger than a local Ray, and an unreachable cluster address, before anything is written."""
         _check_profile(self.profile, {s.device for s in plan.to_run})
-        if self.profile.address is not None:
+        if self.profile.address is None:
+            _check_local_fits(self.profile)
+        else:
             _check_reachable(self.profile.address)
 
     def describe(self, groups: list[list[Path]], sweep: Path) -> str:
@@ -101,8 +104,7 @@ def run_ray(groups: list[list[Path]], profile: RayProfile, sweep: Path) -> None:
     progress = Progress(len(folders), "ray", folders=[Path(f) for f in folders])
     started, private_temp = _connect(profile, sweep)
     try:
-        if profile.address is None:
-            _check_fits(profile)
+        _check_fits(profile)
         tuner = tune.Tuner(
             tune.with_resources(_trainable, {"cpu": profile.cpus_per_trial, "gpu": profile.gpus_per_trial}),
             param_space={
@@ -173,11 +175,61 @@ def _check_profile(profile: RayProfile, devices: set[str]) -> None:
     if profile.address is not None:
         local_only = [k for k in ("num_cpus", "num_gpus", "temp_dir") if getattr(profile, k) is not None]
         if local_only:
-            raise UserError(f"ray profile: keys {', '.join(local_only)} apply to a local Ray only; remove them or 'address'")
+            keys = ", ".join(f"'{k}'" for k in local_only)
+            raise ProfileError(f"key(s) {keys} apply to a local Ray only, and key 'address' joins a cluster; allowed: one or the other")
     if profile.gpus_per_trial == 0 and any(d.startswith("cuda") for d in devices):
-        raise UserError("ray profile: the trials' device is cuda but gpus_per_trial is 0 (Ray hides GPUs from such trials)")
+        raise ProfileError(
+            "key 'gpus_per_trial' is 0 but the trials' device is cuda (Ray hides GPUs from such trials); allowed: above 0, or device auto"
+        )
     if any(d.startswith("cuda:") for d in devices):
-        raise UserError("ray: a trial's device names a GPU (cuda:N) but Ray picks each trial's GPU; use device auto or cuda")
+        raise ProfileError("a trial's device names a GPU (cuda:N) but Ray picks each trial's GPU; allowed: device auto or cuda")
+
+
+def _check_local_fits(profile: RayProfile) -> None:
+    """A trial bigger than the private local Ray would wait for ever in Tune's queue: refuse it first.
+
+    The local Ray gets `num_cpus`/`num_gpus`, else what Ray itself counts on this machine (cgroup
+    CPU limits, CUDA_VISIBLE_DEVICES), read with Ray's own functions so that the two agree. They are
+    Ray's private API: where they moved, nothing is refused here and run_ray checks on the live Ray.
+    """
+    if ray.is_initialized():  # a caller's own Ray (a notebook), maybe a cluster: run_ray checks that one
+        return
+    try:
+        from ray._private.accelerators import get_accelerator_manager_for_resource
+        from ray._private.utils import get_num_cpus
+
+        gpu = get_accelerator_manager_for_resource("GPU")
+        if gpu is None:
+            return
+        visible = gpu.get_current_process_visible_accelerator_ids()
+        gpus = gpu.get_current_node_num_accelerators() if visible is None else len(visible)
+        cpus = get_num_cpus()
+    except (ImportError, AttributeError, TypeError, ValueError, OSError):
+        return
+    if profile.num_gpus is not None and visible is not None and profile.num_gpus > len(visible):
+        env = gpu.get_visible_accelerator_ids_env_var()
+        raise ProfileError(
+            f"key 'num_gpus' is {profile.num_gpus}: more GPUs than {env} shows ({len(visible)}); allowed: at most {len(visible)}"
+        )
+    have = {"CPU": float(profile.num_cpus if profile.num_cpus is not None else cpus),
+            "GPU": float(profile.num_gpus if profile.num_gpus is not None else gpus)}  # fmt: skip
+    for key, field, need in (("CPU", "cpus_per_trial", profile.cpus_per_trial), ("GPU", "gpus_per_trial", profile.gpus_per_trial)):
+        if need > have[key]:
+            source = f"key 'num_{key.lower()}s'" if getattr(profile, f"num_{key.lower()}s") is not None else "what this machine has"
+            raise ProfileError(
+                f"key '{field}' is {need:g}: more {key}s than the local Ray has ({have[key]:g}, {source}), so no trial would "
+                f"ever start; allowed: at most {have[key]:g}, or a Ray cluster (key 'address')"
+            )
+
+
+def too_small(need: dict[str, float], nodes: list[dict[str, float]]) -> str | None:
+    """Why no node among `nodes` (each its Ray resources) can hold a trial needing `need`; None if one can."""
+    if any(all(node.get(k, 0.0) >= v for k, v in need.items()) for node in nodes):
+        return None
+    words = lambda r: " and ".join(f"{r.get(k, 0.0):g} {k}" for k in need)
+    shapes = Counter(words(node) for node in nodes)
+    have = "; ".join(f"{n} x {shape}" for shape, n in shapes.most_common(5)) + ("; ..." if len(shapes) > 5 else "")
+    return f"no live node has {words(need)} for one trial (the nodes: {have or 'none'})"
 
 
 def _connect(profile: RayProfile, sweep: Path) -> tuple[bool, str | None]:
@@ -269,13 +321,23 @@ def _probe_nodes(sweep: str) -> list[tuple[str, str, bool]] | None:
 
 
 def _check_fits(profile: RayProfile) -> None:
-    """On a local Ray a trial bigger than the machine would wait forever: say so instead."""
-    have = ray.cluster_resources()
-    for key, need in (("CPU", profile.cpus_per_trial), ("GPU", profile.gpus_per_trial)):
-        if need > have.get(key, 0):
-            raise UserError(
-                f"ray profile: a trial asks for {need} {key} but the local Ray has {have.get(key, 0):g}; lower {key.lower()}s_per_trial"
-            )
+    """A trial no node can hold waits in Tune's queue for ever: on a local Ray, refuse; on a cluster, say so.
+
+    A cluster may grow (an autoscaler adds nodes for the waiting trials), so there it is one line
+    and the launch goes on; the preflight refused the local case already, before anything was written.
+    """
+    need = {"CPU": profile.cpus_per_trial, "GPU": profile.gpus_per_trial}
+    why = too_small(need, [{k: float(v) for k, v in node["Resources"].items()} for node in ray.nodes() if node["Alive"]])
+    if why is None:
+        return
+    if profile.address is None:
+        raise UserError(f"ray: {why}; lower cpus_per_trial or gpus_per_trial")
+    print(
+        f"ray: cluster {profile.address}: {why}; Tune waits until such a node joins (an autoscaler may add one): "
+        "lower cpus_per_trial or gpus_per_trial, or stop with Ctrl-C",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 # ---- naming, progress, summary ----------------------------------------------------------------------
