@@ -37,14 +37,26 @@ def test_a_results_root_or_a_trial_folder_names_the_sweep_to_pass(command: str, 
     (spec,) = load_grid(grid).specs
     write_trial(root / "arg", spec, units=False)
     sweep, trial = root / "arg", root / "arg" / "trials" / spec.trial_id
+    (sweep / "summary" / "figures").mkdir(parents=True)  # as a collect leaves them
     before = sorted(p for p in tmp_path.rglob("*"))
     for given, said in [
         (root, f"error: {root}: a results root, not a sweep folder; pass one of: {sweep}"),
         (trial, f"error: {trial}: a trial folder, not a sweep; pass the sweep folder {sweep}"),
         (sweep / "trials", f"error: {sweep / 'trials'}: the trials folder, not a sweep; pass the sweep folder {sweep}"),
         (tmp_path / "nowhere", f"error: {tmp_path / 'nowhere'}: no such folder; pass a sweep folder, e.g. results/<sweep>"),
+        (sweep / "summary", f"error: {sweep / 'summary'}: a folder inside the sweep {sweep}, not a sweep; pass the sweep folder {sweep}"),
+        (
+            sweep / "summary" / "figures",
+            f"error: {sweep / 'summary' / 'figures'}: a folder inside the sweep {sweep}, not a sweep; pass the sweep folder {sweep}",
+        ),
     ]:
         assert cli(MAINS[command], [str(given)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert err == [said], err
     assert sorted(p for p in tmp_path.rglob("*")) == before  # nothing written (cancel's request file included)
+    # A folder that merely sits under some folder named trials is not taken for part of a sweep.
+    (tmp_path / "trials" / "x").mkdir(parents=True)
+    assert cli(MAINS[command], [str(tmp_path / "trials" / "x")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'trials' / 'x'}: not a sweep folder (no trials/ inside); " + (
+        "expected <results>/<sweep>/trials/<trial_id>/"
+    )
