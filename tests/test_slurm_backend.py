@@ -23,7 +23,7 @@ import pytest
 
 from orchestrator.backends.slurm import REQUEUES, TrialJob, render_sbatch, squeue, submit
 from orchestrator.backends.slurm.queue import sweep_arrays, unreleased
-from orchestrator.backends.slurm.sbatch import chunked, job_name, parse_max_array_size, sbatch_parameters, signal_delay_s
+from orchestrator.backends.slurm.sbatch import chunked, job_name, parse_max_array_size, sbatch_parameters, signal_delay_s, sweep_tag
 from orchestrator.folders import scan
 from orchestrator.grid import load_grid
 from orchestrator.profiles import load_profile
@@ -417,17 +417,27 @@ def job_state_reason(job: str) -> str:
 
 
 @pytest.mark.slurm
-def test_two_sweeps_of_one_grid_in_different_results_folders_do_not_wait_for_each_other(tmp_path: Path, sweep_name: str) -> None:
+@pytest.mark.parametrize("shared_log_dir", [False, True])
+def test_two_sweeps_of_one_grid_in_different_results_folders_do_not_wait_for_each_other(
+    tmp_path: Path, sweep_name: str, shared_log_dir: bool
+) -> None:
     # One grid run into two results folders is two sweeps of one job name (sweep-<grid name>): each
-    # chains (afterany) and throttles only its own arrays, told apart by where their scripts live.
-    # Before, the second waited for every array of the first.
+    # chains (afterany) and throttles only its own arrays, told apart by their job comment (the
+    # sweep's tag), also when a profile's log_dir puts both sweeps' scripts in one folder. Before,
+    # the second waited for every array of the first (with a shared log_dir until this change).
     grid = write_grid(tmp_path, sweep_name, "epochs: 1", "  seed: [0, 1]\n")
-    profile = write_profile(tmp_path, sbatch_extra=["--begin=now+1hour"])  # nothing runs: the scripts are what is checked
+    logs = tmp_path / "logs"
+    extra = {"log_dir": f"{logs}/%j"} if shared_log_dir else {}
+    profile = write_profile(tmp_path, sbatch_extra=["--begin=now+1hour"], **extra)  # nothing runs: the scripts are what is checked
 
     def launch(results: Path, grid: Path = grid) -> str:
         assert cli(sweep_main, ["--grid", str(grid), "--cluster", str(profile), "--results", str(results)]) == 0
-        (script,) = sorted((results / sweep_name).glob("slurm/*/*_submission.sh"), key=lambda s: int(s.parent.name))[-1:]
-        return script.read_text()
+        arrays = sorted({int(job_of(t).split("_")[0]) for t in (results / sweep_name / "trials").iterdir()})
+        folder = logs if shared_log_dir else results / sweep_name / "slurm"
+        (script,) = folder.glob(f"{arrays[-1]}/*_submission.sh")
+        text = script.read_text()
+        assert f"#SBATCH --comment={sweep_tag(results / sweep_name)}\n" in text, text
+        return text
 
     first, second = launch(tmp_path / "a"), launch(tmp_path / "b")
     assert "--dependency" not in first and "--dependency" not in second, second

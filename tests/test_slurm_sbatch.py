@@ -23,7 +23,7 @@ from orchestrator.backends.slurm import TrialJob, partition, render_sbatch
 from orchestrator.backends.slurm.job import _groups, position, task_slots
 from orchestrator.backends.slurm.nodes import parse as parse_nodes
 from orchestrator.backends.slurm.nodes import refusal as node_refusal
-from orchestrator.backends.slurm.sbatch import chunked, parse_min_job_age, sbatch_parameters, submit_refusal
+from orchestrator.backends.slurm.sbatch import chunked, parse_min_job_age, sbatch_parameters, submit_refusal, sweep_tag
 from orchestrator.profiles import SlurmProfile, check_constraint, load_profile
 from orchestrator.sweep import main as sweep_main
 from trainer.cli import cli
@@ -157,10 +157,39 @@ def test_site_options_reach_sbatch_only_when_set(tmp_path: Path) -> None:
     plain = load_profile(write(tmp_path, "backend: slurm\n"))
     params = sbatch_parameters(plain, tmp_path / "x")
     assert params["mem"] == "4GB" and params["cpus_per_task"] == 1 and params["additional_parameters"] == {"requeue": True, "hold": True}
-    assert {"gres", "gpus_per_node", "exclusive", "exclude", "comment", "mail_type", "setup", "dependency"}.isdisjoint(params)
+    assert {"gres", "gpus_per_node", "exclusive", "exclude", "mail_type", "setup", "dependency"}.isdisjoint(params)
+    assert params["comment"] == sweep_tag(tmp_path / "x")  # no comment of the profile's own: the sweep's tag
     assert params["array_parallelism"] == 64  # the default sweep-wide throttle
     old = load_profile(write(tmp_path, "backend: slurm\narray_parallelism: 5\n"))
     assert old.running_tasks == 5 and sbatch_parameters(old, tmp_path / "x")["array_parallelism"] == 5  # the old name still works
+
+
+def test_a_sweeps_arrays_are_told_apart_by_their_tag_even_in_a_shared_log_folder(tmp_path: Path) -> None:
+    # One grid run into two results folders with a profile's log_dir: both sweeps' scripts live in one
+    # folder. Before, each took the other's arrays for its own (afterany chains, a shared throttle, and
+    # the other's array held mid-submission cancelled as left behind by a killed launcher).
+    from orchestrator.backends.slurm.queue import _ours, parse_arrays
+
+    logs = tmp_path / "logs"
+    a, b = sweep_tag(tmp_path / "a" / "g"), sweep_tag(tmp_path / "b" / "g")
+    assert a != b and a == sweep_tag(tmp_path / "a" / "." / "g") and len(a) == len("sweep:") + 12
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    assert sweep_tag(tmp_path / "link" / "g") == sweep_tag(tmp_path / "real" / "g")  # the same folder by any path
+    script = f"{logs}/.submission_file_0123456789abcdef0123456789abcdef.sh"
+    text = "".join(f"{array}|{state}|{reason}|{comment}\t{script}\n" for array, state, reason, comment in [
+        ("11", "RUNNING", "None", a), ("12", "PENDING", "JobHeldUser", b), ("13", "PENDING", "Dependency", "lab|project x"),
+        ("14", "PENDING", "Priority", "(null)"), ("15", "PENDING", "Priority", b),
+    ])  # fmt: skip
+    arrays = parse_arrays(text)
+    assert [(q.array, q.never_released, q.script, q.comment) for q in arrays][:3] == [
+        ("11", False, script, a), ("12", True, script, b), ("13", False, script, "lab|project x")
+    ]  # fmt: skip
+    # Its own tag, or no sweep's tag and its script folder (a comment of the profile's own, an older launch).
+    assert [q.array for q in _ours(arrays, logs, a)] == ["11", "13", "14"]
+    assert [q.array for q in _ours(arrays, logs, b)] == ["12", "13", "14", "15"]
+    assert [q.array for q in _ours(arrays, logs, None)] == ["13", "14"]  # this sweep set a comment: by folder only
+    assert [q.array for q in _ours(arrays, tmp_path / "elsewhere", a)] == ["11"]
 
 
 # ---- how sbatch refusals are read ---------------------------------------------------------------------

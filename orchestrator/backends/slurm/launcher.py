@@ -55,7 +55,7 @@ from orchestrator.backends.slurm.cluster import cluster_max_array_size, known_ma
 from orchestrator.backends.slurm.job import SUBMITIT_MAX_TIMEOUTS, TrialJob
 from orchestrator.backends.slurm.preflight import preflight
 from orchestrator.backends.slurm.queue import SUBMITTED, job_views, last_line, settle, squeue, summarize, sweep_arrays, unreleased
-from orchestrator.backends.slurm.sbatch import Task, chunked, count_trials, job_name, sbatch_parameters, submit_refusal
+from orchestrator.backends.slurm.sbatch import Task, chunked, count_trials, job_name, sbatch_parameters, submit_refusal, sweep_tag
 from orchestrator.backends.slurm.sbatch_once import GONE, cancel_orphans, scancel
 from orchestrator.backends.slurm.script import check_one_line, log_folder, python_command, render_sbatch
 from orchestrator.backends.slurm.submit_lock import submitting
@@ -183,6 +183,7 @@ class Submitter:
         except RuntimeError as err:  # 'Could not detect "srun", are you indeed on a slurm cluster?'
             raise UserError(f"the slurm backend needs SLURM's commands (sbatch, srun, squeue, scontrol) on PATH ({err})") from None
         self.params = sbatch_parameters(profile, sweep)
+        self.tag = sweep_tag(sweep) if profile.comment is None else None  # every job's comment (sbatch.sweep_tag)
         self.config = config  # the cluster's `scontrol show config` if the preflight read it ("": ask when needed)
         self.size = profile.max_array_size or cluster_max_array_size(config=config)
         self.job = TrialJob(profile.max_requeues, profile.max_attempts, fused=profile.fuse > 1)
@@ -200,7 +201,7 @@ class Submitter:
         # One squeue per call, not per array (at 900 arrays that was 900 squeue processes, most of the
         # launcher's CPU); an array that leaves the queue meanwhile stays listed, and SLURM takes
         # afterany on a job that ended, even one it has forgotten, as met.
-        queued = sweep_arrays(self.name, self.scripts)
+        queued = sweep_arrays(self.name, self.scripts, self.tag)
         orphans = unreleased(queued, self.scripts, self.sweep / "trials")
         if orphans:
             # Dropped from the chain below either way: one that could not be cancelled holds nothing back then.
@@ -303,7 +304,7 @@ class Submitter:
             if kind is None:
                 raise UserError(f"sbatch refused the jobs: {last_line(str(err))}{already_submitted(self.arrays)}") from None
             # (Not for 'full': the controller may be full of other users' jobs; room comes as they leave.)
-            if kind == "maybe" and len(tasks) == 1 and not sweep_arrays(self.name, self.scripts):
+            if kind == "maybe" and len(tasks) == 1 and not sweep_arrays(self.name, self.scripts, self.tag):
                 # Not one task fits while none of ours is queued: a size or time limit, not a count.
                 why = last_line(str(err))
                 raise UserError(f"sbatch refused even one task: {why} (check time_min, GPUs and memory against the QOS)") from None

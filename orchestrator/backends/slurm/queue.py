@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from orchestrator.backends.slurm.sbatch import TAG_RE
 from orchestrator.backends.slurm.sbatch_once import SUBMITIT_SCRIPT
 from trainer.errors import UserError
 from trainer.lock import TrialBusy, TrialLock
@@ -105,35 +106,52 @@ class QueuedArray:
     array: str
     never_released: bool  # every entry pending as JobHeldUser: submitted held, not released since
     script: str  # the script sbatch was given (submitit's `.submission_file_<uuid>.sh`)
+    comment: str = ""  # the job's comment: sbatch.sweep_tag of its sweep, unless the profile set its own
 
 
-def sweep_arrays(name: str, scripts: Path | None = None) -> list[QueuedArray]:
+def sweep_arrays(name: str, scripts: Path | None = None, tag: str | None = None) -> list[QueuedArray]:
     """The user's job arrays (or plain jobs) named `name` still in the queue: what new arrays chain after.
 
-    With `scripts` (the folder submitit writes the sweep's sbatch scripts to), only those whose script
-    is there: the same grid run into another results folder is another sweep of the same job name,
-    and its arrays must not hold this one's back (afterany) nor share its throttle. (Sweeps that share
-    a profile's `log_dir` cannot be told apart this way and chain as one.)
+    The same grid run into another results folder is another sweep of the same job name, and its
+    arrays must not hold this one's back (afterany), share its throttle, or be taken for an array a
+    killed launcher left held. With `tag` (this sweep's job comment, sbatch.sweep_tag), those that
+    carry it; with `scripts` (the folder submitit writes the sweep's sbatch scripts to), also those
+    whose script is there and that carry no sweep's tag (a profile's own comment; an older launch).
+    Sweeps that share a profile's `log_dir` and set a `comment` of their own chain as one.
     """
-    cmd = ["squeue", "--noheader", "--me", "--name", name, "--format", "%F|%T|%r|%o"]
+    # The comment may hold '|' (a profile's own); a tab ends it (SLURM comments here have none).
+    cmd = ["squeue", "--noheader", "--me", "--name", name, "--format", "%F|%T|%r|%k\t%o"]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as err:
         raise UserError(f"squeue failed ({err}); is SLURM reachable from here?") from None
     if out.returncode != 0:
         raise UserError(f"squeue failed: {last_line(out.stderr)}")
+    return _ours(parse_arrays(out.stdout), scripts, tag)
+
+
+def parse_arrays(text: str) -> list[QueuedArray]:
+    """The arrays of `squeue --format '%F|%T|%r|%k\\t%o'` lines, by array id."""
     held: dict[str, bool] = {}
     script_of: dict[str, str] = {}
-    for line in out.stdout.splitlines():
-        array, state, reason, script = (line.strip().split("|", 3) + ["", "", ""])[:4]
+    comment_of: dict[str, str] = {}
+    for line in text.splitlines():
+        fields, _, script = line.strip().partition("\t")
+        array, state, reason, comment = (fields.split("|", 3) + ["", "", ""])[:4]
         if array.isdigit():
             held[array] = held.get(array, True) and state == "PENDING" and reason == "JobHeldUser"
-            script_of[array] = script
-    arrays = [QueuedArray(a, held[a], script_of[a]) for a in sorted(held, key=int)]
-    if scripts is not None:
-        folder = os.path.abspath(scripts)
-        arrays = [q for q in arrays if os.path.dirname(q.script) == folder]
-    return arrays
+            script_of[array], comment_of[array] = script, comment
+    return [QueuedArray(a, held[a], script_of[a], comment_of[a]) for a in sorted(held, key=int)]
+
+
+def _ours(arrays: list[QueuedArray], scripts: Path | None, tag: str | None) -> list[QueuedArray]:
+    if scripts is None and tag is None:
+        return arrays
+    folder = os.path.abspath(scripts) if scripts is not None else None
+    return [
+        q for q in arrays
+        if (tag is not None and q.comment == tag) or (not TAG_RE.fullmatch(q.comment) and os.path.dirname(q.script) == folder)
+    ]  # fmt: skip
 
 
 def unreleased(arrays: list[QueuedArray], script_folder: Path, trials: Path) -> list[str]:

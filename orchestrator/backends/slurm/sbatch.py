@@ -15,6 +15,8 @@ shell. The rendered script itself is script.py's `render_sbatch` (it needs submi
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,12 +37,25 @@ def job_name(sweep: str | Path) -> str:
     """`sweep-<name>`: the sweep folder's name (the grid's: letters, digits, '.', '_', '-'), checked again here.
 
     Two sweeps of one grid in different results folders share it; the launcher tells their arrays
-    apart by where their sbatch scripts live (queue.sweep_arrays).
+    apart by their job comment (sweep_tag), else by where their sbatch scripts live (queue.sweep_arrays).
     """
     name = Path(sweep).name
     if not NAME_RE.match(name):
         raise UserError(f"sweep name {name!r} cannot name a SLURM job; allowed: letters, digits, '.', '_', '-'")
     return f"sweep-{name}"
+
+
+TAG_RE = re.compile(r"sweep:[0-9a-f]{12}")
+
+
+def sweep_tag(sweep: str | Path) -> str:
+    """`sweep:<12 hex digits>` of the sweep folder's real path: the comment of every job of the sweep.
+
+    It tells the sweep's arrays from those of the same grid run into another results folder when the
+    two share a profile's `log_dir` (their scripts then live in one folder). Only where the profile
+    sets no `comment` of its own: a site's comment is left as the user wrote it.
+    """
+    return "sweep:" + hashlib.sha256(os.path.realpath(sweep).encode()).hexdigest()[:12]
 
 
 def signal_delay_s(time_min: int) -> int:
@@ -95,6 +110,7 @@ def sbatch_parameters(profile: SlurmProfile, sweep: str | Path) -> dict[str, Any
         value = getattr(profile, key)
         if value is not None:
             params[key] = value
+    params.setdefault("comment", sweep_tag(sweep))
     if profile.reservation is not None:
         extra["reservation"] = profile.reservation  # no named parameter in submitit
     if profile.exclusive:
