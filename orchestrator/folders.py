@@ -74,18 +74,17 @@ def sweep_folder(path: Path) -> Path:
     if sweeps:
         shown = ", ".join(str(path / s) for s in sweeps[:5]) + (" ..." if len(sweeps) > 5 else "")
         raise UserError(f"{path}: a results root, not a sweep folder; pass one of: {shown}")
-    inside = next((up for up in list(path.parents)[:3] if _holds_trials(up / "trials")), None)
+    inside = next((up for up in list(path.parents)[:3] if _holds_trials(up)), None)
     if inside is not None:  # its summary/, summary/figures/, slurm/<job>/ or .ray/
         raise UserError(f"{path}: a folder inside the sweep {inside}, not a sweep; pass the sweep folder {inside}")
     raise UserError(f"{path}: not a sweep folder (no trials/ inside); expected <results>/<sweep>/trials/<trial_id>/")
 
 
 def _holds_trials(folder: Path) -> bool:
-    """Is `folder` a sweep's trials/ (a folder named by a trial id inside), not any folder named trials?"""
+    """Is `folder` a sweep (a trial folder in its trials/), not any folder that has a folder named trials?"""
     try:
-        with os.scandir(folder) as it:
-            return any(e.is_dir() and is_trial_id(e.name) for e in it)
-    except OSError:
+        return bool(trial_folders(folder, warn=None))
+    except OSError:  # unreadable: not taken for a sweep; the caller's plain message stands
         return False
 
 

@@ -213,9 +213,12 @@ def _check_local_fits(profile: RayProfile) -> None:
         )
     have = {"CPU": float(profile.num_cpus if profile.num_cpus is not None else cpus),
             "GPU": float(profile.num_gpus if profile.num_gpus is not None else gpus)}  # fmt: skip
-    for key, field, need in (("CPU", "cpus_per_trial", profile.cpus_per_trial), ("GPU", "gpus_per_trial", profile.gpus_per_trial)):
+    for key, field, need, given in (
+        ("CPU", "cpus_per_trial", profile.cpus_per_trial, "num_cpus" if profile.num_cpus is not None else None),
+        ("GPU", "gpus_per_trial", profile.gpus_per_trial, "num_gpus" if profile.num_gpus is not None else None),
+    ):
         if need > have[key]:
-            source = f"key 'num_{key.lower()}s'" if getattr(profile, f"num_{key.lower()}s") is not None else "what this machine has"
+            source = f"key '{given}'" if given else "what this machine has"
             raise ProfileError(
                 f"key '{field}' is {need:g}: more {key}s than the local Ray has ({have[key]:g}, {source}), so no trial would "
                 f"ever start; allowed: at most {have[key]:g}, or a Ray cluster (key 'address')"

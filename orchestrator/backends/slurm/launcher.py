@@ -55,7 +55,7 @@ from orchestrator.backends.slurm.cluster import cluster_max_array_size, known_ma
 from orchestrator.backends.slurm.job import SUBMITIT_MAX_TIMEOUTS, TrialJob
 from orchestrator.backends.slurm.preflight import preflight
 from orchestrator.backends.slurm.queue import SUBMITTED, job_views, last_line, settle, squeue, summarize, sweep_arrays, unreleased
-from orchestrator.backends.slurm.sbatch import Task, chunked, count_trials, job_name, sbatch_parameters, submit_refusal, sweep_tag
+from orchestrator.backends.slurm.sbatch import Task, chunked, count_trials, job_name, sbatch_parameters, submit_refusal
 from orchestrator.backends.slurm.sbatch_once import GONE, cancel_orphans, scancel
 from orchestrator.backends.slurm.script import check_one_line, log_folder, python_command, render_sbatch
 from orchestrator.backends.slurm.submit_lock import submitting
@@ -183,7 +183,7 @@ class Submitter:
         except RuntimeError as err:  # 'Could not detect "srun", are you indeed on a slurm cluster?'
             raise UserError(f"the slurm backend needs SLURM's commands (sbatch, srun, squeue, scontrol) on PATH ({err})") from None
         self.params = sbatch_parameters(profile, sweep)
-        self.tag = sweep_tag(sweep) if profile.comment is None else None  # every job's comment (sbatch.sweep_tag)
+        self.tag = self.params["comment"] if profile.comment is None else None  # the sweep's tag (sbatch.sweep_tag), as submitted
         self.config = config  # the cluster's `scontrol show config` if the preflight read it ("": ask when needed)
         self.size = profile.max_array_size or cluster_max_array_size(config=config)
         self.job = TrialJob(profile.max_requeues, profile.max_attempts, fused=profile.fuse > 1)
