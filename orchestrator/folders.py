@@ -80,6 +80,21 @@ def sweep_folder(path: Path) -> Path:
     raise UserError(f"{path}: not a sweep folder (no trials/ inside); expected <results>/<sweep>/trials/<trial_id>/")
 
 
+def check_results_root(root: Path, sweep: Path) -> None:
+    """One line if the results root `root` is a sweep folder or a folder inside one (`--results
+    results/digits` for `--results results`), unless `sweep` (the grid's folder under it) already
+    is a sweep: a new sweep would nest inside the other, retraining every trial one level down."""
+    if (sweep / "trials").is_dir():
+        return
+    inside = next((up for up in [root, *list(root.parents)[:3]] if up.is_dir() and _holds_trials(up)), None)
+    if inside is not None:
+        what = "the sweep folder" if inside == root else "a folder inside the sweep"
+        raise UserError(
+            f"--results {root}: {what} {inside}, not a results root (the sweep would land inside it, at {sweep}); "
+            f"allowed: the folder that holds the sweeps, e.g. --results {inside.parent}"
+        )
+
+
 def _holds_trials(folder: Path) -> bool:
     """Is `folder` a sweep (a trial folder in its trials/), not any folder that has a folder named trials?"""
     try:

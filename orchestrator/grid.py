@@ -22,7 +22,7 @@ from typing import Any
 
 from orchestrator.strict import load_yaml
 from trainer.errors import UserError
-from trainer.spec import SpecError, TrialSpec, coerce, field_names, quote
+from trainer.spec import IN_TRIAL_ID, LABEL_FIELDS, SpecError, TrialSpec, coerce, field_names, quote
 
 GRID_KEYS = ("name", "description", "fixed", "sweep")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")  # \Z, not $: no trailing newline
@@ -72,6 +72,15 @@ def load_grid(path: str | Path, overrides: dict[str, Any] | None = None, overrid
             raise UserError(f"{path}: sweep axis '{key}' must be a non-empty list of values, got {quote(values)}")
         checked_axes[key] = [coerce(key, v, f"{path}: sweep.{key}[{i}]") for i, v in enumerate(values)]
 
+    for key, swept in checked_axes.items():
+        if key not in IN_TRIAL_ID and len(set(map(repr, swept))) > 1:
+            # Not part of a trial's identity: every value after the first would collapse into the
+            # first value's trial (seen: ablation_draws [1, 10] ran only 1).
+            role = "a label (what the analyses after training do)" if key in LABEL_FIELDS else "a resource (how a trial runs)"
+            raise UserError(
+                f"{path}: sweep axis '{key}' has {len(swept)} values, but '{key}' is {role} and not part of a trial's identity, "
+                "so trials differing only in it are one trial; allowed: one value, in 'fixed'"
+            )
     n_expanded = 1
     for axis in checked_axes.values():
         n_expanded *= len(axis)
@@ -100,7 +109,11 @@ def _name(name: Any, path: Path) -> str:
     if name is None:
         raise UserError(f"{path}: key 'name' is missing; allowed: {allowed} (the sweep's folder under the results root)")
     if isinstance(name, (int, float)) and not isinstance(name, bool):
-        raise UserError(f"{path}: key 'name' is {quote(name)}, a number; a name must be text: write name: \"{quote(name)}\"")
+        # Not "write name: \"<the number>\"": YAML read `0123`, `2024_01` or `1e3` as 123, 202401, 1000.0.
+        raise UserError(
+            f"{path}: key 'name' is a number to YAML (read as {quote(name)}); "
+            'a name must be text: put it in quotes exactly as you meant it, name: "..."'
+        )
     if not isinstance(name, str):
         raise UserError(f"{path}: key 'name' must be text, got {quote(name)} ({type(name).__name__}); allowed: {allowed}")
     if not NAME_RE.match(name):

@@ -28,7 +28,7 @@ from typing import Any
 
 from orchestrator.strict import from_mapping, load_yaml
 from trainer.errors import UserError
-from trainer.spec import TRACKERS
+from trainer.spec import TRACKERS, quote
 
 BACKENDS = ("local", "ray", "slurm")
 
@@ -123,7 +123,11 @@ def check_number(key: str, value: Any, limit: Limit | None, integral: bool) -> N
 # Each value below lands on an `#SBATCH --key=value` line (shell-quoted by submitit): the
 # character sets keep line breaks, quotes, `$` and spaces out, so no value can become a command.
 NAME_RE = re.compile(r"[A-Za-z0-9_.\-]+")  # partition, account, qos, reservation names
-HOSTLIST_RE = re.compile(r"[A-Za-z0-9_.\-]+(\[[0-9,\-]+\])?[A-Za-z0-9_.\-]*(,[A-Za-z0-9_.\-]+(\[[0-9,\-]+\])?[A-Za-z0-9_.\-]*)*")
+# One way to match each text (a name, then bracket ranges each followed by more name): the old form,
+# name[..]?name*, matched a plain name in as many ways as it could be cut in two, so a list of 20
+# nodes with one stray character backtracked for hours before it was refused.
+_HOST = r"[A-Za-z0-9_.\-]+(?:\[[0-9,\-]+\][A-Za-z0-9_.\-]*)*"
+HOSTLIST_RE = re.compile(rf"{_HOST}(?:,{_HOST})*")
 GRES_RE = re.compile(r"[a-z][a-z0-9_]*(:[A-Za-z0-9_.\-]+)?(:[0-9]+)?")
 FEATURE_RE = re.compile(r"[A-Za-z0-9_.\-]+(\*[0-9]+)?")
 COMMENT_RE = re.compile(r"[A-Za-z0-9 _.,:;=+/@()\[\]|&*#%\-]+")
@@ -180,11 +184,29 @@ def sbatch_option(key: str) -> str | tuple[str, ...]:
     return found[0] if len(found) == 1 else found or key
 
 
+def slurm_minutes(text: str) -> int | None:
+    """Whole minutes (rounded up) of a time in sbatch's --time formats with a colon or a day
+    (M:SS, H:MM:SS, D-H, D-H:MM, D-H:MM:SS); None if `text` is not one."""
+    match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text.strip())
+    if match is None or (match.group(1) is None and match.group(3) is None):
+        return None
+    days, first, second, third = (int(g) if g is not None else None for g in match.groups())
+    if days is not None:  # D-H[:MM[:SS]]
+        seconds = days * 86400 + (first or 0) * 3600 + (second or 0) * 60 + (third or 0)
+    elif third is not None:  # H:MM:SS
+        seconds = (first or 0) * 3600 + (second or 0) * 60 + third
+    else:  # M:SS
+        seconds = (first or 0) * 60 + (second or 0)
+    return -(-seconds // 60)
+
+
 def check_constraint(value: str) -> None:
     """SLURM's --constraint syntax: features joined by & (and) or | (or), `name*N` node counts,
     [..] (matching or, counts) and (..) groups; e.g. `a100|h100`, `[a100*2&ib]`, `[(a|b)*2&c]`, `(a100|h100)&ib`."""
     allowed = "features (letters, digits, _ . -) joined by & or |, with name*N counts and [..] or (..) groups"
-    tokens = re.findall(r"[A-Za-z0-9_.\-]+(?:\*[0-9]+)?|\)\*[0-9]+|[&|\[\]()]|.", value)
+    # The last alternative takes any other character, a newline too (`.` would skip it: a newline
+    # passed and ended the sbatch script's #SBATCH lines).
+    tokens = re.findall(r"[A-Za-z0-9_.\-]+(?:\*[0-9]+)?|\)\*[0-9]+|[&|\[\]()]|[\s\S]", value)
     depth: list[str] = []
     expect_feature = True
     for tok in tokens:
@@ -493,9 +515,12 @@ def load_profile(path: str | Path) -> Profile:
     if "backend" not in raw:
         grid = " (this looks like a grid: pass it with --grid)" if {"sweep", "fixed"} & raw.keys() else ""
         raise UserError(f"{path}: key 'backend' is missing; allowed: {', '.join(BACKENDS)}{grid}")
-    if backend not in PROFILES:
-        raise UserError(f"{path}: key 'backend' is {backend!r}; allowed: {', '.join(BACKENDS)}")
+    if not isinstance(backend, str) or backend not in PROFILES:  # a list or mapping is no dict key
+        raise UserError(f"{path}: key 'backend' is {quote(backend)}; allowed: {', '.join(BACKENDS)}")
     _check_raw_numbers(PROFILES[backend], raw, str(path))
+    if isinstance(time := raw.get("time_min"), str) and (minutes := slurm_minutes(time)) is not None:
+        # SLURM's own time format (YAML 1.1 read 1:00:00 as 3600, and 2:30 as 150): say it in the key's unit
+        raise UserError(f"{path}: key 'time_min' is {time!r}; allowed: {LIMITS['time_min'].words} (SLURM reads {time} as {minutes})")
     return from_mapping(PROFILES[backend], raw, str(path))
 
 

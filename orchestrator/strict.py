@@ -1,8 +1,11 @@
 """Strict YAML and strict typed records, shared by grids and cluster profiles.
 
-`load_yaml` uses PyYAML's safe loader (never constructs Python objects) with two fixes:
-duplicate keys are errors (PyYAML silently keeps the last), and `1e-5` is a number (YAML 1.1
-reads it as a string; YAML 1.2 and every user read it as 1e-05).
+`load_yaml` uses PyYAML's safe loader (never constructs Python objects) with YAML 1.2's numbers
+and stricter keys: duplicate keys are errors (PyYAML silently keeps the last); a key must be a
+plain value, not a list or mapping; merge keys (`<<: *defaults`) work as in PyYAML, a key written
+out overriding a merged one; and numbers are read as YAML 1.2 and every user reads them: `1e-5` is
+a number (YAML 1.1 reads it as a string), `010` is 10 and `1:00` is text (YAML 1.1 reads octal 8
+and sexagesimal 60, a value the user did not write).
 
 It also bounds what a file can cost before anything is built from it: at most MAX_BYTES of text,
 and at most MAX_NODES values once aliases are expanded (a "billion laughs" document of a few
@@ -31,21 +34,56 @@ MAX_BYTES = 1_000_000  # a grid or profile is a page of text; anything this big 
 MAX_NODES = 100_000  # values in the document with every alias expanded
 
 
+MERGE = "tag:yaml.org,2002:merge"
+
+
 class StrictLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate keys and reads YAML 1.2 floats."""
+    """SafeLoader that rejects duplicate and non-scalar keys and reads YAML 1.2 numbers."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
+        for key_node, _ in node.value:  # the keys as written (merged ones may be overridden: not duplicates)
+            line = key_node.start_mark.line + 1
+            if key_node.tag == MERGE:
+                continue
+            if not isinstance(key_node, yaml.ScalarNode):  # a list or mapping as a key: no field is named so
+                kind = "list" if isinstance(key_node, yaml.SequenceNode) else "mapping"
+                raise UserError(f"{self.name}: a key at line {line} is a {kind}; a key must be a name (text)")
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
-                line = key_node.start_mark.line + 1
                 raise UserError(f"{self.name}: key {quote(key)} appears twice (lines {seen[key]} and {line}); keys must be unique")
-            seen[key] = key_node.start_mark.line + 1
+            seen[key] = line
+        self.flatten_mapping(node)  # merge keys; SafeConstructor's own call then finds none left
+        for key_node, _ in node.value:  # merged keys, from the mappings `<<` names
+            if not isinstance(key_node, yaml.ScalarNode):
+                line = key_node.start_mark.line + 1
+                raise UserError(f"{self.name}: a key at line {line} is a list or mapping; a key must be a name (text)")
         return super().construct_mapping(node, deep=deep)
 
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        """YAML 1.2 core integers (the resolver below): decimal (with `_` allowed), 0o octal, 0x hex."""
+        text = str(self.construct_scalar(node)).replace("_", "")
+        sign = -1 if text.startswith("-") else 1
+        digits = text.lstrip("+-")
+        if digits.startswith("0o"):
+            return sign * int(digits[2:], 8)
+        if digits.startswith("0x"):
+            return sign * int(digits[2:], 16)
+        return sign * int(digits, 10)
 
-# YAML 1.2 core-schema floats, so `1e-5`, `-2.5E3` and `.5` are numbers.
+
+# YAML 1.2 core-schema numbers instead of YAML 1.1's: `1e-5`, `-2.5E3` and `.5` are floats; `010`
+# is 10 (1.1: octal 8), `1:00` is text (1.1: 60), `0b11` is text.
+StrictLoader.add_constructor("tag:yaml.org,2002:int", StrictLoader.construct_yaml_int)
+StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, regex) for tag, regex in resolvers if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:int",
+    re.compile(r"^(?:[-+]?[0-9][0-9_]*|0o[0-7]+|0x[0-9a-fA-F]+)$"),
+    list("-+0123456789"),
+)
 StrictLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(
@@ -64,7 +102,14 @@ def load_yaml(path: str | Path, what: str) -> Any:
     """Parse a YAML file strictly; any problem is one UserError line naming the file."""
     path = Path(path)
     text = _read_text(path, what)
-    loader = StrictLoader(text)
+    try:
+        loader = StrictLoader(text)  # the reader refuses control characters here (NUL, ESC of a pasted colour code)
+    except yaml.reader.ReaderError as err:
+        line = text.count("\n", 0, err.position) + 1
+        column = err.position - (text.rfind("\n", 0, err.position) + 1) + 1
+        char = f"{err.character:#04x}" if isinstance(err.character, int) else repr(err.character)
+        where = f"line {line}, column {column}"
+        raise UserError(f"{path}: malformed YAML at {where}: control character {char} (not allowed in YAML text)") from None
     loader.name = str(path)
     try:
         node = loader.get_single_node()

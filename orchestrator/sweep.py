@@ -38,27 +38,33 @@ from pathlib import Path
 from orchestrator.backends import backend_for
 from orchestrator.cancel import clear_request
 from orchestrator.estimate import estimate
-from orchestrator.folders import scan, sweep_dir, trial_folder, trial_folders
+from orchestrator.folders import check_results_root, scan, sweep_dir, trial_folder, trial_folders
 from orchestrator.grid import Grid, load_grid
 from orchestrator.pack import pack
 from orchestrator.plan import Plan, make_plan
 from orchestrator.preflight import preflight
 from orchestrator.prepare import prepare, record_grid, repair_specs, set_aside_damaged
-from orchestrator.profiles import BACKENDS, Profile, default_profile, load_profile
+from orchestrator.profiles import BACKENDS, LIMITS, Profile, default_profile, load_profile
 from trainer.cli import EXIT_DONE, EXIT_UNFINISHED, ArgumentParser, cli
 from trainer.errors import ProfileError, UserError
 from trainer.status import OUT_OF_MEMORY
 
 MAX_PARALLEL = 1024
+MAX_FUSE = int(LIMITS["fuse"].hi)  # the profile key's bound
 EXIT_UNSUBMITTED = 3  # submitted what the cluster took; the rest waits for the next run of the same command
+
+
+def _path(text: str) -> Path:
+    # `--results=~/runs`: the shell leaves a ~ after `=` as it is; a folder named "~" is never meant
+    return Path(text).expanduser()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = ArgumentParser(prog="python -m orchestrator.sweep", description="Run a YAML grid of trials.")
-    p.add_argument("--grid", required=True, type=Path)
+    p.add_argument("--grid", required=True, type=_path)
     p.add_argument("--backend", choices=BACKENDS, help="default: the profile's backend, else local")
-    p.add_argument("--cluster", type=Path, help="cluster profile (cluster_configs/...yaml)")
-    p.add_argument("--results", type=Path, default=Path("results"))
+    p.add_argument("--cluster", type=_path, help="cluster profile (cluster_configs/...yaml)")
+    p.add_argument("--results", type=_path, default=Path("results"))
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--max-parallel", type=int, help="local backend: worker processes (overrides the profile)")
     p.add_argument("--retry-failed", action="store_true")
@@ -75,8 +81,8 @@ def resolve_profile(args: argparse.Namespace) -> Profile:
             raise UserError(f"--max-parallel is {args.max_parallel}: allowed only with the local backend, and 1 to {MAX_PARALLEL}")
         profile = replace(profile, max_parallel=args.max_parallel)
     if args.fuse is not None:
-        if args.fuse < 1:
-            raise UserError(f"--fuse is {args.fuse}; allowed: >= 1 (1: every trial alone)")
+        if not 1 <= args.fuse <= MAX_FUSE:  # the flag named, not the profile key it overrides
+            raise UserError(f"--fuse is {args.fuse}; allowed: 1 (every trial alone) to {MAX_FUSE}")
         profile = replace(profile, fuse=args.fuse)
     return profile
 
@@ -142,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     backend = backend_for(profile)
     grid = load_grid(args.grid, overrides=profile.trial_overrides(), overrides_from=args.cluster)
     folder = sweep_dir(args.results, grid.name)
+    check_results_root(args.results, folder)
     trial_folders(folder)  # warns once about folders under trials/ that are not trials
     if args.retry_failed:
         # One more round for every failed trial that can be retried (diverged ones stay failed):

@@ -49,6 +49,20 @@ def test_alpha_zero_collapses_onsets(tmp_path: Path) -> None:
     assert sorted((s.alpha, s.onset_epoch) for s in grid.specs if s.seed == 0) == [(-20, 0), (-20, 5), (0, 0)]
 
 
+def test_cosine_trials_that_differ_only_in_step_settings_are_one(tmp_path: Path) -> None:
+    """lr_milestones and lr_gamma shape only the step schedule; cosine trials differing in them
+    trained identically under several trial ids (seen: 4 identical runs)."""
+    text = "name: g\nfixed: {epochs: 4}\nsweep: {lr_schedule: [step, cosine], lr_gamma: [0.1, 0.5], lr_milestones: [[1], [2]]}\n"
+    grid = load_grid(write(tmp_path, text))
+    assert grid.n_expanded == 8
+    assert len(grid.specs) == 5  # 4 step trials, 1 cosine
+    cosine = [s for s in grid.specs if s.lr_schedule == "cosine"]
+    assert [(s.lr_gamma, s.lr_milestones) for s in cosine] == [(0.1, None)]
+    # An offset at the last epoch is null's "to the end" (the two trained the same under two trial ids).
+    grid = load_grid(write(tmp_path, "name: g\nfixed: {epochs: 8, alpha: -1}\nsweep: {offset_epoch: [null, 8, 6]}\n"))
+    assert grid.n_expanded == 3 and sorted(str(s.offset_epoch) for s in grid.specs) == ["6", "None"]
+
+
 def test_overrides_do_not_change_trial_ids(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD)
     plain = [s.trial_id for s in load_grid(path).specs]
@@ -76,6 +90,26 @@ BAD_GRIDS = {
     "not a mapping": ("- a\n- b\n", "a grid must be a mapping"),
     "offset before onset": ("name: g\nfixed: {alpha: -1, onset_epoch: 5, offset_epoch: 2}\n", "offset_epoch"),
     "sweep key as field": ("name: g\nfixed: {sweep: other}\n", "unknown field 'fixed.sweep'"),
+    # PyYAML's loader raised TypeError (a traceback) on a key no dict can hold
+    "list as a key": ("name: g\nfixed:\n  ? [a, b]\n  : 1\n", "a key at line 3 is a list; a key must be a name"),
+    "mapping as a key": ("? {a: 1}\n: 1\n", "a key at line 1 is a mapping; a key must be a name"),
+    "key written twice beside a merge": (
+        "name: g\nfixed:\n  <<: {epochs: 1}\n  epochs: 2\n  epochs: 3\n",
+        "key 'epochs' appears twice (lines 4 and 5)",
+    ),
+    # YAML 1.1 read these as 60 epochs (sexagesimal) and an int; YAML 1.2 and the user: text
+    "sexagesimal": ("name: g\nfixed: {epochs: '1:00'}\n".replace("'", ""), "field 'epochs' must be int, got \"1:00\""),
+    # PyYAML's reader raised outside the parse (a traceback): a pasted colour code, a NUL
+    "control character": ("name: g\nfixed: {epochs: 1}\n# \x1b[31m\n", "line 3, column 3: control character 0x1b"),
+    # labels and resources are not in the trial id: every value but the first collapsed into one trial
+    "label swept": ("name: g\nsweep: {ablation_draws: [1, 10]}\n", "axis 'ablation_draws' has 2 values, but 'ablation_draws' is a label"),
+    "resource swept": ("name: g\nsweep: {threads: [1, 2]}\n", "'threads' is a resource (how a trial runs)"),
+    # 1 step per epoch: no mid-epoch point, so the evaluations asked for never ran
+    "mid-epoch eval of a 1-step epoch": (
+        "name: g\nfixed: {epochs: 2, batch_size: 1000, eval_every_steps: 1, eval_until_epoch: 1}\n",
+        "field 'eval_every_steps' is 1; allowed: 0 (off): digits at batch_size 1000 has 1 step(s) per epoch",
+    ),
+    "binary": ("name: g\nfixed: {epochs: 0b11}\n", "field 'epochs' must be int, got \"0b11\""),
 }
 
 
@@ -92,6 +126,23 @@ def test_bad_grid_is_one_line_exit_2_nothing_written(case: str, tmp_path: Path, 
     assert lines[0].startswith(f"error: {path}"), lines[0]
     assert expected in lines[0]
     assert not results.exists()
+
+
+def test_yaml_numbers_are_read_as_written_and_merge_keys_work(tmp_path: Path) -> None:
+    """YAML 1.2 numbers: `010` is 10 epochs, not YAML 1.1's octal 8; `1e-3` is a float. A merge key
+    (`<<: *defaults`) is valid YAML that PyYAML's SafeLoader reads; a key written out overrides it."""
+    text = """
+    name: g
+    fixed:
+      <<: {model: resnet20, dataset: digits, epochs: 3, lr: 1e-3}
+      epochs: 010
+    sweep:
+      seed: [007, 0x10, 0o10, 1_000]
+    """
+    grid = write(tmp_path, text)
+    specs = load_grid(grid).specs
+    assert {(s.epochs, s.lr, s.model) for s in specs} == {(10, 1e-3, "resnet20")}
+    assert sorted(s.seed for s in specs) == [7, 8, 16, 1000]
 
 
 def test_missing_grid_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -119,6 +170,8 @@ def test_profile_types(tmp_path: Path) -> None:
 BAD_PROFILES = {
     "unknown key": ("backend: slurm\npartiton: gpu\n", "unknown key 'partiton'; allowed: backend, device"),
     "bad backend": ("backend: kubernetes\n", "key 'backend' is 'kubernetes'; allowed: local, ray, slurm"),
+    "backend a list": ("backend: [local]\n", "key 'backend' is ['local']; allowed: local, ray, slurm"),  # was a traceback
+    "backend a mapping": ("backend: {a: 1}\n", "key 'backend' is {'a': 1}; allowed: local, ray, slurm"),
     "no backend": ("max_parallel: 2\n", "key 'backend' is missing; allowed: local, ray, slurm"),
     "a grid as the profile": ("name: g\nsweep: {alpha: [0]}\n", "'backend' is missing; allowed: local, ray, slurm (this looks like a grid"),
     "wrong type": ("backend: slurm\ngpus_per_trial: one\n", "key 'gpus_per_trial' must be int"),

@@ -37,6 +37,7 @@ from orchestrator.runner import Runner, make_slots
 from orchestrator.status import main as status_main
 from orchestrator.strict import MAX_NODES, load_yaml
 from orchestrator.sweep import main as sweep_main
+from orchestrator.sweep import parse_args
 from trainer import results as R
 from trainer.cli import cli
 from trainer.data import DataMissing, epoch_generator, load_dataset
@@ -151,7 +152,11 @@ def test_name_with_a_trailing_newline_is_refused(tmp_path: Path, capsys: pytest.
 def test_numeric_name_says_it_must_be_text(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     grid = write(tmp_path, "name: 2024\n")
     line = one_line_error(capsys, ["--grid", str(grid)], tmp_path / "results")
-    assert 'a name must be text: write name: "2024"' in line
+    assert "key 'name' is a number to YAML (read as 2024); a name must be text: put it in quotes" in line
+    # The hint never offers a value the user did not write (`0123` is read as 123, `1e3` as 1000.0).
+    for text in ("0123", "1e3"):
+        line = one_line_error(capsys, ["--grid", str(write(tmp_path, f"name: {text}\n"))], tmp_path / "results")
+        assert 'name: "123"' not in line and 'name: "1000.0"' not in line and "exactly as you meant it" in line
 
 
 def test_messages_quote_at_most_a_short_prefix_of_a_value(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -216,6 +221,53 @@ def test_bad_flags_are_one_line(flag: list[str], tmp_path: Path, capsys: pytest.
     grid = write(tmp_path, SMALL)
     line = one_line_error(capsys, ["--grid", str(grid), *flag], tmp_path / "results")
     assert line.startswith("error: python -m orchestrator.sweep: ") and "see --help" in line
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (["--fuse", "100000"], "--fuse is 100000; allowed: 1 (every trial alone) to 4096"),  # was named a profile key
+        # argparse kept the last of two without a word: two grids ran one, two profiles the last one's engine
+        (["--fuse", "2", "--fuse=3"], "--fuse given twice ('2' and '3'); give it once"),
+        (["--cluster", "a.yaml", "--cluster", "b.yaml"], "--cluster given twice ('a.yaml' and 'b.yaml'); give it once"),
+        (["--grid", "other.yaml"], "--grid given twice ("),
+    ],
+)
+def test_flags_out_of_range_or_given_twice_are_one_line(
+    flags: list[str], said: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    grid = write(tmp_path, SMALL)
+    assert said in one_line_error(capsys, ["--grid", str(grid), *flags], tmp_path / "results")
+
+
+def test_a_tilde_after_the_equals_sign_is_the_home_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shell leaves `--results=~/runs` as it is: the sweep went to a folder named "~" in the current one."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    args = parse_args(["--grid=~/g.yaml", "--results=~/runs", "--cluster=~/p.yaml"])
+    assert (args.grid, args.results, args.cluster) == (
+        tmp_path / "home" / "g.yaml",
+        tmp_path / "home" / "runs",
+        tmp_path / "home" / "p.yaml",
+    )
+
+
+def test_results_that_is_a_sweep_folder_is_refused_not_nested(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--results results/digits` for `--results results` trained every trial again one level down
+    (results/digits/digits); status and collect already refused that mix-up, the launcher did not."""
+    root = tmp_path / "results"
+    sweep = root / "other"
+    (sweep / "trials" / "0123456789ab").mkdir(parents=True)
+    grid = write(tmp_path, SMALL)
+    for given in (sweep, sweep / "trials", sweep / "trials" / "0123456789ab"):
+        code = cli(sweep_main, ["--grid", str(grid), "--results", str(given)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1, err
+        assert (
+            err[0].startswith(f"error: --results {given}: ")
+            and f"allowed: the folder that holds the sweeps, e.g. --results {root}" in err[0]
+        )
+        assert sorted(p.name for p in sweep.rglob("*")) == ["0123456789ab", "trials"]  # nothing written
+    assert cli(sweep_main, ["--grid", str(grid), "--results", str(root), "--dry-run"]) == 0  # the root itself is fine
 
 
 # ---- mistakes found only after writing: the device --------------------------------------------------

@@ -326,6 +326,11 @@ def test_sweep_robust_collect(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "## Robustness" in report and "corruption_acc" in report and "robust_attacks.png" in report
     for name in ("robust_corruption_vs_alpha.png", "robust_attacks.png", "robust_change_dimensionality.png", "robust_gradients.png"):
         assert (summary / "figures" / name).stat().st_size > 5_000
+    # --no-figures: tables and report only (the analyses' figures were drawn anyway); those of the
+    # collect before go, as the main figures do, since nothing vouches for them any more
+    result = collect(sweep, figures=False)
+    assert not [p for p in result.written if p.suffix == ".png"] and not list((summary / "figures").glob("robust_*.png"))
+    assert (summary / "robust_corruptions.parquet").exists()
     capsys.readouterr()
     for bad in ("nope", "official"):  # digits has no published corrupted copy
         assert cli(robust_main, [str(sweep), "--source", bad]) == 2

@@ -113,6 +113,13 @@ BAD = {
     "gres zero": ("backend: slurm\ngres: gpu:0\n", "key 'gres' is 'gpu:0'; allowed"),
     "constraint": ("backend: slurm\nconstraint: 'a100|'\n", "key 'constraint' is 'a100|'; allowed: features"),
     "constraint shell": ("backend: slurm\nconstraint: 'a$(id)'\n", "key 'constraint' is 'a$(id)'; allowed: features"),
+    # a newline passed and ended the script's #SBATCH lines (every option after it dropped)
+    "constraint newline": ('backend: slurm\nconstraint: "a100&\\nreboot"\n', "key 'constraint' is 'a100&\\nreboot'; allowed: features"),
+    "constraint trailing newline": ("backend: slurm\nconstraint: |\n  a100\n", "key 'constraint' is 'a100\\n'; allowed: features"),
+    # YAML 1.1 read SLURM's H:MM:SS as sexagesimal minutes (1:00:00 -> --time=3600, 60 hours)
+    "time as H:MM:SS": ("backend: slurm\ntime_min: 1:00:00\n", "key 'time_min' is '1:00:00'; allowed: a whole number of minutes"),
+    "time as M:SS": ("backend: slurm\ntime_min: 2:30\n", "(SLURM reads 2:30 as 3)"),
+    "time as D-H": ("backend: slurm\ntime_min: 1-12\n", "(SLURM reads 1-12 as 2160)"),
     "hostlist": ("backend: slurm\nexclude: 'node1 node2'\n", "key 'exclude' is 'node1 node2'; allowed: a hostlist"),
     "mail type": ("backend: slurm\nmail_type: SOMETIMES\n", "key 'mail_type' is 'SOMETIMES'; allowed: a comma list of NONE, BEGIN"),
     "mail user": ("backend: slurm\nmail_user: 'a b@c'\n", "key 'mail_user' is 'a b@c'; allowed"),

@@ -121,6 +121,28 @@ class ArgumentParser(argparse.ArgumentParser):
         print(f"error: {self.prog}: {message[:200]} (see --help)", file=sys.stderr)
         raise UsageExit(EXIT_USER)
 
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:  # argparse's own signature
+        argv = sys.argv[1:] if args is None else list(args)
+        self._refuse_repeats(argv)
+        return super().parse_known_args(argv, namespace)
+
+    def _refuse_repeats(self, argv: list[str]) -> None:
+        """An option that takes one value, given twice: argparse keeps the last without a word (two
+        --grid ran one grid, two --cluster the last profile's engine); a mistake, said in one line."""
+        single = {o: a for a in self._actions if type(a) is argparse._StoreAction for o in a.option_strings}
+        seen: dict[argparse.Action, str] = {}
+        for i, token in enumerate(argv):
+            if token == "--":
+                break
+            option, eq, value = token.partition("=")
+            action = single.get(option) if token.startswith("-") else None
+            if action is None:
+                continue
+            value = value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
+            if action in seen:
+                self.error(f"{option} given twice ({seen[action]!r} and {value!r}); give it once")
+            seen[action] = value
+
 
 def cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
     """`command` for a main(argv) function: what every `python -m ...` of the project runs."""

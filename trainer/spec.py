@@ -47,6 +47,7 @@ def _field(default: Any, role: str) -> Any:
 # Fields that identify a trial in every result row, in this order (the rest of the science follows).
 ROW_ID_FIELDS = ("trial_id", "sweep", "model", "dataset", "alpha", "seed", "onset_epoch", "offset_epoch")
 LR_SCHEDULES = ("step", "cosine")
+_DEFAULT_LR_GAMMA = 0.1  # the step schedule's factor; also what a cosine trial's spec holds
 SI_POOLINGS = ("layers", "stages")
 SI_CLASS_STATS = ("mean", "sum")
 LOADERS = ("auto", "dali", "nvjpeg", "torchvision")
@@ -92,7 +93,7 @@ class TrialSpec:
     weight_decay: float = _field(5e-4, "science")
     lr_schedule: str = _field("step", "science")
     lr_milestones: tuple[int, ...] | None = _field(None, "science")  # None: at 50% and 75% of the epochs
-    lr_gamma: float = _field(0.1, "science")
+    lr_gamma: float = _field(_DEFAULT_LR_GAMMA, "science")  # step only: cosine trials keep the default (one trial_id)
     augment: bool = _field(True, "science")
     # Early dynamics (Ranadive et al.): also evaluate every N optimizer steps during training
     # epochs 1..eval_until_epoch (0: only at the end of each epoch).
@@ -165,6 +166,13 @@ class TrialSpec:
             object.__setattr__(self, "offset_epoch", None)
         if self.alpha == 0.0:
             object.__setattr__(self, "alpha", 0.0)  # -0.0 would hash differently
+        if self.offset_epoch == self.epochs:  # regularized to the end: what null says
+            object.__setattr__(self, "offset_epoch", None)
+        if self.lr_schedule != "step" and (self.lr_milestones, self.lr_gamma) != (None, _DEFAULT_LR_GAMMA):
+            # The cosine schedule reads neither (trainer.loop.lr_at): trials that differ only in them
+            # train the same, so they are one trial_id, not several identical runs.
+            object.__setattr__(self, "lr_milestones", None)
+            object.__setattr__(self, "lr_gamma", _DEFAULT_LR_GAMMA)
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -251,6 +259,8 @@ class TrialSpec:
         return self.alpha if active else 0.0
 
     def milestones(self) -> tuple[int, ...]:
+        # Milestones spelled out stay another trial than null even where they equal today's default
+        # (tests/test_spec.py): null follows this rule, written ones do not.
         if self.lr_milestones is not None:
             return self.lr_milestones
         # At 50% and 75% of training; short runs drop a milestone at epoch 0 or a repeated one.
@@ -470,6 +480,11 @@ def _check_values(s: TrialSpec) -> None:
     if s.keep_checkpoints is not None and any(not 0 <= e <= s.epochs for e in s.keep_checkpoints):
         raise SpecError(f"field 'keep_checkpoints' is {quote(list(s.keep_checkpoints))}; allowed: epochs between 0 and {s.epochs}")
     steps = n_train // s.batch_size
+    if s.eval_every_steps != 0 and steps < 2:  # no step inside an epoch to evaluate after: nothing would be evaluated
+        raise SpecError(
+            f"field 'eval_every_steps' is {s.eval_every_steps}; allowed: 0 (off): {s.dataset} at batch_size {s.batch_size} "
+            f"has {steps} step(s) per epoch, so there is no point inside an epoch to evaluate at (a smaller batch_size has more)"
+        )
     if s.eval_every_steps != 0:
         _in_range(
             s,

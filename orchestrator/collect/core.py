@@ -330,10 +330,13 @@ def _collect(sweep: Path, summary: Path, full: bool, figures: bool, warn: Warn, 
         # The figures of these trials: drawn now, or those on disk when the manifest vouches for them
         # (kept, unlisted, under --no-figures); others on disk show other trials and are removed below.
         figure_files = _figures(tables, summary / "figures") if draw else (pngs if figures_current else [])
-        # Ablations are added to done trials after the fact (orchestrator.analysis.ablate): always redrawn.
-        shown = (figure_files if figures else []) + ablation_figures(tables, summary / "figures")
-        shown += representation_figures(tables, tables["trials.parquet"], summary / "figures")
-        shown += robustness_figures(tables, summary / "figures")
+        # The analyses' figures (ablations, representations, robustness: measured after training, so
+        # always redrawn when drawn at all); --no-figures draws none (what it says: tables and report).
+        shown = figure_files if figures else []
+        if figures:
+            shown += ablation_figures(tables, summary / "figures")
+            shown += representation_figures(tables, tables["trials.parquet"], summary / "figures")
+            shown += robustness_figures(tables, summary / "figures")
         for job in writing:
             job.result()
         if writing:
