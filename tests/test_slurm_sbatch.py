@@ -120,6 +120,8 @@ BAD = {
     "time as H:MM:SS": ("backend: slurm\ntime_min: 1:00:00\n", "key 'time_min' is '1:00:00'; allowed: a whole number of minutes"),
     "time as M:SS": ("backend: slurm\ntime_min: 2:30\n", "(SLURM reads 2:30 as 3)"),
     "time as D-H": ("backend: slurm\ntime_min: 1-12\n", "(SLURM reads 1-12 as 2160)"),
+    # 25 nodes and a stray ';': the old pattern backtracked exponentially (12 nodes: 410 s), a hang
+    "hostlist stray character": ("backend: slurm\nexclude: '" + ",".join(f"n{i:02d}" for i in range(25)) + ";'\n", "'exclude' is 'n00,"),
     "hostlist": ("backend: slurm\nexclude: 'node1 node2'\n", "key 'exclude' is 'node1 node2'; allowed: a hostlist"),
     "mail type": ("backend: slurm\nmail_type: SOMETIMES\n", "key 'mail_type' is 'SOMETIMES'; allowed: a comma list of NONE, BEGIN"),
     "mail user": ("backend: slurm\nmail_user: 'a b@c'\n", "key 'mail_user' is 'a b@c'; allowed"),
