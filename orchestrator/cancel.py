@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from orchestrator.folders import sweep_folder
+from orchestrator.sweep_lock import launcher_running
 from trainer.cli import EXIT_DONE, EXIT_UNFINISHED, ArgumentParser, cli
 from trainer.errors import UserError
 from trainer.lock import TrialBusy, TrialLock
@@ -59,6 +60,14 @@ def main(argv: list[str] | None = None) -> int:
     folders = sorted(f for f in (sweep / "trials").iterdir() if f.is_dir())
     write_json({"requested": now()}, sweep / CANCEL)  # from here on no runner starts a worker, no launcher submits
     queued, running_jobs = _cancel_slurm_queue(sweep, folders)
+    if not queued + running_jobs and not launcher_running(sweep) and not _busy(folders):
+        # Nothing runs it: no launcher alive, no trial running, no job queued. Its unfinished trials
+        # wait for the next launch; calling them stopped by this cancel would rewrite their history.
+        clear_request(sweep)
+        waiting = sum(observe(f).state != "done" for f in folders)
+        later = f" ({waiting} unfinished trial(s) wait for the next python -m orchestrator.sweep of its grid)" if waiting else ""
+        print(f"{sweep.name}: nothing to cancel: no launcher, trial or SLURM job of the sweep is running or queued{later}")
+        return EXIT_DONE
     deadline = time.monotonic() + args.wait_s
     while time.monotonic() < deadline and (_busy(folders) or _still_queued(folders)):
         time.sleep(1)

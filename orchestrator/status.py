@@ -3,7 +3,8 @@
 One row per trial, with the fields that vary in the sweep (alpha, seed, onset_epoch, ...) as
 columns (and keys in --json), so a row says which trial it is; a failed, interrupted or
 unreadable trial says why and which log to read. `--state failed` shows only those (the counts
-stay whole); `--watch N` redraws every N seconds until no trial is running or queued.
+stay whole); `--watch N` redraws every N seconds until no trial is running or queued and no
+launcher of the sweep is alive (`orchestrator.sweep_lock.launching`).
 
 Reads the trial folders (status.json and the per-trial lock), so it is right whichever backend
 ran the trials and whether or not the launcher is still alive. For trials a SLURM launcher
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.folders import load_spec, scan_with_specs, sweep_folder
+from orchestrator.sweep_lock import launcher_running
 from trainer.cli import ArgumentParser, cli
 from trainer.errors import UserError
 from trainer.spec import RESOURCE_FIELDS
@@ -40,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--state", action="append", default=[], help=f"only trials in this state (repeat or comma-separate): {', '.join(FILTERS)}"
     )
-    p.add_argument("--watch", type=float, metavar="N", help="redraw every N seconds until no trial is running or queued")
+    p.add_argument(
+        "--watch", type=float, metavar="N", help="redraw every N seconds until nothing runs, waits in a queue or waits for a live launcher"
+    )
     args = p.parse_args(argv)
     sweep_folder(args.sweep)
     wanted = {w.strip() for arg in args.state for w in arg.split(",") if w.strip()}
@@ -50,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--watch {args.watch:g}: allowed: a number of seconds > 0")
     while True:
         rows = show(args.sweep, wanted, args.json, clear=args.watch is not None and sys.stdout.isatty())
-        if args.watch is None or not any(r["state"] == "running" or r["queue"] is not None for r in rows):
+        # Pending trials of a live launcher (waiting for a worker, or its first one starting) are still to run.
+        if args.watch is None or not (any(r["state"] == "running" or r["queue"] is not None for r in rows) or launcher_running(args.sweep)):
             return 0
         sys.stdout.flush()
         time.sleep(args.watch)

@@ -45,6 +45,7 @@ from orchestrator.plan import Plan, make_plan
 from orchestrator.preflight import preflight
 from orchestrator.prepare import prepare, record_grid, repair_specs, set_aside_damaged
 from orchestrator.profiles import BACKENDS, LIMITS, Profile, default_profile, load_profile
+from orchestrator.sweep_lock import launching
 from trainer.cli import EXIT_DONE, EXIT_UNFINISHED, ArgumentParser, cli
 from trainer.errors import ProfileError, UserError
 from trainer.status import OUT_OF_MEMORY
@@ -180,15 +181,16 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_DONE
         print(f"nothing to run here (the rest failed beyond their attempts, or runs elsewhere)\n{summary(grid, plan)}")
         return EXIT_UNFINISHED
-    prepare(plan)
-    record_grid(args.grid, folder)
-    clear_request(folder)  # an earlier orchestrator.cancel does not stop this launch
-    print(
-        f"{grid.name}: running {len(plan.to_run)} of {len(plan.specs)} trials as {len(groups)} groups (fuse {profile.fuse}) "
-        f"on '{profile.backend}' into {folder}",
-        file=sys.stderr,
-    )
-    launch = backend.run(groups, folder)
+    with launching(folder):  # status --watch and cancel see a live launcher by it
+        prepare(plan)
+        record_grid(args.grid, folder)
+        clear_request(folder)  # an earlier orchestrator.cancel does not stop this launch
+        print(
+            f"{grid.name}: running {len(plan.to_run)} of {len(plan.specs)} trials as {len(groups)} groups (fuse {profile.fuse}) "
+            f"on '{profile.backend}' into {folder}",
+            file=sys.stderr,
+        )
+        launch = backend.run(groups, folder)
     if launch.note:
         print(launch.note)
     if not launch.waited:

@@ -98,3 +98,37 @@ def holder(path: str) -> str:
     if not isinstance(info, dict) or "pid" not in info:
         return UNKNOWN
     return f"pid {info.get('pid')} on {info.get('host')} since {info.get('since')}"
+
+
+# ---- the launch lock: is a launcher of the sweep alive? ---------------------------------------------
+LAUNCH_LOCK = ".launch.lock"  # <sweep>/.launch.lock, held shared by every `orchestrator.sweep` while it launches
+
+
+@contextlib.contextmanager
+def launching(sweep: Path) -> Iterator[None]:
+    """Held (shared: two launchers of one sweep may run side by side) while a launcher prepares and
+    runs the sweep's trials, so `launcher_running` tells a sweep whose trials wait for a worker of
+    a live launcher (pending, not yet running) from one that nothing will run until it is launched
+    again: `status --watch` keeps watching the first, `cancel` says there is nothing to cancel in the second."""
+    sweep.mkdir(parents=True, exist_ok=True)
+    fd = os.open(sweep / LAUNCH_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)  # never blocks: only launcher_running takes it exclusively, without waiting
+        yield
+    finally:
+        os.close(fd)  # closing drops the flock (and the kernel drops it for a killed launcher)
+
+
+def launcher_running(sweep: Path) -> bool:
+    """Does a live process hold the sweep's launch lock (`launching`) right now?"""
+    try:
+        fd = os.open(Path(sweep) / LAUNCH_LOCK, os.O_RDONLY)
+    except OSError:  # no launch lock: no launcher since this code (or not readable: not known to run)
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False

@@ -114,6 +114,39 @@ def test_a_finished_sweep_has_nothing_to_cancel(tmp_path: Path, capsys: pytest.C
     for spec in load_grid(grid).specs:
         write_trial(sweep, spec, units=False)
     assert cli(main, [str(sweep), "--wait-s", "0"]) == 0
-    assert capsys.readouterr().out.strip() == "fin: nothing to cancel: no trial was running, queued or waiting to start"
+    assert capsys.readouterr().out.strip() == "fin: nothing to cancel: no launcher, trial or SLURM job of the sweep is running or queued"
     assert all(observe(f).state == "done" for f in (sweep / "trials").iterdir())
     assert not (sweep / "cancel.json").exists()  # the request is withdrawn
+
+
+def test_an_idle_unfinished_sweep_has_nothing_to_cancel_and_keeps_its_history(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A sweep stopped earlier (Ctrl-C): interrupted and pending trials, no launcher. The cancel said
+    "3 trial(s) stopped at a checkpoint" and wrote "cancelled" into trials it never stopped."""
+    from benchmarks.synthetic import write_trial
+    from orchestrator.cancel import main
+    from orchestrator.grid import load_grid
+    from orchestrator.sweep_lock import launching
+    from trainer.cli import cli
+    from trainer.status import read_status, write_status
+
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("name: idle\nfixed: {epochs: 2}\nsweep: {alpha: [0, 1, 2]}\n")
+    sweep = tmp_path / "idle"
+    specs = load_grid(grid).specs
+    for spec in specs:
+        write_trial(sweep, spec, units=False)
+    stopped, pending = (sweep / "trials" / specs[0].trial_id), (sweep / "trials" / specs[1].trial_id)
+    status = read_status(stopped)
+    status.update(state="interrupted", last_interruption="2026-12-07T10:00:00: interrupted by SIGINT")
+    write_status(stopped, status)
+    (pending / "status.json").unlink()
+    before = {f: (f / "status.json").read_bytes() for f in (stopped,)}
+    assert cli(main, [str(sweep), "--wait-s", "0"]) == 0
+    out = capsys.readouterr().out.strip()
+    assert out == "idle: nothing to cancel: no launcher, trial or SLURM job of the sweep is running or queued " \
+        "(2 unfinished trial(s) wait for the next python -m orchestrator.sweep of its grid)"  # fmt: skip
+    assert before == {f: (f / "status.json").read_bytes() for f in (stopped,)} and not (sweep / "cancel.json").exists()
+    # With a live launcher of the sweep (its trials waiting for a worker) the cancel goes ahead.
+    with launching(sweep):
+        assert cli(main, [str(sweep), "--wait-s", "0"]) == 0
+    assert "cancelled: 1 trial(s) stopped at a checkpoint, 1 not started" in capsys.readouterr().out

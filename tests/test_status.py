@@ -70,6 +70,28 @@ def test_state_filter_and_watch(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert capsys.readouterr().out.count("4 trials:") == 1
 
 
+def test_watch_goes_on_while_a_launcher_of_the_sweep_is_alive(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Trials pending behind a live launcher (a local one with one worker, or its first worker
+    starting) are still to run: --watch ended as soon as none was running (seen: after 8 s of a 31 s sweep)."""
+    import subprocess
+    import sys
+    import time
+
+    sweep, _ = sweep_with_outcomes(tmp_path)
+    hold = "import sys, time; from pathlib import Path; from orchestrator.sweep_lock import launching\n" \
+        "with launching(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(float(sys.argv[2]))"  # fmt: skip
+    launcher = subprocess.Popen([sys.executable, "-c", hold, str(sweep), "2"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert launcher.stdout is not None and launcher.stdout.readline().strip() == "held"
+        start = time.monotonic()
+        assert cli(status_main, [str(sweep), "--watch", "0.2", "--state", "done"]) == 0
+        # it ended only once the launcher had let go (held 2 s from "held"), having redrawn meanwhile
+        assert time.monotonic() - start > 1.5 and capsys.readouterr().out.count("4 trials:") >= 2
+    finally:
+        launcher.kill()
+        launcher.wait()
+
+
 def test_swept_fields_compare_values_as_json_writes_them() -> None:
     """1 and 1.0, 0.0 and -0.0 differ (JSON writes them apart); nan equals nan; a list compared whole."""
     from orchestrator.status import swept_fields
