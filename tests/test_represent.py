@@ -247,7 +247,11 @@ def test_collector_tables_and_figures(sweep: Path) -> None:
         g = raw[(raw.condition_id == r.condition_id) & (raw.pair == r.pair) & (raw.epoch == r.epoch) & (raw.layer == r.layer)]
         assert r.cka_mean == pytest.approx(g.cka.mean()) and r.pwcca_distance_mean == pytest.approx(g.pwcca_distance.mean())
     assert len(dims) == 2 * 2 * 9 and set(dims.n) == {2}  # 2 conditions x 2 epochs x 9 layers, 2 seeds each
-    assert dims.columns[:4].tolist() == ["condition_id", "condition", "alpha", "onset_epoch"]
+    # the condition's label, then every condition field as conditions.parquet has them (not only alpha and onset)
+    fields = pd.read_parquet(summary / "conditions.parquet").columns[1:].tolist()
+    fields = fields[: fields.index("n")]
+    assert fields[:2] == ["condition", "sweep"] and {"model", "dataset", "epochs", "alpha", "onset_epoch"} <= set(fields)
+    assert dims.columns[: len(fields) + 1].tolist() == ["condition_id", *fields] == sim.columns[: len(fields) + 1].tolist()
     for name in ("cka_over_epochs.png", "pwcca_vs_alpha.png", "dimensionality_vs_alpha.png", "pwcca_svcca_vs_alpha.png"):
         assert (summary / "figures" / name).stat().st_size > 10_000
     assert "cka_over_epochs.png" in (summary / "report.md").read_text()

@@ -320,6 +320,10 @@ def test_sweep_robust_collect(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert set(corr.name) == {"gaussian_noise", "contrast", "mean"} and set(corr.n) == {2} and set(corr.alpha) == {-30.0, 0.0}
     attacks = pd.read_parquet(summary / "robust_attacks.parquet")
     assert set(attacks.attack) == {"fgsm", "pgd"} and len(attacks) == 2 * 2 * 2  # 2 alphas x 2 attacks x 2 epsilons
+    # Every row carries its trial's (robust_trials) or condition's fields, as the other tables do (only alpha before)
+    per_trial = pd.read_parquet(summary / "robust_trials.parquet")
+    assert {"sweep", "model", "dataset", "epochs", "onset_epoch", "seed", "trial_id", "condition"} <= set(per_trial.columns)
+    assert {"model", "dataset", "epochs", "onset_epoch"} <= set(corr.columns) & set(attacks.columns)
     change = pd.read_parquet(summary / "robust_change_dimensionality.parquet")
     assert set(change.kind) == {"clean", "corruption", "fgsm", "pgd"} and len(change) == 2 * 4 * 9
     report = (summary / "report.md").read_text()

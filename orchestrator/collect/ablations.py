@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from orchestrator.collect.analysis_files import Warn, read_files
-from orchestrator.collect.stats import summarize
+from orchestrator.collect.stats import condition_fields, summarize
 from trainer.results import ABLATIONS
 
 KEYS = ["condition_id", "epoch", "stage", "selection"]
@@ -46,7 +46,7 @@ def ablation_tables(folders: list[Path], trials: pd.DataFrame, warn: Warn) -> di
     rows = read_ablations(folders, warn)
     if rows is None:
         return {}
-    condition = trials.set_index("trial_id")[["condition_id", "condition", "alpha", "onset_epoch"]]
+    condition = trials.set_index("trial_id")[["condition_id", "condition", *condition_fields()]]  # every field, not only alpha
     rows = rows[rows["trial_id"].isin(condition.index)]
     # One curve per trial: random draws averaged first, so seeds are the samples.
     per_trial = rows.groupby(["trial_id", "epoch", "stage", "selection", "k", "fraction"], as_index=False)["accuracy"].mean()

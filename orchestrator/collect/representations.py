@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from orchestrator.collect.analysis_files import Warn, read_files
-from orchestrator.collect.stats import fmt, summarize, varying_fields
+from orchestrator.collect.stats import condition_columns, condition_fields, fmt, summarize, varying_fields
 from trainer.analysis.similarity_job import DIMENSIONALITY, MINIBATCH_CKA, SIMILARITY
 
 PAIRS_TABLE = "representation_pairs.parquet"
@@ -53,7 +53,6 @@ FIGURES = (
 )  # fmt: skip
 # What core.py removes when a collect did not write it (it describes other trials).
 OUTPUTS = (PAIRS_TABLE, SIMILARITY_TABLE, DIMENSIONALITY_TABLE, MINIBATCH_TABLE, *(f"figures/{f}" for f in FIGURES))
-LABELS = ["condition", "alpha", "onset_epoch"]
 SIM_METRICS = ["cka", "pwcca_distance", "pwcca_distance_svcca"]
 DIM_METRICS = ["pcs_95", "participation_ratio", "pcs_95_per_unit"]
 AGAIN = "remove it and run python -m orchestrator.represent <sweep>"  # the represent jobs have no settings to replace
@@ -61,8 +60,8 @@ AGAIN = "remove it and run python -m orchestrator.represent <sweep>"  # the repr
 
 def representation_tables(folders: list[Path], trials: pd.DataFrame, warn: Warn) -> dict[str, pd.DataFrame]:
     """The three tables from the trials in `folders` (the collected, done ones); {} if none has any."""
-    condition = trials.set_index("trial_id")[["condition_id", *LABELS]]
-    labels = condition.drop_duplicates("condition_id").set_index("condition_id")
+    condition = trials.set_index("trial_id")[["condition_id", *_labels()]]  # every condition field, not only alpha and onset
+    labels = condition_columns(trials)
     out: dict[str, pd.DataFrame] = {}
     dims = read_files(folders, DIMENSIONALITY, warn, AGAIN)
     if dims is not None:
@@ -95,8 +94,13 @@ def _ordered(table: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
     """Label columns first; conditions in the trials' order, epochs ascending, layers in network order."""
     order = {c: i for i, c in enumerate(trials.drop_duplicates("condition_id")["condition_id"])}
     table = table.assign(_c=table["condition_id"].map(order)).sort_values(["_c", "epoch"], kind="stable").drop(columns="_c")
-    first = ["condition_id", *LABELS]
+    first = ["condition_id", *_labels()]
     return table[first + [c for c in table.columns if c not in first]].reset_index(drop=True)
+
+
+def _labels() -> list[str]:
+    """The condition's label, then its fields in conditions.parquet's order (alpha and onset_epoch among them)."""
+    return ["condition", *condition_fields()]
 
 
 # ---- figures ------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from orchestrator.collect.analysis_files import Warn, read_files
-from orchestrator.collect.stats import summarize
+from orchestrator.collect.stats import condition_columns, condition_fields, summarize
 from trainer.results import ROBUST_DIMENSIONALITY, ROBUST_GRADIENTS, ROBUSTNESS  # not robustness_job: it imports torch (3 s)
 
 TRIALS_TABLE, CORRUPTIONS_TABLE, ATTACKS_TABLE = "robust_trials.parquet", "robust_corruptions.parquet", "robust_attacks.parquet"
@@ -59,8 +59,9 @@ def robustness_tables(folders: list[Path], trials: pd.DataFrame, warn: Warn) -> 
     acc = read_files(folders, ROBUSTNESS, warn, again, settings=True)
     if acc is None:
         return {}
-    condition = trials.set_index("trial_id")[["condition_id", *LABELS, "seed", "csi_mean"]]
-    labels = condition.drop_duplicates("condition_id").set_index("condition_id")[LABELS]
+    # Every row carries its condition's fields (robust_trials: the trial's, seed included), not only alpha.
+    condition = trials.set_index("trial_id")[["condition_id", "condition", *condition_fields(), "seed", "csi_mean"]]
+    labels = condition_columns(trials)
     acc = acc[acc["trial_id"].isin(condition.index)].join(condition[["condition_id"]], on="trial_id")
     out: dict[str, pd.DataFrame] = {}
     corr = acc[acc["kind"] == "corruption"]

@@ -40,6 +40,12 @@ def condition_fields() -> list[str]:
     return [f for f in trial_fields() if f not in ("trial_id", "seed")]  # trial_fields() is cached
 
 
+def condition_columns(trials: pd.DataFrame) -> pd.DataFrame:
+    """Per condition_id (index, in trial order): its label and every condition field, for the tables
+    of the analyses (ablations, representations, robustness) to carry as conditions.parquet does."""
+    return trials.drop_duplicates("condition_id").set_index("condition_id")[["condition", *condition_fields()]]
+
+
 def _abs_t_cdf(t: float, df: int) -> float:
     """P(|T| <= t) for Student's T with integer `df` (Abramowitz & Stegun 26.7.3-4, exact finite sums)."""
     theta = math.atan(t / math.sqrt(df))
