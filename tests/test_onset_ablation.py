@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -153,6 +155,25 @@ def test_onset_grid_sweep_ablate_collect(tmp_path: Path, capsys: pytest.CaptureF
     assert set(curves.fraction) == {0.0, 0.5, 1.0} and (curves.n == 2).all()
     for png in ("ablation_curves.png", "ablation_auc.png", "early_dynamics.png", "csi_over_epochs.png"):
         assert (summary / "figures" / png).stat().st_size > 10_000
+    # An ablate job killed after a trial's first kept epoch (it writes a whole epoch at a time): the
+    # trial is said and left out, not counted at epoch 0 only (n 2 there, 1 at the later epochs, silently).
+    capsys.readouterr()
+    cut = sorted((sweep / "trials").iterdir())[0]
+    rows = pq.read_table(cut / "ablations.parquet")
+    pq.write_table(rows.filter(pc.equal(rows["epoch"], 0)), cut / "ablations.parquet")
+    collect(sweep, figures=False)
+    err = capsys.readouterr().err
+    assert f"1 trial(s) with unfinished ablations, left out of the ablation tables: {cut.name} (epochs 1, 3)" in err
+    assert f"to finish them: python -m orchestrator.ablate {sweep}" in err
+    curves = pd.read_parquet(summary / "ablation_curves.parquet")
+    assert sorted(curves.groupby("condition_id").n.agg(set).map(sorted).map(tuple)) == [
+        (1,),
+        (2,),
+        (2,),
+    ]  # one condition: 1 seed, every epoch
+    assert cli(ablate_main, [str(sweep)]) == 0  # the job resumes it under the same plan
+    collect(sweep, figures=False)
+    assert "unfinished" not in capsys.readouterr().err and (pd.read_parquet(summary / "ablation_curves.parquet").n == 2).all()
 
 
 @pytest.mark.slow

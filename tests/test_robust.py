@@ -9,6 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.nn as nn
@@ -336,6 +339,32 @@ def test_sweep_robust_collect(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert not [p for p in result.written if p.suffix == ".png"] and not list((summary / "figures").glob("robust_*.png"))
     assert (summary / "robust_corruptions.parquet").exists()
     capsys.readouterr()
+    # A robust job killed during one trial's corruptions (its file holds clean and one corruption, no
+    # attack, no gradients): that trial is said and left out, not averaged in as a mean of fewer corruptions.
+    cut = trials[0]
+    rows = pq.read_table(cut / ROBUSTNESS)
+    kept = rows.filter(pc.is_in(rows["name"], pa.array(["clean", "gaussian_noise"])))
+    pq.write_table(kept, cut / ROBUSTNESS)  # the schema's metadata (the job's settings) kept
+    (cut / "robust_gradients.parquet").unlink()
+    result = collect(sweep, figures=False)
+    err = capsys.readouterr().err
+    assert f"1 trial(s) with unfinished robustness measurements, left out of the robustness tables: {cut.name} (epoch 1)" in err
+    assert f"to finish them: python -m orchestrator.robust {sweep}" in err
+    per_trial = pd.read_parquet(summary / "robust_trials.parquet")
+    assert cut.name not in set(per_trial.trial_id) and len(set(per_trial.trial_id)) == len(trials) - 1
+    assert sorted(pd.read_parquet(summary / "robust_corruptions.parquet").n.unique()) == [1, 2]
+    # Every trial cut so: no attack rows anywhere (the collect stopped on a pandas traceback), no robustness tables.
+    for t in trials[1:]:
+        pq.write_table(kept.set_column(kept.schema.get_field_index("trial_id"), "trial_id", pa.array([t.name] * len(kept))), t / ROBUSTNESS)
+        (t / "robust_gradients.parquet").unlink()
+    result = collect(sweep, figures=False)
+    assert f"{len(trials)} trial(s) with unfinished robustness" in capsys.readouterr().err
+    assert not (summary / "robust_trials.parquet").exists() and (summary / "trials.parquet") in result.written
+    assert cli(robust_main, [str(sweep), *JOB]) == 0  # the job resumes them; then they are whole again
+    collect(sweep, figures=False)
+    assert "unfinished" not in capsys.readouterr().err and len(set(pd.read_parquet(summary / "robust_trials.parquet").trial_id)) == len(
+        trials
+    )
     for bad in ("nope", "official"):  # digits has no published corrupted copy
         assert cli(robust_main, [str(sweep), "--source", bad]) == 2
         err = capsys.readouterr().err.strip().splitlines()

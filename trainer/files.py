@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,13 @@ def read_bytes(path: str) -> bytes:
 
 RESULTS = (EPOCHS, LAYERS)  # what every finished trial wrote, and what the collector needs of it
 PARQUET_MAGIC = b"PAR1"  # at both ends of every whole Parquet file
+
+
+def kept_checkpoint_epochs(folder: Path) -> list[int]:
+    """Epochs whose checkpoints the trial kept (`checkpoints/epoch_NNN.pt`, as trainer.checkpoint keeps
+    them; read here without importing torch), ascending."""
+    found = (re.fullmatch(r"epoch_(\d+)\.pt", p.name) for p in (Path(folder) / "checkpoints").glob("epoch_*.pt"))
+    return sorted(int(m.group(1)) for m in found if m)
 
 
 def damaged_results(folder: str | Path) -> str | None:

@@ -20,6 +20,7 @@ import pandas as pd
 
 from orchestrator.collect.analysis_files import Warn, read_files
 from orchestrator.collect.stats import condition_fields, summarize
+from trainer.files import kept_checkpoint_epochs
 from trainer.results import ABLATIONS
 
 KEYS = ["condition_id", "epoch", "stage", "selection"]
@@ -30,6 +31,27 @@ def read_ablations(folders: list[Path], warn: Warn) -> pd.DataFrame | None:
     columns = ["trial_id", "epoch", "stage", "k", "fraction", "selection", "draw", "accuracy"]
     again = "python -m orchestrator.ablate <sweep> --replace"
     return read_files(folders, ABLATIONS, warn, again, columns, settings=True)
+
+
+def unfinished_ablations(folders: list[Path], rows: pd.DataFrame, warn: Warn) -> set[str]:
+    """Trials whose ablations stop short of their kept checkpoints (an ablate job killed midway: the
+    job writes a whole epoch at a time), said in one warning. They are left out of the tables until
+    the job is resumed: mixed in, a condition's later epochs had fewer seeds than its first ones,
+    and nothing said so."""
+    ablated = rows.groupby("trial_id")["epoch"].agg(lambda e: set(e.tolist()))
+    missing = {}
+    for folder in folders:
+        if folder.name in ablated.index and (lacking := set(kept_checkpoint_epochs(folder)) - ablated[folder.name]):
+            missing[folder.name] = sorted(lacking)
+    if missing:
+        sweep = folders[0].parent.parent
+        shown = ", ".join(f"{t} (epochs {', '.join(map(str, e[:4]))}{' ...' if len(e) > 4 else ''})" for t, e in list(missing.items())[:3])
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        warn(
+            f"{len(missing)} trial(s) with unfinished ablations, left out of the ablation tables: {shown}{more} "
+            f"not yet ablated; to finish them: python -m orchestrator.ablate {sweep}"
+        )
+    return set(missing)
 
 
 def normalised_auc(fraction: np.ndarray, accuracy: np.ndarray) -> float:
@@ -48,6 +70,9 @@ def ablation_tables(folders: list[Path], trials: pd.DataFrame, warn: Warn) -> di
         return {}
     condition = trials.set_index("trial_id")[["condition_id", "condition", *condition_fields()]]  # every field, not only alpha
     rows = rows[rows["trial_id"].isin(condition.index)]
+    rows = rows[~rows["trial_id"].isin(unfinished_ablations(folders, rows, warn))]
+    if rows.empty:
+        return {}
     # One curve per trial: random draws averaged first, so seeds are the samples.
     per_trial = rows.groupby(["trial_id", "epoch", "stage", "selection", "k", "fraction"], as_index=False)["accuracy"].mean()
     per_trial = per_trial.join(condition, on="trial_id")

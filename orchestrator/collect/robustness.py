@@ -62,7 +62,13 @@ def robustness_tables(folders: list[Path], trials: pd.DataFrame, warn: Warn) -> 
     # Every row carries its condition's fields (robust_trials: the trial's, seed included), not only alpha.
     condition = trials.set_index("trial_id")[["condition_id", "condition", *condition_fields(), "seed", "csi_mean"]]
     labels = condition_columns(trials)
-    acc = acc[acc["trial_id"].isin(condition.index)].join(condition[["condition_id"]], on="trial_id")
+    grads = read_files(folders, ROBUST_GRADIENTS, warn, again)
+    acc = acc[acc["trial_id"].isin(condition.index)]
+    unfinished = unfinished_measurements(acc, grads, folders, warn)
+    acc = acc[~acc["trial_id"].isin(unfinished)]
+    if acc.empty:
+        return {}
+    acc = acc.join(condition[["condition_id"]], on="trial_id")
     out: dict[str, pd.DataFrame] = {}
     corr = acc[acc["kind"] == "corruption"]
     per_trial = corr.groupby(["trial_id", "condition_id", "epoch", "severity"], as_index=False)["accuracy"].mean().assign(name="mean")
@@ -74,19 +80,40 @@ def robustness_tables(folders: list[Path], trials: pd.DataFrame, warn: Warn) -> 
     out[ATTACKS_TABLE] = stats.rename(columns={"kind": "attack"}).join(labels, on="condition_id")
     out[TRIALS_TABLE] = _per_trial(acc, condition)
     dims = read_files(folders, ROBUST_DIMENSIONALITY, warn, again)
+    measured = condition.index.difference(list(unfinished))
     if dims is not None:
-        dims = dims[dims["trial_id"].isin(condition.index)].join(condition[["condition_id"]], on="trial_id")
+        dims = dims[dims["trial_id"].isin(measured)].join(condition[["condition_id"]], on="trial_id")
         mean = dims.groupby(["trial_id", "condition_id", "epoch", "kind", "layer"], sort=False, as_index=False)[
             ["pcs_95", "participation_ratio", "n_units"]
         ].mean()
         stats = summarize(mean, ["condition_id", "epoch", "kind", "layer"], ["pcs_95", "participation_ratio"]).reset_index()
         out[CHANGE_TABLE] = stats.join(labels, on="condition_id")
-    grads = read_files(folders, ROBUST_GRADIENTS, warn, again)
     if grads is not None:
-        grads = grads[grads["trial_id"].isin(condition.index)].join(condition[["condition_id"]], on="trial_id")
+        grads = grads[grads["trial_id"].isin(measured)].join(condition[["condition_id"]], on="trial_id")
         stats = summarize(grads, ["condition_id", "epoch", "layer"], ["grad_mean", "cv_samples", "cv_units"]).reset_index()
         out[GRADIENTS_TABLE] = stats.join(labels, on="condition_id")
     return out
+
+
+def unfinished_measurements(acc: pd.DataFrame, grads: pd.DataFrame | None, folders: list[Path], warn: Warn) -> set[str]:
+    """Trials whose measurement of some epoch stops short (a robust job killed midway), said in one
+    warning; the tables leave them out until the job is resumed. The job measures an epoch's pieces
+    in order, clean, corruptions, FGSM, PGD, gradients last, so an epoch is whole once its gradient
+    rows are there. Mixed in, a trial killed during its corruptions counted a mean over 9 of the
+    15 in its condition's, and one with no attack rows yet stopped the collect on a traceback."""
+    epochs = acc.groupby("trial_id")["epoch"].agg(lambda e: set(e.tolist()))
+    whole = set() if grads is None else set(zip(grads["trial_id"], grads["epoch"]))
+    lacking = {t: sorted(e for e in es if (t, e) not in whole) for t, es in epochs.items()}
+    lacking = {t: e for t, e in lacking.items() if e}
+    if lacking:
+        sweep = folders[0].parent.parent
+        shown = ", ".join(f"{t} (epoch {', '.join(map(str, e))})" for t, e in list(lacking.items())[:3])
+        more = f" and {len(lacking) - 3} more" if len(lacking) > 3 else ""
+        warn(
+            f"{len(lacking)} trial(s) with unfinished robustness measurements, left out of the robustness tables: "
+            f"{shown}{more}; to finish them: python -m orchestrator.robust {sweep}"
+        )
+    return set(lacking)
 
 
 def _per_trial(acc: pd.DataFrame, condition: pd.DataFrame) -> pd.DataFrame:
@@ -94,8 +121,10 @@ def _per_trial(acc: pd.DataFrame, condition: pd.DataFrame) -> pd.DataFrame:
     clean = acc[acc["kind"] == "clean"].set_index(keys)["accuracy"].rename("clean_acc")
     corr = acc[acc["kind"] == "corruption"].groupby(keys)["accuracy"].mean().rename("corruption_acc")
     attacked = acc[acc["kind"].isin(["fgsm", "pgd"]) & (acc["epsilon"] > 0)]
-    attack = attacked.pivot_table(index=keys, columns="kind", values="accuracy", aggfunc="mean").add_suffix("_acc")
-    table = pd.concat([clean, corr, attack], axis=1)
+    parts: list[pd.Series | pd.DataFrame] = [clean, corr]
+    if not attacked.empty:  # no epsilon > 0 measured: no attack columns (pivot_table of nothing does not align)
+        parts.append(attacked.pivot_table(index=keys, columns="kind", values="accuracy", aggfunc="mean").add_suffix("_acc"))
+    table = pd.concat(parts, axis=1)
     # Relative to the clean accuracy: robustness apart from how well the network classifies at all.
     for m in ("corruption_acc", "fgsm_acc", "pgd_acc"):
         if m in table.columns:

@@ -53,6 +53,7 @@ from trainer import results as R
 from trainer.analysis.representation import linear_cka, participation_ratio, pcs_for_variance, pwcca_distance, pwcca_distance_svcca
 from trainer.cli import EXIT_DONE, ArgumentParser, command
 from trainer.errors import UserError
+from trainer.files import kept_checkpoint_epochs  # noqa: F401  (here too for its callers)
 from trainer.lock import TrialLock
 from trainer.spec import TrialSpec
 
@@ -96,13 +97,6 @@ def image_subset(n_test: int, images: int) -> np.ndarray:
 
 
 # ---- the stored activations --------------------------------------------------------------------
-def kept_checkpoint_epochs(folder: Path) -> list[int]:
-    """Epochs whose checkpoints the trial kept (`checkpoints/epoch_NNN.pt`, as trainer.checkpoint keeps
-    them; read here without importing torch), ascending."""
-    found = (re.fullmatch(r"epoch_(\d+)\.pt", p.name) for p in (folder / "checkpoints").glob("epoch_*.pt"))
-    return sorted(int(m.group(1)) for m in found if m)
-
-
 def activation_path(folder: Path, epoch: int) -> Path:
     return folder / ACTIVATIONS / f"epoch_{epoch:03d}.npz"
 
