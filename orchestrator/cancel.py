@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from orchestrator.folders import sweep_folder
+from orchestrator.folders import check_writes, sweep_folder
 from orchestrator.sweep_lock import launcher_running
 from trainer.cli import EXIT_DONE, EXIT_UNFINISHED, ArgumentParser, cli
 from trainer.errors import UserError
@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--wait-s {args.wait_s}: allowed: seconds from 0 to {MAX_WAIT_S:.0f} (a week)")
     sweep: Path = args.sweep.absolute()
     sweep_folder(args.sweep)
+    check_writes(sweep, "cancel")  # the request file, and the trials' status notes
     folders = sorted(f for f in (sweep / "trials").iterdir() if f.is_dir())
     write_json({"requested": now()}, sweep / CANCEL)  # from here on no runner starts a worker, no launcher submits
     queued, running_jobs = _cancel_slurm_queue(sweep, folders)

@@ -22,6 +22,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -78,6 +79,20 @@ def sweep_folder(path: Path) -> Path:
     if inside is not None:  # its summary/, summary/figures/, slurm/<job>/ or .ray/
         raise UserError(f"{path}: a folder inside the sweep {inside}, not a sweep; pass the sweep folder {inside}")
     raise UserError(f"{path}: not a sweep folder (no trials/ inside); expected <results>/<sweep>/trials/<trial_id>/")
+
+
+def check_writes(sweep: Path, command: str) -> None:
+    """One line if `command` (which writes into the sweep folder and its trial folders) cannot write
+    there: a read-only mount, another user's sweep. A real probe (a temp file in trials/, removed at
+    once), not os.access, which says yes to root even on a read-only mount."""
+    try:
+        with tempfile.TemporaryFile(dir=trials_dir(sweep)):
+            pass
+    except OSError as err:
+        raise UserError(
+            f"{sweep}: not writable ({err.strerror or err}); {command} writes into the sweep's trial folders: "
+            "run it where you may write, or on a copy of the sweep folder"
+        ) from None
 
 
 def check_results_root(root: Path, sweep: Path) -> None:

@@ -372,6 +372,41 @@ def test_a_file_where_the_summary_goes_is_one_line(where: str, tmp_path: Path, c
     assert where == "summary" or sorted(p.name for p in (sweep / "summary").iterdir()) == [Path(where).name]
 
 
+@pytest.fixture
+def read_only(tmp_path: Path) -> Iterator[Path]:
+    """A real read-only folder (a read-only bind mount: root ignores permission bits); skipped where
+    mount is not allowed."""
+    source, view = tmp_path / "rw", tmp_path / "ro"
+    source.mkdir()
+    view.mkdir()
+    if subprocess.run(["mount", "--bind", str(source), str(view)], capture_output=True).returncode != 0:
+        pytest.skip("needs mount (a read-only bind mount)")
+    try:
+        if subprocess.run(["mount", "-o", "remount,bind,ro", str(view)], capture_output=True).returncode != 0:
+            pytest.skip("needs mount -o remount,bind,ro")
+        yield view
+    finally:
+        subprocess.run(["umount", str(view)], capture_output=True)
+
+
+def test_the_commands_that_write_into_a_read_only_sweep_are_one_line(read_only: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """cancel, ablate, represent and robust on a sweep on a read-only mount (a share, another user's
+    results) ended in OSError tracebacks from their first write; collect and sweep already said it."""
+    from orchestrator.analysis.ablate import main as ablate_main
+    from orchestrator.analysis.represent import main as represent_main
+    from orchestrator.analysis.robust import main as robust_main
+    from orchestrator.cancel import main as cancel_main
+
+    _, sweep, _ = synthetic_sweep(read_only.parent / "rw", SMALL)
+    seen = read_only / sweep.relative_to(read_only.parent / "rw")
+    for name, main in (("cancel", cancel_main), ("the job", ablate_main), ("the job", represent_main), ("the job", robust_main)):
+        assert cli(main, [str(seen)]) == 2, name
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"error: {seen}: not writable (Read-only file system); {name} writes into the sweep's trial folders: "
+                       "run it where you may write, or on a copy of the sweep folder"]  # fmt: skip
+    assert cli(status_main, [str(seen)]) == 0  # reading is fine
+
+
 def test_unreadable_status_is_shown_with_the_fix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _, sweep, specs = synthetic_sweep(tmp_path, SMALL)
     status = sweep / "trials" / specs[2].trial_id / R.STATUS

@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from orchestrator.backends.local import missing_here
-from orchestrator.folders import sweep_folder
+from orchestrator.folders import check_writes, sweep_folder
 from orchestrator.progress import Progress
 from orchestrator.runner import WorkerPool, last_line, make_slots
 from trainer import results as R
@@ -25,6 +25,7 @@ def check_sweep(sweep: Path, max_parallel: int, device: str | None = None) -> No
     """One line, before anything runs, for a folder that is no sweep, a worker count out of range,
     or a --device that is no device or is not on this machine (the jobs run here)."""
     sweep_folder(sweep)
+    check_writes(sweep, "the job")
     if not 1 <= max_parallel <= MAX_PARALLEL:
         raise UserError(f"--max-parallel is {max_parallel}; allowed: 1 to {MAX_PARALLEL}")
     if device is None:
