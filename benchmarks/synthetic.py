@@ -84,8 +84,8 @@ def write_trial(sweep: Path, spec: TrialSpec, units: bool) -> None:
     csi, acc = _curves(spec, rng)
     fields, schema = spec.row_fields(), R.trial_schema(spec)
     files = {R.EPOCHS: _epoch_rows(spec, csi, acc, rng), R.LAYERS: _layer_rows(spec, csi, rng)}
-    if units:
-        files[R.UNITS] = _unit_rows(spec, rng)
+    # units=False: an empty units.parquet (no row, the schema), as small as it gets; a done trial has one
+    files[R.UNITS] = _unit_rows(spec, rng) if units else {name: [] for name in R.COLUMNS[R.UNITS].names}
     for name, rows in files.items():
         pq.write_table(R.make_table(name, rows, fields, schema), folder / name)
     (folder / R.SPEC).write_text(json.dumps(spec.to_dict()))

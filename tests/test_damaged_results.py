@@ -53,6 +53,15 @@ def test_what_counts_as_damaged(tmp_path: Path) -> None:
         assert (damaged_results(folder) or "").startswith(said), damage
         layers.write_bytes(whole)
     assert damaged_results(folder) is None
+    # units.parquet too: a done trial whose unit rows are gone stayed done, and the ablation job needs them
+    units = folder / R.UNITS
+    kept = units.read_bytes()
+    _cut(units)
+    assert (damaged_results(folder) or "").startswith("units.parquet is damaged (")
+    units.unlink()
+    assert damaged_results(folder) == "units.parquet is missing"
+    units.write_bytes(kept)
+    assert damaged_results(folder) is None
 
 
 def test_status_and_the_plan_see_a_damaged_done_trial_as_unreadable_to_run_again(

@@ -77,7 +77,9 @@ def read_bytes(path: str) -> bytes:
         os.close(fd)
 
 
-RESULTS = (EPOCHS, LAYERS)  # what every finished trial wrote, and what the collector needs of it
+# What every finished trial wrote (trainer.resultlog writes the three each epoch): a done trial
+# missing one did not leave what its spec says. The collector reads the first two, the ablation job units.
+RESULTS = (EPOCHS, LAYERS, UNITS)
 PARQUET_MAGIC = b"PAR1"  # at both ends of every whole Parquet file
 
 
