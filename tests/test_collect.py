@@ -244,6 +244,17 @@ def test_failed_and_unfinished_trials_are_listed_not_mixed_in(tmp_path, capsys):
     assert "## Excluded trials" in (sweep / "summary" / "report.md").read_text()
 
 
+def test_excluded_lines_print_seeds_whole_beside_a_trial_without_a_spec(tmp_path, capsys):
+    """A trial whose spec.json is unreadable has no seed: the column held floats and every line said seed=0.0."""
+    sweep = tmp_path / "s"
+    specs = synthetic(sweep, alphas=(-1.0, 0.0), seeds=(0, 1))
+    set_status(sweep, specs[0], state="failed", error="non-finite loss nan in epoch 3 (alpha -1.0)", error_kind="diverged")
+    (sweep / "trials" / specs[1].trial_id / R.SPEC).write_text("{not json")
+    code, out, _ = run_main(capsys, str(sweep), "--no-figures")
+    assert code == 0 and f"failed      {specs[0].trial_id} alpha=-1 seed=0: diverged" in out
+    assert f"unreadable  {specs[1].trial_id}: spec.json unusable" in out and "seed=0.0" not in out
+
+
 # ---- bad input ----------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "make, message",

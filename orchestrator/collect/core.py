@@ -369,7 +369,8 @@ def summary_lines(result: CollectResult) -> unchanged.Lines:
     lines = []
     ex = result.excluded[result.excluded["state"] != "pending"]  # pending: counted above, nothing to say
     for r in ex.head(SHOWN_EXCLUDED).itertuples(index=False):
-        where = "" if pd.isna(r.alpha) else f" alpha={r.alpha:g} seed={r.seed}"
+        # seed is float in a column that holds nulls (a trial without a readable spec): print it whole
+        where = "" if pd.isna(r.alpha) else f" alpha={r.alpha:g} seed={'?' if pd.isna(r.seed) else int(r.seed)}"
         lines.append(f"  {r.state:<11} {r.trial_id}{where}: {r.reason}")
     if len(ex) > SHOWN_EXCLUDED:
         lines.append(f"  ... and {len(ex) - SHOWN_EXCLUDED} more in {result.summary / 'excluded.parquet'}")
