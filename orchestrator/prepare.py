@@ -11,6 +11,7 @@ found before anything is written.
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from collections.abc import Iterator
@@ -107,7 +108,16 @@ def _writing(path: Path) -> Iterator[None]:
     except OSError as err:
         for tmp in path.parent.glob(f".{path.name}.tmp-*"):
             tmp.unlink(missing_ok=True)
-        raise UserError(f"cannot write {path} ({err.strerror or err}); free space there or choose another folder with --results") from None
+        raise UserError(f"cannot write {path} ({err.strerror or err}); {_remedy(err, path)}") from None
+
+
+def _remedy(err: OSError, path: Path) -> str:
+    """What to do, by what went wrong ("free space there" was said for a folder in the way too)."""
+    if err.errno in (errno.EISDIR, errno.ENOTDIR, errno.EEXIST):  # a file or folder of the user's where the launcher writes
+        return f"something else is in the way there ({path} or a folder above it): move it away, or choose another folder with --results"
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "the folder is not writable: choose another folder with --results"
+    return "free space there or choose another folder with --results"
 
 
 def record_grid(grid_path: Path, sweep: Path) -> None:

@@ -182,8 +182,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nothing to run here (the rest failed beyond their attempts, or runs elsewhere)\n{summary(grid, plan)}")
         return EXIT_UNFINISHED
     with launching(folder):  # status --watch and cancel see a live launcher by it
+        record_grid(
+            args.grid, folder
+        )  # first: a grid.yaml that cannot be written (a folder in the way) stops the launch before any trial folder
         prepare(plan)
-        record_grid(args.grid, folder)
         clear_request(folder)  # an earlier orchestrator.cancel does not stop this launch
         print(
             f"{grid.name}: running {len(plan.to_run)} of {len(plan.specs)} trials as {len(groups)} groups (fuse {profile.fuse}) "

@@ -251,6 +251,25 @@ def test_a_tilde_after_the_equals_sign_is_the_home_folder(tmp_path: Path, monkey
     )
 
 
+def test_a_folder_in_the_way_of_the_launchers_files_is_one_line_before_any_trial_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A folder named grid.yaml where the launcher keeps the grid's copy, a file named trials: the
+    line said "free space there", and the trials' folders were written before grid.yaml failed."""
+    grid = write(tmp_path, SMALL)
+    sweep = tmp_path / "results" / "rt"
+    (sweep / "grid.yaml").mkdir(parents=True)
+    assert cli(sweep_main, ["--grid", str(grid), "--results", str(tmp_path / "results")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: cannot write {sweep / 'grid.yaml'} (Is a directory); something else is in the way there "
+                   f"({sweep / 'grid.yaml'} or a folder above it): move it away, or choose another folder with --results"]  # fmt: skip
+    assert not (sweep / "trials").exists()
+    (sweep / "grid.yaml").rmdir()
+    (sweep / "trials").write_text("")
+    assert cli(sweep_main, ["--grid", str(grid), "--results", str(tmp_path / "results")]) == 2
+    assert "(Not a directory); something else is in the way there" in capsys.readouterr().err
+
+
 def test_results_that_is_a_sweep_folder_is_refused_not_nested(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`--results results/digits` for `--results results` trained every trial again one level down
     (results/digits/digits); status and collect already refused that mix-up, the launcher did not."""
