@@ -88,8 +88,11 @@ LIMITS: dict[str, Limit] = {
     "max_requeues": Limit(0, 1000, words="a whole number from 0 to 1000"),
 }
 # Ray's per-trial resources are fractions: a trial on a share of a GPU is Ray's way to pack them.
+RAY_GRANULARITY = 0.0001  # ray_constants.MIN_RESOURCE_GRANULARITY
 RAY_LIMITS: dict[str, Limit] = {
-    "cpus_per_trial": Limit(0, 1_000_000, lo_open=True, words="> 0 (fractions allowed, e.g. 0.5)"),
+    # Ray counts resources in steps of 0.0001 (its docs: "avoid specifying a double that's beyond that
+    # precision"): 1e-9 CPU is no share Ray can hold.
+    "cpus_per_trial": Limit(RAY_GRANULARITY, 1_000_000, words=f">= {RAY_GRANULARITY} (Ray's smallest share; fractions allowed, e.g. 0.5)"),
     "gpus_per_trial": Limit(
         0, 1, words="from 0 to 1: a fraction shares one GPU among trials; a group trains on one GPU, so more is never used"
     ),
@@ -313,6 +316,10 @@ class RayProfile(BaseProfile):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if 0 < self.gpus_per_trial < RAY_GRANULARITY:
+            raise UserError(
+                f"key 'gpus_per_trial' is {self.gpus_per_trial!r}; allowed: 0, or {RAY_GRANULARITY} to 1 (Ray's smallest share)"
+            )
         if self.address is not None and self.address != "auto":
             match = RAY_ADDRESS.fullmatch(self.address)
             if not match or not 1 <= int(match[4]) <= 65535:

@@ -175,7 +175,10 @@ BAD_PROFILES = {
     "no backend": ("max_parallel: 2\n", "key 'backend' is missing; allowed: local, ray, slurm"),
     "a grid as the profile": ("name: g\nsweep: {alpha: [0]}\n", "'backend' is missing; allowed: local, ray, slurm (this looks like a grid"),
     "wrong type": ("backend: slurm\ngpus_per_trial: one\n", "key 'gpus_per_trial' must be int"),
-    "negative": ("backend: ray\ncpus_per_trial: -1\n", "key 'cpus_per_trial' is -1.0; allowed: > 0"),
+    "negative": ("backend: ray\ncpus_per_trial: -1\n", "key 'cpus_per_trial' is -1.0; allowed: >= 0.0001 (Ray's smallest share"),
+    # below Ray's resource precision (0.0001): no share it can hold
+    "ray cpus below a share": ("backend: ray\ncpus_per_trial: 1e-9\n", "key 'cpus_per_trial' is 1e-09; allowed: >= 0.0001"),
+    "ray gpus below a share": ("backend: ray\ngpus_per_trial: 0.00001\n", "key 'gpus_per_trial' is 1e-05; allowed: 0, or 0.0001 to 1"),
     "multi-line setup": ('backend: slurm\nsetup: ["echo a\\necho b"]\n', "key 'setup'"),
     "injection": ("backend: slurm\npartition: 'gpu --wrap=evil'\n", "key 'partition'"),
     "ray key in slurm": ("backend: slurm\naddress: auto\n", "unknown key 'address'"),
