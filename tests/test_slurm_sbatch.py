@@ -462,3 +462,17 @@ def test_pending_reasons_that_do_not_clear_by_waiting_are_said_once_each(capsys:
     live["3"] = ("n", "PENDING", "Priority")
     _say_stuck(live, said, Path("/r/s"))
     assert capsys.readouterr().err == ""
+
+
+def test_a_log_dir_the_launcher_cannot_write_is_refused_naming_the_key(tmp_path: Path) -> None:
+    """It was refused only after the trial folders were written ("cannot write submitit's files in ..."), naming no key."""
+    from orchestrator.backends.slurm.preflight import _check_log_dir
+    from trainer.errors import ProfileError
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for bad in (f"{blocker}/slurm/%j", "/proc/nope/%j"):
+        with pytest.raises(ProfileError, match=r"key 'log_dir' is '.*': the launcher cannot write there \(.*\); allowed: a folder"):
+            _check_log_dir(bad)
+    _check_log_dir(f"{tmp_path}/logs/%u/%j")  # not there yet, under a folder it may write: fine, and nothing created
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]

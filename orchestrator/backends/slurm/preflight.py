@@ -29,6 +29,8 @@ def preflight(profile: SlurmProfile) -> str:
     missing = [c for c in ("sbatch", "srun", "squeue", "scontrol") if shutil.which(c) is None]
     if missing:
         raise UserError(f"the slurm backend needs SLURM's commands on PATH; missing: {', '.join(missing)}")
+    if profile.log_dir is not None:
+        _check_log_dir(profile.log_dir)
     # The profile's partition, or every partition to find the default one: one controller call either way.
     try:
         which = [profile.partition] if profile.partition is not None else []
@@ -49,6 +51,28 @@ def preflight(profile: SlurmProfile) -> str:
         raise ProfileError(why)  # a task bigger than every node of the partition
     _test_submit(profile)
     return config
+
+
+def _check_log_dir(log_dir: str) -> None:
+    """The launcher writes submitit's pickles and the sbatch scripts under `log_dir` (its part before
+    the first folder with a `%` pattern): one it cannot create was refused only after the trial
+    folders were written, naming no key. The nearest folder that exists must take a file here
+    (a real probe, removed at once: os.access says yes to root on a read-only mount)."""
+    parts = Path(log_dir).absolute().parts
+    fixed = Path(*parts[: next((i for i, part in enumerate(parts) if "%" in part), len(parts))])
+    probe = fixed
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        if not probe.is_dir():
+            raise NotADirectoryError(f"{probe} is not a folder")
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as err:
+        raise ProfileError(
+            f"key 'log_dir' is {log_dir!r}: the launcher cannot write there ({err.strerror or err}); allowed: a folder "
+            "this machine may create and write, on a file system the nodes share (or leave it out: <sweep>/slurm/%j)"
+        ) from None
 
 
 # What `sbatch --test-only` says of a setting no job of the profile could ever be submitted with, and
