@@ -452,6 +452,7 @@ def test_pending_reasons_that_do_not_clear_by_waiting_are_said_once_each(capsys:
     assert all(stuck(r) for r in ("PartitionTimeLimit", "MaxMemPerLimit", "QOSMaxWallDurationPerJobLimit", "AssocMaxCpuPerJobLimit"))
     assert all(stuck(r) for r in ("QOSMaxMemoryPerJob", "QOSMaxGRESPerJob", "AssocMaxMemPerJob", "QOSMaxCpuPerNode", "QOSMinGRES"))
     assert stuck("QOSMaxJobsPerUserLimit") is None  # a count: clears as the user's other jobs end
+    assert stuck("job requeued in held state") == "it was requeued and held (scontrol release <job> lets it go)"  # requeuehold
     assert stuck("QOSMaxSubmitJobPerUserLimit") is None and stuck("QOSMaxNodePerUserLimit") is None
     live = {"1_0": ("n", "PENDING", "PartitionTimeLimit"), "1_1": ("n", "PENDING", "PartitionTimeLimit"), "2": ("n", "RUNNING", "None")}
     said = _say_stuck(live, frozenset(), Path("/r/s"))

@@ -284,6 +284,8 @@ _STUCK = {
     "PartitionInactive": "its partition is inactive (an administrator brings it up)",
     "JobHeldAdmin": "an administrator holds it",
     "JobHeldUser": "it is held (scontrol release <job> lets it go)",
+    # `scontrol requeuehold` (by hand, or a site's prolog): squeue's reason is this text, not a code
+    "job requeued in held state": "it was requeued and held (scontrol release <job> lets it go)",
 }
 
 
