@@ -253,3 +253,13 @@ def test_ablation_fields_are_checked(fields: dict, needle: str) -> None:
 
     with pytest.raises(SpecError, match=needle):
         TrialSpec.from_dict(fields)
+
+
+def test_the_ablation_figure_shows_only_the_selections_measured() -> None:
+    """With fixed random masks (the default) its legend listed "random_batch" series that did not exist."""
+    from orchestrator.collect.ablations import curve_styles
+
+    styles, title = curve_styles({"topk", "random"})
+    assert [sel for sel, _ in styles] == ["topk", "random"] and "dotted" not in title and "dashed: fixed masks" in title
+    styles, title = curve_styles({"topk", "random", "random_batch"})
+    assert [style for _, style in styles] == ["-", "--", ":"] and "dotted: a new mask per batch" in title

@@ -91,6 +91,16 @@ def ablation_tables(folders: list[Path], trials: pd.DataFrame, warn: Warn) -> di
     }
 
 
+def curve_styles(measured: set[str]) -> tuple[list[tuple[str, str]], str]:
+    """The line style of each selection measured, and the title that explains them: only those
+    measured (random_batch, a new mask per batch, is measured only with ablation_random_masks
+    per_batch or both; its legend entries and title words showed without it)."""
+    styles = [(sel, style) for sel, style in (("topk", "-"), ("random", "--"), ("random_batch", ":")) if sel in measured]
+    kinds = {"random": "dashed: fixed masks", "random_batch": "dotted: a new mask per batch"}
+    words = ", ".join(w for sel, w in kinds.items() if sel in measured)
+    return styles, "Ablating the most class-selective channels (solid) vs random channels" + (f" ({words})" if words else "")
+
+
 def ablation_figures(tables: dict[str, pd.DataFrame], folder: Path) -> list[Path]:
     if not {"ablation_curves.parquet", "condition_steps.parquet"} & tables.keys():
         return []  # nothing to draw: do not even import matplotlib
@@ -108,18 +118,20 @@ def ablation_figures(tables: dict[str, pd.DataFrame], folder: Path) -> list[Path
         fig = Figure(figsize=(4 * len(stages), 3.2 * len(conds)))
         axes = fig.subplots(len(conds), len(stages), squeeze=False, sharey=True)  # one accuracy scale: panels compare by eye
         colors = dict(zip(shown, colormaps["viridis"](np.linspace(0, 0.85, len(shown)))))
+        selections, title = curve_styles(set(curves["selection"]))
         for i, cond in enumerate(conds):
             for j, stage in enumerate(stages):
                 ax = axes[i][j]
                 for epoch in shown:
-                    for sel, style in (("topk", "-"), ("random", "--"), ("random_batch", ":")):
+                    for sel, style in selections:
                         c = curves[
                             (curves.condition == cond) & (curves.stage == stage) & (curves.epoch == epoch) & (curves.selection == sel)
                         ]
+                        if c.empty:  # not measured here: no empty series in the legend
+                            continue
                         c = c.sort_values("fraction")
                         ax.plot(c["fraction"], 100 * c["accuracy_mean"], style, color=colors[epoch], label=f"epoch {epoch} {sel}")
                 _labels(ax, f"{cond}\nstage {stage}", "fraction of channels ablated per block", "test accuracy (%)")
-        title = "Ablating the most class-selective channels (solid) vs random channels (dashed: fixed masks, dotted: a new mask per batch)"
         out.append(_finish(fig, axes[0][-1], title, folder / "ablation_curves.png"))
     auc = tables.get("ablation_auc.parquet")
     if auc is not None and len(auc):
