@@ -46,7 +46,7 @@ def build_tree(sweep: Path, n: int, epochs: int, units: bool, start: int = 0) ->
     for i in range(start, start + n):
         spec = bench_spec(i, epochs)
         folder = sweep / "trials" / spec.trial_id
-        if not (folder / R.STATUS).exists():
+        if not ((folder / R.STATUS).exists() and (folder / R.UNITS).exists()):  # older trees lacked units.parquet: rewritten
             write_trial(sweep, spec, units)
         folders.append(folder)
     return folders

@@ -235,10 +235,17 @@ class Runner:
         for f in members[1:]:  # one process, one log: the first member's
             with open(f / LOG, "a") as note:
                 note.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} trains with {members[0].name}: output in {log}\n")
-        args = [a for f in members for a in ("--spec", str(f / SPEC))] + ([] if self.fused else ["--no-fuse"])
         before = {f: observe(f) for f in members}
+        # A trial alone because it ran out of device memory fused goes unfused: the fused engine would
+        # pair it with a throwaway twin, two networks' memory, as much as the group of two it failed in.
+        plain = len(members) == 1 and before[members[0]].status.error_kind == OUT_OF_MEMORY
+        args = [a for f in members for a in ("--spec", str(f / SPEC))] + ([] if self.fused and not plain else ["--no-fuse"])
         with open(log, "a") as out:
             out.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {self.pool.free[0].name}: trainer.group {' '.join(f.name for f in members)}\n")
+            if plain and self.fused:
+                out.write(
+                    f"{time.strftime('%Y-%m-%d %H:%M:%S')} unfused: it ran out of device memory fused (a twin would need as much again)\n"
+                )
         self.pool.start([self.python, "-m", "trainer.group", *args], (members, before), log)
 
     def _ended(self, code: int, members: list[Path], before: dict[Path, TrialState]) -> list[Path]:

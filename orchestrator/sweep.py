@@ -109,9 +109,15 @@ def print_plan(grid: Grid, plan: Plan, profile: Profile, groups: list[list[Path]
         f"{len(plan.to_run)} to run on backend '{profile.backend}'"
     )
     fused = sum(len(g) for g in groups if len(g) > 1)
+    # With fusing on, a fusable trial packed alone still trains on the fused engine, beside a
+    # throwaway twin (trainer.trial): counted apart, so "0 of 1 trials train fused" is not misread.
+    out_of_memory = {tid for tid, st in plan.states.items() if st.state == "failed" and st.status.error_kind == OUT_OF_MEMORY}
+    twinned = sum(1 for s in plan.to_run if profile.fuse > 1 and s.fuse_key() is not None and s.trial_id not in out_of_memory) - fused
     print(
         f"packing: {fused} of {len(plan.to_run)} trials train fused, in {sum(len(g) > 1 for g in groups)} groups of at most "
-        f"{profile.fuse} (--fuse); {len(groups)} groups in all, {profile.workers()} at a time:"
+        f"{profile.fuse} (--fuse); {len(groups)} groups in all, {profile.workers()} at a time"
+        + (f"; {twinned} alone on the fused engine beside a throwaway twin (the same numbers as fused)" if twinned > 0 else "")
+        + ":"
     )
     for i, g in enumerate(groups):
         print(f"  group {i + 1}: {' '.join(f.name for f in g)}")

@@ -64,6 +64,22 @@ def test_what_counts_as_damaged(tmp_path: Path) -> None:
     assert damaged_results(folder) is None
 
 
+def test_the_collector_sees_a_done_trial_without_its_units_as_status_does(tmp_path: Path) -> None:
+    """status called it unreadable; collect (even --full) aggregated it as done."""
+    _, sweep, specs = _synthetic(tmp_path)
+    _cut(sweep / "trials" / specs[0].trial_id / R.UNITS)
+    (sweep / "trials" / specs[1].trial_id / R.UNITS).unlink()
+    result = collect(sweep, figures=False, full=True)
+    assert result.counts["done"] == 1 and result.counts["unreadable"] == 2
+    reasons = dict(zip(result.excluded.trial_id, result.excluded.reason))
+    assert (
+        reasons[specs[1].trial_id]
+        == "done but units.parquet is missing; rerun the sweep: it sets the trial's files aside and trains it anew"
+    )
+    assert reasons[specs[0].trial_id].startswith("done but units.parquet is damaged (")
+    assert set(pd.read_parquet(result.summary / "trials.parquet").trial_id) == {specs[2].trial_id}
+
+
 def test_status_and_the_plan_see_a_damaged_done_trial_as_unreadable_to_run_again(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

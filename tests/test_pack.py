@@ -52,9 +52,14 @@ GRID = "name: packed\nfixed: {model: resnet20, dataset: digits, epochs: 1, batch
 def test_dry_run_says_how_trials_pack(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "grid.yaml").write_text(GRID)
     assert cli(sweep_main, ["--grid", str(tmp_path / "grid.yaml"), "--results", str(tmp_path / "r"), "--dry-run", "--fuse", "2"]) == 0
-    assert "packing: 2 of 3 trials train fused, in 1 groups of at most 2 (--fuse)" in capsys.readouterr().out  # 2 + 1 alone
+    out = capsys.readouterr().out
+    assert "packing: 2 of 3 trials train fused, in 1 groups of at most 2 (--fuse)" in out  # 2 + 1 alone ...
+    assert "; 1 alone on the fused engine beside a throwaway twin (the same numbers as fused):" in out  # ... which trains fused too
     assert cli(sweep_main, ["--grid", str(tmp_path / "grid.yaml"), "--results", str(tmp_path / "r"), "--dry-run"]) == 0
-    assert "packing: 3 of 3 trials train fused, in 1 groups of at most 16 (--fuse)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "packing: 3 of 3 trials train fused, in 1 groups of at most 16 (--fuse)" in out and "twin" not in out
+    assert cli(sweep_main, ["--grid", str(tmp_path / "grid.yaml"), "--results", str(tmp_path / "r"), "--dry-run", "--fuse", "1"]) == 0
+    assert "packing: 0 of 3 trials train fused" in (out := capsys.readouterr().out) and "twin" not in out  # --fuse 1: each alone, unfused
 
 
 @pytest.mark.slow

@@ -208,6 +208,8 @@ def test_a_group_out_of_device_memory_goes_again_with_each_trial_alone(
     assert [line.split("trainer.group ")[1].split() for line in (second / LOG).read_text().splitlines() if "trainer.group " in line] == [
         [second.name]
     ]  # its own start, alone
+    for folder in (first, second):  # alone and unfused: the fused engine's twin would need as much memory as the group of two
+        assert (folder / LOG).read_text().count("unfused: it ran out of device memory fused") == 1
     for folder in (first, second):
         st = scan(results / "oom")[folder.name]
         assert st.state == "failed" and st.attempts == 2 and st.retryable and st.status.error_kind == "out_of_memory"
@@ -220,7 +222,7 @@ def test_a_group_out_of_device_memory_goes_again_with_each_trial_alone(
     # The next launch (a bigger GPU, say) packs them alone as well, and they finish.
     monkeypatch.delenv("SWEEP_FAULT")
     assert cli(sweep_main, ["--grid", str(grid), "--cluster", str(profile), "--results", str(results), "--retry-failed", "--dry-run"]) == 0
-    assert "packing: 0 of 2 trials train fused" in capsys.readouterr().out
+    assert "packing: 0 of 2 trials train fused" in (out := capsys.readouterr().out) and "twin" not in out
     assert cli(sweep_main, ["--grid", str(grid), "--cluster", str(profile), "--results", str(results), "--retry-failed"]) == 0
     assert all(scan(results / "oom")[f.name].state == "done" for f in (first, second))
 

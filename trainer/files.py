@@ -90,14 +90,14 @@ def kept_checkpoint_epochs(folder: Path) -> list[int]:
     return sorted(int(m.group(1)) for m in found if m)
 
 
-def damaged_results(folder: str | Path) -> str | None:
+def damaged_results(folder: str | Path, names: tuple[str, ...] = RESULTS) -> str | None:
     """Why a done trial's result files cannot be what it finished with (None: they may be): one is
     missing, or is not a whole Parquet file (cut short, emptied, overwritten: its magic is not at
     both ends). The trainer writes them atomically, so this is damage from outside (a disk, a
     hand). A few bytes read from each, an open and two preads: what `orchestrator.status` and the
     plan can afford for every done trial (issue 25); damage inside a page is the collector's to find.
     """
-    for name in RESULTS:
+    for name in names:
         try:
             fd = os.open(f"{os.fspath(folder)}/{name}", os.O_RDONLY)
         except FileNotFoundError:

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from orchestrator.folders import REPAIR_HINT, retrain_hint
 from trainer import results as R
-from trainer.files import read_bytes
+from trainer.files import UNITS, damaged_results, read_bytes
 from trainer.spec import TrialSpec
 from trainer.status import Status, TrialState, observe
 
@@ -99,6 +99,10 @@ def _read_trial(folder: Path) -> Trial:
             trial.state, trial.reason = "unreadable", f"done but {kind} is missing{retrain_hint(folder)}"
             return trial
         trial.files[kind] = fp
+    # units.parquet: never read here, but one of a done trial's files (as orchestrator.status and the
+    # plan see it: a trial without it is unreadable there, and was aggregated here as done)
+    if (problem := damaged_results(folder, (UNITS,))) is not None:
+        trial.state, trial.reason = "unreadable", f"done but {problem}{retrain_hint(folder)}"
     return trial
 
 
