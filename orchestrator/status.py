@@ -88,7 +88,7 @@ def show(sweep: Path, wanted: set[str], as_json: bool, clear: bool = False) -> l
         rows.append(
             {"trial_id": tid, **{k: spec[k] if spec else None for k in swept}, "state": st.state, "epoch": st.epoch,
              "epochs": spec["epochs"] if spec else "?", "attempts": st.attempts, "host": st.host, "error": _reason(st),
-             "reason": reason(st), "log": st.status.log, "job": job, "queue": queue_state, "queue_reason": waits,
+             "reason": reason(st), "log": log_of(st), "job": job, "queue": queue_state, "queue_reason": waits,
              "label": _label(st.state, job, queue_state)}
         )  # fmt: skip
     shown_rows = [r for r in rows if not wanted or r["state"] in wanted or r["label"].split(" ")[0] in wanted]
@@ -169,8 +169,33 @@ def reason(st: TrialState) -> str | None:
         text = st.status.last_interruption or st.status.error or "its process ended without a word (killed?)"
     else:
         return None
-    log = st.status.log
+    log = log_of(st)
     return f"{text} (log: {log})" if log and text and log not in text else text
+
+
+LOG = "trainer.log"  # orchestrator.runner.LOG (not imported: the runner imports far more than status needs)
+_TAIL = 8192
+
+
+def log_of(st: TrialState) -> str | None:
+    """The log that says why a trial failed or stopped: the one its status names (SLURM's stderr),
+    else the trial's trainer.log, or, where its last start was in a fused group, the log of that
+    group (its first member's: one process, one log), which the trial's own log points to."""
+    if st.status.log or st.state not in ("failed", "interrupted", "unreadable"):
+        return st.status.log
+    own = st.folder / LOG
+    try:
+        with open(own, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - _TAIL))
+            tail = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(tail):
+        if " trains with " in line and ": output in " in line:
+            return line.split(": output in ", 1)[1].strip()
+        if ": trainer.group " in line:  # its last start was its own process: its own log
+            break
+    return str(own)
 
 
 def _cell(value: Any) -> str:

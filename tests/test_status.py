@@ -70,6 +70,24 @@ def test_state_filter_and_watch(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert capsys.readouterr().out.count("4 trials:") == 1
 
 
+def test_a_failed_local_trial_names_the_log_that_says_why(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A local (or Ray) trial's status.json names no log: status showed none ("log": null), though the
+    trial's trainer.log, or its fused group's, holds the traceback."""
+    sweep, ids = sweep_with_outcomes(tmp_path)
+    alone, member, first = (sweep / "trials" / ids[k] for k in ((-30.0, 2), (0.0, 0), (0.0, 2)))
+    for folder in (alone, member):  # as a local launcher leaves them: no "log" in status.json
+        status = json.loads((folder / R.STATUS).read_text())
+        (folder / R.STATUS).write_text(json.dumps({**status, "log": None}))
+    (alone / "trainer.log").write_text("2026-01-01 00:00:00 slot0: trainer.group " + alone.name + "\nTraceback ...\n")
+    pointer = f"2026-01-02 00:00:00 trains with {first.name}: output in {first / 'trainer.log'}\n"
+    (member / "trainer.log").write_text(f"2026-01-01 00:00:00 slot0: trainer.group {member.name}\n{pointer}")
+    assert cli(status_main, [str(sweep), "--json"]) == 0
+    rows = {r["trial_id"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert rows[alone.name]["log"] == str(alone / "trainer.log") and f"(log: {alone / 'trainer.log'})" in rows[alone.name]["reason"]
+    assert rows[member.name]["log"] == str(first / "trainer.log")  # its last start was in first's group: that log
+    assert rows[first.name]["log"] is None  # done: nothing to read
+
+
 def test_watch_goes_on_while_a_launcher_of_the_sweep_is_alive(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Trials pending behind a live launcher (a local one with one worker, or its first worker
     starting) are still to run: --watch ended as soon as none was running (seen: after 8 s of a 31 s sweep)."""
