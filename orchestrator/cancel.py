@@ -20,7 +20,10 @@ line. The next `orchestrator.sweep` of the grid removes the request and resubmit
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import socket
 import sys
 import time
 from pathlib import Path
@@ -59,8 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     sweep_folder(args.sweep)
     check_writes(sweep, "cancel")  # the request file, and the trials' status notes
     folders = sorted(f for f in (sweep / "trials").iterdir() if f.is_dir())
-    write_json({"requested": now()}, sweep / CANCEL)  # from here on no runner starts a worker, no launcher submits
-    queued, running_jobs = _cancel_slurm_queue(sweep, folders)
+    request = {"requested": now(), "by": f"{os.getpid()}@{socket.gethostname()}"}
+    write_json(request, sweep / CANCEL)  # from here on no runner starts a worker, no launcher submits
+    pending_jobs, running_jobs_ = _cancel_slurm_queue(sweep, folders)
+    ours = pending_jobs | running_jobs_  # the jobs queued when the cancel ran: only these are ever scancelled
+    queued, running_jobs = len(pending_jobs), len(running_jobs_)
     if not queued + running_jobs and not launcher_running(sweep) and not _busy(folders):
         # Nothing runs it: no launcher alive, no trial running, no job queued. Its unfinished trials
         # wait for the next launch; calling them stopped by this cancel would rewrite their history.
@@ -70,13 +76,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{sweep.name}: nothing to cancel: no launcher, trial or SLURM job of the sweep is running or queued{later}")
         return EXIT_DONE
     deadline = time.monotonic() + args.wait_s
-    while time.monotonic() < deadline and (_busy(folders) or _still_queued(folders)):
+    while time.monotonic() < deadline and _still_ours(sweep, request) and (_busy(folders) or _still_queued(folders) & ours):
         time.sleep(1)
-    forced = _still_queued(folders)
+    if not _still_ours(sweep, request):
+        # A launch of the sweep began meanwhile and withdrew the request (orchestrator.sweep clears it):
+        # its trials and jobs are the user's newer wish. Before, the cancel scancelled them at its
+        # deadline, and the new jobs' trials failed with an attempt used.
+        slurm = f"{queued} queued and {running_jobs} running SLURM job(s) had been cancelled; " if queued + running_jobs else ""
+        print(f"{sweep.name}: {slurm}a new launch of the sweep began while the cancel waited: it runs now, and is left alone")
+        return EXIT_UNFINISHED
+    forced = _still_queued(folders) & ours
     if forced:  # jobs that did not stop on their own in time: SIGTERM (their trials checkpoint at the last epoch)
         _scancel(sorted(forced))
         wait = time.monotonic() + 60
-        while time.monotonic() < wait and _still_queued(folders):
+        while time.monotonic() < wait and _still_queued(folders) & forced:
             time.sleep(1)
     stopped, not_started, still = _record(folders)
     if not queued + running_jobs + stopped + not_started + still:  # every trial done, or failed for good
@@ -91,6 +104,14 @@ def main(argv: list[str] | None = None) -> int:
         + "; no attempt used; run the sweep again to resume"
     )
     return EXIT_UNFINISHED if still else EXIT_DONE
+
+
+def _still_ours(sweep: Path, request: dict[str, str]) -> bool:
+    """Is the sweep's cancel request still the one this cancel wrote (no launch withdrew it since)?"""
+    try:
+        return bool(json.loads((sweep / CANCEL).read_bytes()) == request)
+    except (OSError, ValueError):
+        return False
 
 
 def _busy(folders: list[Path]) -> bool:
@@ -114,8 +135,8 @@ def _still_queued(folders: list[Path]) -> set[str]:
     return {job for job, state in _jobs(folders).values() if state is not None}
 
 
-def _cancel_slurm_queue(sweep: Path, folders: list[Path]) -> tuple[int, int]:
-    """Mark every queued trial's job cancelled and scancel those still pending; (pending, running) job counts."""
+def _cancel_slurm_queue(sweep: Path, folders: list[Path]) -> tuple[set[str], set[str]]:
+    """Mark every queued trial's job cancelled and scancel those still pending; the (pending, running) jobs."""
     if not shutil.which("squeue"):  # no SLURM here: no launcher of the sweep can be submitting from here
         return _cancel_recorded(folders)
     from orchestrator.backends.slurm.submit_lock import submitting
@@ -125,7 +146,7 @@ def _cancel_slurm_queue(sweep: Path, folders: list[Path]) -> tuple[int, int]:
         return _cancel_recorded(folders)
 
 
-def _cancel_recorded(folders: list[Path]) -> tuple[int, int]:
+def _cancel_recorded(folders: list[Path]) -> tuple[set[str], set[str]]:
     from orchestrator.backends.slurm.queue import SUBMITTED, read_submission
 
     jobs = _jobs(folders)
@@ -139,7 +160,7 @@ def _cancel_recorded(folders: list[Path]) -> tuple[int, int]:
             write_json({**rec, "cancelled": now()}, f / SUBMITTED)
         (running if state in ("RUNNING", "COMPLETING", "CONFIGURING") else pending).add(job)
     _scancel(sorted(pending))
-    return len(pending), len(running)
+    return pending, running
 
 
 def _scancel(jobs: list[str]) -> None:

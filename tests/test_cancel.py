@@ -150,3 +150,51 @@ def test_an_idle_unfinished_sweep_has_nothing_to_cancel_and_keeps_its_history(tm
     with launching(sweep):
         assert cli(main, [str(sweep), "--wait-s", "0"]) == 0
     assert "cancelled: 1 trial(s) stopped at a checkpoint, 1 not started" in capsys.readouterr().out
+
+
+def test_a_launch_that_begins_while_the_cancel_waits_is_left_alone(tmp_path: Path) -> None:
+    """Seen on SLURM: a relaunch while the cancel still waited for a running trial; at its deadline the
+    cancel scancelled the new launch's jobs (their trials failed, attempts used) and said "no attempt used"."""
+    import subprocess
+    import sys
+    import time
+
+    from benchmarks.synthetic import write_trial
+    from orchestrator.grid import load_grid
+    from trainer.status import read_status, write_status
+
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("name: race\nfixed: {epochs: 2}\nsweep: {alpha: [0, 1]}\n")
+    sweep = tmp_path / "race"
+    specs = load_grid(grid).specs
+    for spec in specs:
+        write_trial(sweep, spec, units=False)
+    running = sweep / "trials" / specs[0].trial_id
+    status = read_status(running)
+    status.update(state="running")
+    write_status(running, status)
+    before = (running / "status.json").read_bytes()
+    # A trial that keeps running (its process holds its lock and ignores the request, as a new launch's would)
+    hold = "import sys, time; from pathlib import Path; from trainer.lock import TrialLock\n" \
+        "with TrialLock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(60)"  # fmt: skip
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(running)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        cancel = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.cancel", str(sweep), "--wait-s", "45"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 30
+        while not (sweep / "cancel.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.5)  # the cancel is in its wait now
+        (sweep / "cancel.json").unlink()  # what a new `orchestrator.sweep` of the grid does first (clear_request)
+        out, err = cancel.communicate(timeout=30)  # it ends at once, not at its 45 s deadline
+        assert cancel.returncode == 1, err
+        assert out.strip() == "race: a new launch of the sweep began while the cancel waited: it runs now, and is left alone"
+        assert (running / "status.json").read_bytes() == before  # no "cancelled" note in the new launch's trial
+    finally:
+        holder.kill()
+        holder.wait()
