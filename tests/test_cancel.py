@@ -198,3 +198,34 @@ def test_a_launch_that_begins_while_the_cancel_waits_is_left_alone(tmp_path: Pat
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_time_limit_before_slurms_warning_is_recorded_as_a_time_limit(tmp_path: Path) -> None:
+    """slurmctld checks limits about every 30 s, so a short time_min's USR2 window can be missed: the
+    job then ends at its limit with SIGTERM, and the trial said "SIGTERM (preempted, requeued or cancelled)"."""
+    from benchmarks.synthetic import write_trial
+    from orchestrator.backends.slurm.queue import SUBMITTED, JobView, settle
+    from orchestrator.grid import load_grid
+    from trainer.results import write_json
+    from trainer.status import read_status, write_status
+
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("name: tl\nfixed: {epochs: 50}\n")
+    sweep = tmp_path / "tl"
+    (spec,) = load_grid(grid).specs
+    write_trial(sweep, spec, units=False)
+    folder = sweep / "trials" / spec.trial_id
+    status = read_status(folder)
+    stopped = "2026-12-07T19:58:52: SIGTERM (preempted, requeued or cancelled); checkpointed in epoch 5 at step 3"
+    status.update(state="interrupted", last_interruption=stopped)
+    write_status(folder, status)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "987654321_0_log.err").write_text("slurmstepd: error: *** JOB 987654321 ON vm CANCELLED AT 2026-12-07T19:58:52 DUE TO TIME LIMIT ***\n")
+    (logs / "987654321_started.json").write_text("{}")
+    write_json({"job_id": "987654321", "log_folder": str(logs), "submitted": "2026-12-07T19:50:00"}, folder / SUBMITTED)
+    (note,) = settle([folder], {folder: JobView("987654321", None)})
+    after = read_status(folder)
+    assert after.state == "interrupted" and "reached its time limit before SLURM's warning (USR2) came" in (after.last_interruption or "")
+    assert (after.last_interruption or "").endswith(stopped)  # the checkpoint note stays: progress is measured from it
+    assert note.startswith(f"{spec.trial_id}: interrupted: ")

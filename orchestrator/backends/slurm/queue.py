@@ -382,6 +382,21 @@ def _settle_one(folder: Path, rec: dict[str, Any], accounted: str | None) -> str
                 status.update(state="interrupted", last_interruption=said, ended=now(), log=str(stderr))
                 write_status(folder, status)
                 note = f"{folder.name}: interrupted: {said}"
+            elif (
+                status.state == "interrupted"
+                and "DUE TO TIME LIMIT" in (_tail(stderr) or "")
+                and "SIGTERM" in (status.last_interruption or "")
+            ):
+                # The job's SIGTERM handler could only say "SIGTERM (preempted, requeued or cancelled)":
+                # the time limit came before SLURM's USR2 warning (slurmctld checks limits about every
+                # 30 s; a short time_min's warning window can fall between checks), so nothing requeued it.
+                said = (
+                    f"{now()}: job {job} reached its time limit before SLURM's warning (USR2) came, so it was not requeued; "
+                    "its last checkpoint stands: run the sweep again to go on (a longer time_min gives the warning room)"
+                )
+                status.update(last_interruption=f"{said}; {status.last_interruption}", log=str(stderr))
+                write_status(folder, status)
+                note = f"{folder.name}: interrupted: {said}"
             write_json({**rec, "settled": now()}, folder / SUBMITTED)
             return note
     except TrialBusy:
