@@ -221,7 +221,8 @@ def test_a_time_limit_before_slurms_warning_is_recorded_as_a_time_limit(tmp_path
     write_status(folder, status)
     logs = tmp_path / "logs"
     logs.mkdir()
-    (logs / "987654321_0_log.err").write_text("slurmstepd: error: *** JOB 987654321 ON vm CANCELLED AT 2026-12-07T19:58:52 DUE TO TIME LIMIT ***\n")
+    killed = "slurmstepd: error: *** JOB 987654321 ON vm CANCELLED AT 2026-12-07T19:58:52 DUE TO TIME LIMIT ***\n"
+    (logs / "987654321_0_log.err").write_text(killed)
     (logs / "987654321_started.json").write_text("{}")
     write_json({"job_id": "987654321", "log_folder": str(logs), "submitted": "2026-12-07T19:50:00"}, folder / SUBMITTED)
     (note,) = settle([folder], {folder: JobView("987654321", None)})

@@ -292,6 +292,8 @@ def test_a_setting_slurm_refuses_is_one_line_naming_the_profile_before_anything_
         ("sbatch_extra", ["--licenses=nosuch:1"], "key 'sbatch_extra' (--licenses=nosuch:1): sbatch refuses it (Invalid license"),
         ("sbatch_extra", ["--mem-bind=bogus"], "key 'sbatch_extra' (--mem-bind=bogus): sbatch refuses it (unrecognized --mem-bind"),
         ("sbatch_extra", ["--begin=notatime"], "key 'sbatch_extra' (--begin=notatime): sbatch refuses it (Invalid --begin specification)"),
+        # the controller's refusal ("allocation failure") of an option only sbatch_extra sets: final too
+        ("sbatch_extra", ["--batch=x"], "key 'sbatch_extra' (--batch=x): sbatch refuses it (Job --batch option is invalid"),
     ):
         profile = write_profile(tmp_path, **{key: value})
         results = tmp_path / "r"

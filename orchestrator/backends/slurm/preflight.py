@@ -8,6 +8,7 @@ answer here is left to the submission, which says what the site thinks.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import tempfile
@@ -129,6 +130,10 @@ def _test_submit(profile: SlurmProfile) -> None:
             raise ProfileError(f"keys {both}: SLURM refuses them ({said}); allowed: {allowed}")
     # sbatch's own parsing (no "allocation failure": the controller was not asked) is final, and so is
     # a license the controller does not know; only sbatch_extra can carry either past the profile's checks.
-    if profile.sbatch_extra and ("allocation failure" not in text or "Invalid license specification" in said):
+    # So is the controller's refusal of an option that only sbatch_extra sets ("Job --batch option is
+    # invalid ..."): every submission would get it (it was refused after the trial folders were written).
+    named = {e.split("=", 1)[0] for e in profile.sbatch_extra if e.startswith("--")}
+    extra_named = any(re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", said) for option in named)
+    if profile.sbatch_extra and ("allocation failure" not in text or "Invalid license specification" in said or extra_named):
         extras = ", ".join(profile.sbatch_extra)
         raise ProfileError(f"key 'sbatch_extra' ({extras}): sbatch refuses it ({said}); allowed: what sbatch takes (`man sbatch`)")
