@@ -477,3 +477,12 @@ def test_a_log_dir_the_launcher_cannot_write_is_refused_naming_the_key(tmp_path:
             _check_log_dir(bad)
     _check_log_dir(f"{tmp_path}/logs/%u/%j")  # not there yet, under a folder it may write: fine, and nothing created
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+def test_a_log_dir_under_home_is_the_home_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`log_dir: ~/sweep-logs` made a folder named "~" in the launcher's current folder."""
+    from orchestrator.backends.slurm.script import log_folder
+    from orchestrator.profiles import SlurmProfile
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert log_folder(SlurmProfile(log_dir="~/sweep-logs/%j"), tmp_path / "sweep") == tmp_path / "sweep-logs" / "%j"

@@ -59,7 +59,7 @@ def _check_log_dir(log_dir: str) -> None:
     the first folder with a `%` pattern): one it cannot create was refused only after the trial
     folders were written, naming no key. The nearest folder that exists must take a file here
     (a real probe, removed at once: os.access says yes to root on a read-only mount)."""
-    parts = Path(log_dir).absolute().parts
+    parts = Path(log_dir).expanduser().absolute().parts
     fixed = Path(*parts[: next((i for i, part in enumerate(parts) if "%" in part), len(parts))])
     probe = fixed
     while not probe.exists() and probe != probe.parent:

@@ -21,7 +21,7 @@ from trainer.errors import UserError
 
 def log_folder(profile: SlurmProfile, sweep: Path) -> Path:
     """submitit's folder (pickles, logs, scripts); `%j` becomes each job's id."""
-    folder = Path(profile.log_dir) if profile.log_dir else sweep / "slurm" / "%j"
+    folder = Path(profile.log_dir).expanduser() if profile.log_dir else sweep / "slurm" / "%j"  # ~: not a folder named "~" here
     return folder.absolute()
 
 
