@@ -83,7 +83,7 @@ def resolve_profile(args: argparse.Namespace) -> Profile:
         profile = replace(profile, max_parallel=args.max_parallel)
     if args.fuse is not None:
         if not 1 <= args.fuse <= MAX_FUSE:  # the flag named, not the profile key it overrides
-            raise UserError(f"--fuse is {args.fuse}; allowed: 1 (every trial alone) to {MAX_FUSE}")
+            raise UserError(f"--fuse is {args.fuse}; allowed: >= 1 (1: every trial alone) and <= {MAX_FUSE}")
         profile = replace(profile, fuse=args.fuse)
     return profile
 

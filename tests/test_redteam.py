@@ -226,7 +226,7 @@ def test_bad_flags_are_one_line(flag: list[str], tmp_path: Path, capsys: pytest.
 @pytest.mark.parametrize(
     ("flags", "said"),
     [
-        (["--fuse", "100000"], "--fuse is 100000; allowed: 1 (every trial alone) to 4096"),  # was named a profile key
+        (["--fuse", "100000"], "error: --fuse is 100000; allowed: >= 1 (1: every trial alone) and <= 4096"),  # was named a profile key
         # argparse kept the last of two without a word: two grids ran one, two profiles the last one's engine
         (["--fuse", "2", "--fuse=3"], "--fuse given twice ('2' and '3'); give it once"),
         (["--cluster", "a.yaml", "--cluster", "b.yaml"], "--cluster given twice ('a.yaml' and 'b.yaml'); give it once"),
