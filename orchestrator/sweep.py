@@ -82,7 +82,9 @@ def resolve_profile(args: argparse.Namespace) -> Profile:
             raise UserError(f"--max-parallel is {args.max_parallel}: allowed only with the local backend, and 1 to {MAX_PARALLEL}")
         profile = replace(profile, max_parallel=args.max_parallel)
     if args.fuse is not None:
-        if not 1 <= args.fuse <= MAX_FUSE:  # the flag named, not the profile key it overrides
+        if args.fuse < 1:
+            raise UserError(f"--fuse is {args.fuse}; allowed: >= 1 (1: every trial alone)")
+        if args.fuse > MAX_FUSE:  # the flag named, not the profile key it overrides
             raise UserError(f"--fuse is {args.fuse}; allowed: >= 1 (1: every trial alone) and <= {MAX_FUSE}")
         profile = replace(profile, fuse=args.fuse)
     return profile
