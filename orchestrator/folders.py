@@ -81,14 +81,27 @@ def sweep_folder(path: Path) -> Path:
     raise UserError(f"{path}: not a sweep folder (no trials/ inside); expected <results>/<sweep>/trials/<trial_id>/")
 
 
+def write_problem(path: Path) -> OSError | None:
+    """Why this machine cannot write at `path` (its nearest existing folder), or None. A real probe
+    (a temp file, removed at once), not os.access, which says yes to root on a read-only mount."""
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        if not probe.is_dir():
+            raise NotADirectoryError(f"{probe} is not a folder")
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as err:
+        return err
+    return None
+
+
 def check_writes(sweep: Path, command: str) -> None:
     """One line if `command` (which writes into the sweep folder and its trial folders) cannot write
     there: a read-only mount, another user's sweep. A real probe (a temp file in trials/, removed at
     once), not os.access, which says yes to root even on a read-only mount."""
-    try:
-        with tempfile.TemporaryFile(dir=trials_dir(sweep)):
-            pass
-    except OSError as err:
+    if (err := write_problem(trials_dir(sweep))) is not None:
         raise UserError(
             f"{sweep}: not writable ({err.strerror or err}); {command} writes into the sweep's trial folders: "
             "run it where you may write, or on a copy of the sweep folder"

@@ -19,11 +19,11 @@ A --dry-run writes nothing, so it runs none of them.
 from __future__ import annotations
 
 import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 from orchestrator.backends import Backend
+from orchestrator.folders import write_problem
 from orchestrator.plan import Plan
 from trainer.errors import UserError
 from trainer.registry import CHECKPOINT_BYTES
@@ -76,13 +76,5 @@ def check_writable(sweep: Path) -> None:
     A real probe (a temp file, removed at once) rather than os.access, which says yes to root
     even on a read-only mount.
     """
-    probe = sweep
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    try:
-        if not probe.is_dir():
-            raise NotADirectoryError(f"{probe} is not a folder")
-        with tempfile.TemporaryFile(dir=probe):
-            pass
-    except OSError as err:
-        raise UserError(f"results folder {sweep} is not writable ({err.strerror or err}); choose another with --results") from None
+    if (err := write_problem(sweep)) is not None:
+        raise UserError(f"results folder {sweep} is not writable ({err.strerror or err}); choose another with --results")

@@ -18,6 +18,7 @@ from orchestrator.backends.slurm import nodes, partition, qos
 from orchestrator.backends.slurm.cluster import config_or_empty
 from orchestrator.backends.slurm.queue import last_line
 from orchestrator.backends.slurm.script import render_sbatch
+from orchestrator.folders import write_problem
 from orchestrator.profiles import SlurmProfile
 from trainer.errors import ProfileError, UserError
 
@@ -61,19 +62,11 @@ def _check_log_dir(log_dir: str) -> None:
     (a real probe, removed at once: os.access says yes to root on a read-only mount)."""
     parts = Path(log_dir).expanduser().absolute().parts
     fixed = Path(*parts[: next((i for i, part in enumerate(parts) if "%" in part), len(parts))])
-    probe = fixed
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    try:
-        if not probe.is_dir():
-            raise NotADirectoryError(f"{probe} is not a folder")
-        with tempfile.TemporaryFile(dir=probe):
-            pass
-    except OSError as err:
+    if (err := write_problem(fixed)) is not None:
         raise ProfileError(
             f"key 'log_dir' is {log_dir!r}: the launcher cannot write there ({err.strerror or err}); allowed: a folder "
             "this machine may create and write, on a file system the nodes share (or leave it out: <sweep>/slurm/%j)"
-        ) from None
+        )
 
 
 # What `sbatch --test-only` says of a setting no job of the profile could ever be submitted with, and
