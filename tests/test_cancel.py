@@ -16,7 +16,7 @@ from trainer.status import observe
 
 from helpers import ROOT, status, wait_until
 
-EPOCHS = 3  # digits epochs are short; the cancel comes right after the first one
+EPOCHS = 25  # digits epochs take ~0.4 s here: the cancel (a new Python, ~2 s, more under load) must land mid-trial
 
 
 @pytest.mark.slow

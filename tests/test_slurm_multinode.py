@@ -238,7 +238,8 @@ def test_a_limit_inherited_from_a_parent_account_holds_too(tmp_path: Path, name:
 
 
 def test_cancel_midway_then_relaunch_uses_no_attempt(tmp_path: Path, name: str) -> None:
-    assert sweep(tmp_path, name, "0, 1, 2", epochs=3, max_running_tasks=1).returncode == 0  # one runs, two wait
+    # 20 epochs (~0.4 s each here): the cancel, a new Python and squeue, must land while the first trial trains.
+    assert sweep(tmp_path, name, "0, 1, 2", epochs=20, max_running_tasks=1).returncode == 0  # one runs, two wait
     everything = trials(tmp_path, name)
     wait_until(lambda: any(status(t).get("epoch", 0) >= 1 for t in everything), 300, "a trial trained an epoch")
     jobs = [job_of(t) for t in everything]
@@ -255,7 +256,7 @@ def test_cancel_midway_then_relaunch_uses_no_attempt(tmp_path: Path, name: str) 
                           cwd=ROOT, timeout=120)  # fmt: skip
     assert stat.returncode == 0 and len(stat.stderr.strip().splitlines()) <= 4, stat.stderr
 
-    again = sweep(tmp_path, name, "0, 1, 2", epochs=3, max_running_tasks=3, wait=True)
+    again = sweep(tmp_path, name, "0, 1, 2", epochs=20, max_running_tasks=3, wait=True)
     assert again.returncode == 0, again.stderr
     finals = [status(t) for t in everything]
     assert {s["state"] for s in finals} == {"done"}
