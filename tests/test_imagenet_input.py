@@ -71,6 +71,33 @@ def test_flat_val_without_ground_truth_is_one_line(tmp_path: Path) -> None:
     assert not (tmp_path / "cache").exists()  # nothing cached for a broken tree
 
 
+@pytest.mark.parametrize(
+    "ground_truth,damage,said",
+    [
+        ("devkit", b"abc\n", "value 7 (ILSVRC2012_val_00000007's label) is 'abc'; allowed: one ILSVRC2012_ID (a whole number) per line"),
+        ("devkit", b"1.0\n", "is '1.0'; allowed: one ILSVRC2012_ID"),
+        ("devkit", None, "is not UTF-8 text"),
+        ("csv", None, "is not UTF-8 text"),
+        ("csv", b'"' + b"x" * 200_000 + b"\n", "is not a CSV file (field larger than field limit"),
+    ],
+)
+def test_a_damaged_ground_truth_file_is_one_line(tmp_path: Path, ground_truth: str, damage: bytes | None, said: str) -> None:
+    # A stray line, a file saved as UTF-16 by an editor, NUL bytes: tracebacks from the launcher before.
+    tree = make_imagenet_tree(tmp_path / "data", bad=False, val_layout="flat", ground_truth=ground_truth)
+    folder = tree.root / "imagenet"
+    devkit = "ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt"
+    gt = folder / (devkit if ground_truth == "devkit" else "LOC_val_solution.csv")
+    text = gt.read_bytes()
+    if ground_truth == "devkit":
+        assert len(text.split()) == 6  # the damage below is the 7th value
+    gt.write_bytes(text + damage if damage is not None else text.decode().encode("utf-16"))
+    with pytest.raises(UserError) as info:
+        preflight(tree.root, tmp_path / "cache")
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith(f"dataset 'imagenet': {gt} ") and said in msg, msg
+    assert not (tmp_path / "cache").exists()
+
+
 def test_val_class_missing_from_train_is_named(tmp_path: Path) -> None:
     tree = make_imagenet_tree(tmp_path / "data", bad=False)
     (tree.root / "imagenet/val/n01440764").rename(tree.root / "imagenet/val/n09999999")

@@ -219,7 +219,7 @@ def _ground_truth(folder: Path, val_files: list[str]):
     """A function file name -> wnid for the flat val folder, and the files it was read from."""
     gt, meta, kaggle = folder / DEVKIT_GT, folder / DEVKIT_META, folder / KAGGLE_CSV
     if gt.is_file() and meta.is_file():
-        ids = [int(line) for line in gt.read_text().split()]
+        ids = _read_ids(gt)
         wnid_of_id = read_meta_mat(meta)
         table: dict[int, str] = {}
         for n, ilsvrc_id in enumerate(ids, start=1):
@@ -245,6 +245,19 @@ def _ground_truth(folder: Path, val_files: list[str]):
     )
 
 
+def _read_ids(gt: Path) -> list[int]:
+    """The devkit's ground truth: one ILSVRC2012_ID per val image, in val file-number order."""
+    allowed = "one ILSVRC2012_ID (a whole number) per line, as the devkit ships it; re-extract the devkit"
+    try:
+        values = gt.read_text(encoding="utf-8").split()
+    except UnicodeDecodeError as err:  # a file edited and saved as UTF-16, or another file under its name
+        raise UserError(f"dataset 'imagenet': {gt} is not UTF-8 text ({err.reason} at byte {err.start}); allowed: {allowed}") from None
+    for n, value in enumerate(values, start=1):
+        if not (value.isascii() and value.isdigit()):
+            raise UserError(f"dataset 'imagenet': {gt} value {n} (ILSVRC2012_val_{n:08d}'s label) is {value[:40]!r}; allowed: {allowed}")
+    return [int(value) for value in values]
+
+
 def read_meta_mat(path: Path) -> dict[int, str]:
     """ILSVRC2012_ID -> wnid of the 1,000 leaf synsets in the devkit's meta.mat.
 
@@ -263,12 +276,17 @@ def read_meta_mat(path: Path) -> dict[int, str]:
 def read_kaggle_csv(path: Path) -> dict[str, str]:
     """ImageId -> wnid (the first token of PredictionString) of Kaggle's LOC_val_solution.csv."""
     out: dict[str, str] = {}
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None or not {"ImageId", "PredictionString"} <= set(reader.fieldnames):
-            raise UserError(f"dataset 'imagenet': {path} lacks the columns ImageId,PredictionString of Kaggle's LOC_val_solution.csv")
-        for row in reader:
-            tokens = (row["PredictionString"] or "").split()
-            if tokens:
-                out[row["ImageId"]] = tokens[0]
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames is None or not {"ImageId", "PredictionString"} <= set(reader.fieldnames):
+                raise UserError(f"dataset 'imagenet': {path} lacks the columns ImageId,PredictionString of Kaggle's LOC_val_solution.csv")
+            for row in reader:
+                tokens = (row["PredictionString"] or "").split()
+                if tokens:
+                    out[row["ImageId"]] = tokens[0]
+    except (UnicodeDecodeError, csv.Error) as err:  # saved in another encoding, NUL bytes, another file under its name
+        why = f"not UTF-8 text ({err.reason} at byte {err.start})" if isinstance(err, UnicodeDecodeError) else f"not a CSV file ({err})"
+        allowed = "Kaggle's LOC_val_solution.csv as downloaded (UTF-8, columns ImageId,PredictionString)"
+        raise UserError(f"dataset 'imagenet': {path} is {why}; allowed: {allowed}") from None
     return out
