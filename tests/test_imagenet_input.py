@@ -183,6 +183,33 @@ def test_decode_gives_rgb_for_every_readable_kind(tmp_path: Path) -> None:
     assert torch.equal(gray[0], gray[1]) and torch.equal(gray[1], gray[2])
 
 
+def test_a_16_bit_png_decodes_to_its_8_bit_picture(tmp_path: Path) -> None:
+    # torchvision decodes a 16-bit PNG to uint16: stored into the loaders' uint8 batches each value
+    # wrapped modulo 256 (a smooth ramp became a saw-tooth), not counted as a bad image.
+    from PIL import Image
+
+    ramp = np.tile(np.linspace(0, 65535, 256).astype(np.uint16), (16, 1))
+    for name, image in (("gray16.png", Image.fromarray(ramp)), ("rgb16.png", None)):
+        path = tmp_path / name
+        if image is not None:
+            image.save(path)
+        else:  # 16 bits per channel, RGB: written by hand (PIL writes no 48-bit PNG), big-endian as PNG stores it
+            import struct
+            import zlib
+
+            rows = b"".join(b"\x00" + np.repeat(ramp[r], 3).astype(">u2").tobytes() for r in range(ramp.shape[0]))
+
+            def chunk(kind: bytes, body: bytes) -> bytes:
+                return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+            ihdr = struct.pack(">IIBBBBB", ramp.shape[1], ramp.shape[0], 16, 2, 0, 0, 0)
+            path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+        x = decode_rgb(path.read_bytes())
+        assert x.dtype == torch.uint8 and x.shape == (3, 16, 256), name
+        assert torch.equal(x[0, 0], torch.from_numpy((ramp[0] >> 8).astype(np.uint8))), name  # the high byte: monotone
+        assert torch.equal(x[0], x[1]) and torch.equal(x[1], x[2]), name
+
+
 def test_geometry_is_torchvisions() -> None:
     from torchvision.transforms import v2
 

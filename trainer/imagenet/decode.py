@@ -96,10 +96,20 @@ def decode_rgb(data: bytes | np.ndarray) -> torch.Tensor:
         try:
             if is_jpeg:
                 return decode_jpeg(raw, mode=ImageReadMode.RGB)
-            return decode_image(raw, mode=ImageReadMode.RGB)
+            return _to_uint8(decode_image(raw, mode=ImageReadMode.RGB))
         except RuntimeError as err:  # not JPEG/PNG/..., or damaged: PIL has the last word
             first = err
     return _decode_pil(data, first)
+
+
+def _to_uint8(image: torch.Tensor) -> torch.Tensor:
+    """A 16-bit PNG decodes to uint16 (0-65535); stored into a uint8 batch it wrapped modulo 256 (a
+    smooth ramp became a saw-tooth). Scaled as torchvision scales dtypes: the high byte."""
+    if image.dtype == torch.uint8:
+        return image
+    from torchvision.transforms.v2.functional import to_dtype
+
+    return to_dtype(image, torch.uint8, scale=True)
 
 
 def _decode_pil(data: bytes | np.ndarray, first: BaseException) -> torch.Tensor:
