@@ -367,6 +367,8 @@ def outcome_of(code: int, now_: TrialState, before: TrialState, stopping: bool) 
         return Outcome.STOPPED
     if code == EXIT_USER:
         return Outcome.USER_ERROR_RECORDED if started else Outcome.USER_ERROR
+    if started and now_.state == "failed" and now_.status.error_kind == "user":
+        return Outcome.USER_ERROR_RECORDED  # one member's (a damaged checkpoint) while its group trained on
     if not started and code != 0:
         return Outcome.SETUP_FAILED
     if now_.state == "interrupted" and code != 0 and now_.status.state == "running":

@@ -173,3 +173,43 @@ def test_random_kills_of_launcher_and_workers(tmp_path: Path) -> None:
     for spec in specs:
         epochs = pd.read_parquet(sweep / "trials" / spec.trial_id / EPOCHS)
         assert list(epochs.epoch) == [0, 1, 2, 3]
+
+
+@pytest.mark.slow
+def test_a_damaged_checkpoint_fails_its_trial_alone_and_is_not_retried_on_the_same_file(tmp_path: Path) -> None:
+    # Three fused trials stopped after epoch 1 (their worker SIGKILLed when epoch 2's first rows were
+    # written), then one member's checkpoint.pt truncated. Before, the exception failed all three
+    # members, and the runner restarted the group on the same file until each had max_attempts.
+    grid_path = tmp_path / "grid.yaml"
+    grid_path.write_text("name: damaged\nfixed: {epochs: 3, batch_size: 256}\nsweep: {seed: [0, 1, 2]}\n")
+    specs = load_grid(grid_path).specs
+    sweep = tmp_path / "r" / "damaged"
+    folders = [new_trial(sweep / "trials" / s.trial_id, s) for s in specs]
+    group = [sys.executable, "-m", "trainer.group", *[a for f in folders for a in ("--spec", str(f / "spec.json"))]]
+    killed = subprocess.run(group, env={**ENV, "SWEEP_FAULT": "rows-written:4"}, capture_output=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL
+    bad, *good = folders
+    assert all(json.loads((f / "status.json").read_text())["epoch"] == 1 for f in folders)
+    with open(bad / "checkpoint.pt", "r+b") as f:
+        f.truncate(1000)
+
+    launcher = [sys.executable, "-m", "orchestrator.sweep", "--grid", str(grid_path), "--results", str(tmp_path / "r")]
+    launcher += ["--max-parallel", "1"]
+    out = subprocess.run(launcher, env=ENV, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1, out.stderr
+    assert f"error: {bad.name}: checkpoint {bad / 'checkpoint.pt'} is unreadable" in out.stderr, out.stderr
+    assert "restarting" not in out.stderr, out.stderr  # the same file would fail the same way
+    st = json.loads((bad / "status.json").read_text())
+    assert (st["state"], st["error_kind"], st["attempts"]) == ("failed", "user", 2), st
+    assert "delete it to restart the trial from scratch" in st["error"]
+    for f in good:  # trained on without it, from their own checkpoints
+        st = json.loads((f / "status.json").read_text())
+        assert (st["state"], st["attempts"], st["epoch"]) == ("done", 2, 3), st
+        assert list(pd.read_parquet(f / EPOCHS).epoch) == [0, 1, 2, 3]
+
+    (bad / "checkpoint.pt").unlink()  # as the error says; then the next launch trains it from scratch
+    again = subprocess.run(launcher, env=ENV, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    st = json.loads((bad / "status.json").read_text())
+    assert (st["state"], st["attempts"]) == ("done", 3), st
+    assert list(pd.read_parquet(bad / EPOCHS).epoch) == [0, 1, 2, 3]

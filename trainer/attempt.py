@@ -98,6 +98,13 @@ class Attempt:
         self.save_status()
         self.final = "failed"
 
+    def cannot_resume(self, err: CheckpointUnreadable) -> None:
+        """Its checkpoint is damaged: failed, the user's to fix (error_kind user, so no launcher retries
+        it on the same file); the other members of its group train on without it."""
+        self.status.update(state="failed", error=str(err), error_kind="user", retryable=True, ended=now())
+        self.save_status()
+        self.final = "failed"
+
     def set_aside(self, message: str) -> None:
         """A damaged file of the trial was renamed aside (trainer.checkpoint): status.json names it."""
         self.status.update(set_aside=[*self.status.extra.get("set_aside", []), f"{now()}: {message}"])

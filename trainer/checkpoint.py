@@ -37,6 +37,10 @@ class CheckpointUnreadable(RuntimeError):
     """A checkpoint file that torch cannot load, or that lacks what a checkpoint holds."""
 
 
+# Not started over silently: the trial's rows and kept checkpoints go with its checkpoint.
+_REMEDY = "delete it to restart the trial from scratch, then run the sweep again (--retry-failed once its attempts are spent)"
+
+
 def save_checkpoint(
     folder: Path, model_state: dict[str, Any], optimizer_state: dict[str, Any], epoch: int, step: int, keep: bool = False
 ) -> None:
@@ -108,7 +112,11 @@ def load_checkpoint(folder: Path, device: torch.device) -> dict[str, Any] | None
     path = folder / R.CHECKPOINT
     if not path.exists():
         return None
-    return _load(path, device)
+    ckpt = _load(path, device)
+    missing = [key for key in ("model", "optimizer", "epoch", "step") if key not in ckpt]
+    if missing:
+        raise CheckpointUnreadable(f"checkpoint {path} lacks {', '.join(missing)}; {_REMEDY}")
+    return ckpt
 
 
 def _load(path: Path, device: torch.device) -> dict[str, Any]:
@@ -116,9 +124,7 @@ def _load(path: Path, device: torch.device) -> dict[str, Any]:
         ckpt: dict[str, Any] = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:
         reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise CheckpointUnreadable(f"checkpoint {path} is unreadable ({reason}); delete it to restart the trial from scratch") from err
+        raise CheckpointUnreadable(f"checkpoint {path} is unreadable ({reason}); {_REMEDY}") from err
     if not isinstance(ckpt, dict):
-        raise CheckpointUnreadable(
-            f"checkpoint {path} is not a checkpoint ({type(ckpt).__name__}); delete it to restart the trial from scratch"
-        )
+        raise CheckpointUnreadable(f"checkpoint {path} is not a checkpoint ({type(ckpt).__name__}); {_REMEDY}")
     return ckpt

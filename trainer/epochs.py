@@ -18,6 +18,7 @@ throwaway twin of itself when it is alone, so its weights, test accuracy and CSI
 on how a launch grouped it (bitwise on CPU; its training loss and selectivity to float32
 rounding, about 1e-8 relative). Per member:
 - a non-finite loss fails it alone (diverged); the others are re-fused without it;
+- a damaged checkpoint fails it alone before training (error_kind user: its file needs the user);
 - members whose checkpoints differ (a kill between two members' checkpoint writes) are brought
   level: those behind train while those ahead ride along, unrecorded, and are reset to their
   own checkpoint when the others catch up.
@@ -26,6 +27,7 @@ rounding, about 1e-8 relative). Per member:
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, closing
 from dataclasses import dataclass
@@ -36,7 +38,14 @@ import torch
 
 from trainer import faults
 from trainer.attempt import Attempt, StopRequest
-from trainer.checkpoint import drop_mid_checkpoint, load_checkpoint, load_mid_checkpoint, save_checkpoint, save_mid_checkpoint
+from trainer.checkpoint import (
+    CheckpointUnreadable,
+    drop_mid_checkpoint,
+    load_checkpoint,
+    load_mid_checkpoint,
+    save_checkpoint,
+    save_mid_checkpoint,
+)
 from trainer.data import Batch, Data, DataInfo, data_info, eval_batch_size, load_dataset
 from trainer.engine import Engine, ModelState, OptimizerState, initial_state, make_engine
 from trainer.epochlog import EpochWatch
@@ -105,7 +114,15 @@ def train_members(attempts: list[Attempt], fused: bool, stop: StopRequest | None
     spec, device = attempts[0].spec, attempts[0].device
     info = data_info(spec.dataset)
     data: Data = load_dataset(spec.dataset, spec.resolved_data_root(), device, **spec.data_options())
-    members = [start_member(a, info, device) for a in attempts]
+    members = []
+    for a in attempts:
+        try:
+            members.append(start_member(a, info, device))
+        except CheckpointUnreadable as err:  # that member alone: the others' checkpoints are theirs
+            print(f"error: {err}", file=sys.stderr, flush=True)
+            a.cannot_resume(err)
+    if not members:
+        return data
     for m in members:
         m.attempt.status.fused = len(members) if fused else False
         if loader := getattr(data, "loader", None):  # ImageNet: the loader "auto" resolved to (provenance)
