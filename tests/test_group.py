@@ -137,6 +137,20 @@ def test_diverged_member_fails_alone_and_the_rest_match_a_group_without_it(tmp_p
 
 
 @pytest.mark.slow
+def test_a_member_that_blows_up_in_its_last_step_is_diverged_not_done(tmp_path: Path) -> None:
+    # One step per epoch (the whole digits training set in one batch) and an extreme alpha: the loss
+    # of the only step is finite (taken before its update), the network after it is not. Only the
+    # training loss was checked, so the trial was `done` with NaN test loss and CSI in its rows.
+    ok, bad = (TrialSpec(sweep="grp", epochs=1, batch_size=1438, alpha=a, seed=0, device="cpu") for a in (0.0, 1e30))
+    assert run_group([ok, bad], folders(tmp_path, [ok, bad])) == ["done", "failed"]
+    status = json.loads((tmp_path / bad.trial_id / R.STATUS).read_text())
+    assert (status["error_kind"], status["retryable"]) == ("diverged", False), status
+    assert status["error"].startswith("non-finite test loss (nan) after epoch 1 (alpha 1e+30)"), status
+    assert pd.read_parquet(tmp_path / bad.trial_id / R.EPOCHS)["epoch"].tolist() == [0]  # no NaN row
+    assert pd.read_parquet(tmp_path / ok.trial_id / R.EPOCHS)["test_loss"].notna().all()
+
+
+@pytest.mark.slow
 def test_busy_member_is_left_to_its_holder(tmp_path: Path) -> None:
     short = [TrialSpec(sweep="grp", epochs=1, alpha=a, seed=0, device="cpu") for a in (0.0, -1.0)]
     held = tmp_path / short[1].trial_id

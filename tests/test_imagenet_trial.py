@@ -129,3 +129,28 @@ def test_a_crashed_loader_worker_fails_the_trial_visibly(tmp_path: Path) -> None
     (state,) = scan(tmp_path / "r" / "crash").values()
     assert state.state == "failed" and state.attempts == 3 and "worker" in (state.error or "").lower()
     assert not is_locked(state.folder)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("side,said", [("train", "epoch 1 trained on no image"), ("val", "the evaluation read no test image")])
+def test_a_tree_with_no_readable_image_on_one_side_fails_its_trial_once_as_the_datas_fault(
+    side: str, said: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Zero-byte files, as an extraction that ran out of disk leaves them. Before: with every train
+    # image unreadable the trial was `done` after no optimizer step (its epoch-1 rows equal to epoch
+    # 0's); with every val image unreadable, "ValueError: the test set is empty", retried 3 times.
+    make_imagenet_tree(tmp_path / "data", per_class=2, val_per_class=1, bad=False)
+    for image in (tmp_path / "data" / "imagenet" / side).rglob("*.JPEG"):
+        image.write_bytes(b"")
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(
+        f"name: empty\nfixed: {{model: resnet20, dataset: imagenet, epochs: 1, batch_size: 2, "
+        f"data_root: {tmp_path / 'data'}, cache_dir: {tmp_path / 'cache'}}}\n"
+    )
+    assert cli(sweep_main, ["--grid", str(grid), "--results", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err
+    assert "restarting" not in err, err  # the same files would fail the same way
+    (st,) = scan(tmp_path / "r" / "empty").values()
+    status = json.loads((st.folder / R.STATUS).read_text())
+    assert (status["state"], status["error_kind"], status["attempts"]) == ("failed", "user", 1), status
+    assert status["error"].startswith(f"dataset 'imagenet': {said}") and "image(s) skipped as unreadable, e.g. " in status["error"], status

@@ -17,7 +17,8 @@ networks as one (trainer.engine). With fusing on, a member always trains fused, 
 throwaway twin of itself when it is alone, so its weights, test accuracy and CSI do not depend
 on how a launch grouped it (bitwise on CPU; its training loss and selectivity to float32
 rounding, about 1e-8 relative). Per member:
-- a non-finite loss fails it alone (diverged); the others are re-fused without it;
+- a non-finite loss (training, or the test loss after its last step) fails it alone (diverged); the
+  others are re-fused without it;
 - a damaged checkpoint fails it alone before training (error_kind user: its file needs the user);
 - members whose checkpoints differ (a kill between two members' checkpoint writes) are brought
   level: those behind train while those ahead ride along, unrecorded, and are reset to their
@@ -49,9 +50,9 @@ from trainer.checkpoint import (
 from trainer.data import Batch, Data, DataInfo, data_info, eval_batch_size, load_dataset
 from trainer.engine import Engine, ModelState, OptimizerState, initial_state, make_engine
 from trainer.epochlog import EpochWatch
-from trainer.errors import Checkpointed
+from trainer.errors import Checkpointed, UserError
 from trainer.loop import NonFiniteLoss, lr_at
-from trainer.metrics import TrainStats, combine
+from trainer.metrics import EmptyTestSet, TrainStats, combine
 from trainer.models import layer_names
 from trainer.resultlog import ResultLog
 from trainer.spec import TrialSpec
@@ -274,10 +275,21 @@ class EpochRun:
             at = stop
             if stop < self.steps:
                 evals = self.evaluate()
+                self.check_finite(evals, active, alphas, f"in epoch {e + 1}")
                 for k, m in enumerate(self.slots):
                     if active[k] and m is not None:
                         m.log.add(e + 1, e * self.steps + stop, lr, alphas[k], combine(segments[k]), evals[k], epoch_end=False)
+        if not any(combine(segments[k]).images for k in range(len(self.slots)) if active[k]):
+            # Every training batch was unreadable (a batch of bad images is left out): the weights did
+            # not move, and the epoch would be recorded as trained (a trial `done` after no step).
+            skipped = self.data.skipped
+            seen = f"{skipped.count} image(s) skipped as unreadable, e.g. {', '.join(skipped.first[:3])}" if skipped.count else "none read"
+            raise UserError(
+                f"dataset '{self.spec.dataset}': epoch {e + 1} trained on no image: every training batch was unreadable ({seen}); "
+                "repair or replace those files (python -m trainer.imagenet.manifest --check lists them)"
+            )
         evals = self.evaluate()
+        self.check_finite(evals, active, alphas, f"after epoch {e + 1}")
         step = (e + 1) * self.steps
         for k, m in enumerate(self.slots):
             if not active[k] or m is None:
@@ -290,7 +302,23 @@ class EpochRun:
 
     def evaluate(self) -> list[Any]:
         assert self.engine is not None
-        return self.engine.evaluate(self.data, self.eval_batch)
+        try:
+            return self.engine.evaluate(self.data, self.eval_batch)
+        except EmptyTestSet:
+            skipped = self.data.skipped
+            seen = f"; {skipped.count} image(s) skipped as unreadable, e.g. {', '.join(skipped.first[:3])}" if skipped.count else ""
+            raise UserError(
+                f"dataset '{self.spec.dataset}': the evaluation read no test image{seen}; "
+                "repair or replace the validation files (python -m trainer.imagenet.manifest --check lists them)"
+            ) from None
+
+    def check_finite(self, evals: list[Any], active: list[bool], alphas: list[float], when: str) -> None:
+        """A network whose last step blew up evaluates to a non-finite loss while its training loss (taken
+        before that step) was finite: that member diverged; its rows of this evaluation are not written."""
+        for k, m in enumerate(self.slots):
+            if active[k] and m is not None and not math.isfinite(evals[k].loss):
+                m.attempt.diverged(NonFiniteLoss(f"non-finite test loss ({evals[k].loss}) {when} (alpha {alphas[k]})"))
+                active[k] = False
 
     def checkpoint(self, m: Member, epoch: int, step: int) -> None:
         """Save member m's share as a single trial's checkpoint; then its status says which epoch."""

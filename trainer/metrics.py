@@ -59,6 +59,10 @@ class EvalStats:
 NOTHING = TrainStats(0.0, 0.0, None, 0.0, 0, 0, 0.0)
 
 
+class EmptyTestSet(ValueError):
+    """An evaluation saw no image (every test batch unreadable): the data's fault, said by the caller."""
+
+
 class TrainSums:
     """Running float64 sums of a stretch of training, one entry per model."""
 
@@ -157,7 +161,7 @@ class EvalSums:
     def result(self, seconds: float) -> list[EvalStats]:
         """Each model's EvalStats; `seconds`: the whole pass (shared by the K models)."""
         if not self.n:
-            raise ValueError("the test set is empty")
+            raise EmptyTestSet("the test set is empty")
         layers = self.means.result()  # [K*U] per layer
         ls, t1, t5 = self.loss_sum.tolist(), self.top1.tolist(), self.top5.tolist()
         top5 = self.num_classes >= 100
