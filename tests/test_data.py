@@ -70,6 +70,20 @@ def test_tinyimagenet_layout(tmp_path: Path) -> None:
             assert torch.allclose(mean, torch.tensor(colour, dtype=torch.float32), atol=4), (label, mean)
 
 
+def test_tinyimagenet_annotations_with_blank_lines_pass_the_launch_and_load(tmp_path: Path) -> None:
+    # The launcher's check skipped blank lines, the trials' reader did not: a trailing newline too
+    # many passed the launch, then every attempt of every trial failed ("not enough values to unpack").
+    from trainer.data import preflight_data
+
+    make_tinyimagenet(tmp_path)
+    annotations = tmp_path / "tiny-imagenet-200" / "val" / "val_annotations.txt"
+    lines = annotations.read_text().splitlines()
+    annotations.write_text("\n".join([lines[0], "", *lines[1:]]) + "\n\n")
+    preflight_data("tinyimagenet", tmp_path)
+    data = load_dataset("tinyimagenet", tmp_path, CPU)
+    assert data.test_y.tolist() == [1, 2, 0, 1]
+
+
 # ---- ImageNet fixture (class folders, streamed) -------------------------------------------------
 def make_imagenet(root: Path, val_classes: tuple[str, ...] = ("n01440764", "n01443537")) -> None:
     for split, classes in (("train", ("n01440764", "n01443537")), ("val", val_classes)):

@@ -98,6 +98,25 @@ def test_a_damaged_ground_truth_file_is_one_line(tmp_path: Path, ground_truth: s
     assert not (tmp_path / "cache").exists()
 
 
+def test_more_class_folders_than_the_networks_outputs_fail_the_launch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # 1,001 class folders for 1,000 outputs: every trial would fail in its loss ("Target 1000 is out
+    # of bounds"), each attempt. Checked with the registry's count lowered below this tree's 3 classes.
+    import dataclasses
+
+    from trainer import data as D
+
+    tree = make_imagenet_tree(tmp_path / "data", bad=False)
+    D.preflight_data("imagenet", tree.root, tmp_path / "cache")  # 3 classes, 1000 outputs: fine
+    info, reader = D.DATASETS["imagenet"]
+    monkeypatch.setitem(D.DATASETS, "imagenet", (dataclasses.replace(info, num_classes=2), reader))
+    with pytest.raises(DataMissing) as err:
+        D.preflight_data("imagenet", tree.root, tmp_path / "cache")
+    assert str(err.value) == (
+        f"dataset 'imagenet': {tree.root / 'imagenet' / 'train'} holds 3 class folders; allowed: at most 2 "
+        "(the network's outputs), the ILSVRC-2012 classes"
+    )
+
+
 def test_val_class_missing_from_train_is_named(tmp_path: Path) -> None:
     tree = make_imagenet_tree(tmp_path / "data", bad=False)
     (tree.root / "imagenet/val/n01440764").rename(tree.root / "imagenet/val/n09999999")

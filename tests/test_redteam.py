@@ -336,7 +336,9 @@ def test_corrupt_cifar_batch_fails_the_launch_naming_the_file(damage: str, tmp_p
         load_dataset("cifar10", tmp_path / "data", torch.device("cpu"))
 
 
-@pytest.mark.parametrize("damage", ["no images", "empty image", "garbage image", "bad annotation"])
+@pytest.mark.parametrize(
+    "damage", ["no images", "empty image", "garbage image", "bad annotation", "garbage later image", "garbage val image", "201 classes"]
+)
 def test_broken_tinyimagenet_fails_the_launch(damage: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     make_tinyimagenet(tmp_path / "data")
     folder = tmp_path / "data" / "tiny-imagenet-200"
@@ -351,10 +353,18 @@ def test_broken_tinyimagenet_fails_the_launch(damage: str, tmp_path: Path, capsy
     elif damage == "garbage image":
         sorted((first_class / "images").iterdir())[0].write_bytes(b"not a JPEG")
         expected = "is not a readable image"
-    else:
+    elif damage == "bad annotation":
         with open(folder / "val" / "val_annotations.txt", "a") as f:
             f.write("val_9.JPEG\tn00000000\n")
         expected = "'n00000000' is not '<image><TAB><wnid>' of a known class"
+    elif damage in ("garbage later image", "garbage val image"):  # only the first image of each side was decoded
+        bad = sorted((sorted((folder / "train").iterdir())[-1] / "images").iterdir())[-1]
+        bad = folder / "val" / "images" / "val_3.JPEG" if damage == "garbage val image" else bad
+        bad.write_bytes(b"<html>404 Not Found</html>")  # a download that saved an error page
+        expected = f"{bad} is not a readable image"
+    else:  # more classes than the network's 200 outputs: every trial crashed in its loss ("Target 200 is out of bounds")
+        (folder / "wnids.txt").write_text("".join(f"n{i:08d}\n" for i in range(201)))
+        expected = f"{folder / 'wnids.txt'} lists 201 classes, more than the network's 200 outputs"
     grid = write(tmp_path, f"name: t\nfixed: {{model: resnet18, dataset: tinyimagenet, epochs: 1, data_root: '{tmp_path / 'data'}'}}\n")
     assert expected in one_line_error(capsys, ["--grid", str(grid)], tmp_path / "results")
 

@@ -19,6 +19,7 @@ import dataclasses
 import os
 import pickle
 from collections.abc import Callable, Generator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
@@ -144,7 +145,7 @@ def preflight_data(name: str, root: str | Path, cache_dir: str | Path | None = N
     Not only there but readable, so a damaged copy fails the launch at once, naming the file,
     rather than every trial and each of its attempts: every CIFAR-10 batch file loads (with the
     same restricted unpickler the trials use) and holds images and labels; Tiny ImageNet's class
-    folders and validation images are listable and non-empty and a first image of each decodes.
+    folders and validation images are listable and non-empty and every image decodes.
     ImageNet's train/val classes must agree (trainer.imagenet.preflight, which builds or loads its
     cached manifest, so the trials never list the tree).
     """
@@ -156,9 +157,14 @@ def preflight_data(name: str, root: str | Path, cache_dir: str | Path | None = N
     elif name == "tinyimagenet":
         _preflight_tinyimagenet(root / "tiny-imagenet-200")
     elif name == "imagenet":
-        from trainer.imagenet import preflight
+        from trainer.imagenet.manifest import ensure_manifest
 
-        preflight(root, cache_dir)
+        classes = len(ensure_manifest(root, cache_dir).classes)
+        if classes > DATASETS["imagenet"][0].num_classes:  # labels past the network's outputs: every trial would crash
+            raise DataMissing(
+                f"dataset 'imagenet': {root / 'imagenet' / 'train'} holds {classes} class folders; allowed: at most "
+                f"{DATASETS['imagenet'][0].num_classes} (the network's outputs), the ILSVRC-2012 classes"
+            )
 
 
 def _unusable(name: str, path: Path, what: str) -> DataMissing:
@@ -167,7 +173,7 @@ def _unusable(name: str, path: Path, what: str) -> DataMissing:
 
 def _preflight_tinyimagenet(folder: Path) -> None:
     """Class folders whose images are all non-empty files, validation images of known classes
-    likewise; the first image of each side decodes. A stat per image: cheap beside a decode."""
+    likewise, no more classes than the network's outputs, and every image decodes."""
     train = folder / "train"
     try:
         classes = sorted(p for p in train.iterdir() if p.is_dir())
@@ -175,7 +181,7 @@ def _preflight_tinyimagenet(folder: Path) -> None:
         raise _unusable("tinyimagenet", train, f"cannot be listed ({err.strerror or err})") from None
     if not classes:
         raise _unusable("tinyimagenet", train, "has no class folders")
-    first: list[Path] = []
+    train_images: list[Path] = []
     for wnid in classes:
         images = wnid / "images"
         try:
@@ -188,7 +194,7 @@ def _preflight_tinyimagenet(folder: Path) -> None:
         for name, size in found:
             if size == 0:
                 raise _unusable("tinyimagenet", images / name, "is empty (0 bytes)")
-        first = first or [images / found[0][0]]
+        train_images += [images / name for name, _ in found]
     annotations = folder / "val" / "val_annotations.txt"
     wnids_file = folder / "wnids.txt"  # the classes, as read_tinyimagenet takes them
     try:
@@ -198,6 +204,10 @@ def _preflight_tinyimagenet(folder: Path) -> None:
         raise _unusable("tinyimagenet", annotations.parent.parent, f"has an unreadable text file ({str(err)[:100]})") from None
     if not lines:
         raise _unusable("tinyimagenet", annotations, "is empty")
+    outputs = DATASETS["tinyimagenet"][0].num_classes
+    if len(known) > outputs:  # labels past the network's outputs: every trial would crash in its loss
+        listed = wnids_file if wnids_file.exists() else train
+        raise _unusable("tinyimagenet", listed, f"lists {len(known)} classes, more than the network's {outputs} outputs")
     for number, line in enumerate(lines, start=1):
         fields = line.split("\t")
         if len(fields) < 2 or fields[1] not in known:
@@ -211,8 +221,13 @@ def _preflight_tinyimagenet(folder: Path) -> None:
             raise _unusable("tinyimagenet", image, why) from None
         if empty:
             raise _unusable("tinyimagenet", image, "is empty (0 bytes)")
-    for image in (first[0], folder / "val" / "images" / lines[0].split("\t")[0]):
-        _decode(image)
+    # Every image decodes, as each trial decodes them all (a partial download or an HTML page saved
+    # as .JPEG once failed every trial after the folders were written): ~0.1 ms each, in threads
+    # (PIL decodes without the GIL); the first bad one in listing order is named.
+    val_images = [folder / "val" / "images" / line.split("\t")[0] for line in lines]
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for _ in pool.map(_decode, [*train_images, *val_images], chunksize=256):
+            pass
 
 
 def _decode(path: Path) -> np.ndarray:
@@ -324,6 +339,8 @@ def read_tinyimagenet(root: Path) -> tuple[Batch, Batch]:
     train = [(p, index[w]) for w in sorted(index) for p in sorted((folder / "train" / w / "images").glob("*.JPEG"))]
     val = []
     for line in (folder / "val" / "val_annotations.txt").read_text().splitlines():
+        if not line.strip():
+            continue  # a blank line (a trailing newline too many): skipped, as the launcher's check skips it
         name, wnid = line.split("\t")[:2]
         val.append((folder / "val" / "images" / name, index[wnid]))
     if not train or not val:
