@@ -294,6 +294,8 @@ def test_a_setting_slurm_refuses_is_one_line_naming_the_profile_before_anything_
         ("sbatch_extra", ["--begin=notatime"], "key 'sbatch_extra' (--begin=notatime): sbatch refuses it (Invalid --begin specification)"),
         # the controller's refusal ("allocation failure") of an option only sbatch_extra sets: final too
         ("sbatch_extra", ["--batch=x"], "key 'sbatch_extra' (--batch=x): sbatch refuses it (Job --batch option is invalid"),
+        # more than any node has: queued, it would pend for ever (BadConstraints); the plain task is accepted
+        ("sbatch_extra", ["--mincpus=4096"], "key 'sbatch_extra' (--mincpus=4096): no node of the cluster can take a task with it"),
     ):
         profile = write_profile(tmp_path, **{key: value})
         results = tmp_path / "r"
@@ -309,6 +311,7 @@ def test_a_setting_slurm_refuses_is_one_line_naming_the_profile_before_anything_
     try:
         preflight(load_profile(write_profile(tmp_path, account="anyone")))
         preflight(load_profile(write_profile(tmp_path, sbatch_extra=["--begin=now+1hour"])))  # valid options: no refusal either
+        preflight(load_profile(write_profile(tmp_path, sbatch_extra=["--mincpus=4096"])))  # the plain task is refused too: not final
     finally:
         scontrol("update", f"nodename={','.join(nodes)}", "state=resume")
 

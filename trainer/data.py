@@ -238,7 +238,8 @@ def _decode(path: Path) -> np.ndarray:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB").resize((64, 64))).transpose(2, 0, 1)
     except (OSError, SyntaxError, ValueError, EOFError) as err:  # PIL's ways of saying "not an image"
-        raise _unusable("tinyimagenet", path, f"is not a readable image ({type(err).__name__}: {str(err)[:80]})") from None
+        said = str(err).replace(f" '{path}'", "").replace(str(path), "the file")[:80]  # PIL repeats the path, named already
+        raise _unusable("tinyimagenet", path, f"is not a readable image ({type(err).__name__}: {said})") from None
 
 
 def read_digits(root: Path) -> tuple[Batch, Batch]:

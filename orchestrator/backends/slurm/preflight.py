@@ -8,6 +8,7 @@ answer here is left to the submission, which says what the site thinks.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 import subprocess
@@ -71,7 +72,8 @@ def _check_log_dir(log_dir: str) -> None:
 
 # What `sbatch --test-only` says of a setting no job of the profile could ever be submitted with, and
 # the profile key that holds it. Only these: its other refusals are not final (all nodes drained or
-# down: "Requested node configuration is not available", while a real submission queues and waits).
+# down: "Requested node configuration is not available", while a real submission queues and waits;
+# unless sbatch_extra is what no node satisfies, below).
 _REFUSED_KEYS = (
     ("Requested reservation is invalid", ("reservation",), "a reservation of this cluster (`scontrol show reservation`)"),
     ("Invalid feature specification", ("constraint",), "features the partition's nodes have (`sinfo -o '%P %f'`)"),
@@ -97,17 +99,9 @@ def _test_submit(profile: SlurmProfile) -> None:
     """
     if not any(getattr(profile, key) for key in _SITE_NAMES):
         return
-    scratch = Path(tempfile.gettempdir())
-    script = render_sbatch(profile, scratch / "preflight", scratch / "sweep-preflight" / "%j", 1)
-    try:
-        with tempfile.NamedTemporaryFile("w", prefix="sweep-preflight-", suffix=".sh") as file:
-            file.write(script)
-            file.flush()
-            out = subprocess.run(["sbatch", "--test-only", file.name], capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return  # the submission itself will say what is wrong
-    if out.returncode == 0:
-        return
+    out = _test_only(profile)
+    if out is None or out.returncode == 0:
+        return  # no answer: the submission itself will say what is wrong
     text = out.stderr or out.stdout
     lines = [line for line in text.splitlines() if line.strip() and not line.startswith("Try ")]  # "Try sbatch --help"
     said = last_line("\n".join(lines) or text).removeprefix("allocation failure: ").removeprefix("sbatch: error: ")
@@ -130,3 +124,31 @@ def _test_submit(profile: SlurmProfile) -> None:
     if profile.sbatch_extra and ("allocation failure" not in text or "Invalid license specification" in said or extra_named):
         extras = ", ".join(profile.sbatch_extra)
         raise ProfileError(f"key 'sbatch_extra' ({extras}): sbatch refuses it ({said}); allowed: what sbatch takes (`man sbatch`)")
+    # "Requested node configuration is not available" is not final while nodes are drained or down,
+    # but when the same job without sbatch_extra is accepted, the extra options ask more than any node
+    # has (`--mincpus`, `--tmp`): every task would pend for ever (squeue: BadConstraints).
+    if profile.sbatch_extra and _NO_NODE in said:
+        plain = _test_only(dataclasses.replace(profile, sbatch_extra=()))
+        if plain is not None and plain.returncode == 0:
+            extras = ", ".join(profile.sbatch_extra)
+            raise ProfileError(
+                f"key 'sbatch_extra' ({extras}): no node of the cluster can take a task with it (SLURM: {said}; the same "
+                "task without it is accepted); allowed: what the partition's nodes have (`sinfo -N -o '%N %c %m %d %f'`)"
+            )
+
+
+_NO_NODE = "Requested node configuration is not available"
+
+
+def _test_only(profile: SlurmProfile) -> subprocess.CompletedProcess[str] | None:
+    """`sbatch --test-only` of the profile's script (sent as a file, the last argument, as a submission
+    is); None where sbatch could not be asked."""
+    scratch = Path(tempfile.gettempdir())
+    script = render_sbatch(profile, scratch / "preflight", scratch / "sweep-preflight" / "%j", 1)
+    try:
+        with tempfile.NamedTemporaryFile("w", prefix="sweep-preflight-", suffix=".sh") as file:
+            file.write(script)
+            file.flush()
+            return subprocess.run(["sbatch", "--test-only", file.name], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
