@@ -370,6 +370,24 @@ def test_broken_tinyimagenet_fails_the_launch(damage: str, tmp_path: Path, capsy
 
 
 # ---- trial folders that lie ----------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("field,value", [("error", 5), ("epoch", "abc"), ("retryable", "no"), ("epoch", True), ("versions", [])])
+def test_a_status_field_of_another_type_is_unreadable_not_a_traceback(
+    field: str, value: object, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Valid JSON, hand-edited: "error": 5 crashed orchestrator.status (TypeError); "retryable": "no"
+    # counted as retryable; "epoch": "abc" was shown as abc/3 and kept through a relaunch.
+    grid, sweep, specs = synthetic_sweep(tmp_path, SMALL)
+    victim = sweep / "trials" / specs[1].trial_id
+    status = json.loads((victim / R.STATUS).read_text())
+    (victim / R.STATUS).write_text(json.dumps({**status, "state": "failed", field: value}))
+    assert cli(status_main, [str(sweep)]) == 0
+    out = capsys.readouterr().out
+    assert "1 unreadable" in out and f"{field} {str(value)!r} is not " in out, out
+    assert cli(sweep_main, ["--grid", str(grid), "--results", str(tmp_path / "results")]) == 0  # rebuilt from the folder
+    assert {s.state for s in scan(sweep).values()} == {"done"}
+
+
 def test_garbage_spec_in_a_done_trial_is_shown_then_repaired(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     grid, sweep, specs = synthetic_sweep(tmp_path, SMALL)
     victim = sweep / "trials" / specs[1].trial_id

@@ -100,12 +100,23 @@ class Status:
         attempts = known.get("attempts", 0)
         if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 0:
             raise StatusUnreadable(f"attempts {str(attempts)[:40]!r} is not a count")
+        for key, value in known.items():  # a hand edit of another type ("error": 5) once crashed orchestrator.status
+            kind = _TYPES.get(key)
+            if kind is not None and value is not None and (not isinstance(value, kind) or (key == "epoch" and isinstance(value, bool))):
+                raise StatusUnreadable(f"{key} {str(value)[:40]!r} is not {_TYPE_NAMES[kind]}")
         return cls(**known, extra={k: v for k, v in data.items() if k not in _FIELD_SET} if len(known) < len(data) else {})
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(Status) if f.name != "extra")
 _FIELD_SET = frozenset(_FIELDS)  # `in` a tuple of 20 names, twice per key, cost ~0.1 s at 10,000 trials (issue 25)
 _ONLY_WHEN_SET = frozenset({"epoch", "fused", "last_interruption", "log", "skipped_images"})
+_TEXT = ("trial_id", "error", "error_kind", "started", "ended", "host", "platform", "device", "git_sha", "last_interruption", "log")
+# The type each field may hold besides null (state and attempts are checked on their own).
+_TYPES: dict[str, type] = {
+    **dict.fromkeys(_TEXT, str), "epoch": int, "retryable": bool, "git_dirty": bool, "fused": int,
+    "versions": dict, "skipped_images": dict,
+}  # fmt: skip
+_TYPE_NAMES = {str: "text", int: "a whole number", bool: "true or false", dict: "a JSON object"}
 
 
 def read_status(folder: Path) -> Status:
