@@ -11,7 +11,8 @@ spec (orchestrator.grid, orchestrator.strict, trainer.spec). Then `preflight`, i
 2. the engine's own checks (Backend.preflight: this machine's CUDA devices for local, the
    profile and the cluster address for Ray, the commands and partition for SLURM);
 3. the data of every (data set, root, cache) the trials to run read (trainer.data.preflight_data);
-4. room on the results disk for one checkpoint and its rows (check_space).
+4. room on the results disk for one checkpoint and its rows (check_space; a warning when the
+   trials to run will keep more than is free).
 
 A --dry-run writes nothing, so it runs none of them.
 """
@@ -19,6 +20,7 @@ A --dry-run writes nothing, so it runs none of them.
 from __future__ import annotations
 
 import shutil
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -53,6 +55,7 @@ def check_space(sweep: Path, specs: Iterable[TrialSpec]) -> None:
     fail with ENOSPC. More room than that is not required: a disk that fills up later fails
     trials, which launchers record and stop retrying after their attempts.
     """
+    specs = list(specs)
     need = max((CHECKPOINT_BYTES.get(s.model, {}).get(s.dataset, 0) + ROWS_BYTES for s in specs), default=0)
     if not need:
         return
@@ -68,6 +71,20 @@ def check_space(sweep: Path, specs: Iterable[TrialSpec]) -> None:
             f"results folder {sweep} has {free / 1e6:.1f} MB free; a trial needs at least {need / 1e6:.1f} MB "
             "(a checkpoint and its rows); free space there or choose another folder with --results"
         )
+    # What the trials keep by the end (each kept checkpoint is its own file once the rolling one moves
+    # on): not required up front (disks get cleaned while sweeps run), but said, since a disk that
+    # fills mid-sweep fails trials one by one.
+    total = sum((len(s.kept_epochs()) + 1) * CHECKPOINT_BYTES.get(s.model, {}).get(s.dataset, 0) + ROWS_BYTES for s in specs)
+    if free < total:
+        print(
+            f"warning: results folder {sweep} has {_size(free)} free; the {len(specs)} trial(s) to run keep about {_size(total)} "
+            "(the checkpoints keep_checkpoints keeps, and rows): trials fail with 'No space left on device' once it fills",
+            file=sys.stderr,
+        )
+
+
+def _size(n: float) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
 def check_writable(sweep: Path) -> None:

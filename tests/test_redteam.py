@@ -741,7 +741,8 @@ def test_disk_full_while_preparing_is_one_line(
 def test_disk_full_during_training_ends_with_the_reason(
     small_disk: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The first checkpoint does not fit: the worker fails on ENOSPC, the launch ends (exit 1) and says why."""
+    """The first checkpoint does not fit: the worker fails on ENOSPC, the trial is failed as the user's
+    to mend (not retried on the same disk), the launch ends (exit 1) and says why."""
     monkeypatch.setattr("orchestrator.preflight.check_space", lambda *a: None)  # the disk fills up after the check
     grid = write(tmp_path, "name: rt\nfixed: {epochs: 1, batch_size: 256}\n")
     start = time.monotonic()
@@ -749,8 +750,32 @@ def test_disk_full_during_training_ends_with_the_reason(
     assert time.monotonic() - start < 120
     captured = capsys.readouterr()
     assert code == 1, captured.err
-    assert "No space left on device" in captured.err and "gave up on" in captured.err
+    assert "error: " in captured.err and "No space left on device" in captured.err and "restarting" not in captured.err, captured.err
     assert "not finished" in captured.out
+    (st,) = scan(small_disk / "results" / "rt").values()
+    status = json.loads((st.folder / R.STATUS).read_text())
+    assert (status["state"], status["error_kind"], status["attempts"]) == ("failed", "user", 1), status
+    assert "[Errno 28] No space left on device (the disk holding " in status["error"], status
+    # The failed write's partial file is gone: it held space the next launch's check then missed.
+    assert [p.name for p in (small_disk / "results").rglob(f"*{R.TMP_MARK}*")] == []
+
+
+def test_a_sweep_that_will_keep_more_than_is_free_is_warned_of(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from collections import namedtuple
+
+    from orchestrator.preflight import check_space
+
+    specs = load_grid(write(tmp_path, "name: rt\nfixed: {epochs: 8}\nsweep: {seed: [0, 1]}\n")).specs
+    ckpt = CHECKPOINT_BYTES["resnet20"]["digits"]
+    total = 2 * (len(specs[0].kept_epochs()) + 1) * ckpt + 2 * ROWS_BYTES  # epochs 0-8 kept, and the rolling one
+    usage = namedtuple("usage", "total used free")
+    for free, warned in ((total - 1, True), (total, False)):
+        monkeypatch.setattr("orchestrator.preflight.shutil.disk_usage", lambda _, free=free: usage(free, 0, free))
+        check_space(tmp_path, specs)
+        err = capsys.readouterr().err
+        assert (err.count("\n") == 1 and f"the 2 trial(s) to run keep about {total / 1e6:.1f} MB" in err) if warned else err == "", err
 
 
 # ---- fused groups: what is bitwise and what is not ------------------------------------------------

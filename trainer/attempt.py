@@ -17,6 +17,7 @@ cannot leave a member `running` with no reason.
 
 from __future__ import annotations
 
+import errno
 import signal
 import traceback
 from collections.abc import Iterator
@@ -198,6 +199,12 @@ def attempt(spec: TrialSpec, folder: Path) -> Iterator[Attempt]:
             raise
         except torch.OutOfMemoryError as err:  # the device's memory, not the trial's science: retried smaller
             a._end(state="failed", error=out_of_memory(err), error_kind=OUT_OF_MEMORY, retryable=True)
+            raise
+        except OSError as err:
+            summary = "".join(traceback.format_exception_only(type(err), err)).strip()
+            if err.errno == errno.ENOSPC:  # the user's to mend: another attempt on the same disk fails the same way
+                summary += f" (the disk holding {folder} is full: free space there, then run the sweep again)"
+            a._end(state="failed", error=summary, error_kind="user" if err.errno == errno.ENOSPC else "exception", retryable=True)
             raise
         except BaseException as err:
             summary = "".join(traceback.format_exception_only(type(err), err)).strip()

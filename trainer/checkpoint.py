@@ -16,6 +16,7 @@ alone or in any group.
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 import time
@@ -45,27 +46,38 @@ def save_checkpoint(
     folder: Path, model_state: dict[str, Any], optimizer_state: dict[str, Any], epoch: int, step: int, keep: bool = False
 ) -> None:
     """Replace the rolling resume checkpoint; with `keep`, also keep this epoch's for analysis."""
-    tmp = folder / f".{R.CHECKPOINT}{R.TMP_MARK}{os.getpid()}"
-    torch.save({"model": model_state, "optimizer": optimizer_state, "epoch": epoch, "step": step}, tmp)
-    faults.point("checkpoint-tmp")
-    if keep:
-        # A hard link to the same bytes: no copy; the next rolling checkpoint is a new file.
-        kept = folder / KEPT
-        kept.mkdir(exist_ok=True)
-        link = kept / f".epoch_{epoch:03d}.pt{R.TMP_MARK}{os.getpid()}"
-        link.unlink(missing_ok=True)
-        os.link(tmp, link)
-        R.replace_atomically(link, kept / f"epoch_{epoch:03d}.pt")
-    R.replace_atomically(tmp, folder / R.CHECKPOINT)
+    with R.temp_for(folder / R.CHECKPOINT) as tmp:
+        _save({"model": model_state, "optimizer": optimizer_state, "epoch": epoch, "step": step}, tmp)
+        faults.point("checkpoint-tmp")
+        if keep:
+            # A hard link to the same bytes: no copy; the next rolling checkpoint is a new file.
+            kept = folder / KEPT
+            kept.mkdir(exist_ok=True)
+            with R.temp_for(kept / f"epoch_{epoch:03d}.pt") as link:
+                link.unlink(missing_ok=True)
+                os.link(tmp, link)
+                R.replace_atomically(link, kept / f"epoch_{epoch:03d}.pt")
+        R.replace_atomically(tmp, folder / R.CHECKPOINT)
+
+
+def _save(checkpoint: dict[str, Any], tmp: Path) -> None:
+    """torch.save into memory, then one write of ours. On a full disk torch's own writer said only
+    "[enforce fail at inline_container.cc] unexpected pos", and its handle stayed open in the
+    exception's frames (the removed temp file kept its blocks, so the status write failed too); our
+    write raises OSError ENOSPC, and the file is closed before the temp file goes."""
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    with open(tmp, "wb") as f:
+        f.write(buffer.getbuffer())
 
 
 def save_mid_checkpoint(
     folder: Path, model_state: dict[str, Any], optimizer_state: dict[str, Any], epoch: int, step: int, in_epoch: dict[str, Any]
 ) -> None:
     """Save a stop inside 0-based training epoch `epoch` (after `epoch` whole epochs), beside checkpoint.pt."""
-    tmp = folder / f".{MID}{R.TMP_MARK}{os.getpid()}"
-    torch.save({"model": model_state, "optimizer": optimizer_state, "epoch": epoch, "step": step, "in_epoch": in_epoch}, tmp)
-    R.replace_atomically(tmp, folder / MID)
+    with R.temp_for(folder / MID) as tmp:
+        _save({"model": model_state, "optimizer": optimizer_state, "epoch": epoch, "step": step, "in_epoch": in_epoch}, tmp)
+        R.replace_atomically(tmp, folder / MID)
 
 
 def load_mid_checkpoint(

@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,18 @@ TMP_MARK = ".tmp-"
 
 def _tmp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
+
+
+@contextmanager
+def temp_for(path: Path) -> Iterator[Path]:
+    """The temp name to write `path` under; removed if the write fails. A full disk left a partial
+    checkpoint there (a third of a small disk), and the next launch refused for want of the space it took."""
+    tmp = _tmp_path(path)
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a kill (SIGKILL) leaves it: the next attempt removes it (remove_temp_files)
+        raise
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -48,10 +62,10 @@ def replace_atomically(tmp: Path, path: Path) -> None:
 
 
 def write_json(data: dict[str, Any], path: Path) -> None:
-    tmp = _tmp_path(path)
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    faults.point("json-tmp")
-    replace_atomically(tmp, path)
+    with temp_for(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        faults.point("json-tmp")
+        replace_atomically(tmp, path)
 
 
 def read_json(path: Path) -> dict[str, Any]:

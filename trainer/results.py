@@ -30,10 +30,10 @@ from trainer.files import (  # noqa: F401  (re-exported: trainer.files holds the
     STATUS,
     TMP_MARK,
     UNITS,
-    _tmp_path,
     read_json,
     remove_temp_files,
     replace_atomically,
+    temp_for,
     write_json,
 )
 from trainer.spec import TrialSpec
@@ -125,10 +125,10 @@ def make_table(name: str | pa.Schema, rows: Mapping[str, Any], row_fields: dict[
 
 # ---- atomic files (trainer.files) -------------------------------------------------------------
 def write_parquet(table: pa.Table, path: Path) -> None:
-    tmp = _tmp_path(path)
-    pq.write_table(table, tmp)
-    faults.point("parquet-tmp")
-    replace_atomically(tmp, path)
+    with temp_for(path) as tmp:
+        pq.write_table(table, tmp)
+        faults.point("parquet-tmp")
+        replace_atomically(tmp, path)
 
 
 def read_rows_until(path: Path, step: int) -> pa.Table | None:
