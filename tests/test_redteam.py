@@ -684,6 +684,11 @@ def test_launcher_with_a_corrupt_status_json_ends(tmp_path: Path, capsys: pytest
     assert repaired["epoch"] == 1  # from its checkpoint: `orchestrator.status` shows 1/1, not -/1 (issue 21)
     pd.testing.assert_frame_equal(pd.read_parquet(folder / R.EPOCHS), rows)  # resumed at its end: nothing retrained
 
+    status.unlink()  # deleted outright: pending, then done again at its end, its epoch from the checkpoint (was `-/1`)
+    assert cli(sweep_main, ["--grid", str(grid), "--results", str(results)]) == 0
+    assert json.loads(status.read_text())["epoch"] == 1 and json.loads(status.read_text())["state"] == "done"
+    pd.testing.assert_frame_equal(pd.read_parquet(folder / R.EPOCHS), rows)
+
     status.unlink()
     status.mkdir()
     capsys.readouterr()

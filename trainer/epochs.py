@@ -98,6 +98,8 @@ def start_member(a: Attempt, info: DataInfo, device: torch.device) -> Member:
         drop_mid_checkpoint(a.folder)
         model_state, optimizer_state = initial_state(a.spec, info, device)
         return Member(a, log, model_state, optimizer_state, done=None)
+    if a.status.epoch is None:  # status.json deleted: its checkpoint says where it stands (a done trial trains no more)
+        a.status.epoch = int(ckpt["epoch"])
     mid = load_mid_checkpoint(a.folder, device, int(ckpt["epoch"]), on_damaged=a.set_aside)
     log.keep_until(int((mid or ckpt)["step"]))
     return Member(a, log, ckpt["model"], ckpt["optimizer"], done=int(ckpt["epoch"]), step=int(ckpt["step"]), mid=mid)
