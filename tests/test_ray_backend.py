@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +30,7 @@ import pytest
 pytest.importorskip("ray", reason="ray is not installed (pip install 'ray[tune]'); the Ray backend tests need it")
 
 from orchestrator.grid import load_grid
+from trainer.errors import ProfileError
 from trainer.status import observe
 
 from helpers import wait_until
@@ -217,6 +219,43 @@ def test_a_trial_no_local_ray_could_hold_is_one_line_before_anything_is_written(
     assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
     assert run.stderr.startswith(f"error: {path}: {said.format(cpus=get_num_cpus())}"), run.stderr
     assert "allowed: " in run.stderr and not (tmp_path / "r").exists()
+
+
+def test_an_address_with_no_ray_behind_it_is_one_line_before_anything_is_written(tmp_path: Path) -> None:
+    # `auto` with no cluster and a ray:// with nothing there were refused only after the trial folders
+    # were written, naming no key; a port where something else listens hung ray.init for minutes.
+    grid = _write(tmp_path / "grid.yaml", GRID)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there now
+    for address, said in (
+        ("auto", "cannot join it (ConnectionError: Could not find any running Ray instance"),
+        (f"127.0.0.1:{port}", "nothing answers there ("),
+        (f"ray://127.0.0.1:{port}", "cannot join it ("),
+    ):
+        path = _write(tmp_path / "ray.yaml", f"backend: ray\naddress: {address}\ncpus_per_trial: 1\ndevice: cpu\n")
+        cmd = [sys.executable, "-m", "orchestrator.sweep", "--grid", str(grid), "--cluster", str(path), "--results", str(tmp_path / "r")]
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=CLI_TIMEOUT_S, cwd=tmp_path, env=env)
+        assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
+        assert run.stderr.startswith(f"error: {path}: key 'address' is {address!r}: {said}"), run.stderr
+        assert "allowed: the address of a running Ray cluster" in run.stderr and not (tmp_path / "r").exists()
+
+
+def test_a_port_that_is_not_rays_is_refused_within_its_bound() -> None:
+    from orchestrator.backends.ray import _check_connects
+
+    server = socket.socket()  # accepts and never answers, as a web server on the wrong port would to Ray's gRPC
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    try:
+        start = time.monotonic()
+        with pytest.raises(ProfileError, match=r"no Ray cluster answered there within 15 s \(a port that is not Ray's\?\)"):
+            _check_connects(f"127.0.0.1:{server.getsockname()[1]}", timeout_s=15)
+        assert time.monotonic() - start < 40
+    finally:
+        server.close()
 
 
 def test_too_small_names_what_a_trial_needs_and_what_the_nodes_have() -> None:

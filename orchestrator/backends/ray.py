@@ -29,7 +29,9 @@ import hashlib
 import logging
 import os
 import shutil
+import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -69,6 +71,7 @@ from trainer.status import TrialState, observe
 # The packages a worker imports to run a trial (the trainable is pickled by reference to this module).
 _PACKAGES = (Path(trainer.__file__).parent, Path(__file__).resolve().parents[1])
 _PROBE_TIMEOUT_S = 60
+_CONNECT_TIMEOUT_S = 60  # a driver joins a live cluster in seconds
 
 
 class RayBackend:
@@ -82,6 +85,7 @@ class RayBackend:
             _check_local_fits(self.profile)
         else:
             _check_reachable(self.profile.address)
+            _check_connects(self.profile.address)
 
     def describe(self, groups: list[list[Path]], sweep: Path) -> str:
         return ""
@@ -290,7 +294,39 @@ def _check_reachable(address: str) -> None:
         try:
             socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()  # [IPv6]:port
         except OSError as err:
-            raise UserError(f"ray cluster {address}: nothing answers there ({err}); is it up (`ray status` on its head)?") from None
+            raise ProfileError(
+                f"key 'address' is {address!r}: nothing answers there ({err}); allowed: the address of a running Ray cluster "
+                "(`ray status` on its head prints it), or leave it out for a local Ray"
+            ) from None
+
+
+_CONNECT_CODE = "import logging, sys, ray; ray.init(address=sys.argv[1], logging_level=logging.ERROR); ray.shutdown()"
+
+
+def _check_connects(address: str, timeout_s: float = _CONNECT_TIMEOUT_S) -> None:
+    """A driver joins `address` in a child process, bounded, before anything is written.
+
+    In the launcher itself ray.init on a port where something else listens (a web server, a wrong
+    port) retried for minutes, deaf to SIGTERM, after the trial folders were written; `auto` with
+    no cluster and a `ray://` with nothing behind it failed only there too, naming no key.
+    """
+    allowed = "the address of a running Ray cluster (`ray status` on its head prints it), or leave it out for a local Ray"
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONWARNINGS": "ignore"}
+    child = subprocess.Popen([sys.executable, "-c", _CONNECT_CODE, address], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env=env, start_new_session=True)  # fmt: skip
+    try:
+        _, err = child.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.communicate()
+        raise ProfileError(
+            f"key 'address' is {address!r}: no Ray cluster answered there within {timeout_s:g} s (a port that is not Ray's?); "
+            f"allowed: {allowed}"
+        ) from None
+    if child.returncode != 0:
+        lines = [line.strip() for line in err.splitlines() if line.strip()]
+        said = next((line for line in reversed(lines) if "Error" in line.split(":")[0]), lines[-1] if lines else "no output")
+        raise ProfileError(f"key 'address' is {address!r}: cannot join it ({said[:300]}); allowed: {allowed}")
 
 
 def _code_fingerprint() -> str:
