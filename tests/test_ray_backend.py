@@ -258,6 +258,23 @@ def test_a_port_that_is_not_rays_is_refused_within_its_bound() -> None:
         server.close()
 
 
+def test_the_trackers_settings_go_with_the_job_to_a_clusters_nodes(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A node's processes have the environment of its `ray start`: MLFLOW_TRACKING_URI, WANDB_MODE set
+    # for the launcher never reached the trials on a cluster (their MLflow runs went elsewhere).
+    from orchestrator.backends.ray import _PACKAGES, _runtime_env
+
+    for key in [k for k in os.environ if k.startswith(("MLFLOW_", "WANDB_")) or k == "SWEEP_TRACKERS_WAIT_S"]:
+        monkeypatch.delenv(key)
+    assert _runtime_env(ship_code=False) is None  # nothing to send: the job as before
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////shared/mlflow.db")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("SWEEP_TRACKERS_WAIT_S", "60")
+    monkeypatch.setenv("HOME_OF_SOMETHING_ELSE", "x")
+    want = {"MLFLOW_TRACKING_URI": "sqlite:////shared/mlflow.db", "WANDB_MODE": "offline", "SWEEP_TRACKERS_WAIT_S": "60"}
+    assert _runtime_env(ship_code=False) == {"env_vars": want}
+    assert _runtime_env(ship_code=True) == {"py_modules": [str(p) for p in _PACKAGES], "env_vars": want}
+
+
 def test_too_small_names_what_a_trial_needs_and_what_the_nodes_have() -> None:
     from orchestrator.backends.ray import too_small
 

@@ -12,7 +12,9 @@ goes where (docs/results.md#trackers):
     wandb        id = name = trial id, group = sweep, config = fields, resume="allow"; WANDB_MODE,
                  WANDB_PROJECT (default selectivity-sweep) from the environment; files under the trial folder
     mlflow       experiment = sweep, run name = trial id, params = fields; MLFLOW_TRACKING_URI from
-                 the environment (MLflow's default store otherwise)
+                 the environment (MLflow's default store otherwise); the run's id is kept in the trial
+                 folder (tracker_runs.json): a resume continues it, a new folder (another results
+                 folder, a trial trained anew) gets a new run
 
 Scalars per epoch with step = epoch: train/{loss,ce,selectivity,acc}, test/{loss,acc,top5},
 csi/mean (network) and csi/<layer>, lr, alpha_active, images_per_s. Early-dynamics evaluations
@@ -33,6 +35,7 @@ its own run folder, and `wandb sync` of a killed attempt's folder may repeat poi
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import json
 import math
@@ -40,7 +43,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -124,18 +127,30 @@ class MLflow:
     durable = True  # log_batch() returns once the store has the points
 
     def open(self, spec: TrialSpec, folder: Path, first: bool) -> None:
+        import mlflow
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
-        self.client = client = MlflowClient()  # MLFLOW_TRACKING_URI, else MLflow's default store
-        experiment = client.get_experiment_by_name(spec.sweep)
-        eid = experiment.experiment_id if experiment else client.create_experiment(spec.sweep)
-        runs = client.search_runs([eid], filter_string=f"tags.mlflow.runName = '{spec.trial_id}'", max_results=1)
-        if runs:  # a resumed trial continues its run
-            self.run_id = runs[0].info.run_id
+        with _store_lock(mlflow.get_tracking_uri()):  # MLFLOW_TRACKING_URI, else MLflow's default store
+            self.client = client = MlflowClient()  # a new store's tables are made here or at the first call
+            experiment = client.get_experiment_by_name(spec.sweep)
+            if experiment is None:
+                with contextlib.suppress(Exception):  # another trial created it meanwhile (a server: no lock across machines)
+                    client.create_experiment(spec.sweep)
+                experiment = client.get_experiment_by_name(spec.sweep)
+        if experiment is None:
+            raise RuntimeError(f"MLflow has no experiment {spec.sweep!r} and could not create it")
+        eid = experiment.experiment_id
+        recorded = _read_run(folder, "mlflow")
+        if recorded is None and not first:  # a folder from before run ids were recorded: its run by name
+            runs = client.search_runs([eid], filter_string=f"tags.mlflow.runName = '{spec.trial_id}'", max_results=1)
+            recorded = runs[0].info.run_id if runs else None
+        if recorded is not None:  # a resumed trial continues its own run
+            self.run_id = recorded
             client.update_run(self.run_id, status="RUNNING")
-        else:
+        else:  # never by name: the same trial in another results folder, or trained anew, is another run
             self.run_id = client.create_run(eid, run_name=spec.trial_id).info.run_id
+            _write_run(folder, "mlflow", self.run_id)
             params = [Param(k, str(v)[:500]) for k, v in spec.row_fields().items()]
             client.log_batch(self.run_id, params=params)
 
@@ -263,10 +278,50 @@ class Feed:
         except BaseException as err:  # noqa: BLE001 - a tracker's failure (even SystemExit) is never the trial's
             if self.open.get((spec.trial_id, kind), True) is not None:
                 hint = ' (pip install -e ".[trackers]")' if isinstance(err, ImportError) else ""
-                why = f"{type(err).__name__}: {str(err)[:200]}{hint}"
+                why = f"{type(err).__name__}: {' '.join(str(err).split())[:200]}{hint}"  # one line: SQLAlchemy's have several
                 self.say(f"warning: tracker {kind} for trial {spec.trial_id}: {why}; off for this attempt, the results are unaffected")
             self.open[(spec.trial_id, kind)] = None
             return False
+
+
+RUNS = "tracker_runs.json"  # {kind: run id} of the trial folder's runs (MLflow), moved aside with the folder's files
+
+
+def _read_run(folder: Path, kind: str) -> str | None:
+    try:
+        data = json.loads((folder / RUNS).read_text())
+    except (OSError, ValueError):
+        return None
+    run = data.get(kind) if isinstance(data, dict) else None
+    return run if isinstance(run, str) else None
+
+
+def _write_run(folder: Path, kind: str, run_id: str) -> None:
+    try:
+        data = json.loads((folder / RUNS).read_text())
+    except (OSError, ValueError):
+        data = {}
+    R.write_json({**(data if isinstance(data, dict) else {}), kind: run_id}, folder / RUNS)
+
+
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """An SQLite store's first use creates its tables (MLflow's migrations): two workers doing it at
+    once lost their runs, and once left a store MLflow cannot open again ("table _alembic_tmp_params
+    already exists"). An flock beside the database file makes them take turns; other stores: no lock."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    database = Path(uri.removeprefix("sqlite:///").split("?")[0])
+    try:
+        database.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(f"{database}.lock", "a")  # noqa: SIM115 - held across the yield
+    except OSError:
+        yield  # a read-only place: MLflow says what is wrong
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def _read_marks(folder: Path) -> dict[str, int]:

@@ -255,7 +255,7 @@ def _connect(profile: RayProfile, sweep: Path) -> tuple[bool, str | None]:
         return True, private
     _check_reachable(profile.address)
     try:
-        ray.init(address=profile.address, logging_level=logging.WARNING)
+        ray.init(address=profile.address, logging_level=logging.WARNING, runtime_env=_runtime_env(ship_code=False))
     except ConnectionError as err:
         reason = str(err).splitlines()[0]
         raise UserError(f"ray cluster {profile.address}: cannot connect ({reason}); is it up (`ray status` on its head)?") from None
@@ -265,8 +265,7 @@ def _connect(profile: RayProfile, sweep: Path) -> tuple[bool, str | None]:
             # A node lacks this code or runs another version of it: ship the two packages with the job.
             print("ray: shipping trainer/ and orchestrator/ to the workers (runtime_env py_modules)", file=sys.stderr)
             ray.shutdown()
-            code = {"py_modules": [str(p) for p in _PACKAGES]}
-            ray.init(address=profile.address, logging_level=logging.WARNING, runtime_env=code)
+            ray.init(address=profile.address, logging_level=logging.WARNING, runtime_env=_runtime_env(ship_code=True))
             probes = _probe_nodes(str(sweep))
         if probes is None:
             raise UserError(f"ray cluster {profile.address}: a node cannot run the project's code even shipped (see above)")
@@ -280,6 +279,18 @@ def _connect(profile: RayProfile, sweep: Path) -> tuple[bool, str | None]:
         ray.shutdown()
         raise
     return True, None
+
+
+def _runtime_env(ship_code: bool) -> dict[str, Any] | None:
+    """The job's runtime_env on a cluster: the project's code where a node lacks it, and the trackers'
+    settings of the launcher's environment. A node's processes have the environment of its `ray
+    start`, so MLFLOW_TRACKING_URI, WANDB_MODE or WANDB_PROJECT set for the launcher never reached the
+    trials (their MLflow runs went to a new mlflow.db in the launcher's folder)."""
+    env = {k: v for k, v in os.environ.items() if k.startswith(("MLFLOW_", "WANDB_")) or k == "SWEEP_TRACKERS_WAIT_S"}
+    out: dict[str, Any] = {"py_modules": [str(p) for p in _PACKAGES]} if ship_code else {}
+    if env:
+        out["env_vars"] = env
+    return out or None
 
 
 def _check_reachable(address: str) -> None:
