@@ -230,3 +230,37 @@ def test_a_trackers_warning_is_one_line() -> None:
 
     assert feed._call(TrialSpec.from_dict(FIELDS), "mlflow", fail) is False
     assert len(said) == 1 and "\n" not in said[0] and "file is not a database [SQL: SELECT name] (Background" in said[0], said
+
+
+@pytest.mark.slow
+def test_a_tracker_left_behind_does_not_hold_the_worker_past_its_bound(tmp_path: Path) -> None:
+    # W&B online against a server that accepts and never answers (no network, a wrong WANDB_BASE_URL):
+    # its run was left behind at the bound, then W&B's exit hooks held the process ~80 s more.
+    pytest.importorskip("wandb", reason="the trackers extra is not installed")
+    import socket
+    import time
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    try:
+        folder = make_trial(tmp_path, epochs=1, eval_every_steps=0, eval_until_epoch=0, trackers=["wandb"])
+        env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}
+        env.update({"WANDB_BASE_URL": f"http://127.0.0.1:{server.getsockname()[1]}", "WANDB_API_KEY": "0" * 40,
+                    "WANDB_CONFIG_DIR": str(tmp_path / "wandb-config"), "SWEEP_TRACKERS_WAIT_S": "20"})  # fmt: skip
+        proc = subprocess.Popen([sys.executable, "-m", "trainer.run", "--spec", str(folder / R.SPEC)], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        assert proc.stdout is not None
+        lines, done_at = [], None
+        for line in proc.stdout:
+            lines.append(line)
+            if done_at is None and ": done" in line:
+                done_at = time.monotonic()
+        assert proc.wait(timeout=300) == 0, "".join(lines)
+        ended = time.monotonic()
+    finally:
+        server.close()
+    said = "".join(lines)
+    assert done_at is not None and "still busy after 20 s; left behind" in said, said
+    assert ended - done_at < 10, f"{ended - done_at:.0f} s from done to exit:\n{said}"
+    assert json.loads((folder / R.STATUS).read_text())["state"] == "done"

@@ -14,11 +14,10 @@ its status.json), 75 some member is held by another live process (the others ran
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 from trainer.attempt import stop_on_signal
-from trainer.cli import EXIT_BUSY, EXIT_DONE, EXIT_FAILED, ArgumentParser, command
+from trainer.cli import EXIT_BUSY, EXIT_DONE, EXIT_FAILED, ArgumentParser, command, exit_worker
 from trainer.errors import UserError
 from trainer.trial import outcome_line, read_spec, run_group
 
@@ -48,4 +47,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_worker(main())

@@ -11,11 +11,10 @@ Exit codes (trainer.cli): 0 done, 2 user mistake, 3 trial failed (recorded in st
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from trainer.attempt import stop_on_signal
-from trainer.cli import EXIT_DONE, EXIT_FAILED, ArgumentParser, command
+from trainer.cli import EXIT_DONE, EXIT_FAILED, ArgumentParser, command, exit_worker
 from trainer.trial import outcome_line, read_spec, run_trial
 
 
@@ -34,4 +33,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_worker(main())

@@ -51,6 +51,7 @@ from trainer import results as R
 from trainer.spec import TrialSpec
 
 MARKS = "trackers.json"
+LEFT_BEHIND = threading.Event()  # a tracker thread outlived its bound in this process
 CLOSE_S = 30.0  # the longest an ending attempt waits for its trackers (a W&B upload, a slow store)
 CLOSE_ENV = "SWEEP_TRACKERS_WAIT_S"  # a site with a slow network or store may allow more
 EPOCH_KEYS = {
@@ -235,6 +236,7 @@ class Feed:
         for thread in self.threads:
             thread.join(max(0.0, deadline - time.monotonic()))
             if thread.is_alive():
+                LEFT_BEHIND.set()  # the worker then ends without the package's exit hooks (trainer.cli.exit_worker)
                 self.say(f"trackers: {thread.name} still busy after {timeout_s:g} s; left behind (the results are complete)")
 
     # ---- the threads --------------------------------------------------------------------------------
