@@ -312,10 +312,11 @@ def test_on_a_cluster_whose_nodes_are_all_too_small_the_launch_says_so_and_stops
                 os.killpg(proc.pid, signal.SIGKILL)
         out = proc.stdout.read() if proc.stdout else ""
         reader.join(timeout=10)
-        assert code == 1 and "Traceback" not in "".join(lines), "".join(lines)  # unfinished, not a crash
+        # Ctrl-C: exit 130 once no trial runs (none could start here), not a crash
+        assert code == 130 and "Traceback" not in "".join(lines), "".join(lines)
         trial = next((tmp_path / "results" / "ray-fit" / "trials").iterdir())
         assert observe(trial).state == "pending" and not (trial / "status.json").exists()  # never started, no attempt used
-        assert "0 done, 0 failed, 1 not started of 1" in out, out
+        assert "ray: 1 pending" in out or "interrupted" in "".join(lines), out
     finally:
         head.terminate()  # `ray start --block` stops its own processes on SIGTERM
         head.wait(timeout=60)
@@ -338,3 +339,26 @@ def _start_head(num_cpus: int) -> tuple[subprocess.Popen[bytes], str, int]:
         assert proc.poll() is None and time.monotonic() < deadline, "the Ray head did not start"
         time.sleep(0.5)
     return proc, temp, port
+
+
+def test_ctrl_c_checkpoints_and_records_the_trials_then_exits_130(tmp_path: Path, ray_profile: Path) -> None:
+    # Tune's own Ctrl-C handling let the trials train on for seconds, then killed them without a
+    # record ("ended without a word"), exited 1 and advised `Tuner.restore(...)`. Now the trials stop
+    # at their next step as on `orchestrator.cancel`, recorded, and a relaunch resumes them.
+    grid = _write(tmp_path / "grid.yaml", "name: ray-int\nfixed: {epochs: 40, batch_size: 256}\nsweep: {seed: [0, 1]}\n")
+    results = tmp_path / "results"
+    proc = _start_sweep(grid, ray_profile, results)
+    trials = results / "ray-int" / "trials"
+    wait_until(lambda: any(observe(t).state == "running" and (observe(t).epoch or 0) >= 2 for t in trials.iterdir())
+               if trials.is_dir() else False, 240, "a trial trains")  # fmt: skip
+    proc.send_signal(signal.SIGINT)  # the launcher only: on a cluster the trials are out of the terminal's reach
+    code, out, err = _finish(proc)
+    assert code == 130, err
+    assert "interrupted: each trial checkpoints at its next step and stops" in err and "Tuner.restore" not in err, err
+    assert "finish on their own" not in out + err, out
+    states = [observe(t) for t in trials.iterdir()]
+    assert {s.state for s in states} <= {"interrupted", "pending"} and any(s.state == "interrupted" for s in states), states
+    for s in states:
+        if s.state == "interrupted":
+            assert "checkpointed in epoch" in (s.status.last_interruption or ""), s.status
+    assert not (results / "ray-int" / "cancel.json").exists()  # withdrawn: the next launch runs

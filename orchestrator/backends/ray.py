@@ -25,7 +25,9 @@ This is the only file of the project that imports ray (Ray's APIs move; Ray 2.60
 
 from __future__ import annotations
 
+import _thread
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -34,6 +36,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -61,10 +64,13 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 import trainer
 from orchestrator.backends import Launch
+from orchestrator.cancel import CANCEL
 from orchestrator.plan import Plan
 from orchestrator.profiles import RayProfile
 from orchestrator.progress import Progress
 from trainer.errors import ProfileError, UserError
+from trainer.files import write_json
+from trainer.provenance import now
 from trainer.results import EPOCHS
 from trainer.status import TrialState, observe
 
@@ -107,6 +113,7 @@ def run_ray(groups: list[list[Path]], profile: RayProfile, sweep: Path) -> None:
     sweep = sweep.resolve()
     progress = Progress(len(folders), "ray", folders=[Path(f) for f in folders])
     started, private_temp = _connect(profile, sweep)
+    ctrl_c = _StopOnCtrlC(sweep, folders)
     try:
         _check_fits(profile)
         tuner = tune.Tuner(
@@ -132,7 +139,8 @@ def run_ray(groups: list[list[Path]], profile: RayProfile, sweep: Path) -> None:
                 verbose=0,  # our one-line progress, not Tune's status tables (it still prints a header)
             ),
         )
-        with progress.ticking():  # epochs move the line between Tune's events (a fused group is one Tune trial)
+        # epochs move the line between Tune's events (a fused group is one Tune trial)
+        with ctrl_c, progress.ticking():
             tuner.fit()
     finally:
         if started:
@@ -140,6 +148,65 @@ def run_ray(groups: list[list[Path]], profile: RayProfile, sweep: Path) -> None:
         if private_temp:
             shutil.rmtree(private_temp, ignore_errors=True)
     _print_summary(folders)
+    if ctrl_c.requested:
+        raise KeyboardInterrupt  # exit 130, as any command stopped by Ctrl-C
+
+
+class _StopOnCtrlC:
+    """Ctrl-C while Tune runs: the trials checkpoint at their next step and are recorded, then exit 130.
+
+    Tune's own handler saved its experiment and killed the trials' actors some seconds later: their
+    workers (on the cluster's nodes, out of reach of the terminal's signal) trained on meanwhile,
+    then died without a word, the launcher exited 1 and printed Tune's `Tuner.restore(...)`, which
+    is not how a sweep resumes. Instead the sweep's cancel request (orchestrator.cancel), which
+    every runner polls on its node: each stops its workers at their next step (a mid-epoch
+    checkpoint, the trial `interrupted`), and starts no more. A second Ctrl-C stops at once.
+    """
+
+    def __init__(self, sweep: Path, folders: list[str]) -> None:
+        self.sweep, self.folders, self.requested = sweep, [Path(f) for f in folders], False
+        self.request: dict[str, str] = {}
+        self.previous: Any = None
+        self.active = threading.Lock()  # held from enter to exit: the watch interrupts fit() only inside it
+        self.done = False
+
+    def __enter__(self) -> _StopOnCtrlC:
+        if threading.current_thread() is threading.main_thread():
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # read when fit() starts
+            self.previous = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.request = {"requested": now(), "by": f"Ctrl-C of launcher {os.getpid()}@{socket.gethostname()}"}
+        write_json(self.request, self.sweep / CANCEL)
+        threading.Thread(target=self._end_when_stopped, name="ctrl-c", daemon=True).start()
+        said = "interrupted: each trial checkpoints at its next step and stops (Ctrl-C again to stop at once)"
+        print(f"\n{said}", file=sys.stderr, flush=True)
+
+    def _end_when_stopped(self) -> None:
+        """Tune waits for ever for trials no node can start (or an autoscaler's node): once none of the
+        launch's trials has run for 3 s, fit() is interrupted, as a second Ctrl-C would."""
+        quiet = 0
+        while quiet < 3:
+            time.sleep(1)
+            quiet = 0 if any(observe(f).state == "running" for f in self.folders) else quiet + 1
+        with self.active:
+            if not self.done:
+                _thread.interrupt_main()  # our handler raises KeyboardInterrupt in fit(): exit 130
+
+    def __exit__(self, *exc: object) -> None:
+        with self.active:
+            self.done = True
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        try:  # withdraw our request (not a later one of orchestrator.cancel): the next launch resumes
+            if self.requested and json.loads((self.sweep / CANCEL).read_bytes()) == self.request:
+                (self.sweep / CANCEL).unlink()
+        except (OSError, ValueError):
+            pass
 
 
 # ---- the trainable (runs in a Ray worker) --------------------------------------------------------
