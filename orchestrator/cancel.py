@@ -51,6 +51,22 @@ def clear_request(sweep: Path) -> None:
     (Path(sweep) / CANCEL).unlink(missing_ok=True)
 
 
+def request_cancel(sweep: Path, by: str) -> dict[str, str]:
+    """Write the sweep's cancel request: from then on no runner starts a worker, and each stops its
+    running ones at their next step. Returns the request, to tell it from a later one."""
+    request = {"requested": now(), "by": f"{by}{os.getpid()}@{socket.gethostname()}"}
+    write_json(request, Path(sweep) / CANCEL)
+    return request
+
+
+def still_ours(sweep: Path, request: dict[str, str]) -> bool:
+    """Is the sweep's cancel request still `request` (no launch withdrew it, no other cancel replaced it)?"""
+    try:
+        return bool(json.loads((Path(sweep) / CANCEL).read_bytes()) == request)
+    except (OSError, ValueError):
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog="python -m orchestrator.cancel", description=__doc__.split("\n\n")[0])
     p.add_argument("sweep", type=Path, help="a sweep folder: <results>/<grid name>")
@@ -62,8 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     sweep_folder(args.sweep)
     check_writes(sweep, "cancel")  # the request file, and the trials' status notes
     folders = sorted(f for f in (sweep / "trials").iterdir() if f.is_dir())
-    request = {"requested": now(), "by": f"{os.getpid()}@{socket.gethostname()}"}
-    write_json(request, sweep / CANCEL)  # from here on no runner starts a worker, no launcher submits
+    request = request_cancel(sweep, by="")  # from here on no runner starts a worker, no launcher submits
     pending_jobs, running_jobs_ = _cancel_slurm_queue(sweep, folders)
     ours = pending_jobs | running_jobs_  # the jobs queued when the cancel ran: only these are ever scancelled
     queued, running_jobs = len(pending_jobs), len(running_jobs_)
@@ -76,9 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{sweep.name}: nothing to cancel: no launcher, trial or SLURM job of the sweep is running or queued{later}")
         return EXIT_DONE
     deadline = time.monotonic() + args.wait_s
-    while time.monotonic() < deadline and _still_ours(sweep, request) and (_busy(folders) or _still_queued(folders) & ours):
+    while time.monotonic() < deadline and still_ours(sweep, request) and (_busy(folders) or _still_queued(folders) & ours):
         time.sleep(1)
-    if not _still_ours(sweep, request):
+    if not still_ours(sweep, request):
         # A launch of the sweep began meanwhile and withdrew the request (orchestrator.sweep clears it):
         # its trials and jobs are the user's newer wish. Before, the cancel scancelled them at its
         # deadline, and the new jobs' trials failed with an attempt used.
@@ -104,14 +119,6 @@ def main(argv: list[str] | None = None) -> int:
         + "; no attempt used; run the sweep again to resume"
     )
     return EXIT_UNFINISHED if still else EXIT_DONE
-
-
-def _still_ours(sweep: Path, request: dict[str, str]) -> bool:
-    """Is the sweep's cancel request still the one this cancel wrote (no launch withdrew it since)?"""
-    try:
-        return bool(json.loads((sweep / CANCEL).read_bytes()) == request)
-    except (OSError, ValueError):
-        return False
 
 
 def _busy(folders: list[Path]) -> bool:

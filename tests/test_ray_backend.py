@@ -310,13 +310,15 @@ def test_on_a_cluster_whose_nodes_are_all_too_small_the_launch_says_so_and_stops
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
-        out = proc.stdout.read() if proc.stdout else ""
+        if proc.stdout is not None:
+            proc.stdout.read()  # drained: the launcher never blocked on it
         reader.join(timeout=10)
         # Ctrl-C: exit 130 once no trial runs (none could start here), not a crash
         assert code == 130 and "Traceback" not in "".join(lines), "".join(lines)
         trial = next((tmp_path / "results" / "ray-fit" / "trials").iterdir())
         assert observe(trial).state == "pending" and not (trial / "status.json").exists()  # never started, no attempt used
-        assert "ray: 1 pending" in out or "interrupted" in "".join(lines), out
+        # its one line ("interrupted: each trial checkpoints ..."), then trainer.cli's for exit 130
+        assert [line.strip() for line in lines if line.startswith("interrupted")][-1] == "interrupted", "".join(lines)
     finally:
         head.terminate()  # `ray start --block` stops its own processes on SIGTERM
         head.wait(timeout=60)

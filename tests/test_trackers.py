@@ -189,7 +189,7 @@ def test_workers_opening_a_new_sqlite_store_at_once_all_get_their_run(tmp_path: 
     assert len(client.search_runs([experiment.experiment_id])) == 4
 
 
-def test_a_trial_folder_keeps_its_own_mlflow_run(tmp_path: Path) -> None:
+def test_a_trial_folder_keeps_its_own_mlflow_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Runs were found by sweep and trial id alone: the same grid run into a second results folder,
     # or a damaged trial set aside and trained anew, logged into the first folder's run (every step
     # twice, then three times).
@@ -199,24 +199,21 @@ def test_a_trial_folder_keeps_its_own_mlflow_run(tmp_path: Path) -> None:
     from trainer.trackers import MLflow
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    try:
-        spec = TrialSpec.from_dict(FIELDS)
-        a, b = tmp_path / "a" / spec.trial_id, tmp_path / "b" / spec.trial_id
-        ids = []
-        for folder, first in ((a, True), (b, True), (a, False)):  # A, then B (another results folder), then A resumed
-            folder.mkdir(parents=True, exist_ok=True)
-            tracker = MLflow()
-            tracker.open(spec, folder, first=first)
-            tracker.log(0, {"test/acc": 0.5}, 0.0, 0)
-            tracker.close()
-            ids.append(tracker.run_id)
-        assert ids[0] != ids[1] and ids[2] == ids[0], ids
-        client = MlflowClient(tracking_uri=uri)
-        runs = client.search_runs([client.get_experiment_by_name("tk").experiment_id])
-        assert sorted(r.info.run_id for r in runs) == sorted(ids[:2]) and {r.info.run_name for r in runs} == {spec.trial_id}
-    finally:
-        del os.environ["MLFLOW_TRACKING_URI"]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    spec = TrialSpec.from_dict(FIELDS)
+    a, b = tmp_path / "a" / spec.trial_id, tmp_path / "b" / spec.trial_id
+    ids = []
+    for folder, first in ((a, True), (b, True), (a, False)):  # A, then B (another results folder), then A resumed
+        folder.mkdir(parents=True, exist_ok=True)
+        tracker = MLflow()
+        tracker.open(spec, folder, first=first)
+        tracker.log(0, {"test/acc": 0.5}, 0.0, 0)
+        tracker.close()
+        ids.append(tracker.run_id)
+    assert ids[0] != ids[1] and ids[2] == ids[0], ids
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("tk").experiment_id])
+    assert sorted(r.info.run_id for r in runs) == sorted(ids[:2]) and {r.info.run_name for r in runs} == {spec.trial_id}
 
 
 def test_a_trackers_warning_is_one_line() -> None:

@@ -31,7 +31,8 @@ from trainer import results as R
 
 KEPT = "checkpoints"
 MID = "checkpoint_mid.pt"
-MID_KEYS = ("model", "optimizer", "epoch", "step", "in_epoch")
+KEYS = ("model", "optimizer", "epoch", "step")
+MID_KEYS = (*KEYS, "in_epoch")
 
 
 class CheckpointUnreadable(RuntimeError):
@@ -93,10 +94,7 @@ def load_mid_checkpoint(
     if not path.exists():
         return None
     try:
-        ckpt = _load(path, device)
-        missing = [key for key in MID_KEYS if key not in ckpt]
-        if missing:
-            raise CheckpointUnreadable(f"checkpoint {path} lacks {', '.join(missing)}")
+        ckpt = _load(path, device, MID_KEYS)
     except CheckpointUnreadable as err:
         aside = path.with_name(f"{MID}.damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
         os.replace(path, aside)
@@ -124,14 +122,11 @@ def load_checkpoint(folder: Path, device: torch.device) -> dict[str, Any] | None
     path = folder / R.CHECKPOINT
     if not path.exists():
         return None
-    ckpt = _load(path, device)
-    missing = [key for key in ("model", "optimizer", "epoch", "step") if key not in ckpt]
-    if missing:
-        raise CheckpointUnreadable(f"checkpoint {path} lacks {', '.join(missing)}; {_REMEDY}")
-    return ckpt
+    return _load(path, device, KEYS)
 
 
-def _load(path: Path, device: torch.device) -> dict[str, Any]:
+def _load(path: Path, device: torch.device, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The checkpoint at `path`, holding `keys`; CheckpointUnreadable naming the file and the remedy."""
     try:
         ckpt: dict[str, Any] = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:
@@ -139,4 +134,7 @@ def _load(path: Path, device: torch.device) -> dict[str, Any]:
         raise CheckpointUnreadable(f"checkpoint {path} is unreadable ({reason}); {_REMEDY}") from err
     if not isinstance(ckpt, dict):
         raise CheckpointUnreadable(f"checkpoint {path} is not a checkpoint ({type(ckpt).__name__}); {_REMEDY}")
+    missing = [key for key in keys if key not in ckpt]
+    if missing:
+        raise CheckpointUnreadable(f"checkpoint {path} lacks {', '.join(missing)}; {_REMEDY}")
     return ckpt

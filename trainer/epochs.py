@@ -284,10 +284,9 @@ class EpochRun:
         if not any(combine(segments[k]).images for k in range(len(self.slots)) if active[k]):
             # Every training batch was unreadable (a batch of bad images is left out): the weights did
             # not move, and the epoch would be recorded as trained (a trial `done` after no step).
-            skipped = self.data.skipped
-            seen = f"{skipped.count} image(s) skipped as unreadable, e.g. {', '.join(skipped.first[:3])}" if skipped.count else "none read"
             raise UserError(
-                f"dataset '{self.spec.dataset}': epoch {e + 1} trained on no image: every training batch was unreadable ({seen}); "
+                f"dataset '{self.spec.dataset}': epoch {e + 1} trained on no image: every training batch was unreadable "
+                f"({self.skipped_words() or 'none read'}); "
                 "repair or replace those files (python -m trainer.imagenet.manifest --check lists them)"
             )
         evals = self.evaluate()
@@ -307,12 +306,16 @@ class EpochRun:
         try:
             return self.engine.evaluate(self.data, self.eval_batch)
         except EmptyTestSet:
-            skipped = self.data.skipped
-            seen = f"; {skipped.count} image(s) skipped as unreadable, e.g. {', '.join(skipped.first[:3])}" if skipped.count else ""
+            seen = self.skipped_words()
             raise UserError(
-                f"dataset '{self.spec.dataset}': the evaluation read no test image{seen}; "
+                f"dataset '{self.spec.dataset}': the evaluation read no test image{f'; {seen}' if seen else ''}; "
                 "repair or replace the validation files (python -m trainer.imagenet.manifest --check lists them)"
             ) from None
+
+    def skipped_words(self) -> str:
+        """The images skipped so far as unreadable, for a message ("" if none)."""
+        skipped = self.data.skipped
+        return f"{skipped.count} image(s) skipped as unreadable, e.g. {', '.join(skipped.first[:3])}" if skipped.count else ""
 
     def check_finite(self, evals: list[Any], active: list[bool], alphas: list[float], when: str) -> None:
         """A network whose last step blew up evaluates to a non-finite loss while its training loss (taken

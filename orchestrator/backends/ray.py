@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import _thread
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -64,13 +63,11 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 import trainer
 from orchestrator.backends import Launch
-from orchestrator.cancel import CANCEL
+from orchestrator.cancel import clear_request, request_cancel, still_ours
 from orchestrator.plan import Plan
 from orchestrator.profiles import RayProfile
 from orchestrator.progress import Progress
 from trainer.errors import ProfileError, UserError
-from trainer.files import write_json
-from trainer.provenance import now
 from trainer.results import EPOCHS
 from trainer.status import TrialState, observe
 
@@ -152,6 +149,9 @@ def run_ray(groups: list[list[Path]], profile: RayProfile, sweep: Path) -> None:
         raise KeyboardInterrupt  # exit 130, as any command stopped by Ctrl-C
 
 
+_TUNE_SIGINT = "TUNE_DISABLE_SIGINT_HANDLER"
+
+
 class _StopOnCtrlC:
     """Ctrl-C while Tune runs: the trials checkpoint at their next step and are recorded, then exit 130.
 
@@ -167,12 +167,14 @@ class _StopOnCtrlC:
         self.sweep, self.folders, self.requested = sweep, [Path(f) for f in folders], False
         self.request: dict[str, str] = {}
         self.previous: Any = None
+        self.tune_handler: str | None = None
         self.active = threading.Lock()  # held from enter to exit: the watch interrupts fit() only inside it
         self.done = False
 
     def __enter__(self) -> _StopOnCtrlC:
         if threading.current_thread() is threading.main_thread():
-            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # read when fit() starts
+            self.tune_handler = os.environ.get(_TUNE_SIGINT)
+            os.environ[_TUNE_SIGINT] = "1"  # read when fit() starts
             self.previous = signal.signal(signal.SIGINT, self._on_sigint)
         return self
 
@@ -180,8 +182,7 @@ class _StopOnCtrlC:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        self.request = {"requested": now(), "by": f"Ctrl-C of launcher {os.getpid()}@{socket.gethostname()}"}
-        write_json(self.request, self.sweep / CANCEL)
+        self.request = request_cancel(self.sweep, by="Ctrl-C of launcher ")
         threading.Thread(target=self._end_when_stopped, name="ctrl-c", daemon=True).start()
         said = "interrupted: each trial checkpoints at its next step and stops (Ctrl-C again to stop at once)"
         print(f"\n{said}", file=sys.stderr, flush=True)
@@ -202,11 +203,12 @@ class _StopOnCtrlC:
             self.done = True
         if self.previous is not None:
             signal.signal(signal.SIGINT, self.previous)
-        try:  # withdraw our request (not a later one of orchestrator.cancel): the next launch resumes
-            if self.requested and json.loads((self.sweep / CANCEL).read_bytes()) == self.request:
-                (self.sweep / CANCEL).unlink()
-        except (OSError, ValueError):
-            pass
+            if self.tune_handler is None:
+                os.environ.pop(_TUNE_SIGINT, None)
+            else:
+                os.environ[_TUNE_SIGINT] = self.tune_handler
+        if self.requested and still_ours(self.sweep, self.request):  # not a later one of orchestrator.cancel
+            clear_request(self.sweep)  # withdrawn: the next launch resumes
 
 
 # ---- the trainable (runs in a Ray worker) --------------------------------------------------------
@@ -372,12 +374,10 @@ def _check_reachable(address: str) -> None:
         try:
             socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()  # [IPv6]:port
         except OSError as err:
-            raise ProfileError(
-                f"key 'address' is {address!r}: nothing answers there ({err}); allowed: the address of a running Ray cluster "
-                "(`ray status` on its head prints it), or leave it out for a local Ray"
-            ) from None
+            raise ProfileError(f"key 'address' is {address!r}: nothing answers there ({err}); allowed: {_ADDRESS_ALLOWED}") from None
 
 
+_ADDRESS_ALLOWED = "the address of a running Ray cluster (`ray status` on its head prints it), or leave it out for a local Ray"
 _CONNECT_CODE = "import logging, sys, ray; ray.init(address=sys.argv[1], logging_level=logging.ERROR); ray.shutdown()"
 
 
@@ -388,7 +388,6 @@ def _check_connects(address: str, timeout_s: float = _CONNECT_TIMEOUT_S) -> None
     port) retried for minutes, deaf to SIGTERM, after the trial folders were written; `auto` with
     no cluster and a `ray://` with nothing behind it failed only there too, naming no key.
     """
-    allowed = "the address of a running Ray cluster (`ray status` on its head prints it), or leave it out for a local Ray"
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONWARNINGS": "ignore"}
     child = subprocess.Popen([sys.executable, "-c", _CONNECT_CODE, address], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True, env=env, start_new_session=True)  # fmt: skip
@@ -399,12 +398,12 @@ def _check_connects(address: str, timeout_s: float = _CONNECT_TIMEOUT_S) -> None
         child.communicate()
         raise ProfileError(
             f"key 'address' is {address!r}: no Ray cluster answered there within {timeout_s:g} s (a port that is not Ray's?); "
-            f"allowed: {allowed}"
+            f"allowed: {_ADDRESS_ALLOWED}"
         ) from None
     if child.returncode != 0:
         lines = [line.strip() for line in err.splitlines() if line.strip()]
         said = next((line for line in reversed(lines) if "Error" in line.split(":")[0]), lines[-1] if lines else "no output")
-        raise ProfileError(f"key 'address' is {address!r}: cannot join it ({said[:300]}); allowed: {allowed}")
+        raise ProfileError(f"key 'address' is {address!r}: cannot join it ({said[:300]}); allowed: {_ADDRESS_ALLOWED}")
 
 
 def _code_fingerprint() -> str:
